@@ -1,0 +1,67 @@
+"""``submask info`` and ``submask validate``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import open as open_mask
+from ..errors import SubmaskError
+from .output import echo_json, format_table
+from .root import main
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def info(path: str, as_json: bool) -> None:
+    """Summarise a mask and list its tensors (reads headers only)."""
+    with open_mask(path) as mask_file:
+        meta = mask_file.metadata
+        entries = mask_file.entries.values()
+        numel = sum(e.bits for e in entries)
+        ones = sum(e.ones for e in entries)
+        rows = [
+            {"name": e.name, "shape": list(e.shape), "count": e.ones, "numel": e.bits,
+             "density": e.ones / e.bits if e.bits else 0.0, "encoding": e.encoding,
+             "bytes": mask_file.payload_size(e.name)}
+            for e in entries
+        ]
+        stored = sum(r["bytes"] for r in rows)
+        summary = {"path": str(mask_file.path), "kind": meta.kind, "tensors": len(rows), "count": ones,
+                   "numel": numel, "density": ones / numel if numel else 0.0,
+                   "bits_per_param": 8 * stored / numel if numel else 0.0, "criterion": meta.criterion,
+                   "provenance": meta.provenance, "model": meta.model, "creator": meta.creator, "user": meta.user}
+    if as_json:
+        echo_json({**summary, "stats": meta.stats, "tensor_list": rows})
+        return
+    click.echo(f"{summary['path']}: {meta.kind} mask, {len(rows)} tensors, {ones:,} of {numel:,} set "
+               f"(density {summary['density']:.4%}), {summary['bits_per_param']:.4f} bits/param stored")
+    for key in ("criterion", "provenance", "model", "creator", "user"):
+        if summary[key]:
+            click.echo(f"{key}: {summary[key]}")
+    click.echo(format_table(["tensor", "shape", "count", "density", "encoding", "bytes"],
+                            [[r["name"], "x".join(map(str, r["shape"])) or "()", r["count"], r["density"],
+                              r["encoding"], r["bytes"]] for r in rows]))
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def validate(path: str, as_json: bool) -> None:
+    """Decode every tensor and check every checksum; exit 1 on any problem."""
+    try:
+        with open_mask(path) as mask_file:
+            problems, tensors = mask_file.problems(), len(mask_file)
+    except SubmaskError as exc:
+        problems, tensors = [str(exc)], 0
+    if as_json:
+        echo_json({"path": path, "ok": not problems, "tensors": tensors, "problems": problems})
+    else:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        if not problems:
+            click.echo(f"{path}: OK ({tensors} tensors, every checksum verified)")
+    if problems:
+        sys.exit(1)

@@ -1,0 +1,218 @@
+"""Per-tensor encodings of packed bits, registered by id (see FORMAT.md, "Encodings").
+
+Each codec turns the packed bits of one tensor into a payload and back. Its ``config`` (the JSON object
+stored next to the id in the header) holds what a decoder needs beyond the payload, shape and counts.
+Adding an encoding means adding a class here, registering it, and describing it in FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any, ClassVar
+
+import numpy as np
+import zstandard
+
+from .errors import FormatError, UnknownEncodingError
+from .packed import clear_padding, from_positions, packed_nbytes, popcount, set_positions
+
+
+class Codec:
+    """An encoding of packed bits: ``encode`` returns (payload, config); ``decode`` inverts it."""
+
+    id: ClassVar[str]
+
+    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
+        raise NotImplementedError
+
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
+        """Return the packed bits (a fresh, writable uint8 array). Raise FormatError on bad payloads."""
+        raise NotImplementedError
+
+
+class RawCodec(Codec):
+    """The packed bytes themselves."""
+
+    id = "raw"
+
+    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
+        return packed.tobytes(), {}
+
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
+        expected = packed_nbytes(numel)
+        if len(payload) != expected:
+            raise FormatError(f"raw payload has {len(payload)} bytes, {expected} expected for {numel} bits")
+        return np.frombuffer(payload, dtype=np.uint8).copy()
+
+
+class ZstdCodec(Codec):
+    """One zstd frame (with its content size) over the packed bytes."""
+
+    id = "zstd"
+    level = 1  # as small as levels 3 and 9 on masks above 5% density, and several times faster
+
+    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
+        compressor = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
+        return compressor.compress(memoryview(packed)), {}
+
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
+        expected = packed_nbytes(numel)
+        try:
+            declared = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"zstd payload has no valid frame header ({exc})") from None
+        if declared != expected:
+            raise FormatError(f"zstd frame declares {declared} bytes of content, {expected} expected")
+        try:
+            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=expected)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"zstd payload is corrupt ({exc})") from None
+        if len(data) != expected:
+            raise FormatError(f"zstd payload decoded to {len(data)} bytes, {expected} expected")
+        return np.frombuffer(data, dtype=np.uint8).copy()
+
+
+_BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position count, unary bytes
+
+
+class RiceCodec(Codec):
+    """Rice-coded gaps between the positions of the rarer value, block by block.
+
+    The bits are cut into blocks of ``block_bits``; each block codes the positions of its own rarer
+    value with its own Rice parameter, so rows and regions of different density each get a good code.
+    """
+
+    id = "rice"
+    block_bits = 1 << 22
+
+    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
+        block_bytes = self.block_bits // 8
+        parts = []
+        for start in range(0, numel, self.block_bits):
+            nbits = min(self.block_bits, numel - start)
+            block = packed[start // 8 : start // 8 + block_bytes]
+            parts.append(_encode_block(block, nbits))
+        return b"".join(parts), {"block_bits": self.block_bits}
+
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
+        block_bits = config.get("block_bits")
+        if not isinstance(block_bits, int) or block_bits <= 0 or block_bits % 8 or block_bits > 1 << 32:
+            raise FormatError(f"rice block_bits must be a positive multiple of 8 up to 2^32, got {block_bits!r}")
+        nblocks = -(-numel // block_bits)
+        if len(payload) < nblocks * _BLOCK_HEADER.size:
+            raise FormatError(f"rice payload of {len(payload)} bytes is too short for {nblocks} blocks")
+        out = np.empty(packed_nbytes(numel), dtype=np.uint8)
+        offset = 0
+        for index in range(nblocks):
+            start = index * block_bits
+            nbits = min(block_bits, numel - start)
+            block, offset = _decode_block(payload, offset, nbits)
+            out[start // 8 : start // 8 + block.size] = block
+        if offset != len(payload):
+            raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
+        return out
+
+
+def _encode_block(block: np.ndarray, nbits: int) -> bytes:
+    value = 1 if 2 * popcount(block) <= nbits else 0
+    positions = set_positions(block if value else clear_padding(~block, nbits), nbits)
+    count = positions.size
+    if count == 0:
+        return _BLOCK_HEADER.pack(value, 0, 0, 0, 0)
+    gaps = np.diff(positions, prepend=-1) - 1
+    k = _best_rice_parameter(gaps)
+    quotients = gaps >> k
+    unary = from_positions(np.cumsum(quotients + 1) - 1, int(quotients.sum()) + count)
+    planes = [np.packbits(((gaps >> bit) & 1).astype(np.bool_)).tobytes() for bit in range(k)]
+    return b"".join([_BLOCK_HEADER.pack(value, k, 0, count, unary.size), unary.tobytes(), *planes])
+
+
+def _decode_block(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, int]:
+    if offset + _BLOCK_HEADER.size > len(payload):
+        raise FormatError("rice payload ends inside a block header")
+    value, k, reserved, count, unary_nbytes = _BLOCK_HEADER.unpack_from(payload, offset)
+    offset += _BLOCK_HEADER.size
+    if value > 1 or reserved or k > 31 or count > nbits:
+        raise FormatError(f"rice block header is invalid (value={value}, k={k}, count={count} of {nbits} bits)")
+    plane_nbytes = (count + 7) // 8
+    end = offset + unary_nbytes + k * plane_nbytes
+    if end > len(payload):
+        raise FormatError("rice payload ends inside a block")
+    unary = np.frombuffer(payload, dtype=np.uint8, count=unary_nbytes, offset=offset)
+    terminators = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
+    if terminators.size != count:
+        raise FormatError(f"rice block codes {terminators.size} positions, its header says {count}")
+    gaps = np.empty(count, dtype=np.int64)  # positions in a block stay below 2^32, so int64 never overflows
+    if count:
+        gaps[0] = terminators[0]
+        np.subtract(terminators[1:], terminators[:-1], out=gaps[1:])
+        gaps[1:] -= 1
+        gaps <<= k
+    offset += unary_nbytes
+    for bit in range(k):
+        plane = np.frombuffer(payload, dtype=np.uint8, count=plane_nbytes, offset=offset)
+        gaps |= np.unpackbits(plane, count=count).astype(np.int64) << bit
+        offset += plane_nbytes
+    gaps += 1
+    positions = np.cumsum(gaps, out=gaps)
+    positions -= 1
+    if count and positions[-1] >= nbits:
+        raise FormatError(f"rice block codes a position past its {nbits} bits")
+    bools = np.full(nbits, not value, dtype=np.bool_)
+    bools[positions] = bool(value)
+    return np.packbits(bools), end
+
+
+def _best_rice_parameter(gaps: np.ndarray) -> int:
+    """The Rice parameter k minimising the coded size, searched around the geometric optimum."""
+    mean = float(gaps.mean())
+    guess = max(0, int(math.log2(mean * math.log(2) + 1))) if mean > 0 else 0
+    candidates = range(max(0, guess - 1), min(32, guess + 2))
+    sizes = [int((gaps >> k).sum()) + gaps.size * k for k in candidates]
+    return candidates[int(np.argmin(sizes))]
+
+
+CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec())}
+
+
+def get_codec(encoding_id: str) -> Codec:
+    """The registered codec for an id; UnknownEncodingError if there is none."""
+    try:
+        return CODECS[encoding_id]
+    except KeyError:
+        known = ", ".join(sorted(CODECS))
+        raise UnknownEncodingError(
+            f"unknown encoding {encoding_id!r} (this submask knows {known}); upgrade submask to read this file"
+        ) from None
+
+
+def binary_entropy_bits(ones: int, numel: int) -> float:
+    """The iid entropy bound, in bits, of a mask with ``ones`` set bits out of ``numel``."""
+    if numel == 0 or ones in (0, numel):
+        return 0.0
+    p = ones / numel
+    return numel * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, dict[str, Any]]:
+    """Encode with the best default encoding; returns (id, payload, config).
+
+    Rice is tried where the rarer value is below 20% density and zstd where it is above 0.3% (outside
+    those ranges each is always larger than the other). The smallest wins, except that zstd, several times
+    faster to decode, is kept when Rice saves less than 3% of its size. Raw wins ties.
+    """
+    candidates = [("raw", packed.tobytes(), {})]
+    minority = min(ones, numel - ones) / numel if numel else 0.0
+    if minority < 0.2:
+        candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
+    if minority >= 0.003:
+        candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
+
+    def cost(candidate: tuple[str, bytes, dict[str, Any]]) -> float:
+        return len(candidate[1]) * (ZSTD_PREFERENCE if candidate[0] == "zstd" else 1.0)
+
+    return min(candidates, key=cost)
+
+
+ZSTD_PREFERENCE = 1 / 1.03

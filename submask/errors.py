@@ -1,0 +1,48 @@
+"""The one exception hierarchy of submask: every error raised on bad input is a SubmaskError.
+
+Messages name the file and tensor involved and say what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SubmaskError(Exception):
+    """Root of every error submask raises on bad input or misuse."""
+
+
+class FormatError(SubmaskError, ValueError):
+    """A file is not a valid .smask file (truncated, corrupt, inconsistent or hostile)."""
+
+
+class ChecksumError(FormatError):
+    """A tensor's decoded bits do not match the checksum or bit count its header records."""
+
+
+class VersionError(FormatError):
+    """A file needs a newer reader: unknown major version or a must-understand extension."""
+
+
+class UnknownEncodingError(FormatError):
+    """A tensor uses an encoding this version of submask does not know."""
+
+
+class MismatchError(SubmaskError, ValueError):
+    """Masks, models or checkpoints do not line up: missing tensors, other shapes, another model."""
+
+
+class SourceError(SubmaskError):
+    """A checkpoint source cannot be read: missing file or shard, bad index, unsupported dtype."""
+
+
+class HubError(SubmaskError):
+    """A Hub operation failed: missing repo, revision or file, or a refused overwrite."""
+
+
+def where(path: object = None, tensor: str | None = None) -> str:
+    """Format the location prefix used in error messages: "file.smask, tensor 'x': "."""
+    parts = []
+    if path is not None:
+        parts.append(str(path))
+    if tensor is not None:
+        parts.append(f"tensor {tensor!r}")
+    return (", ".join(parts) + ": ") if parts else ""

@@ -1,0 +1,182 @@
+"""The submask header: file-level metadata and per-tensor entries, validated on read (FORMAT.md §3-§5)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .._version import __version__
+from ..errors import FormatError, VersionError, where
+
+FORMAT_NAME = "submask"
+MAJOR, MINOR = 1, 0
+MASK_KINDS = ("update", "pruning", "supermask", "other")
+KNOWN_EXTENSIONS: frozenset[str] = frozenset()
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # same cap as safetensors readers
+MAX_TENSORS = 1_000_000
+MAX_NDIM = 64
+MAX_BITS = 1 << 53  # the largest integer JSON readers represent exactly
+
+_CRC_PATTERN = re.compile(r"^[0-9a-f]{8}$")
+_VERSION_PATTERN = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+_RESERVED_KEYS = ("format", "version", "extensions", "kind", "criterion", "provenance", "model", "creator",
+                  "user", "stats", "tensors")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor's record in the header: shape, counts, encoding and checksum of its decoded bits."""
+
+    name: str
+    shape: tuple[int, ...]
+    ones: int
+    encoding: str
+    config: dict[str, Any]
+    crc32: str
+
+    @property
+    def bits(self) -> int:
+        return math.prod(self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "bits": self.bits,
+            "ones": self.ones,
+            "encoding": {"id": self.encoding, **self.config},
+            "crc32": self.crc32,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, obj: Any, path: object = None) -> "TensorEntry":
+        at = where(path, name)
+        if not isinstance(obj, dict):
+            raise FormatError(f"{at}tensor entry must be a JSON object; the file is corrupt")
+        shape = obj.get("shape")
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_count(d) for d in shape):
+            raise FormatError(f"{at}'shape' must be a list of at most {MAX_NDIM} non-negative integers, got {shape!r}")
+        bits = obj.get("bits")
+        if not _is_count(bits) or bits > MAX_BITS:
+            raise FormatError(f"{at}'bits' must be an integer in [0, 2^53], got {bits!r}")
+        if bits != math.prod(shape):
+            raise FormatError(f"{at}'bits' is {bits} but shape {shape} has {math.prod(shape)} elements")
+        ones = obj.get("ones")
+        if not _is_count(ones) or ones > bits:
+            raise FormatError(f"{at}'ones' must be an integer in [0, bits={bits}], got {ones!r}")
+        encoding = obj.get("encoding")
+        if not isinstance(encoding, dict) or not isinstance(encoding.get("id"), str):
+            raise FormatError(f"{at}'encoding' must be an object with a string 'id', got {encoding!r}")
+        crc = obj.get("crc32")
+        if not isinstance(crc, str) or not _CRC_PATTERN.match(crc):
+            raise FormatError(f"{at}'crc32' must be 8 lowercase hex digits, got {crc!r}")
+        config = {key: value for key, value in encoding.items() if key != "id"}
+        return cls(name, tuple(shape), ones, encoding["id"], config, crc)
+
+
+@dataclass
+class MaskMetadata:
+    """File-level metadata of a mask (FORMAT.md §4). Unknown top-level fields are kept in ``extra``."""
+
+    kind: str = "update"
+    criterion: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    creator: dict[str, Any] = field(default_factory=lambda: {"library": "submask", "version": __version__})
+    user: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    extensions: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    minor_version: int = MINOR
+
+    def to_json(self) -> dict[str, Any]:
+        """The header object without its "tensors" member."""
+        header: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "version": f"{MAJOR}.{max(self.minor_version, MINOR)}",
+            "extensions": self.extensions,
+            "kind": self.kind,
+            "criterion": self.criterion,
+            "provenance": self.provenance,
+            "model": self.model,
+            "creator": self.creator,
+            "user": self.user,
+            "stats": self.stats,
+        }
+        header.update(self.extra)
+        return header
+
+    @classmethod
+    def from_json(cls, header: Any, path: object = None) -> "MaskMetadata":
+        at = where(path)
+        if not isinstance(header, dict):
+            raise FormatError(f"{at}the submask header must be a JSON object; the file is corrupt")
+        if header.get("format") != FORMAT_NAME:
+            raise FormatError(f"{at}not a submask file ('format' is {header.get('format')!r}, expected 'submask')")
+        minor = check_version(header.get("version"), path)
+        extensions = header.get("extensions", [])
+        if not isinstance(extensions, list) or not all(_is_extension(ext) for ext in extensions):
+            raise FormatError(f"{at}'extensions' must be a list of {{'name': str, 'must_understand': bool}}")
+        unknown = [ext["name"] for ext in extensions if ext["must_understand"] and ext["name"] not in KNOWN_EXTENSIONS]
+        if unknown:
+            raise VersionError(f"{at}the file needs extension(s) {unknown} that this submask does not understand; "
+                               "upgrade submask to read it")
+        kind = header.get("kind")
+        if kind not in MASK_KINDS:
+            raise FormatError(f"{at}'kind' must be one of {list(MASK_KINDS)}, got {kind!r}")
+        for key in ("provenance", "creator", "user", "stats"):
+            if not isinstance(header.get(key, {}), dict):
+                raise FormatError(f"{at}'{key}' must be a JSON object")
+        for key in ("criterion", "model"):
+            if not isinstance(header.get(key), (dict, type(None))):
+                raise FormatError(f"{at}'{key}' must be a JSON object or null")
+        return cls(
+            kind=kind,
+            criterion=header.get("criterion"),
+            provenance=header.get("provenance", {}),
+            model=header.get("model"),
+            creator=header.get("creator", {}),
+            user=header.get("user", {}),
+            stats=header.get("stats", {}),
+            extensions=extensions,
+            extra={key: value for key, value in header.items() if key not in _RESERVED_KEYS},
+            minor_version=minor,
+        )
+
+
+def check_version(version: Any, path: object = None) -> int:
+    """Return the minor version of a "MAJOR.MINOR" string this reader can read, else raise."""
+    match = _VERSION_PATTERN.match(version) if isinstance(version, str) else None
+    if not match:
+        raise FormatError(f"{where(path)}'version' must be a string 'MAJOR.MINOR', got {version!r}")
+    major, minor = int(match.group(1)), int(match.group(2))
+    if major != MAJOR:
+        raise VersionError(f"{where(path)}format version {version} is not readable by submask (reads {MAJOR}.x); "
+                           "upgrade submask" + (" to a newer release" if major > MAJOR else ""))
+    return minor
+
+
+def parse_tensor_entries(tensors: Any, path: object = None) -> dict[str, TensorEntry]:
+    """Validate the header's "tensors" object into entries, in file order."""
+    if not isinstance(tensors, dict):
+        raise FormatError(f"{where(path)}'tensors' must be a JSON object mapping names to entries")
+    if len(tensors) > MAX_TENSORS:
+        raise FormatError(f"{where(path)}{len(tensors)} tensors exceed the reader limit of {MAX_TENSORS}")
+    return {name: TensorEntry.from_json(name, entry, path) for name, entry in tensors.items()}
+
+
+def model_fingerprint(shapes: Mapping[str, Iterable[int]]) -> str:
+    """Fingerprint of a model's parameter names and shapes: "sha256:" + hex digest (FORMAT.md §4.3)."""
+    lines = "".join(f"{name}\t{','.join(str(int(d)) for d in shape)}\n" for name, shape in sorted(shapes.items()))
+    return "sha256:" + hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_extension(ext: Any) -> bool:
+    return isinstance(ext, dict) and isinstance(ext.get("name"), str) and isinstance(ext.get("must_understand"), bool)

@@ -1,0 +1,164 @@
+"""Lazy, random-access reading of .smask files and sharded masks (FORMAT.md §2, §6)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, SubmaskError, where
+from ..mask import Mask, TensorMask
+from .container import Container
+from .header import MaskMetadata, TensorEntry, check_version, parse_tensor_entries
+from .tensors import decode_tensor
+
+INDEX_SUFFIX = ".index.json"
+
+
+class MaskFile:
+    """An open mask: metadata and per-tensor entries parsed, payloads decoded on access.
+
+    >>> with submask.open("rl.smask") as f:          # doctest: +SKIP
+    ...     f.entries["model.layers.0.mlp.up_proj.weight"].ones
+    ...     q = f["model.layers.0.self_attn.q_proj.weight"]   # decodes this tensor only
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._containers: list[Container] = []
+        self._where: dict[str, Container] = {}
+        try:
+            if self.path.name.endswith(INDEX_SUFFIX):
+                self._open_index()
+            else:
+                self._open_single(self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_single(self, path: Path, expected: set[str] | None = None) -> None:
+        container = Container(path)
+        self._containers.append(container)
+        metadata = MaskMetadata.from_json(container.header, path)
+        entries = parse_tensor_entries(container.header.get("tensors"), path)
+        if set(entries) != set(container.names):
+            odd = sorted(set(entries) ^ set(container.names))[:3]
+            raise FormatError(f"{where(path)}header entries and payloads differ (e.g. {odd}); the file is corrupt")
+        if expected is not None and set(entries) != expected:
+            odd = sorted(set(entries) ^ expected)[:3]
+            raise FormatError(f"{where(path)}shard holds other tensors than its index lists (e.g. {odd}); "
+                              "the shards and index do not belong together")
+        if not self._containers[1:]:
+            self.metadata = metadata
+            self.entries: dict[str, TensorEntry] = {}
+        self.entries.update(entries)
+        self._where.update({name: container for name in entries})
+
+    def _open_index(self) -> None:
+        index = read_index(self.path)
+        by_shard: dict[str, set[str]] = {}
+        for name, shard in index["weight_map"].items():
+            by_shard.setdefault(shard, set()).add(name)
+        for shard, names in by_shard.items():
+            shard_path = self.path.parent / shard
+            if not shard_path.exists():
+                raise FormatError(f"{where(self.path)}shard {shard} listed in the index is missing next to it; "
+                                  "download or copy every shard of this mask")
+            self._open_single(shard_path, names)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
+    def payload(self, name: str) -> bytes:
+        """The encoded payload of one tensor, as stored."""
+        return self._container(name).read(name)
+
+    def payload_size(self, name: str) -> int:
+        return self._container(name).payload_size(name)
+
+    def __getitem__(self, name: str) -> TensorMask:
+        """Decode and verify one tensor's mask."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise KeyError(f"{self.path}: no tensor {name!r} in this mask ({len(self.entries)} tensors)")
+        container = self._container(name)
+        packed = decode_tensor(entry, container.read(name), container.path)
+        return TensorMask(entry.shape, packed, entry.ones)
+
+    def load(self) -> Mask:
+        """Decode every tensor into an in-memory ``Mask``."""
+        return Mask({name: self[name] for name in self.entries}, self.metadata)
+
+    def problems(self) -> list[str]:
+        """Decode and verify every tensor; return one message per failure (empty when the file is sound)."""
+        found = []
+        for name in self.entries:
+            try:
+                self[name]
+            except SubmaskError as exc:
+                found.append(str(exc))
+        return found
+
+    def _container(self, name: str) -> Container:
+        return self._where[name]
+
+    def close(self) -> None:
+        for container in self._containers:
+            container.close()
+
+    def __enter__(self) -> "MaskFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """Read and validate a sharded mask's index JSON."""
+    at = where(path)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{at}index is not valid JSON ({exc})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("metadata"), dict):
+        raise FormatError(f"{at}index must be an object with 'metadata' and 'weight_map'")
+    if index["metadata"].get("format") != "submask":
+        raise FormatError(f"{at}index 'metadata.format' must be 'submask'; this is not a mask index")
+    check_version(index["metadata"].get("version"), path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(_is_shard_name(v) for v in weight_map.values()):
+        raise FormatError(f"{at}'weight_map' must map tensor names to shard file names in the same directory")
+    return index
+
+
+def _is_shard_name(value: Any) -> bool:
+    return isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+
+
+def resolve_mask_path(path: str | os.PathLike[str]) -> Path:
+    """The file to open for a mask path: itself, its sharded index (``PATH.index.json``), or an hf:// URL."""
+    text = os.fspath(path)
+    if text.startswith("hf://"):
+        from ..hub import resolve_mask_path as resolve_hub_path
+
+        return Path(resolve_hub_path(text))
+    candidate = Path(text)
+    if not candidate.exists():
+        index = candidate.with_name(candidate.name + INDEX_SUFFIX)
+        if index.exists():
+            return index
+    return candidate

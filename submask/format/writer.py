@@ -1,0 +1,118 @@
+"""Streaming, atomic writing of .smask files and sharded masks (FORMAT.md §2, §6).
+
+Payloads are spilled to a scratch file next to the target as tensors arrive, so memory holds one tensor
+at a time; the final file(s) appear under their names only once everything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ..atomic import atomic_write, scratch_file
+from ..errors import MismatchError
+from ..mask import TensorMask
+from .container import write_container
+from .header import FORMAT_NAME, MAJOR, MaskMetadata, TensorEntry
+from .reader import INDEX_SUFFIX
+from .tensors import encode_tensor
+
+
+@dataclass
+class _Shard:
+    data: BinaryIO
+    entries: list[TensorEntry] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.sizes)
+
+
+class MaskWriter:
+    """Write tensor masks one at a time; the file appears atomically when the ``with`` block ends.
+
+    >>> with MaskWriter("rl.smask", MaskMetadata(kind="update")) as writer:   # doctest: +SKIP
+    ...     writer.add("w", TensorMask.from_numpy(bools))
+
+    With ``max_shard_bytes``, payloads are split across ``STEM-0000K-of-0000N.smask`` shards next to an
+    index ``PATH.index.json`` once they exceed one shard; otherwise a single file is written at ``path``.
+    If the block raises (Ctrl-C included), nothing is left under the final names.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.max_shard_bytes = max_shard_bytes
+        self._stack = ExitStack()
+        self._shards: list[_Shard] = []
+        self._names: set[str] = set()
+
+    def __enter__(self) -> "MaskWriter":
+        return self
+
+    def add(self, name: str, mask: TensorMask, encoding: str = "auto") -> TensorEntry:
+        """Encode and append one tensor's mask; returns its header entry."""
+        return self.add_packed(name, mask.shape, mask.packed, mask.count, encoding)
+
+    def add_packed(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
+                   encoding: str = "auto") -> TensorEntry:
+        """Encode and append packed bits with a known popcount."""
+        if name in self._names:
+            raise MismatchError(f"{self.path}: tensor {name!r} was already added")
+        entry, payload = encode_tensor(name, shape, packed, ones, encoding)
+        shard = self._shard_for(len(payload))
+        shard.data.write(payload)
+        shard.entries.append(entry)
+        shard.sizes.append(len(payload))
+        self._names.add(name)
+        return entry
+
+    def _shard_for(self, size: int) -> _Shard:
+        last = self._shards[-1] if self._shards else None
+        if last is None or (self.max_shard_bytes and last.entries and last.nbytes + size > self.max_shard_bytes):
+            data = self._stack.enter_context(scratch_file(self.path.parent, f".{self.path.name}."))
+            last = _Shard(data)
+            self._shards.append(last)
+        return last
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        with self._stack:
+            if exc_type is None:
+                self._finish()
+
+    def _finish(self) -> None:
+        shards = self._shards or [_Shard(self._stack.enter_context(scratch_file(self.path.parent, ".empty.")))]
+        if len(shards) == 1:
+            with atomic_write(self.path) as out:
+                self._write_shard(out, shards[0])
+            return
+        names = [shard_name(self.path, i + 1, len(shards)) for i in range(len(shards))]
+        for name, shard in zip(names, shards):
+            with atomic_write(self.path.parent / name) as out:
+                self._write_shard(out, shard)
+        index = {
+            "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{max(self.metadata.minor_version, 0)}",
+                         "total_bits": sum(e.bits for s in shards for e in s.entries),
+                         "total_ones": sum(e.ones for s in shards for e in s.entries),
+                         "total_size": sum(s.nbytes for s in shards)},
+            "weight_map": {entry.name: name for name, shard in zip(names, shards) for entry in shard.entries},
+        }
+        with atomic_write(self.path.with_name(self.path.name + INDEX_SUFFIX)) as out:
+            out.write(json.dumps(index, indent=2).encode("utf-8") + b"\n")
+
+    def _write_shard(self, out: BinaryIO, shard: _Shard) -> None:
+        header = self.metadata.to_json()
+        header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
+        write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data)
+
+
+def shard_name(path: Path, number: int, total: int) -> str:
+    """File name of shard ``number`` of ``total`` for a mask saved at ``path`` (rl.smask -> rl-00001-of-00002.smask)."""
+    return f"{path.stem}-{number:05d}-of-{total:05d}{path.suffix or '.smask'}"

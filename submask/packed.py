@@ -1,0 +1,94 @@
+"""Pure functions on packed bit arrays.
+
+A packed array holds ``numel`` bits in ``ceil(numel / 8)`` uint8 bytes, bit ``i`` in byte ``i // 8`` at
+position ``7 - i % 8`` (most significant bit first, numpy's ``packbits`` default). Pad bits after the
+last real bit are always zero, so bytewise operations and popcounts need no special cases.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+CHUNK_BYTES = 1 << 20  # unpack at most 8 Mi bits at a time to keep temporaries small
+
+
+def packed_nbytes(numel: int) -> int:
+    """Number of bytes that hold ``numel`` packed bits."""
+    return (numel + 7) // 8
+
+
+def pad_mask(numel: int) -> int:
+    """The bits of the last byte that hold real bits (0xFF when ``numel`` is a multiple of 8)."""
+    tail = numel % 8
+    return 0xFF if tail == 0 else (0xFF << (8 - tail)) & 0xFF
+
+
+def clear_padding(packed: np.ndarray, numel: int) -> np.ndarray:
+    """Zero the pad bits of ``packed`` in place and return it."""
+    if numel % 8 and packed.size:
+        packed[-1] &= np.uint8(pad_mask(numel))
+    return packed
+
+
+def padding_is_clear(packed: np.ndarray, numel: int) -> bool:
+    """True when the pad bits after the last real bit are zero."""
+    return not (numel % 8 and packed.size and int(packed[-1]) & ~pad_mask(numel) & 0xFF)
+
+
+def popcount(packed: np.ndarray) -> int:
+    """Number of set bits in a packed array."""
+    words = packed.size // 8
+    total = 0
+    if words:
+        total += int(np.bitwise_count(packed[: words * 8].view(np.uint64)).sum(dtype=np.int64))
+    if packed.size % 8:
+        total += int(np.bitwise_count(packed[words * 8 :]).sum(dtype=np.int64))
+    return total
+
+
+def crc32(packed: np.ndarray) -> str:
+    """CRC-32 (the zlib/ISO-HDLC polynomial) of the packed bytes as 8 lowercase hex digits."""
+    return f"{zlib.crc32(memoryview(np.ascontiguousarray(packed))) & 0xFFFFFFFF:08x}"
+
+
+def pack(bools: np.ndarray) -> np.ndarray:
+    """Pack any boolean (or 0/1) array, flattened in C order, into packed bits."""
+    flat = np.ascontiguousarray(bools).reshape(-1)
+    if flat.dtype != np.bool_:
+        flat = flat != 0
+    return np.packbits(flat)
+
+
+def unpack(packed: np.ndarray, numel: int) -> np.ndarray:
+    """Unpack to a flat bool array of ``numel`` elements."""
+    out = np.empty(numel, dtype=np.bool_)
+    step = CHUNK_BYTES
+    for start in range(0, packed.size, step):
+        stop = min(start + step, packed.size)
+        bits = np.unpackbits(packed[start:stop], count=min(numel - start * 8, (stop - start) * 8))
+        out[start * 8 : start * 8 + bits.size] = bits.view(np.bool_)
+    return out
+
+
+def set_positions(packed: np.ndarray, numel: int) -> np.ndarray:
+    """Flat indices (int64, ascending) of the set bits, computed chunk by chunk."""
+    parts = []
+    step = CHUNK_BYTES
+    for start in range(0, packed.size, step):
+        chunk = packed[start : start + step]
+        if not chunk.any():
+            continue
+        parts.append(np.flatnonzero(np.unpackbits(chunk).view(np.bool_)) + start * 8)
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    positions = np.concatenate(parts)
+    return positions[positions < numel]
+
+
+def from_positions(positions: np.ndarray, numel: int) -> np.ndarray:
+    """Packed bits with exactly the given flat indices set (indices must lie in ``[0, numel)``)."""
+    bools = np.zeros(numel, dtype=np.bool_)
+    bools[positions] = True
+    return np.packbits(bools)
