@@ -209,10 +209,11 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, 
     if minority >= 0.003:
         candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
 
-    def cost(candidate: tuple[str, bytes, dict[str, Any]]) -> float:
-        return len(candidate[1]) * (ZSTD_PREFERENCE if candidate[0] == "zstd" else 1.0)
-
-    return min(candidates, key=cost)
+    best = min(candidates, key=lambda candidate: len(candidate[1]))  # raw first: wins ties
+    zstd = next((c for c in candidates if c[0] == "zstd"), None)
+    if best[0] == "rice" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
+        return zstd
+    return best
 
 
 ZSTD_PREFERENCE = 1 / 1.03

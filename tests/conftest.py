@@ -1,1 +1,2 @@
-from hub_fixtures import *  # noqa
+from hub_fixtures import *  # noqa: F401,F403
+from minilm_fixtures import *  # noqa: F401,F403

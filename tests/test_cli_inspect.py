@@ -1,0 +1,60 @@
+"""``submask info`` and ``submask validate`` through click's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from submask import Mask
+from submask.cli import main
+
+
+def make_mask(path: Path) -> Mask:
+    rng = np.random.default_rng(5)
+    mask = Mask.from_numpy({"layer.0.w": rng.random((30, 40)) < 0.1, "layer.0.b": np.zeros(40, bool)})
+    mask.save(path)
+    return mask
+
+
+def test_info_json_reports_counts_from_the_header(tmp_path: Path) -> None:
+    mask = make_mask(tmp_path / "m.smask")
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "m.smask"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["count"] == mask.count and report["numel"] == 1240 and report["tensors"] == 2
+    assert {row["name"]: row["count"] for row in report["tensor_list"]} == {"layer.0.w": mask["layer.0.w"].count,
+                                                                           "layer.0.b": 0}
+
+
+def test_info_table_lists_every_tensor(tmp_path: Path) -> None:
+    make_mask(tmp_path / "m.smask")
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "m.smask")])
+    assert result.exit_code == 0
+    assert "layer.0.w" in result.output and "30x40" in result.output and "update mask, 2 tensors" in result.output
+
+
+def test_validate_passes_a_sound_file_and_fails_a_corrupt_one(tmp_path: Path) -> None:
+    path = tmp_path / "m.smask"
+    make_mask(path)
+    ok = CliRunner().invoke(main, ["validate", str(path), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    bad = CliRunner().invoke(main, ["validate", str(path), "--json"])
+    assert bad.exit_code == 1
+    report = json.loads(bad.output)
+    assert report["ok"] is False and report["problems"]
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "junk.smask").write_bytes(b"junk")
+    result = subprocess.run([sys.executable, "-m", "submask", "info", str(tmp_path / "junk.smask")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

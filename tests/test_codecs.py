@@ -1,0 +1,91 @@
+"""Per-tensor encodings: round trips on random shapes and densities, sizes, and rejection of bad payloads."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from submask.codecs import binary_entropy_bits, encode_auto, get_codec
+from submask.errors import FormatError, UnknownEncodingError
+from submask.packed import pack, popcount, unpack
+
+ENCODINGS = ["raw", "zstd", "rice"]
+
+
+def random_bits(numel: int, density: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(numel) < density
+
+
+@settings(max_examples=60, deadline=None)
+@given(numel=st.integers(0, 5000), density=st.sampled_from([0.0, 0.001, 0.05, 0.3, 0.5, 0.9, 0.999, 1.0]),
+       seed=st.integers(0, 2**16), encoding=st.sampled_from(ENCODINGS))
+def test_every_encoding_round_trips(numel: int, density: float, seed: int, encoding: str) -> None:
+    bools = random_bits(numel, density, seed)
+    packed = pack(bools)
+    payload, config = get_codec(encoding).encode(packed, numel)
+    decoded = get_codec(encoding).decode(payload, numel, config)
+    np.testing.assert_array_equal(unpack(decoded, numel), bools)
+
+
+def test_rice_round_trips_across_block_boundaries() -> None:
+    codec = get_codec("rice")
+    bools = random_bits(3 * 64 + 5, 0.02, seed=7)
+    bools[63:66] = True  # a run of set bits straddling a block boundary
+    packed = pack(bools)
+    payload, config = codec.encode(packed, bools.size)
+    assert config == {"block_bits": codec.encode(packed, bools.size)[1]["block_bits"]}
+    np.testing.assert_array_equal(unpack(codec.decode(payload, bools.size, config), bools.size), bools)
+
+
+@pytest.mark.parametrize("density", [0.001, 0.01, 0.05, 0.15, 0.3, 0.5, 0.85, 0.999])
+def test_auto_encoding_stays_close_to_the_entropy_bound(density: float) -> None:
+    numel = 1 << 20
+    bools = random_bits(numel, density, seed=1)
+    packed = pack(bools)
+    ones = popcount(packed)
+    encoding, payload, _ = encode_auto(packed, numel, ones)
+    bound_bytes = binary_entropy_bits(ones, numel) / 8
+    assert len(payload) <= packed.size + 64, "never much more than raw packed bits"
+    assert len(payload) <= 1.06 * bound_bytes + 64, f"{encoding} took {len(payload)} bytes, bound {bound_bytes:.0f}"
+
+
+def test_auto_encoding_picks_sparse_coding_for_sparse_masks_and_raw_for_half() -> None:
+    numel = 1 << 18
+    sparse = pack(random_bits(numel, 0.001))
+    half = pack(random_bits(numel, 0.5))
+    assert encode_auto(sparse, numel, popcount(sparse))[0] == "rice"
+    assert encode_auto(half, numel, popcount(half))[0] == "raw"
+
+
+def test_unknown_encoding_is_a_clear_error() -> None:
+    with pytest.raises(UnknownEncodingError, match="lz77"):
+        get_codec("lz77")
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_truncated_payloads_are_rejected(encoding: str) -> None:
+    numel = 4096
+    packed = pack(random_bits(numel, 0.02, seed=3))
+    payload, config = get_codec(encoding).encode(packed, numel)
+    for cut in range(0, len(payload), max(1, len(payload) // 17)):
+        with pytest.raises(FormatError):
+            get_codec(encoding).decode(payload[:cut], numel, config)
+
+
+@pytest.mark.parametrize("encoding", ["zstd", "rice"])
+def test_a_payload_claiming_huge_sizes_allocates_nothing(encoding: str) -> None:
+    numel = 10**12  # 125 GB of packed bits if anyone believed it
+    small = pack(random_bits(1024, 0.01))
+    payload, config = get_codec(encoding).encode(small, 1024)
+    with pytest.raises(FormatError):
+        get_codec(encoding).decode(payload, numel, config)
+
+
+def test_binary_entropy_bound() -> None:
+    assert binary_entropy_bits(0, 100) == 0
+    assert binary_entropy_bits(50, 100) == pytest.approx(100)
+    assert binary_entropy_bits(1, 1000) == pytest.approx(1000 * -(0.001 * math.log2(0.001) + 0.999 * math.log2(0.999)))
