@@ -30,6 +30,12 @@ class Codec:
         """Return the packed bits (a fresh, writable uint8 array). Raise FormatError on bad payloads."""
         raise NotImplementedError
 
+    def configured(self, config: dict[str, Any]) -> "Codec":
+        """This codec with the encoder settings of ``config`` (as stored in a header) instead of the defaults."""
+        if config:
+            raise FormatError(f"encoding {self.id!r} takes no settings, got {config!r}")
+        return self
+
 
 class RawCodec(Codec):
     """The packed bytes themselves."""
@@ -84,7 +90,15 @@ class RiceCodec(Codec):
     """
 
     id = "rice"
-    block_bits = 1 << 22
+
+    def __init__(self, block_bits: int = 1 << 22):
+        self.block_bits = _check_block_bits(block_bits)
+
+    def configured(self, config: dict[str, Any]) -> "RiceCodec":
+        unknown = set(config) - {"block_bits"}
+        if unknown:
+            raise FormatError(f"unknown rice settings {sorted(unknown)}")
+        return RiceCodec(config.get("block_bits", self.block_bits))
 
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         block_bytes = self.block_bits // 8
@@ -96,9 +110,7 @@ class RiceCodec(Codec):
         return b"".join(parts), {"block_bits": self.block_bits}
 
     def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
-        block_bits = config.get("block_bits")
-        if not isinstance(block_bits, int) or block_bits <= 0 or block_bits % 8 or block_bits > 1 << 32:
-            raise FormatError(f"rice block_bits must be a positive multiple of 8 up to 2^32, got {block_bits!r}")
+        block_bits = _check_block_bits(config.get("block_bits"))
         nblocks = -(-numel // block_bits)
         if len(payload) < nblocks * _BLOCK_HEADER.size:
             raise FormatError(f"rice payload of {len(payload)} bytes is too short for {nblocks} blocks")
@@ -112,6 +124,12 @@ class RiceCodec(Codec):
         if offset != len(payload):
             raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
         return out
+
+
+def _check_block_bits(block_bits: Any) -> int:
+    if type(block_bits) is not int or block_bits <= 0 or block_bits % 8 or block_bits > 1 << 32:
+        raise FormatError(f"rice block_bits must be a positive multiple of 8 up to 2^32, got {block_bits!r}")
+    return block_bits
 
 
 def _encode_block(block: np.ndarray, nbits: int) -> bytes:

@@ -25,6 +25,9 @@ Implemented, for model, dataset and space repos:
   ``EntryNotFound`` (404) so the client raises its typed errors; 401 for a bad token, 409 for
   existing repos/branches/tags.
 
+Every answered request is recorded in ``HubServer.requests`` (method, path, ``Range`` header, body bytes
+sent) so tests can check how much a client downloaded.
+
 Revisions: branch and tag names, ``refs/heads/*``, ``refs/tags/*``, ``refs/pr/N`` and full 40-hex
 commit shas. Each commit gets a new random 40-hex sha and is a full snapshot path -> blob. Writes need
 ``Authorization: Bearer <token>``; reads are anonymous (every repo is public). Tests can set
@@ -59,6 +62,17 @@ LFS_PATTERNS = ("*.bin", "*.ckpt", "*.h5", "*.npy", "*.npz", "*.onnx", "*.pt", "
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 SHA1_HEX = re.compile(r"[0-9a-f]{40}")
 Response = tuple[int, dict[str, str], bytes]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answered request: what was asked and how many body bytes went back."""
+
+    method: str
+    path: str
+    range: str | None
+    status: int
+    nbytes: int
 
 
 class HubError(Exception):
@@ -378,6 +392,9 @@ class HubHandler(BaseHTTPRequestHandler):
                 headers["X-Error-Code"] = e.code
         except (ValueError, KeyError, TypeError) as e:
             status, headers, body = json_response({"error": f"Bad request: {e!r}"}, 400)
+        sent = 0 if self.command == "HEAD" else len(body)
+        # recorded before answering, so a client that got its answer always finds it in the log
+        self.server.served.append(Served(self.command, url.path, self.headers.get("Range"), status, sent))
         self.send_response(status)
         headers.setdefault("Content-Length", str(len(body)))
         for name, value in headers.items():
@@ -617,6 +634,7 @@ class _Server(ThreadingHTTPServer):
     store: HubStore
     token: str
     user: str
+    served: list[Served]
 
 
 class HubServer:
@@ -636,12 +654,18 @@ class HubServer:
         self.store = HubStore(self.root, lfs_threshold)
         self._httpd = _Server(("127.0.0.1", 0), HubHandler)
         self._httpd.store, self._httpd.token, self._httpd.user = self.store, token, user
+        self._httpd.served = []
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def endpoint(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def requests(self) -> list[Served]:
+        """Requests answered so far, oldest first (``requests.clear()`` starts a new count)."""
+        return self._httpd.served
 
     def start(self) -> HubServer:
         self._thread.start()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from submask.codecs import binary_entropy_bits, encode_auto, get_codec
+from submask.codecs import RiceCodec, binary_entropy_bits, encode_auto, get_codec
 from submask.errors import FormatError, UnknownEncodingError
 from submask.packed import pack, popcount, unpack
 
@@ -32,13 +32,22 @@ def test_every_encoding_round_trips(numel: int, density: float, seed: int, encod
 
 
 def test_rice_round_trips_across_block_boundaries() -> None:
-    codec = get_codec("rice")
+    codec = RiceCodec(block_bits=64)
     bools = random_bits(3 * 64 + 5, 0.02, seed=7)
     bools[63:66] = True  # a run of set bits straddling a block boundary
-    packed = pack(bools)
-    payload, config = codec.encode(packed, bools.size)
-    assert config == {"block_bits": codec.encode(packed, bools.size)[1]["block_bits"]}
-    np.testing.assert_array_equal(unpack(codec.decode(payload, bools.size, config), bools.size), bools)
+    bools[64 * 2 : 64 * 3] = True  # a block where clear bits are the rarer value
+    payload, config = codec.encode(pack(bools), bools.size)
+    assert config == {"block_bits": 64}
+    decoded = get_codec("rice").decode(payload, bools.size, config)
+    np.testing.assert_array_equal(unpack(decoded, bools.size), bools)
+    assert get_codec("rice").configured(config).encode(pack(bools), bools.size)[0] == payload
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(FormatError, match="block_bits"):
+        get_codec("rice").configured({"block_bits": 12})
+    with pytest.raises(FormatError, match="no settings"):
+        get_codec("zstd").configured({"level": 3})
 
 
 @pytest.mark.parametrize("density", [0.001, 0.01, 0.05, 0.15, 0.3, 0.5, 0.85, 0.999])

@@ -8,23 +8,26 @@ import os
 from pathlib import Path
 
 import pytest
-from huggingface_hub import (
+
+pytest.importorskip("huggingface_hub")
+
+from huggingface_hub import (  # noqa: E402
     CommitOperationAdd,
     CommitOperationDelete,
     HfApi,
     hf_hub_download,
     hf_hub_url,
 )
-from huggingface_hub.errors import (
+from huggingface_hub.errors import (  # noqa: E402
     EntryNotFoundError,
     HfHubHTTPError,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.file_download import get_hf_file_metadata
-from huggingface_hub.utils import get_session
-from hub_server import LFS_THRESHOLD, HubServer
+from huggingface_hub.file_download import get_hf_file_metadata  # noqa: E402
+from huggingface_hub.utils import get_session  # noqa: E402
+from hub_server import LFS_THRESHOLD, HubServer  # noqa: E402
 
 BIG = LFS_THRESHOLD + 123  # just over the size from which the server asks for LFS
 
@@ -203,3 +206,14 @@ def test_commit_rejects_lfs_pointer_without_upload(hub_server: HubServer, hub_re
         headers={"Authorization": f"Bearer {hub_server.token}", "Content-Type": "application/x-ndjson"},
     )
     assert response.status_code == 422
+
+
+def test_request_log_counts_body_bytes(hub_api: HfApi, hub_server: HubServer, hub_repo: str) -> None:
+    _upload(hub_api, hub_repo, "r.bin", bytes(100))
+    url = hf_hub_url(hub_repo, "r.bin", endpoint=hub_server.endpoint)
+    hub_server.requests.clear()
+    get_session().get(url, headers={"Range": "bytes=0-9"})
+    get_session().head(url)
+    served = [(r.method, r.path, r.range, r.status, r.nbytes) for r in hub_server.requests]
+    path = f"/{hub_repo}/resolve/main/r.bin"
+    assert served == [("GET", path, "bytes=0-9", 206, 10), ("HEAD", path, None, 200, 0)]

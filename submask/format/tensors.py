@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -13,13 +14,13 @@ from .header import TensorEntry
 
 
 def encode_tensor(name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                  encoding: str = "auto") -> tuple[TensorEntry, bytes]:
-    """Encode packed bits with the given encoding id (or the best one for "auto")."""
+                  encoding: str = "auto", config: dict[str, Any] | None = None) -> tuple[TensorEntry, bytes]:
+    """Encode packed bits with the given encoding id and settings (or the best default one for "auto")."""
     numel = math.prod(shape)
     if encoding == "auto":
         encoding, payload, config = encode_auto(packed, numel, ones)
     else:
-        payload, config = get_codec(encoding).encode(packed, numel)
+        payload, config = get_codec(encoding).configured(config or {}).encode(packed, numel)
     return TensorEntry(name, tuple(shape), ones, encoding, config, crc32(packed)), payload
 
 
@@ -31,7 +32,7 @@ def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> np
     except FormatError as exc:
         raise type(exc)(f"{at}{exc}") from None
     try:
-        packed = codec.decode(payload, entry.bits, entry.config)
+        packed = codec.configured(entry.config).decode(payload, entry.bits, entry.config)
     except FormatError as exc:
         raise FormatError(f"{at}{exc}; the file is corrupt (run `submask validate` on it)") from None
     if not padding_is_clear(packed, entry.bits):

@@ -11,7 +11,7 @@ import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -57,16 +57,21 @@ class MaskWriter:
     def __enter__(self) -> "MaskWriter":
         return self
 
-    def add(self, name: str, mask: TensorMask, encoding: str = "auto") -> TensorEntry:
-        """Encode and append one tensor's mask; returns its header entry."""
-        return self.add_packed(name, mask.shape, mask.packed, mask.count, encoding)
+    def add(self, name: str, mask: TensorMask, encoding: str = "auto",
+            config: dict[str, Any] | None = None) -> TensorEntry:
+        """Encode and append one tensor's mask; returns its header entry.
+
+        ``encoding`` is "auto" (the smallest default encoding) or an id; ``config`` overrides that encoding's
+        default settings (e.g. ``{"block_bits": 4096}`` for "rice").
+        """
+        return self.add_packed(name, mask.shape, mask.packed, mask.count, encoding, config)
 
     def add_packed(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                   encoding: str = "auto") -> TensorEntry:
+                   encoding: str = "auto", config: dict[str, Any] | None = None) -> TensorEntry:
         """Encode and append packed bits with a known popcount."""
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
-        entry, payload = encode_tensor(name, shape, packed, ones, encoding)
+        entry, payload = encode_tensor(name, shape, packed, ones, encoding, config)
         shard = self._shard_for(len(payload))
         shard.data.write(payload)
         shard.entries.append(entry)
