@@ -22,12 +22,23 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), _file_mode(target))
             os.fsync(handle.fileno())
         os.replace(handle.name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(handle.name)
         raise
+
+
+def _file_mode(target: Path) -> int:
+    """The mode the file would get from a plain open(): the old file's, else 0o666 minus the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager

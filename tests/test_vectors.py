@@ -1,0 +1,99 @@
+"""The golden vectors of spec/vectors/: decode to the listed content, re-encode byte for byte, match the schema."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import submask
+from submask import MaskWriter
+from submask.cli import main
+
+SPEC = Path(__file__).resolve().parent.parent / "spec"
+VECTORS = SPEC / "vectors"
+VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.json") if not p.name.endswith(".index.json"))
+SINGLE_FILES = sorted(VECTORS.glob("*.smask"))
+
+
+def header_of(path: Path) -> dict:
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(json.loads(data[8:8 + length])["__metadata__"]["submask"])
+
+
+def test_vectors_exist_for_every_encoding() -> None:
+    encodings = {entry["encoding"]["id"] for path in SINGLE_FILES for entry in header_of(path)["tensors"].values()}
+    assert encodings == {"raw", "zstd", "rice"}
+    assert "sharded" in VECTOR_NAMES and len(VECTOR_NAMES) >= 5
+
+
+@pytest.mark.parametrize("name", VECTOR_NAMES)
+def test_vector_decodes_to_its_listed_content(name: str) -> None:
+    expected = json.loads((VECTORS / f"{name}.json").read_text())["tensors"]
+    mask = submask.load(VECTORS / f"{name}.smask")
+    assert list(mask) == list(expected)
+    for tensor_name, content in expected.items():
+        tensor = mask[tensor_name]
+        assert list(tensor.shape) == content["shape"]
+        np.testing.assert_array_equal(tensor.to_indices(), np.array(content["ones_at"], dtype=np.int64))
+
+
+@pytest.mark.parametrize("path", SINGLE_FILES, ids=lambda p: p.name)
+def test_vector_re_encodes_byte_for_byte(path: Path, tmp_path: Path) -> None:
+    with submask.open(path) as mask_file:
+        with MaskWriter(tmp_path / path.name, mask_file.metadata) as writer:
+            for name, entry in mask_file.entries.items():
+                writer.add(name, mask_file[name], entry.encoding, entry.config)
+    assert (tmp_path / path.name).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("path", SINGLE_FILES, ids=lambda p: p.name)
+def test_vector_headers_match_the_schema(path: Path) -> None:
+    schema = json.loads((SPEC / "header.schema.json").read_text())
+    jsonschema.validate(header_of(path), schema)
+
+
+def test_index_matches_its_schema() -> None:
+    schema = json.loads((SPEC / "index.schema.json").read_text())
+    for index in VECTORS.glob("*.index.json"):
+        jsonschema.validate(json.loads(index.read_text()), schema)
+
+
+@pytest.mark.parametrize("bad", [{"format": "other"}, {"version": "2.0"}, {"kind": "x"}, {"tensors": []}])
+def test_schema_rejects_what_readers_reject(bad: dict) -> None:
+    schema = json.loads((SPEC / "header.schema.json").read_text())
+    header = {**header_of(VECTORS / "raw.smask"), **bad}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(header, schema)
+
+
+INVALID = json.loads((VECTORS / "invalid" / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("file_name", sorted(INVALID))
+def test_invalid_vector_is_rejected_with_the_listed_error(file_name: str) -> None:
+    error = getattr(submask, INVALID[file_name]["error"])
+    with pytest.raises(error):
+        with submask.open(VECTORS / "invalid" / file_name) as mask_file:
+            for name in mask_file:
+                mask_file[name]
+
+
+@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded"])
+def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["validate", str(VECTORS / f"{name}.smask")]).exit_code == 0
+    info = runner.invoke(main, ["info", str(VECTORS / f"{name}.smask"), "--json"])
+    expected = json.loads((VECTORS / f"{name}.json").read_text())["tensors"]
+    assert json.loads(info.output)["count"] == sum(len(t["ones_at"]) for t in expected.values())
+
+
+def test_cli_validate_rejects_an_invalid_vector() -> None:
+    result = CliRunner().invoke(main, ["validate", str(VECTORS / "invalid" / "bad_crc.smask")])
+    assert result.exit_code == 1 and "CRC-32" in result.output
