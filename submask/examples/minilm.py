@@ -13,6 +13,7 @@ tensor names (and order) of the packaged file. torch and transformers are import
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -152,6 +153,7 @@ def finetune(
     batch_size: int = 8,
     weight_decay: float = 0.0,
     progress: Progress | None = None,
+    restrict_to: Any = None,
 ) -> Path:
     """Finetune the packaged model (cast to ``dtype``, as ``write_base``) and write it to ``out_dir``.
 
@@ -160,7 +162,9 @@ def finetune(
     fixes batch order and dropout. Weights, gradients and optimizer state are held in ``dtype``,
     so every update is rounded to it; forward and backward run on an exact float32 copy (as a
     GPU's float32 accumulation would; CPU bf16 matmuls are several times slower).
-    ``progress(step, steps)`` is called after each step.
+    ``progress(step, steps)`` is called after each step. With ``restrict_to`` (a mask of the model's
+    parameters: Mask, MaskFile or .smask path), training is restricted to it with ``submask.restrict``
+    (dense mode): every value outside the mask keeps its starting value.
     """
     import torch
 
@@ -172,9 +176,13 @@ def finetune(
     src = model_dir()
     tokenizer = _tokenizer(src)
     model = _load(src)  # float32 compute copy
-    weights = _weights(model, _dtype(dtype))  # the trained values
-    params = [(p, weights[name]) for name, p in model.named_parameters()]
-    optimizer = torch.optim.AdamW([w for _, w in params], lr=lr, weight_decay=weight_decay)
+    trained = copy.deepcopy(model).to(_dtype(dtype))  # the trained values, rounded to dtype
+    params = list(zip(model.parameters(), trained.parameters()))
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=weight_decay)
+    if restrict_to is not None:
+        from submask.train import restrict
+
+        restrict(trained, restrict_to, mode="dense", optimizer=optimizer)
     torch.manual_seed(seed)
     model.train()
     labels = torch.arange(batch_size)
@@ -189,12 +197,12 @@ def finetune(
         scores = SCALE * left @ right.T
         loss = (torch.nn.functional.cross_entropy(scores, labels) + torch.nn.functional.cross_entropy(scores.T, labels)) / 2
         loss.backward()
-        for p, w in params:  # parameters outside the loss (the pooler) keep grad None: AdamW skips them
-            w.grad = None if p.grad is None else p.grad.to(w.dtype)
+        for p, w in params:  # parameters outside the loss (the pooler) or frozen keep grad None: AdamW skips them
+            w.grad = None if p.grad is None or not w.requires_grad else p.grad.to(w.dtype)
         optimizer.step()
         if progress is not None:
             progress(step, steps)
-    return _save(weights, out_dir)
+    return _save({name: w.detach() for name, w in trained.named_parameters()}, out_dir)
 
 
 def embed(model_path: str | Path, sentences: Sequence[str]) -> np.ndarray:
