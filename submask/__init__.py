@@ -20,16 +20,57 @@ from .errors import (
 )
 from .format import MaskFile, MaskMetadata, MaskWriter, TensorEntry, load, model_fingerprint, open, save
 from .mask import Mask, TensorMask
+from .algebra import (
+    Counts,
+    PairStats,
+    chance_jaccard,
+    complement,
+    difference,
+    intersection,
+    intersection_count,
+    jaccard,
+    overlap,
+    pair_stats,
+    symmetric_difference,
+    union,
+)
+from .compare import Comparison, combine_files, compare, density_breakdown
+from .build import build_mask
+from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
+from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
+from .train import Restriction, restrict, unrestrict
 
 __all__ = [
+    "Comparison",
+    "Counts",
+    "PairStats",
+    "chance_jaccard",
+    "combine_files",
+    "compare",
+    "complement",
+    "density_breakdown",
+    "difference",
+    "intersection",
+    "intersection_count",
+    "jaccard",
+    "overlap",
+    "pair_stats",
+    "symmetric_difference",
+    "union",
+    "AppliedModel",
     "ChecksumError",
     "FormatError",
     "HubError",
+    "HubPath",
     "Mask",
     "MaskFile",
+    "MaskListing",
     "MaskMetadata",
     "MaskWriter",
     "MismatchError",
+    "PulledMask",
+    "PushedMask",
+    "Restriction",
     "SourceError",
     "SubmaskError",
     "TensorEntry",
@@ -37,8 +78,17 @@ __all__ = [
     "UnknownEncodingError",
     "VersionError",
     "__version__",
+    "apply_mask",
+    "apply_to_module",
+    "apply_to_state_dict",
+    "build_mask",
+    "list_masks",
     "load",
     "model_fingerprint",
     "open",
+    "pull_mask",
+    "push_mask",
+    "restrict",
     "save",
+    "unrestrict",
 ]

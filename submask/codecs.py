@@ -147,6 +147,48 @@ def _encode_block(block: np.ndarray, nbits: int) -> bytes:
 
 
 def _decode_block(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, int]:
+    """Packed bits of one block and the offset after it."""
+    value, listed, end = _read_block(payload, offset, nbits)
+    bools = np.full(nbits, not value, dtype=np.bool_)
+    bools[listed] = bool(value)
+    return np.packbits(bools), end
+
+
+def decode_positions(payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
+    """Flat indices (int64, ascending) of the set bits of a "rice" payload, without building packed bits.
+
+    Several times faster than ``decode`` + ``set_positions`` on sparse masks (used by ``submask.compare``).
+    Checks the same block structure as ``decode``; the CRC-32 of the bits is not checked.
+    """
+    block_bits = _check_block_bits(config.get("block_bits"))
+    blocks = []
+    offset = 0
+    for start in range(0, numel, block_bits):
+        positions, offset = _block_positions(payload, offset, min(block_bits, numel - start))
+        blocks.append((start, positions))
+    if offset != len(payload):
+        raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
+    out = np.empty(sum(positions.size for _, positions in blocks), dtype=np.int64)
+    cursor = 0
+    for start, positions in blocks:
+        np.add(positions, start, out=out[cursor : cursor + positions.size])
+        cursor += positions.size
+    return out
+
+
+def _block_positions(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, int]:
+    """Positions of the set bits of one block, relative to its start, and the offset after the block."""
+    value, listed, end = _read_block(payload, offset, nbits)
+    if value:
+        return listed, end
+    ones = np.ones(nbits, dtype=np.bool_)  # the block lists its zeros: the set bits are the other positions
+    ones[listed] = False
+    return np.flatnonzero(ones), end
+
+
+def _read_block(payload: bytes, offset: int, nbits: int) -> tuple[int, np.ndarray, int]:
+    """One block's coded value, its listed positions (ascending, relative to the block; int32 where they
+    fit) and the offset after the block, with every structural check of FORMAT.md section 5.3."""
     if offset + _BLOCK_HEADER.size > len(payload):
         raise FormatError("rice payload ends inside a block header")
     value, k, reserved, count, unary_nbytes = _BLOCK_HEADER.unpack_from(payload, offset)
@@ -161,25 +203,28 @@ def _decode_block(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, 
     terminators = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
     if terminators.size != count:
         raise FormatError(f"rice block codes {terminators.size} positions, its header says {count}")
-    gaps = np.empty(count, dtype=np.int64)  # positions in a block stay below 2^32, so int64 never overflows
-    if count:
-        gaps[0] = terminators[0]
-        np.subtract(terminators[1:], terminators[:-1], out=gaps[1:])
-        gaps[1:] -= 1
-        gaps <<= k
-    offset += unary_nbytes
-    for bit in range(k):
-        plane = np.frombuffer(payload, dtype=np.uint8, count=plane_nbytes, offset=offset)
-        gaps |= np.unpackbits(plane, count=count).astype(np.int64) << bit
-        offset += plane_nbytes
-    gaps += 1
-    positions = np.cumsum(gaps, out=gaps)
-    positions -= 1
-    if count and positions[-1] >= nbits:
+    if not count:
+        return value, np.zeros(0, dtype=np.int32), end
+    # position i = (quotients summed to i) << k + (low bits summed to i) + i, where the quotients summed to
+    # i are the zeros before the i-th unary terminator, t_i - i: a few whole-array passes, no gap array
+    bound = ((int(terminators[-1]) - count + 1) << k) + count * (1 << k)  # exceeds every intermediate value
+    dtype = np.int32 if bound < 1 << 31 else np.int64
+    index = np.arange(count, dtype=dtype)
+    positions = terminators.astype(dtype)
+    positions -= index
+    positions <<= k
+    positions += index
+    if k:
+        planes = np.frombuffer(payload, dtype=np.uint8, count=k * plane_nbytes, offset=offset + unary_nbytes)
+        bits = np.unpackbits(planes.reshape(k, plane_nbytes), axis=1, count=count)
+        low_dtype = np.uint8 if k <= 8 else np.uint16 if k <= 16 else np.uint32
+        low = bits[0].astype(low_dtype)
+        for bit in range(1, k):
+            low |= bits[bit].astype(low_dtype, copy=False) << low_dtype(bit)
+        positions += np.cumsum(low, dtype=dtype)
+    if positions[-1] >= nbits:
         raise FormatError(f"rice block codes a position past its {nbits} bits")
-    bools = np.full(nbits, not value, dtype=np.bool_)
-    bools[positions] = bool(value)
-    return np.packbits(bools), end
+    return value, positions, end
 
 
 def _best_rice_parameter(gaps: np.ndarray) -> int:

@@ -22,7 +22,34 @@ if TYPE_CHECKING:
     import torch
 
 
-class TensorMask:
+class _SetOperators:
+    """``&``, ``|``, ``^``, ``-`` (difference) and ``~`` (complement), computed by ``submask.algebra``."""
+
+    __slots__ = ()
+
+    def __and__(self, other):  # type: ignore[no-untyped-def]
+        return _algebra().intersection(self, other)
+
+    def __or__(self, other):  # type: ignore[no-untyped-def]
+        return _algebra().union(self, other)
+
+    def __xor__(self, other):  # type: ignore[no-untyped-def]
+        return _algebra().symmetric_difference(self, other)
+
+    def __sub__(self, other):  # type: ignore[no-untyped-def]
+        return _algebra().difference(self, other)
+
+    def __invert__(self):  # type: ignore[no-untyped-def]
+        return _algebra().complement(self)
+
+
+def _algebra():  # type: ignore[no-untyped-def]
+    from . import algebra  # algebra imports this module
+
+    return algebra
+
+
+class TensorMask(_SetOperators):
     """The mask of one tensor: a shape and its packed bits (C order, most significant bit first).
 
     >>> m = TensorMask.from_numpy(np.array([[True, False], [False, True]]))
@@ -111,7 +138,7 @@ class TensorMask:
 
 
 @dataclass
-class Mask(Mapping[str, TensorMask]):
+class Mask(_SetOperators, Mapping[str, TensorMask]):
     """A model's mask: parameter name -> ``TensorMask``, plus file-level ``metadata``.
 
     >>> mask = Mask({"w": TensorMask.from_numpy(np.eye(3, dtype=bool))})
@@ -201,6 +228,14 @@ class Mask(Mapping[str, TensorMask]):
         from .format import load
 
         return load(path)
+
+    @classmethod
+    def from_hub(cls, repo_id: str, path: str, revision: str | None = None, **options: Any) -> "Mask":
+        """Download a mask from a Hub repo and load it; ``metadata.extra["source"]`` records the commit.
+        Options as for ``submask.hub.pull_mask`` (``expect_model``, ``token``, ``endpoint``, ...)."""
+        from .hub import mask_from_hub
+
+        return mask_from_hub(repo_id, path, revision, **options)
 
     def __repr__(self) -> str:
         return f"Mask({len(self)} tensors, count={self.count}, numel={self.numel}, kind={self.metadata.kind!r})"

@@ -212,7 +212,8 @@ class HubStore:
                 raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", url=url)
             repo = self.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id)
             attributes = Blob.regular(self.put_object(GITATTRIBUTES), GITATTRIBUTES)
-            repo.refs["refs/heads/main"] = repo.add_commit(None, "initial commit", "", {".gitattributes": attributes}).id
+            first = repo.add_commit(None, "initial commit", "", {".gitattributes": attributes})
+            repo.refs["refs/heads/main"] = first.id
             return repo
 
     def delete_repo(self, repo_type: str, repo_id: str) -> None:
@@ -392,6 +393,8 @@ class HubHandler(BaseHTTPRequestHandler):
                 headers["X-Error-Code"] = e.code
         except (ValueError, KeyError, TypeError) as e:
             status, headers, body = json_response({"error": f"Bad request: {e!r}"}, 400)
+        except Exception as e:  # a server bug: answer it (the client sees a 500) rather than drop the connection
+            status, headers, body = json_response({"error": f"Internal error: {e!r}"}, 500)
         sent = 0 if self.command == "HEAD" else len(body)
         # recorded before answering, so a client that got its answer always finds it in the log
         self.server.served.append(Served(self.command, url.path, self.headers.get("Range"), status, sent))
@@ -499,7 +502,8 @@ class HubHandler(BaseHTTPRequestHandler):
         refs = sorted(self.repo(repo).refs.items())
         kinds = {"branches": "refs/heads/", "tags": "refs/tags/", "pullRequests": "refs/pr/"}
         data = {
-            kind: [{"name": n.removeprefix(prefix), "ref": n, "targetCommit": sha} for n, sha in refs if n.startswith(prefix)]
+            kind: [{"name": n.removeprefix(prefix), "ref": n, "targetCommit": sha}
+                   for n, sha in refs if n.startswith(prefix)]
             for kind, prefix in kinds.items()
         }
         return json_response({**data, "converts": []})

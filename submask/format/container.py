@@ -59,18 +59,35 @@ class Container:
 
 
 def _parse(file: BinaryIO, path: Path) -> tuple[Any, dict[str, tuple[int, int]], int]:
-    at = where(path)
     size = os.fstat(file.fileno()).st_size
-    head = file.read(8)
+    header_length = read_header_length(file.read(8), size, path)
+    header, outer = parse_header(file.read(header_length), path)
+    spans = {name: _parse_entry(name, entry, path) for name, entry in outer.items()}
+    data_size = size - 8 - header_length
+    _check_contiguous(spans, data_size, path)
+    return header, spans, 8 + header_length
+
+
+def read_header_length(head: bytes, size: int, path: object = None) -> int:
+    """The header length from a file's first 8 bytes, checked against the file's ``size``.
+
+    With ``parse_header`` this reads a header from its bytes alone (e.g. fetched by HTTP range requests).
+    """
+    at = where(path)
     if len(head) < 8:
         raise FormatError(f"{at}file has {size} bytes, too short for a .smask header; it is truncated or not a mask")
-    (header_length,) = _LENGTH.unpack(head)
+    (header_length,) = _LENGTH.unpack(head[:8])
     if header_length > MAX_HEADER_BYTES:
         raise FormatError(f"{at}header length {header_length} exceeds the {MAX_HEADER_BYTES}-byte limit; not a mask file")
     if 8 + header_length > size:
         raise FormatError(f"{at}header length {header_length} is larger than the file ({size} bytes); "
                           "the file is truncated or not a mask")
-    raw = file.read(header_length)
+    return header_length
+
+
+def parse_header(raw: bytes, path: object = None) -> tuple[Any, dict[str, Any]]:
+    """Decode the safetensors header JSON ``raw``: (the submask header, the safetensors tensor entries)."""
+    at = where(path)
     try:
         outer = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -86,10 +103,7 @@ def _parse(file: BinaryIO, path: Path) -> tuple[Any, dict[str, tuple[int, int]],
         header = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise FormatError(f"{at}submask header is not valid JSON ({exc}); the file is corrupt") from None
-    spans = {name: _parse_entry(name, entry, path) for name, entry in outer.items()}
-    data_size = size - 8 - header_length
-    _check_contiguous(spans, data_size, path)
-    return header, spans, 8 + header_length
+    return header, outer
 
 
 def _parse_entry(name: str, entry: Any, path: Path) -> tuple[int, int]:

@@ -1,0 +1,307 @@
+"""Set algebra and overlap metrics on masks, computed on packed bits (pure functions, no I/O).
+
+Operators take two ``TensorMask`` or two ``Mask`` objects and return the same type; counts
+(``intersection_count``, ``pair_stats``) never materialise the result.
+
+>>> a = Mask.from_numpy({"w": np.array([1, 1, 0, 0], bool)})
+>>> b = Mask.from_numpy({"w": np.array([1, 0, 1, 0], bool)})
+>>> intersection(a, b)["w"].to_numpy()
+array([ True, False, False, False])
+>>> s = pair_stats(a, b)
+>>> s.intersection, s.overlap_a, s.jaccard, s.chance_jaccard
+(1, 0.5, 0.3333333333333333, 0.3333333333333333)
+
+Undefined ratios (0/0: an overlap with an empty mask, the Jaccard index of two empty masks, a chance
+value at density 0) are ``nan``, never 0, so that "no overlap" and "nothing to overlap" stay apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from .errors import MismatchError
+from .format.header import MaskMetadata
+from .mask import Mask, TensorMask
+from .packed import CHUNK_BYTES, clear_padding
+
+M = TypeVar("M", TensorMask, Mask)
+
+#: byte-wise implementations of the binary operators, by the name the CLI and metadata use
+BINARY_OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "and": np.bitwise_and,
+    "or": np.bitwise_or,
+    "xor": np.bitwise_xor,
+    "diff": lambda a, b: np.bitwise_and(a, np.invert(b)),
+}
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, or nan when the denominator is 0."""
+    return numerator / denominator if denominator else math.nan
+
+
+def chance_jaccard(p: float, q: float) -> float:
+    """Expected Jaccard index of independent random masks of densities ``p`` and ``q``: pq / (p + q - pq).
+
+    >>> round(chance_jaccard(0.2, 0.2), 4)
+    0.1111
+    """
+    return ratio(p * q, p + q - p * q)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Set elements out of all elements, for one mask over some tensors."""
+
+    numel: int
+    count: int
+
+    @property
+    def density(self) -> float:
+        """Fraction set; 0.0 over no elements."""
+        return self.count / self.numel if self.numel else 0.0
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.numel + other.numel, self.count + other.count)
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """How two masks A and B overlap over some tensors, with the values chance would give.
+
+    ``chance_intersection`` is the expected |A and B| for random masks with the same count *in each
+    tensor* (sum over tensors of count_a * count_b / numel): the stratified baseline. The model-wide
+    baseline (as in the RL-subnetworks paper) only uses the total densities.
+    Stats over disjoint groups of tensors add up with ``+``.
+    """
+
+    numel: int
+    count_a: int
+    count_b: int
+    intersection: int
+    chance_intersection: float
+
+    @classmethod
+    def of_counts(cls, numel: int, count_a: int, count_b: int, intersection: int) -> "PairStats":
+        """Stats of one tensor (the stratified baseline of one tensor is its model-wide baseline)."""
+        return cls(numel, count_a, count_b, intersection, count_a * count_b / numel if numel else 0.0)
+
+    def __add__(self, other: "PairStats") -> "PairStats":
+        return PairStats(self.numel + other.numel, self.count_a + other.count_a, self.count_b + other.count_b,
+                         self.intersection + other.intersection,
+                         self.chance_intersection + other.chance_intersection)
+
+    @property
+    def union(self) -> int:
+        return self.count_a + self.count_b - self.intersection
+
+    @property
+    def density_a(self) -> float:
+        return self.count_a / self.numel if self.numel else 0.0
+
+    @property
+    def density_b(self) -> float:
+        return self.count_b / self.numel if self.numel else 0.0
+
+    @property
+    def overlap_a(self) -> float:
+        """|A and B| / |A|: the share of A also in B (the paper's o1); nan when A is empty."""
+        return ratio(self.intersection, self.count_a)
+
+    @property
+    def overlap_b(self) -> float:
+        """|A and B| / |B| (the paper's o2); nan when B is empty."""
+        return ratio(self.intersection, self.count_b)
+
+    @property
+    def jaccard(self) -> float:
+        """|A and B| / |A or B|; nan when both are empty."""
+        return ratio(self.intersection, self.union)
+
+    @property
+    def chance_overlap_a(self) -> float:
+        """Model-wide chance value of ``overlap_a``: B's density (nan when A is empty)."""
+        return self.density_b if self.count_a else math.nan
+
+    @property
+    def chance_overlap_b(self) -> float:
+        return self.density_a if self.count_b else math.nan
+
+    @property
+    def chance_jaccard(self) -> float:
+        """Model-wide chance Jaccard, pq / (p + q - pq) from the total densities."""
+        return chance_jaccard(self.density_a, self.density_b)
+
+    @property
+    def stratified_chance_overlap_a(self) -> float:
+        """Chance ``overlap_a`` when each tensor keeps its own densities."""
+        return ratio(self.chance_intersection, self.count_a)
+
+    @property
+    def stratified_chance_overlap_b(self) -> float:
+        return ratio(self.chance_intersection, self.count_b)
+
+    @property
+    def stratified_chance_jaccard(self) -> float:
+        """Chance Jaccard when each tensor keeps its own densities (ratio of the expected counts)."""
+        return ratio(self.chance_intersection, self.count_a + self.count_b - self.chance_intersection)
+
+    @property
+    def jaccard_ratio(self) -> float:
+        """``jaccard`` / model-wide ``chance_jaccard``: 1 is what chance gives, above 1 more overlap."""
+        return ratio(self.jaccard, self.chance_jaccard)
+
+    @property
+    def stratified_jaccard_ratio(self) -> float:
+        return ratio(self.jaccard, self.stratified_chance_jaccard)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The counts and every derived metric, for JSON/CSV output."""
+        names = ("numel", "count_a", "count_b", "intersection", "union", "density_a", "density_b", "overlap_a",
+                 "overlap_b", "jaccard", "chance_overlap_a", "chance_overlap_b", "chance_jaccard", "jaccard_ratio",
+                 "chance_intersection", "stratified_chance_overlap_a", "stratified_chance_overlap_b",
+                 "stratified_chance_jaccard", "stratified_jaccard_ratio")
+        return {name: getattr(self, name) for name in names}
+
+
+def _check_shapes(a: TensorMask, b: TensorMask, name: str | None = None) -> None:
+    if a.shape != b.shape:
+        label = f"tensor {name!r}: " if name else ""
+        raise MismatchError(f"{label}shapes differ ({a.shape} vs {b.shape}); these masks are for different models")
+
+
+def intersection_count(a: M, b: M, *, common: bool = False) -> int:
+    """|A and B| without building A and B: chunked AND + popcount on the packed bits."""
+    if isinstance(a, TensorMask) and isinstance(b, TensorMask):
+        _check_shapes(a, b)
+        return packed_intersection_count(a.packed, b.packed)
+    return sum(intersection_count(a[name], b[name]) for name in aligned_names([a.shapes, b.shapes], common=common))
+
+
+def packed_intersection_count(a: np.ndarray, b: np.ndarray) -> int:
+    """Set bits of ``a & b`` for two packed arrays of the same length, in cache-sized chunks."""
+    total = 0
+    words = a.size // 8 * 8
+    buffer = np.empty(CHUNK_BYTES // 8, dtype=np.uint64)
+    for start in range(0, words, CHUNK_BYTES):
+        stop = min(start + CHUNK_BYTES, words)
+        out = buffer[: (stop - start) // 8]
+        np.bitwise_and(a[start:stop].view(np.uint64), b[start:stop].view(np.uint64), out=out)
+        total += int(np.bitwise_count(out).sum(dtype=np.int64))
+    if a.size > words:
+        total += int(np.bitwise_count(a[words:] & b[words:]).sum(dtype=np.int64))
+    return total
+
+
+def pair_stats(a: M, b: M, *, common: bool = False) -> PairStats:
+    """Counts, overlaps, Jaccard and chance baselines of two masks (see ``PairStats``)."""
+    if isinstance(a, TensorMask) and isinstance(b, TensorMask):
+        return PairStats.of_counts(a.numel, a.count, b.count, intersection_count(a, b))
+    names = aligned_names([a.shapes, b.shapes], common=common)
+    return sum((pair_stats(a[name], b[name]) for name in names), PairStats(0, 0, 0, 0, 0.0))
+
+
+def overlap(a: M, b: M, *, common: bool = False) -> float:
+    """|A and B| / |A|, the share of A's elements also set in B; nan when A is empty."""
+    return pair_stats(a, b, common=common).overlap_a
+
+
+def jaccard(a: M, b: M, *, common: bool = False) -> float:
+    """|A and B| / |A or B|; nan when both are empty."""
+    return pair_stats(a, b, common=common).jaccard
+
+
+def aligned_names(shapes: Sequence[Mapping[str, tuple[int, ...]]], *, common: bool = False,
+                  labels: Sequence[str] | None = None) -> list[str]:
+    """Tensor names to process for masks with these name->shape maps, in the first mask's order.
+
+    Every mask must have the same tensors with the same shapes, else MismatchError; with ``common=True``
+    only the tensors present in all of them are kept (shapes must still agree).
+    """
+    labels = list(labels) if labels is not None else [f"mask {i + 1}" for i in range(len(shapes))]
+    first = shapes[0]
+    shared = [name for name in first if all(name in other for other in shapes[1:])]
+    if not common:
+        for label, other in zip(labels[1:], shapes[1:]):
+            missing = [n for n in first if n not in other]
+            extra = [n for n in other if n not in first]
+            if missing or extra:
+                raise MismatchError(
+                    f"{labels[0]} and {label} have different tensors ({len(missing)} only in {labels[0]}, "
+                    f"e.g. {missing[:3]}; {len(extra)} only in {label}, e.g. {extra[:3]}); "
+                    "pass common=True (--common) to use only the tensors both have")
+    for name in shared:
+        for label, other in zip(labels[1:], shapes[1:]):
+            if tuple(other[name]) != tuple(first[name]):
+                raise MismatchError(f"tensor {name!r} has shape {tuple(first[name])} in {labels[0]} but "
+                                    f"{tuple(other[name])} in {label}; these masks are for different models")
+    return shared
+
+
+def apply_op(op: str, packed: Sequence[np.ndarray], numel: int) -> np.ndarray:
+    """Fold ``op`` ("and", "or", "xor", "diff": first minus all others, "not": of one input) over packed arrays."""
+    if op == "not":
+        if len(packed) != 1:
+            raise MismatchError(f"'not' takes exactly one mask, got {len(packed)}")
+        out = np.invert(packed[0])
+    else:
+        if op not in BINARY_OPS:
+            raise MismatchError(f"unknown operation {op!r}; use one of {sorted([*BINARY_OPS, 'not'])}")
+        if len(packed) < 2:
+            raise MismatchError(f"{op!r} takes at least two masks, got {len(packed)}")
+        out = BINARY_OPS[op](packed[0], packed[1])
+        for more in packed[2:]:
+            out = BINARY_OPS[op](out, more)
+    return clear_padding(out, numel)
+
+
+def combine(op: str, masks: Sequence[M], *, common: bool = False) -> M:
+    """Apply ``op`` to TensorMasks or Masks; a Mask result keeps its inputs' provenance in its metadata."""
+    if all(isinstance(m, TensorMask) for m in masks):
+        for other in masks[1:]:
+            _check_shapes(masks[0], other)
+        return TensorMask(masks[0].shape, apply_op(op, [m.packed for m in masks], masks[0].numel))
+    names = aligned_names([m.shapes for m in masks], common=common)
+    tensors = {name: combine(op, [m[name] for m in masks]) for name in names}
+    inputs = [{"provenance": m.metadata.provenance} for m in masks]
+    return Mask(tensors, combined_metadata(op, [m.metadata for m in masks], inputs))
+
+
+def combined_metadata(op: str, metadata: Sequence[MaskMetadata], inputs: Iterable[dict]) -> MaskMetadata:
+    """Metadata of a combined mask: the inputs' kind if they agree (else "other"), their model if they
+    agree, and provenance ``{"combined": {"op": op, "inputs": inputs}}``."""
+    kinds = {m.kind for m in metadata}
+    models = [m.model for m in metadata]
+    return MaskMetadata(kind=kinds.pop() if len(kinds) == 1 else "other",
+                        model=models[0] if all(m == models[0] for m in models) else None,
+                        provenance={"combined": {"op": op, "inputs": list(inputs)}})
+
+
+def intersection(a: M, b: M, *, common: bool = False) -> M:
+    """A and B."""
+    return combine("and", [a, b], common=common)
+
+
+def union(a: M, b: M, *, common: bool = False) -> M:
+    """A or B."""
+    return combine("or", [a, b], common=common)
+
+
+def difference(a: M, b: M, *, common: bool = False) -> M:
+    """A and not B."""
+    return combine("diff", [a, b], common=common)
+
+
+def symmetric_difference(a: M, b: M, *, common: bool = False) -> M:
+    """A xor B."""
+    return combine("xor", [a, b], common=common)
+
+
+def complement(a: M) -> M:
+    """Not A (pad bits stay clear)."""
+    return combine("not", [a])

@@ -1,0 +1,266 @@
+"""Sparse-update models: the finetuned values where a mask is set, the base values elsewhere.
+
+``apply_mask`` works on safetensors checkpoints on disk, tensor by tensor and chunk by chunk (memory stays
+bounded by ``CHUNK_ELEMENTS``), selecting raw bits, so every dtype is exact and torch is not needed.
+``apply_to_state_dict`` and ``apply_to_module`` do the same in memory (torch tensors or numpy arrays).
+
+>>> submask.apply_mask("base/", "finetuned/", "rl.smask", "sparse-update/")   # doctest: +SKIP
+AppliedModel(path=PosixPath('sparse-update'), tensors=291, numel=..., from_finetuned=...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from .build.safetensors_file import TensorInfo
+from .build.sources import Source, local_source
+from .errors import MismatchError, SourceError, SubmaskError
+from .fit import MaskLike, check_fit, check_same_model, check_same_tensors, mask_counts, open_mask
+from .mask import TensorMask
+from .packed import unpack
+
+if TYPE_CHECKING:
+    import torch
+
+#: Elements selected per step (a multiple of 8, so chunks start on a byte of packed bits): 4 Mi elements
+#: keeps the working set of the largest dtype around 100 MiB.
+CHUNK_ELEMENTS = 1 << 22
+#: Files of a finetuned model dir that are weights, not copied next to the applied weights.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
+
+
+@dataclass(frozen=True)
+class AppliedModel:
+    """What ``apply_mask`` wrote: the model dir, and how many values came from the finetuned model."""
+
+    path: Path
+    tensors: int
+    numel: int
+    from_finetuned: int
+
+
+def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], mask: MaskLike,
+               out_dir: str | os.PathLike[str], *, invert: bool = False, overwrite: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> AppliedModel:
+    """Write a model dir whose weights are ``finetuned`` where ``mask`` is set and ``base`` elsewhere.
+
+    ``base`` and ``finetuned`` are model dirs (sharded with an index, or not) or ``.safetensors`` files with
+    the same tensor names, shapes and dtypes. Each output shard is the finetuned shard's header, byte for
+    byte, followed by the selected values; the index is copied, and when ``finetuned`` is a directory its
+    other files (config, tokenizer, ...) too. Tensors the mask does not list take the base values.
+    ``invert=True`` swaps the roles: finetuned values outside the mask, base values inside. The directory
+    appears atomically, complete or not at all; an existing non-empty ``out_dir`` is replaced only with
+    ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written.
+    """
+    out = Path(out_dir)
+    with local_source(base) as base_src, local_source(finetuned) as ft_src, open_mask(mask) as masks:
+        _check_pair(base_src, ft_src)
+        _check_out(out, [Path(base), Path(finetuned)], overwrite)
+        check_fit(masks, _info_shapes(ft_src), f"the finetuned model {ft_src.label}")
+        shards = _shards(Path(finetuned), ft_src)
+        buffers = (np.empty(CHUNK_ELEMENTS * 8, np.uint8), np.empty(CHUNK_ELEMENTS * 8, np.uint8))
+        total = sum(info.nbytes for info in ft_src.tensors.values())
+        report = None if progress is None else (lambda nbytes: progress(nbytes, total))
+        taken = 0
+        with _staging_dir(out) as staging:
+            for shard in shards:
+                with open(staging / shard.path.name, "wb") as handle:
+                    handle.write(shard.header)
+                    for name in shard.names:
+                        bits = masks[name] if name in masks else None
+                        taken += _write_selected(handle, ft_src.tensors[name], base_src, ft_src, bits, invert,
+                                                 buffers, report)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            if Path(finetuned).is_dir():
+                _copy_side_files(Path(finetuned), staging)
+            _replace_dir(staging, out)
+        numel = sum(t.numel for t in ft_src.tensors.values())
+        return AppliedModel(out, len(ft_src.tensors), numel, taken)
+
+
+def apply_to_state_dict(base_sd: Mapping[str, Any], finetuned_sd: Mapping[str, Any], mask: MaskLike, *,
+                        invert: bool = False) -> dict[str, Any]:
+    """A new state dict: ``finetuned_sd`` where ``mask`` is set, ``base_sd`` elsewhere (``invert`` swaps).
+
+    Values are torch tensors or numpy arrays; tensors the mask does not list are taken from ``base_sd``
+    (``finetuned_sd`` with ``invert``) as they are, not copied.
+    """
+    shapes = _shapes(base_sd)
+    check_same_model(_shapes(finetuned_sd), shapes, "the finetuned state dict", "the base state dict")
+    with open_mask(mask) as masks:
+        check_fit(masks, shapes, "the state dict")
+        result = {}
+        for name, base_value in base_sd.items():
+            take, keep = (base_value, finetuned_sd[name]) if invert else (finetuned_sd[name], base_value)
+            result[name] = _select(masks[name], take, keep) if name in masks else keep
+    return result
+
+
+def apply_to_module(module: "torch.nn.Module", finetuned_sd: Mapping[str, "torch.Tensor"], mask: MaskLike, *,
+                    invert: bool = False) -> None:
+    """Overwrite ``module``'s parameters and buffers in place with ``finetuned_sd`` where ``mask`` is set.
+
+    The module holds the base values; mask names are its parameter and buffer names. Finetuned values are
+    cast to each tensor's dtype and device (exact when the module's dtype is at least as wide). With
+    ``invert`` the finetuned values go outside the mask, and the state_dict tensors the mask does not list
+    are replaced whole. ``finetuned_sd`` must hold every tensor that gives at least one value; nothing is
+    changed unless it does.
+    """
+    import torch
+
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    with open_mask(mask) as masks:
+        check_fit(masks, _shapes(tensors), "the module")
+        counts = mask_counts(masks)
+        if invert:
+            giving = [name for name in module.state_dict() if name not in counts]
+            giving += [name for name, count in counts.items() if count < tensors[name].numel()]
+        else:
+            giving = [name for name, count in counts.items() if count]
+        check_same_tensors({name: tuple(tensors[name].shape) for name in giving}, _shapes(finetuned_sd),
+                           "the module's tensors to update", "the finetuned state dict",
+                           "Pass the finetuned model's full state dict.")
+        with torch.no_grad():
+            for name in giving:
+                target = tensors[name]
+                finetuned = finetuned_sd[name].to(device=target.device, dtype=target.dtype)
+                if name not in masks:
+                    target.copy_(finetuned)
+                    continue
+                take, keep = (target, finetuned) if invert else (finetuned, target)
+                target.copy_(_select(masks[name], take, keep))
+
+
+def _select(bits: TensorMask, take: Any, keep: Any) -> Any:
+    """``take`` where ``bits`` is set, ``keep`` elsewhere: the one numpy/torch seam of this module."""
+    if isinstance(take, np.ndarray):
+        return np.where(bits.to_numpy(), take, keep)
+    return take.where(bits.to_torch(take.device), keep)
+
+
+def _shapes(tensors: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(value.shape) for name, value in tensors.items()}
+
+
+def _write_selected(handle: BinaryIO, tensor: TensorInfo, base: Source, finetuned: Source,
+                    bits: TensorMask | None, invert: bool, buffers: tuple[np.ndarray, np.ndarray],
+                    progress: Callable[[int], None] | None) -> int:
+    """Write one tensor's selected raw values chunk by chunk; return how many came from ``finetuned``."""
+    count = 0 if bits is None else bits.count
+    taken = tensor.numel - count if invert else count
+    whole = finetuned if taken == tensor.numel else base if taken == 0 else None  # one side only: copy it
+    take, keep = (base, finetuned) if invert else (finetuned, base)
+    for start in range(0, tensor.numel, CHUNK_ELEMENTS):
+        stop = min(start + CHUNK_ELEMENTS, tensor.numel)
+        if whole is not None:
+            chunk = whole.read(tensor.name, start, stop, buffers[0])
+        else:
+            chosen = unpack(bits.packed[start // 8: (stop + 7) // 8], stop - start)  # type: ignore[union-attr]
+            chunk = keep.read(tensor.name, start, stop, buffers[1])
+            np.copyto(chunk, take.read(tensor.name, start, stop, buffers[0]), where=chosen)
+        handle.write(memoryview(chunk))
+        if progress is not None:
+            progress(chunk.nbytes)
+    return taken
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One file of the finetuned checkpoint: its raw header (length prefix included), tensors in byte order."""
+
+    path: Path
+    header: bytes
+    names: list[str]
+
+
+def _shards(path: Path, source: Source) -> list[_Shard]:
+    """The finetuned checkpoint's files as the source found them, with their headers copied verbatim."""
+    root = path if path.is_dir() else path.parent
+    shards = []
+    for file_name in source.provenance["files"]:
+        with open(root / file_name, "rb") as handle:
+            prefix = handle.read(8)
+            header = handle.read(struct.unpack("<Q", prefix)[0])  # validated by the source already
+        entries = {name: entry for name, entry in json.loads(header).items() if name != "__metadata__"}
+        unread = [name for name in entries if name not in source.tensors]
+        if unread:
+            raise SourceError(f"{root / file_name}: holds tensor(s) its index does not list (e.g. {unread[:3]}); "
+                              f"fix the index or remove them so that the output can keep this shard's layout")
+        names = sorted(entries, key=lambda name: entries[name]["data_offsets"][0])
+        shards.append(_Shard(root / file_name, prefix + header, names))
+    return shards
+
+
+def _info_shapes(source: Source) -> dict[str, tuple[int, ...]]:
+    return {name: info.shape for name, info in source.tensors.items()}
+
+
+def _check_pair(base: Source, finetuned: Source) -> None:
+    base_label, ft_label = f"the base model {base.label}", f"the finetuned model {finetuned.label}"
+    check_same_model(_info_shapes(finetuned), _info_shapes(base), ft_label, base_label)
+    dtypes = [f"{name} {info.dtype.name} vs {base.tensors[name].dtype.name}"
+              for name, info in finetuned.tensors.items() if info.dtype != base.tensors[name].dtype]
+    if dtypes:
+        raise MismatchError(f"{ft_label} and {base_label} store {len(dtypes)} tensor(s) in other dtypes, "
+                            f"e.g. {dtypes[:3]}; convert one so that both use the same dtypes")
+
+
+def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    resolved = out.resolve()
+    for path in inputs:
+        if resolved == path.resolve() or resolved in path.resolve().parents:
+            raise SubmaskError(f"{out}: the output directory holds an input checkpoint ({path}); "
+                               "choose another output directory")
+    if out.exists() and not out.is_dir():
+        raise SubmaskError(f"{out}: exists and is not a directory; choose another output directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SubmaskError(f"{out}: directory exists and is not empty; choose another one or pass overwrite "
+                           "(--overwrite) to replace it")
+
+
+@contextlib.contextmanager
+def _staging_dir(out: Path) -> Iterator[Path]:
+    """A temp directory next to ``out`` (so the final rename stays on one filesystem), removed on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Move ``staging`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / "dir")
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_side_files(model_dir: Path, out: Path) -> None:
+    """Copy config, tokenizer and other non-weight files (not hidden ones such as .git) into ``out``."""
+    for source in sorted(model_dir.rglob("*")):
+        relative = source.relative_to(model_dir)
+        if (any(part.startswith(".") for part in relative.parts) or not source.is_file()
+                or source.name.endswith(WEIGHT_SUFFIXES)):
+            continue
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, out / relative)
+
+
+__all__ = ["AppliedModel", "apply_mask", "apply_to_module", "apply_to_state_dict"]

@@ -1,0 +1,150 @@
+"""Where chunks are compared: numpy on the CPU, or torch on a device (CUDA), behind one ``compare``.
+
+A backend takes one chunk of both checkpoints (raw unsigned ints of the same dtype) and returns the packed
+changed-bits of the chunk, their count and, on request, the tolerance-ladder counts. Both backends apply
+the definitions of ``criteria`` (they pass their array module to it), so they build identical masks.
+The torch backend works on any torch device; on CUDA only the packed bits and counts come back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import SubmaskError
+from ..packed import popcount
+from .criteria import LADDER_ATOL, Criterion, ladder_changed, unchanged_within
+from .dtypes import DType, decode
+
+
+DECODE_BLOCK = 1 << 16  # elements decoded at a time for tolerances and the ladder: temporaries stay in cache
+
+
+@dataclass
+class ChunkResult:
+    """Packed changed-bits of a chunk (MSB first), how many are set, and ladder counts (or None)."""
+
+    packed: np.ndarray
+    ones: int
+    ladder: list[int] | None
+
+
+class Backend:
+    """Compares chunks; ``name`` is recorded in the mask's metadata."""
+
+    name: str
+
+    def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
+                ladder: bool) -> ChunkResult:
+        raise NotImplementedError
+
+
+class NumpyBackend(Backend):
+    """numpy on the calling thread (numpy releases the GIL, so worker threads compare in parallel)."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _changed_buffer(self, size: int) -> np.ndarray:
+        buffer = getattr(self._local, "changed", None)
+        if buffer is None or buffer.size < size:
+            buffer = self._local.changed = np.empty(size, dtype=np.bool_)
+        return buffer[:size]
+
+    def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
+                ladder: bool) -> ChunkResult:
+        changed = np.not_equal(a, b, out=self._changed_buffer(a.size))
+        counts = [0] * len(LADDER_ATOL) if ladder else None
+        if criterion.name != "exact" or ladder:
+            # Decode only the elements whose bytes differ, a cache-sized block at a time.
+            for start in range(0, a.size, DECODE_BLOCK):
+                block = changed[start:start + DECODE_BLOCK]
+                where = np.flatnonzero(block)
+                if not where.size:
+                    continue
+                x = decode(a[start:start + DECODE_BLOCK][where], dtype)
+                y = decode(b[start:start + DECODE_BLOCK][where], dtype)
+                if counts is not None:
+                    counts = [total + part for total, part in zip(counts, ladder_changed(x, y, np))]
+                if criterion.name != "exact":
+                    block[where[unchanged_within(x, y, criterion, np)]] = False
+        packed = np.packbits(changed)
+        return ChunkResult(packed, popcount(packed), counts)
+
+
+class TorchBackend(Backend):
+    """torch on ``device``: compare as signed integer views, decode, and pack bits there."""
+
+    def __init__(self, device: str = "cuda"):
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        self.name = str(self.device)
+        self._bit_weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=self.device)
+
+    def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
+                ladder: bool) -> ChunkResult:
+        torch = self.torch
+        ta = torch.from_numpy(a.view(dtype.signed)).to(self.device)
+        tb = torch.from_numpy(b.view(dtype.signed)).to(self.device)
+        changed = ta != tb
+        counts = None
+        if criterion.name != "exact" or ladder:
+            where = changed.nonzero().squeeze(1)
+            x, y = self._decode(ta[where], dtype), self._decode(tb[where], dtype)
+            counts = ladder_changed(x, y, torch) if ladder else None
+            if criterion.name != "exact":
+                changed[where[unchanged_within(x, y, criterion, torch)]] = False
+        return ChunkResult(self._pack(changed).cpu().numpy(), int(changed.sum()), counts)
+
+    def _decode(self, raw: Any, dtype: DType) -> Any:
+        """float64 values of signed-int views, as ``dtypes.decode`` defines them."""
+        torch = self.torch
+        if dtype.kind == "bool" or dtype.name == "U8":
+            return raw.view(torch.uint8).to(torch.float64)
+        if dtype.name.startswith("U"):  # torch has little support for uint16/32/64: widen by hand
+            wide = raw.to(torch.int64)
+            if dtype.itemsize < 8:
+                return (wide & ((1 << 8 * dtype.itemsize) - 1)).to(torch.float64)
+            return wide.to(torch.float64) + (wide < 0).to(torch.float64) * 2.0**64
+        return raw.view(getattr(torch, dtype.torch_name)).to(torch.float64)
+
+    def _pack(self, bits: Any) -> Any:
+        padded = self.torch.nn.functional.pad(bits.to(self.torch.uint8), (0, -bits.numel() % 8))
+        return (padded.view(-1, 8) * self._bit_weights).sum(dim=1, dtype=self.torch.uint8)
+
+
+def select_backend(device: str | Backend = "auto") -> Backend:
+    """The backend for ``device``: "cpu", "cuda" (or "cuda:N"), "auto", or a Backend instance.
+
+    "auto" picks CUDA when torch sees a GPU, but imports torch only if it is already imported or an
+    NVIDIA driver is present, so CPU-only builds stay light.
+    """
+    if isinstance(device, Backend):
+        return device
+    if device == "cpu":
+        return NumpyBackend()
+    if device == "auto":
+        if "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
+            return NumpyBackend()
+        return TorchBackend("cuda") if _cuda_available() else NumpyBackend()
+    if device.startswith("cuda"):
+        if not _cuda_available():
+            raise SubmaskError(f"device {device!r} asked for, but torch sees no CUDA device; use device='cpu'")
+        return TorchBackend(device)
+    raise SubmaskError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

@@ -1,0 +1,131 @@
+"""Raw, lazy reading of one .safetensors file: a validated header, then byte ranges read on demand.
+
+The header (8-byte little-endian length, then JSON with each tensor's dtype, shape and data_offsets) is
+parsed here rather than by ``safetensors.safe_open``, whose numpy framework cannot return bf16 or fp8.
+Elements are read with ``os.preadv`` into a caller's buffer as unsigned integers of their width, so any
+dtype streams in bounded memory and reads from several threads at once (the GIL is released).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SourceError
+from .dtypes import DType, dtype_named
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor of a checkpoint: name, dtype and shape."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+class SafetensorsFile:
+    """An open .safetensors file: ``tensors`` (name -> TensorInfo) and ``read`` of element ranges.
+
+    >>> with SafetensorsFile("model.safetensors") as f:            # doctest: +SKIP
+    ...     f.read("bert.pooler.dense.bias", 0, 8, np.empty(64, np.uint8))
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot open checkpoint ({exc.strerror})") from None
+        try:
+            self.size = os.fstat(self._fd).st_size
+            self.tensors, self._offsets, self.metadata = self._parse_header()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _parse_header(self) -> tuple[dict[str, TensorInfo], dict[str, int], dict[str, Any]]:
+        if self.size < 8:
+            raise self._corrupt(f"is {self.size} bytes, too short for a safetensors header")
+        (length,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
+        if length > MAX_HEADER_BYTES or 8 + length > self.size:
+            raise self._corrupt(f"declares a {length}-byte header but the file has {self.size} bytes")
+        try:
+            header = json.loads(os.pread(self._fd, length, 8).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._corrupt(f"has an unreadable JSON header ({exc})") from None
+        if not isinstance(header, dict):
+            raise self._corrupt("has a header that is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        data_start = 8 + length
+        tensors, offsets = {}, {}
+        for name, entry in header.items():
+            info, begin = self._parse_entry(name, entry, data_start)
+            tensors[name], offsets[name] = info, begin
+        return tensors, offsets, metadata if isinstance(metadata, dict) else {}
+
+    def _parse_entry(self, name: str, entry: Any, data_start: int) -> tuple[TensorInfo, int]:
+        at = f"{self.path}, tensor {name!r}: "
+        if not isinstance(entry, dict):
+            raise self._corrupt(f"has a non-object entry for tensor {name!r}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise self._corrupt(f"has an invalid shape {shape!r} for tensor {name!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise self._corrupt(f"has invalid data_offsets {offsets!r} for tensor {name!r}")
+        dtype = dtype_named(entry.get("dtype"), at)
+        info = TensorInfo(name, dtype, tuple(shape))
+        if offsets[1] - offsets[0] != info.nbytes:
+            raise self._corrupt(f"gives tensor {name!r} ({dtype.name} {list(shape)}) {offsets[1] - offsets[0]} "
+                                f"bytes instead of {info.nbytes}")
+        if data_start + offsets[1] > self.size:
+            raise self._corrupt(f"is truncated: tensor {name!r} ends at byte {data_start + offsets[1]}, "
+                                f"past the end of the file ({self.size} bytes)")
+        return info, data_start + offsets[0]
+
+    def _corrupt(self, problem: str) -> SourceError:
+        return SourceError(f"{self.path}: not a valid safetensors checkpoint: the file {problem}; "
+                           "download or save it again")
+
+    def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        """Elements ``[start, stop)`` of tensor ``name`` (flat, C order) as raw unsigned ints, in ``buffer``."""
+        dtype = self.tensors[name].dtype
+        nbytes = (stop - start) * dtype.itemsize
+        view = memoryview(buffer)[:nbytes]
+        offset, done = self._offsets[name] + start * dtype.itemsize, 0
+        while done < nbytes:
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got == 0:
+                raise SourceError(f"{self.path}, tensor {name!r}: the file ended early; was it changed or "
+                                  "truncated during the build?")
+            done += got
+        return buffer[:nbytes].view(dtype.raw)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "SafetensorsFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

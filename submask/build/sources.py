@@ -1,0 +1,248 @@
+"""Checkpoint sources: where a build reads tensors from, behind one interface.
+
+A source lists its tensors (name -> ``TensorInfo``) and reads any element range of one of them as raw
+unsigned integers. ``open_source`` accepts:
+
+- a ``.safetensors`` file;
+- a model directory: ``model.safetensors.index.json`` with its shards (the index's weight map decides
+  which shard holds which tensor; tensors in a shard but not in the map are ignored), or
+  ``model.safetensors``, or else every ``*.safetensors`` file in it;
+- a Hub repo id ``org/name`` or ``org/name@revision``: headers are read with HTTP range requests, and each
+  shard is downloaded through huggingface_hub's cache when the build first reads from it, at the commit
+  sha the revision resolved to when the source was opened;
+- a state dict (name -> torch tensor or numpy array) or an ``nn.Module`` (its ``state_dict()``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import HubError, SourceError
+from .dtypes import dtype_named, dtype_of_array
+from .safetensors_file import SafetensorsFile, TensorInfo
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
+
+
+class Source:
+    """A checkpoint to compare: ``label``, ``tensors``, ``provenance`` and lazy ``read``."""
+
+    label: str
+    tensors: dict[str, TensorInfo]
+    provenance: dict[str, Any]
+
+    def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        """Flat elements ``[start, stop)`` of ``name`` as raw unsigned ints; may be read into ``buffer``
+        (a uint8 scratch array of at least ``(stop - start) * itemsize`` bytes)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release open files."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ShardedSource(Source):
+    """Tensors spread over safetensors shards, each shard opened (or downloaded) on its first read."""
+
+    def __init__(self, label: str, tensors: dict[str, TensorInfo], shard_of: dict[str, str],
+                 opener: Callable[[str], SafetensorsFile], provenance: dict[str, Any],
+                 opened: dict[str, SafetensorsFile] | None = None):
+        self.label, self.tensors, self.provenance = label, tensors, provenance
+        self._shard_of, self._opener = shard_of, opener
+        self._files: dict[str, SafetensorsFile] = dict(opened or {})
+        self._lock = threading.Lock()
+
+    def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        return self._file(self._shard_of[name]).read(name, start, stop, buffer)
+
+    def _file(self, shard: str) -> SafetensorsFile:
+        with self._lock:
+            if shard not in self._files:
+                opened = self._opener(shard)
+                for name, shard_name in self._shard_of.items():
+                    if shard_name == shard and opened.tensors.get(name) != self.tensors[name]:
+                        opened.close()
+                        raise SourceError(f"{self.label}: shard {shard} does not hold tensor {name!r} as its header "
+                                          "said when the build started; was the checkpoint changed meanwhile?")
+                self._files[shard] = opened
+            return self._files[shard]
+
+    def close(self) -> None:
+        with self._lock:
+            for opened in self._files.values():
+                opened.close()
+            self._files.clear()
+
+
+class StateDictSource(Source):
+    """A mapping of names to torch tensors (any device) or numpy arrays, read slice by slice."""
+
+    def __init__(self, state: Mapping[str, Any], label: str = "state dict"):
+        self.label, self._state = label, state
+        self.provenance = {"source": label, "revision": None, "files": {}}
+        self.tensors = {}
+        for name, value in state.items():
+            if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+                raise SourceError(f"{label}, tensor {name!r}: {type(value).__name__} is not a tensor or array")
+            self.tensors[name] = TensorInfo(name, dtype_of_array(value.dtype, f"{label}, tensor {name!r}: "),
+                                            tuple(int(d) for d in value.shape))
+
+    def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        value, dtype = self._state[name], self.tensors[name].dtype
+        if isinstance(value, np.ndarray):
+            return value.reshape(-1)[start:stop].view(dtype.raw)
+        import torch
+
+        flat = value.detach().reshape(-1)[start:stop].view(getattr(torch, dtype.signed.name))
+        return flat.cpu().numpy().view(dtype.raw)
+
+
+def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:
+    """A Source for a path, a Hub repo id (``org/name[@revision]``), a state dict, an ``nn.Module`` or a Source.
+
+    ``api`` (an ``HfApi``, for its endpoint and token) and ``cache_dir`` apply to Hub repos only.
+    """
+    if isinstance(spec, Source):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        if Path(spec).exists():
+            return local_source(spec)
+        if isinstance(spec, str) and REPO_ID.match(spec):
+            repo, _, revision = spec.partition("@")
+            return hub_source(repo, revision or None, api=api, cache_dir=cache_dir)
+        raise SourceError(f"{spec}: no such file or directory (nor a Hub repo id 'org/name[@revision]')")
+    if isinstance(spec, Mapping):
+        return StateDictSource(spec)
+    if callable(getattr(spec, "state_dict", None)):
+        return StateDictSource(spec.state_dict(), label=f"{type(spec).__name__} module")
+    raise SourceError(f"cannot read a checkpoint from a {type(spec).__name__}: pass a .safetensors file, a model "
+                      "directory, a Hub repo id, a state dict or an nn.Module")
+
+
+def local_source(path: str | os.PathLike[str]) -> ShardedSource:
+    """A .safetensors file or a model directory (sharded with an index, or not)."""
+    path = Path(path)
+    if path.is_dir():
+        root, available = path, {p.name for p in path.iterdir() if p.is_file()}
+        shards, weight_map = _layout(str(path), available, lambda: (path / INDEX).read_bytes())
+    else:
+        root, shards, weight_map = path.parent, [path.name], None
+    files: dict[str, SafetensorsFile] = {}
+    try:
+        for shard in shards:
+            files[shard] = SafetensorsFile(root / shard)
+    except BaseException:
+        for opened in files.values():
+            opened.close()
+        raise
+    tensors, shard_of = _assemble(str(path), {shard: f.tensors for shard, f in files.items()}, weight_map)
+    provenance = {"source": str(path), "revision": None,
+                  "files": {shard: {"size": f.size, "sha256": None} for shard, f in files.items()}}
+    # The shards are open already (their headers list the tensors), so the opener is never needed.
+    return ShardedSource(str(path), tensors, shard_of, files.__getitem__, provenance, opened=files)
+
+
+def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = None,
+               cache_dir: str | os.PathLike[str] | None = None) -> ShardedSource:
+    """A Hub model repo at ``revision`` (default branch if None), pinned to the commit it resolves to now."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = api or HfApi()
+    label = f"{repo}@{revision}" if revision else repo
+    with _hub_errors(label):
+        info = api.model_info(repo, revision=revision, files_metadata=True)
+        sha = info.sha
+        siblings = {s.rfilename: s for s in info.siblings or []}
+
+        def download(filename: str) -> str:
+            with _hub_errors(label):
+                return hf_hub_download(repo, filename, revision=sha, cache_dir=cache_dir, endpoint=api.endpoint,
+                                       token=api.token)
+
+        shards, weight_map = _layout(label, set(siblings), lambda: Path(download(INDEX)).read_bytes())
+        headers = {}
+        for shard in shards:
+            parsed = api.parse_safetensors_file_metadata(repo, shard, revision=sha)
+            headers[shard] = {name: TensorInfo(name, dtype_named(t.dtype, f"{label}, {shard}, tensor {name!r}: "),
+                                               tuple(t.shape)) for name, t in parsed.tensors.items()}
+    tensors, shard_of = _assemble(label, headers, weight_map)
+    files = {shard: {"size": siblings[shard].size,
+                     "sha256": siblings[shard].lfs.sha256 if siblings[shard].lfs else None} for shard in shards}
+    provenance = {"source": repo, "revision": sha, "requested_revision": revision, "files": files}
+    return ShardedSource(label, tensors, shard_of, lambda shard: SafetensorsFile(download(shard)), provenance)
+
+
+@contextmanager
+def _hub_errors(label: str) -> Iterator[None]:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, SafetensorsParsingError
+
+    try:
+        yield
+    except (HfHubHTTPError, LocalEntryNotFoundError, SafetensorsParsingError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HubError(f"{label}: cannot read this checkpoint from the Hub ({type(exc).__name__}: {first_line}); "
+                       "check the repo id, revision, network and token") from None
+
+
+def _layout(label: str, available: set[str], read_index: Callable[[], bytes]) -> tuple[list[str], dict | None]:
+    """Which shards make up a checkpoint, and its weight map (None without an index)."""
+    if INDEX in available:
+        try:
+            weight_map = json.loads(read_index())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SourceError(f"{label}: {INDEX} is not a valid index ({type(exc).__name__}: {exc}); "
+                              "it needs a 'weight_map' of tensor name -> shard file") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise SourceError(f"{label}: {INDEX} has no valid 'weight_map' (tensor name -> shard file)")
+        shards = list(dict.fromkeys(weight_map.values()))
+        missing = [shard for shard in shards if shard not in available]
+        if missing:
+            raise SourceError(f"{label}: shard {missing[0]} listed in {INDEX} is missing"
+                              f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                              "download every shard the index names")
+        return shards, weight_map
+    if SINGLE in available:
+        return [SINGLE], None
+    shards = sorted(name for name in available if name.endswith(".safetensors"))
+    if not shards:
+        raise SourceError(f"{label}: no {INDEX}, {SINGLE} or other .safetensors file found; "
+                          "save the model with safetensors")
+    return shards, None
+
+
+def _assemble(label: str, headers: dict[str, dict[str, TensorInfo]],
+              weight_map: dict[str, str] | None) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Tensors and the shard of each, from shard headers and the index's weight map (if any)."""
+    if weight_map is not None:
+        absent = [(name, shard) for name, shard in weight_map.items() if name not in headers[shard]]
+        if absent:
+            raise SourceError(f"{label}: {INDEX} puts tensor {absent[0][0]!r} in {absent[0][1]}, which does not hold "
+                              f"it ({len(absent)} such tensor(s)); the index and shards do not belong together")
+        return {name: headers[shard][name] for name, shard in weight_map.items()}, dict(weight_map)
+    tensors, shard_of = {}, {}
+    for shard, infos in headers.items():
+        for name, info in infos.items():
+            if name in shard_of:
+                raise SourceError(f"{label}: tensor {name!r} is in both {shard_of[name]} and {shard}; "
+                                  f"add a {INDEX} to say which one to use")
+            tensors[name], shard_of[name] = info, shard
+    return tensors, shard_of

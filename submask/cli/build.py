@@ -1,0 +1,75 @@
+"""``submask build``: the update mask of two checkpoints (calls ``submask.build_mask``)."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from ..build import build_mask
+from ..build.criteria import CRITERIA
+from .. import open as open_mask
+from .output import format_table
+from .root import main
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+class ByteSize(click.ParamType):
+    """A size such as 2GB, 500MB, 1GiB or 1048576 (bytes)."""
+
+    name = "size"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+        unit = match.group(2).upper() if match else None
+        if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+            self.fail(f"{value!r} is not a size like 2GB, 500MB or 1GiB", param, ctx)
+        return int(float(match.group(1)) * _UNITS[unit])
+
+
+@main.command()
+@click.argument("base")
+@click.argument("finetuned")
+@click.option("-o", "--output", required=True, help="The .smask file to write.")
+@click.option("--criterion", type=click.Choice(CRITERIA),
+              help="exact (bitwise), atol or rtol; default: the one whose tolerance is given, else exact.")
+@click.option("--atol", type=float, help="Absolute tolerance: unchanged iff |w' - w| <= ATOL.")
+@click.option("--rtol", type=float, help="Relative tolerance: unchanged iff |w' - w| <= RTOL * max(|w|, |w'|).")
+@click.option("--include", multiple=True, help="Only tensors whose names match this glob ('re:...' for a regex); "
+                                               "repeatable.")
+@click.option("--intersect", is_flag=True, help="Compare only the tensors both checkpoints have alike.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--workers", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@click.option("--max-shard-size", type=ByteSize(), help="Split the mask into shards of about this size (e.g. 2GB).")
+@click.option("--no-ladder", is_flag=True, help="Skip the changed counts at the tolerance ladder 0, 1e-8 ... 1e-4.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
+          include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
+          no_ladder: bool, quiet: bool) -> None:
+    """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
+
+    BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
+    repo ids org/name[@revision].
+    """
+    path = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
+                      intersect=intersect, device=device, workers=workers, max_shard_bytes=max_shard_size,
+                      progress=not quiet, ladder=not no_ladder)
+    if quiet:
+        return
+    with open_mask(path) as mask_file:
+        stats = mask_file.metadata.stats
+    numel = stats["numel"]
+    click.echo(f"wrote {path}: {len(stats['dtypes'])} tensors, {stats['changed']:,} of {numel:,} values changed "
+               f"(update sparsity {1 - stats['changed'] / numel if numel else 0:.4%})")
+    if "ladder" in stats:
+        overall = stats["ladder"]["changed"]["__all__"]
+        click.echo(format_table(["atol", "changed", "sparsity"],
+                                [["exact" if tol == 0 else f"{tol:g}", count, 1 - count / numel if numel else 0.0]
+                                 for tol, count in zip(stats["ladder"]["atol"], overall)]))
+    for kind, names in stats.get("skipped", {}).items():
+        click.echo(f"skipped {len(names)} tensor(s), {kind.replace('_', ' ')}: {', '.join(names[:5])}"
+                   f"{', ...' if len(names) > 5 else ''}")

@@ -1,0 +1,305 @@
+"""Streaming passes over whole masks: the N x N comparison, per-group densities, and combining files.
+
+Each tensor of each mask is decoded once and dropped after use, so memory holds a few tensors' masks at a
+time whatever the model size. Sparse "rice" tensors are decoded to sorted positions instead of packed
+bits, and each pair is counted the cheapest way its two forms allow (see ``_pair_count``).
+
+>>> result = compare(["seed1.smask", "seed2.smask", "dpo.smask"], by="layer")      # doctest: +SKIP
+>>> result.pair(0, 1).jaccard, result.pair(0, 1).chance_jaccard                     # doctest: +SKIP
+>>> result.matrix("overlap_a")            # row i, column j: |Mi and Mj| / |Mi|      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from tqdm import tqdm
+
+from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count
+from .breakdown import OVERALL, group_of, sort_groups
+from .codecs import decode_positions
+from .errors import ChecksumError, FormatError, where
+from .format import MaskFile, MaskWriter
+from .format import open as open_mask
+from .format.header import TensorEntry
+from .format.tensors import decode_tensor
+from .mask import Mask, TensorMask
+from .packed import popcount
+
+MaskSource = Union[str, "os.PathLike[str]", Mask, MaskFile]
+
+#: rice tensors at most this dense are decoded to positions rather than packed bits (measured crossover)
+POSITIONS_MAX_DENSITY = 1 / 16
+_WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
+_GATHER_CHUNK = 1 << 22
+
+
+@dataclass
+class _Operand:
+    """One tensor of one mask, decoded: packed bits, or (sparse) ascending set positions."""
+
+    numel: int
+    count: int
+    packed: np.ndarray | None = None
+    positions: np.ndarray | None = None
+
+
+@dataclass
+class GroupComparison:
+    """Counts of N masks over one group of tensors; ``intersections`` is N x N with the counts on its diagonal."""
+
+    numel: int
+    counts: np.ndarray
+    intersections: np.ndarray
+    chance_intersections: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> "GroupComparison":
+        return cls(0, np.zeros(n, np.int64), np.zeros((n, n), np.int64), np.zeros((n, n), np.float64))
+
+    def add(self, numel: int, intersections: np.ndarray) -> None:
+        counts = np.diagonal(intersections)
+        self.numel += numel
+        self.counts += counts
+        self.intersections += intersections
+        if numel:
+            self.chance_intersections += np.outer(counts, counts) / numel
+
+    def pair(self, i: int, j: int) -> PairStats:
+        return PairStats(self.numel, int(self.counts[i]), int(self.counts[j]), int(self.intersections[i, j]),
+                         float(self.chance_intersections[i, j]))
+
+    def density(self, i: int) -> float:
+        return Counts(self.numel, int(self.counts[i])).density
+
+
+@dataclass
+class Comparison:
+    """The result of ``compare``: every pair of masks, overall ("all") and per group of ``by``."""
+
+    labels: list[str]
+    by: str
+    groups: dict[str, GroupComparison] = field(default_factory=dict)
+
+    def pair(self, i: int, j: int, group: str = OVERALL) -> PairStats:
+        """Stats of mask ``i`` (as A) against mask ``j`` (as B) over ``group``."""
+        return self.groups[group].pair(i, j)
+
+    def matrix(self, metric: str, group: str = OVERALL) -> np.ndarray:
+        """N x N matrix of a ``PairStats`` attribute, row i = A, column j = B (e.g. "overlap_a", "jaccard")."""
+        n = len(self.labels)
+        return np.array([[getattr(self.pair(i, j, group), metric) for j in range(n)] for i in range(n)], float)
+
+    def pairs(self) -> Iterator[tuple[int, int]]:
+        """Index pairs (i < j) in order."""
+        n = len(self.labels)
+        return ((i, j) for i in range(n) for j in range(i + 1, n))
+
+
+def compare(masks: Sequence[MaskSource], *, by: str = "overall", common: bool = False,
+            progress: bool = False, workers: int | None = None) -> Comparison:
+    """Compare N masks pairwise in one pass: counts, intersections and chance baselines per group.
+
+    ``masks`` are paths (opened lazily), open ``MaskFile`` objects or in-memory ``Mask`` objects. Tensors
+    must line up (MismatchError) unless ``common``. ``workers`` threads decode tensors in parallel
+    (default: up to 4, one per core); memory stays bounded by ``2 * workers`` tensors' masks.
+    """
+    with ExitStack() as stack:
+        sources = [_Source.of(mask, stack, index) for index, mask in enumerate(masks)]
+        labels = [source.label for source in sources]
+        names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
+        result = Comparison(labels, by)
+        for name, intersections in _per_tensor(sources, names, progress, workers):
+            numel = sources[0].numel(name)
+            for group in dict.fromkeys((OVERALL, group_of(name, by))):
+                result.groups.setdefault(group, GroupComparison.empty(len(sources))).add(numel, intersections)
+    if not result.groups:
+        result.groups[OVERALL] = GroupComparison.empty(len(labels))
+    order = [OVERALL] + sort_groups([g for g in result.groups if g != OVERALL], by)
+    result.groups = {group: result.groups[group] for group in order}
+    return result
+
+
+def density_breakdown(mask: MaskSource, by: str = "layer") -> dict[str, Counts]:
+    """Set and total elements per group ("all" first), from the file header alone for files."""
+    with ExitStack() as stack:
+        source = _Source.of(mask, stack)
+        groups: dict[str, Counts] = {OVERALL: Counts(0, 0)}
+        for name in source.shapes:
+            counts = Counts(source.numel(name), source.count(name))
+            for group in dict.fromkeys((OVERALL, group_of(name, by))):
+                groups[group] = groups.get(group, Counts(0, 0)) + counts
+    order = [OVERALL] + sort_groups([g for g in groups if g != OVERALL], by)
+    return {group: groups[group] for group in order}
+
+
+def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
+                  common: bool = False, progress: bool = False) -> Path:
+    """Write ``op`` ("and", "or", "xor", "diff", "not") of mask files to ``output``, tensor by tensor.
+
+    The result's metadata records the operation and each input's path, content fingerprint and provenance.
+    """
+    with ExitStack() as stack:
+        files = [stack.enter_context(open_mask(path)) for path in inputs]
+        labels = [str(path) for path in inputs]
+        names = aligned_names([{n: e.shape for n, e in f.entries.items()} for f in files], common=common,
+                              labels=labels)
+        described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
+                     for label, f in zip(labels, files)]
+        metadata = combined_metadata(op, [f.metadata for f in files], described)
+        with MaskWriter(output, metadata) as writer:
+            for name in _progress(names, progress, f"submask {op}"):
+                tensors = [f[name] for f in files]
+                packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)
+                writer.add_packed(name, tensors[0].shape, packed, popcount(packed))
+    return Path(output)
+
+
+def content_fingerprint(mask_file: MaskFile) -> str:
+    """Identity of a mask's content, from its header: "sha256:" over names, shapes, counts and CRC-32s."""
+    lines = "".join(f"{e.name}\t{','.join(map(str, e.shape))}\t{e.ones}\t{e.crc32}\n"
+                    for e in sorted(mask_file.entries.values(), key=lambda e: e.name))
+    return "sha256:" + hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+class _Source:
+    """A mask being streamed: names and shapes up front, each tensor read on request."""
+
+    def __init__(self, label: str, mask: Mask | MaskFile):
+        self.label = label
+        self.mask = mask
+        if isinstance(mask, MaskFile):
+            self.shapes = {name: entry.shape for name, entry in mask.entries.items()}
+        else:
+            self.shapes = mask.shapes
+
+    @classmethod
+    def of(cls, mask: MaskSource, stack: ExitStack, index: int = 0) -> "_Source":
+        if isinstance(mask, Mask):
+            return cls(f"mask {index + 1}", mask)
+        if isinstance(mask, MaskFile):
+            return cls(str(mask.path), mask)
+        return cls(str(mask), stack.enter_context(open_mask(mask)))
+
+    def numel(self, name: str) -> int:
+        mask = self.mask
+        return mask.entries[name].bits if isinstance(mask, MaskFile) else mask[name].numel
+
+    def count(self, name: str) -> int:
+        mask = self.mask
+        return mask.entries[name].ones if isinstance(mask, MaskFile) else mask[name].count
+
+    def read(self, name: str) -> "tuple[TensorEntry, bytes, Path] | TensorMask":
+        """What ``_decode`` needs, read in the calling thread (file handles are not shared across threads)."""
+        mask = self.mask
+        if isinstance(mask, MaskFile):
+            return mask.entries[name], mask.payload(name), mask.path
+        return mask[name]
+
+
+def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask") -> _Operand:
+    if isinstance(read, TensorMask):
+        return _Operand(read.numel, read.count, packed=read.packed)
+    entry, payload, path = read
+    if entry.encoding == "rice" and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY:
+        try:
+            positions = decode_positions(payload, entry.bits, entry.config)
+        except FormatError as exc:
+            raise FormatError(f"{where(path, entry.name)}{exc}; the file is corrupt "
+                              "(run `submask validate` on it)") from None
+        if positions.size != entry.ones:
+            raise ChecksumError(f"{where(path, entry.name)}decoded {positions.size} set bits, header says "
+                                f"{entry.ones}; the file is corrupt")
+        return _Operand(entry.bits, entry.ones, positions=positions)
+    return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path))
+
+
+def _compare_tensor(reads: list) -> np.ndarray:
+    """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
+    operands = [_decode(read) for read in reads]
+    n = len(operands)
+    out = np.zeros((n, n), np.int64)
+    for i in range(n):
+        out[i, i] = operands[i].count
+        for j in range(i + 1, n):
+            out[i, j] = out[j, i] = _pair_count(operands[i], operands[j])
+    return out
+
+
+def _pair_count(x: _Operand, y: _Operand) -> int:
+    """|X and Y|, by the cheapest route: shortcuts for empty/full, position tables, bit gathers, AND+popcount."""
+    if not x.count or not y.count:
+        return 0
+    if x.count == x.numel or y.count == y.numel:
+        return min(x.count, y.count)
+    if x.positions is not None and y.positions is not None:
+        return _common_positions(x.positions, y.positions, x.numel)
+    if x.positions is not None or y.positions is not None:
+        sparse, dense = (x, y) if x.positions is not None else (y, x)
+        return _gather_count(dense.packed, sparse.positions)
+    return packed_intersection_count(x.packed, y.packed)
+
+
+_tables = threading.local()
+
+
+def _common_positions(a: np.ndarray, b: np.ndarray, numel: int) -> int:
+    """Common elements of two ascending position arrays: mark one window of ``a`` in a bool table (cache
+    sized, reused and cleared by unmarking), look up ``b`` in it."""
+    table = getattr(_tables, "table", None)
+    if table is None:
+        table = _tables.table = np.zeros(_WINDOW, np.bool_)
+    bounds = np.arange(_WINDOW, numel, _WINDOW)
+    a_cuts = [0, *np.searchsorted(a, bounds).tolist(), a.size]
+    b_cuts = [0, *np.searchsorted(b, bounds).tolist(), b.size]
+    total = 0
+    for window in range(len(a_cuts) - 1):
+        a0, a1, b0, b1 = a_cuts[window], a_cuts[window + 1], b_cuts[window], b_cuts[window + 1]
+        if a0 == a1 or b0 == b1:
+            continue
+        start = window * _WINDOW
+        in_a, in_b = a[a0:a1] - start, b[b0:b1] - start
+        table[in_a] = True
+        total += int(np.count_nonzero(table[in_b]))
+        table[in_a] = False
+    return total
+
+
+def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:
+    """How many of ``positions`` are set in ``packed`` (MSB-first bits)."""
+    total = 0
+    for start in range(0, positions.size, _GATHER_CHUNK):
+        chunk = positions[start : start + _GATHER_CHUNK]
+        total += int(np.count_nonzero((packed[chunk >> 3] << (chunk & 7).astype(np.uint8)) & 0x80))
+    return total
+
+
+def _per_tensor(sources: list[_Source], names: list[str], progress: bool,
+                workers: int | None) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    pending: deque[tuple[str, Future]] = deque()
+    with ThreadPoolExecutor(workers) as pool:
+        for name in _progress(names, progress, "comparing"):
+            pending.append((name, pool.submit(_compare_tensor, [source.read(name) for source in sources])))
+            if len(pending) >= 2 * workers:
+                done_name, future = pending.popleft()
+                yield done_name, future.result()
+        while pending:
+            done_name, future = pending.popleft()
+            yield done_name, future.result()
+
+
+def _progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:
+    return iter(tqdm(names, desc=description, unit="tensor", file=sys.stderr, disable=None if enabled else True, leave=False))

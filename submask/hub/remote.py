@@ -1,0 +1,127 @@
+"""The one seam to huggingface_hub: a repo on an endpoint, pinned reads, ranged reads and typed errors.
+
+huggingface_hub is optional (``pip install 'submask[hub]'``); it is imported on first use. The endpoint is,
+in order: the ``endpoint`` argument, ``HF_ENDPOINT`` read at call time, huggingface_hub's default. The token
+is the ``token`` argument, else huggingface_hub's own lookup (``HF_TOKEN``, then the saved login).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HubError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+DEFAULT_BRANCH = "main"
+
+
+def huggingface_hub() -> ModuleType:
+    """The huggingface_hub module, or a HubError saying how to install it."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise HubError("Hub support needs huggingface_hub: pip install 'submask[hub]'") from None
+    return huggingface_hub
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    """The Hub URL to talk to: ``endpoint``, else ``HF_ENDPOINT`` (read now), else huggingface_hub's default."""
+    chosen = endpoint or os.environ.get("HF_ENDPOINT") or huggingface_hub().constants.ENDPOINT
+    return chosen.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A repo on a Hub endpoint, with the token to use (None: huggingface_hub's default lookup)."""
+
+    repo_id: str
+    repo_type: str = "model"
+    endpoint: str | None = None
+    token: str | None = None
+
+    @cached_property
+    def url(self) -> str:
+        return resolve_endpoint(self.endpoint)
+
+    @cached_property
+    def api(self) -> HfApi:
+        return huggingface_hub().HfApi(endpoint=self.url, token=self.token)
+
+    def commit(self, revision: str | None) -> str:
+        """The commit sha a branch, tag or sha names now."""
+        with self.errors(revision=revision):
+            return self.api.repo_info(self.repo_id, revision=revision, repo_type=self.repo_type).sha
+
+    def existing(self, paths: Iterable[str], commit: str) -> set[str]:
+        """Which of ``paths`` are files at ``commit``."""
+        with self.errors(revision=commit):
+            infos = self.api.get_paths_info(self.repo_id, list(paths), revision=commit, repo_type=self.repo_type)
+        return {info.path for info in infos if isinstance(info, huggingface_hub().hf_api.RepoFile)}
+
+    def files(self, commit: str) -> dict[str, int]:
+        """Every file at ``commit`` with its size in bytes."""
+        with self.errors(revision=commit):
+            tree = self.api.list_repo_tree(self.repo_id, recursive=True, revision=commit, repo_type=self.repo_type)
+            return {entry.path: entry.size for entry in tree if isinstance(entry, huggingface_hub().hf_api.RepoFile)}
+
+    def download(self, path: str, commit: str) -> Path:
+        """A file at ``commit``, through huggingface_hub's cache (no request when it is cached already)."""
+        with self.errors(path=path, revision=commit):
+            return Path(huggingface_hub().hf_hub_download(
+                self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url, token=self.token))
+
+    def read_range(self, path: str, commit: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of a file at ``commit``, with one HTTP range request."""
+        hub = huggingface_hub()
+        url = hub.hf_hub_url(self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url)
+        headers = hub.utils.build_hf_headers(token=self.token, headers={"Range": f"bytes={start}-{stop - 1}"})
+        with self.errors(path=path, revision=commit):
+            response = hub.utils.get_session().get(url, headers=headers)
+            hub.utils.hf_raise_for_status(response)
+        if response.status_code != 206 or len(response.content) != stop - start:
+            raise HubError(f"{self.repo_id}: {url} ignored a range request (HTTP {response.status_code}, "
+                           f"{len(response.content)} bytes for {stop - start}); "
+                           "this endpoint cannot serve headers alone")
+        return response.content
+
+    @contextlib.contextmanager
+    def errors(self, path: str | None = None, revision: str | None = None) -> Iterator[None]:
+        """Turn huggingface_hub and network errors into a HubError that says what is missing and what to do."""
+        errors = huggingface_hub().errors
+        try:
+            yield
+        except errors.RepositoryNotFoundError:
+            raise HubError(f"{self.repo_type} repo {self.repo_id!r} not found on {self.url}: check its name, or pass "
+                           "a token (HF_TOKEN or --token) if it is private or gated") from None
+        except errors.RevisionNotFoundError:
+            raise HubError(f"{self.repo_id}: no branch, tag or commit {revision!r}; check the revision "
+                           "(`hf repo-refs` or HfApi.list_repo_refs lists them)") from None
+        except errors.LocalEntryNotFoundError as exc:  # not cached, and the Hub could not be asked
+            raise self._unreachable(exc) from None
+        except errors.EntryNotFoundError:
+            raise HubError(f"{self.repo_id}@{revision or DEFAULT_BRANCH}: no file {path!r}; "
+                           f"`submask ls {self.repo_id}` lists the masks there") from None
+        except errors.HfHubHTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 412:
+                raise HubError(f"{self.repo_id}: the branch moved on while this commit was prepared "
+                               "(someone else pushed); run it again") from None
+            raise HubError(f"{self.repo_id}: the Hub at {self.url} refused the request: {_first_line(exc)}") from None
+        except (errors.HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: BaseException) -> HubError:
+        return HubError(f"{self.repo_id}: cannot reach {self.url} ({_first_line(exc)}); check the network "
+                        "connection, HF_ENDPOINT and proxy settings")
+
+
+def _first_line(exc: Any) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,160 @@
+"""The streaming N x N comparison, per-group densities and file combining, against numpy bools; and the
+positions fast path of the rice codec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import submask
+from submask import FormatError, Mask, MismatchError
+from submask.breakdown import group_of
+from submask.codecs import RiceCodec, decode_positions
+from submask.compare import combine_files, compare, content_fingerprint, density_breakdown
+from submask.packed import pack
+
+# sizes and densities that take every route: rice positions (sparse, across several 2^22 windows), rice
+# with zeros coded (dense), zstd, raw, empty and full tensors, and a zero-size tensor
+SHAPES = {
+    "model.embed_tokens.weight": (64, 33),
+    "model.layers.0.self_attn.q_proj.weight": (2200, 2000),
+    "model.layers.0.mlp.up_proj.weight": (300, 50),
+    "model.layers.1.self_attn.q_proj.weight": (40, 41),
+    "model.layers.1.mlp.up_proj.weight": (0, 8),
+    "model.norm.weight": (64,),
+}
+DENSITIES = {  # per mask, per tensor
+    "seed1": [0.01, 0.002, 0.3, 0.97, 0.5, 0.0],
+    "seed2": [0.02, 0.004, 0.6, 0.5, 0.5, 1.0],
+    "dpo": [0.5, 0.03, 0.01, 0.001, 0.5, 0.2],
+}
+
+
+def make_arrays(label: str, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.random(shape) < p for (name, shape), p in zip(SHAPES.items(), DENSITIES[label])}
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[dict[str, np.ndarray]]]:
+    root = tmp_path_factory.mktemp("compare")
+    paths, arrays = [], []
+    for seed, label in enumerate(DENSITIES):
+        arrays.append(make_arrays(label, seed))
+        paths.append(root / f"{label}.smask")
+        submask.save(Mask.from_numpy(arrays[-1], kind="update", provenance={"run": label}), paths[-1])
+    with submask.open(paths[0]) as f:
+        assert {e.encoding for e in f.entries.values()} >= {"rice", "zstd", "raw"}
+    return paths, arrays
+
+
+@pytest.mark.parametrize("by", ["overall", "layer", "module", "tensor"])
+def test_compare_matches_numpy(masks: tuple, by: str) -> None:
+    paths, arrays = masks
+    result = compare(paths, by=by, workers=2)
+    assert result.labels == [str(p) for p in paths]
+    assert list(result.groups)[0] == "all"
+    for group, counts in result.groups.items():
+        names = [n for n in SHAPES if group in ("all", group_of(n, by))]
+        flat = [np.concatenate([a[n].ravel() for n in names]) for a in arrays]
+        assert counts.numel == flat[0].size
+        for i, j in [(0, 1), (0, 2), (1, 2), (2, 0)]:
+            stats = result.pair(i, j, group)
+            assert (stats.count_a, stats.count_b) == (flat[i].sum(), flat[j].sum())
+            assert stats.intersection == np.sum(flat[i] & flat[j]), (group, i, j)
+            chance = sum(arrays[i][n].sum() * arrays[j][n].sum() / arrays[i][n].size
+                         for n in names if arrays[i][n].size)
+            assert stats.chance_intersection == pytest.approx(chance)
+
+
+def test_in_memory_masks_and_worker_counts_agree_with_files(masks: tuple) -> None:
+    paths, arrays = masks
+    from_files = compare(paths, by="layer", workers=1)
+    in_memory = compare([Mask.from_numpy(a) for a in arrays], by="layer", workers=3)
+    assert in_memory.labels == ["mask 1", "mask 2", "mask 3"]
+    for group in from_files.groups:
+        np.testing.assert_array_equal(from_files.groups[group].intersections, in_memory.groups[group].intersections)
+    matrix = from_files.matrix("overlap_a")
+    assert matrix[0, 1] == pytest.approx(from_files.pair(0, 1).intersection / from_files.pair(0, 1).count_a)
+    assert np.allclose(np.diagonal(matrix), 1.0)
+
+
+def test_compare_mismatch_and_common(masks: tuple, tmp_path: Path) -> None:
+    paths, arrays = masks
+    fewer = {k: v for k, v in arrays[1].items() if k != "model.norm.weight"}
+    submask.save(Mask.from_numpy(fewer), tmp_path / "fewer.smask")
+    with pytest.raises(MismatchError, match="model.norm.weight"):
+        compare([paths[0], tmp_path / "fewer.smask"])
+    result = compare([paths[0], tmp_path / "fewer.smask"], common=True)
+    assert result.groups["all"].numel == sum(np.prod(s) for n, s in SHAPES.items() if n != "model.norm.weight")
+
+
+def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, tmp_path: Path) -> None:
+    name = "model.layers.0.self_attn.q_proj.weight"
+    data = bytearray(masks[0][0].read_bytes())
+    with submask.open(masks[0][0]) as f:
+        assert f.entries[name].encoding == "rice"
+        payload = f.payload(name)
+    at = bytes(data).index(payload)
+    data[at + 20 : at + 60] = bytes(40)  # zero part of the first block's unary code: counts no longer match
+    (tmp_path / "bad.smask").write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=rf"bad\.smask, tensor '{name}'"):
+        compare([tmp_path / "bad.smask", masks[0][1]])
+
+
+def test_density_breakdown_reads_counts_per_group(masks: tuple) -> None:
+    paths, arrays = masks
+    groups = density_breakdown(paths[0], "module")
+    assert list(groups) == ["all", "embeddings", "self_attn.q_proj", "mlp.up_proj", "norm"]
+    q = arrays[0]["model.layers.0.self_attn.q_proj.weight"], arrays[0]["model.layers.1.self_attn.q_proj.weight"]
+    assert groups["self_attn.q_proj"].count == q[0].sum() + q[1].sum()
+    assert groups["self_attn.q_proj"].density == pytest.approx((q[0].sum() + q[1].sum()) / (q[0].size + q[1].size))
+    assert groups["all"].count == sum(a.sum() for a in arrays[0].values())
+
+
+@pytest.mark.parametrize("op,reference", [("and", lambda x: x[0] & x[1] & x[2]), ("or", lambda x: x[0] | x[1] | x[2]),
+                                          ("xor", lambda x: x[0] ^ x[1] ^ x[2]),
+                                          ("diff", lambda x: x[0] & ~x[1] & ~x[2])])
+def test_combine_files_matches_numpy_and_records_inputs(masks: tuple, tmp_path: Path, op: str, reference) -> None:
+    paths, arrays = masks
+    out = combine_files(op, paths, tmp_path / "out.smask")
+    result = submask.load(out)
+    for name in SHAPES:
+        np.testing.assert_array_equal(result[name].to_numpy(), reference([a[name] for a in arrays]))
+    inputs = result.metadata.provenance["combined"]["inputs"]
+    assert result.metadata.provenance["combined"]["op"] == op and result.metadata.kind == "update"
+    with submask.open(paths[2]) as f:
+        assert inputs[2] == {"path": str(paths[2]), "fingerprint": content_fingerprint(f), "provenance": {"run": "dpo"}}
+    assert len({i["fingerprint"] for i in inputs}) == 3
+
+
+def test_combine_not_of_one_file(masks: tuple, tmp_path: Path) -> None:
+    paths, arrays = masks
+    result = submask.load(combine_files("not", paths[:1], tmp_path / "not.smask"))
+    assert result.count == result.numel - sum(a.sum() for a in arrays[0].values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(numel=st.integers(0, 3000), density=st.sampled_from([0.0, 0.003, 0.05, 0.4, 0.6, 0.97, 1.0]),
+       seed=st.integers(0, 2**16), block_bits=st.sampled_from([8, 64, 1024, 1 << 22]))
+def test_decode_positions_matches_the_set_bits(numel: int, density: float, seed: int, block_bits: int) -> None:
+    bools = np.random.default_rng(seed).random(numel) < density
+    payload, config = RiceCodec(block_bits).encode(pack(bools), numel)
+    positions = decode_positions(payload, numel, config)
+    assert positions.dtype == np.int64
+    np.testing.assert_array_equal(positions, np.flatnonzero(bools))
+
+
+def test_decode_positions_rejects_bad_payloads() -> None:
+    bools = np.random.default_rng(3).random(5000) < 0.02
+    payload, config = RiceCodec(1024).encode(pack(bools), bools.size)
+    with pytest.raises(FormatError, match="after its last block"):
+        decode_positions(payload + b"\0", bools.size, config)
+    with pytest.raises(FormatError, match="ends inside"):
+        decode_positions(payload[:-3], bools.size, config)
+    with pytest.raises(FormatError, match="block_bits"):
+        decode_positions(payload, bools.size, {"block_bits": 7})

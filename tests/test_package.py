@@ -1,0 +1,33 @@
+"""Packaging promises: the core imports without the optional extras; the CLI lists every command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+import submask
+from submask.cli import main
+
+OPTIONAL = ("torch", "huggingface_hub", "matplotlib", "transformers")
+
+
+def test_core_and_cli_import_without_optional_packages() -> None:
+    code = ("import sys, submask, submask.cli; "
+            f"print(','.join(m for m in {OPTIONAL!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_every_command_is_registered() -> None:
+    expected = {"info", "validate", "build", "stats", "compare", "combine", "plot", "apply", "push", "pull", "ls",
+                "demo"}
+    assert expected <= set(main.commands)
+    result = CliRunner().invoke(main, ["--version"])
+    assert submask.__version__ in result.output
+
+
+def test_public_names_exist() -> None:
+    missing = [name for name in submask.__all__ if not hasattr(submask, name)]
+    assert not missing

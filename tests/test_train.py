@@ -1,0 +1,299 @@
+"""Restricted finetuning: MiniLM trained with AdamW (weight decay) keeps every unmasked entry bit for bit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import submask
+from submask import Mask, MismatchError, SubmaskError, TensorMask
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+from torch.nn.utils import parametrize  # noqa: E402
+
+SENTENCES = ["Boil the pasta in salted water.", "The telescope revealed rings around the planet.",
+             "Sort the list before searching it.", "Let the dough rest for an hour."]
+STEPS = 3
+FROZEN = "embeddings.word_embeddings.weight"
+
+
+def bits_of(tensor: "torch.Tensor") -> "torch.Tensor":
+    return tensor.detach().contiguous().view(torch.int32)
+
+
+@pytest.fixture(scope="module")
+def update_mask(minilm_bf16) -> Mask:
+    """The real update mask of the bf16 finetune (exact bitwise diff), a sparse mask over MiniLM.
+
+    It leaves out the word embeddings (half the model), which ``missing="freeze"`` then freezes: that path
+    is tested too, and the steps take half the time."""
+    base = safetensors_torch.load_file(minilm_bf16.base_file)
+    finetuned = safetensors_torch.load_file(minilm_bf16.finetuned_file)
+    return Mask.from_torch({name: base[name].view(torch.int16) != finetuned[name].view(torch.int16)
+                            for name in base if base[name].is_floating_point() and name != FROZEN})
+
+
+@pytest.fixture(scope="module")
+def base_model(minilm_bf16):
+    """MiniLM in float32 (an exact upcast of the bf16 base), in eval mode so that steps are deterministic."""
+    return transformers.AutoModel.from_pretrained(minilm_bf16.base, local_files_only=True,
+                                                  dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(minilm_bf16):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_bf16.base, local_files_only=True)
+    return tokenizer(SENTENCES, padding=True, return_tensors="pt")
+
+
+def loss_of(model, batch) -> "torch.Tensor":
+    out = model(**batch)
+    return out.last_hidden_state.pow(2).mean() + out.pooler_output.pow(2).mean()  # every parameter gets a gradient
+
+
+def train(model, batch, optimizer) -> None:
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        loss_of(model, batch).backward()
+        optimizer.step()
+
+
+def adamw(parameters) -> "torch.optim.Optimizer":
+    return torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.1)
+
+
+def assert_unmasked_unchanged(state: dict, start: dict, mask: Mask) -> int:
+    """Every entry outside ``mask`` equals its start value bit for bit; returns how many masked entries moved."""
+    moved = 0
+    for name, value in state.items():
+        inside = mask[name].to_torch() if name in mask else torch.zeros(value.shape, dtype=torch.bool)
+        same = bits_of(value) == bits_of(start[name])
+        assert bool(same[~inside].all()), f"{name}: {(~same[~inside]).sum()} unmasked entries changed"
+        moved += int((~same[inside]).sum())
+    return moved
+
+
+def trained(base_model, batch, mask, mode: str) -> tuple[dict, "torch.optim.Optimizer", list[str]]:
+    """Train a copy of ``base_model`` restricted to ``mask``; return its state after unrestrict, the
+    optimizer and the parameter names seen while restricted."""
+    model = copy.deepcopy(base_model)
+    keys = list(model.state_dict())
+    if mode == "dense":
+        optimizer = adamw(model.parameters())  # created before restrict, handed over to it
+        submask.restrict(model, mask, mode="dense", optimizer=optimizer)
+    else:
+        restriction = submask.restrict(model, mask, mode="sparse")
+        optimizer = adamw(restriction.parameters())
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    train(model, batch, optimizer)
+    submask.unrestrict(model)
+    assert list(model.state_dict()) == keys
+    assert not parametrize.is_parametrized(model) and type(model) is type(base_model)
+    assert all(p.requires_grad and type(p) is torch.nn.Parameter for p in model.parameters())
+    return model.state_dict(), optimizer, names
+
+
+@pytest.fixture(scope="module")
+def dense_and_sparse(base_model, batch, update_mask):
+    return {mode: trained(base_model, batch, update_mask, mode) for mode in ("dense", "sparse")}
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_unmasked_entries_stay_bit_identical_under_adamw_weight_decay(dense_and_sparse, base_model, update_mask,
+                                                                     mode: str) -> None:
+    state, _, _ = dense_and_sparse[mode]
+    moved = assert_unmasked_unchanged(state, base_model.state_dict(), update_mask)
+    assert moved > 0.9 * update_mask.count  # the masked entries did train
+
+
+def test_dense_and_sparse_modes_agree(dense_and_sparse) -> None:
+    dense, sparse = dense_and_sparse["dense"][0], dense_and_sparse["sparse"][0]
+    for name in dense:
+        torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sparse_mode_optimizer_state_scales_with_the_mask(dense_and_sparse, update_mask) -> None:
+    _, optimizer, names = dense_and_sparse["sparse"]
+    assert any(name.endswith("parametrizations.weight.original") for name in names)
+    state_numel = sum(state["exp_avg"].numel() for state in optimizer.state.values())
+    assert state_numel == update_mask.count  # one slot per masked entry, none for the rest
+    _, dense_optimizer, _ = dense_and_sparse["dense"]  # dense mode: state for every entry of a trained tensor
+    dense_numel = sum(s["exp_avg"].numel() for s in dense_optimizer.state.values())
+    assert dense_numel == sum(m.numel for m in update_mask.values() if m.count) > 2 * update_mask.count
+
+
+def test_masking_gradients_alone_lets_weight_decay_move_unmasked_entries(base_model, batch, update_mask) -> None:
+    """What published subnetwork-finetuning code does (grad *= mask) is not enough with AdamW."""
+    model = copy.deepcopy(base_model)
+    model.get_parameter(FROZEN).requires_grad_(False)
+    for name in update_mask:
+        model.get_parameter(name).register_hook(lambda grad, inside=update_mask[name].to_torch(): grad * inside)
+    train(model, batch, adamw(model.parameters()))
+    with pytest.raises(AssertionError, match="unmasked entries changed"):
+        assert_unmasked_unchanged(model.state_dict(), base_model.state_dict(), update_mask)
+
+
+def test_dense_mode_without_optimizer_needs_restore(base_model, batch, update_mask) -> None:
+    model = copy.deepcopy(base_model)
+    restriction = submask.restrict(model, update_mask)
+    optimizer = adamw(restriction.parameters())
+    optimizer.zero_grad()
+    loss_of(model, batch).backward()
+    optimizer.step()
+    name = "encoder.layer.0.attention.self.query.weight"
+    outside = ~update_mask[name].to_torch()
+    assert not torch.equal(model.state_dict()[name][outside], base_model.state_dict()[name][outside])
+    restriction.restore()
+    assert torch.equal(bits_of(model.state_dict()[name])[outside], bits_of(base_model.state_dict()[name])[outside])
+    restriction.remove()
+
+
+def small_model() -> "torch.nn.Module":
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+
+
+def small_mask() -> Mask:
+    return Mask({"0.weight": TensorMask.from_indices([0, 5, 7], (4, 6)), "0.bias": TensorMask.full((4,), True),
+                 "2.weight": TensorMask.full((2, 4), False)})
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_missing_parameters_freeze_train_or_error(mode: str) -> None:
+    model = small_model()
+    restriction = submask.restrict(model, small_mask(), mode=mode)  # "2.bias" is not listed: frozen
+    assert [p.shape for p in restriction.parameters()] == ([(4, 6), (4,)] if mode == "dense" else [(4,), (3,)])
+    submask.unrestrict(model)
+    restriction = submask.restrict(model, small_mask(), mode=mode, missing="train")
+    assert [p.shape for p in restriction.parameters()][-1] == (2,)
+    restriction.remove()
+    with pytest.raises(MismatchError, match=r"does not list 1 parameter.*2\.bias"):
+        submask.restrict(model, small_mask(), mode=mode, missing="error")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_parameters_frozen_by_the_caller_stay_frozen(mode: str) -> None:
+    model = small_model()
+    model[0].weight.requires_grad_(False)
+    restriction = submask.restrict(model, small_mask(), mode=mode)
+    assert [p.shape for p in restriction.parameters()] == [(4,)]  # only 0.bias (full mask) trains
+    restriction.remove()
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+
+
+def test_mask_from_a_smask_path(tmp_path) -> None:
+    small_mask().save(tmp_path / "m.smask")
+    model = small_model()
+    start = copy.deepcopy(model.state_dict())
+    restriction = submask.restrict(model, tmp_path / "m.smask", mode="sparse")
+    optimizer = adamw(restriction.parameters())
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        model(torch.randn(3, 6)).square().sum().backward()
+        optimizer.step()
+    restriction.remove()
+    assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7
+
+
+def test_mismatched_masks_and_misuse_are_rejected() -> None:
+    model = small_model()
+    with pytest.raises(MismatchError, match=r"0\.weight \(4, 5\) vs \(4, 6\)"):
+        submask.restrict(model, Mask({"0.weight": TensorMask.full((4, 5), True)}))
+    with pytest.raises(MismatchError, match=r"missing from the module's parameters.*lm_head\.weight"):
+        submask.restrict(model, Mask({"lm_head.weight": TensorMask.full((4,), True)}))
+    with pytest.raises(SubmaskError, match="mode must be"):
+        submask.restrict(model, small_mask(), mode="lora")
+    with pytest.raises(SubmaskError, match="create the optimizer after"):
+        submask.restrict(model, small_mask(), mode="sparse", optimizer=adamw(model.parameters()))
+    with pytest.raises(SubmaskError, match="not restricted"):
+        submask.unrestrict(model)
+    submask.restrict(model, small_mask())
+    with pytest.raises(SubmaskError, match="already restricted"):
+        submask.restrict(model, small_mask())
+    submask.unrestrict(model)
+
+
+def test_sparse_mode_refuses_tied_weights() -> None:
+    model = small_model()
+    tied = torch.nn.ModuleDict({"a": model[0], "b": torch.nn.Linear(6, 4)})
+    tied["b"].weight = tied["a"].weight
+    with pytest.raises(SubmaskError, match="tied weights"):
+        submask.restrict(tied, Mask({"a.weight": TensorMask.from_indices([1], (4, 6))}), mode="sparse")
+
+
+def classifier(minilm_bf16, update_mask) -> tuple["torch.nn.Module", Mask]:
+    """MiniLM with a classification head (no dropout), and the update mask under the head model's names."""
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        minilm_bf16.base, local_files_only=True, dtype=torch.float32, num_labels=2, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0)
+    return model, Mask({f"bert.{name}": tensor for name, tensor in update_mask.items()})
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_callback_events_in_trainer_order(minilm_bf16, update_mask, batch, mode: str) -> None:
+    """The callback driven through the events a Trainer sends, in its order, with a real optimizer."""
+    from submask.integrations import SubmaskCallback
+
+    model, mask = classifier(minilm_bf16, update_mask)
+    start = copy.deepcopy(model.state_dict())
+    callback = SubmaskCallback(mask, mode=mode)
+    callback.on_init_end(None, None, None, model=model, optimizer=None)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad])  # what the Trainer creates next
+    callback.on_train_begin(None, None, None, model=model, optimizer=optimizer)
+    labels = torch.tensor([0, 1, 0, 1])
+    for _ in range(STEPS):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        callback.on_optimizer_step(None, None, None, model=model, optimizer=optimizer)
+        optimizer.zero_grad()
+    callback.on_train_end(None, None, None, model=model, optimizer=optimizer)
+    assert list(model.state_dict()) == list(start)
+    assert assert_unmasked_unchanged(model.state_dict(), start, mask) > 0.5 * mask.count
+    late = SubmaskCallback(mask, mode="sparse")
+    with pytest.raises(SubmaskError, match="before the Trainer creates its optimizer"):
+        late.on_train_begin(None, None, None, model=model, optimizer=optimizer)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_trainer_callback(minilm_bf16, update_mask, tmp_path, mode: str) -> None:
+    pytest.importorskip("accelerate")  # the Trainer needs it
+    from submask.integrations import SubmaskCallback
+
+    model, mask = classifier(minilm_bf16, update_mask)
+    start = copy.deepcopy(model.state_dict())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_bf16.base, local_files_only=True)
+    encoded = tokenizer(SENTENCES, padding="max_length", max_length=16, return_tensors="pt")
+    data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
+             "labels": torch.tensor(i % 2)} for i in range(len(SENTENCES))]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
+        weight_decay=0.1, report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
+        disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                   callbacks=[SubmaskCallback(mask, mode=mode)])
+    trainer.train()
+    assert list(model.state_dict()) == list(start)  # the restriction was removed at the end
+    moved = assert_unmasked_unchanged(model.state_dict(), start, mask)
+    assert moved > 0.5 * mask.count
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_restrict_on_cuda(mode: str) -> None:
+    model = small_model().cuda()
+    start = {name: value.cpu() for name, value in model.state_dict().items()}
+    restriction = submask.restrict(model, small_mask(), mode=mode)
+    optimizer = adamw(restriction.parameters())
+    restriction.attach(optimizer)
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        model(torch.randn(3, 6, device="cuda")).square().sum().backward()
+        optimizer.step()
+    restriction.remove()
+    state = {name: value.cpu() for name, value in model.state_dict().items()}
+    assert assert_unmasked_unchanged(state, start, small_mask()) == 7
