@@ -169,6 +169,8 @@ def _write_selected(handle: BinaryIO, tensor: TensorInfo, base: Source, finetune
         else:
             chosen = unpack(bits.packed[start // 8: (stop + 7) // 8], stop - start)  # type: ignore[union-attr]
             chunk = keep.read(tensor.name, start, stop, buffers[1])
+            if not chunk.flags.writeable:  # a source may hand back a read-only view instead of the buffer
+                chunk = chunk.copy()
             np.copyto(chunk, take.read(tensor.name, start, stop, buffers[0]), where=chosen)
         handle.write(memoryview(chunk))
         if progress is not None:

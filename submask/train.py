@@ -3,14 +3,16 @@
 Masking gradients alone is not enough: AdamW's weight decay (and momentum left from earlier steps) moves
 entries whose gradient is zero. Two modes give the guarantee:
 
-- ``"dense"``: parameters stay ordinary tensors. Gradients outside the mask are zeroed as they are computed
-  (so clipping norms and optimizer statistics see only the masked gradient), and after every optimizer step
-  the entries outside the mask are reset to a saved copy of their starting values, bit for bit. Pass the
+- ``"dense"``: parameters stay ordinary tensors. Gradients outside the mask are zeroed in ``.grad`` as
+  backward accumulates them (so clipping norms and optimizer statistics see only the masked gradient), and
+  after every optimizer step the entries outside the mask are reset to a saved copy of their starting
+  values, bit for bit (this is the guarantee; gradients set by hand bypass the zeroing, not the reset). Pass the
   ``optimizer`` to ``restrict`` (or ``Restriction.attach`` it) so the reset runs after each ``step()``;
   otherwise call ``Restriction.restore()`` after each step yourself.
 - ``"sparse"``: each partly masked parameter becomes a parametrization (``torch.nn.utils.parametrize``): a
   frozen base buffer plus a trainable 1-D ``values`` parameter holding only the masked entries, so gradients
-  and optimizer state scale with the mask's density. Create the optimizer after ``restrict``, from
+  and optimizer state scale with the mask's density (backward still forms each weight's full gradient
+  transiently before keeping the masked entries). Create the optimizer after ``restrict``, from
   ``Restriction.parameters()``. While restricted, state_dict keys of those parameters change
   (``...parametrizations.weight.original``); ``unrestrict`` bakes the values back under the original names.
 
@@ -189,11 +191,17 @@ def _restrict_one(module: "torch.nn.Module", name: str, parameter: "torch.nn.Par
         parametrize.register_parametrization(owner, attribute, _sparse_values()(frozen, inside), unsafe=True)
         return _Restricted(owner, attribute, parameter)
     outside = inside.logical_not()
-    return _Restricted(owner, attribute, parameter, outside, frozen, parameter.register_hook(_zero_outside(outside)))
+    hook = parameter.register_post_accumulate_grad_hook(_zero_outside(outside))
+    return _Restricted(owner, attribute, parameter, outside, frozen, hook)
 
 
-def _zero_outside(outside: "torch.Tensor") -> Callable[["torch.Tensor"], "torch.Tensor"]:
-    return lambda grad: grad.masked_fill(outside, 0)
+def _zero_outside(outside: "torch.Tensor") -> Callable[["torch.Tensor"], None]:
+    """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
+
+    def hook(parameter: "torch.Tensor") -> None:
+        parameter.grad.masked_fill_(outside, 0)  # type: ignore[union-attr]
+
+    return hook
 
 
 def _refuse_tied(module: "torch.nn.Module", masks: Any) -> None:

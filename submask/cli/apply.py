@@ -16,7 +16,7 @@ from .root import main
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Model directory to write (created atomically).")
 @click.option("--invert", is_flag=True, help="Keep the finetuned values OUTSIDE the mask (base values inside).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+@click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists and is not empty.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def apply_command(base: str, finetuned: str, mask: str, out_dir: str, invert: bool, overwrite: bool,
                   quiet: bool) -> None:
