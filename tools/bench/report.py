@@ -12,6 +12,8 @@ import os
 import platform
 import shlex
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
@@ -78,3 +80,13 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def best_time(run: Callable[[], object], repeat: int) -> float:
+    """Seconds of the fastest of ``repeat`` calls of ``run`` (the least disturbed by other jobs)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
