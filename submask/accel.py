@@ -17,10 +17,12 @@ first use only, so ``import submask`` stays light. ``SUBMASK_NO_NUMBA=1`` forces
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _UNSET: Any = object()
+_KERNELS: list["Kernel"] = []
 
 
 def numba_enabled() -> bool:
@@ -41,6 +43,7 @@ class Kernel:
         self.function = function
         self._compiled: Any = _UNSET
         self.__doc__ = function.__doc__
+        _KERNELS.append(self)
 
     @property
     def compiled(self) -> Callable[..., Any] | None:
@@ -56,3 +59,35 @@ class Kernel:
     def reset(self) -> None:
         """Forget the compiled form, so the next use re-reads ``SUBMASK_NO_NUMBA`` (for tests)."""
         self._compiled = _UNSET
+
+
+def reset_kernels() -> None:
+    """``Kernel.reset`` every kernel, e.g. after changing ``SUBMASK_NO_NUMBA``."""
+    for kernel in _KERNELS:
+        kernel.reset()
+
+
+@contextmanager
+def numba_disabled() -> Iterator[None]:
+    """Run the numpy fallbacks inside the block (``SUBMASK_NO_NUMBA=1``), the previous state after it."""
+    before = os.environ.get("SUBMASK_NO_NUMBA")
+    os.environ["SUBMASK_NO_NUMBA"] = "1"
+    reset_kernels()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SUBMASK_NO_NUMBA"]
+        else:
+            os.environ["SUBMASK_NO_NUMBA"] = before
+        reset_kernels()
+
+
+def numba_state() -> str:
+    """A line for reports: the numba version in use, or why the numpy paths run."""
+    if not numba_enabled():
+        return "numba off (SUBMASK_NO_NUMBA set or numba not installed): numpy paths"
+    import numba
+
+    return f"numba {numba.__version__}"
+

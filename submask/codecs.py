@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 import numpy as np
 import zstandard
 
+from .accel import Kernel
 from .errors import FormatError, UnknownEncodingError
-from .packed import clear_padding, from_positions, packed_nbytes, popcount, set_positions
+from .packed import POPCOUNT8, SET_BITS, clear_padding, from_positions, packed_nbytes, popcount, set_positions
 
 
 class Codec:
@@ -26,8 +27,10 @@ class Codec:
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         raise NotImplementedError
 
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
-        """Return the packed bits (a fresh, writable uint8 array). Raise FormatError on bad payloads."""
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+        """Return the packed bits: a fresh, writable uint8 array, or ``out`` (``packed_nbytes(numel)`` uint8
+        bytes, overwritten) when given, which saves the page faults of fresh memory in loops. Raise
+        FormatError on bad payloads."""
         raise NotImplementedError
 
     def configured(self, config: dict[str, Any]) -> "Codec":
@@ -45,11 +48,14 @@ class RawCodec(Codec):
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         return packed.tobytes(), {}
 
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
         expected = packed_nbytes(numel)
         if len(payload) != expected:
             raise FormatError(f"raw payload has {len(payload)} bytes, {expected} expected for {numel} bits")
-        return np.frombuffer(payload, dtype=np.uint8).copy()
+        if out is None:
+            return np.frombuffer(payload, dtype=np.uint8).copy()
+        out[:] = np.frombuffer(payload, dtype=np.uint8)
+        return out
 
 
 class ZstdCodec(Codec):
@@ -62,7 +68,7 @@ class ZstdCodec(Codec):
         compressor = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
         return compressor.compress(memoryview(packed)), {}
 
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
         expected = packed_nbytes(numel)
         try:
             declared = zstandard.frame_content_size(payload)
@@ -70,16 +76,27 @@ class ZstdCodec(Codec):
             raise FormatError(f"zstd payload has no valid frame header ({exc})") from None
         if declared != expected:
             raise FormatError(f"zstd frame declares {declared} bytes of content, {expected} expected")
-        try:
-            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=expected)
+        out = np.empty(expected, dtype=np.uint8) if out is None else out
+        try:  # straight into ``out``: no intermediate bytes object
+            with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
+                size = reader.readinto(out)
+                while size < expected and (more := reader.readinto(out[size:])):
+                    size += more
+                extra = reader.read(1)
         except zstandard.ZstdError as exc:
             raise FormatError(f"zstd payload is corrupt ({exc})") from None
-        if len(data) != expected:
-            raise FormatError(f"zstd payload decoded to {len(data)} bytes, {expected} expected")
-        return np.frombuffer(data, dtype=np.uint8).copy()
+        if size != expected or extra:
+            raise FormatError(f"zstd payload decoded to {size}{' or more' if extra else ''} bytes, {expected} expected")
+        return out
 
 
 _BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position count, unary bytes
+# The kernels move bit-plane bytes to and from 8 remainders at a time, as the 8 bytes ("lanes") of one int64:
+_SPREAD = np.array([sum(((byte >> (7 - i)) & 1) << (8 * i) for i in range(8)) for byte in range(256)], np.int64)
+_LANE_BITS = 0x0101010101010101  # bit 0 of every lane; _SPREAD[byte]: its bits (MSB first) in lanes 0..7
+_GATHER = sum(1 << (63 - 9 * i) for i in range(8)) - (1 << 64)  # ((lanes & _LANE_BITS) * _GATHER) >> 56 & 0xFF
+#   has lane i's bit at bit 7 - i: the inverse of _SPREAD (int64, which wraps as uint64 would)
+_UNARY_CHUNK = 1024  # unary bytes scanned per pass of ``_rice_block``
 
 
 class RiceCodec(Codec):
@@ -109,12 +126,14 @@ class RiceCodec(Codec):
             parts.append(_encode_block(block, nbits))
         return b"".join(parts), {"block_bits": self.block_bits}
 
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
-        block_bits = _check_block_bits(config.get("block_bits"))
+    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+        block_bits = _check_length(payload, numel, config)
         nblocks = -(-numel // block_bits)
-        if len(payload) < nblocks * _BLOCK_HEADER.size:
-            raise FormatError(f"rice payload of {len(payload)} bytes is too short for {nblocks} blocks")
-        out = np.empty(packed_nbytes(numel), dtype=np.uint8)
+        out = np.empty(packed_nbytes(numel), dtype=np.uint8) if out is None else out
+        if _rice_block.compiled is not None:
+            out.fill(0)
+            _decode_compiled(payload, numel, block_bits, PACKED, out)
+            return clear_padding(out, numel)
         offset = 0
         for index in range(nblocks):
             start = index * block_bits
@@ -126,6 +145,15 @@ class RiceCodec(Codec):
         return out
 
 
+def _check_length(payload: bytes, numel: int, config: dict[str, Any]) -> int:
+    """The block size of the settings, checked, once the payload is known to hold every block's header."""
+    block_bits = _check_block_bits(config.get("block_bits"))
+    nblocks = -(-numel // block_bits)
+    if len(payload) < nblocks * _BLOCK_HEADER.size:
+        raise FormatError(f"rice payload of {len(payload)} bytes is too short for {nblocks} blocks")
+    return block_bits
+
+
 def _check_block_bits(block_bits: Any) -> int:
     if type(block_bits) is not int or block_bits <= 0 or block_bits % 8 or block_bits > 1 << 32:
         raise FormatError(f"rice block_bits must be a positive multiple of 8 up to 2^32, got {block_bits!r}")
@@ -133,7 +161,18 @@ def _check_block_bits(block_bits: Any) -> int:
 
 
 def _encode_block(block: np.ndarray, nbits: int) -> bytes:
-    value = 1 if 2 * popcount(block) <= nbits else 0
+    ones = popcount(block)
+    value = 1 if 2 * ones <= nbits else 0
+    count = ones if value else nbits - ones
+    gaps_kernel, write_kernel = _rice_gaps.compiled, _rice_write.compiled
+    if gaps_kernel is not None and write_kernel is not None and count:
+        gaps = np.empty(count + 8, dtype=np.int64)
+        last = gaps_kernel(block, nbits, value, gaps)
+        gaps = gaps[:count]
+        mean = (last + 1 - count) / count  # the mean gap, as gaps.mean() computes it
+        k_first, k_stop = _rice_candidates(mean)
+        out = np.empty(_BLOCK_HEADER.size + (nbits + count) // 8 + 1 + (k_stop - 1) * ((count + 7) // 8), np.uint8)
+        return out[: write_kernel(gaps, value, k_first, k_stop, out)].tobytes()
     positions = set_positions(block if value else clear_padding(~block, nbits), nbits)
     count = positions.size
     if count == 0:
@@ -144,6 +183,78 @@ def _encode_block(block: np.ndarray, nbits: int) -> bytes:
     unary = from_positions(np.cumsum(quotients + 1) - 1, int(quotients.sum()) + count)
     planes = [np.packbits(((gaps >> bit) & 1).astype(np.bool_)).tobytes() for bit in range(k)]
     return b"".join([_BLOCK_HEADER.pack(value, k, 0, count, unary.size), unary.tobytes(), *planes])
+
+
+@Kernel
+def _rice_gaps(block, nbits, value, gaps):  # pragma: no cover - compiled by numba
+    """Write the gaps between the block's bits equal to ``value`` into ``gaps`` (8 entries longer than
+    their count); return the last position."""
+    flip = 0 if value else 0xFF
+    nbytes = (nbits + 7) // 8
+    found = 0  # positions first, found branch-free: write 8 candidates per byte, keep popcount of them
+    sparse = gaps.size < nbytes // 8
+    for group in range(0, nbytes, 8):
+        stop = min(group + 8, nbytes)
+        any_listed = 0
+        for index in range(group, stop):
+            any_listed |= block[index] ^ flip
+        if not any_listed & 0xFF:  # sparse blocks: skip 8 bytes at a time
+            continue
+        for index in range(group, stop):
+            byte = (block[index] ^ flip) & 0xFF
+            if index == nbytes - 1 and nbits % 8:
+                byte &= (0xFF << (8 - nbits % 8)) & 0xFF
+            if sparse and not byte:  # a well-predicted skip where most bytes list nothing
+                continue
+            for i in range(8):
+                gaps[found + i] = 8 * index + SET_BITS[byte, i]
+            found += POPCOUNT8[byte]
+    last = -1
+    for j in range(found):
+        position = gaps[j]
+        gaps[j] = position - last - 1
+        last = position
+    return last
+
+
+@Kernel
+def _rice_write(gaps, value, k_first, k_stop, out):  # pragma: no cover - compiled by numba
+    """Write one block's code (header included) into ``out`` with the k in [k_first, k_stop) that codes
+    ``gaps`` shortest (the first of equals); return its length in bytes."""
+    count = gaps.size
+    first = second = third = 0  # sum(gaps >> k) for the (up to 3) candidates, in one pass
+    for gap in gaps:
+        first += gap >> k_first
+        second += gap >> (k_first + 1)
+        third += gap >> (k_first + 2)
+    k, quotients = k_first, first
+    for candidate, total in ((k_first + 1, second), (k_first + 2, third)):
+        if candidate < k_stop and total + count * candidate < quotients + count * k:
+            k, quotients = candidate, total
+    unary_nbytes = (quotients + count + 7) // 8
+    plane_nbytes = (count + 7) // 8
+    header = 12
+    out[0], out[1], out[2], out[3] = value, k, 0, 0
+    for byte in range(4):
+        out[4 + byte] = (count >> (8 * byte)) & 0xFF
+        out[8 + byte] = (unary_nbytes >> (8 * byte)) & 0xFF
+    end = header + unary_nbytes + k * plane_nbytes
+    out[header:end] = 0
+    bit = 0
+    planes = header + unary_nbytes
+    for group in range(plane_nbytes):  # 8 gaps at a time: their low bytes side by side in one word
+        lanes = 0
+        for lane in range(min(8, count - 8 * group)):
+            gap = gaps[8 * group + lane]
+            bit += gap >> k
+            out[header + (bit >> 3)] |= 0x80 >> (bit & 7)
+            bit += 1
+            lanes |= (gap & 0xFF) << (8 * lane)
+            for plane in range(8, k):
+                out[planes + plane * plane_nbytes + group] |= ((gap >> plane) & 1) << (7 - lane)
+        for plane in range(min(k, 8)):
+            out[planes + plane * plane_nbytes + group] = ((((lanes >> plane) & _LANE_BITS) * _GATHER) >> 56) & 0xFF
+    return end
 
 
 def _decode_block(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, int]:
@@ -161,6 +272,8 @@ def decode_positions(payload: bytes, numel: int, config: dict[str, Any]) -> np.n
     Checks the same block structure as ``decode``; the CRC-32 of the bits is not checked.
     """
     block_bits = _check_block_bits(config.get("block_bits"))
+    if _rice_block.compiled is not None:
+        return _decode_compiled(payload, numel, block_bits, POSITIONS, _NO_BITS)[0]
     blocks = []
     offset = 0
     for start in range(0, numel, block_bits):
@@ -176,6 +289,135 @@ def decode_positions(payload: bytes, numel: int, config: dict[str, Any]) -> np.n
     return out
 
 
+POSITIONS, PACKED, COUNT = 0, 1, 2  # what ``_rice_block`` makes of a block's positions
+_NO_BITS = np.zeros(0, dtype=np.uint8)
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
+
+
+def _decode_compiled(payload: bytes, numel: int, block_bits: int, mode: int, bits: np.ndarray) -> tuple[Any, int]:
+    """Run ``_rice_block`` over every block; returns (result, set bits). The result is, per ``mode``: the set
+    positions (POSITIONS, int64), 0 with the set bits set in ``bits`` (PACKED; zeros on entry), or how many
+    set bits are also set in ``bits`` (COUNT). Raises the numpy path's FormatError for a bad block."""
+    kernel = _rice_block.compiled
+    data = np.frombuffer(payload, dtype=np.uint8)
+    blocks, error = [], None
+    offset = 0
+    try:
+        for start in range(0, numel, block_bits):
+            nbits = min(block_bits, numel - start)
+            header = _read_header(payload, offset, nbits)
+            blocks.append((start, nbits, offset, header))
+            offset = header[-1]
+        if offset != len(payload):
+            raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
+    except FormatError as exc:
+        error = exc  # raised after the blocks before it, as the block-by-block numpy path would
+    positions = _NO_POSITIONS
+    if mode == POSITIONS:
+        positions = np.empty(sum(h[2] if h[0] else nbits - h[2] for _, nbits, _, h in blocks), dtype=np.int64)
+    total = 0
+    for start, nbits, offset, (value, k, count, unary_nbytes, data_start, _) in blocks:
+        if mode == PACKED and not value:
+            bits[start // 8 : start // 8 + packed_nbytes(nbits)] = 0xFF
+        done = kernel(data, data_start, unary_nbytes, count, k, nbits, value, mode, start, positions[total:], bits)
+        if done < 0:
+            _read_block(payload, offset, nbits)  # raises the numpy path's error for this block
+            raise FormatError("rice block is invalid")  # pragma: no cover - the line above raises
+        total += done
+    if error is not None:
+        raise error
+    ones = sum(h[2] if h[0] else nbits - h[2] for _, nbits, _, h in blocks)  # the kernel checked each count
+    return (positions if mode == POSITIONS else total), ones
+
+
+def rice_kernels_compiled() -> bool:
+    """True when the rice kernels run compiled (numba), so ``rice_intersection_count`` is available."""
+    return _rice_block.compiled is not None
+
+
+def rice_intersection_count(payload: bytes, numel: int, config: dict[str, Any],
+                            packed: np.ndarray) -> tuple[int, int] | None:
+    """(set bits of a "rice" payload also set in ``packed``, set bits of the payload), streaming the payload
+    without decoding it; None without compiled kernels. Checks the block structure, not the CRC-32."""
+    if _rice_block.compiled is None:
+        return None
+    return _decode_compiled(payload, numel, _check_length(payload, numel, config), COUNT, packed)
+
+
+@Kernel
+def _rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base, positions, bits):
+    """Decode one block's listed positions from ``payload[start:]`` (header checked) and, per ``mode``
+    (block at flat index ``base``): POSITIONS writes the block's set positions + base to ``positions``,
+    PACKED sets (value 1) or clears (value 0) them in ``bits``, COUNT counts the set ones set in ``bits``.
+    Returns how many were written (POSITIONS) or counted (COUNT), or -1 for a bad block."""
+    plane_nbytes = (count + 7) // 8
+    planes = start + unary_nbytes
+    limit = nbits >> k
+    j = 0
+    done = 0
+    terminator = -1
+    position = -1
+    previous = base - 1  # the last listed flat index (POSITIONS of a value 0 block)
+    lanes = 0
+    listed = np.empty(8 * _UNARY_CHUNK + 8, dtype=np.int64)
+    for chunk in range(0, unary_nbytes, _UNARY_CHUNK):
+        found = 0  # the chunk's terminator bits, found branch-free: write 8 candidates, keep popcount of them
+        for index in range(chunk, min(chunk + _UNARY_CHUNK, unary_nbytes)):
+            byte = payload[start + index]
+            for i in range(8):
+                listed[found + i] = 8 * index + SET_BITS[byte, i]
+            found += POPCOUNT8[byte]
+        if j + found > count:
+            return -1
+        too_far = False
+        for i in range(found):  # terminators -> positions, in place
+            quotient = listed[i] - terminator - 1
+            terminator = listed[i]
+            too_far |= quotient > limit  # (which could also overflow below)
+            if not j & 7:  # the low 8 bits of the next 8 remainders, side by side in one word
+                lanes = 0
+                for plane in range(min(k, 8)):
+                    lanes |= _SPREAD[payload[planes + plane * plane_nbytes + (j >> 3)]] << plane
+            low = (lanes >> (8 * (j & 7))) & 0xFF
+            for plane in range(8, k):
+                low |= ((payload[planes + plane * plane_nbytes + (j >> 3)] >> (7 - (j & 7))) & 1) << plane
+            position += 1 + (quotient << k) + low
+            listed[i] = base + position
+            j += 1
+        if too_far or position >= nbits:  # positions ascend: the last is the largest
+            return -1
+        if mode == POSITIONS and value:
+            positions[done : done + found] = listed[:found]
+            done += found
+        elif mode == POSITIONS:
+            for i in range(found):
+                for other in range(previous + 1, listed[i]):
+                    positions[done] = other
+                    done += 1
+                previous = listed[i]
+        elif mode == PACKED and value:
+            for i in range(found):
+                bits[listed[i] >> 3] |= 0x80 >> (listed[i] & 7)
+        elif mode == PACKED:
+            for i in range(found):
+                bits[listed[i] >> 3] &= ~(0x80 >> (listed[i] & 7))
+        else:
+            for i in range(found):
+                done += (bits[listed[i] >> 3] >> (7 - (listed[i] & 7))) & 1
+    if j != count:
+        return -1
+    if not value and mode == POSITIONS:
+        for other in range(previous + 1, base + nbits):
+            positions[done] = other
+            done += 1
+    elif not value and mode == COUNT:  # the set bits are the unlisted ones: all set bits in range less the listed
+        ones = 0
+        for index in range(base >> 3, (base + nbits + 7) >> 3):
+            ones += POPCOUNT8[bits[index]]
+        done = ones - done
+    return done
+
+
 def _block_positions(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, int]:
     """Positions of the set bits of one block, relative to its start, and the offset after the block."""
     value, listed, end = _read_block(payload, offset, nbits)
@@ -186,19 +428,26 @@ def _block_positions(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarra
     return np.flatnonzero(ones), end
 
 
-def _read_block(payload: bytes, offset: int, nbits: int) -> tuple[int, np.ndarray, int]:
-    """One block's coded value, its listed positions (ascending, relative to the block; int32 where they
-    fit) and the offset after the block, with every structural check of FORMAT.md section 5.3."""
+def _read_header(payload: bytes, offset: int, nbits: int) -> tuple[int, int, int, int, int, int]:
+    """One block header's value, k, count and unary bytes, the offset of its unary part and of the block's
+    end, with the header checks of FORMAT.md section 5.3."""
     if offset + _BLOCK_HEADER.size > len(payload):
         raise FormatError("rice payload ends inside a block header")
     value, k, reserved, count, unary_nbytes = _BLOCK_HEADER.unpack_from(payload, offset)
     offset += _BLOCK_HEADER.size
     if value > 1 or reserved or k > 31 or count > nbits:
         raise FormatError(f"rice block header is invalid (value={value}, k={k}, count={count} of {nbits} bits)")
-    plane_nbytes = (count + 7) // 8
-    end = offset + unary_nbytes + k * plane_nbytes
+    end = offset + unary_nbytes + k * ((count + 7) // 8)
     if end > len(payload):
         raise FormatError("rice payload ends inside a block")
+    return value, k, count, unary_nbytes, offset, end
+
+
+def _read_block(payload: bytes, offset: int, nbits: int) -> tuple[int, np.ndarray, int]:
+    """One block's coded value, its listed positions (ascending, relative to the block; int32 where they
+    fit) and the offset after the block, with every structural check of FORMAT.md section 5.3."""
+    value, k, count, unary_nbytes, offset, end = _read_header(payload, offset, nbits)
+    plane_nbytes = (count + 7) // 8
     unary = np.frombuffer(payload, dtype=np.uint8, count=unary_nbytes, offset=offset)
     terminators = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
     if terminators.size != count:
@@ -227,11 +476,15 @@ def _read_block(payload: bytes, offset: int, nbits: int) -> tuple[int, np.ndarra
     return value, positions, end
 
 
+def _rice_candidates(mean_gap: float) -> tuple[int, int]:
+    """The Rice parameters worth trying, [first, stop), around the geometric optimum for this mean gap."""
+    guess = max(0, int(math.log2(mean_gap * math.log(2) + 1))) if mean_gap > 0 else 0
+    return max(0, guess - 1), min(32, guess + 2)
+
+
 def _best_rice_parameter(gaps: np.ndarray) -> int:
-    """The Rice parameter k minimising the coded size, searched around the geometric optimum."""
-    mean = float(gaps.mean())
-    guess = max(0, int(math.log2(mean * math.log(2) + 1))) if mean > 0 else 0
-    candidates = range(max(0, guess - 1), min(32, guess + 2))
+    """The Rice parameter k minimising the coded size (the first of equals)."""
+    candidates = range(*_rice_candidates(float(gaps.mean())))
     sizes = [int((gaps >> k).sum()) + gaps.size * k for k in candidates]
     return candidates[int(np.argmin(sizes))]
 

@@ -16,30 +16,31 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import TypeVar, Union
 
 import numpy as np
 from tqdm import tqdm
 
 from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count
 from .breakdown import OVERALL, group_of, sort_groups
-from .codecs import decode_positions
+from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
 from .errors import ChecksumError, FormatError, where
 from .format import MaskFile, MaskWriter
 from .format import open as open_mask
 from .format.header import TensorEntry
-from .format.tensors import decode_tensor
 from .mask import Mask, TensorMask
-from .packed import popcount
+from .packed import packed_nbytes, padding_is_clear, popcount
 
 MaskSource = Union[str, "os.PathLike[str]", Mask, MaskFile]
+T = TypeVar("T")
 
-#: rice tensors at most this dense are decoded to positions rather than packed bits (measured crossover)
+#: without the kernels, rice tensors at most this dense are decoded to positions rather than packed bits
+#: (measured crossover)
 POSITIONS_MAX_DENSITY = 1 / 16
 _WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
 _GATHER_CHUNK = 1 << 22
@@ -47,12 +48,14 @@ _GATHER_CHUNK = 1 << 22
 
 @dataclass
 class _Operand:
-    """One tensor of one mask, decoded: packed bits, or (sparse) ascending set positions."""
+    """One tensor of one mask: packed bits, (sparse) ascending set positions, or (sparse) a "rice" payload
+    left encoded, with its error-message prefix."""
 
     numel: int
     count: int
     packed: np.ndarray | None = None
     positions: np.ndarray | None = None
+    rice: tuple[bytes, dict, str] | None = None
 
 
 @dataclass
@@ -208,26 +211,54 @@ class _Source:
         return mask[name]
 
 
-def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask") -> _Operand:
+def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, streamed: bool) -> _Operand:
+    """One tensor's operand, decoded into this thread's buffer ``index``. A "rice" one is left encoded when
+    ``streamed`` and the kernels are compiled, and decoded to positions when sparse and they are not."""
     if isinstance(read, TensorMask):
         return _Operand(read.numel, read.count, packed=read.packed)
     entry, payload, path = read
-    if entry.encoding == "rice" and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY:
-        try:
-            positions = decode_positions(payload, entry.bits, entry.config)
-        except FormatError as exc:
-            raise FormatError(f"{where(path, entry.name)}{exc}; the file is corrupt "
-                              "(run `submask validate` on it)") from None
-        if positions.size != entry.ones:
-            raise ChecksumError(f"{where(path, entry.name)}decoded {positions.size} set bits, header says "
-                                f"{entry.ones}; the file is corrupt")
+    at = where(path, entry.name)
+    if entry.encoding == "rice" and streamed and rice_kernels_compiled():
+        return _Operand(entry.bits, entry.ones, rice=(payload, entry.config, at))
+    if entry.encoding == "rice" and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY and not rice_kernels_compiled():
+        positions = _checked(at, lambda: decode_positions(payload, entry.bits, entry.config))
+        _check_count(at, positions.size, entry.ones)
         return _Operand(entry.bits, entry.ones, positions=positions)
-    return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path))
+    try:
+        codec = get_codec(entry.encoding)
+    except FormatError as exc:
+        raise type(exc)(f"{at}{exc}") from None
+    out = _buffer(index, packed_nbytes(entry.bits))
+    packed = _checked(at, lambda: codec.configured(entry.config).decode(payload, entry.bits, entry.config, out))
+    if not padding_is_clear(packed, entry.bits):
+        raise ChecksumError(f"{at}pad bits after the last element are set; the file is corrupt")
+    _check_count(at, popcount(packed), entry.ones)
+    return _Operand(entry.bits, entry.ones, packed=packed)
+
+
+def _buffer(index: int, nbytes: int) -> np.ndarray:
+    """This thread's reusable decode buffer ``index``, at least ``nbytes`` long (fresh memory costs page faults)."""
+    buffers = _tables.__dict__.setdefault("buffers", {})
+    if index not in buffers or buffers[index].size < nbytes:
+        buffers[index] = np.empty(nbytes, np.uint8)
+    return buffers[index][:nbytes]
+
+
+def _checked(at: str, decode: Callable[[], T]) -> T:
+    try:
+        return decode()
+    except FormatError as exc:
+        raise FormatError(f"{at}{exc}; the file is corrupt (run `submask validate` on it)") from None
+
+
+def _check_count(at: str, decoded: int, expected: int) -> None:
+    if decoded != expected:
+        raise ChecksumError(f"{at}decoded {decoded} set bits, header says {expected}; the file is corrupt")
 
 
 def _compare_tensor(reads: list) -> np.ndarray:
     """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
-    operands = [_decode(read) for read in reads]
+    operands = [_decode(read, index, streamed=index == len(reads) - 1) for index, read in enumerate(reads)]
     n = len(operands)
     out = np.zeros((n, n), np.int64)
     for i in range(n):
@@ -238,11 +269,17 @@ def _compare_tensor(reads: list) -> np.ndarray:
 
 
 def _pair_count(x: _Operand, y: _Operand) -> int:
-    """|X and Y|, by the cheapest route: shortcuts for empty/full, position tables, bit gathers, AND+popcount."""
+    """|X and Y|, by the cheapest route: shortcuts for empty/full, a rice payload streamed against packed
+    bits, position tables, bit gathers, AND+popcount."""
     if not x.count or not y.count:
         return 0
     if x.count == x.numel or y.count == y.numel:
         return min(x.count, y.count)
+    if y.rice is not None and x.packed is not None:  # only the last operand is left encoded
+        payload, config, at = y.rice
+        hits, ones = _checked(at, lambda: rice_intersection_count(payload, y.numel, config, x.packed))
+        _check_count(at, ones, y.count)
+        return hits
     if x.positions is not None and y.positions is not None:
         return _common_positions(x.positions, y.positions, x.numel)
     if x.positions is not None or y.positions is not None:
@@ -251,7 +288,7 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
     return packed_intersection_count(x.packed, y.packed)
 
 
-_tables = threading.local()
+_tables = threading.local()  # per thread: a bool table for positions, decode buffers
 
 
 def _common_positions(a: np.ndarray, b: np.ndarray, numel: int) -> int:

@@ -12,6 +12,11 @@ import zlib
 import numpy as np
 
 CHUNK_BYTES = 1 << 20  # unpack at most 8 Mi bits at a time to keep temporaries small
+SET_BITS = np.array([[i for i in range(8) if value >> (7 - i) & 1] + [0] * (8 - value.bit_count())
+                     for value in range(256)], dtype=np.int64)
+"""Per byte value: the indices (MSB first) of its set bits, padded with zeros to 8 (for compiled kernels)."""
+POPCOUNT8 = np.array([value.bit_count() for value in range(256)], dtype=np.int64)
+"""Per byte value: its number of set bits (for compiled kernels)."""
 
 
 def packed_nbytes(numel: int) -> int:

@@ -98,3 +98,24 @@ def test_binary_entropy_bound() -> None:
     assert binary_entropy_bits(0, 100) == 0
     assert binary_entropy_bits(50, 100) == pytest.approx(100)
     assert binary_entropy_bits(1, 1000) == pytest.approx(1000 * -(0.001 * math.log2(0.001) + 0.999 * math.log2(0.999)))
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.9])
+def test_decode_into_a_reused_buffer(encoding: str, density: float) -> None:
+    numel = 3 * 4096 + 5
+    packed = pack(random_bits(numel, density, seed=5))
+    payload, config = get_codec(encoding).encode(packed, numel)
+    out = np.full(packed.size, 0xA5, dtype=np.uint8)  # stale content from an earlier tensor
+    decoded = get_codec(encoding).decode(payload, numel, config, out)
+    assert decoded is out
+    np.testing.assert_array_equal(out, packed)
+
+
+def test_zstd_frame_without_its_content_size_is_rejected() -> None:
+    import zstandard
+
+    numel = 4096
+    payload = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(numel // 8))
+    with pytest.raises(FormatError, match="declares"):
+        get_codec("zstd").decode(payload, numel, {})

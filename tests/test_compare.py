@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import submask
 from submask import FormatError, Mask, MismatchError
+from submask.accel import numba_disabled, numba_enabled
 from submask.breakdown import group_of
 from submask.codecs import RiceCodec, decode_positions
 from submask.compare import combine_files, compare, content_fingerprint, density_breakdown
@@ -52,8 +53,20 @@ def masks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[di
     return paths, arrays
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def kernels(request: pytest.FixtureRequest):
+    """Run a test with the compiled kernels (where numba is installed) and with the numpy paths."""
+    if request.param == "numpy":
+        with numba_disabled():
+            yield request.param
+    else:
+        if not numba_enabled():
+            pytest.skip("numba is not installed")
+        yield request.param
+
+
 @pytest.mark.parametrize("by", ["overall", "layer", "module", "tensor"])
-def test_compare_matches_numpy(masks: tuple, by: str) -> None:
+def test_compare_matches_numpy(masks: tuple, by: str, kernels: str) -> None:
     paths, arrays = masks
     result = compare(paths, by=by, workers=2)
     assert result.labels == [str(p) for p in paths]
@@ -93,7 +106,7 @@ def test_compare_mismatch_and_common(masks: tuple, tmp_path: Path) -> None:
     assert result.groups["all"].numel == sum(np.prod(s) for n, s in SHAPES.items() if n != "model.norm.weight")
 
 
-def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, tmp_path: Path) -> None:
+def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, tmp_path: Path, kernels: str) -> None:
     name = "model.layers.0.self_attn.q_proj.weight"
     data = bytearray(masks[0][0].read_bytes())
     with submask.open(masks[0][0]) as f:
@@ -102,8 +115,9 @@ def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, t
     at = bytes(data).index(payload)
     data[at + 20 : at + 60] = bytes(40)  # zero part of the first block's unary code: counts no longer match
     (tmp_path / "bad.smask").write_bytes(bytes(data))
-    with pytest.raises(FormatError, match=rf"bad\.smask, tensor '{name}'"):
-        compare([tmp_path / "bad.smask", masks[0][1]])
+    for order in ([tmp_path / "bad.smask", masks[0][1]], [masks[0][1], tmp_path / "bad.smask"]):  # decoded, streamed
+        with pytest.raises(FormatError, match=rf"bad\.smask, tensor '{name}'"):
+            compare(order)
 
 
 def test_density_breakdown_reads_counts_per_group(masks: tuple) -> None:

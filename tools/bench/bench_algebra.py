@@ -30,6 +30,7 @@ import numpy as np
 
 import submask
 from submask import MaskMetadata, MaskWriter, TensorMask
+from submask.accel import numba_disabled, numba_state
 from tools.bench.report import markdown_table, write_section
 
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -89,6 +90,19 @@ def run_roaring(a: dict[str, Path], b: dict[str, Path]) -> tuple[int, int, int]:
     return len(map_a), len(map_b), map_a.intersection_cardinality(map_b)
 
 
+def warm_up(root: Path) -> float:
+    """Seconds of a first comparison of two small masks: compiles the kernels (or loads numba's disk cache)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for label in ("warm_a", "warm_b"):
+        paths.append(root / f"{label}.smask")
+        arrays = {name: rng.random((64, 2048)) < 0.01 for name in tensor_names(2)}
+        submask.save(submask.Mask.from_numpy(arrays), paths[-1])
+    start = time.perf_counter()
+    submask.compare(paths)
+    return time.perf_counter() - start
+
+
 def best_time(function: Callable[[], object], repeat: int) -> tuple[float, object]:
     best, result = float("inf"), None
     for _ in range(repeat):
@@ -116,6 +130,7 @@ def main() -> None:
     rows, sizes = [], []
     matrix_row = None
     try:
+        compile_s = warm_up(scratch)
         for index, density in enumerate(densities):
             root = scratch / f"d{index}"
             root.mkdir(exist_ok=True)
@@ -125,14 +140,17 @@ def main() -> None:
             a, b = files[0], files[1]
             t_submask, r_submask = best_time(lambda: run_submask(a, b, args.workers), args.repeat)
             t_single, r_single = best_time(lambda: run_submask(a, b, 1), args.repeat)
+            with numba_disabled():
+                t_numpy_path, r_numpy_path = best_time(lambda: run_submask(a, b, args.workers), args.repeat)
             t_numpy, r_numpy = best_time(lambda: run_numpy(a, b, args.tensors), args.repeat)
             t_roaring, r_roaring = best_time(lambda: run_roaring(a, b), args.repeat)
-            assert r_submask == r_single == r_numpy == r_roaring, (r_submask, r_single, r_numpy, r_roaring)
+            assert r_submask == r_single == r_numpy_path == r_numpy == r_roaring, (r_submask, r_numpy_path, r_roaring)
             count_a, count_b, both = r_submask
             with submask.open(a["submask"]) as mask_file:
                 encodings = sorted({e.encoding for e in mask_file.entries.values()})
             rows.append([f"{density:.0%}", "/".join(encodings), f"{both / (count_a + count_b - both):.4f}",
-                         f"{t_submask * 1e3:.0f} ms", f"{t_single * 1e3:.0f} ms", f"{t_numpy * 1e3:.0f} ms",
+                         f"{t_submask * 1e3:.0f} ms", f"{t_single * 1e3:.0f} ms", f"{t_numpy_path * 1e3:.0f} ms",
+                         f"{t_numpy_path / t_submask:.1f}x", f"{t_numpy * 1e3:.0f} ms",
                          f"{t_roaring * 1e3:.0f} ms", f"{t_numpy / t_submask:.1f}x", f"{t_roaring / t_submask:.2f}x",
                          f"{t_roaring / t_single:.2f}x"])
             sizes.append([f"{density:.0%}"] + [f"{a[kind].stat().st_size / 2**20:.1f} MiB"
@@ -152,13 +170,16 @@ def main() -> None:
         f"Two independent random masks of 2^{args.bits} = {numel:,} parameters each ({args.tensors} tensors of "
         f"{numel // args.tensors:,}), end to end from warm files (page cache), best of {args.repeat}. Each "
         "contender returns |A|, |B| and |A and B| (so both overlaps and Jaccard); all three agree exactly. "
-        "submask: `submask.compare` on `submask.save` files (default encodings), with its default threads and with "
-        "one; numpy bool: packed `.npy` memory-mapped, `np.unpackbits` per tensor, `logical_and` + "
+        "submask: `submask.compare` on `submask.save` files (default encodings), with its default threads, with "
+        f"one, and with its compiled kernels switched off (`SUBMASK_NO_NUMBA=1`, numpy paths; default threads); "
+        f"kernels: {numba_state()}, first comparison (JIT compile or numba cache load, excluded from the timings) "
+        f"{compile_s:.1f} s. numpy bool: packed `.npy` memory-mapped, `np.unpackbits` per tensor, `logical_and` + "
         "`count_nonzero`; pyroaring: serialized `BitMap` files, `deserialize` + `len` + "
         "`intersection_cardinality` (single-threaded). Ratios above 1 mean submask is faster. Load average "
         f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end of the run (other jobs on the "
         f"machine's {os.cpu_count()} cores): above the core count, every column is slowed and noisy.",
-        markdown_table(["density", "encoding", "Jaccard", "submask", "submask 1 thread", "numpy bool", "pyroaring",
+        markdown_table(["density", "encoding", "Jaccard", "submask", "submask 1 thread", "submask no numba",
+                        "numba gain", "numpy bool", "pyroaring",
                         "vs numpy bool", "vs pyroaring", "vs pyroaring (1 thread)"], rows),
         "File sizes per mask:",
         markdown_table(["density", ".smask", "packed .npy", "roaring"], sizes),

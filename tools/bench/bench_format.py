@@ -12,12 +12,14 @@ same masks in the same run (the ratio column is encoding speed / numpy speed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from submask.accel import numba_disabled, numba_state
 from submask.codecs import binary_entropy_bits, encode_auto, get_codec
 from submask.packed import pack, popcount
 
@@ -78,16 +80,28 @@ def speed_rows(numel: int, repeat: int) -> list[list[object]]:
         numpy_pack = numel / best_time(lambda: np.packbits(bools), repeat) / 1e9
         numpy_unpack = numel / best_time(lambda: np.unpackbits(packed), repeat) / 1e9
         chosen = encode_auto(packed, numel, popcount(packed))[0]
-        for enc in ENCODINGS:
+        for enc, compiled in [(enc, True) for enc in ENCODINGS] + [("rice", False)]:
             codec = get_codec(enc)
-            payload, config = codec.encode(packed, numel)
-            encode = numel / best_time(lambda: codec.encode(packed, numel), repeat) / 1e9
-            decode = numel / best_time(lambda: codec.decode(payload, numel, config), repeat) / 1e9
-            rows.append([f"{density:.1%}", enc + (" (auto)" if enc == chosen else ""),
+            with contextlib.nullcontext() if compiled else numba_disabled():
+                payload, config = codec.encode(packed, numel)
+                encode = numel / best_time(lambda: codec.encode(packed, numel), repeat) / 1e9
+                decode = numel / best_time(lambda: codec.decode(payload, numel, config), repeat) / 1e9
+            label = enc + (" (auto)" if enc == chosen else "") + ("" if compiled else ", no numba")
+            rows.append([f"{density:.1%}", label,
                          f"{encode:.2f}", f"{encode / numpy_pack:.2f}",
                          f"{decode:.2f}", f"{decode / numpy_unpack:.2f}",
                          f"{numpy_pack:.2f}", f"{numpy_unpack:.2f}"])
     return rows
+
+
+def warm_up() -> float:
+    """Seconds of a first rice encode + decode: compiles the kernels (or loads numba's disk cache)."""
+    packed = iid_mask(1 << 12, 0.05)
+    start = time.perf_counter()
+    codec = get_codec("rice")
+    payload, config = codec.encode(packed, 1 << 12)
+    codec.decode(payload, 1 << 12, config)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -97,6 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     numel = 1 << args.bits
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    compile_s = warm_up()
     size = size_rows(numel)
     speed = speed_rows(numel, args.repeat)
     body = (
@@ -106,7 +121,9 @@ def main() -> None:
         + markdown_table(["mask", "density", "bound", *ENCODINGS, "auto picks", "auto", "auto / bound"], size)
         + "\n\n**Speed**, one core, Gparam/s (best of "
         f"{args.repeat}); ratios are against np.packbits (encode) and np.unpackbits (decode) of the same mask, "
-        "timed in the same run. `(auto)` marks the encoding the writer picks at that density.\n\n"
+        "timed in the same run. `(auto)` marks the encoding the writer picks at that density. Kernels: "
+        f"{numba_state()} (first rice encode + decode, JIT compile or numba cache load, excluded: {compile_s:.1f} s); "
+        "`no numba` rows run the numpy paths (`SUBMASK_NO_NUMBA=1`).\n\n"
         + markdown_table(["density", "encoding", "encode", "/ packbits", "decode", "/ unpackbits",
                           "packbits", "unpackbits"], speed)
     )

@@ -1,0 +1,112 @@
+"""The compiled kernels (numba) and the numpy fallbacks give identical results and identical errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import pytest
+
+from submask.accel import Kernel, numba_disabled, numba_enabled, numba_state
+from submask.codecs import RiceCodec, decode_positions, rice_intersection_count, rice_kernels_compiled
+from submask.errors import FormatError
+from submask.packed import pack, unpack
+
+pytest.importorskip("numba")
+pytestmark = pytest.mark.skipif(not numba_enabled(), reason="SUBMASK_NO_NUMBA is set: nothing to compare against")
+
+CASES = [(numel, density, block_bits) for numel, block_bits in [(1, 8), (77, 8), (5003, 64), (70_001, 1 << 22)]
+         for density in (0.0, 0.002, 0.05, 0.3, 0.7, 1.0)]
+
+
+def bits(numel: int, density: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(numel) < density
+
+
+def run_both(function):
+    """``function()`` with the compiled kernels and with the numpy paths: (compiled result, numpy result)."""
+    results = []
+    for context in (contextlib.nullcontext(), numba_disabled()):
+        with context:
+            assert rice_kernels_compiled() == isinstance(context, contextlib.nullcontext)
+            try:
+                results.append(function())
+            except FormatError as exc:
+                results.append(f"FormatError: {exc}")
+    return results
+
+
+def test_kernel_compiles_and_switches_off() -> None:
+    @Kernel
+    def total(values):
+        s = 0
+        for v in values:
+            s += v
+        return s
+
+    assert total.compiled(np.arange(10)) == 45 == total.function(np.arange(10))
+    with numba_disabled():
+        assert not numba_enabled() and total.compiled is None
+        assert numba_state().startswith("numba off")
+    assert total.compiled is not None and numba_state().startswith("numba ")
+    assert os.environ.get("SUBMASK_NO_NUMBA") is None
+
+
+@pytest.mark.parametrize("numel,density,block_bits", CASES)
+def test_rice_kernels_match_numpy(numel: int, density: float, block_bits: int) -> None:
+    bools = bits(numel, density, seed=numel)
+    other = pack(bits(numel, 0.5, seed=1))
+    codec = RiceCodec(block_bits)
+
+    def everything():
+        payload, config = codec.encode(pack(bools), numel)
+        decoded = unpack(codec.decode(payload, numel, config), numel)
+        counted = rice_intersection_count(payload, numel, config, other)
+        return payload, decoded.tolist(), decode_positions(payload, numel, config).tolist(), counted
+
+    compiled, numpy = run_both(everything)
+    assert compiled[:3] == numpy[:3]  # encoded bytes, decoded bits, positions
+    assert compiled[1] == bools.tolist()
+    assert numpy[3] is None  # no streaming count without the kernels
+    assert compiled[3] == (int(np.sum(bools & unpack(other, numel))), int(bools.sum()))
+
+
+def corruptions(payload: bytes) -> list[bytes]:
+    """Damaged versions of a one-block rice payload (its 12-byte header, then the unary part)."""
+    damaged = [payload[:-1], payload + b"\0", payload[:5]]
+    for at in range(12, len(payload)):
+        for flip in (0x01, 0x80, 0xFF):
+            data = bytearray(payload)
+            data[at] ^= flip
+            damaged.append(bytes(data))
+    for field, value in [(1, 31), (1, 32), (0, 2), (2, 1)]:  # huge k, k > 31, value > 1, reserved
+        data = bytearray(payload)
+        data[field] = value
+        damaged.append(bytes(data))
+    return damaged
+
+
+@pytest.mark.parametrize("density", [0.01, 0.2])
+def test_corrupt_rice_payloads_fail_alike(density: float) -> None:
+    numel = 600
+    bools = bits(numel, density, seed=3)
+    payload, config = RiceCodec().encode(pack(bools), numel)
+    other = pack(bits(numel, 0.5, seed=4))
+    rejected = 0
+    for bad in corruptions(payload):
+        compiled, numpy = run_both(lambda: (codec_decode(bad, numel, config),
+                                                     decode_positions(bad, numel, config).tolist()))
+        if isinstance(numpy, str):  # the numpy path raised: so must the kernels, with the same message
+            rejected += 1
+            assert compiled == numpy
+            with pytest.raises(FormatError) as raised:
+                rice_intersection_count(bad, numel, config, other)
+            assert f"FormatError: {raised.value}" == numpy
+        else:
+            assert compiled[0] == numpy[0] and compiled[1] == numpy[1]
+    assert rejected >= 8  # every kind of damage above: truncation, trailing bytes, counts, bad header fields
+
+
+def codec_decode(payload: bytes, numel: int, config: dict) -> list[int]:
+    return RiceCodec().decode(payload, numel, config).tolist()
