@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import os
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -23,20 +22,11 @@ from submask.accel import numba_disabled, numba_state
 from submask.codecs import binary_entropy_bits, encode_auto, get_codec
 from submask.packed import pack, popcount
 
-from .report import markdown_table, write_section
+from .report import best_time, markdown_table, write_section
 
 DENSITIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.3, 0.5, 0.85, 0.99, 0.999]
 SPEED_DENSITIES = [0.001, 0.01, 0.05, 0.15, 0.3, 0.5, 0.85]
 ENCODINGS = ["raw", "zstd", "rice"]
-
-
-def best_time(run: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def iid_mask(numel: int, density: float, seed: int = 0) -> np.ndarray:
