@@ -15,8 +15,10 @@ from safetensors.torch import save_file  # noqa: E402
 
 import submask  # noqa: E402
 from submask import MismatchError, SourceError, SubmaskError, build_mask  # noqa: E402
-from submask.build.backends import TorchBackend  # noqa: E402
-from submask.build.criteria import LADDER_ATOL  # noqa: E402
+from submask.build import kernels  # noqa: E402
+from submask.build.backends import NumpyBackend, TorchBackend  # noqa: E402
+from submask.build.criteria import LADDER_ATOL, Criterion  # noqa: E402
+from submask.build.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
 from submask.build.dtypes import fp8_table  # noqa: E402
 
 NAN, INF = math.nan, math.inf
@@ -79,6 +81,18 @@ def _pair_tensors(dtype: torch.dtype, pairs: list) -> tuple[torch.Tensor, torch.
     return base, finetuned, np.array([p[2] for p in pairs], dtype=bool).T
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Runs a test with the compiled kernel, then with the numpy path (the fallback without numba)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("SUBMASK_NO_NUMBA", "1" if request.param == "numpy" else "0")
+    kernels.diff_bits.reset()
+    assert (kernels.diff_bits.compiled is None) == (request.param == "numpy")
+    yield request.param
+    kernels.diff_bits.reset()
+
+
 @pytest.fixture(scope="module")
 def dtype_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, np.ndarray]]:
     """Two safetensors files with one tensor per dtype, and each tensor's expected bits per criterion."""
@@ -93,7 +107,7 @@ def dtype_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, d
 
 @pytest.mark.parametrize("device", ["cpu", "torch-cpu"])
 @pytest.mark.parametrize("criterion", list(CRITERIA))
-def test_criteria_on_every_dtype(dtype_files, criterion: str, device: str) -> None:
+def test_criteria_on_every_dtype(dtype_files, criterion: str, device: str, cpu_path: str) -> None:
     base, finetuned, expected = dtype_files
     backend = TorchBackend("cpu") if device == "torch-cpu" else device
     mask = build_mask(base, finetuned, criterion=criterion, device=backend, **CRITERIA[criterion])
@@ -125,7 +139,7 @@ def _bf16_pair(numel: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return base, finetuned
 
 
-def test_ladder_counts_match_numpy() -> None:
+def test_ladder_counts_match_numpy(cpu_path: str) -> None:
     base, finetuned = _bf16_pair(50_003, seed=1)
     mask = build_mask({"w": base}, {"w": finetuned}, chunk_bytes=4096, workers=3)
     x, y = base.double().numpy(), finetuned.double().numpy()
@@ -141,13 +155,51 @@ def test_ladder_counts_match_numpy() -> None:
     assert mask.count == expected[0]
 
 
+def _every_code_pair(dtype_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Raw elements: every code of an 8/16-bit dtype against several others (NaN payloads, infinities, signed
+    zeros, subnormals included); random bit patterns for wider dtypes."""
+    dtype = BUILD_DTYPES[dtype_name]
+    if dtype.itemsize <= 2:
+        codes = np.arange(1 << 8 * dtype.itemsize, dtype=np.int64)
+        base = np.concatenate([codes] * 4)
+        finetuned = np.concatenate([codes, codes ^ 1, codes ^ (1 << 8 * dtype.itemsize - 1), np.roll(codes, 7)])
+        return base.astype(dtype.raw), finetuned.astype(dtype.raw)
+    generator = np.random.default_rng(5)
+    base = generator.integers(0, 256, 40_000 * dtype.itemsize, dtype=np.uint8).view(dtype.raw)
+    finetuned = base.copy()
+    finetuned[::3] ^= dtype.raw.type(1)  # tiny moves
+    finetuned[1::3] = generator.integers(0, 256, finetuned[1::3].nbytes, dtype=np.uint8).view(dtype.raw)
+    return base, finetuned
+
+
+@pytest.mark.parametrize("dtype_name", list(BUILD_DTYPES))
+def test_compiled_kernel_agrees_with_numpy(dtype_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused kernel's bits, counts and ladder equal the numpy path's for every criterion, code by code."""
+    pytest.importorskip("numba")
+    a, b = _every_code_pair(dtype_name)
+    dtype, backend = BUILD_DTYPES[dtype_name], NumpyBackend()
+    for criterion in (Criterion.make(), Criterion.make(atol=0.0), Criterion.make(atol=1e-3),
+                      Criterion.make(rtol=0.01)):
+        results = []
+        for disabled in ("1", "0"):
+            monkeypatch.setenv("SUBMASK_NO_NUMBA", disabled)
+            kernels.diff_bits.reset()
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the numpy path
+                results.append(backend.compare(a, b, dtype, criterion, ladder=True))
+        expected, got = results
+        assert got.packed.tolist() == expected.packed.tolist(), criterion
+        assert (got.ones, got.ladder) == (expected.ones, expected.ladder), criterion
+        assert 0 < got.ones < a.size
+    kernels.diff_bits.reset()
+
+
 def test_no_ladder() -> None:
     base, finetuned = _bf16_pair(100, seed=2)
     assert "ladder" not in build_mask({"w": base}, {"w": finetuned}, ladder=False).metadata.stats
 
 
 @pytest.mark.parametrize("criterion", list(CRITERIA))
-def test_chunked_build_equals_single_chunk(criterion: str) -> None:
+def test_chunked_build_equals_single_chunk(criterion: str, cpu_path: str) -> None:
     """Chunk boundaries (tiny chunks, a tensor whose size is not a multiple of 8, many threads) change nothing."""
     base, finetuned = _bf16_pair(10_007, seed=3)
     state_a = {"w": base.reshape(1, 10_007), "b": base[:13].float(), "empty": torch.zeros(0, 4)}
@@ -289,6 +341,9 @@ def test_build_to_file_and_sharded_file(tmp_path: Path) -> None:
     assert single == tmp_path / "one.smask"
     sharded = build_mask(state_a, state_b, tmp_path / "many.smask", atol=1e-6, max_shard_bytes=200)
     assert sharded == tmp_path / "many.smask.index.json"
+    # a shard limit the whole mask fits in writes one file, even over an older index
+    assert build_mask(state_a, state_b, tmp_path / "many.smask", atol=1e-6, max_shard_bytes=10**9) == (
+        tmp_path / "many.smask")
     assert len(list(tmp_path.glob("many-*-of-*.smask"))) > 1
     for path in (single, sharded):
         loaded = submask.load(path)

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-import submask
-from submask import HubError, SourceError, build_mask
-from submask.examples.minilm import reshard
+pytest.importorskip("huggingface_hub")
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi  # noqa: E402
+
+import submask  # noqa: E402
+from submask import HubError, SourceError, build_mask  # noqa: E402
+from submask.examples.minilm import reshard  # noqa: E402
 
 
 @pytest.fixture

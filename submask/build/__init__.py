@@ -2,8 +2,8 @@
 
 Modules: ``sources`` (safetensors files, model dirs, Hub repos, state dicts), ``safetensors_file`` (raw lazy
 reads), ``dtypes`` (every safetensors dtype, fp8 decoding), ``criteria`` (exact/atol/rtol and the tolerance
-ladder, defined in its docstring), ``backends`` (numpy CPU and torch/CUDA compare), ``pipeline`` (the
-streaming, multi-threaded build).
+ladder, defined in its docstring), ``kernels`` (the fused numba compare, optional), ``backends`` (CPU and
+torch/CUDA compare), ``pipeline`` (the streaming, multi-threaded build).
 """
 
 from .criteria import LADDER_ATOL, Criterion

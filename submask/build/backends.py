@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..errors import SubmaskError
 from ..packed import popcount
 from .criteria import LADDER_ATOL, Criterion, ladder_changed, unchanged_within
 from .dtypes import DType, decode
+from .kernels import fused_compare
 
 
 DECODE_BLOCK = 1 << 16  # elements decoded at a time for tolerances and the ladder: temporaries stay in cache
@@ -45,7 +47,8 @@ class Backend:
 
 
 class NumpyBackend(Backend):
-    """numpy on the calling thread (numpy releases the GIL, so worker threads compare in parallel)."""
+    """The CPU: one fused compiled pass per chunk (``kernels``) with numba, else numpy; both release the
+    GIL, so worker threads compare in parallel, and both give identical results."""
 
     name = "cpu"
 
@@ -60,6 +63,9 @@ class NumpyBackend(Backend):
 
     def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
                 ladder: bool) -> ChunkResult:
+        fused = fused_compare(a, b, dtype, criterion, ladder)
+        if fused is not None:
+            return ChunkResult(*fused)
         changed = np.not_equal(a, b, out=self._changed_buffer(a.size))
         counts = [0] * len(LADDER_ATOL) if ladder else None
         if criterion.name != "exact" or ladder:
@@ -92,8 +98,7 @@ class TorchBackend(Backend):
     def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
                 ladder: bool) -> ChunkResult:
         torch = self.torch
-        ta = torch.from_numpy(a.view(dtype.signed)).to(self.device)
-        tb = torch.from_numpy(b.view(dtype.signed)).to(self.device)
+        ta, tb = (self._tensor(raw.view(dtype.signed)) for raw in (a, b))
         changed = ta != tb
         counts = None
         if criterion.name != "exact" or ladder:
@@ -103,6 +108,12 @@ class TorchBackend(Backend):
             if criterion.name != "exact":
                 changed[where[unchanged_within(x, y, criterion, torch)]] = False
         return ChunkResult(self._pack(changed).cpu().numpy(), int(changed.sum()), counts)
+
+    def _tensor(self, array: np.ndarray) -> Any:
+        """``array`` on the device; chunks may be read-only file maps, which this backend never writes."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return self.torch.from_numpy(array).to(self.device)
 
     def _decode(self, raw: Any, dtype: DType) -> Any:
         """float64 values of signed-int views, as ``dtypes.decode`` defines them."""

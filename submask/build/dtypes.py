@@ -109,8 +109,14 @@ def dtype_of_array(dtype: object, where: str = "") -> DType:
                           f"(supported: {', '.join(_BY_ARRAY_NAME)})") from None
 
 
+def decode_table(dtype: DType) -> np.ndarray | None:
+    """float64 value of every code of an 8- or 16-bit float dtype, indexed by code; None for other dtypes."""
+    return _TABLES.get(dtype.name)
+
+
 def decode(raw: np.ndarray, dtype: DType) -> np.ndarray:
     """float64 values of raw elements (an unsigned view of ``dtype``'s width); integers are exact to 2^53."""
-    if dtype.name in _TABLES:
-        return _TABLES[dtype.name][raw]
+    table = decode_table(dtype)
+    if table is not None:
+        return table[raw]
     return raw.view(dtype.numpy_name).astype(np.float64)

@@ -1,10 +1,11 @@
 """The streaming build: match tensors, compare them chunk by chunk on worker threads, write tensor by tensor.
 
 Each tensor is cut along its flat (C order) element order into chunks of a multiple of 8 elements, so each
-chunk packs to whole bytes at a known offset of the tensor's packed bits. Worker threads read both chunks,
-compare them and pack the bits (file reads, numpy and zstd release the GIL, so they overlap); one more
-thread encodes and writes finished tensors in order while the next ones are compared. Memory holds the
-chunks in flight plus the packed bits of the tensors being finished, never a whole checkpoint.
+chunk packs to whole bytes at a known offset of the tensor's packed bits. Worker threads read both chunks
+(files are memory-mapped, so a hot page cache costs no copy), compare them and pack the bits, then encode
+each finished tensor (the compiled kernel, numpy and zstd release the GIL, so all of it overlaps); one more
+thread writes the encoded tensors in order while the next ones are compared. Memory holds the chunks in
+flight plus the packed bits of the tensors being finished, never a whole checkpoint.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import fnmatch
 import os
 import re
 import sys
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from ..errors import MismatchError
 from ..format import MaskMetadata, MaskWriter, model_fingerprint
-from ..format.reader import INDEX_SUFFIX
+from ..format.tensors import encode_tensor
 from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
 from .backends import Backend, select_backend
@@ -37,14 +36,18 @@ from .sources import Source, open_source
 
 MAX_CHUNK_BYTES = 32 * 1024 * 1024
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
-PENDING_WRITES = 2  # finished tensors waiting for the writer thread
+PENDING_WRITES = 2  # finished tensors being encoded or waiting for the writer thread
 SHOWN = 10  # names listed per kind of mismatch in error messages
 
 Pattern = str | re.Pattern[str]
 
 
 class _Sink(Protocol):
-    def add_packed(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> Any: ...
+    """Where finished tensors go: ``prepare`` runs on a worker thread, ``commit`` in order on the writer."""
+
+    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> Any: ...
+
+    def commit(self, prepared: Any) -> None: ...
 
 
 class _MemorySink:
@@ -53,14 +56,37 @@ class _MemorySink:
     def __init__(self, metadata: MaskMetadata):
         self.mask = Mask({}, metadata)
 
-    def add_packed(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> None:
-        self.mask.tensors[name] = TensorMask(shape, packed, ones)
+    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> tuple[str, TensorMask]:
+        return name, TensorMask(shape, packed, ones)
+
+    def commit(self, prepared: tuple[str, TensorMask]) -> None:
+        self.mask.tensors[prepared[0]] = prepared[1]
 
     def __enter__(self) -> "_MemorySink":
         return self
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+class _FileSink:
+    """Encodes on the workers and appends to a MaskWriter."""
+
+    def __init__(self, writer: MaskWriter):
+        self.writer = writer
+
+    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> Any:
+        return encode_tensor(name, shape, packed, ones)
+
+    def commit(self, prepared: Any) -> None:
+        self.writer.add_encoded(*prepared)
+
+    def __enter__(self) -> "_FileSink":
+        self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.writer.__exit__(*exc)
 
 
 @dataclass
@@ -108,7 +134,6 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     chosen = Criterion.make(criterion, atol, rtol)
     backend = select_backend(device)
     workers = max(1, workers or os.cpu_count() or 1)
-    started = time.time()
     with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
             open_source(finetuned, api=hub_api, cache_dir=cache_dir) as source_b:
         infos, skipped = match_tensors(source_a, source_b, include, intersect)
@@ -117,19 +142,17 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             provenance={"base": source_a.provenance, "finetuned": source_b.provenance},
             model={"fingerprint": model_fingerprint({i.name: i.shape for i in infos}),
                    "dtypes": _dtype_summary(infos)})
-        sink = _MemorySink(metadata) if out is None else MaskWriter(out, metadata, max_shard_bytes=max_shard_bytes)
+        sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(out, metadata,
+                                                                                max_shard_bytes=max_shard_bytes))
         with sink:
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
             metadata.stats = run.stream(infos, sink)
             metadata.stats["backend"] = backend.name
             if skipped:
                 metadata.stats["skipped"] = skipped
-    if out is None:
+    if isinstance(sink, _MemorySink):
         return sink.mask
-    index = Path(str(out) + INDEX_SUFFIX)
-    if max_shard_bytes and index.exists() and index.stat().st_mtime >= started - 1:
-        return index
-    return Path(out)
+    return sink.writer.index_path or sink.writer.path
 
 
 def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[Pattern] | None = None,
@@ -178,7 +201,7 @@ def _dtype_summary(infos: list[TensorInfo]) -> dict[str, int]:
 
 
 class _Run:
-    """One build's threads, scratch buffers and counters."""
+    """One build's threads and counters."""
 
     def __init__(self, source_a: Source, source_b: Source, backend: Backend, criterion: Criterion, ladder: bool,
                  workers: int, chunk_bytes: int | None, progress: bool):
@@ -186,7 +209,6 @@ class _Run:
         self.workers, self.depth = workers, workers + 1
         self.chunk_bytes = max(8 * 8, chunk_bytes or min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth)))
         self.progress = progress
-        self._local = threading.local()
 
     def stream(self, infos: list[TensorInfo], sink: _Sink) -> dict[str, Any]:
         """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats."""
@@ -201,7 +223,8 @@ class _Run:
         def finish(job: _TensorJob) -> None:
             while len(writes) >= PENDING_WRITES:
                 writes.popleft().result()
-            writes.append(writer.submit(sink.add_packed, job.info.name, job.info.shape, job.packed, job.ones))
+            prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones)
+            writes.append(writer.submit(lambda: sink.commit(prepared.result())))
             stats["changed"] += job.ones
             stats["numel"] += job.info.numel
             stats["dtypes"][job.info.name] = job.info.dtype.name
@@ -241,12 +264,9 @@ class _Run:
         return stats
 
     def _compare(self, job: _TensorJob, start: int, stop: int) -> tuple[int, list[int] | None, int]:
-        """Worker: read one chunk of both sides, compare, and place its packed bits; returns counts."""
+        """Worker: view one chunk of both sides, compare, and place its packed bits; returns counts."""
         name, dtype = job.info.name, job.info.dtype
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None:
-            buffers = self._local.buffers = [np.empty(self.chunk_bytes, dtype=np.uint8) for _ in self.sources]
-        a, b = (source.read(name, start, stop, buffer) for source, buffer in zip(self.sources, buffers))
+        a, b = (source.view(name, start, stop) for source in self.sources)
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
         job.packed[start // 8: start // 8 + result.packed.size] = result.packed
         return result.ones, result.ladder, (stop - start) * dtype.itemsize

@@ -2,14 +2,17 @@
 
 The header (8-byte little-endian length, then JSON with each tensor's dtype, shape and data_offsets) is
 parsed here rather than by ``safetensors.safe_open``, whose numpy framework cannot return bf16 or fp8.
-Elements are read with ``os.preadv`` into a caller's buffer as unsigned integers of their width, so any
-dtype streams in bounded memory and reads from several threads at once (the GIL is released).
+Element ranges come back as unsigned integers of their width, either read with ``os.preadv`` into a
+caller's buffer (``read``) or viewed in a read-only memory map of just that range (``view``: a hot page
+cache costs no copy, and the map, with the pages it holds resident, goes when the array is dropped). Any
+dtype streams in bounded memory, from several threads at once (the GIL is released).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -114,10 +117,27 @@ class SafetensorsFile:
         while done < nbytes:
             got = os.preadv(self._fd, [view[done:]], offset + done)
             if got == 0:
-                raise SourceError(f"{self.path}, tensor {name!r}: the file ended early; was it changed or "
-                                  "truncated during the build?")
+                raise self._ended_early(name)
             done += got
         return buffer[:nbytes].view(dtype.raw)
+
+    def view(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``[start, stop)`` of tensor ``name`` as a read-only array mapped from the file."""
+        dtype = self.tensors[name].dtype
+        nbytes = (stop - start) * dtype.itemsize
+        offset = self._offsets[name] + start * dtype.itemsize
+        if not nbytes:
+            return np.empty(0, dtype=dtype.raw)
+        if offset + nbytes > os.fstat(self._fd).st_size:  # touching a mapped page past the end is a SIGBUS
+            raise self._ended_early(name)
+        aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self._fd, offset + nbytes - aligned, offset=aligned, access=mmap.ACCESS_READ)
+        mapped.madvise(mmap.MADV_WILLNEED)  # one large read-ahead when the pages are not cached yet
+        return np.frombuffer(mapped, dtype=dtype.raw, count=stop - start, offset=offset - aligned)
+
+    def _ended_early(self, name: str) -> SourceError:
+        return SourceError(f"{self.path}, tensor {name!r}: the file ended early; was it changed or truncated "
+                           "during the build?")
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -50,6 +50,11 @@ class Source:
         (a uint8 scratch array of at least ``(stop - start) * itemsize`` bytes)."""
         raise NotImplementedError
 
+    def view(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Like ``read``, but the result may be read-only and need no buffer (files are memory-mapped)."""
+        info = self.tensors[name]
+        return self.read(name, start, stop, np.empty((stop - start) * info.dtype.itemsize, dtype=np.uint8))
+
     def close(self) -> None:
         """Release open files."""
 
@@ -73,6 +78,9 @@ class ShardedSource(Source):
 
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         return self._file(self._shard_of[name]).read(name, start, stop, buffer)
+
+    def view(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._file(self._shard_of[name]).view(name, start, stop)
 
     def _file(self, shard: str) -> SafetensorsFile:
         with self._lock:

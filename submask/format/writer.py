@@ -43,7 +43,8 @@ class MaskWriter:
 
     With ``max_shard_bytes``, payloads are split across ``STEM-0000K-of-0000N.smask`` shards next to an
     index ``PATH.index.json`` once they exceed one shard; otherwise a single file is written at ``path``.
-    If the block raises (Ctrl-C included), nothing is left under the final names.
+    If the block raises (Ctrl-C included), nothing is left under the final names. After the block, ``paths``
+    lists the files written (the shards, then the index) and ``index_path`` is the index, or None.
     """
 
     def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None):
@@ -53,6 +54,8 @@ class MaskWriter:
         self._stack = ExitStack()
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
+        self.paths: list[Path] = []
+        self.index_path: Path | None = None
 
     def __enter__(self) -> "MaskWriter":
         return self
@@ -69,9 +72,13 @@ class MaskWriter:
     def add_packed(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
                    encoding: str = "auto", config: dict[str, Any] | None = None) -> TensorEntry:
         """Encode and append packed bits with a known popcount."""
+        return self.add_encoded(*encode_tensor(name, shape, packed, ones, encoding, config))
+
+    def add_encoded(self, entry: TensorEntry, payload: bytes) -> TensorEntry:
+        """Append a tensor already encoded by ``format.tensors.encode_tensor`` (e.g. on another thread)."""
+        name = entry.name
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
-        entry, payload = encode_tensor(name, shape, packed, ones, encoding, config)
         shard = self._shard_for(len(payload))
         shard.data.write(payload)
         shard.entries.append(entry)
@@ -97,6 +104,7 @@ class MaskWriter:
         if len(shards) == 1:
             with atomic_write(self.path) as out:
                 self._write_shard(out, shards[0])
+            self.paths = [self.path]
             return
         names = [shard_name(self.path, i + 1, len(shards)) for i in range(len(shards))]
         for name, shard in zip(names, shards):
@@ -109,8 +117,11 @@ class MaskWriter:
                          "total_size": sum(s.nbytes for s in shards)},
             "weight_map": {entry.name: name for name, shard in zip(names, shards) for entry in shard.entries},
         }
-        with atomic_write(self.path.with_name(self.path.name + INDEX_SUFFIX)) as out:
+        index_path = self.path.with_name(self.path.name + INDEX_SUFFIX)
+        with atomic_write(index_path) as out:
             out.write(json.dumps(index, indent=2).encode("utf-8") + b"\n")
+        self.paths = [self.path.parent / name for name in names] + [index_path]
+        self.index_path = index_path
 
     def _write_shard(self, out: BinaryIO, shard: _Shard) -> None:
         header = self.metadata.to_json()

@@ -7,7 +7,8 @@ side, from the page cache (hot) and after ``posix_fadvise(DONTNEED)`` on both fi
 - read: every byte of both files through the build's raw reader, on the build's thread count (the baseline)
 - safetensors: ``safe_open(framework="pt").get_tensor(...).clone()`` of every tensor of both files
 - build exact / build atol=1e-5: ``submask.build_mask`` to a .smask file (read, compare, ladder, encode, write);
-  build exact, no ladder: the same without the tolerance ladder (which decodes every changed value)
+  build exact, no ladder: the same without the tolerance ladder (which decodes every changed value); each
+  also with ``SUBMASK_NO_NUMBA=1`` (the numpy path, what a build does without numba)
 - naive: ``safetensors.torch.load_file`` both, compare as int16, ``np.packbits`` (no file written)
 
 and the peak RSS of a build and of the naive approach, each in a fresh process.
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +36,7 @@ import numpy as np
 from tools.bench.report import markdown_table, write_section
 
 from submask.build import build_mask
+from submask.accel import numba_disabled, numba_state
 from submask.build.safetensors_file import SafetensorsFile
 
 MIB = 1 << 20
@@ -126,6 +129,15 @@ def naive(paths: tuple[Path, ...]) -> None:
         np.packbits((a[name].view(torch.int16) != b[name].view(torch.int16)).numpy())
 
 
+def without_numba(run: Callable[[], object]) -> Callable[[], None]:
+    """``run`` on the numpy path (``SUBMASK_NO_NUMBA=1`` while it runs)."""
+    def wrapped() -> None:
+        with numba_disabled():
+            run()
+
+    return wrapped
+
+
 def peak_rss_mb(code: str) -> float:
     """Peak RSS in MB of a fresh Python process running ``code`` (read back through a wrapper process)."""
     wrapper = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1]], check=True); "
@@ -153,12 +165,16 @@ def main() -> None:
     out = args.dir / "mask.smask"
     nbytes = sum(p.stat().st_size for p in paths)
     chunk_bytes = min(32 * MIB, 256 * MIB // (2 * (args.workers + 1)))
-    methods = {
-        "read (raw reader, baseline)": lambda: read_raw(paths, args.workers, chunk_bytes),
-        "safetensors safe_open get_tensor": lambda: read_safetensors(paths),
+    builds: dict[str, Callable[[], object]] = {
         "build exact": lambda: build_mask(*paths, out, workers=args.workers, device="cpu"),
         "build exact, no ladder": lambda: build_mask(*paths, out, workers=args.workers, device="cpu", ladder=False),
         "build atol=1e-5": lambda: build_mask(*paths, out, atol=1e-5, workers=args.workers, device="cpu"),
+    }
+    methods = {
+        "read (raw reader, baseline)": lambda: read_raw(paths, args.workers, chunk_bytes),
+        "safetensors safe_open get_tensor": lambda: read_safetensors(paths),
+        **builds,
+        **{f"{name} (numpy path, no numba)": without_numba(run) for name, run in builds.items()},
         "naive (load_file both, compare, packbits)": lambda: naive(paths),
     }
     timings: dict[str, dict[str, float]] = {}
@@ -198,8 +214,9 @@ def main() -> None:
         f"{args.changed:.0%} of values changed by one ulp (mask density {density:.4f}); throughput counts the bytes "
         f"of both files ({nbytes / gb:.2f} GB). {args.workers} worker threads, chunks of {chunk_bytes // MIB} MiB. "
         "Ratios are against the raw read of both files in the same run (higher is better). Hot: best of "
-        f"{args.repeats}; cold: one run after posix_fadvise(DONTNEED) on both files. Builds write the .smask file; "
-        "the naive approach writes nothing. Load average when done: "
+        f"{args.repeats}; cold: one run after posix_fadvise(DONTNEED) on both files. Builds write the .smask file "
+        f"and use the fused compiled kernel ({numba_state()}) unless marked \"numpy path\" (SUBMASK_NO_NUMBA=1, "
+        "the fallback without numba); the naive approach writes nothing. Load average when done: "
         f"{os.getloadavg()[0]:.1f} (other jobs shared the cores, which lowers the CPU-bound rows).",
         markdown_table(["method", "hot GB/s", "hot ratio", "cold GB/s", "cold ratio"], rows),
         markdown_table(["process", "peak RSS (MB)"], [[name, f"{mb:.0f}"] for name, mb in rss.items()]),

@@ -1,0 +1,109 @@
+"""The fused compare kernel: one pass per chunk decodes, judges, counts the ladder and packs the bits.
+
+numba compiles the kernel (see ``submask.accel``); without numba, or with ``SUBMASK_NO_NUMBA=1``,
+``fused_compare`` returns None and ``backends.NumpyBackend`` runs its numpy path, which gives identical
+results. Values are decoded to what ``dtypes.decode`` gives (bf16 and fp16 by bit manipulation, fp8
+through its table, float32 by a cast) and judged as ``criteria`` defines: every ladder rung and the atol
+criterion compare the bits of ``|y - x|`` as integers (for a non-negative float64 or NaN, integer order is
+numeric order and NaN is above every tolerance), rtol compares floats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..accel import Kernel
+from .criteria import LADDER_ATOL, Criterion
+from .dtypes import DType, decode_table
+
+BLOCK = 1 << 14  # elements judged before they are packed: the 0/1 scratch stays in L1
+_RUNGS = np.array(LADDER_ATOL[1:], dtype=np.float64)
+
+
+@Kernel
+def diff_bits(a, b, va, vb, table, half, above, rtol, rungs, packed, counts):  # pragma: no cover
+    """Set bit i of ``packed`` (MSB first) where element i changed; add ladder counts to ``counts``.
+
+    ``a``, ``b``: raw unsigned ints. Values: ``table[a]`` if ``table`` is given, else ``va`` (the same memory
+    as float32) if given, else ``a`` is fp16 if ``half`` is given, else bf16. The criterion: ``above``:
+    changed iff the bits of ``|y - x|`` exceed it (atol's bits, or -1 for exact), else ``rtol``'s test.
+    ``rungs``: the ladder tolerances after 0, or None. Returns the number of bits set. numba compiles one
+    version per combination of None arguments, with the branches on them removed, so each loop vectorises.
+    """
+    n = a.size
+    limits = rungs.view(np.int64) if rungs is not None else np.zeros(5, dtype=np.int64)
+    scratch = np.zeros(BLOCK, dtype=np.uint8)
+    words = scratch.view(np.uint64)
+    ones = c0 = c1 = c2 = c3 = c4 = c5 = 0
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        for i in range(start, stop):
+            differ = a[i] != b[i]
+            if table is not None:
+                x, y = table[a[i]], table[b[i]]
+            elif va is not None:
+                x, y = np.float64(va[i]), np.float64(vb[i])
+            elif half is not None:  # fp16 to float32 bits (exponent rebiased by 112, 31 -> 255), subnormals
+                hx, hy = np.uint32(a[i]), np.uint32(b[i])
+                fx = ((hx & 0x8000) << 16) | (((hx & 0x7FFF) << 13) + (0x38000000 << ((hx & 0x7C00) == 0x7C00)))
+                fy = ((hy & 0x8000) << 16) | (((hy & 0x7FFF) << 13) + (0x38000000 << ((hy & 0x7C00) == 0x7C00)))
+                x, y = np.float64(np.uint32(fx).view(np.float32)), np.float64(np.uint32(fy).view(np.float32))
+                if hx & 0x7C00 == 0:
+                    x = (1.0 - 2.0 * (hx >> 15)) * (hx & 0x3FF) * 2.0**-24
+                if hy & 0x7C00 == 0:
+                    y = (1.0 - 2.0 * (hy >> 15)) * (hy & 0x3FF) * 2.0**-24
+            else:
+                x = np.float64(np.uint32(np.uint32(a[i]) << 16).view(np.float32))
+                y = np.float64(np.uint32(np.uint32(b[i]) << 16).view(np.float32))
+            delta = abs(y - x)
+            bits = np.float64(delta).view(np.int64) if differ else np.int64(-1)  # -1: bytes equal
+            if rungs is not None:
+                c0 += differ
+                c1 += bits > limits[0]
+                c2 += bits > limits[1]
+                c3 += bits > limits[2]
+                c4 += bits > limits[3]
+                c5 += bits > limits[4]
+            if above is not None:
+                differ = bits > above
+            if rtol is not None:
+                differ = differ and not (delta <= rtol * max(abs(x), abs(y)) and delta - delta == 0)
+            scratch[i - start] = differ
+        size = stop - start
+        for i in range(size, (size + 7) // 8 * 8):
+            scratch[i] = 0
+        for j in range((size + 7) // 8):
+            word = words[j]  # 8 bytes of 0/1, first element lowest: gather them into one byte, first as MSB
+            packed[start // 8 + j] = (word * np.uint64(0x8040201008040201)) >> np.uint64(56)
+        for i in range(size):
+            ones += scratch[i]
+    counts[0] += c0
+    counts[1] += c1
+    counts[2] += c2
+    counts[3] += c3
+    counts[4] += c4
+    counts[5] += c5
+    return ones
+
+
+def fused_compare(a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
+                  ladder: bool) -> tuple[np.ndarray, int, list[int] | None] | None:
+    """Packed changed-bits of a chunk, their count and ladder counts (or None) in one compiled pass.
+
+    None when no compiled kernel is available, for an exact build without the ladder (numpy's compare and
+    packbits are as fast), or for values the kernel does not decode (integers, bool and F64: rare in
+    checkpoints, so not worth their compile time); the caller then runs its numpy path.
+    """
+    kernel = diff_bits.compiled
+    if kernel is None or not (ladder or criterion.name != "exact") or dtype.kind != "float" or dtype.name == "F64":
+        return None
+    table = decode_table(dtype) if dtype.name.startswith("F8") else None
+    floats = (a.view(np.float32), b.view(np.float32)) if dtype.name == "F32" else (None, None)
+    above = None if criterion.name == "rtol" else -1
+    if criterion.name == "atol":
+        above = int(np.array(criterion.atol, dtype=np.float64).view(np.int64))
+    packed = np.empty((a.size + 7) // 8, dtype=np.uint8)
+    counts = np.zeros(len(LADDER_ATOL), dtype=np.int64)
+    ones = kernel(a, b, *floats, table, True if dtype.name == "F16" else None, above, criterion.rtol,
+                  _RUNGS if ladder else None, packed, counts)
+    return packed, int(ones), counts.tolist() if ladder else None
