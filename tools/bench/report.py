@@ -57,7 +57,7 @@ def machine() -> str:
 
 def write_section(name: str, title: str, body: str, command: str | None = None) -> None:
     """Replace (or append) the section ``name`` of BENCHMARKS.md with ``body`` under ``title``."""
-    command = command or "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = command or _this_command()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     section = (f"{start}\n## {title}\n\n_Run {stamp} on {machine()}._  \n_Command:_ `{command}`\n\n"
@@ -73,6 +73,14 @@ def write_section(name: str, title: str, body: str, command: str | None = None) 
         handle.seek(0)
         handle.truncate()
         handle.write(text)
+
+
+def _this_command() -> str:
+    """The command line that reruns this benchmark, in the ``python -m tools.bench.NAME`` form."""
+    script = Path(sys.argv[0])
+    arguments = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    target = f"-m tools.bench.{script.stem}" if script.parent.name == "bench" else shlex.quote(sys.argv[0])
+    return f"python {target} {arguments}".strip()
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
