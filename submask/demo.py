@@ -30,6 +30,7 @@ from .build import build_mask
 from .compare import compare, density_breakdown
 from .examples import minilm
 from .format import load
+from .format import open as open_mask
 from .mask import Mask
 
 SMALL_LR = 1e-5
@@ -83,6 +84,11 @@ def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo
         build_mask(base, out / "models" / run.name, masks[run.name])
         report["runs"][run.name] = _describe_run(run, masks[run.name])
     echo(_sparsity_table(report["runs"]))
+    echo("   update sparsity if |delta| <= atol counted unchanged (the tolerance ladder each build records):")
+    for name, run in report["runs"].items():
+        ladder = run["ladder"]
+        echo(f"   {name:10s} " + "  ".join(f"{atol:g}: {1 - changed / run['numel']:.1%}"
+                                         for atol, changed in zip(ladder["atol"], ladder["changed"])))
 
     echo("\n3. do the runs update the same subnetwork? (pairwise, model-wide chance in brackets)")
     comparison = compare(list(masks.values()))
@@ -131,12 +137,15 @@ def _progress_bar(name: str, steps: int, enabled: bool) -> minilm.Progress | Non
 def _describe_run(run: Run, mask_path: Path) -> dict[str, Any]:
     overall = density_breakdown(mask_path, by="overall")["all"]
     modules = density_breakdown(mask_path, by="module")
+    with open_mask(mask_path) as mask_file:
+        ladder = mask_file.metadata.stats["ladder"]
     return {
         **asdict(run),
         "mask": str(mask_path),
         "numel": overall.numel,
         "changed": overall.count,
         "update_sparsity": 1.0 - overall.density,
+        "ladder": {"atol": ladder["atol"], "changed": ladder["changed"]["__all__"]},
         "by_module": {module: _counts(c) for module, c in modules.items() if module != "all"},
     }
 
@@ -215,8 +224,6 @@ def _plots(out: Path, masks: dict[str, Path], comparison: Any) -> list[str]:
 
 
 def _entries(path: Path) -> dict[str, Any]:
-    from .format import open as open_mask
-
     with open_mask(path) as mask_file:
         return dict(mask_file.entries)
 

@@ -39,6 +39,8 @@ def test_report_counts_match_the_masks(demo_run: tuple[Path, str]) -> None:
         assert run["changed"] == changed
         assert run["update_sparsity"] == pytest.approx(1 - changed / sum(a.size for a in arrays.values()))
         assert f"{run['update_sparsity']:.1%}" in output
+        assert run["ladder"]["changed"][0] == changed  # rung 0 is the exact criterion
+        assert run["ladder"]["changed"] == sorted(run["ladder"]["changed"], reverse=True)
     # bf16 with a small learning rate leaves most values bit-identical; the large learning rate does not
     assert report["runs"]["rl_seed1"]["update_sparsity"] > 0.8
     assert report["runs"]["sft"]["update_sparsity"] < report["runs"]["rl_seed1"]["update_sparsity"]
