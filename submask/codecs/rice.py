@@ -1,93 +1,20 @@
-"""Per-tensor encodings of packed bits, registered by id (see FORMAT.md, "Encodings").
-
-Each codec turns the packed bits of one tensor into a payload and back. Its ``config`` (the JSON object
-stored next to the id in the header) holds what a decoder needs beyond the payload, shape and counts.
-Adding an encoding means adding a class here, registering it, and describing it in FORMAT.md.
+"""The "rice" encoding: Rice-coded gaps between the positions of the rarer value, block by block
+(FORMAT.md section 5.3), with numba kernels for encoding, decoding and intersection counts where numba is
+installed and numpy paths otherwise (the two give identical bytes, bits and errors).
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-import zstandard
 
-from .accel import Kernel
-from .errors import FormatError, UnknownEncodingError
-from .packed import POPCOUNT8, SET_BITS, clear_padding, from_positions, packed_nbytes, popcount, set_positions
-
-
-class Codec:
-    """An encoding of packed bits: ``encode`` returns (payload, config); ``decode`` inverts it."""
-
-    id: ClassVar[str]
-
-    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
-        raise NotImplementedError
-
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-        """Return the packed bits: a fresh, writable uint8 array, or ``out`` (``packed_nbytes(numel)`` uint8
-        bytes, overwritten) when given, which saves the page faults of fresh memory in loops. Raise
-        FormatError on bad payloads."""
-        raise NotImplementedError
-
-    def configured(self, config: dict[str, Any]) -> "Codec":
-        """This codec with the encoder settings of ``config`` (as stored in a header) instead of the defaults."""
-        if config:
-            raise FormatError(f"encoding {self.id!r} takes no settings, got {config!r}")
-        return self
-
-
-class RawCodec(Codec):
-    """The packed bytes themselves."""
-
-    id = "raw"
-
-    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
-        return packed.tobytes(), {}
-
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-        expected = packed_nbytes(numel)
-        if len(payload) != expected:
-            raise FormatError(f"raw payload has {len(payload)} bytes, {expected} expected for {numel} bits")
-        if out is None:
-            return np.frombuffer(payload, dtype=np.uint8).copy()
-        out[:] = np.frombuffer(payload, dtype=np.uint8)
-        return out
-
-
-class ZstdCodec(Codec):
-    """One zstd frame (with its content size) over the packed bytes."""
-
-    id = "zstd"
-    level = 1  # as small as levels 3 and 9 on masks above 5% density, and several times faster
-
-    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
-        compressor = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
-        return compressor.compress(memoryview(packed)), {}
-
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-        expected = packed_nbytes(numel)
-        try:
-            declared = zstandard.frame_content_size(payload)
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"zstd payload has no valid frame header ({exc})") from None
-        if declared != expected:
-            raise FormatError(f"zstd frame declares {declared} bytes of content, {expected} expected")
-        out = np.empty(expected, dtype=np.uint8) if out is None else out
-        try:  # straight into ``out``: no intermediate bytes object
-            with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
-                size = reader.readinto(out)
-                while size < expected and (more := reader.readinto(out[size:])):
-                    size += more
-                extra = reader.read(1)
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"zstd payload is corrupt ({exc})") from None
-        if size != expected or extra:
-            raise FormatError(f"zstd payload decoded to {size}{' or more' if extra else ''} bytes, {expected} expected")
-        return out
+from ..accel import Kernel
+from ..errors import FormatError
+from ..packed import POPCOUNT8, SET_BITS, clear_padding, from_positions, packed_nbytes, popcount, set_positions
+from .base import Codec
 
 
 _BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position count, unary bytes
@@ -487,49 +414,3 @@ def _best_rice_parameter(gaps: np.ndarray) -> int:
     candidates = range(*_rice_candidates(float(gaps.mean())))
     sizes = [int((gaps >> k).sum()) + gaps.size * k for k in candidates]
     return candidates[int(np.argmin(sizes))]
-
-
-CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec())}
-
-
-def get_codec(encoding_id: str) -> Codec:
-    """The registered codec for an id; UnknownEncodingError if there is none."""
-    try:
-        return CODECS[encoding_id]
-    except KeyError:
-        known = ", ".join(sorted(CODECS))
-        raise UnknownEncodingError(
-            f"unknown encoding {encoding_id!r} (this submask knows {known}); upgrade submask to read this file"
-        ) from None
-
-
-def binary_entropy_bits(ones: int, numel: int) -> float:
-    """The iid entropy bound, in bits, of a mask with ``ones`` set bits out of ``numel``."""
-    if numel == 0 or ones in (0, numel):
-        return 0.0
-    p = ones / numel
-    return numel * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
-
-
-def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, dict[str, Any]]:
-    """Encode with the best default encoding; returns (id, payload, config).
-
-    Rice is tried where the rarer value is below 20% density and zstd where it is above 0.3% (outside
-    those ranges each is always larger than the other). The smallest wins, except that zstd, several times
-    faster to decode, is kept when Rice saves less than 3% of its size. Raw wins ties.
-    """
-    candidates = [("raw", packed.tobytes(), {})]
-    minority = min(ones, numel - ones) / numel if numel else 0.0
-    if minority < 0.2:
-        candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
-    if minority >= 0.003:
-        candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
-
-    best = min(candidates, key=lambda candidate: len(candidate[1]))  # raw first: wins ties
-    zstd = next((c for c in candidates if c[0] == "zstd"), None)
-    if best[0] == "rice" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
-        return zstd
-    return best
-
-
-ZSTD_PREFERENCE = 1 / 1.03

@@ -1,0 +1,67 @@
+"""Per-tensor encodings of packed bits, registered by id (see FORMAT.md, "Encodings").
+
+Each codec turns the packed bits of one tensor into a payload and back. Its ``config`` (the JSON object
+stored next to the id in the header) holds what a decoder needs beyond the payload, shape and counts.
+Adding an encoding means adding a module here, registering it in ``CODECS``, and describing it in FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnknownEncodingError
+from .base import Codec
+from .plain import RawCodec, ZstdCodec
+from .rice import RiceCodec, decode_positions, rice_intersection_count, rice_kernels_compiled
+
+CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec())}
+
+
+def get_codec(encoding_id: str) -> Codec:
+    """The registered codec for an id; UnknownEncodingError if there is none."""
+    try:
+        return CODECS[encoding_id]
+    except KeyError:
+        known = ", ".join(sorted(CODECS))
+        raise UnknownEncodingError(
+            f"unknown encoding {encoding_id!r} (this submask knows {known}); upgrade submask to read this file"
+        ) from None
+
+
+def binary_entropy_bits(ones: int, numel: int) -> float:
+    """The iid entropy bound, in bits, of a mask with ``ones`` set bits out of ``numel``."""
+    if numel == 0 or ones in (0, numel):
+        return 0.0
+    p = ones / numel
+    return numel * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, dict[str, Any]]:
+    """Encode with the best default encoding; returns (id, payload, config).
+
+    Rice is tried where the rarer value is below 20% density and zstd where it is above 0.3% (outside
+    those ranges each is always larger than the other). The smallest wins, except that zstd, several times
+    faster to decode, is kept when Rice saves less than 3% of its size. Raw wins ties.
+    """
+    candidates = [("raw", packed.tobytes(), {})]
+    minority = min(ones, numel - ones) / numel if numel else 0.0
+    if minority < 0.2:
+        candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
+    if minority >= 0.003:
+        candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
+
+    best = min(candidates, key=lambda candidate: len(candidate[1]))  # raw first: wins ties
+    zstd = next((c for c in candidates if c[0] == "zstd"), None)
+    if best[0] == "rice" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
+        return zstd
+    return best
+
+
+ZSTD_PREFERENCE = 1 / 1.03
+
+
+__all__ = ["CODECS", "Codec", "RawCodec", "RiceCodec", "ZstdCodec", "binary_entropy_bits", "decode_positions",
+           "encode_auto", "get_codec", "rice_intersection_count", "rice_kernels_compiled"]
