@@ -40,10 +40,30 @@ def info(path: str, as_json: bool) -> None:
                f"(density {summary['density']:.4%}), {summary['bits_per_param']:.4f} bits/param stored")
     for key in ("criterion", "provenance", "model", "creator", "user"):
         if summary[key]:
-            click.echo(f"{key}: {summary[key]}")
+            click.echo(f"{key}: {_describe(key, summary[key])}")
+    ladder = meta.stats.get("ladder")
+    if isinstance(ladder, dict) and "__all__" in ladder.get("changed", {}):
+        rungs = zip(ladder.get("atol", []), ladder["changed"]["__all__"])
+        click.echo("changed at atol: " + ", ".join(f"{atol:g}: {changed:,}" for atol, changed in rungs))
     click.echo(format_table(["tensor", "shape", "count", "density", "encoding", "bytes"],
                             [[r["name"], "x".join(map(str, r["shape"])) or "()", r["count"], r["density"],
                               r["encoding"], r["bytes"]] for r in rows]))
+
+
+def _describe(key: str, value: object) -> str:
+    """One readable line for a metadata field: sources with revisions, criteria with their tolerance."""
+    if key == "criterion" and isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    if key == "provenance" and isinstance(value, dict):
+        parts = []
+        for role, source in value.items():
+            if isinstance(source, dict) and "source" in source:
+                revision = f"@{source['revision']}" if source.get("revision") else ""
+                parts.append(f"{role} {source['source']}{revision}")
+            else:
+                parts.append(f"{role} {source}")
+        return "; ".join(parts)
+    return str(value)
 
 
 @main.command()
