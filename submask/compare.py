@@ -3,6 +3,8 @@
 Each tensor of each mask is decoded once and dropped after use, so memory holds a few tensors' masks at a
 time whatever the model size. Sparse "rice" tensors are decoded to sorted positions instead of packed
 bits, and each pair is counted the cheapest way its two forms allow (see ``_pair_count``).
+For speed, ``compare`` checks each payload's structure, pad bits and set-bit count but not its CRC-32
+(FORMAT.md section 4.3 allows that to counting tools); ``submask validate`` checks every CRC.
 
 >>> result = compare(["seed1.smask", "seed2.smask", "dpo.smask"], by="layer")      # doctest: +SKIP
 >>> result.pair(0, 1).jaccard, result.pair(0, 1).chance_jaccard                     # doctest: +SKIP
