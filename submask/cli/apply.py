@@ -23,7 +23,7 @@ def apply_command(base: str, finetuned: str, mask: str, out_dir: str, invert: bo
     """Write BASE + MASK * (FINETUNED - BASE) as a model dir: the finetuned model's tensor names, dtypes,
     shards and config/tokenizer files. BASE and FINETUNED are model dirs or .safetensors files; MASK is a
     .smask file (or sharded index)."""
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, disable=quiet, desc="apply") as bar:
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, disable=quiet, desc="apply", delay=0.5) as bar:
         def progress(nbytes: int, total: int) -> None:
             bar.total = total
             bar.update(nbytes)
