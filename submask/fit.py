@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Union
 
 from .errors import MismatchError
-from .format import MaskFile, open as open_mask_file
+from .format import MaskFile, model_fingerprint, open as open_mask_file
 from .mask import Mask
 
 MaskLike = Union[Mask, MaskFile, str, os.PathLike]
@@ -66,3 +66,18 @@ def check_same_model(left: Mapping[str, tuple[int, ...]], right: Mapping[str, tu
 def check_fit(mask: Mask | MaskFile, shapes: Mapping[str, tuple[int, ...]], what: str) -> None:
     """Raise MismatchError unless every tensor of ``mask`` exists in ``shapes`` with the same shape."""
     check_same_tensors(mask_shapes(mask), shapes, describe(mask), what, "Is it a mask for another model?")
+
+
+def check_model(mask: Mask | MaskFile, shapes: Mapping[str, tuple[int, ...]], what: str = "the model") -> None:
+    """``check_fit``, and the model fingerprint the mask records (if any) must match ``shapes`` too.
+
+    Reads headers only for a MaskFile. A matching fingerprint settles it without comparing names.
+    """
+    recorded = (mask.metadata.model or {}).get("fingerprint")
+    if recorded and recorded == model_fingerprint(shapes):
+        return
+    check_fit(mask, shapes, what)
+    if recorded:
+        raise MismatchError(f"{describe(mask)} was made for a model with fingerprint {recorded}, but {what} has "
+                            f"{model_fingerprint(shapes)} (other parameter names or shapes); "
+                            "it is probably a mask for another model")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import MismatchError
-from .format.header import MaskMetadata, model_fingerprint
+from .format.header import MaskMetadata
 from .packed import clear_padding, pack, packed_nbytes, popcount, set_positions, from_positions, unpack
 
 if TYPE_CHECKING:
@@ -199,21 +199,9 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
     def check_model(self, shapes: Mapping[str, tuple[int, ...]], what: str = "the model") -> None:
         """Raise MismatchError unless every masked tensor exists in ``shapes`` with the same shape, and the
         recorded model fingerprint (if any) matches."""
-        recorded = (self.metadata.model or {}).get("fingerprint")
-        if recorded and recorded == model_fingerprint(shapes):
-            return
-        missing = [name for name in self.tensors if name not in shapes]
-        wrong = [f"{name} {self.tensors[name].shape} vs {tuple(shapes[name])}"
-                 for name in self.tensors if name in shapes and tuple(shapes[name]) != self.tensors[name].shape]
-        if missing or wrong:
-            raise MismatchError(f"this mask does not fit {what}: " + "; ".join(
-                ([f"{len(missing)} tensor(s) missing there, e.g. {missing[:3]}"] if missing else [])
-                + ([f"{len(wrong)} with other shapes, e.g. {wrong[:3]}"] if wrong else []))
-                + ". Is it a mask for another model?")
-        if recorded:
-            raise MismatchError(f"this mask was made for a model with fingerprint {recorded}, but {what} has "
-                                f"{model_fingerprint(shapes)} (other parameter names or shapes); "
-                                "it is probably a mask for another model")
+        from .fit import check_model  # fit builds on this module
+
+        check_model(self, shapes, what)
 
     def save(self, path: str | os.PathLike[str], encoding: str | Mapping[str, str] = "auto",
              max_shard_bytes: int | None = None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 from ..errors import HubError
+from ..fit import check_model, open_mask
 from ..format import load
 from ..format.reader import INDEX_SUFFIX
 from ..mask import Mask
@@ -66,7 +67,8 @@ def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_pat
     local = cached[0] if local_path is None else _copy_out(cached, Path(local_path))
     pulled = PulledMask(local, repo_id, path, revision or DEFAULT_BRANCH, commit, repo_type)
     if expect_model is not None:
-        load(local).check_model(expect_model, what=f"the model given for {pulled.url}")
+        with open_mask(local) as mask_file:  # headers only
+            check_model(mask_file, expect_model, what=f"the model given for {pulled.url}")
     return pulled
 
 
