@@ -14,6 +14,7 @@ For speed, ``compare`` checks each payload's structure, pad bits and set-bit cou
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import threading
@@ -23,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar, Union
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -32,13 +33,13 @@ from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metada
 from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
 from .errors import ChecksumError, FormatError, where
+from .fit import MaskLike, mask_counts, mask_shapes, open_mask
 from .format import MaskFile, MaskWriter
-from .format import open as open_mask
 from .format.header import TensorEntry
 from .mask import Mask, TensorMask
 from .packed import packed_nbytes, padding_is_clear, popcount
 
-MaskSource = Union[str, "os.PathLike[str]", Mask, MaskFile]
+MaskSource = MaskLike
 T = TypeVar("T")
 
 #: without the kernels, rice tensors at most this dense are decoded to positions rather than packed bits
@@ -184,26 +185,20 @@ class _Source:
     def __init__(self, label: str, mask: Mask | MaskFile):
         self.label = label
         self.mask = mask
-        if isinstance(mask, MaskFile):
-            self.shapes = {name: entry.shape for name, entry in mask.entries.items()}
-        else:
-            self.shapes = mask.shapes
+        self.shapes = mask_shapes(mask)
+        self._counts = mask_counts(mask)
 
     @classmethod
     def of(cls, mask: MaskSource, stack: ExitStack, index: int = 0) -> "_Source":
-        if isinstance(mask, Mask):
-            return cls(f"mask {index + 1}", mask)
-        if isinstance(mask, MaskFile):
-            return cls(str(mask.path), mask)
-        return cls(str(mask), stack.enter_context(open_mask(mask)))
+        label = (f"mask {index + 1}" if isinstance(mask, Mask)
+                 else str(mask.path) if isinstance(mask, MaskFile) else str(mask))
+        return cls(label, stack.enter_context(open_mask(mask)))
 
     def numel(self, name: str) -> int:
-        mask = self.mask
-        return mask.entries[name].bits if isinstance(mask, MaskFile) else mask[name].numel
+        return math.prod(self.shapes[name])
 
     def count(self, name: str) -> int:
-        mask = self.mask
-        return mask.entries[name].ones if isinstance(mask, MaskFile) else mask[name].count
+        return self._counts[name]
 
     def read(self, name: str) -> "tuple[TensorEntry, bytes, Path] | TensorMask":
         """What ``_decode`` needs, read in the calling thread (file handles are not shared across threads)."""
