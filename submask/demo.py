@@ -135,10 +135,10 @@ def _progress_bar(name: str, steps: int, enabled: bool) -> minilm.Progress | Non
 
 
 def _describe_run(run: Run, mask_path: Path) -> dict[str, Any]:
-    overall = density_breakdown(mask_path, by="overall")["all"]
-    modules = density_breakdown(mask_path, by="module")
-    with open_mask(mask_path) as mask_file:
+    with open_mask(mask_path) as mask_file:  # headers only
+        modules = density_breakdown(mask_file, by="module")
         ladder = mask_file.metadata.stats["ladder"]
+    overall = modules["all"]
     return {
         **asdict(run),
         "mask": str(mask_path),
