@@ -19,14 +19,13 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import HubError, SourceError
+from ..errors import SourceError
 from .dtypes import dtype_named, dtype_of_array
 from .safetensors_file import SafetensorsFile, TensorInfo
 
@@ -172,43 +171,31 @@ def local_source(path: str | os.PathLike[str]) -> ShardedSource:
 def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = None,
                cache_dir: str | os.PathLike[str] | None = None) -> ShardedSource:
     """A Hub model repo at ``revision`` (default branch if None), pinned to the commit it resolves to now."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from ..hub.remote import Remote
 
-    api = api or HfApi()
+    remote = Remote(repo, endpoint=api.endpoint if api else None, token=api.token if api else None,
+                    cache_dir=None if cache_dir is None else os.fspath(cache_dir))
     label = f"{repo}@{revision}" if revision else repo
-    with _hub_errors(label):
-        info = api.model_info(repo, revision=revision, files_metadata=True)
-        sha = info.sha
-        siblings = {s.rfilename: s for s in info.siblings or []}
+    sha = remote.commit(revision)
+    with remote.errors(revision=sha):
+        info = remote.api.model_info(repo, revision=sha, files_metadata=True)
+    siblings = {s.rfilename: s for s in info.siblings or []}
 
-        def download(filename: str) -> str:
-            with _hub_errors(label):
-                return hf_hub_download(repo, filename, revision=sha, cache_dir=cache_dir, endpoint=api.endpoint,
-                                       token=api.token)
+    def download(filename: str) -> Path:
+        return remote.download(filename, sha)
 
-        shards, weight_map = _layout(label, set(siblings), lambda: Path(download(INDEX)).read_bytes())
-        headers = {}
-        for shard in shards:
-            parsed = api.parse_safetensors_file_metadata(repo, shard, revision=sha)
-            headers[shard] = {name: TensorInfo(name, dtype_named(t.dtype, f"{label}, {shard}, tensor {name!r}: "),
-                                               tuple(t.shape)) for name, t in parsed.tensors.items()}
+    shards, weight_map = _layout(label, set(siblings), lambda: download(INDEX).read_bytes())
+    headers = {}
+    for shard in shards:
+        with remote.errors(path=shard, revision=sha):
+            parsed = remote.api.parse_safetensors_file_metadata(repo, shard, revision=sha)
+        headers[shard] = {name: TensorInfo(name, dtype_named(t.dtype, f"{label}, {shard}, tensor {name!r}: "),
+                                           tuple(t.shape)) for name, t in parsed.tensors.items()}
     tensors, shard_of = _assemble(label, headers, weight_map)
     files = {shard: {"size": siblings[shard].size,
                      "sha256": siblings[shard].lfs.sha256 if siblings[shard].lfs else None} for shard in shards}
     provenance = {"source": repo, "revision": sha, "requested_revision": revision, "files": files}
     return ShardedSource(label, tensors, shard_of, lambda shard: SafetensorsFile(download(shard)), provenance)
-
-
-@contextmanager
-def _hub_errors(label: str) -> Iterator[None]:
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, SafetensorsParsingError
-
-    try:
-        yield
-    except (HfHubHTTPError, LocalEntryNotFoundError, SafetensorsParsingError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HubError(f"{label}: cannot read this checkpoint from the Hub ({type(exc).__name__}: {first_line}); "
-                       "check the repo id, revision, network and token") from None
 
 
 def _layout(label: str, available: set[str], read_index: Callable[[], bytes]) -> tuple[list[str], dict | None]:

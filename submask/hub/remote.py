@@ -8,6 +8,7 @@ is the ``token`` argument, else huggingface_hub's own lookup (``HF_TOKEN``, then
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Remote:
     repo_type: str = "model"
     endpoint: str | None = None
     token: str | None = None
+    cache_dir: str | None = None  # None: huggingface_hub's cache
 
     @cached_property
     def url(self) -> str:
@@ -77,7 +79,8 @@ class Remote:
         """A file at ``commit``, through huggingface_hub's cache (no request when it is cached already)."""
         with self.errors(path=path, revision=commit):
             return Path(huggingface_hub().hf_hub_download(
-                self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url, token=self.token))
+                self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url, token=self.token,
+                cache_dir=self.cache_dir))
 
     def read_range(self, path: str, commit: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of a file at ``commit``, with one HTTP range request."""
@@ -96,7 +99,8 @@ class Remote:
     @contextlib.contextmanager
     def errors(self, path: str | None = None, revision: str | None = None) -> Iterator[None]:
         """Turn huggingface_hub and network errors into a HubError that says what is missing and what to do."""
-        errors = huggingface_hub().errors
+        huggingface_hub()  # a HubError with the install hint when it is missing
+        errors = importlib.import_module("huggingface_hub.errors")  # a submodule: not loaded by the package itself
         try:
             yield
         except errors.RepositoryNotFoundError:
@@ -110,6 +114,9 @@ class Remote:
         except errors.EntryNotFoundError:
             raise HubError(f"{self.repo_id}@{revision or DEFAULT_BRANCH}: no file {path!r}; "
                            f"`submask ls {self.repo_id}` lists the masks there") from None
+        except errors.SafetensorsParsingError as exc:
+            raise HubError(f"{self.repo_id}@{revision or DEFAULT_BRANCH}: {path!r} is not a readable safetensors "
+                           f"file ({_first_line(exc)})") from None
         except errors.HfHubHTTPError as exc:
             if exc.response is not None and exc.response.status_code == 412:
                 raise HubError(f"{self.repo_id}: the branch moved on while this commit was prepared "
