@@ -1,15 +1,19 @@
 # The two commands of the README: `make demo` (main job on the built-in example) and `make test`.
-# Both create .venv and install everything on first use; torch is pinned first to the CPU wheel.
+# Both create .venv and install everything on first use, at the exact versions in constraints.txt, with torch
+# first: `pip install torch==2.13.0` takes the CPU wheel where one lies on disk (as on the project's machines);
+# elsewhere pass TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU wheel instead of PyPI's CUDA build.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TORCH_INDEX ?=
+PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test bench
+.PHONY: demo test lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[all]"
+	$(PIP_INSTALL) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
+	$(PIP_INSTALL) -e ".[all]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -17,3 +21,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Refresh constraints.txt: the newest versions pyproject.toml's ranges allow, resolved in a throwaway venv.
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
+	.venv-lock/bin/pip install -q -e ".[all]"
+	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^#' | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
