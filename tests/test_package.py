@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import submask
 from submask.cli import main
 
-OPTIONAL = ("torch", "huggingface_hub", "matplotlib", "transformers")
+OPTIONAL = ("torch", "huggingface_hub", "matplotlib", "transformers", "safetensors")
 
 
 def test_core_and_cli_import_without_optional_packages() -> None:
@@ -31,3 +31,9 @@ def test_every_command_is_registered() -> None:
 def test_public_names_exist() -> None:
     missing = [name for name in submask.__all__ if not hasattr(submask, name)]
     assert not missing
+
+
+def test_package_ships_its_type_hints() -> None:
+    from pathlib import Path
+
+    assert (Path(submask.__file__).parent / "py.typed").is_file()
