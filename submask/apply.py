@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from .build.safetensors_file import TensorInfo
-from .build.sources import Source, local_source
+from .checkpoints.safetensors_file import TensorInfo
+from .checkpoints.sources import Source, local_source
 from .errors import MismatchError, SourceError, SubmaskError
 from .fit import MaskLike, check_fit, check_same_model, check_same_tensors, mask_counts, open_mask
 from .mask import TensorMask

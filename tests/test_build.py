@@ -18,8 +18,8 @@ from submask import MismatchError, SourceError, SubmaskError, build_mask  # noqa
 from submask.build import kernels  # noqa: E402
 from submask.build.backends import NumpyBackend, TorchBackend  # noqa: E402
 from submask.build.criteria import LADDER_ATOL, Criterion  # noqa: E402
-from submask.build.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
-from submask.build.dtypes import fp8_table  # noqa: E402
+from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
+from submask.checkpoints.dtypes import fp8_table  # noqa: E402
 
 NAN, INF = math.nan, math.inf
 ATOL, RTOL = 0.5, 0.25

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import SubmaskError
 from ..packed import popcount
 from .criteria import LADDER_ATOL, Criterion, ladder_changed, unchanged_within
-from .dtypes import DType, decode
+from ..checkpoints.dtypes import DType, decode
 from .kernels import fused_compare
 
 

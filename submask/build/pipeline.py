@@ -31,8 +31,8 @@ from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
-from .safetensors_file import TensorInfo
-from .sources import Source, open_source
+from ..checkpoints.safetensors_file import TensorInfo
+from ..checkpoints.sources import Source, open_source
 
 MAX_CHUNK_BYTES = 32 * 1024 * 1024
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)

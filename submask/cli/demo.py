@@ -1,4 +1,4 @@
-"""``submask demo``: the whole story on a real model (see ``submask.demo``)."""
+"""``submask demo``: the whole story on a real model (see ``submask.examples.demo``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,6 @@ from .root import main
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: str, steps: int, quiet: bool) -> None:
     """Finetune MiniLM four ways on CPU, build, compare and apply the update masks (needs submask[demo])."""
-    from ..demo import run_demo
+    from ..examples.demo import run_demo
 
     run_demo(out_dir, steps=steps, progress=not quiet, echo=click.echo)

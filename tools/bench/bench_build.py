@@ -37,7 +37,7 @@ from tools.bench.report import markdown_table, write_section
 
 from submask.build import build_mask
 from submask.accel import numba_disabled, numba_state
-from submask.build.safetensors_file import SafetensorsFile
+from submask.checkpoints.safetensors_file import SafetensorsFile
 
 MIB = 1 << 20
 PIECE = 64 * MIB  # bytes generated and written at a time

@@ -23,15 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from .algebra import Counts
-from .apply import apply_mask
-from .atomic import atomic_write
-from .build import build_mask
-from .compare import compare, density_breakdown
-from .examples import minilm
-from .format import load
-from .format import open as open_mask
-from .mask import Mask
+from ..algebra import Counts
+from ..apply import apply_mask
+from ..atomic import atomic_write
+from ..build import build_mask
+from ..compare import compare, density_breakdown
+from . import minilm
+from ..format import load
+from ..format import open as open_mask
+from ..mask import Mask
 
 SMALL_LR = 1e-5
 LARGE_LR = 3e-4
@@ -214,7 +214,7 @@ def _restricted_check(out: Path, run: Run, mask_path: Path, steps: int, progress
 
 
 def _plots(out: Path, masks: dict[str, Path], comparison: Any) -> list[str]:
-    from .plot import plot_density, plot_overlap
+    from ..plot import plot_density, plot_overlap
 
     paths = [plot_overlap(comparison, out / "plots" / "overlap.png")]
     for name, path in masks.items():
