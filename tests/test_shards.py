@@ -113,6 +113,9 @@ def test_wrong_shard_numbers_are_refused(tmp_path: Path) -> None:
     index_path.write_text(json.dumps({**index, "weight_map": {name: second for name in index["weight_map"]}}))
     with pytest.raises(FormatError, match="shard holds other tensors|number 2 of 2"):
         submask.open(tmp_path / "a.smask")
+    index_path.write_text(json.dumps({**index, "weight_map": {name: "..\\" + second for name in index["weight_map"]}}))
+    with pytest.raises(FormatError, match="shard file names in the same directory"):
+        submask.open(tmp_path / "a.smask")
     index_path.write_text(json.dumps({**index, "metadata": {**index["metadata"], "write_id": "X" * 32}}))
     with pytest.raises(FormatError, match="write_id' must be 32 lowercase hex digits"):
         submask.open(tmp_path / "a.smask")

@@ -181,7 +181,9 @@ def check_shards(index_at: object, index: dict[str, Any], headers: Sequence[tupl
 
 
 def _is_shard_name(value: Any) -> bool:
-    return isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+    # a backslash is a separator on Windows: "..\\x.smask" would leave the directory there
+    return (isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+            and "\\" not in value)
 
 
 def resolve_mask_path(path: str | os.PathLike[str]) -> Path:
