@@ -194,7 +194,7 @@ def test_a_write_killed_midway_leaves_the_old_mask(tmp_path: Path) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert (tmp_path / "rl.smask.index.json").read_bytes() == before["rl.smask.index.json"]
-    assert submask.load(target).tensors == old.tensors  # new shards are there, unreferenced; the old mask reads bit for bit
+    assert submask.load(target).tensors == old.tensors  # new shards are there, unreferenced: the old mask reads
     assert all(snapshot(tmp_path)[name] == data for name, data in before.items())
 
 

@@ -175,7 +175,8 @@ def check_shards(index_at: object, index: dict[str, Any], headers: Sequence[tupl
         if info.count != len(headers) or info.number in numbered:
             clash = f", like {numbered[info.number]}" if info.number in numbered else ""
             raise FormatError(f"{where(shard)}shard record says number {info.number} of {info.count}{clash}, but its "
-                              f"index {index_at} lists {len(headers)} shards; save, copy or download the whole mask again")
+                              f"index {index_at} lists {len(headers)} shards; save, copy or download the whole "
+                              "mask again")
         numbered[info.number] = shard
     return [numbered[number] for number in sorted(numbered)]
 

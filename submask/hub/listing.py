@@ -113,7 +113,8 @@ def mask_files(remote: Remote, path: str, commit: str) -> list[str]:
 
 def _named_shards(index: str, index_data: dict[str, Any]) -> list[str]:
     """The shards an index names, as repo paths next to it."""
-    return [posixpath.join(posixpath.dirname(index), shard) for shard in dict.fromkeys(index_data["weight_map"].values())]
+    folder = posixpath.dirname(index)
+    return [posixpath.join(folder, shard) for shard in dict.fromkeys(index_data["weight_map"].values())]
 
 
 def _url(remote: Remote, path: str, commit: str) -> str:
