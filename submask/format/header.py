@@ -23,10 +23,10 @@ MAX_BITS = 1 << 53  # the largest integer JSON readers represent exactly
 
 _CRC_PATTERN = re.compile(r"^[0-9a-f]{8}$")
 _VERSION_PATTERN = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
-_RESERVED_KEYS = ("format", "version", "extensions", "kind", "criterion", "provenance", "model", "creator",
-                  "user", "stats", "tensors", "shard")
-SHARD_KEY = "shard"
+SHARD_KEY = "shard"  # a record of the file, not of the mask: parsed by ShardInfo, never kept in MaskMetadata.extra
 SHARD_MINOR = 1  # the minor version that added the "shard" record (FORMAT.md section 6)
+_RESERVED_KEYS = ("format", "version", "extensions", "kind", "criterion", "provenance", "model", "creator",
+                  "user", "stats", "tensors", SHARD_KEY)
 _WRITE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -96,13 +96,13 @@ def _local_mask(local: Path, path: str, taken: Callable[[list[str]], bool]) -> t
             names = shard_names(posixpath.basename(path), mask_file.write_id, len(mask_file.shards),
                                 lambda found: taken([posixpath.join(folder, name) for name in found]))
             index = renamed_index(read_index(local), [shard.name for shard in mask_file.shards], names)
-            shards: Uploads = [(posixpath.join(folder, name), shard) for name, shard in zip(names, mask_file.shards)]
+            shards = [(posixpath.join(folder, name), shard) for name, shard in zip(names, mask_file.shards)]
             head: Uploads = [(path + INDEX_SUFFIX, index_bytes(index))]
         else:
             shards, head = [(path, local)], []
-        size = sum(src.stat().st_size for _, src in shards if isinstance(src, Path))
+        size = sum(src.stat().st_size for _, src in shards)
         listing = MaskListing.from_header(path, size, mask_file.metadata, mask_file.entries.values(), len(shards))
-    return head + shards, listing
+    return [*head, *shards], listing
 
 
 def _card(remote: Remote, head: str, masks: list[MaskListing]) -> bytes | None:
