@@ -14,6 +14,7 @@ default encodings) are written once; then, from warm files, best of ``--repeat``
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--densities", default="0.01,0.05,0.3")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     scratch = Path(tempfile.mkdtemp(prefix="bench_verify."))
     rows = []
     try:
@@ -79,7 +81,8 @@ def main() -> None:
         f"files, best of {args.repeat}. compare: `submask.compare` of the pair verifying every CRC-32 (the "
         "default) against `verify=False`. load: `submask.load` of one mask (decode + pad bits, popcount and "
         "CRC-32 checks) against decoding the same payloads with no check. A ratio is the cost of verifying: "
-        "1.00x means free.",
+        f"1.00x means free. Load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
+        f"(other jobs on the machine's {os.cpu_count()} cores): above the core count, timings are noisy.",
         markdown_table(["density", "encoding", "compare (verified)", "compare --no-verify", "ratio",
                         "load (verified)", "decode only", "ratio"], rows),
     ])
