@@ -3,8 +3,8 @@
 Each tensor of each mask is decoded once and dropped after use, so memory holds a few tensors' masks at a
 time whatever the model size. Sparse "rice" tensors are decoded to sorted positions instead of packed
 bits, and each pair is counted the cheapest way its two forms allow (see ``_pair_count``).
-For speed, ``compare`` checks each payload's structure, pad bits and set-bit count but not its CRC-32
-(FORMAT.md section 4.3 allows that to counting tools); ``submask validate`` checks every CRC.
+``compare`` verifies every tensor as ``load`` does, CRC-32 included; ``verify=False`` (``--no-verify``) skips
+only the CRC-32, as FORMAT.md section 4.3 allows counting tools, and lets sparse "rice" tensors stay encoded.
 
 >>> result = compare(["seed1.smask", "seed2.smask", "dpo.smask"], by="layer")      # doctest: +SKIP
 >>> result.pair(0, 1).jaccard, result.pair(0, 1).chance_jaccard                     # doctest: +SKIP
@@ -36,8 +36,9 @@ from .errors import ChecksumError, FormatError, where
 from .fit import MaskLike, mask_counts, mask_shapes, open_mask
 from .format import MaskFile, MaskWriter
 from .format.header import TensorEntry
+from .format.tensors import check_decoded
 from .mask import Mask, TensorMask
-from .packed import packed_nbytes, padding_is_clear, popcount
+from .packed import packed_nbytes, popcount
 
 MaskSource = MaskLike
 T = TypeVar("T")
@@ -114,19 +115,20 @@ class Comparison:
 
 
 def compare(masks: Sequence[MaskSource], *, by: str = "overall", common: bool = False,
-            progress: bool = False, workers: int | None = None) -> Comparison:
+            progress: bool = False, workers: int | None = None, verify: bool = True) -> Comparison:
     """Compare N masks pairwise in one pass: counts, intersections and chance baselines per group.
 
     ``masks`` are paths (opened lazily), open ``MaskFile`` objects or in-memory ``Mask`` objects. Tensors
     must line up (MismatchError) unless ``common``. ``workers`` threads decode tensors in parallel
-    (default: up to 4, one per core); memory stays bounded by ``2 * workers`` tensors' masks.
+    (default: up to 4, one per core); memory stays bounded by ``2 * workers`` tensors' masks. Every
+    tensor's CRC-32 is checked unless ``verify`` is False (structure, pad bits and set-bit counts always are).
     """
     with ExitStack() as stack:
         sources = [_Source.of(mask, stack, index) for index, mask in enumerate(masks)]
         labels = [source.label for source in sources]
         names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
         result = Comparison(labels, by)
-        for name, intersections in _per_tensor(sources, names, progress, workers):
+        for name, intersections in _per_tensor(sources, names, progress, workers, verify):
             numel = sources[0].numel(name)
             for group in dict.fromkeys((OVERALL, group_of(name, by))):
                 result.groups.setdefault(group, GroupComparison.empty(len(sources))).add(numel, intersections)
@@ -208,16 +210,19 @@ class _Source:
         return mask[name]
 
 
-def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, streamed: bool) -> _Operand:
-    """One tensor's operand, decoded into this thread's buffer ``index``. A "rice" one is left encoded when
-    ``streamed`` and the kernels are compiled, and decoded to positions when sparse and they are not."""
+def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, streamed: bool,
+            verify: bool) -> _Operand:
+    """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a "rice" one is
+    left encoded when ``streamed`` and the kernels are compiled, and decoded to positions when sparse and they
+    are not; with it, every tensor is decoded to packed bits, whose CRC-32 is checked."""
     if isinstance(read, TensorMask):
         return _Operand(read.numel, read.count, packed=read.packed)
     entry, payload, path = read
     at = where(path, entry.name)
-    if entry.encoding == "rice" and streamed and rice_kernels_compiled():
+    sparse_rice = entry.encoding == "rice" and not verify
+    if sparse_rice and streamed and rice_kernels_compiled():
         return _Operand(entry.bits, entry.ones, rice=(payload, entry.config, at))
-    if entry.encoding == "rice" and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY and not rice_kernels_compiled():
+    if sparse_rice and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY and not rice_kernels_compiled():
         positions = _checked(at, lambda: decode_positions(payload, entry.bits, entry.config))
         _check_count(at, positions.size, entry.ones)
         return _Operand(entry.bits, entry.ones, positions=positions)
@@ -227,9 +232,7 @@ def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, st
         raise type(exc)(f"{at}{exc}") from None
     out = _buffer(index, packed_nbytes(entry.bits))
     packed = _checked(at, lambda: codec.configured(entry.config).decode(payload, entry.bits, entry.config, out))
-    if not padding_is_clear(packed, entry.bits):
-        raise ChecksumError(f"{at}pad bits after the last element are set; the file is corrupt")
-    _check_count(at, popcount(packed), entry.ones)
+    check_decoded(entry, packed, at, verify_crc=verify)
     return _Operand(entry.bits, entry.ones, packed=packed)
 
 
@@ -253,9 +256,9 @@ def _check_count(at: str, decoded: int, expected: int) -> None:
         raise ChecksumError(f"{at}decoded {decoded} set bits, header says {expected}; the file is corrupt")
 
 
-def _compare_tensor(reads: list) -> np.ndarray:
+def _compare_tensor(reads: list, verify: bool) -> np.ndarray:
     """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
-    operands = [_decode(read, index, streamed=index == len(reads) - 1) for index, read in enumerate(reads)]
+    operands = [_decode(read, index, index == len(reads) - 1, verify) for index, read in enumerate(reads)]
     n = len(operands)
     out = np.zeros((n, n), np.int64)
     for i in range(n):
@@ -319,14 +322,14 @@ def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:
     return total
 
 
-def _per_tensor(sources: list[_Source], names: list[str], progress: bool,
-                workers: int | None) -> Iterator[tuple[str, np.ndarray]]:
+def _per_tensor(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
+                verify: bool) -> Iterator[tuple[str, np.ndarray]]:
     """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads."""
     workers = workers or min(4, os.cpu_count() or 1)
     pending: deque[tuple[str, Future]] = deque()
     with ThreadPoolExecutor(workers) as pool:
         for name in _progress(names, progress, "comparing"):
-            pending.append((name, pool.submit(_compare_tensor, [source.read(name) for source in sources])))
+            pending.append((name, pool.submit(_compare_tensor, [source.read(name) for source in sources], verify)))
             if len(pending) >= 2 * workers:
                 done_name, future = pending.popleft()
                 yield done_name, future.result()

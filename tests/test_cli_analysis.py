@@ -98,6 +98,26 @@ def test_compare_mismatch_is_an_error_unless_common(files: tuple, tmp_path: Path
     assert code == 2 and "at least two" in err
 
 
+def test_compare_and_plot_verify_crcs_unless_no_verify(files: tuple, tmp_path: Path) -> None:
+    paths, _ = files
+    data = bytearray(paths[0].read_bytes())
+    with submask.open(paths[0]) as mask_file:
+        name = next(n for n, e in mask_file.entries.items() if e.encoding == "raw" and 0 < e.ones < e.bits)
+        at = bytes(data).index(mask_file.payload(name))
+        payload = mask_file.payload(name)
+    byte = next(i for i, value in enumerate(payload) if value not in (0, 255))
+    data[at + byte] = ((payload[byte] << 1) | (payload[byte] >> 7)) & 0xFF  # rotated: other bits, same count
+    damaged = tmp_path / "damaged.smask"
+    damaged.write_bytes(bytes(data))
+    code, _, err = invoke("compare", damaged, paths[1], "-q")
+    assert code == 1 and "damaged.smask" in err and "CRC-32" in err
+    code, out, _ = invoke("compare", damaged, paths[1], "-q", "--no-verify", "--json")
+    assert code == 0 and json.loads(out)["pairs"][0]["count_a"] == sum(a.sum() for a in files[1][0].values())
+    code, _, err = invoke("plot", damaged, paths[1], "-o", tmp_path / "plots", "-q")
+    assert code == 1 and "CRC-32" in err
+    assert invoke("plot", damaged, paths[1], "-o", tmp_path / "plots", "-q", "--no-verify")[0] == 0
+
+
 def test_combine_writes_mask_with_provenance(files: tuple, tmp_path: Path) -> None:
     paths, arrays = files
     out_path = tmp_path / "both.smask"

@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import submask
-from submask import FormatError, Mask, MismatchError
+from submask import ChecksumError, FormatError, Mask, MaskMetadata, MaskWriter, MismatchError
 from submask.accel import numba_disabled, numba_enabled
 from submask.breakdown import group_of
 from submask.codecs import RiceCodec, decode_positions
 from submask.compare import combine_files, compare, content_fingerprint, density_breakdown
+from submask.format.tensors import encode_tensor
 from submask.packed import pack
 
 # sizes and densities that take every route: rice positions (sparse, across several 2^22 windows), rice
@@ -65,10 +66,11 @@ def kernels(request: pytest.FixtureRequest):
         yield request.param
 
 
+@pytest.mark.parametrize("verify", [True, False])
 @pytest.mark.parametrize("by", ["overall", "layer", "module", "tensor"])
-def test_compare_matches_numpy(masks: tuple, by: str, kernels: str) -> None:
+def test_compare_matches_numpy(masks: tuple, by: str, kernels: str, verify: bool) -> None:
     paths, arrays = masks
-    result = compare(paths, by=by, workers=2)
+    result = compare(paths, by=by, workers=2, verify=verify)
     assert result.labels == [str(p) for p in paths]
     assert list(result.groups)[0] == "all"
     for group, counts in result.groups.items():
@@ -106,7 +108,9 @@ def test_compare_mismatch_and_common(masks: tuple, tmp_path: Path) -> None:
     assert result.groups["all"].numel == sum(np.prod(s) for n, s in SHAPES.items() if n != "model.norm.weight")
 
 
-def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, tmp_path: Path, kernels: str) -> None:
+@pytest.mark.parametrize("verify", [True, False])
+def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, tmp_path: Path, kernels: str,
+                                                                 verify: bool) -> None:
     name = "model.layers.0.self_attn.q_proj.weight"
     data = bytearray(masks[0][0].read_bytes())
     with submask.open(masks[0][0]) as f:
@@ -117,7 +121,32 @@ def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, t
     (tmp_path / "bad.smask").write_bytes(bytes(data))
     for order in ([tmp_path / "bad.smask", masks[0][1]], [masks[0][1], tmp_path / "bad.smask"]):  # decoded, streamed
         with pytest.raises(FormatError, match=rf"bad\.smask, tensor '{name}'"):
+            compare(order, verify=verify)
+
+
+def damaged_copy(bools: np.ndarray, path: Path, encoding: str) -> np.ndarray:
+    """Write ``bools``' header entry over the payload of ``bools`` with one set bit moved: same popcount, other
+    CRC-32 (what a payload bit flip that keeps the count gives). Returns the bits the payload holds."""
+    moved = bools.copy()
+    moved.flat[np.flatnonzero(bools)[0]] = False
+    moved.flat[np.flatnonzero(~bools)[-1]] = True
+    entry, _ = encode_tensor("w", bools.shape, pack(bools), int(bools.sum()), encoding)
+    _, payload = encode_tensor("w", moved.shape, pack(moved), int(moved.sum()), encoding)
+    with MaskWriter(path, MaskMetadata()) as writer:
+        writer.add_encoded(entry, payload)
+    return moved
+
+
+@pytest.mark.parametrize("encoding", ["raw", "zstd", "rice"])
+def test_compare_verifies_crcs_unless_told_not_to(tmp_path: Path, kernels: str, encoding: str) -> None:
+    bools = np.random.default_rng(7).random((300, 200)) < 0.01
+    moved = damaged_copy(bools, tmp_path / "bad.smask", encoding)
+    submask.save(Mask.from_numpy({"w": bools}), tmp_path / "good.smask")
+    for order in ([tmp_path / "bad.smask", tmp_path / "good.smask"], [tmp_path / "good.smask", tmp_path / "bad.smask"]):
+        with pytest.raises(ChecksumError, match=r"bad\.smask, tensor 'w': CRC-32 of the decoded bits"):
             compare(order)
+        unverified = compare(order, verify=False)  # counted as stored: the damage goes unnoticed
+        assert unverified.pair(0, 1).intersection == np.sum(bools & moved) < bools.sum()
 
 
 def test_density_breakdown_reads_counts_per_group(masks: tuple) -> None:

@@ -211,10 +211,10 @@ def test_sharded_mask_push_pull_and_overwrite(hub: dict, hub_api: HfApi, hub_rep
     assert set(pushed.files) < set(hub_api.list_repo_files(hub_repo))
     pulled = pull_mask(hub_repo, "masks/sharded.smask", **hub)
     assert pulled.local_path.name == "sharded.smask.index.json"
-    assert submask.load(pulled.local_path) == mask
+    assert submask.load(pulled.local_path).tensors == mask.tensors
     copied = pull_mask(hub_repo, "masks/sharded.smask", local_path=tmp_path / "out" / "x.smask", **hub)
     assert copied.local_path == tmp_path / "out" / "x.smask.index.json"
-    assert submask.load(tmp_path / "out" / "x.smask") == mask
+    assert submask.load(tmp_path / "out" / "x.smask").tensors == mask.tensors
     [listing] = list_masks(hub_repo, **hub)
     assert (listing.path, listing.shards, listing.tensors, listing.ones) == ("masks/sharded.smask", 3, 6, mask.count)
 
@@ -274,3 +274,65 @@ def test_replace_section() -> None:
     assert replace_section(f"a\r\n{START}\r\nold\r\n{END}\r\nb", section, "org/m") == f"a\r\n{section}\r\nb"
     with pytest.raises(HubError, match="unpaired"):
         replace_section(f"{END} {START}", section, "org/m")
+
+
+def sharded(seed: int, path: Path) -> tuple[Mask, Path]:
+    """A 3-shard mask saved at ``path``; every call with the same file name reuses the same stem."""
+    mask = make_mask(seed, 0.3, {f"layer{i}.w": (96, 64) for i in range(6)})
+    mask.save(path, encoding="raw", max_shard_bytes=1600)
+    return mask, path
+
+
+def test_sharded_masks_pushed_to_one_folder_stay_apart(hub: dict, hub_api: HfApi, hub_repo: str,
+                                                        tmp_path: Path) -> None:
+    a, a_path = sharded(1, tmp_path / "a" / "rl.smask")  # same local name: shards used to be named alike
+    b, b_path = sharded(2, tmp_path / "b" / "rl.smask")
+    pushed_a = push_mask(a_path, hub_repo, "masks/a.smask", **hub)
+    pushed_b = push_mask(b_path, hub_repo, "masks/b.smask", **hub)  # no --overwrite needed: another path
+    assert not set(pushed_a.files) & set(pushed_b.files)
+    assert all(f.startswith("masks/b-") for f in pushed_b.files[1:])
+    assert set(pushed_a.files) | set(pushed_b.files) <= set(hub_api.list_repo_files(hub_repo))
+    for path, mask in (("masks/a.smask", a), ("masks/b.smask", b)):
+        assert submask.load(pull_mask(hub_repo, path, **hub).local_path).tensors == mask.tensors
+        assert Mask.from_hub(hub_repo, path, **hub).tensors == mask.tensors
+    assert {m.path: m.ones for m in list_masks(hub_repo, **hub)} == {"masks/a.smask": a.count, "masks/b.smask": b.count}
+
+    # the same mask pushed again over itself gets fresh names; the old ones go in the same commit
+    again = push_mask(a_path, hub_repo, "masks/a.smask", overwrite=True, **hub)
+    files = set(hub_api.list_repo_files(hub_repo))
+    assert set(again.files) <= files and not set(pushed_a.files[1:]) & files and set(pushed_b.files) <= files
+    assert Mask.from_hub(hub_repo, "masks/a.smask", **hub).tensors == a.tensors
+    assert Mask.from_hub(hub_repo, "masks/b.smask", **hub).tensors == b.tensors
+
+
+def test_pulled_sharded_masks_stay_apart_in_one_directory(hub: dict, hub_repo: str, tmp_path: Path) -> None:
+    a, a_path = sharded(1, tmp_path / "a" / "rl.smask")
+    b, b_path = sharded(2, tmp_path / "b" / "rl.smask")
+    push_mask(a_path, hub_repo, "masks/one/rl.smask", **hub)
+    push_mask(b_path, hub_repo, "masks/two/rl.smask", **hub)  # same name in the repo, another folder
+    out = tmp_path / "out"
+    pull_mask(hub_repo, "masks/one/rl.smask", local_path=out / "a.smask", **hub)
+    pull_mask(hub_repo, "masks/two/rl.smask", local_path=out / "b.smask", **hub)
+    pull_mask(hub_repo, "masks/one/rl.smask", local_path=out / "a.smask", **hub)  # again over itself
+    assert submask.load(out / "a.smask").tensors == a.tensors
+    assert submask.load(out / "b.smask").tensors == b.tensors
+    owners = sorted(p.name.split("-")[0] for p in out.iterdir())  # the pull over itself left no old shard
+    assert owners == ["a"] * 3 + ["a.smask.index.json"] + ["b"] * 3 + ["b.smask.index.json"]
+
+
+def test_a_shard_of_another_mask_is_refused_on_the_hub(hub: dict, hub_api: HfApi, hub_repo: str,
+                                                       tmp_path: Path) -> None:
+    """The old collision by hand: mask B's shard uploaded under the name A's index gives its first shard."""
+    a, a_path = sharded(1, tmp_path / "a" / "rl.smask")
+    b, b_path = sharded(2, tmp_path / "b" / "rl.smask")
+    pushed = push_mask(a_path, hub_repo, "masks/a.smask", **hub)
+    with submask.open(b_path) as b_file:
+        b_first = b_file.shards[0]
+    hub_api.upload_file(path_or_fileobj=b_first, path_in_repo=pushed.files[1], repo_id=hub_repo)
+    with pytest.raises(submask.FormatError, match="belongs to write .* another mask or another write"):
+        list_masks(hub_repo, **hub)
+    with pytest.raises(submask.FormatError, match="belongs to write"):
+        Mask.from_hub(hub_repo, "masks/a.smask", **hub)
+    with pytest.raises(submask.FormatError, match="belongs to write"):
+        pull_mask(hub_repo, "masks/a.smask", local_path=tmp_path / "out" / "a.smask", **hub)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -18,7 +18,9 @@ from submask.cli import main
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 VECTORS = SPEC / "vectors"
 VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.json") if not p.name.endswith(".index.json"))
-SINGLE_FILES = sorted(VECTORS.glob("*.smask"))
+SHARDS = {shard for index in VECTORS.glob("*.index.json")
+          for shard in json.loads(index.read_text())["weight_map"].values()}
+SINGLE_FILES = sorted(p for p in VECTORS.glob("*.smask") if p.name not in SHARDS)
 
 
 def header_of(path: Path) -> dict:
@@ -53,7 +55,18 @@ def test_vector_re_encodes_byte_for_byte(path: Path, tmp_path: Path) -> None:
     assert (tmp_path / path.name).read_bytes() == path.read_bytes()
 
 
-@pytest.mark.parametrize("path", SINGLE_FILES, ids=lambda p: p.name)
+def test_sharded_vector_re_encodes_byte_for_byte(tmp_path: Path) -> None:
+    with submask.open(VECTORS / "sharded.smask") as mask_file:
+        files = [*mask_file.shards, mask_file.path]
+        with MaskWriter(tmp_path / "sharded.smask", mask_file.metadata, max_shard_bytes=32,
+                        write_id=mask_file.write_id) as writer:
+            for name, entry in mask_file.entries.items():
+                writer.add(name, mask_file[name], entry.encoding, entry.config)
+    assert [p.name for p in writer.paths] == [p.name for p in files]
+    assert all((tmp_path / p.name).read_bytes() == p.read_bytes() for p in files)
+
+
+@pytest.mark.parametrize("path", sorted(VECTORS.glob("*.smask")), ids=lambda p: p.name)
 def test_vector_headers_match_the_schema(path: Path) -> None:
     schema = json.loads((SPEC / "header.schema.json").read_text())
     jsonschema.validate(header_of(path), schema)
@@ -63,9 +76,15 @@ def test_index_matches_its_schema() -> None:
     schema = json.loads((SPEC / "index.schema.json").read_text())
     for index in VECTORS.glob("*.index.json"):
         jsonschema.validate(json.loads(index.read_text()), schema)
+    bad = json.loads((VECTORS / "sharded.smask.index.json").read_text())
+    bad["metadata"]["write_id"] = "not hex"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
 
 
-@pytest.mark.parametrize("bad", [{"format": "other"}, {"version": "2.0"}, {"kind": "x"}, {"tensors": []}])
+@pytest.mark.parametrize("bad", [{"format": "other"}, {"version": "2.0"}, {"kind": "x"}, {"tensors": []},
+                                 {"shard": {"write_id": "ab" * 16, "number": 0, "count": 2}},
+                                 {"shard": {"write_id": "AB" * 16, "number": 1, "count": 2}}])
 def test_schema_rejects_what_readers_reject(bad: dict) -> None:
     schema = json.loads((SPEC / "header.schema.json").read_text())
     header = {**header_of(VECTORS / "raw.smask"), **bad}
@@ -85,7 +104,7 @@ def test_invalid_vector_is_rejected_with_the_listed_error(file_name: str) -> Non
                 mask_file[name]
 
 
-@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded"])
+@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0"])
 def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
     runner = CliRunner()
     assert runner.invoke(main, ["validate", str(VECTORS / f"{name}.smask")]).exit_code == 0

@@ -4,7 +4,9 @@
 
 Each vector is a .smask file (or a sharded mask) plus NAME.json listing, per tensor, its shape and the flat
 indices of its set bits. spec/vectors/invalid/ holds files a reader must reject; expected.json names the error.
-The content is seeded, so running this again reproduces the same bytes.
+The content is seeded and sharded masks get fixed write ids, so running this again reproduces the same bytes.
+``sharded_1_0`` (a sharded mask written by format 1.0, before shard records) is not written here: it is kept
+as it was, for readers to keep reading it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from submask import MaskMetadata, MaskWriter, TensorMask
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 CREATOR = {"library": "submask", "version": "0.1.0"}  # fixed, so the vectors do not change with releases
+WRITE_IDS = ("5ba4d1c0e2f3a4b5c6d7e8f901234567", "0f1e2d3c4b5a69788796a5b4c3d2e1f0")  # fixed write ids of shards
 
 
 def bits(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:
@@ -92,7 +95,8 @@ def rich_tensors() -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
 def write_vector(name: str, tensors: list, metadata: MaskMetadata | None = None,
                  max_shard_bytes: int | None = None) -> None:
     metadata = metadata or MaskMetadata(kind="other", creator=CREATOR)
-    with MaskWriter(VECTORS / f"{name}.smask", metadata, max_shard_bytes=max_shard_bytes) as writer:
+    with MaskWriter(VECTORS / f"{name}.smask", metadata, max_shard_bytes=max_shard_bytes,
+                    write_id=WRITE_IDS[0]) as writer:
         for tensor_name, array, encoding, config in tensors:
             writer.add(tensor_name, TensorMask.from_numpy(array), encoding, config)
     content = {"tensors": {tensor_name: {"shape": list(array.shape),
@@ -146,15 +150,88 @@ def write_invalid() -> None:
     (invalid / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 
 
+def sharded_tensors(seed: int = 20) -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
+    return [(f"layers.{i}.weight", bits((12, 10), 0.5, seed + i), "raw", None) for i in range(3)]
+
+
+def remove_sharded(target: Path) -> None:
+    """Delete a sharded mask written at ``target``: its index and the shards it names."""
+    index = target.with_name(target.name + ".index.json")
+    if index.exists():
+        for shard in set(json.loads(index.read_text())["weight_map"].values()):
+            (target.parent / shard).unlink(missing_ok=True)
+        index.unlink()
+
+
+# --- invalid sharded masks (FORMAT.md section 6): one folder per case, the index is the file to open ---
+
+def with_submask_header(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """A .smask file's bytes with its submask header changed by ``edit`` (payloads kept)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    outer = json.loads(data[8:8 + length])
+    header = json.loads(outer["__metadata__"]["submask"])
+    edit(header)
+    outer["__metadata__"]["submask"] = json.dumps(header, separators=(",", ":"))
+    encoded = json.dumps(outer, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + data[8 + length:]
+
+
+def write_invalid_shards() -> None:
+    """Sharded masks whose shards do not belong together, added to invalid/expected.json."""
+    invalid = VECTORS / "invalid"
+    scratch = invalid / "scratch"
+    for label, write_id, seed in (("m", WRITE_IDS[0], 20), ("again", WRITE_IDS[1], 30), ("other", WRITE_IDS[1], 40)):
+        target = scratch / label / "m.smask" if label != "other" else scratch / label / "other.smask"
+        with MaskWriter(target, MaskMetadata(kind="other", creator=CREATOR), max_shard_bytes=32,
+                        write_id=write_id) as writer:
+            for tensor_name, array, encoding, config in sharded_tensors(seed):
+                writer.add(tensor_name, TensorMask.from_numpy(array), encoding, config)
+    index = json.loads((scratch / "m" / "m.smask.index.json").read_text())
+    first, second = dict.fromkeys(index["weight_map"].values())
+    shards = {name: (scratch / "m" / name).read_bytes() for name in (first, second)}
+    other_first = sorted(p for p in (scratch / "other").glob("other-*.smask"))[0].read_bytes()
+    again_second = sorted(p for p in (scratch / "again").glob("m-*.smask"))[1].read_bytes()
+
+    def renumbered(**record: Any) -> bytes:
+        return with_submask_header(shards[second], lambda h: h["shard"].update(record))
+
+    cases: dict[str, tuple[dict[str, bytes], str, str]] = {
+        "mixed_writes": ({second: again_second}, "FormatError",
+                         "shard 2 comes from another write of the same mask (an interrupted rewrite)"),
+        "other_mask_shard": ({first: other_first}, "FormatError",
+                             "shard 1 is the first shard of another mask with the same tensor names"),
+        "wrong_count": ({second: renumbered(count=3)}, "FormatError", "shard 2 says it is one of 3; the index has 2"),
+        "duplicate_number": ({second: renumbered(number=1)}, "FormatError", "both shards say they are number 1"),
+        "no_shard_record": ({second: with_submask_header(shards[second], lambda h: h.pop("shard"))}, "FormatError",
+                            "the index names a write id, shard 2 has no shard record"),
+    }
+    expected = json.loads((invalid / "expected.json").read_text())
+    for case, (replaced, error, why) in cases.items():
+        folder = invalid / case
+        folder.mkdir(exist_ok=True)
+        for name, data in {**shards, **replaced}.items():
+            (folder / name).write_bytes(data)
+        (folder / "m.smask.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        expected[f"{case}/m.smask.index.json"] = {"error": error, "why": why}
+    (invalid / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    for folder in scratch.iterdir():
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    scratch.rmdir()
+
+
 def main() -> None:
     VECTORS.mkdir(parents=True, exist_ok=True)
     write_vector("raw", raw_shapes())
     write_vector("zstd", zstd_tensors())
     write_vector("rice", rice_tensors())
     write_vector("rich_metadata", rich_tensors(), rich_metadata())
-    sharded = [(f"layers.{i}.weight", bits((12, 10), 0.5, 20 + i), "raw", None) for i in range(3)]
-    write_vector("sharded", sharded, max_shard_bytes=32)
+    remove_sharded(VECTORS / "sharded.smask")  # a new write never reuses names: clear the old one first
+    write_vector("sharded", sharded_tensors(), max_shard_bytes=32)
     write_invalid()
+    write_invalid_shards()
     print(f"wrote vectors to {VECTORS}")
 
 

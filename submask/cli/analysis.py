@@ -18,6 +18,8 @@ from .root import main
 
 _quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 _common = click.option("--common", is_flag=True, help="Use only the tensors all masks have (else they must match).")
+_no_verify = click.option("--no-verify", "no_verify", is_flag=True,
+                          help="Skip the CRC-32 of each tensor (faster; counts and structure are still checked).")
 
 # (column title, PairStats attribute) of the compare table
 _PAIR_COLUMNS = (("|A|", "count_a"), ("|B|", "count_b"), ("|A and B|", "intersection"), ("overlap A->B", "overlap_a"),
@@ -48,8 +50,10 @@ def stats(path: str, by: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per pair and group.")
 @_common
+@_no_verify
 @_quiet
-def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool, common: bool, quiet: bool) -> None:
+def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool, common: bool, no_verify: bool,
+                    quiet: bool) -> None:
     """Overlap and Jaccard of every pair of masks, beside the values chance would give at their densities.
 
     overlap A->B is |A and B| / |A| (the share of A also in B); chance values are model-wide (from the total
@@ -57,7 +61,7 @@ def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool
     """
     if len(paths) < 2:
         raise click.UsageError("compare needs at least two masks")
-    result = compare(list(paths), by=by, common=common, progress=not quiet)
+    result = compare(list(paths), by=by, common=common, progress=not quiet, verify=not no_verify)
     rows = [(group, result.labels[i], result.labels[j], result.pair(i, j, group))
             for group in result.groups for i, j in result.pairs()]
     if as_json:
@@ -104,8 +108,9 @@ def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, quiet: 
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-o", "--output", "directory", required=True, help="Directory to write the PNGs into.")
 @_common
+@_no_verify
 @_quiet
-def plot(paths: tuple[str, ...], directory: str, common: bool, quiet: bool) -> None:
+def plot(paths: tuple[str, ...], directory: str, common: bool, no_verify: bool, quiet: bool) -> None:
     """Draw a density heatmap (layer x module type) per mask and, for two or more, the overlap matrix."""
     from ..plot import plot_density, plot_overlap
 
@@ -117,6 +122,7 @@ def plot(paths: tuple[str, ...], directory: str, common: bool, quiet: bool) -> N
         stem = Path(path).name.removesuffix(".index.json").removesuffix(".smask")
         written.append(plot_density(counts, out / f"{stem}.density.png", title=f"{stem}: density"))
     if len(paths) >= 2:
-        written.append(plot_overlap(compare(list(paths), common=common, progress=not quiet), out / "overlap.png"))
+        result = compare(list(paths), common=common, progress=not quiet, verify=not no_verify)
+        written.append(plot_overlap(result, out / "overlap.png"))
     for path in written:
         click.echo(str(path))

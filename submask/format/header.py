@@ -23,8 +23,11 @@ MAX_BITS = 1 << 53  # the largest integer JSON readers represent exactly
 
 _CRC_PATTERN = re.compile(r"^[0-9a-f]{8}$")
 _VERSION_PATTERN = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+SHARD_KEY = "shard"  # a record of the file, not of the mask: parsed by ShardInfo, never kept in MaskMetadata.extra
+SHARD_MINOR = 1  # the minor version that added the "shard" record (FORMAT.md section 6)
 _RESERVED_KEYS = ("format", "version", "extensions", "kind", "criterion", "provenance", "model", "creator",
-                  "user", "stats", "tensors")
+                  "user", "stats", "tensors", SHARD_KEY)
+_WRITE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,38 @@ class TensorEntry:
             raise FormatError(f"{at}'crc32' must be 8 lowercase hex digits, got {crc!r}")
         config = {key: value for key, value in encoding.items() if key != "id"}
         return cls(name, tuple(shape), ones, encoding["id"], config, crc)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """The "shard" record of one file of a sharded mask: the write it belongs to and its place in it."""
+
+    write_id: str
+    number: int
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"write_id": self.write_id, "number": self.number, "count": self.count}
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any], path: object = None) -> "ShardInfo | None":
+        """The record in a submask header, None when it has none (a single file, or a 1.0 shard)."""
+        obj = header.get(SHARD_KEY)
+        if obj is None:
+            return None
+        count = obj.get("count") if isinstance(obj, dict) else None
+        number = obj.get("number") if isinstance(obj, dict) else None
+        write_id = obj.get("write_id") if isinstance(obj, dict) else None
+        if not (is_write_id(write_id) and _is_count(count) and count >= 1 and _is_count(number)
+                and 1 <= number <= count):
+            raise FormatError(f"{where(path)}'shard' must be {{'write_id': 32 lowercase hex digits, 'number': K, "
+                              f"'count': N}} with 1 <= K <= N, got {obj!r}; the file is corrupt")
+        return cls(write_id, number, count)
+
+
+def is_write_id(value: Any) -> bool:
+    """Whether ``value`` is a well-formed write id: 32 lowercase hex digits."""
+    return isinstance(value, str) and _WRITE_ID_PATTERN.fullmatch(value) is not None
 
 
 @dataclass

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import FormatError, SubmaskError, where
 from ..mask import Mask, TensorMask
 from .container import Container
-from .header import MaskMetadata, TensorEntry, check_version, parse_tensor_entries
+from .header import MaskMetadata, ShardInfo, TensorEntry, check_version, is_write_id, parse_tensor_entries
 from .tensors import decode_tensor
 
 INDEX_SUFFIX = ".index.json"
+Shard = TypeVar("Shard")
 
 
 class MaskFile:
@@ -29,6 +30,9 @@ class MaskFile:
         self.path = Path(path)
         self._containers: list[Container] = []
         self._where: dict[str, Container] = {}
+        #: the shard files in shard-number order ([] for a single file), and the write they belong to
+        self.shards: list[Path] = []
+        self.write_id: str | None = None
         try:
             if self.path.name.endswith(INDEX_SUFFIX):
                 self._open_index()
@@ -67,6 +71,8 @@ class MaskFile:
                 raise FormatError(f"{where(self.path)}shard {shard} listed in the index is missing next to it; "
                                   "download or copy every shard of this mask")
             self._open_single(shard_path, names)
+        self.shards = check_shards(self.path, index, [(c.path, c.header) for c in self._containers])
+        self.write_id = index["metadata"].get("write_id")
 
     @property
     def names(self) -> list[str]:
@@ -139,14 +145,46 @@ def read_index(path: Path) -> dict[str, Any]:
     if index["metadata"].get("format") != "submask":
         raise FormatError(f"{at}index 'metadata.format' must be 'submask'; this is not a mask index")
     check_version(index["metadata"].get("version"), path)
+    if "write_id" in index["metadata"] and not is_write_id(index["metadata"]["write_id"]):
+        raise FormatError(f"{at}index 'metadata.write_id' must be 32 lowercase hex digits, got "
+                          f"{index['metadata']['write_id']!r}; the index is corrupt")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(_is_shard_name(v) for v in weight_map.values()):
         raise FormatError(f"{at}'weight_map' must map tensor names to shard file names in the same directory")
     return index
 
 
+def check_shards(index_at: object, index: dict[str, Any], headers: Sequence[tuple[Shard, Any]]) -> list[Shard]:
+    """The shards of ``index`` in number order, once each shard's header shows it belongs (FORMAT.md §6).
+
+    ``headers`` pairs each shard the index names (a path or URL) with its submask header. Every shard must
+    carry a "shard" record with the index's write id, the shard count and its own number; an index without
+    a write id (format 1.0) is read without this check.
+    """
+    write_id = index["metadata"].get("write_id")
+    if write_id is None:
+        return [shard for shard, _ in headers]
+    numbered: dict[int, Shard] = {}
+    for shard, header in headers:
+        info = ShardInfo.from_header(header, shard)
+        if info is None or info.write_id != write_id:
+            owner = "no write (it has no 'shard' record)" if info is None else f"write {info.write_id}"
+            raise FormatError(f"{where(shard)}this shard belongs to {owner}, but its index {index_at} is write "
+                              f"{write_id}: a shard of another mask or another write; save, copy or download "
+                              "the whole mask again")
+        if info.count != len(headers) or info.number in numbered:
+            clash = f", like {numbered[info.number]}" if info.number in numbered else ""
+            raise FormatError(f"{where(shard)}shard record says number {info.number} of {info.count}{clash}, but its "
+                              f"index {index_at} lists {len(headers)} shards; save, copy or download the whole "
+                              "mask again")
+        numbered[info.number] = shard
+    return [numbered[number] for number in sorted(numbered)]
+
+
 def _is_shard_name(value: Any) -> bool:
-    return isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+    # a backslash is a separator on Windows: "..\\x.smask" would leave the directory there
+    return (isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+            and "\\" not in value)
 
 
 def resolve_mask_path(path: str | os.PathLike[str]) -> Path:

@@ -6,10 +6,10 @@ at a time; the final file(s) appear under their names only once everything is wr
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,8 +19,8 @@ from ..atomic import atomic_write, scratch_file
 from ..errors import MismatchError
 from ..mask import TensorMask
 from .container import write_container
-from .header import FORMAT_NAME, MAJOR, MaskMetadata, TensorEntry
-from .reader import INDEX_SUFFIX
+from .header import FORMAT_NAME, MAJOR, MINOR, SHARD_KEY, SHARD_MINOR, MaskMetadata, ShardInfo, TensorEntry
+from .shards import new_write_id, publish_sharded
 from .tensors import encode_tensor
 
 
@@ -41,16 +41,20 @@ class MaskWriter:
     >>> with MaskWriter("rl.smask", MaskMetadata(kind="update")) as writer:   # doctest: +SKIP
     ...     writer.add("w", TensorMask.from_numpy(bools))
 
-    With ``max_shard_bytes``, payloads are split across ``STEM-0000K-of-0000N.smask`` shards next to an
-    index ``PATH.index.json`` once they exceed one shard; otherwise a single file is written at ``path``.
-    If the block raises (Ctrl-C included), nothing is left under the final names. After the block, ``paths``
-    lists the files written (the shards, then the index) and ``index_path`` is the index, or None.
+    With ``max_shard_bytes``, payloads are split across ``STEM-ID-0000K-of-0000N.smask`` shards (ID from
+    the write id) next to an index ``PATH.index.json`` once they exceed one shard, published atomically over
+    any mask at ``path`` (``format.shards``); otherwise a single file is written at ``path``. If the block
+    raises (Ctrl-C included), nothing is left under the final names. After the block, ``paths`` lists the
+    files written (the shards, then the index) and ``index_path`` is the index, or None. ``write_id`` fixes
+    the write id of a sharded mask (for reproducible files); by default each write draws a random one.
     """
 
-    def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None,
+                 write_id: str | None = None):
         self.path = Path(path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
+        self.write_id = write_id
         self._stack = ExitStack()
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
@@ -106,29 +110,31 @@ class MaskWriter:
                 self._write_shard(out, shards[0])
             self.paths = [self.path]
             return
-        names = [shard_name(self.path, i + 1, len(shards)) for i in range(len(shards))]
-        for name, shard in zip(names, shards):
-            with atomic_write(self.path.parent / name) as out:
-                self._write_shard(out, shard)
-        index = {
-            "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{max(self.metadata.minor_version, 0)}",
-                         "total_bits": sum(e.bits for s in shards for e in s.entries),
-                         "total_ones": sum(e.ones for s in shards for e in s.entries),
-                         "total_size": sum(s.nbytes for s in shards)},
-            "weight_map": {entry.name: name for name, shard in zip(names, shards) for entry in shard.entries},
-        }
-        index_path = self.path.with_name(self.path.name + INDEX_SUFFIX)
-        with atomic_write(index_path) as out:
-            out.write(json.dumps(index, indent=2).encode("utf-8") + b"\n")
-        self.paths = [self.path.parent / name for name in names] + [index_path]
-        self.index_path = index_path
+        write_id = self.write_id or new_write_id()
+        writers = [partial(self._write_shard, shard=shard, record=ShardInfo(write_id, number, len(shards)))
+                   for number, shard in enumerate(shards, 1)]
 
-    def _write_shard(self, out: BinaryIO, shard: _Shard) -> None:
+        def index(names: list[str]) -> dict[str, Any]:
+            return {
+                "metadata": {"format": FORMAT_NAME, "version": _shard_version(self.metadata), "write_id": write_id,
+                             "total_bits": sum(e.bits for s in shards for e in s.entries),
+                             "total_ones": sum(e.ones for s in shards for e in s.entries),
+                             "total_size": sum(s.nbytes for s in shards)},
+                "weight_map": {entry.name: name for name, shard in zip(names, shards) for entry in shard.entries},
+            }
+
+        self.paths = publish_sharded(self.path, write_id, writers, index)
+        self.index_path = self.paths[-1]
+
+    def _write_shard(self, out: BinaryIO, shard: _Shard, record: ShardInfo | None = None) -> None:
         header = self.metadata.to_json()
+        if record is not None:
+            header["version"] = _shard_version(self.metadata)
+            header[SHARD_KEY] = record.to_json()
         header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
         write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data)
 
 
-def shard_name(path: Path, number: int, total: int) -> str:
-    """File name of shard ``number`` of ``total`` for a mask saved at ``path`` (rl.smask -> rl-00001-of-00002.smask)."""
-    return f"{path.stem}-{number:05d}-of-{total:05d}{path.suffix or '.smask'}"
+def _shard_version(metadata: MaskMetadata) -> str:
+    """The version a shard and its index declare: at least the one that added the "shard" record."""
+    return f"{MAJOR}.{max(metadata.minor_version, MINOR, SHARD_MINOR)}"

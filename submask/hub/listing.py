@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import HubError
 from ..format.container import parse_header, read_header_length
 from ..format.header import MaskMetadata, TensorEntry, parse_tensor_entries
-from ..format.reader import INDEX_SUFFIX, read_index
+from ..format.reader import INDEX_SUFFIX, check_shards, read_index
 from .paths import HubPath
 from .remote import Remote
 
@@ -68,29 +68,37 @@ def listings(remote: Remote, commit: str) -> list[MaskListing]:
     files = remote.files(commit)
     found, in_shards = [], set()
     for index in (p for p in files if p.endswith(MASK_SUFFIX + INDEX_SUFFIX)):
-        shards = shard_paths(remote, index, commit)
+        index_data = read_index(remote.download(index, commit))
+        shards = _named_shards(index, index_data)
         in_shards.update(shards)
         missing = [s for s in shards if s not in files]
         if missing:
             raise HubError(f"{_url(remote, index, commit)}: shard(s) {missing[:3]} listed in the index are missing "
                            "from the repo; push the mask again")
-        headers = [remote_header(remote, shard, files[shard], commit) for shard in shards]
-        entries = [entry for _, shard_entries in headers for entry in shard_entries.values()]
+        headers = {shard: remote_header(remote, shard, files[shard], commit) for shard in shards}
+        parsed = [_parsed(header, _url(remote, shard, commit)) for shard, header in headers.items()]
+        check_shards(_url(remote, index, commit), index_data,
+                     [(_url(remote, shard, commit), header) for shard, header in headers.items()])
+        entries = [entry for _, shard_entries in parsed for entry in shard_entries.values()]
         size = sum(files[s] for s in shards)
-        found.append(MaskListing.from_header(index.removesuffix(INDEX_SUFFIX), size, headers[0][0], entries,
+        found.append(MaskListing.from_header(index.removesuffix(INDEX_SUFFIX), size, parsed[0][0], entries,
                                              len(shards)))
     for path in (p for p in files if p.endswith(MASK_SUFFIX) and p not in in_shards):
-        metadata, entries = remote_header(remote, path, files[path], commit)
+        metadata, entries = _parsed(remote_header(remote, path, files[path], commit), _url(remote, path, commit))
         found.append(MaskListing.from_header(path, files[path], metadata, entries.values()))
     return sorted(found, key=lambda listing: listing.path)
 
 
-def remote_header(remote: Remote, path: str, size: int, commit: str) -> tuple[MaskMetadata, dict[str, TensorEntry]]:
-    """A remote .smask file's metadata and tensor entries, fetched with two range requests (length, header)."""
+def remote_header(remote: Remote, path: str, size: int, commit: str) -> Any:
+    """A remote .smask file's submask header JSON, fetched with two range requests (length, header)."""
     url = _url(remote, path, commit)
     head = remote.read_range(path, commit, 0, 8) if size >= 8 else b""
     length = read_header_length(head, size, url)
     header, _ = parse_header(remote.read_range(path, commit, 8, 8 + length), url)
+    return header
+
+
+def _parsed(header: Any, url: str) -> tuple[MaskMetadata, dict[str, TensorEntry]]:
     return MaskMetadata.from_json(header, url), parse_tensor_entries(header.get("tensors"), url)
 
 
@@ -100,13 +108,13 @@ def mask_files(remote: Remote, path: str, commit: str) -> list[str]:
     found = remote.existing([path, index], commit)
     if path in found:
         return [path]
-    return [index, *shard_paths(remote, index, commit)] if index in found else []
+    return [index, *_named_shards(index, read_index(remote.download(index, commit)))] if index in found else []
 
 
-def shard_paths(remote: Remote, index: str, commit: str) -> list[str]:
-    """The shards a remote index names, as repo paths next to it (the index is downloaded through the cache)."""
-    weight_map = read_index(remote.download(index, commit))["weight_map"]
-    return [posixpath.join(posixpath.dirname(index), shard) for shard in dict.fromkeys(weight_map.values())]
+def _named_shards(index: str, index_data: dict[str, Any]) -> list[str]:
+    """The shards an index names, as repo paths next to it."""
+    folder = posixpath.dirname(index)
+    return [posixpath.join(folder, shard) for shard in dict.fromkeys(index_data["weight_map"].values())]
 
 
 def _url(remote: Remote, path: str, commit: str) -> str:

@@ -6,14 +6,16 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..atomic import atomic_write
 from ..errors import HubError
 from ..fit import check_model, open_mask
 from ..format import load
-from ..format.reader import INDEX_SUFFIX
+from ..format.reader import INDEX_SUFFIX, MaskFile, read_index
+from ..format.shards import publish_sharded, renamed_index
 from ..mask import Mask
 from .listing import mask_files
 from .paths import HubPath, parse_hub_url
@@ -90,18 +92,21 @@ def resolve_mask_path(url: str) -> Path:
 
 
 def _copy_out(cached: list[Path], target: Path) -> Path:
-    """Copy a mask out of the cache to ``target``: shards first, the index (named after ``target``) last."""
+    """Copy a mask out of the cache to ``target``; a sharded one is published as a local write would be:
+    shards under names derived from ``target`` and the write id, the index last (``format.shards``)."""
     if len(cached) == 1:
-        _copy(cached[0], target)
+        with atomic_write(target) as out:
+            _copy_into(out, cached[0])
         return target
-    index, *shards = cached
-    for shard in shards:
-        _copy(shard, target.parent / shard.name)
-    index_target = target.with_name(target.name.removesuffix(INDEX_SUFFIX) + INDEX_SUFFIX)
-    _copy(index, index_target)
-    return index_target
+    with MaskFile(cached[0]) as mask_file:  # checks that the shards belong together before copying them
+        shards, write_id = mask_file.shards, mask_file.write_id
+    index = read_index(cached[0])
+    old_names = [shard.name for shard in shards]
+    published = publish_sharded(target, write_id, [partial(_copy_into, source=shard) for shard in shards],
+                                lambda names: renamed_index(index, old_names, names))
+    return published[-1]
 
 
-def _copy(source: Path, target: Path) -> None:
-    with open(source, "rb") as src, atomic_write(target) as out:
+def _copy_into(out: BinaryIO, source: Path) -> None:
+    with open(source, "rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, HubError, where
 from ..format.reader import INDEX_SUFFIX, MaskFile, read_index, resolve_mask_path
+from ..format.shards import index_bytes, renamed_index, shard_names
 from .card import CARD_PATH, render_section, replace_section
 from .listing import MaskListing, listings, mask_files
 from .paths import HubPath, is_hub_url
 from .remote import DEFAULT_BRANCH, Remote, huggingface_hub
+
+Uploads = list[tuple[str, "Path | bytes"]]  # (path in the repo, local file or content)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,7 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
     if is_hub_url(os.fspath(local_path)):
         raise HubError(f"{local_path}: push takes a local mask file, not an hf:// URL")
     local = resolve_mask_path(local_path)
-    uploads, listing_of = _local_mask(local, path_in_repo)
-    path = listing_of.path
+    path = (path_in_repo or f"masks/{local.name.removesuffix(INDEX_SUFFIX)}").strip("/").removesuffix(INDEX_SUFFIX)
     remote = Remote(repo_id, repo_type, endpoint, token)
     if create_repo:
         with remote.errors():
@@ -61,8 +64,9 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
     if replaced and not overwrite:
         raise HubError(f"{repo_id}@{branch}: a mask already exists at {path!r} (commit {head}); pass --overwrite "
                        "(overwrite=True) to replace it, or choose another --path")
+    uploads, listing_of = _local_mask(local, path, lambda paths: bool(remote.existing(paths, head)))
     hub = huggingface_hub()
-    operations = [hub.CommitOperationAdd(path_in_repo=dest, path_or_fileobj=str(src)) for dest, src in uploads]
+    operations = [hub.CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for dest, src in uploads]
     operations += [hub.CommitOperationDelete(path_in_repo=stale) for stale in set(replaced) - {d for d, _ in uploads}]
     if update_card:
         card = _card(remote, head, [m for m in listings(remote, head) if m.path != path] + [listing_of])
@@ -76,24 +80,29 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
                       info.pr_url, repo_type)
 
 
-def _local_mask(local: Path, path_in_repo: str | None) -> tuple[list[tuple[str, Path]], MaskListing]:
-    """(repo path, local file) pairs to upload, and the mask's listing; refuses files that fail to decode."""
-    name = local.name.removesuffix(INDEX_SUFFIX)
-    path = (path_in_repo or f"masks/{name}").strip("/").removesuffix(INDEX_SUFFIX)
+def _local_mask(local: Path, path: str, taken: Callable[[list[str]], bool]) -> tuple[Uploads, MaskListing]:
+    """(repo path, local file or bytes) pairs to upload, and the mask's listing; refuses files that fail to decode.
+
+    Shards go next to ``path`` under names derived from its name and the mask's write id, never names that
+    ``taken`` says exist in the repo, with the index rewritten to name them: a push never touches the files
+    of another mask.
+    """
     with MaskFile(local) as mask_file:
         problems = mask_file.problems()
         if problems:
             raise FormatError(f"{where(local)}refusing to push a damaged mask: {problems[0]}")
-        if local.name.endswith(INDEX_SUFFIX):
+        if mask_file.shards:
             folder = posixpath.dirname(path)
-            names = dict.fromkeys(read_index(local)["weight_map"].values())
-            shards = [(posixpath.join(folder, name), local.parent / name) for name in names]
-            index = [(path + INDEX_SUFFIX, local)]
+            names = shard_names(posixpath.basename(path), mask_file.write_id, len(mask_file.shards),
+                                lambda found: taken([posixpath.join(folder, name) for name in found]))
+            index = renamed_index(read_index(local), [shard.name for shard in mask_file.shards], names)
+            shards = [(posixpath.join(folder, name), shard) for name, shard in zip(names, mask_file.shards)]
+            head: Uploads = [(path + INDEX_SUFFIX, index_bytes(index))]
         else:
-            shards, index = [(path, local)], []
+            shards, head = [(path, local)], []
         size = sum(src.stat().st_size for _, src in shards)
         listing = MaskListing.from_header(path, size, mask_file.metadata, mask_file.entries.values(), len(shards))
-    return index + shards, listing
+    return [*head, *shards], listing
 
 
 def _card(remote: Remote, head: str, masks: list[MaskListing]) -> bytes | None:
