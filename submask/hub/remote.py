@@ -93,8 +93,8 @@ class Remote:
         hub = huggingface_hub()
         url = hub.hf_hub_url(self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url)
         headers = hub.utils.build_hf_headers(token=self.token, headers={"Range": f"bytes={start}-{stop - 1}"})
-        with self.errors(path=path, revision=commit), hub.utils.get_session().stream("GET", url,
-                                                                                    headers=headers) as response:
+        with (self.errors(path=path, revision=commit),
+              hub.utils.get_session().stream("GET", url, headers=headers) as response):
             hub.utils.hf_raise_for_status(response)
             skip = start if response.status_code == 200 else 0
             data = _read_slice(response.iter_bytes(), skip, stop - start)
