@@ -81,7 +81,7 @@ def test_printed_ratios_name_their_baseline_stratified_first(demo_run: tuple[Pat
         assert pair["stratified_jaccard_ratio"] == pytest.approx(stratified)
         assert pair["jaccard_ratio"] == pytest.approx(model_wide)
         [line] = [row for row in output.splitlines() if f"{pair['a']} vs {pair['b']} " in row]
-        assert line.endswith(f"{stratified:.1f}x stratified chance, {model_wide:.1f}x model-wide chance")
+        assert line.endswith(f"{stratified:.3g}x stratified chance, {model_wide:.3g}x model-wide chance")
         assert f"[{expected / count_a:.3f}]" in line  # the bracketed overlap baseline is the stratified one
     assert "x chance" not in output  # no ratio without its baseline
 
