@@ -32,7 +32,9 @@ Revisions: branch and tag names, ``refs/heads/*``, ``refs/tags/*``, ``refs/pr/N`
 commit shas. Each commit gets a new random 40-hex sha and is a full snapshot path -> blob. Writes need
 ``Authorization: Bearer <token>``; reads are anonymous (every repo is public). Tests can set
 ``store.commit_hook`` to a function ``(repo, ndjson_lines) -> None`` that raises ``HubError`` to make
-commits fail.
+commits fail, ``store.range_requests = False`` to answer ``Range`` requests with 200 and the whole file
+(as RFC 9110 allows), and ``store.pull_requests = False`` to ignore ``create_pr`` and commit to the branch
+(as a server without pull requests would).
 
 Not implemented: Xet, multipart LFS, LFS downloads through the batch API, pagination, ``expand``
 (last commits, security scans), private or gated repos, discussions, cross-repo copies, short shas,
@@ -50,7 +52,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,7 +63,7 @@ LFS_THRESHOLD = 10 * 1024 * 1024
 LFS_PATTERNS = ("*.bin", "*.ckpt", "*.h5", "*.npy", "*.npz", "*.onnx", "*.pt", "*.pth", "*.safetensors", "*.zip")
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 SHA1_HEX = re.compile(r"[0-9a-f]{40}")
-Response = tuple[int, dict[str, str], bytes]
+Response = tuple[int, dict[str, str], bytes | Iterator[bytes]]  # file bodies are streamed in chunks
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ class HubStore:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lock = threading.RLock()
         self.commit_hook: Callable[[Repo, list[dict]], None] | None = None
+        self.range_requests = True  # False: Range headers are ignored (200 with the whole body)
+        self.pull_requests = True  # False: create_pr is ignored (the commit lands on the branch)
 
     def put_object(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
@@ -199,6 +203,15 @@ class HubStore:
 
     def read_object(self, sha256: str) -> bytes:
         return (self.objects / sha256).read_bytes()
+
+    def stream_object(self, sha256: str, start: int, end: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of an object in chunks, so a large file is never held in memory whole."""
+        with open(self.objects / sha256, "rb") as handle:
+            handle.seek(start)
+            while start < end:
+                data = handle.read(min(chunk, end - start))
+                start += len(data)
+                yield data
 
     def repo(self, repo_type: str, repo_id: str) -> Repo:
         try:
@@ -395,16 +408,22 @@ class HubHandler(BaseHTTPRequestHandler):
             status, headers, body = json_response({"error": f"Bad request: {e!r}"}, 400)
         except Exception as e:  # a server bug: answer it (the client sees a 500) rather than drop the connection
             status, headers, body = json_response({"error": f"Internal error: {e!r}"}, 500)
-        sent = 0 if self.command == "HEAD" else len(body)
+        chunks = [body] if isinstance(body, bytes) else body
+        if "Content-Length" not in headers:  # a streamed body comes with its length
+            headers["Content-Length"] = str(len(body))
+        sent = 0 if self.command == "HEAD" else int(headers["Content-Length"])
         # recorded before answering, so a client that got its answer always finds it in the log
         self.server.served.append(Served(self.command, url.path, self.headers.get("Range"), status, sent))
         self.send_response(status)
-        headers.setdefault("Content-Length", str(len(body)))
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            try:
+                for chunk in chunks:
+                    self.wfile.write(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client read what it needed (a slice of a 200 answer) and left
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
 
@@ -528,12 +547,13 @@ class HubHandler(BaseHTTPRequestHandler):
         headers["Content-Type"] = "application/octet-stream"
         if blob.lfs:
             headers.update({"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(blob.size)})
-        start, end = self._byte_range(blob.size)
+        ranged = "Range" in self.headers and self.store.range_requests
+        start, end = self._byte_range(blob.size) if ranged else (0, blob.size)
         headers["Content-Length"] = str(end - start)
-        status = 200 if "Range" not in self.headers else 206
+        status = 206 if ranged else 200
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
-        body = b"" if self.command == "HEAD" else self.store.read_object(blob.sha256)[start:end]
+        body = b"" if self.command == "HEAD" else self.store.stream_object(blob.sha256, start, end)
         return status, headers, body
 
     def _byte_range(self, size: int) -> tuple[int, int]:
@@ -567,7 +587,7 @@ class HubHandler(BaseHTTPRequestHandler):
         self.require_auth()
         r = self.repo(repo)
         lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
-        commit, ref = self.store.commit(r, rev, lines, self.flag("create_pr"))
+        commit, ref = self.store.commit(r, rev, lines, self.flag("create_pr") and self.store.pull_requests)
         data = {"success": True, "commitOid": commit.id, "commitUrl": f"{self.web_url(r.id)}/commit/{commit.id}"}
         if ref.startswith("refs/pr/"):
             data["pullRequestUrl"] = f"{self.web_url(r.id)}/discussions/{ref.removeprefix('refs/pr/')}"

@@ -61,6 +61,31 @@ def test_report_overlaps_match_a_numpy_recomputation(demo_run: tuple[Path, str])
         assert pair["chance_jaccard"] == pytest.approx(p * q / (p + q - p * q))
 
 
+def test_printed_ratios_name_their_baseline_stratified_first(demo_run: tuple[Path, str]) -> None:
+    out, output = demo_run
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["baselines"]) == {"stratified", "model_wide"}
+    masks = {name: bools(run["mask"]) for name, run in report["runs"].items()}
+    for pair in report["pairs"]:
+        a, b = masks[pair["a"]], masks[pair["b"]]
+        # stratified chance: random masks keeping each tensor's own count, summed over tensors
+        expected = sum(int(a[t].sum()) * int(b[t].sum()) / a[t].size for t in a)
+        count_a, count_b = sum(int(m.sum()) for m in a.values()), sum(int(m.sum()) for m in b.values())
+        both = sum(int((a[t] & b[t]).sum()) for t in a)
+        jaccard = both / (count_a + count_b - both)
+        stratified = jaccard / (expected / (count_a + count_b - expected))
+        numel = sum(m.size for m in a.values())
+        p, q = count_a / numel, count_b / numel
+        model_wide = jaccard / (p * q / (p + q - p * q))
+        assert pair["chance_intersection"] == pytest.approx(expected)
+        assert pair["stratified_jaccard_ratio"] == pytest.approx(stratified)
+        assert pair["jaccard_ratio"] == pytest.approx(model_wide)
+        [line] = [row for row in output.splitlines() if f"{pair['a']} vs {pair['b']} " in row]
+        assert line.endswith(f"{stratified:.3g}x stratified chance, {model_wide:.3g}x model-wide chance")
+        assert f"[{expected / count_a:.3f}]" in line  # the bracketed overlap baseline is the stratified one
+    assert "x chance" not in output  # no ratio without its baseline
+
+
 def test_applied_model_and_restricted_run(demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())

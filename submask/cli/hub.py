@@ -77,6 +77,8 @@ def ls(repo: str, revision: str | None, as_json: bool, repo_type: str, token: st
        endpoint: str | None) -> None:
     """List the masks in Hub repo REPO, reading only their headers."""
     masks = list_masks(repo, revision, repo_type=repo_type, token=token, endpoint=endpoint)
+    for problem in masks.problems:  # a damaged mask is reported, the others still listed
+        click.echo(f"warning: {problem}", err=True)
     if as_json:
         echo_json([m.to_json() for m in masks])
         return

@@ -11,7 +11,7 @@ argument, else ``HF_ENDPOINT`` read at call time, else huggingface_hub's default
 """
 
 from .card import render_section, replace_section
-from .listing import MaskListing, list_masks
+from .listing import MaskListing, MaskListings, list_masks
 from .paths import HubPath, parse_hub_url
 from .pull import PulledMask, mask_from_hub, pull_mask, resolve_mask_path
 from .push import PushedMask, push_mask
@@ -19,6 +19,7 @@ from .push import PushedMask, push_mask
 __all__ = [
     "HubPath",
     "MaskListing",
+    "MaskListings",
     "PulledMask",
     "PushedMask",
     "list_masks",

@@ -17,9 +17,9 @@ END = "<!-- submask:end -->"
 
 def render_section(repo_id: str, masks: Sequence[MaskListing]) -> str:
     """The markdown section (markers included) listing ``masks``."""
-    rows = [f"| `{m.path}` | {m.kind} | {_cell(m.base_model)} | {m.density:.4%} | {m.ones:,} / {m.bits:,} "
-            f"| {m.tensors} |" for m in masks]
-    example = masks[0].path if masks else "masks/NAME.smask"
+    rows = [f"| `{_cell(m.path)}` | {_cell(m.kind)} | {_cell(m.base_model)} | {m.density:.4%} "
+            f"| {m.ones:,} / {m.bits:,} | {m.tensors} |" for m in masks]
+    example = _cell(masks[0].path) if masks else "masks/NAME.smask"
     return "\n".join([
         START,
         "## Masks",
@@ -48,4 +48,7 @@ def replace_section(card: str | None, section: str, repo_id: str) -> str:
 
 
 def _cell(text: str | None) -> str:
-    return "" if text is None else text.replace("|", "\\|").replace("\n", " ")
+    """``text`` as one table cell: no "|" or line breaks, and no "<" (so never a START or END marker)."""
+    if text is None:
+        return ""
+    return text.replace("<", "&lt;").replace("|", "\\|").replace("\r", " ").replace("\n", " ")

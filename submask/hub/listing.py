@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import HubError
+from ..errors import FormatError
 from ..format.container import parse_header, read_header_length
 from ..format.header import MaskMetadata, TensorEntry, parse_tensor_entries
 from ..format.reader import INDEX_SUFFIX, check_shards, read_index
@@ -15,6 +17,7 @@ from .paths import HubPath
 from .remote import Remote
 
 MASK_SUFFIX = ".smask"
+_REPO_ID = re.compile(r"\w[\w.-]*/\w[\w.-]*(?:@[\w./-]+)?")  # ORG/NAME[@REVISION], as the Hub spells repo ids
 
 
 @dataclass(frozen=True)
@@ -45,16 +48,46 @@ class MaskListing:
                    sum(e.bits for e in entries), base_model(metadata), shards)
 
 
+class MaskListings(list[MaskListing]):
+    """The masks found in a repo, and ``problems``: one line per damaged mask left out (the rest still listed)."""
+
+    def __init__(self, masks: Iterable[MaskListing] = (), problems: Iterable[str] = ()):
+        super().__init__(masks)
+        self.problems = list(problems)
+
+
 def base_model(metadata: MaskMetadata) -> str | None:
-    """The model a mask was made against: its recorded base checkpoint, else the model's name."""
+    """The model a mask was made against, as it may be published: never a local path.
+
+    A Hub repo id (with the commit a Hub build pinned), else the bare file or folder name of a local checkpoint;
+    the model's recorded name when no base is recorded.
+    """
     base = metadata.provenance.get("base")
     source = base.get("source") if isinstance(base, dict) else None
-    return str(source) if source else (metadata.model or {}).get("name")
+    if source:
+        revision = base.get("revision")
+        if revision:  # built from the Hub, pinned to a commit
+            return f"{_public(str(source))}@{revision}"
+        # a local build records "revision": None, so even a relative "models/base" is a path, not a repo id
+        return _last_part(str(source)) if "revision" in base else _public(str(source))
+    name = (metadata.model or {}).get("name")
+    return None if name is None else _public(str(name))
+
+
+def _public(source: str) -> str:
+    """A Hub repo id as it is; a local path (absolute, ``~``, ``./``, deeper than ORG/NAME) as its last part."""
+    return source if _REPO_ID.fullmatch(source) else _last_part(source)
+
+
+def _last_part(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
 
 
 def list_masks(repo_id: str, revision: str | None = None, *, repo_type: str = "model", token: str | None = None,
-               endpoint: str | None = None) -> list[MaskListing]:
+               endpoint: str | None = None) -> MaskListings:
     """The masks in a repo at ``revision`` (default branch if None), read from their headers only.
+
+    A damaged mask does not stop the listing: it is left out and described in ``.problems``.
 
     >>> [(m.path, m.density) for m in list_masks("org/model")]      # doctest: +SKIP
     [('masks/rl.smask', 0.042)]
@@ -63,30 +96,43 @@ def list_masks(repo_id: str, revision: str | None = None, *, repo_type: str = "m
     return listings(remote, remote.commit(revision))
 
 
-def listings(remote: Remote, commit: str) -> list[MaskListing]:
+def listings(remote: Remote, commit: str) -> MaskListings:
     """Every mask at ``commit``: single ``.smask`` files and sharded masks (by their index), sorted by path."""
     files = remote.files(commit)
-    found, in_shards = [], set()
+    found, in_shards = MaskListings(), set()
     for index in (p for p in files if p.endswith(MASK_SUFFIX + INDEX_SUFFIX)):
-        index_data = read_index(remote.download(index, commit))
-        shards = _named_shards(index, index_data)
-        in_shards.update(shards)
-        missing = [s for s in shards if s not in files]
-        if missing:
-            raise HubError(f"{_url(remote, index, commit)}: shard(s) {missing[:3]} listed in the index are missing "
-                           "from the repo; push the mask again")
-        headers = {shard: remote_header(remote, shard, files[shard], commit) for shard in shards}
-        parsed = [_parsed(header, _url(remote, shard, commit)) for shard, header in headers.items()]
-        check_shards(_url(remote, index, commit), index_data,
-                     [(_url(remote, shard, commit), header) for shard, header in headers.items()])
-        entries = [entry for _, shard_entries in parsed for entry in shard_entries.values()]
-        size = sum(files[s] for s in shards)
-        found.append(MaskListing.from_header(index.removesuffix(INDEX_SUFFIX), size, parsed[0][0], entries,
-                                             len(shards)))
+        with _skip_damaged(found.problems, _url(remote, index, commit)):
+            index_data = read_index(remote.download(index, commit))
+            shards = _named_shards(index, index_data)
+            in_shards.update(shards)
+            missing = [s for s in shards if s not in files]
+            if missing:
+                raise FormatError(f"{_url(remote, index, commit)}: shard(s) {missing[:3]} listed in the index are "
+                                  "missing from the repo; push the mask again")
+            headers = {shard: remote_header(remote, shard, files[shard], commit) for shard in shards}
+            parsed = [_parsed(header, _url(remote, shard, commit)) for shard, header in headers.items()]
+            check_shards(_url(remote, index, commit), index_data,
+                         [(_url(remote, shard, commit), header) for shard, header in headers.items()])
+            entries = [entry for _, shard_entries in parsed for entry in shard_entries.values()]
+            size = sum(files[s] for s in shards)
+            found.append(MaskListing.from_header(index.removesuffix(INDEX_SUFFIX), size, parsed[0][0], entries,
+                                                 len(shards)))
     for path in (p for p in files if p.endswith(MASK_SUFFIX) and p not in in_shards):
-        metadata, entries = _parsed(remote_header(remote, path, files[path], commit), _url(remote, path, commit))
-        found.append(MaskListing.from_header(path, files[path], metadata, entries.values()))
-    return sorted(found, key=lambda listing: listing.path)
+        with _skip_damaged(found.problems, _url(remote, path, commit)):
+            metadata, entries = _parsed(remote_header(remote, path, files[path], commit), _url(remote, path, commit))
+            found.append(MaskListing.from_header(path, files[path], metadata, entries.values()))
+    found.sort(key=lambda listing: listing.path)
+    return found
+
+
+@contextlib.contextmanager
+def _skip_damaged(problems: list[str], url: str) -> Iterator[None]:
+    """Note a damaged mask's FormatError in ``problems`` (naming its ``url``) and go on with the next mask."""
+    try:
+        yield
+    except FormatError as exc:
+        message = str(exc) if str(exc).startswith(url) else f"{url}: {exc}"  # an index names its cached copy
+        problems.append(f"{message} (left out)")
 
 
 def remote_header(remote: Remote, path: str, size: int, commit: str) -> Any:

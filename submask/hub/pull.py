@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..atomic import atomic_write
-from ..errors import HubError
+from ..errors import FormatError, HubError
 from ..fit import check_model, open_mask
 from ..format import load
 from ..format.reader import INDEX_SUFFIX, MaskFile, read_index
@@ -66,10 +66,12 @@ def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_pat
         raise HubError(f"{repo_id}@{revision or DEFAULT_BRANCH}: no mask {path!r} (nor {path + INDEX_SUFFIX!r}) at "
                        f"commit {commit}; `submask ls {repo_id}` lists the masks there")
     cached = [remote.download(file, commit) for file in files]
-    local = cached[0] if local_path is None else _copy_out(cached, Path(local_path))
-    pulled = PulledMask(local, repo_id, path, revision or DEFAULT_BRANCH, commit, repo_type)
+    pulled = PulledMask(cached[0], repo_id, path, revision or DEFAULT_BRANCH, commit, repo_type)
+    _verify(cached[0], pulled.url)
+    if local_path is not None:
+        pulled = replace(pulled, local_path=_copy_out(cached, Path(local_path)))
     if expect_model is not None:
-        with open_mask(local) as mask_file:  # headers only
+        with open_mask(pulled.local_path) as mask_file:  # headers only
             check_model(mask_file, expect_model, what=f"the model given for {pulled.url}")
     return pulled
 
@@ -89,6 +91,18 @@ def resolve_mask_path(url: str) -> Path:
     """The local file for an ``hf://`` mask URL, downloaded (or found in the cache) at the revision it names."""
     target = parse_hub_url(url)
     return pull_mask(target.repo_id, target.path, revision=target.revision, repo_type=target.repo_type).local_path
+
+
+def _verify(local: Path, url: str) -> None:
+    """Decode every tensor of a downloaded mask and check its checksum: a damaged mask is never handed out."""
+    try:
+        with MaskFile(local) as mask_file:
+            problems = mask_file.problems()
+    except FormatError as exc:
+        problems = [str(exc)]
+    if problems:
+        raise FormatError(f"{url}: the mask in the repo is damaged ({problems[0]}); nothing was written; ask its "
+                          "owner to push it again")
 
 
 def _copy_out(cached: list[Path], target: Path) -> Path:

@@ -74,8 +74,16 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
             operations.append(hub.CommitOperationAdd(path_in_repo=CARD_PATH, path_or_fileobj=card))
     message = commit_message or f"{'Update' if replaced else 'Add'} mask {path}"
     with remote.errors(revision=branch):
-        info = remote.api.create_commit(repo_id, operations, commit_message=message, revision=revision,
-                                        create_pr=create_pr, parent_commit=head, repo_type=repo_type)
+        try:
+            info = remote.api.create_commit(repo_id, operations, commit_message=message, revision=revision,
+                                            create_pr=create_pr, parent_commit=head, repo_type=repo_type)
+        except KeyError:  # huggingface_hub reads "pullRequestUrl" from the answer without checking it is there
+            if not create_pr:
+                raise
+            info = None
+    if create_pr and (info is None or not info.pr_url):  # a server without pull requests commits to the branch
+        raise HubError(f"{repo_id}: asked for a pull request, but the Hub at {remote.url} opened none; the commit "
+                       f"may have landed on {branch}: check the repo (revert it if unwanted)")
     return PushedMask(repo_id, path, info.oid, info.pr_revision or branch, tuple(d for d, _ in uploads),
                       info.pr_url, repo_type)
 

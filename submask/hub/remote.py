@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HubError
+from .paths import check_revision
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -59,7 +60,8 @@ class Remote:
         return huggingface_hub().HfApi(endpoint=self.url, token=self.token)
 
     def commit(self, revision: str | None) -> str:
-        """The commit sha a branch, tag or sha names now."""
+        """The commit sha a branch, tag or sha names now (HubError for a path-like revision such as ``..``)."""
+        check_revision(revision, self.repo_id)
         with self.errors(revision=revision):
             return self.api.repo_info(self.repo_id, revision=revision, repo_type=self.repo_type).sha
 
@@ -83,18 +85,24 @@ class Remote:
                 cache_dir=self.cache_dir))
 
     def read_range(self, path: str, commit: str, start: int, stop: int) -> bytes:
-        """Bytes ``[start, stop)`` of a file at ``commit``, with one HTTP range request."""
+        """Bytes ``[start, stop)`` of a file at ``commit``, with one HTTP range request.
+
+        A server may answer a range request with 206 and the range, or with 200 and the whole file (RFC 9110
+        section 14.2): the body is streamed and read only up to ``stop``, then the connection is closed.
+        """
         hub = huggingface_hub()
         url = hub.hf_hub_url(self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url)
         headers = hub.utils.build_hf_headers(token=self.token, headers={"Range": f"bytes={start}-{stop - 1}"})
-        with self.errors(path=path, revision=commit):
-            response = hub.utils.get_session().get(url, headers=headers)
+        with (self.errors(path=path, revision=commit),
+              hub.utils.get_session().stream("GET", url, headers=headers) as response):
             hub.utils.hf_raise_for_status(response)
-        if response.status_code != 206 or len(response.content) != stop - start:
-            raise HubError(f"{self.repo_id}: {url} ignored a range request (HTTP {response.status_code}, "
-                           f"{len(response.content)} bytes for {stop - start}); "
-                           "this endpoint cannot serve headers alone")
-        return response.content
+            skip = start if response.status_code == 200 else 0
+            data = _read_slice(response.iter_bytes(), skip, stop - start)
+        if response.status_code not in (200, 206) or len(data) != stop - start:
+            raise HubError(f"{self.repo_id}: {url} answered a range request with HTTP {response.status_code} and "
+                           f"{len(data)} of the {stop - start} bytes asked for; this endpoint cannot serve "
+                           "headers alone")
+        return data
 
     @contextlib.contextmanager
     def errors(self, path: str | None = None, revision: str | None = None) -> Iterator[None]:
@@ -128,6 +136,20 @@ class Remote:
     def _unreachable(self, exc: BaseException) -> HubError:
         return HubError(f"{self.repo_id}: cannot reach {self.url} ({_first_line(exc)}); check the network "
                         "connection, HF_ENDPOINT and proxy settings")
+
+
+def _read_slice(chunks: Iterable[bytes], skip: int, size: int) -> bytes:
+    """Bytes ``[skip, skip + size)`` of a stream of chunks, reading no further than that."""
+    data = bytearray()
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        data += chunk[skip:skip + size - len(data)]
+        skip = 0
+        if len(data) == size:
+            break
+    return bytes(data)
 
 
 def _first_line(exc: Any) -> str:
