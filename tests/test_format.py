@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -76,8 +77,10 @@ def test_file_is_a_plain_safetensors_file(tmp_path: Path) -> None:
     assert set(tensors) == set(SHAPES)
     assert all(t.dtype == np.uint8 and t.ndim == 1 for t in tensors.values())
     with safe_open(tmp_path / "m.smask", framework="numpy") as f:
-        header = json.loads(f.metadata()["submask"])
-    assert header["format"] == "submask" and header["version"] == "1.0"
+        text, digest = f.metadata()["submask"], f.metadata()["submask_sha256"]
+    header = json.loads(text)
+    assert header["format"] == "submask" and header["version"] == "1.1"
+    assert digest == hashlib.sha256(text.encode("utf-8")).hexdigest()  # the 1.1 header checksum, FORMAT.md §2.1
     assert header["tensors"]["odd"]["bits"] == 105
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import strict_json
 from ..errors import FormatError, SubmaskError, where
+from ..strict_json import InvalidJSON
 from ..mask import Mask, TensorMask
 from .container import Container
 from .header import MaskMetadata, TensorEntry, check_version, parse_tensor_entries
@@ -129,10 +130,10 @@ def read_index(path: Path) -> dict[str, Any]:
     """Read and validate a sharded mask's index JSON."""
     at = where(path)
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = strict_json.loads(path.read_bytes())
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except InvalidJSON as exc:
         raise FormatError(f"{at}index is not valid JSON ({exc})") from None
     if not isinstance(index, dict) or not isinstance(index.get("metadata"), dict):
         raise FormatError(f"{at}index must be an object with 'metadata' and 'weight_map'")

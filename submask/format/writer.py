@@ -16,10 +16,11 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..atomic import atomic_write, scratch_file
-from ..errors import MismatchError
+from .. import strict_json
+from ..errors import FormatError, MismatchError
 from ..mask import TensorMask
-from .container import write_container
-from .header import FORMAT_NAME, MAJOR, MaskMetadata, TensorEntry
+from .container import serialize_header, write_container
+from .header import FORMAT_NAME, MAJOR, RESERVED_NAMES, MaskMetadata, TensorEntry
 from .reader import INDEX_SUFFIX
 from .tensors import encode_tensor
 
@@ -49,6 +50,7 @@ class MaskWriter:
 
     def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None):
         self.path = Path(path)
+        check_writable(metadata, self.path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
         self._stack = ExitStack()
@@ -77,6 +79,9 @@ class MaskWriter:
     def add_encoded(self, entry: TensorEntry, payload: bytes) -> TensorEntry:
         """Append a tensor already encoded by ``format.tensors.encode_tensor`` (e.g. on another thread)."""
         name = entry.name
+        if not isinstance(name, str) or name in RESERVED_NAMES:
+            raise FormatError(f"{self.path}: a tensor cannot be named {name!r} in a .smask file (safetensors "
+                              "reserves it); rename the tensor")
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
         shard = self._shard_for(len(payload))
@@ -126,7 +131,14 @@ class MaskWriter:
     def _write_shard(self, out: BinaryIO, shard: _Shard) -> None:
         header = self.metadata.to_json()
         header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
-        write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data)
+        write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data,
+                        self.metadata.minor_version)
+
+
+def check_writable(metadata: MaskMetadata, path: Path) -> None:
+    """Refuse, before any work, metadata that the reader (or JSON) would reject: the header is serialized and
+    read back with the reader's own checks."""
+    MaskMetadata.from_json(strict_json.loads(serialize_header(metadata.to_json(), path)), path)
 
 
 def shard_name(path: Path, number: int, total: int) -> str:
