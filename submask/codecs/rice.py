@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from ..accel import Kernel
 from ..errors import FormatError
 from ..packed import POPCOUNT8, SET_BITS, clear_padding, from_positions, packed_nbytes, popcount, set_positions
-from .base import Codec
+from .base import CHUNK_BYTES, Codec, allocate_packed
 
 
 _BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position count, unary bytes
@@ -56,7 +57,7 @@ class RiceCodec(Codec):
     def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
         block_bits = _check_length(payload, numel, config)
         nblocks = -(-numel // block_bits)
-        out = np.empty(packed_nbytes(numel), dtype=np.uint8) if out is None else out
+        out = allocate_packed(numel) if out is None else out
         if _rice_block.compiled is not None:
             out.fill(0)
             _decode_compiled(payload, numel, block_bits, PACKED, out)
@@ -70,6 +71,26 @@ class RiceCodec(Codec):
         if offset != len(payload):
             raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
         return out
+
+    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray]:
+        block_bits = _check_length(payload, numel, config)
+        chunk_bits = 8 * CHUNK_BYTES
+        unlisted = {0: np.full(CHUNK_BYTES, 0xFF, np.uint8), 1: np.zeros(CHUNK_BYTES, np.uint8)}
+        offset = 0
+        for start in range(0, numel, block_bits):  # blocks start on whole bytes: block_bits is a multiple of 8
+            nbits = min(block_bits, numel - start)
+            value, listed, offset = _read_block(payload, offset, nbits)
+            for first in range(0, nbits, chunk_bits):
+                stop = min(first + chunk_bits, nbits)
+                low, high = np.searchsorted(listed, (first, stop))
+                if low == high and (stop - first) % 8 == 0:  # nothing listed here: a run of the other value
+                    yield unlisted[value][: (stop - first) // 8]
+                    continue
+                bools = np.full(stop - first, not value, dtype=np.bool_)
+                bools[listed[low:high] - first] = bool(value)
+                yield np.packbits(bools)
+        if offset != len(payload):
+            raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
 
 
 def _check_length(payload: bytes, numel: int, config: dict[str, Any]) -> int:

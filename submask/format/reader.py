@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import strict_json
-from ..errors import FormatError, SubmaskError, where
+from ..errors import FormatError, LimitError, SubmaskError, where
 from ..strict_json import InvalidJSON
 from ..mask import Mask, TensorMask
 from .container import Container
 from .header import MaskMetadata, TensorEntry, check_version, parse_tensor_entries
-from .tensors import decode_tensor
+from .stats import stats_problems
+from .tensors import decode_tensor, verify_tensor
 
 INDEX_SUFFIX = ".index.json"
 
@@ -26,7 +27,7 @@ class MaskFile:
     ...     q = f["model.layers.0.self_attn.q_proj.weight"]   # decodes this tensor only
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, max_bits: int | None = None):
         self.path = Path(path)
         self._containers: list[Container] = []
         self._where: dict[str, Container] = {}
@@ -35,6 +36,7 @@ class MaskFile:
                 self._open_index()
             else:
                 self._open_single(self.path)
+            self._check_size(max_bits)
         except BaseException:
             self.close()
             raise
@@ -56,6 +58,13 @@ class MaskFile:
             self.entries: dict[str, TensorEntry] = {}
         self.entries.update(entries)
         self._where.update({name: container for name in entries})
+
+    def _check_size(self, max_bits: int | None) -> None:
+        """Refuse a mask of more than ``max_bits`` bits in all, the guard for untrusted files."""
+        total = sum(entry.bits for entry in self.entries.values())
+        if max_bits is not None and total > max_bits:
+            raise LimitError(f"{self.path}: the mask holds {total:,} bits, more than max_bits={max_bits:,}; "
+                             "raise max_bits if you trust this file")
 
     def _open_index(self) -> None:
         index = read_index(self.path)
@@ -103,11 +112,15 @@ class MaskFile:
         return Mask({name: self[name] for name in self.entries}, self.metadata)
 
     def problems(self) -> list[str]:
-        """Decode and verify every tensor; return one message per failure (empty when the file is sound)."""
-        found = []
-        for name in self.entries:
+        """Verify every tensor and the stats; return one message per failure (empty when the file is sound).
+
+        Tensors are decoded piece by piece, so memory stays bounded whatever sizes the header claims.
+        """
+        found = [f"{self.path}: {problem}" for problem in stats_problems(self.metadata.stats)]
+        for name, entry in self.entries.items():
+            container = self._container(name)
             try:
-                self[name]
+                verify_tensor(entry, container.read(name), container.path)
             except SubmaskError as exc:
                 found.append(str(exc))
         return found
