@@ -1,4 +1,4 @@
-"""Parsing JSON read from files: the one door for every header and index submask reads (FORMAT.md §8).
+"""Parsing JSON read from files: the one door for every header and index submask reads (FORMAT.md §2.2).
 
 ``json.loads`` alone accepts what JSON does not (``NaN``, ``Infinity``, numbers that overflow to infinity),
 keeps the last of duplicate keys, raises RecursionError on deep nesting and a bare ValueError on integers

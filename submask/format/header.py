@@ -185,7 +185,7 @@ def parse_tensor_entries(tensors: Any, path: object = None) -> dict[str, TensorE
 
 
 def model_fingerprint(shapes: Mapping[str, Iterable[int]]) -> str:
-    """Fingerprint of a model's parameter names and shapes: "sha256:" + hex digest (FORMAT.md §4.3)."""
+    """Fingerprint of a model's parameter names and shapes: "sha256:" + hex digest (FORMAT.md §4.1)."""
     lines = "".join(f"{name}\t{','.join(str(int(d)) for d in shape)}\n" for name, shape in sorted(shapes.items()))
     return "sha256:" + hashlib.sha256(lines.encode("utf-8")).hexdigest()
 

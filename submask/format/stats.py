@@ -1,4 +1,4 @@
-"""The build statistics of a header's ``stats`` (FORMAT.md §4.3): one schema, checked by ``validate`` and
+"""The build statistics of a header's ``stats`` (FORMAT.md §4.4): one schema, checked by ``validate`` and
 read by ``info``.
 
 Stats are informative: no reader needs them to decode, members not listed here are kept and ignored, and a

@@ -22,6 +22,7 @@ from ..mask import TensorMask
 from .container import serialize_header, write_container
 from .header import FORMAT_NAME, MAJOR, RESERVED_NAMES, MaskMetadata, TensorEntry
 from .reader import INDEX_SUFFIX
+from .stats import stats_problems
 from .tensors import encode_tensor
 
 
@@ -136,9 +137,12 @@ class MaskWriter:
 
 
 def check_writable(metadata: MaskMetadata, path: Path) -> None:
-    """Refuse, before any work, metadata that the reader (or JSON) would reject: the header is serialized and
-    read back with the reader's own checks."""
+    """Refuse, before any work, metadata that the reader, ``validate`` or JSON would reject: the header is
+    serialized and read back with the reader's own checks."""
     MaskMetadata.from_json(strict_json.loads(serialize_header(metadata.to_json(), path)), path)
+    problems = stats_problems(metadata.stats)
+    if problems:
+        raise FormatError(f"{path}: cannot write this mask: {problems[0]}")
 
 
 def shard_name(path: Path, number: int, total: int) -> str:
