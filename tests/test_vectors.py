@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import submask
-from submask import MaskWriter
+from submask import MaskWriter, errors
 from submask.cli import main
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
@@ -120,3 +121,11 @@ def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
 def test_cli_validate_rejects_an_invalid_vector() -> None:
     result = CliRunner().invoke(main, ["validate", str(VECTORS / "invalid" / "bad_crc.smask")])
     assert result.exit_code == 1 and "CRC-32" in result.output
+
+
+def test_format_md_names_every_error_class() -> None:
+    section = (SPEC.parent / "FORMAT.md").read_text().split("## 11. Errors")[1]
+    listed = set(re.findall(r"^[\s│├└─]*(\w+Error)\b", section, re.MULTILINE))
+    defined = {name for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, errors.SubmaskError)}
+    assert listed == defined
