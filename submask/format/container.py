@@ -16,7 +16,6 @@ from typing import Any, BinaryIO, Sequence
 
 from .. import strict_json
 from ..errors import FormatError, HeaderChecksumError, where
-from ..strict_json import InvalidJSON
 from .header import MAX_HEADER_BYTES, check_identity
 
 METADATA_KEY = "submask"
@@ -99,7 +98,7 @@ def parse_header(raw: bytes, path: object = None) -> tuple[Any, dict[str, Any]]:
     at = where(path)
     try:
         outer = strict_json.loads(raw)
-    except InvalidJSON as exc:
+    except strict_json.InvalidJSON as exc:
         raise FormatError(f"{at}safetensors header is not valid JSON ({exc}); the file is corrupt") from None
     if not isinstance(outer, dict):
         raise FormatError(f"{at}safetensors header must be a JSON object; the file is corrupt")
@@ -111,7 +110,7 @@ def parse_header(raw: bytes, path: object = None) -> tuple[Any, dict[str, Any]]:
     text = metadata[METADATA_KEY]
     try:
         header = strict_json.loads(text)
-    except InvalidJSON as exc:
+    except strict_json.InvalidJSON as exc:
         raise FormatError(f"{at}submask header is not valid JSON ({exc}); the file is corrupt") from None
     minor = check_identity(header, path)
     _check_digest(metadata.get(DIGEST_KEY), text, minor, path)
@@ -162,7 +161,7 @@ def serialize_header(header: dict[str, Any], path: object = None) -> str:
     """The submask header as written: strict, compact JSON; FormatError for a value JSON cannot hold."""
     try:
         return strict_json.dumps(header)
-    except InvalidJSON as exc:
+    except strict_json.InvalidJSON as exc:
         raise FormatError(f"{where(path)}cannot write this mask: its metadata is not JSON ({exc}); "
                           "use strings, finite numbers, lists and dicts") from None
 

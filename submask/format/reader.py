@@ -9,7 +9,6 @@ from typing import Any
 
 from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
-from ..strict_json import InvalidJSON
 from ..mask import Mask, TensorMask
 from .container import Container
 from .header import MaskMetadata, TensorEntry, check_version, parse_tensor_entries
@@ -146,7 +145,7 @@ def read_index(path: Path) -> dict[str, Any]:
         index = strict_json.loads(path.read_bytes())
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
-    except InvalidJSON as exc:
+    except strict_json.InvalidJSON as exc:
         raise FormatError(f"{at}index is not valid JSON ({exc})") from None
     if not isinstance(index, dict) or not isinstance(index.get("metadata"), dict):
         raise FormatError(f"{at}index must be an object with 'metadata' and 'weight_map'")

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..atomic import atomic_write, scratch_file
 from .. import strict_json
+from ..atomic import atomic_write, scratch_file
 from ..errors import FormatError, MismatchError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
