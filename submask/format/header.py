@@ -132,7 +132,8 @@ class MaskMetadata:
             if not isinstance(header.get(key), (dict, type(None))):
                 raise FormatError(f"{at}'{key}' must be a JSON object or null")
         fingerprint = (header.get("model") or {}).get("fingerprint")
-        if fingerprint is not None and not (isinstance(fingerprint, str) and _FINGERPRINT_PATTERN.fullmatch(fingerprint)):
+        if fingerprint is not None and not (isinstance(fingerprint, str)
+                                            and _FINGERPRINT_PATTERN.fullmatch(fingerprint)):
             raise FormatError(f"{at}'model.fingerprint' must be 'sha256:' and 64 lowercase hex digits, "
                               f"got {fingerprint!r}")
         return cls(
