@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,6 +14,14 @@ from ..errors import FormatError, LimitError
 from ..packed import packed_nbytes
 
 CHUNK_BYTES = 1 << 18  # packed bytes per piece of ``decode_chunks``: what validating costs in memory
+
+
+@dataclass(frozen=True)
+class Run:
+    """``nbytes`` packed bytes all equal to ``byte``: a stretch ``decode_chunks`` need not spell out."""
+
+    byte: int
+    nbytes: int
 
 
 class Codec:
@@ -29,9 +38,10 @@ class Codec:
         FormatError on bad payloads."""
         raise NotImplementedError
 
-    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray]:
-        """The packed bits of ``decode``, in consecutive pieces of at most CHUNK_BYTES, each valid until the
-        next is asked for: bounded memory whatever ``numel`` a header claims. Raise FormatError as ``decode``."""
+    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray | Run]:
+        """The packed bits of ``decode``, in consecutive pieces: arrays of at most CHUNK_BYTES, each valid until
+        the next is asked for, or Runs of one byte value (of any length). Memory stays bounded, and time follows
+        the payload rather than ``numel``, whatever a header claims. Raise FormatError as ``decode``."""
         raise NotImplementedError
 
     def configured(self, config: dict[str, Any]) -> "Codec":

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from ..codecs import Codec, encode_auto, get_codec
+from ..codecs.base import Run
 from ..errors import ChecksumError, FormatError, LimitError, where
-from ..packed import crc32, packed_nbytes, padding_is_clear, popcount
+from ..packed import crc32, crc32_of_run, packed_nbytes, padding_is_clear, popcount
 from .header import TensorEntry
 
 WHOLE_TENSOR_BYTES = 64 << 20  # larger tensors are verified in pieces by ``verify_tensor``
@@ -54,10 +55,15 @@ def verify_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> No
     codec = _codec(entry, at)
     crc, ones, last = 0, 0, np.zeros(0, dtype=np.uint8)
     try:
-        for chunk in codec.decode_chunks(payload, entry.bits, entry.config):
-            crc = zlib.crc32(chunk, crc)
-            ones += popcount(chunk)
-            last = chunk
+        for piece in codec.decode_chunks(payload, entry.bits, entry.config):
+            if isinstance(piece, Run):
+                crc = crc32_of_run(piece.byte, piece.nbytes, crc)
+                ones += piece.byte.bit_count() * piece.nbytes
+                last = np.array([piece.byte], dtype=np.uint8)
+            else:
+                crc = zlib.crc32(piece, crc)
+                ones += popcount(piece)
+                last = piece
     except FormatError as exc:
         raise FormatError(f"{at}{exc}; the file is corrupt") from None
     _check_bits(entry, padding_is_clear(last, entry.bits), f"{crc:08x}", ones, at)
