@@ -6,12 +6,15 @@ import hashlib
 import json
 import struct
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import submask
 from submask import FormatError, LimitError, Mask, SourceError, SubmaskError
@@ -21,7 +24,7 @@ from submask.cli import main
 from submask.codecs import CODECS
 from submask.codecs.base import CHUNK_BYTES, Run
 from submask.format.container import parse_header
-from submask.packed import pack
+from submask.packed import crc32_of_run, pack
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json.loads
@@ -158,6 +161,12 @@ def test_decode_chunks_concatenate_to_decode(encoding: str, density: float) -> N
     assert all(isinstance(piece, Run) or piece.size <= CHUNK_BYTES
                for piece in codec.decode_chunks(payload, numel, config))
     np.testing.assert_array_equal(np.concatenate(pieces), codec.decode(payload, numel, config))
+
+
+@settings(max_examples=50, deadline=None)
+@given(byte=st.sampled_from([0x00, 0xFF, 0x5A]), nbytes=st.integers(0, 70_000), crc=st.integers(0, 2**32 - 1))
+def test_crc32_of_a_run_is_zlibs(byte: int, nbytes: int, crc: int) -> None:
+    assert crc32_of_run(byte, nbytes, crc) == zlib.crc32(bytes([byte]) * nbytes, crc)
 
 
 @pytest.mark.parametrize("bits", [1 << 33, 10**12])
