@@ -159,7 +159,8 @@ def read_index(path: Path) -> dict[str, Any]:
 
 
 def _is_shard_name(value: Any) -> bool:
-    return isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+    return (isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+            and "\\" not in value)  # a path on Windows (FORMAT.md §8)
 
 
 def resolve_mask_path(path: str | os.PathLike[str]) -> Path:
