@@ -11,7 +11,6 @@ AppliedModel(path=PosixPath('sparse-update'), tensors=291, numel=..., from_finet
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import struct
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from . import strict_json
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import Source, local_source
 from .errors import MismatchError, SourceError, SubmaskError
@@ -195,7 +195,11 @@ def _shards(path: Path, source: Source) -> list[_Shard]:
         with open(root / file_name, "rb") as handle:
             prefix = handle.read(8)
             header = handle.read(struct.unpack("<Q", prefix)[0])  # validated by the source already
-        entries = {name: entry for name, entry in json.loads(header).items() if name != "__metadata__"}
+        try:
+            outer = strict_json.loads(header)
+        except strict_json.InvalidJSON as exc:
+            raise SourceError(f"{root / file_name}: the header changed since it was read ({exc}); run again") from None
+        entries = {name: entry for name, entry in outer.items() if name != "__metadata__"}
         unread = [name for name in entries if name not in source.tensors]
         if unread:
             raise SourceError(f"{root / file_name}: holds tensor(s) its index does not list (e.g. {unread[:3]}); "

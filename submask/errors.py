@@ -15,7 +15,11 @@ class FormatError(SubmaskError, ValueError):
 
 
 class ChecksumError(FormatError):
-    """A tensor's decoded bits do not match the checksum or bit count its header records."""
+    """Stored data does not match its checksum: a tensor's decoded bits (CRC-32, bit count) or the header."""
+
+
+class HeaderChecksumError(ChecksumError):
+    """The submask header does not match its SHA-256 (or lacks it, in version 1.1 and later)."""
 
 
 class VersionError(FormatError):
@@ -24,6 +28,10 @@ class VersionError(FormatError):
 
 class UnknownEncodingError(FormatError):
     """A tensor uses an encoding this version of submask does not know."""
+
+
+class LimitError(SubmaskError, ValueError):
+    """A mask is larger than a limit: the caller's ``max_bits``, or the memory of this machine."""
 
 
 class MismatchError(SubmaskError, ValueError):

@@ -211,11 +211,11 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
         save(self, path, encoding=encoding, max_shard_bytes=max_shard_bytes)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Mask":
+    def load(cls, path: str | os.PathLike[str], *, max_bits: int | None = None) -> "Mask":
         """Read a whole .smask file (or sharded index) and verify every checksum; see ``submask.load``."""
         from .format import load
 
-        return load(path)
+        return load(path, max_bits=max_bits)
 
     @classmethod
     def from_hub(cls, repo_id: str, path: str, revision: str | None = None, **options: Any) -> "Mask":

@@ -7,6 +7,7 @@ last real bit are always zero, so bytewise operations and popcounts need no spec
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -97,3 +98,31 @@ def from_positions(positions: np.ndarray, numel: int) -> np.ndarray:
     bools = np.zeros(numel, dtype=np.bool_)
     bools[positions] = True
     return np.packbits(bools)
+
+
+def crc32_of_run(byte: int, nbytes: int, crc: int = 0) -> int:
+    """``zlib.crc32(bytes([byte]) * nbytes, crc)`` in O(log nbytes) steps, without the run in memory."""
+    for power in range(nbytes.bit_length()):
+        if nbytes >> power & 1:  # runs of one byte value commute, so the powers of two apply in any order
+            crc = _apply(_run_map(byte, power), crc)
+    return crc
+
+
+@functools.cache
+def _run_map(byte: int, power: int) -> tuple[int, tuple[int, ...]]:
+    """The CRC-32 update over 2**power copies of ``byte``: an affine map of the 32-bit state over GF(2), as
+    (the image of 0, the images of the 32 unit vectors less it)."""
+    if power == 0:
+        data = bytes([byte])
+        image = zlib.crc32(data, 0)
+        return image, tuple(zlib.crc32(data, 1 << bit) ^ image for bit in range(32))
+    half = _run_map(byte, power - 1)  # the run twice: half after half
+    return _apply(half, half[0]), tuple(_apply(half, column) ^ half[0] for column in half[1])
+
+
+def _apply(affine: tuple[int, tuple[int, ...]], state: int) -> int:
+    image, columns = affine
+    for bit in range(32):
+        if state >> bit & 1:
+            image ^= columns[bit]
+    return image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Callable
@@ -28,20 +29,24 @@ def read_parts(path: Path) -> tuple[dict[str, Any], bytes]:
     return json.loads(data[8:8 + length]), data[8 + length:]
 
 
-def write_parts(path: Path, outer: dict[str, Any], payload: bytes) -> None:
-    encoded = json.dumps(outer).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + payload)
-
-
 def edit_header(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    """Rewrite the submask header of ``path`` through ``edit``, keeping the payloads as they are."""
+    """Rewrite the submask header of ``path`` through ``edit``, keeping the payloads as they are and the
+    header checksum valid, so that the check after it is the one tested."""
     outer, payload = read_parts(path)
     header = json.loads(outer["__metadata__"]["submask"])
     edit(header)
-    outer["__metadata__"]["submask"] = json.dumps(header)
-    write_parts(path, outer, payload)
+    write_parts(path, outer, payload, json.dumps(header))
     return path
+
+
+def write_parts(path: Path, outer: dict[str, Any], payload: bytes, header_text: str | None = None) -> None:
+    """Write a container; with ``header_text``, as its submask header, checksummed."""
+    if header_text is not None:
+        outer["__metadata__"].update(submask=header_text,
+                                     submask_sha256=hashlib.sha256(header_text.encode("utf-8")).hexdigest())
+    encoded = json.dumps(outer).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + payload)
 
 
 def load_everything(path: Path) -> None:
@@ -92,7 +97,8 @@ SCHEMA_VIOLATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
     "format": lambda h: h.update(format="other"),
     "version type": lambda h: h.update(version=1),
     "version text": lambda h: h.update(version="1.x"),
-    "kind": lambda h: h.update(kind="mystery"),
+    "kind type": lambda h: h.update(kind=7),
+    "kind empty": lambda h: h.update(kind=""),
     "provenance": lambda h: h.update(provenance=[1, 2]),
     "extensions": lambda h: h.update(extensions=[{"name": 3}]),
     "tensors": lambda h: h.update(tensors=[]),

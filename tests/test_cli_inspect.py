@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from submask import Mask
 from submask.cli import main
+from test_bad_input import edit_header
 
 
 def make_mask(path: Path) -> Mask:
@@ -58,3 +59,20 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_info_shows_odd_stats_and_validate_reports_them(tmp_path: Path) -> None:
+    odd = {"changed": 3, "ladder": {"atol": [0.0, 1e-8], "changed": {"__all__": [1.5, 2]}}}  # counts not integers
+    make_mask(tmp_path / "m.smask")
+    path = edit_header(tmp_path / "m.smask", lambda header: header.update(stats=odd))
+    info = CliRunner().invoke(main, ["info", str(path)])
+    assert info.exit_code == 0 and info.exception is None, info.output
+    assert "warning: stats 'ladder' must be" in info.output and "layer.0.w" in info.output
+    validate = CliRunner().invoke(main, ["validate", str(path)])
+    assert validate.exit_code == 1 and "stats 'ladder' must be" in validate.output
+
+
+def test_info_shows_the_ladder_in_either_documented_form() -> None:
+    vectors = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+    info = CliRunner().invoke(main, ["info", str(vectors / "rich_metadata-1.1.smask")])  # "changed": [counts]
+    assert "changed at atol: 0: 40, 1e-08: 38, 1e-05: 30" in info.output

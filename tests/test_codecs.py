@@ -119,3 +119,18 @@ def test_zstd_frame_without_its_content_size_is_rejected() -> None:
     payload = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(numel // 8))
     with pytest.raises(FormatError, match="declares"):
         get_codec("zstd").decode(payload, numel, {})
+
+
+@settings(max_examples=30, deadline=None)
+@given(density=st.sampled_from([0.0005, 0.01, 0.05, 0.2, 0.45, 0.9]), seed=st.integers(0, 2**16))
+def test_rice_chooses_k_as_format_md_states(density: float, seed: int) -> None:
+    numel = 20_000
+    bools = random_bits(numel, density, seed)
+    payload, _ = RiceCodec(block_bits=20_000).encode(pack(bools), numel)
+    value = 1 if 2 * bools.sum() <= numel else 0
+    gaps = np.diff(np.flatnonzero(bools == bool(value)), prepend=-1) - 1
+    mean = gaps.sum() / gaps.size
+    guess = math.floor(math.log2(mean * math.log(2) + 1)) if mean > 0 else 0
+    tried = range(max(0, guess - 1), min(31, guess + 1) + 1)
+    expected = min(tried, key=lambda k: (int((gaps >> k).sum()) + gaps.size * (k + 1), k))  # FORMAT.md 5.3
+    assert (payload[0], payload[1]) == (value, expected)

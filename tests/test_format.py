@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 import submask
 from submask import Mask, MaskMetadata, MaskWriter, TensorMask
-from submask.errors import MismatchError
+from submask.errors import FormatError, MismatchError
 
 SHAPES = {"scalar": (), "empty": (0, 7), "odd": (3, 5, 7), "row": (1, 1000), "big": (64, 513)}
 
@@ -76,8 +77,10 @@ def test_file_is_a_plain_safetensors_file(tmp_path: Path) -> None:
     assert set(tensors) == set(SHAPES)
     assert all(t.dtype == np.uint8 and t.ndim == 1 for t in tensors.values())
     with safe_open(tmp_path / "m.smask", framework="numpy") as f:
-        header = json.loads(f.metadata()["submask"])
-    assert header["format"] == "submask" and header["version"] == "1.0"
+        text, digest = f.metadata()["submask"], f.metadata()["submask_sha256"]
+    header = json.loads(text)
+    assert header["format"] == "submask" and header["version"] == "1.1"
+    assert digest == hashlib.sha256(text.encode("utf-8")).hexdigest()  # the 1.1 header checksum, FORMAT.md §2.1
     assert header["tensors"]["odd"]["bits"] == 105
 
 
@@ -152,3 +155,33 @@ def test_model_fingerprint_depends_on_names_and_shapes_only() -> None:
     assert one == submask.model_fingerprint({"b": (4,), "a": [2, 3]})
     assert one != submask.model_fingerprint({"a": (3, 2), "b": (4,)})
     assert one.startswith("sha256:") and len(one) == len("sha256:") + 64
+
+
+@pytest.mark.parametrize("metadata", [
+    MaskMetadata(user={"loss": float("nan")}),
+    MaskMetadata(user={"best": float("inf")}),
+    MaskMetadata(user={"tags": {"a", "b"}}),
+    MaskMetadata(kind=""),
+    MaskMetadata(model={"fingerprint": "md5:abc"}),
+    MaskMetadata(stats={"ladder": {"atol": [0.0], "changed": [1.5]}}),
+], ids=["nan", "infinity", "set", "empty-kind", "fingerprint", "stats"])
+def test_the_writer_refuses_metadata_a_reader_would_reject(tmp_path: Path, metadata: MaskMetadata) -> None:
+    with pytest.raises(FormatError, match="m.smask"):
+        with MaskWriter(tmp_path / "m.smask", metadata) as writer:
+            writer.add("w", TensorMask.from_numpy(np.ones(3, bool)))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["", "__metadata__"])
+def test_the_writer_refuses_tensor_names_safetensors_reserves(tmp_path: Path, name: str) -> None:
+    with pytest.raises(FormatError, match="reserves"):
+        Mask.from_numpy({name: np.ones(3, bool)}).save(tmp_path / "m.smask")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kind_from_a_newer_minor_version_is_read_and_kept(tmp_path: Path) -> None:
+    Mask.from_numpy({"w": np.ones(3, bool)}, kind="x-adapter", minor_version=4).save(tmp_path / "m.smask")
+    mask = submask.load(tmp_path / "m.smask")
+    assert mask.metadata.kind == "x-adapter" and mask.metadata.minor_version == 4
+    mask.save(tmp_path / "again.smask")
+    assert (tmp_path / "again.smask").read_bytes() == (tmp_path / "m.smask").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import submask
-from submask import MaskWriter
+from submask import MaskWriter, errors
 from submask.cli import main
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
@@ -82,7 +83,8 @@ def test_index_matches_its_schema() -> None:
         jsonschema.validate(bad, schema)
 
 
-@pytest.mark.parametrize("bad", [{"format": "other"}, {"version": "2.0"}, {"kind": "x"}, {"tensors": []},
+@pytest.mark.parametrize("bad", [{"format": "other"}, {"version": "2.0"}, {"version": "1.1\n"}, {"kind": 7},
+                                 {"tensors": []}, {"stats": {"ladder": {"atol": [0.0], "changed": [1.5]}}},
                                  {"shard": {"write_id": "ab" * 16, "number": 0, "count": 2}},
                                  {"shard": {"write_id": "AB" * 16, "number": 1, "count": 2}}])
 def test_schema_rejects_what_readers_reject(bad: dict) -> None:
@@ -92,19 +94,43 @@ def test_schema_rejects_what_readers_reject(bad: dict) -> None:
         jsonschema.validate(header, schema)
 
 
+def test_the_1_0_vectors_stay_and_1_1_vectors_hold_the_same_content() -> None:
+    for name in ("raw", "zstd", "rice", "rich_metadata"):
+        assert header_of(VECTORS / f"{name}.smask")["version"] == "1.0"
+        assert header_of(VECTORS / f"{name}-1.1.smask")["version"] == "1.1"
+        assert (VECTORS / f"{name}.json").read_text() == (VECTORS / f"{name}-1.1.json").read_text()
+
+
 INVALID = json.loads((VECTORS / "invalid" / "expected.json").read_text())
 
 
 @pytest.mark.parametrize("file_name", sorted(INVALID))
 def test_invalid_vector_is_rejected_with_the_listed_error(file_name: str) -> None:
-    error = getattr(submask, INVALID[file_name]["error"])
-    with pytest.raises(error):
+    with pytest.raises(submask.SubmaskError) as info:
         with submask.open(VECTORS / "invalid" / file_name) as mask_file:
             for name in mask_file:
                 mask_file[name]
+    assert type(info.value).__name__ == INVALID[file_name]["error"]
+    assert file_name in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0"])
+def test_every_invalid_vector_is_explained_in_the_readme() -> None:
+    readme = (VECTORS / "invalid" / "README.md").read_text()
+    on_disk = [p.name for p in (VECTORS / "invalid").glob("*.smask")]
+    on_disk += [p.relative_to(VECTORS / "invalid").as_posix() for p in (VECTORS / "invalid").glob("*/*.index.json")]
+    assert sorted(on_disk) == sorted(INVALID)
+    for file_name, expected in INVALID.items():
+        assert f"`{file_name}`" in readme and expected["error"] in readme
+
+
+@pytest.mark.parametrize("file_name", sorted(INVALID))
+def test_cli_validate_rejects_every_invalid_vector_in_one_line(file_name: str) -> None:
+    result = CliRunner().invoke(main, ["validate", str(VECTORS / "invalid" / file_name)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and file_name in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0", "rice-1.1", "rich_metadata-1.1"])
 def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
     runner = CliRunner()
     assert runner.invoke(main, ["validate", str(VECTORS / f"{name}.smask")]).exit_code == 0
@@ -116,3 +142,11 @@ def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
 def test_cli_validate_rejects_an_invalid_vector() -> None:
     result = CliRunner().invoke(main, ["validate", str(VECTORS / "invalid" / "bad_crc.smask")])
     assert result.exit_code == 1 and "CRC-32" in result.output
+
+
+def test_format_md_names_every_error_class() -> None:
+    section = (SPEC.parent / "FORMAT.md").read_text().split("## 11. Errors")[1]
+    listed = set(re.findall(r"^[\s│├└─]*(\w+Error)\b", section, re.MULTILINE))
+    defined = {name for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, errors.SubmaskError)}
+    assert listed == defined

@@ -3,7 +3,8 @@
     python -m tools.make_vectors            # rewrite spec/vectors/ in place
 
 Each vector is a .smask file (or a sharded mask) plus NAME.json listing, per tensor, its shape and the flat
-indices of its set bits. spec/vectors/invalid/ holds files a reader must reject; expected.json names the error.
+indices of its set bits; NAME.smask is format 1.0 and NAME-1.1.smask the same content in 1.1. spec/vectors/invalid/
+holds files a reader must reject; expected.json names the error, invalid/README.md explains the cases.
 The content is seeded and sharded masks get fixed write ids, so running this again reproduces the same bytes.
 ``sharded_1_0`` (a sharded mask written by format 1.0, before shard records) is not written here: it is kept
 as it was, for readers to keep reading it.
@@ -11,6 +12,7 @@ as it was, for readers to keep reading it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Callable
@@ -18,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
 
 import submask
 from submask import MaskMetadata, MaskWriter, TensorMask
+from submask.format.header import MAX_HEADER_BYTES, MINOR
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 CREATOR = {"library": "submask", "version": "0.1.0"}  # fixed, so the vectors do not change with releases
@@ -93,8 +97,9 @@ def rich_tensors() -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
 
 
 def write_vector(name: str, tensors: list, metadata: MaskMetadata | None = None,
-                 max_shard_bytes: int | None = None) -> None:
+                 max_shard_bytes: int | None = None, minor: int = MINOR) -> None:
     metadata = metadata or MaskMetadata(kind="other", creator=CREATOR)
+    metadata.minor_version = minor
     with MaskWriter(VECTORS / f"{name}.smask", metadata, max_shard_bytes=max_shard_bytes,
                     write_id=WRITE_IDS[0]) as writer:
         for tensor_name, array, encoding, config in tensors:
@@ -105,49 +110,233 @@ def write_vector(name: str, tensors: list, metadata: MaskMetadata | None = None,
     (VECTORS / f"{name}.json").write_text(json.dumps(content, indent=1) + "\n")
 
 
+def take_apart(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A vector's submask header and its payloads by name, in file order."""
+    return parts(path.read_bytes())
+
+
+def parts(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A container's submask header and its payloads by name, in file order."""
+    (length,) = struct.unpack("<Q", data[:8])
+    outer = json.loads(data[8:8 + length])
+    header = json.loads(outer.pop("__metadata__")["submask"])
+    area = data[8 + length:]
+    return header, {name: area[entry["data_offsets"][0]:entry["data_offsets"][1]] for name, entry in outer.items()}
+
+
+def put_together(header: dict[str, Any], payloads: dict[str, bytes], *, sign: bool = True,
+                 text: Callable[[str], str] | None = None, metadata: dict[str, Any] | None = None,
+                 outer: Callable[[dict[str, Any]], None] | None = None, tail: bytes = b"") -> bytes:
+    """A container as the writer lays it out, from its parts; each option damages one thing: ``sign=False``
+    leaves out the header checksum, ``text`` edits the header JSON text after the checksum is taken,
+    ``metadata`` adds __metadata__ members, ``outer`` edits the safetensors header, ``tail`` is appended."""
+    header_text = json.dumps(header, separators=(",", ":"))
+    members: dict[str, Any] = {"submask": header_text}
+    if sign:
+        members["submask_sha256"] = hashlib.sha256(header_text.encode("utf-8")).hexdigest()
+    if text:
+        members["submask"] = text(header_text)
+    members.update(metadata or {})
+    entries: dict[str, Any] = {"__metadata__": members}
+    offset = 0
+    for name, payload in payloads.items():
+        entries[name] = {"dtype": "U8", "shape": [len(payload)], "data_offsets": [offset, offset + len(payload)]}
+        offset += len(payload)
+    if outer:
+        outer(entries)
+    encoded = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + b"".join(payloads.values()) + tail
+
+
+def edited(path: Path, edit: Callable[[dict[str, Any], dict[str, bytes]], None], **options: Any) -> bytes:
+    """The vector at ``path`` with its header and payloads changed in place by ``edit``, re-checksummed."""
+    header, payloads = take_apart(path)
+    edit(header, payloads)
+    return put_together(header, payloads, **options)
+
+
+def header_edit(edit: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
+    return lambda header, payloads: edit(header)
+
+
+def unchanged(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+    """No edit: the damage is in the options of ``edited``."""
+
+
+def renamed(old: str, new: str, *, in_header: bool = True) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
+    def rename(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+        payloads[new] = payloads.pop(old)
+        if in_header:
+            header["tensors"][new] = header["tensors"].pop(old)
+    return rename
+
+
+def tensor_edit(name: str, **fields: Any) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
+    return lambda header, payloads: header["tensors"][name].update(fields)
+
+
+def payload_edit(name: str, edit: Callable[[bytearray], None]) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
+    def change(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+        payload = bytearray(payloads[name])
+        edit(payload)
+        payloads[name] = bytes(payload)
+    return change
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def huge_zstd_frame(content_size: int) -> bytes:
+    """A zstd frame header declaring ``content_size`` bytes (RFC 8878 §3.1.1.1: single segment, 8-byte size),
+    then one raw block of one byte: small, and consistent with the size until it is decompressed."""
+    return struct.pack("<IBQ", 0xFD2FB528, 0xE0, content_size) + bytes([0x09, 0, 0, 0])
+
+
 def write_invalid() -> None:
-    """Damaged copies of a valid vector, each with the error class a reader must raise."""
-    source = (VECTORS / "zstd.smask").read_bytes()
+    """Damaged copies of valid vectors, each with the error class a reader must raise (see invalid/README.md)."""
+    zstd, rice, raw = (VECTORS / f"{name}-1.1.smask" for name in ("zstd", "rice", "raw"))
+    source = zstd.read_bytes()
     (length,) = struct.unpack("<Q", source[:8])
-    outer = json.loads(source[8:8 + length])
-    payloads = source[8 + length:]
-
-    def with_header(edit: Callable[[dict[str, Any]], None]) -> bytes:
-        header = json.loads(outer["__metadata__"]["submask"])
-        edit(header)
-        changed = {**outer, "__metadata__": {"submask": json.dumps(header, separators=(",", ":"))}}
-        encoded = json.dumps(changed, separators=(",", ":")).encode()
-        encoded += b" " * (-len(encoded) % 8)
-        return struct.pack("<Q", len(encoded)) + encoded + payloads
-
+    dense_start = json.loads(source[8:8 + length])["dense_100x33"]["data_offsets"][0]
     flipped = bytearray(source)
-    flipped[8 + length + outer["dense_100x33"]["data_offsets"][0] + 20] ^= 0x04
-    cases = {
+    flipped[8 + length + dense_start + 20] ^= 0x04
+
+    def flip(index: int, mask: int) -> Callable[[bytearray], None]:
+        return lambda payload: payload.__setitem__(index, payload[index] ^ mask)
+
+    def set_byte(index: int, value: int) -> Callable[[bytearray], None]:
+        return lambda payload: payload.__setitem__(index, value)
+
+    def shift(name: str, by: int) -> Callable[[dict[str, Any]], None]:
+        return lambda entries: entries[name].update(data_offsets=[o + by for o in entries[name]["data_offsets"]])
+
+    second_frame = zstandard.ZstdCompressor(write_content_size=True).compress(b"\0")
+    cases: dict[str, tuple[bytes, str, str]] = {
+        # the container and the checks of FORMAT.md §2, in the order §2.2 gives
         "truncated.smask": (source[: len(source) - 5], "FormatError", "file cut 5 bytes short"),
         "header_too_long.smask": (struct.pack("<Q", len(source)) + source[8:], "FormatError",
                                   "header length larger than the file"),
-        "major_version_2.smask": (with_header(lambda h: h.update(version="2.0")), "VersionError",
-                                  "a newer major version"),
-        "must_understand.smask": (with_header(lambda h: h.update(
-            extensions=[{"name": "x-block-index", "must_understand": True}])), "VersionError",
+        "header_over_cap.smask": (struct.pack("<Q", MAX_HEADER_BYTES + 1) + source[8:], "FormatError",
+                                  "header length above the 100,000,000-byte cap"),
+        "metadata_not_string.smask": (edited(zstd, unchanged, metadata={"note": 5}),
+                                      "FormatError", "a `__metadata__` value that is not a string"),
+        "major_version_2.smask": (edited(zstd, header_edit(lambda h: h.update(version="2.0")), sign=False),
+                                  "VersionError", "a newer major version, without a checksum: version comes first"),
+        "version_newline.smask": (edited(zstd, header_edit(lambda h: h.update(version="1.1\n"))), "FormatError",
+                                  "version `1.1\\n` (a trailing newline)"),
+        "checksum_missing.smask": (edited(zstd, unchanged, sign=False), "HeaderChecksumError",
+                                   "a 1.1 header without `submask_sha256`"),
+        "checksum_wrong.smask": (edited(zstd, unchanged,
+                                        text=lambda t: t.replace('"kind":"other"', '"kind":"update"')),
+                                 "HeaderChecksumError", "header edited after its checksum was taken"),
+        "checksum_wrong_1.0.smask": (edited(VECTORS / "zstd.smask", unchanged,
+                                            metadata={"submask_sha256": "0" * 64}),
+                                     "HeaderChecksumError", "a 1.0 file whose (optional) checksum is wrong"),
+        "must_understand.smask": (edited(zstd, header_edit(lambda h: h.update(
+            extensions=[{"name": "x-block-index", "must_understand": True}]))), "VersionError",
             "an unknown extension marked must_understand"),
-        "unknown_encoding.smask": (with_header(lambda h: h["tensors"]["odd_61"].update(
-            encoding={"id": "x-ans"})), "UnknownEncodingError", "tensor odd_61 uses encoding x-ans"),
-        "bad_crc.smask": (with_header(lambda h: h["tensors"]["odd_61"].update(crc32="00000000")),
-                          "ChecksumError", "tensor odd_61 has a wrong crc32"),
-        "flipped_payload_bit.smask": (bytes(flipped), "FormatError", "one payload bit flipped in tensor dense_100x33"),
-        "claims_10e12_bits.smask": (with_header(lambda h: h["tensors"]["sparse_1000"].update(
-            shape=[1000000, 1000000], bits=10**12)), "FormatError",
-            "tensor sparse_1000 claims 10^12 bits; its zstd frame says 125 bytes"),
-        "bits_not_shape.smask": (with_header(lambda h: h["tensors"]["odd_61"].update(bits=62)), "FormatError",
+        # strict JSON and the limits of §8
+        "duplicate_key.smask": (edited(zstd, unchanged,
+                                       text=lambda t: t.replace('"kind":"other"', '"kind":"other","kind":"other"'),
+                                       sign=False), "FormatError", "a key twice in one object"),
+        "nan.smask": (edited(zstd, header_edit(lambda h: h.update(user={"loss": float("nan")}))), "FormatError",
+                      "NaN in a user field: not JSON"),
+        "deep_nesting.smask": (edited(zstd, header_edit(lambda h: h.update(user={"x": nested(100)}))),
+                               "FormatError", "a user field nested 100 levels deep (limit 64)"),
+        "huge_integer.smask": (edited(zstd, header_edit(lambda h: h.update(user={"x": "HUGE"})),
+                                      text=lambda t: t.replace('"HUGE"', "9" * 5000), sign=False),
+                               "FormatError", "an integer of 5,000 digits"),
+        "float_count.smask": (edited(zstd, tensor_edit("odd_61", bits=61.0)), "FormatError",
+                              "bits written 61.0: not an integer"),
+        "too_many_dims.smask": (edited(zstd, tensor_edit("odd_61", shape=[61] + [1] * 64)), "FormatError",
+                                "65 dimensions (limit 64)"),
+        "bits_over_2_53.smask": (edited(zstd, tensor_edit("odd_61", shape=[2**53 + 1], bits=2**53 + 1)),
+                                 "FormatError", "more than 2^53 bits"),
+        "bits_not_shape.smask": (edited(zstd, tensor_edit("odd_61", bits=62)), "FormatError",
                                  "bits differs from the product of shape"),
+        "fingerprint_malformed.smask": (
+            edited(zstd, header_edit(lambda h: h.update(model={"fingerprint": "md5:abc"}))), "FormatError",
+            "`model.fingerprint` is `md5:abc`, not `sha256:` and 64 hex digits"),
+        "tensor_named_empty.smask": (edited(zstd, renamed("odd_61", "")), "FormatError",
+                                     "a tensor named `\"\"` (safetensors reserves it)"),
+        # layout (§2)
+        "layout_gap.smask": (edited(zstd, unchanged, outer=shift("odd_61", 1), tail=b"\0"),
+                             "FormatError", "a one-byte gap before payload odd_61"),
+        "layout_overlap.smask": (edited(zstd, unchanged, outer=shift("odd_61", -1)),
+                                 "FormatError", "payload odd_61 overlaps the one before it"),
+        "layout_trailing_bytes.smask": (edited(zstd, unchanged, tail=b"\0" * 8), "FormatError",
+                                        "8 bytes after the last payload"),
+        "layout_not_u8.smask": (edited(zstd, unchanged,
+                                       outer=lambda e: e["odd_61"].update(dtype="I8")), "FormatError",
+                                "a payload of dtype I8"),
+        "layout_names_differ.smask": (edited(zstd, renamed("odd_61", "odd_62", in_header=False)),
+                                      "FormatError", "payload odd_62 but header tensor odd_61"),
+        "layout_empty_span_inside.smask": (edited(raw, unchanged,
+                                                  outer=lambda e: e["empty"].update(data_offsets=[5, 5])),
+                                           "FormatError", "the zero-length payload 'empty' placed inside another"),
+        # encodings (§4.3, §5)
+        "unknown_encoding.smask": (edited(zstd, tensor_edit("odd_61", encoding={"id": "x-ans"})),
+                                   "UnknownEncodingError", "tensor odd_61 uses encoding x-ans"),
+        "bad_crc.smask": (edited(zstd, tensor_edit("odd_61", crc32="00000000")), "ChecksumError",
+                          "tensor odd_61 has a wrong crc32"),
+        "flipped_payload_bit.smask": (bytes(flipped), "ChecksumError",
+                                      "one payload bit flipped in tensor dense_100x33"),
+        "claims_10e12_bits.smask": (
+            edited(zstd, tensor_edit("sparse_1000", shape=[1000000, 1000000], bits=10**12)), "FormatError",
+            "tensor sparse_1000 claims 10^12 bits; its zstd frame says 125 bytes"),
+        "zstd_two_frames.smask": (edited(zstd, payload_edit("odd_61", lambda p: p.extend(second_frame))),
+                                  "FormatError", "a second zstd frame after the first"),
+        "zstd_exceeds_memory.smask": (edited(zstd, lambda h, p: (
+            h["tensors"]["odd_61"].update(shape=[2**53], bits=2**53), p.__setitem__("odd_61", huge_zstd_frame(2**50)))),
+            "LimitError", "a frame consistent with 2^53 bits (1 PiB): refused before allocating"),
+        "raw_short.smask": (edited(raw, payload_edit("odd_3x5x7", lambda p: p.pop())), "FormatError",
+                            "raw payload one byte shorter than ceil(bits/8)"),
+        "raw_pad_bits_set.smask": (edited(raw, payload_edit("odd_3x5x7", flip(13, 0x01))), "ChecksumError",
+                                   "a pad bit set after the 105 bits of odd_3x5x7"),
+        "rice_value_2.smask": (edited(rice, payload_edit("blocks_of_128", set_byte(0, 2))), "FormatError",
+                               "a block header with value 2"),
+        "rice_k_32.smask": (edited(rice, payload_edit("blocks_of_128", set_byte(1, 32))), "FormatError",
+                            "a block header with k = 32"),
+        "rice_reserved.smask": (edited(rice, payload_edit("blocks_of_128", set_byte(2, 1))), "FormatError",
+                                "a block header with a non-zero reserved field"),
+        "rice_count_over_nbits.smask": (edited(rice, payload_edit("blocks_of_128", set_byte(4, 129))), "FormatError",
+                                        "a block listing 129 positions of its 128 bits"),
+        "rice_unary_count.smask": (edited(rice, payload_edit("blocks_of_128", set_byte(12, 0))), "FormatError",
+                                   "a unary part holding fewer 1 bits than count"),
+        "rice_trailing_bytes.smask": (edited(rice, payload_edit("blocks_of_128", lambda p: p.extend(b"\0"))),
+                                      "FormatError", "a byte after the last block"),
+        "rice_too_short.smask": (edited(rice, tensor_edit("scalar", shape=[10**12], bits=10**12)),
+                                 "FormatError", "10^12 bits claimed: 238,419 block headers expected, 1 present"),
     }
     invalid = VECTORS / "invalid"
     invalid.mkdir(exist_ok=True)
+    for stale in invalid.glob("*.smask"):
+        stale.unlink()
     for file_name, (data, _, _) in cases.items():
         (invalid / file_name).write_bytes(data)
     expected = {file_name: {"error": error, "why": why} for file_name, (_, error, why) in cases.items()}
     (invalid / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    rows = [f"| `{file_name}` | `{error}` | {why} |" for file_name, (_, error, why) in cases.items()]
+    (invalid / "README.md").write_text(INVALID_README + "\n".join(rows) + "\n")
+
+
+INVALID_README = """# Invalid vectors
+
+Files a reader of [FORMAT.md](../../../FORMAT.md) MUST reject (section 10), written by `tools/make_vectors.py`
+as damaged copies of the 1.1 vectors `zstd-1.1.smask`, `rice-1.1.smask` and `raw-1.1.smask` (and one of the 1.0
+`zstd.smask`). Each damages one thing; every other part of the file is valid (header edits are re-checksummed
+unless the case is about the checksum), so the check named is the one that must fire, in the order of FORMAT.md
+section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
+submask raises (FORMAT.md section 11); other readers need only reject the file.
+
+| file | error | what is wrong |
+|---|---|---|
+"""
 
 
 def sharded_tensors(seed: int = 20) -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
@@ -166,15 +355,11 @@ def remove_sharded(target: Path) -> None:
 # --- invalid sharded masks (FORMAT.md section 6): one folder per case, the index is the file to open ---
 
 def with_submask_header(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
-    """A .smask file's bytes with its submask header changed by ``edit`` (payloads kept)."""
-    (length,) = struct.unpack("<Q", data[:8])
-    outer = json.loads(data[8:8 + length])
-    header = json.loads(outer["__metadata__"]["submask"])
+    """A .smask file's bytes with its submask header changed by ``edit`` (payloads kept), re-checksummed so
+    that the shard rule, not the header checksum, is what a reader trips on."""
+    header, payloads = parts(data)
     edit(header)
-    outer["__metadata__"]["submask"] = json.dumps(header, separators=(",", ":"))
-    encoded = json.dumps(outer, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    return struct.pack("<Q", len(encoded)) + encoded + data[8 + length:]
+    return put_together(header, payloads)
 
 
 def write_invalid_shards() -> None:
@@ -215,6 +400,10 @@ def write_invalid_shards() -> None:
         (folder / "m.smask.index.json").write_text(json.dumps(index, indent=2) + "\n")
         expected[f"{case}/m.smask.index.json"] = {"error": error, "why": why}
     (invalid / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    rows = [f"| `{case}/m.smask.index.json` | `{error}` | {why} |" for case, (_, error, why) in cases.items()]
+    with open(invalid / "README.md", "a", encoding="utf-8") as readme:
+        readme.write("\nSharded masks (FORMAT.md section 6), one folder per case; open the index:\n\n"
+                     "| file | error | what is wrong |\n|---|---|---|\n" + "\n".join(rows) + "\n")
     for folder in scratch.iterdir():
         for path in folder.iterdir():
             path.unlink()
@@ -224,10 +413,11 @@ def write_invalid_shards() -> None:
 
 def main() -> None:
     VECTORS.mkdir(parents=True, exist_ok=True)
-    write_vector("raw", raw_shapes())
-    write_vector("zstd", zstd_tensors())
-    write_vector("rice", rice_tensors())
-    write_vector("rich_metadata", rich_tensors(), rich_metadata())
+    for minor, suffix in ((0, ""), (MINOR, f"-1.{MINOR}")):  # the 1.0 vectors stay, byte for byte
+        write_vector(f"raw{suffix}", raw_shapes(), minor=minor)
+        write_vector(f"zstd{suffix}", zstd_tensors(), minor=minor)
+        write_vector(f"rice{suffix}", rice_tensors(), minor=minor)
+        write_vector(f"rich_metadata{suffix}", rich_tensors(), rich_metadata(), minor=minor)
     remove_sharded(VECTORS / "sharded.smask")  # a new write never reuses names: clear the old one first
     write_vector("sharded", sharded_tensors(), max_shard_bytes=32)
     write_invalid()

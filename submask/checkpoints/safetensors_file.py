@@ -10,7 +10,6 @@ dtype streams in bounded memory, from several threads at once (the GIL is releas
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -21,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import strict_json
 from ..errors import SourceError
+from ..format.header import MAX_HEADER_BYTES
 from .dtypes import DType, dtype_named
-
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ class SafetensorsFile:
         if length > MAX_HEADER_BYTES or 8 + length > self.size:
             raise self._corrupt(f"declares a {length}-byte header but the file has {self.size} bytes")
         try:
-            header = json.loads(os.pread(self._fd, length, 8).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = strict_json.loads(os.pread(self._fd, length, 8))
+        except strict_json.InvalidJSON as exc:
             raise self._corrupt(f"has an unreadable JSON header ({exc})") from None
         if not isinstance(header, dict):
             raise self._corrupt("has a header that is not a JSON object")

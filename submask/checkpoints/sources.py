@@ -15,7 +15,6 @@ unsigned integers. ``open_source`` accepts:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import strict_json
 from ..errors import SourceError
 from .dtypes import dtype_named, dtype_of_array
 from .safetensors_file import SafetensorsFile, TensorInfo
@@ -202,7 +202,7 @@ def _layout(label: str, available: set[str], read_index: Callable[[], bytes]) ->
     """Which shards make up a checkpoint, and its weight map (None without an index)."""
     if INDEX in available:
         try:
-            weight_map = json.loads(read_index())["weight_map"]
+            weight_map = strict_json.loads(read_index())["weight_map"]
         except (ValueError, KeyError, TypeError) as exc:
             raise SourceError(f"{label}: {INDEX} is not a valid index ({type(exc).__name__}: {exc}); "
                               "it needs a 'weight_map' of tensor name -> shard file") from None

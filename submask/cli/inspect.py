@@ -8,6 +8,7 @@ import click
 
 from .. import open as open_mask
 from ..errors import SubmaskError
+from ..format.stats import ladder_rungs, stats_problems
 from .output import echo_json, format_table
 from .root import main
 
@@ -41,10 +42,11 @@ def info(path: str, as_json: bool) -> None:
     for key in ("criterion", "provenance", "model", "creator", "user"):
         if summary[key]:
             click.echo(f"{key}: {_describe(key, summary[key])}")
-    ladder = meta.stats.get("ladder")
-    if isinstance(ladder, dict) and "__all__" in ladder.get("changed", {}):
-        rungs = zip(ladder.get("atol", []), ladder["changed"]["__all__"])
+    rungs = ladder_rungs(meta.stats)
+    if rungs:
         click.echo("changed at atol: " + ", ".join(f"{atol:g}: {changed:,}" for atol, changed in rungs))
+    for problem in stats_problems(meta.stats):
+        click.echo(f"warning: {problem} (not shown; `submask validate` reports it)")
     click.echo(format_table(["tensor", "shape", "count", "density", "encoding", "bytes"],
                             [[r["name"], "x".join(map(str, r["shape"])) or "()", r["count"], r["density"],
                               r["encoding"], r["bytes"]] for r in rows]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import zstandard
 
 from ..errors import FormatError
 from ..packed import packed_nbytes
-from .base import Codec
+from .base import CHUNK_BYTES, Codec, allocate_packed
 
 
 class RawCodec(Codec):
@@ -21,13 +22,23 @@ class RawCodec(Codec):
         return packed.tobytes(), {}
 
     def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-        expected = packed_nbytes(numel)
-        if len(payload) != expected:
-            raise FormatError(f"raw payload has {len(payload)} bytes, {expected} expected for {numel} bits")
+        data = _raw_bits(payload, numel)
         if out is None:
-            return np.frombuffer(payload, dtype=np.uint8).copy()
-        out[:] = np.frombuffer(payload, dtype=np.uint8)
+            return data.copy()
+        out[:] = data
         return out
+
+    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray]:
+        data = _raw_bits(payload, numel)
+        for start in range(0, data.size, CHUNK_BYTES):
+            yield data[start : start + CHUNK_BYTES]
+
+
+def _raw_bits(payload: bytes, numel: int) -> np.ndarray:
+    expected = packed_nbytes(numel)
+    if len(payload) != expected:
+        raise FormatError(f"raw payload has {len(payload)} bytes, {expected} expected for {numel} bits")
+    return np.frombuffer(payload, dtype=np.uint8)
 
 
 class ZstdCodec(Codec):
@@ -41,14 +52,8 @@ class ZstdCodec(Codec):
         return compressor.compress(memoryview(packed)), {}
 
     def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-        expected = packed_nbytes(numel)
-        try:
-            declared = zstandard.frame_content_size(payload)
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"zstd payload has no valid frame header ({exc})") from None
-        if declared != expected:
-            raise FormatError(f"zstd frame declares {declared} bytes of content, {expected} expected")
-        out = np.empty(expected, dtype=np.uint8) if out is None else out
+        expected = _check_frame(payload, numel)
+        out = allocate_packed(numel) if out is None else out
         try:  # straight into ``out``: no intermediate bytes object
             with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
                 size = reader.readinto(out)
@@ -60,3 +65,47 @@ class ZstdCodec(Codec):
         if size != expected or extra:
             raise FormatError(f"zstd payload decoded to {size}{' or more' if extra else ''} bytes, {expected} expected")
         return out
+
+    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray]:
+        expected = _check_frame(payload, numel)
+        buffer = np.empty(min(expected, CHUNK_BYTES), dtype=np.uint8)
+        size = 0
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
+                while size < expected and (got := reader.readinto(buffer[: expected - size])):
+                    size += got
+                    yield buffer[:got]
+                extra = reader.read(1)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"zstd payload is corrupt ({exc})") from None
+        if size != expected or extra:
+            raise FormatError(f"zstd payload decoded to {size}{' or more' if extra else ''} bytes, {expected} expected")
+
+
+def _check_frame(payload: bytes, numel: int) -> int:
+    """The packed size of ``numel`` bits, once the payload is known to be one zstd frame declaring it (§5.2)."""
+    expected = packed_nbytes(numel)
+    try:
+        declared = zstandard.frame_content_size(payload)
+        end = _frame_end(payload)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"zstd payload has no valid frame header ({exc})") from None
+    if declared != expected:
+        raise FormatError(f"zstd frame declares {declared} bytes of content, {expected} expected")
+    if end != len(payload):
+        raise FormatError(f"zstd payload holds {len(payload) - end} bytes after its frame; exactly one frame "
+                          "is allowed" if end < len(payload) else "zstd payload ends inside its frame")
+    return expected
+
+
+def _frame_end(payload: bytes) -> int:
+    """Where the zstd frame at the start of ``payload`` ends, from its block headers (RFC 8878 §3.1.1.2):
+    without decompressing, so trailing bytes or a second frame are found before any work."""
+    offset = zstandard.frame_header_size(payload)
+    while offset + 3 <= len(payload):
+        header = int.from_bytes(payload[offset : offset + 3], "little")
+        last, block_type, size = header & 1, (header >> 1) & 3, header >> 3
+        offset += 3 + (1 if block_type == 1 else size)  # an RLE block stores its one byte
+        if last:
+            return offset + 4 * zstandard.get_frame_parameters(payload).has_checksum
+    return len(payload) + 1  # no last block: the frame is cut short

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from ..accel import Kernel
 from ..errors import FormatError
 from ..packed import POPCOUNT8, SET_BITS, clear_padding, from_positions, packed_nbytes, popcount, set_positions
-from .base import Codec
+from .base import CHUNK_BYTES, Codec, Run, allocate_packed
 
 
 _BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position count, unary bytes
@@ -24,6 +25,7 @@ _LANE_BITS = 0x0101010101010101  # bit 0 of every lane; _SPREAD[byte]: its bits 
 _GATHER = sum(1 << (63 - 9 * i) for i in range(8)) - (1 << 64)  # ((lanes & _LANE_BITS) * _GATHER) >> 56 & 0xFF
 #   has lane i's bit at bit 7 - i: the inverse of _SPREAD (int64, which wraps as uint64 would)
 _UNARY_CHUNK = 1024  # unary bytes scanned per pass of ``_rice_block``
+LONG_GAP = 1 << 17  # bits without a listed position that ``decode_chunks`` passes over as one Run
 
 
 class RiceCodec(Codec):
@@ -56,7 +58,7 @@ class RiceCodec(Codec):
     def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
         block_bits = _check_length(payload, numel, config)
         nblocks = -(-numel // block_bits)
-        out = np.empty(packed_nbytes(numel), dtype=np.uint8) if out is None else out
+        out = allocate_packed(numel) if out is None else out
         if _rice_block.compiled is not None:
             out.fill(0)
             _decode_compiled(payload, numel, block_bits, PACKED, out)
@@ -70,6 +72,42 @@ class RiceCodec(Codec):
         if offset != len(payload):
             raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
         return out
+
+    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray | Run]:
+        block_bits = _check_length(payload, numel, config)
+        offset = 0
+        for start in range(0, numel, block_bits):
+            nbits = min(block_bits, numel - start)
+            value, listed, offset = _read_block(payload, offset, nbits)
+            yield from _block_chunks(value, listed, nbits)
+        if offset != len(payload):
+            raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
+
+
+def _block_chunks(value: int, listed: np.ndarray, nbits: int) -> Iterator[np.ndarray | Run]:
+    """A block's packed bits from its listed positions: stretches of LONG_GAP bits or more without one as Runs
+    of the unlisted value, the rest in arrays of at most CHUNK_BYTES that hold no such stretch, so the work
+    follows the listed positions (the payload), not ``nbits``. Blocks start on whole bytes (block_bits is a
+    multiple of 8), and so does every piece."""
+    first = 0
+    while first < nbits:
+        index = int(np.searchsorted(listed, first))
+        following = int(listed[index]) if index < listed.size else nbits
+        run_end = following // 8 * 8
+        if (following - first >= LONG_GAP or index == listed.size) and run_end > first:
+            yield Run(0 if value else 0xFF, (run_end - first) // 8)
+            first = run_end
+            continue
+        stop = min(first + 8 * CHUNK_BYTES, nbits)
+        ahead = listed[index : int(np.searchsorted(listed, stop)) + 1]  # the positions before stop, and one more
+        long_gaps = np.flatnonzero(np.diff(ahead) >= LONG_GAP)
+        last = int(ahead[long_gaps[0]]) if long_gaps.size else int(ahead[-1]) if ahead.size else stop
+        if long_gaps.size or stop - last >= LONG_GAP:  # end the piece just after its last listed position
+            stop = min(stop, (last // 8 + 1) * 8)
+        bools = np.full(stop - first, not value, dtype=np.bool_)
+        bools[listed[index : int(np.searchsorted(listed, stop))] - first] = bool(value)
+        yield np.packbits(bools)
+        first = stop
 
 
 def _check_length(payload: bytes, numel: int, config: dict[str, Any]) -> int:

@@ -11,14 +11,17 @@ from .reader import MaskFile, resolve_mask_path
 from .writer import MaskWriter
 
 
-def open(path: str | os.PathLike[str]) -> MaskFile:  # noqa: A001 - mirrors safetensors.safe_open / builtins.open
-    """Open a mask lazily: metadata and entries now, each tensor decoded when indexed."""
-    return MaskFile(resolve_mask_path(path))
+def open(path: str | os.PathLike[str], *, max_bits: int | None = None) -> MaskFile:  # noqa: A001 - as safe_open
+    """Open a mask lazily: metadata and entries now, each tensor decoded when indexed.
+
+    ``max_bits`` guards untrusted files: a mask of more bits in all raises LimitError before any decoding.
+    """
+    return MaskFile(resolve_mask_path(path), max_bits=max_bits)
 
 
-def load(path: str | os.PathLike[str]) -> Mask:
-    """Read a whole mask into memory, verifying every tensor's checksum."""
-    with open(path) as mask_file:
+def load(path: str | os.PathLike[str], *, max_bits: int | None = None) -> Mask:
+    """Read a whole mask into memory, verifying every tensor's checksum (``max_bits``: as in ``open``)."""
+    with open(path, max_bits=max_bits) as mask_file:
         return mask_file.load()
 
 

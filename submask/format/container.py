@@ -6,6 +6,7 @@ naming the file, and so that payloads are read one at a time with plain file rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,10 +14,13 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
-from ..errors import FormatError, where
-from .header import MAX_HEADER_BYTES
+from .. import strict_json
+from ..errors import FormatError, HeaderChecksumError, where
+from .header import MAX_HEADER_BYTES, check_identity
 
 METADATA_KEY = "submask"
+DIGEST_KEY = "submask_sha256"  # the header checksum (FORMAT.md §2.1)
+DIGEST_SINCE_MINOR = 1
 _LENGTH = struct.Struct("<Q")
 
 
@@ -86,24 +90,48 @@ def read_header_length(head: bytes, size: int, path: object = None) -> int:
 
 
 def parse_header(raw: bytes, path: object = None) -> tuple[Any, dict[str, Any]]:
-    """Decode the safetensors header JSON ``raw``: (the submask header, the safetensors tensor entries)."""
+    """Decode the safetensors header JSON ``raw``: (the submask header, the safetensors tensor entries).
+
+    Checks, in this order (FORMAT.md §2.2): both JSON texts, the format name and version, then the header
+    checksum; the rest of the header and the layout are left to the caller.
+    """
     at = where(path)
     try:
-        outer = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{at}header is not valid UTF-8 JSON ({exc}); the file is corrupt") from None
+        outer = strict_json.loads(raw)
+    except strict_json.InvalidJSON as exc:
+        raise FormatError(f"{at}safetensors header is not valid JSON ({exc}); the file is corrupt") from None
     if not isinstance(outer, dict):
         raise FormatError(f"{at}safetensors header must be a JSON object; the file is corrupt")
     metadata = outer.pop("__metadata__", None)
     if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
         raise FormatError(f"{at}no 'submask' entry in the safetensors metadata: this is not a .smask file")
-    if not isinstance(metadata[METADATA_KEY], str):
+    if not all(isinstance(value, str) for value in metadata.values()):
         raise FormatError(f"{at}safetensors metadata values must be strings; the file is corrupt")
+    text = metadata[METADATA_KEY]
     try:
-        header = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as exc:
+        header = strict_json.loads(text)
+    except strict_json.InvalidJSON as exc:
         raise FormatError(f"{at}submask header is not valid JSON ({exc}); the file is corrupt") from None
+    minor = check_identity(header, path)
+    _check_digest(metadata.get(DIGEST_KEY), text, minor, path)
     return header, outer
+
+
+def _check_digest(digest: str | None, text: str, minor: int, path: object) -> None:
+    """The header checksum (§2.1): required from 1.1 on, checked whenever present."""
+    if digest is None and minor < DIGEST_SINCE_MINOR:
+        return
+    if digest is None:
+        raise HeaderChecksumError(f"{where(path)}the header has no '{DIGEST_KEY}' checksum, which version 1."
+                                  f"{minor} requires; the file is damaged or was edited: download or rebuild it")
+    if digest != header_digest(text):
+        raise HeaderChecksumError(f"{where(path)}the header does not match its '{DIGEST_KEY}' checksum; the file "
+                                  "is damaged or was edited: download or rebuild it")
+
+
+def header_digest(text: str) -> str:
+    """The header checksum of a submask header's JSON text: SHA-256 of its UTF-8 bytes, 64 lowercase hex."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _parse_entry(name: str, entry: Any, path: Path) -> tuple[int, int]:
@@ -129,9 +157,24 @@ def _check_contiguous(spans: dict[str, tuple[int, int]], data_size: int, path: P
                           "the file is truncated or has trailing data")
 
 
-def write_container(out: BinaryIO, header: dict[str, Any], payloads: Sequence[tuple[str, int]], data: BinaryIO) -> None:
-    """Write a container: ``payloads`` lists (name, length) in order; their bytes are read from ``data``."""
-    outer: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(header, separators=(",", ":"))}}
+def serialize_header(header: dict[str, Any], path: object = None) -> str:
+    """The submask header as written: strict, compact JSON; FormatError for a value JSON cannot hold."""
+    try:
+        return strict_json.dumps(header)
+    except strict_json.InvalidJSON as exc:
+        raise FormatError(f"{where(path)}cannot write this mask: its metadata is not JSON ({exc}); "
+                          "use strings, finite numbers, lists and dicts") from None
+
+
+def write_container(out: BinaryIO, header: dict[str, Any], payloads: Sequence[tuple[str, int]], data: BinaryIO,
+                    minor: int) -> None:
+    """Write a container of version 1.``minor``: ``payloads`` lists (name, length) in order; their bytes are
+    read from ``data``."""
+    text = serialize_header(header)
+    metadata = {METADATA_KEY: text}
+    if minor >= DIGEST_SINCE_MINOR:
+        metadata[DIGEST_KEY] = header_digest(text)
+    outer: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name, length in payloads:
         outer[name] = {"dtype": "U8", "shape": [length], "data_offsets": [offset, offset + length]}

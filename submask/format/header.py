@@ -12,17 +12,19 @@ from .._version import __version__
 from ..errors import FormatError, VersionError, where
 
 FORMAT_NAME = "submask"
-MAJOR, MINOR = 1, 0
-MASK_KINDS = ("update", "pruning", "supermask", "other")
+MAJOR, MINOR = 1, 1  # 1.1 added the header checksum (FORMAT.md §2.1)
+MASK_KINDS = ("update", "pruning", "supermask", "other")  # a reader keeps any other string, read as "other" (§4)
 KNOWN_EXTENSIONS: frozenset[str] = frozenset()
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # same cap as safetensors readers
+MAX_HEADER_BYTES = 100_000_000  # the cap of safetensors' own reader (its MAX_HEADER_SIZE)
 MAX_TENSORS = 1_000_000
 MAX_NDIM = 64
 MAX_BITS = 1 << 53  # the largest integer JSON readers represent exactly
 
-_CRC_PATTERN = re.compile(r"^[0-9a-f]{8}$")
-_VERSION_PATTERN = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+_CRC_PATTERN = re.compile(r"[0-9a-f]{8}")
+_VERSION_PATTERN = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+RESERVED_NAMES = ("", "__metadata__")  # tensor names the safetensors container cannot hold (§2)
 SHARD_KEY = "shard"  # a record of the file, not of the mask: parsed by ShardInfo, never kept in MaskMetadata.extra
 SHARD_MINOR = 1  # the minor version that added the "shard" record (FORMAT.md section 6)
 _RESERVED_KEYS = ("format", "version", "extensions", "kind", "criterion", "provenance", "model", "creator",
@@ -74,7 +76,7 @@ class TensorEntry:
         if not isinstance(encoding, dict) or not isinstance(encoding.get("id"), str):
             raise FormatError(f"{at}'encoding' must be an object with a string 'id', got {encoding!r}")
         crc = obj.get("crc32")
-        if not isinstance(crc, str) or not _CRC_PATTERN.match(crc):
+        if not isinstance(crc, str) or not _CRC_PATTERN.fullmatch(crc):
             raise FormatError(f"{at}'crc32' must be 8 lowercase hex digits, got {crc!r}")
         config = {key: value for key, value in encoding.items() if key != "id"}
         return cls(name, tuple(shape), ones, encoding["id"], config, crc)
@@ -125,13 +127,13 @@ class MaskMetadata:
     stats: dict[str, Any] = field(default_factory=dict)
     extensions: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    minor_version: int = MINOR
+    minor_version: int = MINOR  # the file's own when read, so that a rewrite keeps it (§7)
 
     def to_json(self) -> dict[str, Any]:
         """The header object without its "tensors" member."""
         header: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "version": f"{MAJOR}.{max(self.minor_version, MINOR)}",
+            "version": f"{MAJOR}.{self.minor_version}",
             "extensions": self.extensions,
             "kind": self.kind,
             "criterion": self.criterion,
@@ -147,11 +149,7 @@ class MaskMetadata:
     @classmethod
     def from_json(cls, header: Any, path: object = None) -> "MaskMetadata":
         at = where(path)
-        if not isinstance(header, dict):
-            raise FormatError(f"{at}the submask header must be a JSON object; the file is corrupt")
-        if header.get("format") != FORMAT_NAME:
-            raise FormatError(f"{at}not a submask file ('format' is {header.get('format')!r}, expected 'submask')")
-        minor = check_version(header.get("version"), path)
+        minor = check_identity(header, path)
         extensions = header.get("extensions", [])
         if not isinstance(extensions, list) or not all(_is_extension(ext) for ext in extensions):
             raise FormatError(f"{at}'extensions' must be a list of {{'name': str, 'must_understand': bool}}")
@@ -160,14 +158,19 @@ class MaskMetadata:
             raise VersionError(f"{at}the file needs extension(s) {unknown} that this submask does not understand; "
                                "upgrade submask to read it")
         kind = header.get("kind")
-        if kind not in MASK_KINDS:
-            raise FormatError(f"{at}'kind' must be one of {list(MASK_KINDS)}, got {kind!r}")
+        if not isinstance(kind, str) or not kind:
+            raise FormatError(f"{at}'kind' must be a non-empty string such as {list(MASK_KINDS)}, got {kind!r}")
         for key in ("provenance", "creator", "user", "stats"):
             if not isinstance(header.get(key, {}), dict):
                 raise FormatError(f"{at}'{key}' must be a JSON object")
         for key in ("criterion", "model"):
             if not isinstance(header.get(key), (dict, type(None))):
                 raise FormatError(f"{at}'{key}' must be a JSON object or null")
+        fingerprint = (header.get("model") or {}).get("fingerprint")
+        if fingerprint is not None and not (isinstance(fingerprint, str)
+                                            and _FINGERPRINT_PATTERN.fullmatch(fingerprint)):
+            raise FormatError(f"{at}'model.fingerprint' must be 'sha256:' and 64 lowercase hex digits, "
+                              f"got {fingerprint!r}")
         return cls(
             kind=kind,
             criterion=header.get("criterion"),
@@ -182,9 +185,19 @@ class MaskMetadata:
         )
 
 
+def check_identity(header: Any, path: object = None) -> int:
+    """Check that ``header`` is a submask header this reader can read (format, version); return its minor."""
+    if not isinstance(header, dict):
+        raise FormatError(f"{where(path)}the submask header must be a JSON object; the file is corrupt")
+    if header.get("format") != FORMAT_NAME:
+        raise FormatError(f"{where(path)}not a submask file ('format' is {header.get('format')!r}, "
+                          "expected 'submask')")
+    return check_version(header.get("version"), path)
+
+
 def check_version(version: Any, path: object = None) -> int:
     """Return the minor version of a "MAJOR.MINOR" string this reader can read, else raise."""
-    match = _VERSION_PATTERN.match(version) if isinstance(version, str) else None
+    match = _VERSION_PATTERN.fullmatch(version) if isinstance(version, str) else None
     if not match:
         raise FormatError(f"{where(path)}'version' must be a string 'MAJOR.MINOR', got {version!r}")
     major, minor = int(match.group(1)), int(match.group(2))
@@ -200,11 +213,15 @@ def parse_tensor_entries(tensors: Any, path: object = None) -> dict[str, TensorE
         raise FormatError(f"{where(path)}'tensors' must be a JSON object mapping names to entries")
     if len(tensors) > MAX_TENSORS:
         raise FormatError(f"{where(path)}{len(tensors)} tensors exceed the reader limit of {MAX_TENSORS}")
+    reserved = [name for name in RESERVED_NAMES if name in tensors]
+    if reserved:
+        raise FormatError(f"{where(path)}a tensor is named {reserved[0]!r}, a name safetensors reserves; "
+                          "the file is corrupt")
     return {name: TensorEntry.from_json(name, entry, path) for name, entry in tensors.items()}
 
 
 def model_fingerprint(shapes: Mapping[str, Iterable[int]]) -> str:
-    """Fingerprint of a model's parameter names and shapes: "sha256:" + hex digest (FORMAT.md §4.3)."""
+    """Fingerprint of a model's parameter names and shapes: "sha256:" + hex digest (FORMAT.md §4.1)."""
     lines = "".join(f"{name}\t{','.join(str(int(d)) for d in shape)}\n" for name, shape in sorted(shapes.items()))
     return "sha256:" + hashlib.sha256(lines.encode("utf-8")).hexdigest()
 

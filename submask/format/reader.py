@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import FormatError, SubmaskError, where
+from .. import strict_json
+from ..errors import FormatError, LimitError, SubmaskError, where
 from ..mask import Mask, TensorMask
 from .container import Container
 from .header import MaskMetadata, ShardInfo, TensorEntry, check_version, is_write_id, parse_tensor_entries
-from .tensors import decode_tensor
+from .stats import stats_problems
+from .tensors import decode_tensor, verify_tensor
 
 INDEX_SUFFIX = ".index.json"
 Shard = TypeVar("Shard")
@@ -26,7 +27,7 @@ class MaskFile:
     ...     q = f["model.layers.0.self_attn.q_proj.weight"]   # decodes this tensor only
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, max_bits: int | None = None):
         self.path = Path(path)
         self._containers: list[Container] = []
         self._where: dict[str, Container] = {}
@@ -38,6 +39,7 @@ class MaskFile:
                 self._open_index()
             else:
                 self._open_single(self.path)
+            self._check_size(max_bits)
         except BaseException:
             self.close()
             raise
@@ -59,6 +61,13 @@ class MaskFile:
             self.entries: dict[str, TensorEntry] = {}
         self.entries.update(entries)
         self._where.update({name: container for name in entries})
+
+    def _check_size(self, max_bits: int | None) -> None:
+        """Refuse a mask of more than ``max_bits`` bits in all, the guard for untrusted files."""
+        total = sum(entry.bits for entry in self.entries.values())
+        if max_bits is not None and total > max_bits:
+            raise LimitError(f"{self.path}: the mask holds {total:,} bits, more than max_bits={max_bits:,}; "
+                             "raise max_bits if you trust this file")
 
     def _open_index(self) -> None:
         index = read_index(self.path)
@@ -108,11 +117,15 @@ class MaskFile:
         return Mask({name: self[name] for name in self.entries}, self.metadata)
 
     def problems(self) -> list[str]:
-        """Decode and verify every tensor; return one message per failure (empty when the file is sound)."""
-        found = []
-        for name in self.entries:
+        """Verify every tensor and the stats; return one message per failure (empty when the file is sound).
+
+        Tensors are decoded piece by piece, so memory stays bounded whatever sizes the header claims.
+        """
+        found = [f"{self.path}: {problem}" for problem in stats_problems(self.metadata.stats)]
+        for name, entry in self.entries.items():
+            container = self._container(name)
             try:
-                self[name]
+                verify_tensor(entry, container.read(name), container.path)
             except SubmaskError as exc:
                 found.append(str(exc))
         return found
@@ -135,10 +148,10 @@ def read_index(path: Path) -> dict[str, Any]:
     """Read and validate a sharded mask's index JSON."""
     at = where(path)
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = strict_json.loads(path.read_bytes())
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except strict_json.InvalidJSON as exc:
         raise FormatError(f"{at}index is not valid JSON ({exc})") from None
     if not isinstance(index, dict) or not isinstance(index.get("metadata"), dict):
         raise FormatError(f"{at}index must be an object with 'metadata' and 'weight_map'")
@@ -182,9 +195,8 @@ def check_shards(index_at: object, index: dict[str, Any], headers: Sequence[tupl
 
 
 def _is_shard_name(value: Any) -> bool:
-    # a backslash is a separator on Windows: "..\\x.smask" would leave the directory there
     return (isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
-            and "\\" not in value)
+            and "\\" not in value)  # a path on Windows (FORMAT.md §8)
 
 
 def resolve_mask_path(path: str | os.PathLike[str]) -> Path:

@@ -1,16 +1,20 @@
-"""Encoding and decoding one tensor's payload, with the checks a reader must make (FORMAT.md §5)."""
+"""Encoding and decoding one tensor's payload, with the checks a reader must make (FORMAT.md §4.3, §5)."""
 
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import numpy as np
 
-from ..codecs import encode_auto, get_codec
-from ..errors import ChecksumError, FormatError, where
-from ..packed import crc32, padding_is_clear, popcount
+from ..codecs import Codec, encode_auto, get_codec
+from ..codecs.base import Run
+from ..errors import ChecksumError, FormatError, LimitError, where
+from ..packed import crc32, crc32_of_run, packed_nbytes, padding_is_clear, popcount
 from .header import TensorEntry
+
+WHOLE_TENSOR_BYTES = 64 << 20  # larger tensors are verified in pieces by ``verify_tensor``
 
 
 def encode_tensor(name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
@@ -25,16 +29,18 @@ def encode_tensor(name: str, shape: tuple[int, ...], packed: np.ndarray, ones: i
 
 
 def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> np.ndarray:
-    """Decode and verify one payload: returns packed bits whose pad bits, popcount and CRC-32 all check out."""
+    """Decode and verify one payload: returns packed bits whose pad bits, popcount and CRC-32 all check out.
+
+    LimitError when the payload is consistent with bits too many for this machine's memory.
+    """
     at = where(path, entry.name)
+    codec = _codec(entry, at)
     try:
-        codec = get_codec(entry.encoding)
-    except FormatError as exc:
-        raise type(exc)(f"{at}{exc}") from None
-    try:
-        packed = codec.configured(entry.config).decode(payload, entry.bits, entry.config)
+        packed = codec.decode(payload, entry.bits, entry.config)
     except FormatError as exc:
         raise FormatError(f"{at}{exc}; the file is corrupt (run `submask validate` on it)") from None
+    except LimitError as exc:
+        raise LimitError(f"{at}{exc}") from None
     check_decoded(entry, packed, at)
     return packed
 
@@ -44,11 +50,46 @@ def check_decoded(entry: TensorEntry, packed: np.ndarray, at: str, *, verify_crc
 
     ``at`` is the error-message prefix naming the file and tensor (``errors.where``).
     """
-    if not padding_is_clear(packed, entry.bits):
+    _check_bits(entry, padding_is_clear(packed, entry.bits), crc32(packed) if verify_crc else entry.crc32,
+                popcount(packed), at)
+
+
+def verify_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> None:
+    """The checks of ``decode_tensor`` in bounded memory, whatever the header claims (what ``submask validate``
+    runs): a tensor of more than WHOLE_TENSOR_BYTES packed bytes is decoded piece by piece."""
+    if packed_nbytes(entry.bits) <= WHOLE_TENSOR_BYTES:
+        decode_tensor(entry, payload, path)  # the compiled decoders: 2.5x faster than the pieces on Rice
+        return
+    at = where(path, entry.name)
+    codec = _codec(entry, at)
+    crc, ones, last = 0, 0, np.zeros(0, dtype=np.uint8)
+    try:
+        for piece in codec.decode_chunks(payload, entry.bits, entry.config):
+            if isinstance(piece, Run):
+                crc = crc32_of_run(piece.byte, piece.nbytes, crc)
+                ones += piece.byte.bit_count() * piece.nbytes
+                last = np.array([piece.byte], dtype=np.uint8)
+            else:
+                crc = zlib.crc32(piece, crc)
+                ones += popcount(piece)
+                last = piece
+    except FormatError as exc:
+        raise FormatError(f"{at}{exc}; the file is corrupt") from None
+    _check_bits(entry, padding_is_clear(last, entry.bits), f"{crc:08x}", ones, at)
+
+
+def _codec(entry: TensorEntry, at: str) -> Codec:
+    try:
+        return get_codec(entry.encoding).configured(entry.config)
+    except FormatError as exc:
+        raise type(exc)(f"{at}{exc}") from None
+
+
+def _check_bits(entry: TensorEntry, pad_clear: bool, crc: str, ones: int, at: str) -> None:
+    if not pad_clear:
         raise ChecksumError(f"{at}pad bits after the last element are set; the file is corrupt")
-    if verify_crc and crc32(packed) != entry.crc32:
-        raise ChecksumError(f"{at}CRC-32 of the decoded bits is {crc32(packed)}, header says {entry.crc32}; "
+    if crc != entry.crc32:
+        raise ChecksumError(f"{at}CRC-32 of the decoded bits is {crc}, header says {entry.crc32}; "
                             "the file is corrupt: download or rebuild it")
-    ones = popcount(packed)
     if ones != entry.ones:
         raise ChecksumError(f"{at}decoded {ones} set bits, header says {entry.ones}; the file is corrupt")

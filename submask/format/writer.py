@@ -15,12 +15,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .. import strict_json
 from ..atomic import atomic_write, scratch_file
-from ..errors import MismatchError
+from ..errors import FormatError, MismatchError
 from ..mask import TensorMask
-from .container import write_container
-from .header import FORMAT_NAME, MAJOR, MINOR, SHARD_KEY, SHARD_MINOR, MaskMetadata, ShardInfo, TensorEntry
+from .container import serialize_header, write_container
+from .header import FORMAT_NAME, MAJOR, RESERVED_NAMES, SHARD_KEY, SHARD_MINOR, MaskMetadata, ShardInfo, TensorEntry
 from .shards import new_write_id, publish_sharded
+from .stats import stats_problems
 from .tensors import encode_tensor
 
 
@@ -52,6 +54,7 @@ class MaskWriter:
     def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None,
                  write_id: str | None = None):
         self.path = Path(path)
+        check_writable(metadata, self.path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
         self.write_id = write_id
@@ -81,6 +84,9 @@ class MaskWriter:
     def add_encoded(self, entry: TensorEntry, payload: bytes) -> TensorEntry:
         """Append a tensor already encoded by ``format.tensors.encode_tensor`` (e.g. on another thread)."""
         name = entry.name
+        if not isinstance(name, str) or name in RESERVED_NAMES:
+            raise FormatError(f"{self.path}: a tensor cannot be named {name!r} in a .smask file (safetensors "
+                              "reserves it); rename the tensor")
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
         shard = self._shard_for(len(payload))
@@ -116,7 +122,7 @@ class MaskWriter:
 
         def index(names: list[str]) -> dict[str, Any]:
             return {
-                "metadata": {"format": FORMAT_NAME, "version": _shard_version(self.metadata), "write_id": write_id,
+                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(self.metadata)}", "write_id": write_id,
                              "total_bits": sum(e.bits for s in shards for e in s.entries),
                              "total_ones": sum(e.ones for s in shards for e in s.entries),
                              "total_size": sum(s.nbytes for s in shards)},
@@ -127,14 +133,25 @@ class MaskWriter:
         self.index_path = self.paths[-1]
 
     def _write_shard(self, out: BinaryIO, shard: _Shard, record: ShardInfo | None = None) -> None:
-        header = self.metadata.to_json()
+        header, minor = self.metadata.to_json(), self.metadata.minor_version
         if record is not None:
-            header["version"] = _shard_version(self.metadata)
+            minor = _shard_minor(self.metadata)
+            header["version"] = f"{MAJOR}.{minor}"
             header[SHARD_KEY] = record.to_json()
         header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
-        write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data)
+        write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data,
+                        minor)
 
 
-def _shard_version(metadata: MaskMetadata) -> str:
-    """The version a shard and its index declare: at least the one that added the "shard" record."""
-    return f"{MAJOR}.{max(metadata.minor_version, MINOR, SHARD_MINOR)}"
+def check_writable(metadata: MaskMetadata, path: Path) -> None:
+    """Refuse, before any work, metadata that the reader, ``validate`` or JSON would reject: the header is
+    serialized and read back with the reader's own checks."""
+    MaskMetadata.from_json(strict_json.loads(serialize_header(metadata.to_json(), path)), path)
+    problems = stats_problems(metadata.stats)
+    if problems:
+        raise FormatError(f"{path}: cannot write this mask: {problems[0]}")
+
+
+def _shard_minor(metadata: MaskMetadata) -> int:
+    """The minor version a shard and its index declare: at least the one that added the "shard" record."""
+    return max(metadata.minor_version, SHARD_MINOR)
