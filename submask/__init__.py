@@ -2,7 +2,7 @@
 
 >>> import numpy as np, submask
 >>> mask = submask.Mask.from_numpy({"w": np.array([True, False, False, True])})
->>> mask.save("w.smask")                                            # doctest: +SKIP
+>>> submask.save(mask, "w.smask")                                   # doctest: +SKIP
 >>> submask.load("w.smask")["w"].to_numpy()                         # doctest: +SKIP
 array([ True, False, False,  True])
 """
@@ -20,7 +20,9 @@ from .errors import (
     UnknownEncodingError,
     VersionError,
 )
-from .format import MaskFile, MaskMetadata, MaskWriter, TensorEntry, load, model_fingerprint, open, save
+from .metadata import MaskMetadata, model_fingerprint
+from .format import MaskFile, MaskWriter, TensorEntry
+from .io import MaskLike, load, open, open_mask, save
 from .mask import Mask, TensorMask
 from .algebra import (
     Counts,
@@ -68,6 +70,7 @@ __all__ = [
     "LimitError",
     "Mask",
     "MaskFile",
+    "MaskLike",
     "MaskListing",
     "MaskMetadata",
     "MaskWriter",
@@ -90,6 +93,7 @@ __all__ = [
     "load",
     "model_fingerprint",
     "open",
+    "open_mask",
     "pull_mask",
     "push_mask",
     "restrict",

@@ -18,26 +18,17 @@ value at density 0) are ``nan``, never 0, so that "no overlap" and "nothing to o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
-from .errors import MismatchError
-from .format.header import MaskMetadata
-from .mask import Mask, TensorMask
-from .packed import CHUNK_BYTES, clear_padding
+from .align import aligned_names
+from .mask import Mask, TensorMask, check_same_shape, combine
+from .packed import BINARY_OPS, CHUNK_BYTES, apply_op  # noqa: F401  (re-exported: part of the algebra's face)
 
 M = TypeVar("M", TensorMask, Mask)
 
-#: byte-wise implementations of the binary operators, by the name the CLI and metadata use
-BINARY_OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "and": np.bitwise_and,
-    "or": np.bitwise_or,
-    "xor": np.bitwise_xor,
-    "diff": lambda a, b: np.bitwise_and(a, np.invert(b)),
-}
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -169,16 +160,10 @@ class PairStats:
         return {name: getattr(self, name) for name in names}
 
 
-def _check_shapes(a: TensorMask, b: TensorMask, name: str | None = None) -> None:
-    if a.shape != b.shape:
-        label = f"tensor {name!r}: " if name else ""
-        raise MismatchError(f"{label}shapes differ ({a.shape} vs {b.shape}); these masks are for different models")
-
-
 def intersection_count(a: M, b: M, *, common: bool = False) -> int:
     """|A and B| without building A and B: chunked AND + popcount on the packed bits."""
     if isinstance(a, TensorMask) and isinstance(b, TensorMask):
-        _check_shapes(a, b)
+        check_same_shape(a, b)
         return packed_intersection_count(a.packed, b.packed)
     return sum(intersection_count(a[name], b[name]) for name in aligned_names([a.shapes, b.shapes], common=common))
 
@@ -214,72 +199,6 @@ def overlap(a: M, b: M, *, common: bool = False) -> float:
 def jaccard(a: M, b: M, *, common: bool = False) -> float:
     """|A and B| / |A or B|; nan when both are empty."""
     return pair_stats(a, b, common=common).jaccard
-
-
-def aligned_names(shapes: Sequence[Mapping[str, tuple[int, ...]]], *, common: bool = False,
-                  labels: Sequence[str] | None = None) -> list[str]:
-    """Tensor names to process for masks with these name->shape maps, in the first mask's order.
-
-    Every mask must have the same tensors with the same shapes, else MismatchError; with ``common=True``
-    only the tensors present in all of them are kept (shapes must still agree).
-    """
-    labels = list(labels) if labels is not None else [f"mask {i + 1}" for i in range(len(shapes))]
-    first = shapes[0]
-    shared = [name for name in first if all(name in other for other in shapes[1:])]
-    if not common:
-        for label, other in zip(labels[1:], shapes[1:]):
-            missing = [n for n in first if n not in other]
-            extra = [n for n in other if n not in first]
-            if missing or extra:
-                raise MismatchError(
-                    f"{labels[0]} and {label} have different tensors ({len(missing)} only in {labels[0]}, "
-                    f"e.g. {missing[:3]}; {len(extra)} only in {label}, e.g. {extra[:3]}); "
-                    "pass common=True (--common) to use only the tensors both have")
-    for name in shared:
-        for label, other in zip(labels[1:], shapes[1:]):
-            if tuple(other[name]) != tuple(first[name]):
-                raise MismatchError(f"tensor {name!r} has shape {tuple(first[name])} in {labels[0]} but "
-                                    f"{tuple(other[name])} in {label}; these masks are for different models")
-    return shared
-
-
-def apply_op(op: str, packed: Sequence[np.ndarray], numel: int) -> np.ndarray:
-    """Fold ``op`` ("and", "or", "xor", "diff": first minus all others, "not": of one input) over packed arrays."""
-    if op == "not":
-        if len(packed) != 1:
-            raise MismatchError(f"'not' takes exactly one mask, got {len(packed)}")
-        out = np.invert(packed[0])
-    else:
-        if op not in BINARY_OPS:
-            raise MismatchError(f"unknown operation {op!r}; use one of {sorted([*BINARY_OPS, 'not'])}")
-        if len(packed) < 2:
-            raise MismatchError(f"{op!r} takes at least two masks, got {len(packed)}")
-        out = BINARY_OPS[op](packed[0], packed[1])
-        for more in packed[2:]:
-            out = BINARY_OPS[op](out, more)
-    return clear_padding(out, numel)
-
-
-def combine(op: str, masks: Sequence[M], *, common: bool = False) -> M:
-    """Apply ``op`` to TensorMasks or Masks; a Mask result keeps its inputs' provenance in its metadata."""
-    if all(isinstance(m, TensorMask) for m in masks):
-        for other in masks[1:]:
-            _check_shapes(masks[0], other)
-        return TensorMask(masks[0].shape, apply_op(op, [m.packed for m in masks], masks[0].numel))
-    names = aligned_names([m.shapes for m in masks], common=common)
-    tensors = {name: combine(op, [m[name] for m in masks]) for name in names}
-    inputs = [{"provenance": m.metadata.provenance} for m in masks]
-    return Mask(tensors, combined_metadata(op, [m.metadata for m in masks], inputs))
-
-
-def combined_metadata(op: str, metadata: Sequence[MaskMetadata], inputs: Iterable[dict]) -> MaskMetadata:
-    """Metadata of a combined mask: the inputs' kind if they agree (else "other"), their model if they
-    agree, and provenance ``{"combined": {"op": op, "inputs": inputs}}``."""
-    kinds = {m.kind for m in metadata}
-    models = [m.model for m in metadata]
-    return MaskMetadata(kind=kinds.pop() if len(kinds) == 1 else "other",
-                        model=models[0] if all(m == models[0] for m in models) else None,
-                        provenance={"combined": {"op": op, "inputs": list(inputs)}})
 
 
 def intersection(a: M, b: M, *, common: bool = False) -> M:

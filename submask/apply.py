@@ -26,7 +26,8 @@ from . import strict_json
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import Source, local_source
 from .errors import MismatchError, SourceError, SubmaskError
-from .fit import MaskLike, check_fit, check_same_model, check_same_tensors, mask_counts, open_mask
+from .align import check_fit, check_same_model, check_same_tensors
+from .io import MaskLike, open_mask
 from .mask import TensorMask
 from .packed import unpack
 
@@ -123,7 +124,7 @@ def apply_to_module(module: "torch.nn.Module", finetuned_sd: Mapping[str, "torch
     tensors = dict(module.named_parameters()) | dict(module.named_buffers())
     with open_mask(mask) as masks:
         check_fit(masks, _shapes(tensors), "the module")
-        counts = mask_counts(masks)
+        counts = masks.counts
         if invert:
             giving = [name for name in module.state_dict() if name not in counts]
             giving += [name for name, count in counts.items() if count < tensors[name].numel()]

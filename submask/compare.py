@@ -29,16 +29,18 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count
+from .algebra import Counts, PairStats, packed_intersection_count
+from .align import aligned_names
 from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
 from .errors import ChecksumError, FormatError, where
-from .fit import MaskLike, mask_counts, mask_shapes, open_mask
+from .io import MaskLike, open_mask
+from .metadata import combined_metadata
 from .format import MaskFile, MaskWriter
 from .format.header import TensorEntry
 from .format.tensors import check_decoded
 from .mask import Mask, TensorMask
-from .packed import packed_nbytes, popcount
+from .packed import apply_op, packed_nbytes, popcount
 
 MaskSource = MaskLike
 T = TypeVar("T")
@@ -161,7 +163,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
     with ExitStack() as stack:
         files = [stack.enter_context(open_mask(path)) for path in inputs]
         labels = [str(path) for path in inputs]
-        names = aligned_names([{n: e.shape for n, e in f.entries.items()} for f in files], common=common,
+        names = aligned_names([f.shapes for f in files], common=common,
                               labels=labels)
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
                      for label, f in zip(labels, files)]
@@ -187,8 +189,8 @@ class _Source:
     def __init__(self, label: str, mask: Mask | MaskFile):
         self.label = label
         self.mask = mask
-        self.shapes = mask_shapes(mask)
-        self._counts = mask_counts(mask)
+        self.shapes = mask.shapes
+        self._counts = mask.counts
 
     @classmethod
     def of(cls, mask: MaskSource, stack: ExitStack, index: int = 0) -> "_Source":

@@ -7,46 +7,40 @@ arrays happen one tensor at a time, on request.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from .align import aligned_names, check_model
 from .errors import MismatchError
-from .format.header import MaskMetadata
-from .packed import clear_padding, pack, packed_nbytes, popcount, set_positions, from_positions, unpack
+from .metadata import MaskMetadata, combined_metadata
+from .packed import apply_op, clear_padding, from_positions, pack, packed_nbytes, popcount, set_positions, unpack
 
 if TYPE_CHECKING:
     import torch
 
 
 class _SetOperators:
-    """``&``, ``|``, ``^``, ``-`` (difference) and ``~`` (complement), computed by ``submask.algebra``."""
+    """``&``, ``|``, ``^``, ``-`` (difference) and ``~`` (complement): ``combine`` of this mask and another."""
 
     __slots__ = ()
 
     def __and__(self, other):  # type: ignore[no-untyped-def]
-        return _algebra().intersection(self, other)
+        return combine("and", [self, other])
 
     def __or__(self, other):  # type: ignore[no-untyped-def]
-        return _algebra().union(self, other)
+        return combine("or", [self, other])
 
     def __xor__(self, other):  # type: ignore[no-untyped-def]
-        return _algebra().symmetric_difference(self, other)
+        return combine("xor", [self, other])
 
     def __sub__(self, other):  # type: ignore[no-untyped-def]
-        return _algebra().difference(self, other)
+        return combine("diff", [self, other])
 
     def __invert__(self):  # type: ignore[no-untyped-def]
-        return _algebra().complement(self)
-
-
-def _algebra():  # type: ignore[no-untyped-def]
-    from . import algebra  # algebra imports this module
-
-    return algebra
+        return combine("not", [self])
 
 
 class TensorMask(_SetOperators):
@@ -196,34 +190,36 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
     def to_torch(self, device: "str | torch.device | None" = None) -> dict[str, "torch.Tensor"]:
         return {name: mask.to_torch(device) for name, mask in self.tensors.items()}
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Tensor name -> number of set elements."""
+        return {name: mask.count for name, mask in self.tensors.items()}
+
     def check_model(self, shapes: Mapping[str, tuple[int, ...]], what: str = "the model") -> None:
         """Raise MismatchError unless every masked tensor exists in ``shapes`` with the same shape, and the
         recorded model fingerprint (if any) matches."""
-        from .fit import check_model  # fit builds on this module
-
         check_model(self, shapes, what)
-
-    def save(self, path: str | os.PathLike[str], encoding: str | Mapping[str, str] = "auto",
-             max_shard_bytes: int | None = None) -> None:
-        """Write this mask to a .smask file (atomically); see ``submask.save``."""
-        from .format import save
-
-        save(self, path, encoding=encoding, max_shard_bytes=max_shard_bytes)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], *, max_bits: int | None = None) -> "Mask":
-        """Read a whole .smask file (or sharded index) and verify every checksum; see ``submask.load``."""
-        from .format import load
-
-        return load(path, max_bits=max_bits)
-
-    @classmethod
-    def from_hub(cls, repo_id: str, path: str, revision: str | None = None, **options: Any) -> "Mask":
-        """Download a mask from a Hub repo and load it; ``metadata.extra["source"]`` records the commit.
-        Options as for ``submask.hub.pull_mask`` (``expect_model``, ``token``, ``endpoint``, ...)."""
-        from .hub import mask_from_hub
-
-        return mask_from_hub(repo_id, path, revision, **options)
 
     def __repr__(self) -> str:
         return f"Mask({len(self)} tensors, count={self.count}, numel={self.numel}, kind={self.metadata.kind!r})"
+
+
+M = TypeVar("M", TensorMask, Mask)
+
+
+def check_same_shape(a: TensorMask, b: TensorMask, name: str | None = None) -> None:
+    if a.shape != b.shape:
+        label = f"tensor {name!r}: " if name else ""
+        raise MismatchError(f"{label}shapes differ ({a.shape} vs {b.shape}); these masks are for different models")
+
+
+def combine(op: str, masks: Sequence[M], *, common: bool = False) -> M:
+    """Apply ``op`` to TensorMasks or Masks; a Mask result keeps its inputs' provenance in its metadata."""
+    if all(isinstance(m, TensorMask) for m in masks):
+        for other in masks[1:]:
+            check_same_shape(masks[0], other)
+        return TensorMask(masks[0].shape, apply_op(op, [m.packed for m in masks], masks[0].numel))
+    names = aligned_names([m.shapes for m in masks], common=common)
+    tensors = {name: combine(op, [m[name] for m in masks]) for name in names}
+    inputs = [{"provenance": m.metadata.provenance} for m in masks]
+    return Mask(tensors, combined_metadata(op, [m.metadata for m in masks], inputs))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from .errors import MismatchError
 
 CHUNK_BYTES = 1 << 20  # unpack at most 8 Mi bits at a time to keep temporaries small
 SET_BITS = np.array([[i for i in range(8) if value >> (7 - i) & 1] + [0] * (8 - value.bit_count())
@@ -126,3 +129,29 @@ def _apply(affine: tuple[int, tuple[int, ...]], state: int) -> int:
         if state >> bit & 1:
             image ^= columns[bit]
     return image
+
+
+#: byte-wise implementations of the binary operators, by the name the CLI and metadata use
+BINARY_OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "and": np.bitwise_and,
+    "or": np.bitwise_or,
+    "xor": np.bitwise_xor,
+    "diff": lambda a, b: np.bitwise_and(a, np.invert(b)),
+}
+
+
+def apply_op(op: str, packed: Sequence[np.ndarray], numel: int) -> np.ndarray:
+    """Fold ``op`` ("and", "or", "xor", "diff": first minus all others, "not": of one input) over packed arrays."""
+    if op == "not":
+        if len(packed) != 1:
+            raise MismatchError(f"'not' takes exactly one mask, got {len(packed)}")
+        out = np.invert(packed[0])
+    else:
+        if op not in BINARY_OPS:
+            raise MismatchError(f"unknown operation {op!r}; use one of {sorted([*BINARY_OPS, 'not'])}")
+        if len(packed) < 2:
+            raise MismatchError(f"{op!r} takes at least two masks, got {len(packed)}")
+        out = BINARY_OPS[op](packed[0], packed[1])
+        for more in packed[2:]:
+            out = BINARY_OPS[op](out, more)
+    return clear_padding(out, numel)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import MismatchError, SubmaskError
-from .fit import MaskLike, check_fit, describe, open_mask
+from .align import check_fit, describe
+from .io import MaskLike, open_mask
 
 if TYPE_CHECKING:
     import torch

@@ -144,7 +144,7 @@ def test_sharded_input_keeps_its_sharding(minilm_bf16, tmp_path) -> None:
 def test_mask_from_a_smask_file_or_open_mask_file(minilm_bf16, tmp_path) -> None:
     base, finetuned = load(minilm_bf16.base_file), load(minilm_bf16.finetuned_file)
     mask = half_of(changed_mask(base, finetuned))
-    mask.save(tmp_path / "half.smask")
+    submask.save(mask, tmp_path / "half.smask")
     submask.apply_mask(minilm_bf16.base, minilm_bf16.finetuned, tmp_path / "half.smask", tmp_path / "a")
     with submask.open(tmp_path / "half.smask") as mask_file:
         submask.apply_mask(minilm_bf16.base, minilm_bf16.finetuned, mask_file, tmp_path / "b")
@@ -229,7 +229,7 @@ def test_apply_to_module_in_place(minilm_bf16, invert: bool) -> None:
 def test_cli_apply_writes_a_model_dir(minilm_bf16, tmp_path) -> None:
     base, finetuned = load(minilm_bf16.base_file), load(minilm_bf16.finetuned_file)
     mask = half_of(changed_mask(base, finetuned))
-    mask.save(tmp_path / "m.smask")
+    submask.save(mask, tmp_path / "m.smask")
     args = [str(minilm_bf16.base), str(minilm_bf16.finetuned), str(tmp_path / "m.smask"), "-o", str(tmp_path / "o")]
     result = CliRunner().invoke(main, ["apply", *args])
     assert result.exit_code == 0, result.output

@@ -18,8 +18,7 @@ from submask import ChecksumError, FormatError, Mask, SubmaskError, UnknownEncod
 
 def write_sample(path: Path, encoding: str = "auto") -> Path:
     rng = np.random.default_rng(0)
-    Mask.from_numpy({"a": rng.random((5, 7)) < 0.3, "b": rng.random(40) < 0.02, "s": np.array(True)}).save(
-        path, encoding=encoding)
+    submask.save(Mask.from_numpy({"a": rng.random((5, 7)) < 0.3, "b": rng.random(40) < 0.02, "s": np.array(True)}), path, encoding=encoding)
     return path
 
 

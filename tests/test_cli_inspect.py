@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+import submask
 from click.testing import CliRunner
 
 from submask import Mask
@@ -18,7 +20,7 @@ from test_bad_input import edit_header
 def make_mask(path: Path) -> Mask:
     rng = np.random.default_rng(5)
     mask = Mask.from_numpy({"layer.0.w": rng.random((30, 40)) < 0.1, "layer.0.b": np.zeros(40, bool)})
-    mask.save(path)
+    submask.save(mask, path)
     return mask
 
 

@@ -28,7 +28,7 @@ def sample_mask(density: float = 0.05, seed: int = 0) -> Mask:
 @pytest.mark.parametrize("encoding", ["auto", "raw", "zstd", "rice"])
 def test_save_then_load_round_trips_every_shape(tmp_path: Path, encoding: str) -> None:
     mask = sample_mask()
-    mask.save(tmp_path / "m.smask", encoding=encoding)
+    submask.save(mask, tmp_path / "m.smask", encoding=encoding)
     loaded = submask.load(tmp_path / "m.smask")
     assert list(loaded) == list(mask)
     for name, tensor in mask.items():
@@ -45,7 +45,7 @@ def test_save_then_load_round_trips_every_shape(tmp_path: Path, encoding: str) -
 def test_property_any_bool_arrays_round_trip(tmp_path_factory: pytest.TempPathFactory,
                                              arrays: dict[str, np.ndarray]) -> None:
     path = tmp_path_factory.mktemp("prop") / "p.smask"
-    Mask.from_numpy(arrays).save(path)
+    submask.save(Mask.from_numpy(arrays), path)
     loaded = submask.load(path)
     assert set(loaded) == set(arrays)
     for name, array in arrays.items():
@@ -54,7 +54,7 @@ def test_property_any_bool_arrays_round_trip(tmp_path_factory: pytest.TempPathFa
 
 def test_open_decodes_only_the_tensor_asked_for(tmp_path: Path) -> None:
     path = tmp_path / "m.smask"
-    sample_mask().save(path, encoding="raw")
+    submask.save(sample_mask(), path, encoding="raw")
     with submask.open(path) as mask_file:
         assert mask_file.entries["big"].shape == (64, 513)
         assert mask_file.entries["big"].ones == sample_mask()["big"].count
@@ -72,7 +72,7 @@ def test_file_is_a_plain_safetensors_file(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
     from safetensors import safe_open
 
-    sample_mask().save(tmp_path / "m.smask")
+    submask.save(sample_mask(), tmp_path / "m.smask")
     tensors = load_file(tmp_path / "m.smask")
     assert set(tensors) == set(SHAPES)
     assert all(t.dtype == np.uint8 and t.ndim == 1 for t in tensors.values())
@@ -116,7 +116,7 @@ def test_unknown_top_level_fields_and_minor_versions_are_kept_on_rewrite(tmp_pat
         writer.add("w", TensorMask.from_numpy(np.ones(10, bool)))
     first = submask.load(tmp_path / "a.smask")
     assert first.metadata.extra == {"future_field": {"x": 1}}
-    first.save(tmp_path / "b.smask")
+    submask.save(first, tmp_path / "b.smask")
     second = submask.open(tmp_path / "b.smask")
     assert second.metadata.extra == {"future_field": {"x": 1}}
     assert second.metadata.minor_version == 7
@@ -124,7 +124,7 @@ def test_unknown_top_level_fields_and_minor_versions_are_kept_on_rewrite(tmp_pat
 
 def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> None:
     target = tmp_path / "m.smask"
-    sample_mask().save(target)
+    submask.save(sample_mask(), target)
     before = target.read_bytes()
     with pytest.raises(RuntimeError):
         with MaskWriter(target, MaskMetadata()) as writer:
@@ -175,13 +175,13 @@ def test_the_writer_refuses_metadata_a_reader_would_reject(tmp_path: Path, metad
 @pytest.mark.parametrize("name", ["", "__metadata__"])
 def test_the_writer_refuses_tensor_names_safetensors_reserves(tmp_path: Path, name: str) -> None:
     with pytest.raises(FormatError, match="reserves"):
-        Mask.from_numpy({name: np.ones(3, bool)}).save(tmp_path / "m.smask")
+        submask.save(Mask.from_numpy({name: np.ones(3, bool)}), tmp_path / "m.smask")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_kind_from_a_newer_minor_version_is_read_and_kept(tmp_path: Path) -> None:
-    Mask.from_numpy({"w": np.ones(3, bool)}, kind="x-adapter", minor_version=4).save(tmp_path / "m.smask")
+    submask.save(Mask.from_numpy({"w": np.ones(3, bool)}, kind="x-adapter", minor_version=4), tmp_path / "m.smask")
     mask = submask.load(tmp_path / "m.smask")
     assert mask.metadata.kind == "x-adapter" and mask.metadata.minor_version == 4
-    mask.save(tmp_path / "again.smask")
+    submask.save(mask, tmp_path / "again.smask")
     assert (tmp_path / "again.smask").read_bytes() == (tmp_path / "m.smask").read_bytes()

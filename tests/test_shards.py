@@ -29,7 +29,7 @@ def make_mask(seed: int, tensors: int = 6) -> Mask:
 
 def save_sharded(mask: Mask, path: Path) -> dict:
     """Save ``mask`` in one shard per tensor; returns its index."""
-    mask.save(path, encoding="raw", max_shard_bytes=800)
+    submask.save(mask, path, encoding="raw", max_shard_bytes=800)
     return json.loads(path.with_name(path.name + ".index.json").read_text())
 
 
@@ -82,7 +82,7 @@ def test_rewriting_a_sharded_mask_uses_fresh_names_and_removes_the_old_shards(tm
 
 def test_a_sharded_write_replaces_a_single_file_at_its_path(tmp_path: Path) -> None:
     target = tmp_path / "rl.smask"
-    make_mask(1).save(target)
+    submask.save(make_mask(1), target)
     sharded = make_mask(2)
     save_sharded(sharded, target)
     assert not target.exists() and submask.load(target).tensors == sharded.tensors
@@ -168,11 +168,12 @@ _WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
     import numpy as np
+    import submask
     from submask import Mask
 
     rng = np.random.default_rng(int(sys.argv[2]))
     mask = Mask.from_numpy({f"t{i}": rng.random(4096) < 0.5 for i in range(int(sys.argv[3]))})
-    mask.save(Path(sys.argv[1]), encoding="raw", max_shard_bytes=512)
+    submask.save(mask, Path(sys.argv[1]), encoding="raw", max_shard_bytes=512)
 """)
 
 
@@ -209,12 +210,12 @@ _DISK_FULL = textwrap.dedent("""
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], check=True)
     rng = np.random.default_rng(0)
     old = Mask.from_numpy({f"t{i}": rng.random(40_000) < 0.5 for i in range(12)})  # 12 shards, 60 KB
-    old.save(root / "rl.smask", encoding="raw", max_shard_bytes=6_000)
+    submask.save(old, root / "rl.smask", encoding="raw", max_shard_bytes=6_000)
     before = {p.name: p.read_bytes() for p in root.iterdir()}
     # 12 shards, 600 KB: the payloads fit while they are spilled, the shards written from them do not
     new = Mask.from_numpy({f"t{i}": rng.random(400_000) < 0.5 for i in range(12)})
     try:
-        new.save(root / "rl.smask", encoding="raw", max_shard_bytes=60_000)
+        submask.save(new, root / "rl.smask", encoding="raw", max_shard_bytes=60_000)
     except OSError as exc:
         assert exc.errno == 28, exc
     else:

@@ -186,7 +186,7 @@ def test_parameters_frozen_by_the_caller_stay_frozen(mode: str) -> None:
 
 
 def test_mask_from_a_smask_path(tmp_path) -> None:
-    small_mask().save(tmp_path / "m.smask")
+    submask.save(small_mask(), tmp_path / "m.smask")
     model = small_model()
     start = copy.deepcopy(model.state_dict())
     restriction = submask.restrict(model, tmp_path / "m.smask", mode="sparse")

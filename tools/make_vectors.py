@@ -24,7 +24,8 @@ import zstandard
 
 import submask
 from submask import MaskMetadata, MaskWriter, TensorMask
-from submask.format.header import MAX_HEADER_BYTES, MINOR
+from submask.format.header import MAX_HEADER_BYTES
+from submask.metadata import MINOR
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 CREATOR = {"library": "submask", "version": "0.1.0"}  # fixed, so the vectors do not change with releases

@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import MismatchError
-from ..format import MaskMetadata, MaskWriter, model_fingerprint
+from ..format import MaskWriter
+from ..metadata import MaskMetadata, model_fingerprint
 from ..format.tensors import encode_tensor
 from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes

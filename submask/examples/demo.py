@@ -30,8 +30,8 @@ from ..atomic import atomic_write
 from ..build import build_mask
 from ..compare import compare, density_breakdown
 from . import minilm
-from ..format import load
-from ..format import open as open_mask
+from ..io import load
+from ..io import open as open_mask
 from ..mask import Mask
 
 SMALL_LR = 1e-5

@@ -16,7 +16,8 @@ from typing import Any, BinaryIO, Sequence
 
 from .. import strict_json
 from ..errors import FormatError, HeaderChecksumError, where
-from .header import MAX_HEADER_BYTES, check_identity
+from ..metadata import check_identity
+from .header import MAX_HEADER_BYTES
 
 METADATA_KEY = "submask"
 DIGEST_KEY = "submask_sha256"  # the header checksum (FORMAT.md §2.1)

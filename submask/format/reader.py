@@ -11,7 +11,8 @@ from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
 from ..mask import Mask, TensorMask
 from .container import Container
-from .header import MaskMetadata, ShardInfo, TensorEntry, check_version, is_write_id, parse_tensor_entries
+from ..metadata import MaskMetadata, check_version
+from .header import ShardInfo, TensorEntry, is_write_id, parse_tensor_entries
 from .stats import stats_problems
 from .tensors import decode_tensor, verify_tensor
 
@@ -82,6 +83,16 @@ class MaskFile:
             self._open_single(shard_path, names)
         self.shards = check_shards(self.path, index, [(c.path, c.header) for c in self._containers])
         self.write_id = index["metadata"].get("write_id")
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape, from the header (no decoding)."""
+        return {name: entry.shape for name, entry in self.entries.items()}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Tensor name -> number of set bits, from the header (no decoding)."""
+        return {name: entry.ones for name, entry in self.entries.items()}
 
     @property
     def names(self) -> list[str]:
@@ -199,14 +210,9 @@ def _is_shard_name(value: Any) -> bool:
             and "\\" not in value)  # a path on Windows (FORMAT.md §8)
 
 
-def resolve_mask_path(path: str | os.PathLike[str]) -> Path:
-    """The file to open for a mask path: itself, its sharded index (``PATH.index.json``), or an hf:// URL."""
-    text = os.fspath(path)
-    if text.startswith("hf://"):
-        from ..hub import resolve_mask_path as resolve_hub_path
-
-        return Path(resolve_hub_path(text))
-    candidate = Path(text)
+def local_mask_path(path: str | os.PathLike[str]) -> Path:
+    """The file to open for a local mask path: itself, or its sharded index (``PATH.index.json``)."""
+    candidate = Path(path)
     if not candidate.exists():
         index = candidate.with_name(candidate.name + INDEX_SUFFIX)
         if index.exists():

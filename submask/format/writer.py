@@ -20,7 +20,8 @@ from ..atomic import atomic_write, scratch_file
 from ..errors import FormatError, MismatchError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
-from .header import FORMAT_NAME, MAJOR, RESERVED_NAMES, SHARD_KEY, SHARD_MINOR, MaskMetadata, ShardInfo, TensorEntry
+from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata
+from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry
 from .shards import new_write_id, publish_sharded
 from .stats import stats_problems
 from .tensors import encode_tensor

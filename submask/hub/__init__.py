@@ -1,7 +1,7 @@
 """Masks on the Hugging Face Hub: push, pull (pinned to a commit), list from headers, ``hf://`` paths.
 
 >>> push_mask("rl.smask", "org/model", "masks/rl.smask")                 # doctest: +SKIP
->>> mask = Mask.from_hub("org/model", "masks/rl.smask", revision="v1.0")  # doctest: +SKIP
+>>> mask = submask.load("hf://org/model@v1.0/masks/rl.smask")           # doctest: +SKIP
 >>> mask.metadata.extra["source"]["commit"]                              # doctest: +SKIP
 >>> submask.open("hf://org/model@v1.0/masks/rl.smask")                   # doctest: +SKIP
 
@@ -13,7 +13,7 @@ argument, else ``HF_ENDPOINT`` read at call time, else huggingface_hub's default
 from .card import render_section, replace_section
 from .listing import MaskListing, MaskListings, list_masks
 from .paths import HubPath, parse_hub_url
-from .pull import PulledMask, mask_from_hub, pull_mask, resolve_mask_path
+from .pull import PulledMask, pull_mask, pull_url
 from .push import PushedMask, push_mask
 
 __all__ = [
@@ -23,11 +23,10 @@ __all__ = [
     "PulledMask",
     "PushedMask",
     "list_masks",
-    "mask_from_hub",
     "parse_hub_url",
     "pull_mask",
+    "pull_url",
     "push_mask",
     "render_section",
     "replace_section",
-    "resolve_mask_path",
 ]

@@ -25,7 +25,7 @@ def render_section(repo_id: str, masks: Sequence[MaskListing]) -> str:
         "## Masks",
         "",
         "Parameter-update masks stored in this repo (written by submask; do not edit between these markers).",
-        f"Load one with `submask pull {repo_id} {example}` or `submask.Mask.from_hub(\"{repo_id}\", \"{example}\")`.",
+        f"Load one with `submask pull {repo_id} {example}` or `submask.load(\"hf://{repo_id}/{example}\")`.",
         "",
         "| path | kind | base model | density | set / total | tensors |",
         "|---|---|---|---:|---:|---:|",

@@ -11,7 +11,8 @@ from typing import Any
 
 from ..errors import FormatError
 from ..format.container import parse_header, read_header_length
-from ..format.header import MaskMetadata, TensorEntry, parse_tensor_entries
+from ..format.header import TensorEntry, parse_tensor_entries
+from ..metadata import MaskMetadata
 from ..format.reader import INDEX_SUFFIX, check_shards, read_index
 from .paths import HubPath
 from .remote import Remote

@@ -12,11 +12,9 @@ from typing import Any, BinaryIO
 
 from ..atomic import atomic_write
 from ..errors import FormatError, HubError
-from ..fit import check_model, open_mask
-from ..format import load
+from ..align import check_model
 from ..format.reader import INDEX_SUFFIX, MaskFile, read_index
 from ..format.shards import publish_sharded, renamed_index
-from ..mask import Mask
 from .listing import mask_files
 from .paths import HubPath, parse_hub_url
 from .remote import DEFAULT_BRANCH, Remote
@@ -71,26 +69,15 @@ def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_pat
     if local_path is not None:
         pulled = replace(pulled, local_path=_copy_out(cached, Path(local_path)))
     if expect_model is not None:
-        with open_mask(pulled.local_path) as mask_file:  # headers only
+        with MaskFile(pulled.local_path) as mask_file:  # headers only
             check_model(mask_file, expect_model, what=f"the model given for {pulled.url}")
     return pulled
 
 
-def mask_from_hub(repo_id: str, path: str, revision: str | None = None, *, expect_model: Shapes | None = None,
-                  **options: Any) -> Mask:
-    """Pull and load a mask; ``mask.metadata.extra["source"]`` records the repo, path and commit."""
-    pulled = pull_mask(repo_id, path, revision=revision, **options)
-    mask = load(pulled.local_path)
-    mask.metadata.extra["source"] = pulled.source
-    if expect_model is not None:
-        mask.check_model(expect_model, what=f"the model given for {pulled.url}")
-    return mask
-
-
-def resolve_mask_path(url: str) -> Path:
-    """The local file for an ``hf://`` mask URL, downloaded (or found in the cache) at the revision it names."""
+def pull_url(url: str, **options: Any) -> PulledMask:
+    """``pull_mask`` of an ``hf://`` mask URL (options: ``token``, ``endpoint``, ``local_path``, ...)."""
     target = parse_hub_url(url)
-    return pull_mask(target.repo_id, target.path, revision=target.revision, repo_type=target.repo_type).local_path
+    return pull_mask(target.repo_id, target.path, revision=target.revision, repo_type=target.repo_type, **options)
 
 
 def _verify(local: Path, url: str) -> None:

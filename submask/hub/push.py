@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, HubError, where
-from ..format.reader import INDEX_SUFFIX, MaskFile, read_index, resolve_mask_path
+from ..format.reader import INDEX_SUFFIX, MaskFile, local_mask_path, read_index
 from ..format.shards import index_bytes, renamed_index, shard_names
 from .card import CARD_PATH, render_section, replace_section
 from .listing import MaskListing, listings, mask_files
@@ -52,7 +52,7 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
     """
     if is_hub_url(os.fspath(local_path)):
         raise HubError(f"{local_path}: push takes a local mask file, not an hf:// URL")
-    local = resolve_mask_path(local_path)
+    local = local_mask_path(local_path)
     path = (path_in_repo or f"masks/{local.name.removesuffix(INDEX_SUFFIX)}").strip("/").removesuffix(INDEX_SUFFIX)
     remote = Remote(repo_id, repo_type, endpoint, token)
     if create_repo:

@@ -20,7 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..errors import SubmaskError
-from ..fit import MaskLike
+from ..io import MaskLike
 from ..train import Missing, Mode, restrict, restriction_of
 
 

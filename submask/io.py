@@ -1,0 +1,95 @@
+"""The one front door for masks: every kind of mask input becomes something to read here.
+
+``open_mask`` (and ``open`` / ``load`` on top of it) accept, as zarr's ``make_store`` accepts store-likes:
+
+- a ``Mask`` (in memory; used as it is);
+- an open ``MaskFile`` (used as it is; the caller closes it);
+- the path of a ``.smask`` file, of a sharded mask's index ``NAME.smask.index.json``, or the path a sharded
+  mask was saved under (``NAME.smask``, when only ``NAME.smask.index.json`` exists);
+- an ``hf://[datasets/|spaces/]ORG/NAME[@REVISION]/path.smask`` URL: downloaded through huggingface_hub's
+  cache at the commit the revision names now, and verified (Hub options such as ``endpoint`` and ``token``
+  pass through to ``submask.hub.pull_mask``).
+
+>>> with submask.open("rl.smask") as f:                          # doctest: +SKIP
+...     f.entries["model.layers.0.mlp.up_proj.weight"].ones
+>>> mask = submask.load("hf://org/model@v1.0/masks/rl.smask")     # doctest: +SKIP
+>>> mask.metadata.extra["source"]["commit"]                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, Union
+
+from .errors import SubmaskError
+from .format import MaskFile, MaskWriter, local_mask_path
+from .hub.paths import is_hub_url
+from .mask import Mask
+
+MaskLike = Union[Mask, MaskFile, str, os.PathLike]
+"""A mask in memory, an open .smask file, or the path or hf:// URL of one (read lazily, tensor by tensor)."""
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+@contextlib.contextmanager
+def open_mask(mask: MaskLike, *, max_bits: int | None = None, **hub_options: Any) -> Iterator[Mask | MaskFile]:
+    """Yield ``mask`` as a name -> TensorMask mapping with ``shapes``, ``counts`` and ``metadata``; a path or
+    URL is opened lazily and closed when the block ends."""
+    if isinstance(mask, (Mask, MaskFile)):
+        yield mask
+        return
+    with open(mask, max_bits=max_bits, **hub_options) as mask_file:
+        yield mask_file
+
+
+def open(path: str | os.PathLike[str], *, max_bits: int | None = None,  # noqa: A001 - as safetensors.safe_open
+         **hub_options: Any) -> MaskFile:
+    """Open a mask file lazily: metadata and entries now, each tensor decoded when indexed.
+
+    ``max_bits`` guards untrusted files: a mask of more bits in all raises LimitError before any decoding.
+    """
+    return MaskFile(_local(path, hub_options)[0], max_bits=max_bits)
+
+
+def load(path: str | os.PathLike[str], *, max_bits: int | None = None, expect_model: Shapes | None = None,
+         **hub_options: Any) -> Mask:
+    """Read a whole mask into memory, verifying every tensor's checksum.
+
+    From an hf:// URL, ``mask.metadata.extra["source"]`` records the repo, path and commit it came from.
+    ``expect_model`` (parameter name -> shape) checks that the mask fits that model (MismatchError otherwise).
+    """
+    local, source = _local(path, hub_options)
+    with MaskFile(local, max_bits=max_bits) as mask_file:
+        mask = mask_file.load()
+    if source is not None:
+        mask.metadata.extra["source"] = source
+    if expect_model is not None:
+        mask.check_model(expect_model, what=f"the model given for {os.fspath(path)}")
+    return mask
+
+
+def save(mask: Mask, path: str | os.PathLike[str], *, encoding: str | Mapping[str, str] = "auto",
+         max_shard_bytes: int | None = None) -> None:
+    """Write ``mask`` atomically; ``encoding`` is "auto", an encoding id, or a per-tensor mapping of ids."""
+    with MaskWriter(path, mask.metadata, max_shard_bytes=max_shard_bytes) as writer:
+        for name, tensor in mask.items():
+            chosen = encoding if isinstance(encoding, str) else encoding.get(name, "auto")
+            writer.add(name, tensor, chosen)
+
+
+def _local(path: str | os.PathLike[str], hub_options: dict[str, Any]) -> tuple[os.PathLike[str], dict | None]:
+    """The local file to open for ``path`` and, for an hf:// URL, where it came from."""
+    text = os.fspath(path)
+    if is_hub_url(text):
+        from .hub.pull import pull_url
+
+        pulled = pull_url(text, **hub_options)
+        return pulled.local_path, pulled.source
+    if hub_options:
+        raise SubmaskError(f"{text}: {sorted(hub_options)} apply to hf:// URLs only; this is a local path")
+    return local_mask_path(text), None
+
+
+__all__ = ["MaskLike", "load", "open", "open_mask", "save"]

@@ -1,0 +1,146 @@
+"""A mask's file-level metadata (FORMAT.md §4): ``MaskMetadata``, its JSON form, and the version rules.
+
+In-memory masks, the file format and the Hub all build on this module, which imports none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._version import __version__
+from .errors import FormatError, VersionError, where
+
+FORMAT_NAME = "submask"
+MAJOR, MINOR = 1, 1  # 1.1 added the header checksum (FORMAT.md §2.1)
+MASK_KINDS = ("update", "pruning", "supermask", "other")  # a reader keeps any other string, read as "other" (§4)
+KNOWN_EXTENSIONS: frozenset[str] = frozenset()
+SHARD_KEY = "shard"  # a record of the file, not of the mask: parsed by format.header.ShardInfo, never kept in extra
+
+_VERSION_PATTERN = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+_RESERVED_KEYS = ("format", "version", "extensions", "kind", "criterion", "provenance", "model", "creator",
+                  "user", "stats", "tensors", SHARD_KEY)
+
+
+@dataclass
+class MaskMetadata:
+    """File-level metadata of a mask (FORMAT.md §4). Unknown top-level fields are kept in ``extra``."""
+
+    kind: str = "update"
+    criterion: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    creator: dict[str, Any] = field(default_factory=lambda: {"library": "submask", "version": __version__})
+    user: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    extensions: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    minor_version: int = MINOR  # the file's own when read, so that a rewrite keeps it (§7)
+
+    def to_json(self) -> dict[str, Any]:
+        """The header object without its "tensors" member."""
+        header: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "version": f"{MAJOR}.{self.minor_version}",
+            "extensions": self.extensions,
+            "kind": self.kind,
+            "criterion": self.criterion,
+            "provenance": self.provenance,
+            "model": self.model,
+            "creator": self.creator,
+            "user": self.user,
+            "stats": self.stats,
+        }
+        header.update(self.extra)
+        return header
+
+    @classmethod
+    def from_json(cls, header: Any, path: object = None) -> "MaskMetadata":
+        at = where(path)
+        minor = check_identity(header, path)
+        extensions = header.get("extensions", [])
+        if not isinstance(extensions, list) or not all(_is_extension(ext) for ext in extensions):
+            raise FormatError(f"{at}'extensions' must be a list of {{'name': str, 'must_understand': bool}}")
+        unknown = [ext["name"] for ext in extensions if ext["must_understand"] and ext["name"] not in KNOWN_EXTENSIONS]
+        if unknown:
+            raise VersionError(f"{at}the file needs extension(s) {unknown} that this submask does not understand; "
+                               "upgrade submask to read it")
+        kind = header.get("kind")
+        if not isinstance(kind, str) or not kind:
+            raise FormatError(f"{at}'kind' must be a non-empty string such as {list(MASK_KINDS)}, got {kind!r}")
+        for key in ("provenance", "creator", "user", "stats"):
+            if not isinstance(header.get(key, {}), dict):
+                raise FormatError(f"{at}'{key}' must be a JSON object")
+        for key in ("criterion", "model"):
+            if not isinstance(header.get(key), (dict, type(None))):
+                raise FormatError(f"{at}'{key}' must be a JSON object or null")
+        fingerprint = (header.get("model") or {}).get("fingerprint")
+        if fingerprint is not None and not (isinstance(fingerprint, str)
+                                            and _FINGERPRINT_PATTERN.fullmatch(fingerprint)):
+            raise FormatError(f"{at}'model.fingerprint' must be 'sha256:' and 64 lowercase hex digits, "
+                              f"got {fingerprint!r}")
+        return cls(
+            kind=kind,
+            criterion=header.get("criterion"),
+            provenance=header.get("provenance", {}),
+            model=header.get("model"),
+            creator=header.get("creator", {}),
+            user=header.get("user", {}),
+            stats=header.get("stats", {}),
+            extensions=extensions,
+            extra={key: value for key, value in header.items() if key not in _RESERVED_KEYS},
+            minor_version=minor,
+        )
+
+
+def check_identity(header: Any, path: object = None) -> int:
+    """Check that ``header`` is a submask header this reader can read (format, version); return its minor."""
+    if not isinstance(header, dict):
+        raise FormatError(f"{where(path)}the submask header must be a JSON object; the file is corrupt")
+    if header.get("format") != FORMAT_NAME:
+        raise FormatError(f"{where(path)}not a submask file ('format' is {header.get('format')!r}, "
+                          "expected 'submask')")
+    return check_version(header.get("version"), path)
+
+
+def check_version(version: Any, path: object = None) -> int:
+    """Return the minor version of a "MAJOR.MINOR" string this reader can read, else raise."""
+    match = _VERSION_PATTERN.fullmatch(version) if isinstance(version, str) else None
+    if not match:
+        raise FormatError(f"{where(path)}'version' must be a string 'MAJOR.MINOR', got {version!r}")
+    major, minor = int(match.group(1)), int(match.group(2))
+    if major != MAJOR:
+        raise VersionError(f"{where(path)}format version {version} is not readable by submask (reads {MAJOR}.x); "
+                           "upgrade submask" + (" to a newer release" if major > MAJOR else ""))
+    return minor
+
+
+def model_fingerprint(shapes: Mapping[str, Iterable[int]]) -> str:
+    """Fingerprint of a model's parameter names and shapes: "sha256:" + hex digest (FORMAT.md §4.1)."""
+    lines = "".join(f"{name}\t{','.join(str(int(d)) for d in shape)}\n" for name, shape in sorted(shapes.items()))
+    return "sha256:" + hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+
+
+def combined_metadata(op: str, metadata: Sequence[MaskMetadata], inputs: Iterable[dict]) -> MaskMetadata:
+    """Metadata of a combined mask: the inputs' kind if they agree (else "other"), their model if they
+    agree, and provenance ``{"combined": {"op": op, "inputs": inputs}}``."""
+    kinds = {m.kind for m in metadata}
+    models = [m.model for m in metadata]
+    return MaskMetadata(kind=kinds.pop() if len(kinds) == 1 else "other",
+                        model=models[0] if all(m == models[0] for m in models) else None,
+                        provenance={"combined": {"op": op, "inputs": list(inputs)}})
+
+
+def is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_extension(ext: Any) -> bool:
+    return isinstance(ext, dict) and isinstance(ext.get("name"), str) and isinstance(ext.get("must_understand"), bool)
