@@ -17,6 +17,7 @@ first use only, so ``import submask`` stays light. ``SUBMASK_NO_NUMBA=1`` forces
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,7 +52,7 @@ class Kernel:
             if numba_enabled():
                 import numba
 
-                self._compiled = numba.njit(nogil=True, cache=True)(self.function)
+                self._compiled = numba.njit(nogil=True, cache=True)(_with_intrinsics(self.function))
             else:
                 self._compiled = None
         return self._compiled
@@ -59,6 +60,24 @@ class Kernel:
     def reset(self) -> None:
         """Forget the compiled form, so the next use re-reads ``SUBMASK_NO_NUMBA`` (for tests)."""
         self._compiled = _UNSET
+
+
+def leading_zeros(word: int) -> int:
+    """Leading zero bits of a 64-bit word (0 has 64). Kernels call it; compiled, it is the CPU's instruction."""
+    return 64 - (word & 0xFFFF_FFFF_FFFF_FFFF).bit_length()
+
+
+def _with_intrinsics(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with numba's intrinsics in place of the Python stand-ins it names (``leading_zeros``),
+    in a copy of its globals, so the module keeps the plain Python versions and numba stays unimported."""
+    if function.__globals__.get("leading_zeros") is not leading_zeros:
+        return function
+    from numba.cpython.unsafe.numbers import leading_zeros as intrinsic
+
+    copy = types.FunctionType(function.__code__, {**function.__globals__, "leading_zeros": intrinsic},
+                              function.__name__, function.__defaults__, function.__closure__)
+    copy.__qualname__, copy.__doc__ = function.__qualname__, function.__doc__
+    return copy
 
 
 def reset_kernels() -> None:
