@@ -5,6 +5,11 @@ A hot loop is written once as plain Python over numpy arrays and wrapped in ``Ke
 results and everything works without numba. numba is imported, and a kernel compiled (cached on disk), on
 first use only, so ``import submask`` stays light. ``SUBMASK_NO_NUMBA=1`` forces the numpy paths.
 
+Starting numba costs about a second per process even when every kernel loads from its disk cache (importing
+numba and setting up its compiler), more than the numpy paths take on small masks. So a whole operation
+can declare its size with ``job``: a small one runs the numpy paths unless numba already runs in this
+process, which keeps a command line on small masks as fast to start as the library call.
+
 >>> @Kernel
 ... def total(values):
 ...     s = 0
@@ -16,7 +21,9 @@ first use only, so ``import submask`` stays light. ``SUBMASK_NO_NUMBA=1`` forces
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,16 +32,39 @@ from typing import Any
 _UNSET: Any = object()
 _KERNELS: list["Kernel"] = []
 
+#: elements (summed over every mask an operation reads) from which starting numba pays for itself: the
+#: numpy paths compare a few 1e9 elements a second, numba takes about a second to start (BENCHMARKS.md)
+START_UP_WORK = 1 << 30
+_small_jobs = 0  # ``job`` blocks running below START_UP_WORK, in any thread
+_lock = threading.Lock()
+
 
 def numba_enabled() -> bool:
-    """True when numba is importable and not switched off with ``SUBMASK_NO_NUMBA``."""
+    """True when numba is installed and not switched off with ``SUBMASK_NO_NUMBA`` (numba stays unimported)."""
     if os.environ.get("SUBMASK_NO_NUMBA", "").strip() not in ("", "0"):
         return False
+    return importlib.util.find_spec("numba") is not None
+
+
+def numba_started() -> bool:
+    """True when a kernel has been compiled (or loaded from numba's disk cache) in this process."""
+    return any(kernel._compiled not in (_UNSET, None) for kernel in _KERNELS)
+
+
+@contextmanager
+def job(work: int) -> Iterator[None]:
+    """Run an operation over ``work`` elements: below ``START_UP_WORK``, kernels not yet started stay so
+    inside the block and their callers take the numpy paths (identical results), since starting numba
+    would cost more than it saves."""
+    global _small_jobs
+    small = work < START_UP_WORK
+    with _lock:
+        _small_jobs += small
     try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        yield
+    finally:
+        with _lock:
+            _small_jobs -= small
 
 
 class Kernel:
@@ -49,6 +79,8 @@ class Kernel:
     @property
     def compiled(self) -> Callable[..., Any] | None:
         if self._compiled is _UNSET:
+            if _small_jobs and not numba_started():  # see ``job``; decided again on the next use
+                return None
             if numba_enabled():
                 import numba
 

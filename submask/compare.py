@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
+from .accel import job
 from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count
 from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
@@ -125,6 +125,7 @@ def compare(masks: Sequence[MaskSource], *, by: str = "overall", common: bool = 
         sources = [_Source.of(mask, stack, index) for index, mask in enumerate(masks)]
         labels = [source.label for source in sources]
         names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
+        stack.enter_context(job(len(sources) * sum(sources[0].numel(name) for name in names)))
         result = Comparison(labels, by)
         for name, intersections in _per_tensor(sources, names, progress, workers):
             numel = sources[0].numel(name)
@@ -164,6 +165,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
+        stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
         with MaskWriter(output, metadata) as writer:
             for name in _progress(names, progress, f"submask {op}"):
                 tensors = [f[name] for f in files]
@@ -336,4 +338,6 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool,
 
 
 def _progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:
+    from tqdm import tqdm  # only here: importing it costs every command line a few tens of ms
+
     return iter(tqdm(names, desc=description, unit="tensor", file=sys.stderr, disable=None if enabled else True, leave=False))

@@ -17,7 +17,7 @@ pytest.importorskip("numba")
 pytestmark = pytest.mark.skipif(not numba_enabled(), reason="SUBMASK_NO_NUMBA is set: nothing to compare against")
 
 CASES = [(numel, density, block_bits) for numel, block_bits in [(1, 8), (77, 8), (5003, 64), (70_001, 1 << 22)]
-         for density in (0.0, 0.002, 0.05, 0.3, 0.7, 1.0)]
+         for density in (0.0, 0.002, 0.05, 0.3, 0.7, 1.0)] + [(1 << 21, 4e-6, 1 << 22)]  # k > 16: a third lane
 
 
 def bits(numel: int, density: float, seed: int) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import zstandard
 
 from ..errors import FormatError
 from ..packed import packed_nbytes
@@ -37,10 +36,14 @@ class ZstdCodec(Codec):
     level = 1  # as small as levels 3 and 9 on masks above 5% density, and several times faster
 
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
+        import zstandard  # here and in decode: commands that never touch a zstd payload skip its import
+
         compressor = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
         return compressor.compress(memoryview(packed)), {}
 
     def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+        import zstandard
+
         expected = packed_nbytes(numel)
         try:
             declared = zstandard.frame_content_size(payload)
