@@ -285,6 +285,10 @@ def _rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base
     stop = start + unary_nbytes
     limit = nbits >> k
     listed = np.empty(_CHUNK + 64, dtype=np.int64)
+    low_words = np.empty((_CHUNK + 64) // 8, dtype=np.int64)  # 8 remainders' bits 0-7, one per byte
+    high_words = np.empty_like(low_words)  # their bits 8-15
+    low_bytes, high_bytes = low_words.view(np.uint8), high_words.view(np.uint8)
+    top = np.zeros(_CHUNK + 64, dtype=np.int64)  # their bits 16 and up
     found = j = done = low_sum = 0
     previous = base - 1  # the last listed flat index (POSITIONS of a value 0 block)
     for offset in range(start, stop, 8):
@@ -314,17 +318,28 @@ def _rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base
             return -1                                    # the last bounds all (larger could overflow below)
         for group in range(0, take, 8):  # the low 16 bits of 8 remainders, 8 bits side by side in two words
             lanes = lanes_high = 0
-            at = planes + (j >> 3)
+            at = planes + ((j + group) >> 3)
             for plane in range(min(k, 8)):
                 lanes |= _SPREAD[payload[at + plane * plane_nbytes]] << plane
             for plane in range(8, min(k, 16)):
                 lanes_high |= _SPREAD[payload[at + plane * plane_nbytes]] << (plane - 8)
-            for lane in range(min(8, take - group)):
-                low_sum += ((lanes >> (8 * lane)) & 0xFF) | (((lanes_high >> (8 * lane)) & 0xFF) << 8)
-                for plane in range(16, k):
-                    low_sum += ((payload[at + plane * plane_nbytes] >> (7 - lane)) & 1) << plane
-                listed[group + lane] = ((listed[group + lane] - j) << k) + j + low_sum + base
-                j += 1
+            low_words[group >> 3] = lanes
+            high_words[group >> 3] = lanes_high
+            for plane in range(16, k):
+                for lane in range(8):
+                    top[group + lane] |= ((payload[at + plane * plane_nbytes] >> (7 - lane)) & 1) << plane
+        # branch-free: listed i = (zeros before terminator i) << k + i + the remainders summed to i
+        if k <= 8:  # most blocks (density above 1/400): one table of remainders
+            for i in range(take):
+                low_sum += low_bytes[i]
+                listed[i] = ((listed[i] - j - i) << k) + j + i + low_sum + base
+        else:
+            for i in range(take):
+                low_sum += low_bytes[i] | (high_bytes[i] << 8) | top[i]
+                listed[i] = ((listed[i] - j - i) << k) + j + i + low_sum + base
+        if k > 16:
+            top[:take] = 0
+        j += take
         if listed[take - 1] >= base + nbits:  # positions ascend: the last is the largest
             return -1
         if mode == POSITIONS and value:
