@@ -73,6 +73,7 @@ class Kernel:
     def __init__(self, function: Callable[..., Any]):
         self.function = function
         self._compiled: Any = _UNSET
+        self._dispatcher: Any = None  # numba's, made once: a new one would load the disk cache again
         self.__doc__ = function.__doc__
         _KERNELS.append(self)
 
@@ -81,12 +82,11 @@ class Kernel:
         if self._compiled is _UNSET:
             if _small_jobs and not numba_started():  # see ``job``; decided again on the next use
                 return None
-            if numba_enabled():
+            if numba_enabled() and self._dispatcher is None:
                 import numba
 
-                self._compiled = numba.njit(nogil=True, cache=True)(_with_intrinsics(self.function))
-            else:
-                self._compiled = None
+                self._dispatcher = numba.njit(nogil=True, cache=True)(_with_intrinsics(self.function))
+            self._compiled = self._dispatcher if numba_enabled() else None
         return self._compiled
 
     def reset(self) -> None:
