@@ -277,9 +277,10 @@ def _rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base
     (block at flat index ``base``): POSITIONS writes the block's set positions + base to ``positions``,
     PACKED sets (value 1) or clears (value 0) them in ``bits``, COUNT counts the set ones set in ``bits``.
     Returns how many were written (POSITIONS) or counted (COUNT), or -1 for a bad block."""
-    # Three tight passes per chunk of terminators, each simpler than one fused loop: find the unary terminators
-    # 64 bits at a time (count leading zeros); turn them into positions (listed i = (zeros before terminator
-    # i) << k + i + the remainders summed to i); use the positions.
+    # Tight passes per chunk of terminators, each simpler (and together faster) than one fused loop: find the
+    # unary terminators 64 bits at a time (count leading zeros); spread 8 remainders' bit-plane bytes into one
+    # byte each; turn terminators into positions (listed i = (zeros before terminator i) << k + i + the
+    # remainders summed to i); use the positions.
     plane_nbytes = (count + 7) // 8
     planes = start + unary_nbytes
     stop = start + unary_nbytes
@@ -287,7 +288,8 @@ def _rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base
     listed = np.empty(_CHUNK + 64, dtype=np.int64)
     low_words = np.empty((_CHUNK + 64) // 8, dtype=np.int64)  # 8 remainders' bits 0-7, one per byte
     high_words = np.empty_like(low_words)  # their bits 8-15
-    low_bytes, high_bytes = low_words.view(np.uint8), high_words.view(np.uint8)
+    low_bytes, high_bytes = low_words.view(np.uint8), high_words.view(np.uint8)  # byte i: lane i (numba's
+    #   targets are little-endian)
     top = np.zeros(_CHUNK + 64, dtype=np.int64)  # their bits 16 and up
     found = j = done = low_sum = 0
     previous = base - 1  # the last listed flat index (POSITIONS of a value 0 block)
