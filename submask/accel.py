@@ -21,6 +21,7 @@ process, which keeps a command line on small masks as fast to start as the libra
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import threading
@@ -99,14 +100,35 @@ def leading_zeros(word: int) -> int:
     return 64 - (word & 0xFFFF_FFFF_FFFF_FFFF).bit_length()
 
 
-def _with_intrinsics(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` with numba's intrinsics in place of the Python stand-ins it names (``leading_zeros``),
-    in a copy of its globals, so the module keeps the plain Python versions and numba stays unimported."""
-    if function.__globals__.get("leading_zeros") is not leading_zeros:
-        return function
-    from numba.cpython.unsafe.numbers import leading_zeros as intrinsic
+def popcount(word: int) -> int:
+    """Set bits of a 64-bit word. Kernels call it; compiled, it is the CPU's instruction."""
+    return (word & 0xFFFF_FFFF_FFFF_FFFF).bit_count()
 
-    copy = types.FunctionType(function.__code__, {**function.__globals__, "leading_zeros": intrinsic},
+
+@functools.cache
+def _intrinsics() -> dict[str, Any]:
+    """numba's versions of the Python stand-ins above, by name (built once numba is imported)."""
+    from numba.cpython.unsafe.numbers import leading_zeros as count_leading_zeros
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def count_ones(typingctx: Any, word: Any) -> Any:
+        return word(word), lambda context, builder, signature, args: builder.ctpop(args[0])
+
+    return {"leading_zeros": count_leading_zeros, "popcount": count_ones}
+
+
+_STAND_INS = {"leading_zeros": leading_zeros, "popcount": popcount}
+
+
+def _with_intrinsics(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with numba's intrinsics in place of the Python stand-ins it names, in a copy of its
+    globals, so the module keeps the plain Python versions and numba stays unimported until compiling."""
+    names = [name for name, stand_in in _STAND_INS.items() if function.__globals__.get(name) is stand_in]
+    if not names:
+        return function
+    intrinsics = _intrinsics()
+    copy = types.FunctionType(function.__code__, {**function.__globals__, **{n: intrinsics[n] for n in names}},
                               function.__name__, function.__defaults__, function.__closure__)
     copy.__qualname__, copy.__doc__ = function.__qualname__, function.__doc__
     return copy

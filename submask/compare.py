@@ -29,7 +29,8 @@ from typing import TypeVar
 import numpy as np
 
 from .accel import job
-from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count
+from .algebra import (Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count,
+                      pair_intersection_counts)
 from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
 from .errors import ChecksumError, FormatError, where
@@ -257,8 +258,12 @@ def _check_count(at: str, decoded: int, expected: int) -> None:
 
 def _compare_tensor(reads: list) -> np.ndarray:
     """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
-    operands = [_decode(read, index, streamed=index == len(reads) - 1) for index, read in enumerate(reads)]
-    n = len(operands)
+    n = len(reads)
+    # two masks: the second streams its rice payload against the first's bits; more: each is decoded once and
+    # every pair is counted in one pass over their bits (a streamed one would be decoded again for each pair)
+    operands = [_decode(read, index, streamed=n == 2 and index == 1) for index, read in enumerate(reads)]
+    if n > 2 and all(operand.packed is not None for operand in operands):
+        return pair_intersection_counts([operand.packed for operand in operands])
     out = np.zeros((n, n), np.int64)
     for i in range(n):
         out[i, i] = operands[i].count

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from submask.accel import Kernel, numba_disabled, numba_enabled, numba_state
+from submask.algebra import pair_intersection_counts
 from submask.codecs import RiceCodec, decode_positions, rice_intersection_count, rice_kernels_compiled
 from submask.errors import FormatError
 from submask.packed import pack, unpack
@@ -110,3 +111,11 @@ def test_corrupt_rice_payloads_fail_alike(density: float) -> None:
 
 def codec_decode(payload: bytes, numel: int, config: dict) -> list[int]:
     return RiceCodec().decode(payload, numel, config).tolist()
+
+
+@pytest.mark.parametrize("numel", [1, 77, 70_001])
+def test_all_pair_counts_match_numpy(numel: int) -> None:
+    masks = [bits(numel, density, seed=seed) for seed, density in enumerate((0.0, 0.01, 0.5, 0.9, 1.0))]
+    expected = [[int(np.sum(a & b)) for b in masks] for a in masks]
+    compiled, numpy = run_both(lambda: pair_intersection_counts([pack(m) for m in masks]).tolist())
+    assert compiled == numpy == expected
