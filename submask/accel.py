@@ -5,6 +5,11 @@ A hot loop is written once as plain Python over numpy arrays and wrapped in ``Ke
 results and everything works without numba. numba is imported, and a kernel compiled (cached on disk), on
 first use only, so ``import submask`` stays light. ``SUBMASK_NO_NUMBA=1`` forces the numpy paths.
 
+Starting numba costs about a second per process even when every kernel loads from its disk cache (importing
+numba and setting up its compiler), more than the numpy paths take on small masks. So a whole operation
+can declare its size with ``job``: a small one runs the numpy paths unless numba already runs in this
+process, which keeps a command line on small masks as fast to start as the library call.
+
 >>> @Kernel
 ... def total(values):
 ...     s = 0
@@ -16,7 +21,11 @@ first use only, so ``import submask`` stays light. ``SUBMASK_NO_NUMBA=1`` forces
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import threading
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,16 +33,39 @@ from typing import Any
 _UNSET: Any = object()
 _KERNELS: list["Kernel"] = []
 
+#: elements (summed over every mask an operation reads) from which starting numba pays for itself: the
+#: numpy paths compare a few 1e9 elements a second, numba takes about a second to start (BENCHMARKS.md)
+START_UP_WORK = 1 << 30
+_small_jobs = 0  # ``job`` blocks running below START_UP_WORK, in any thread
+_lock = threading.Lock()
+
 
 def numba_enabled() -> bool:
-    """True when numba is importable and not switched off with ``SUBMASK_NO_NUMBA``."""
+    """True when numba is installed and not switched off with ``SUBMASK_NO_NUMBA`` (numba stays unimported)."""
     if os.environ.get("SUBMASK_NO_NUMBA", "").strip() not in ("", "0"):
         return False
+    return importlib.util.find_spec("numba") is not None
+
+
+def numba_started() -> bool:
+    """True when a kernel has been compiled (or loaded from numba's disk cache) in this process."""
+    return any(kernel._compiled not in (_UNSET, None) for kernel in _KERNELS)
+
+
+@contextmanager
+def job(work: int) -> Iterator[None]:
+    """Run an operation over ``work`` elements: below ``START_UP_WORK``, kernels not yet started stay so
+    inside the block and their callers take the numpy paths (identical results), since starting numba
+    would cost more than it saves."""
+    global _small_jobs
+    small = work < START_UP_WORK
+    with _lock:
+        _small_jobs += small
     try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        yield
+    finally:
+        with _lock:
+            _small_jobs -= small
 
 
 class Kernel:
@@ -42,23 +74,64 @@ class Kernel:
     def __init__(self, function: Callable[..., Any]):
         self.function = function
         self._compiled: Any = _UNSET
+        self._dispatcher: Any = None  # numba's, made once: a new one would load the disk cache again
         self.__doc__ = function.__doc__
         _KERNELS.append(self)
 
     @property
     def compiled(self) -> Callable[..., Any] | None:
         if self._compiled is _UNSET:
-            if numba_enabled():
+            if _small_jobs and not numba_started():  # see ``job``; decided again on the next use
+                return None
+            if numba_enabled() and self._dispatcher is None:
                 import numba
 
-                self._compiled = numba.njit(nogil=True, cache=True)(self.function)
-            else:
-                self._compiled = None
+                self._dispatcher = numba.njit(nogil=True, cache=True)(_with_intrinsics(self.function))
+            self._compiled = self._dispatcher if numba_enabled() else None
         return self._compiled
 
     def reset(self) -> None:
         """Forget the compiled form, so the next use re-reads ``SUBMASK_NO_NUMBA`` (for tests)."""
         self._compiled = _UNSET
+
+
+def leading_zeros(word: int) -> int:
+    """Leading zero bits of a 64-bit word (0 has 64). Kernels call it; compiled, it is the CPU's instruction."""
+    return 64 - (word & 0xFFFF_FFFF_FFFF_FFFF).bit_length()
+
+
+def popcount(word: int) -> int:
+    """Set bits of a 64-bit word. Kernels call it; compiled, it is the CPU's instruction."""
+    return (word & 0xFFFF_FFFF_FFFF_FFFF).bit_count()
+
+
+@functools.cache
+def _intrinsics() -> dict[str, Any]:
+    """numba's versions of the Python stand-ins above, by name (built once numba is imported)."""
+    from numba.cpython.unsafe.numbers import leading_zeros as count_leading_zeros
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def count_ones(typingctx: Any, word: Any) -> Any:
+        return word(word), lambda context, builder, signature, args: builder.ctpop(args[0])
+
+    return {"leading_zeros": count_leading_zeros, "popcount": count_ones}
+
+
+_STAND_INS = {"leading_zeros": leading_zeros, "popcount": popcount}
+
+
+def _with_intrinsics(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with numba's intrinsics in place of the Python stand-ins it names, in a copy of its
+    globals, so the module keeps the plain Python versions and numba stays unimported until compiling."""
+    names = [name for name, stand_in in _STAND_INS.items() if function.__globals__.get(name) is stand_in]
+    if not names:
+        return function
+    intrinsics = _intrinsics()
+    copy = types.FunctionType(function.__code__, {**function.__globals__, **{n: intrinsics[n] for n in names}},
+                              function.__name__, function.__defaults__, function.__closure__)
+    copy.__qualname__, copy.__doc__ = function.__qualname__, function.__doc__
+    return copy
 
 
 def reset_kernels() -> None:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
 
+from .accel import Kernel, popcount
 from .align import aligned_names
 from .mask import Mask, TensorMask, check_same_shape, combine
 from .packed import BINARY_OPS, CHUNK_BYTES, apply_op  # noqa: F401  (re-exported: part of the algebra's face)
@@ -181,6 +183,40 @@ def packed_intersection_count(a: np.ndarray, b: np.ndarray) -> int:
     if a.size > words:
         total += int(np.bitwise_count(a[words:] & b[words:]).sum(dtype=np.int64))
     return total
+
+
+def pair_intersection_counts(packed: Sequence[np.ndarray]) -> np.ndarray:
+    """N x N matrix of |Mi and Mj| for N packed arrays of one length (|Mi| on the diagonal): with the compiled
+    kernel, every pair in one pass over the N arrays; else pair by pair."""
+    n = len(packed)
+    kernel = _pair_counts.compiled
+    out = np.zeros((n, n), np.int64)
+    if kernel is not None:
+        nbytes = packed[0].size
+        words = np.zeros((n, -(-nbytes // 8) * 8), np.uint8)  # whole 64-bit words, zero-padded
+        for row, bits in zip(words, packed):
+            row[:nbytes] = bits
+        kernel(words.view(np.int64), out)
+    else:
+        for i in range(n):
+            for j in range(i, n):
+                out[i, j] = packed_intersection_count(packed[i], packed[j])
+    return np.triu(out) + np.triu(out, 1).T
+
+
+@Kernel
+def _pair_counts(words, out):  # pragma: no cover - compiled by numba
+    """out[i, j] (i <= j) = set bits of ``words[i] & words[j]``, the rows' words read in blocks that stay in
+    the L1 cache while every pair is counted."""
+    n, size = words.shape
+    for start in range(0, size, 512):
+        stop = min(start + 512, size)
+        for i in range(n):
+            for j in range(i, n):
+                total = 0
+                for w in range(start, stop):
+                    total += popcount(words[i, w] & words[j, w])
+                out[i, j] += total
 
 
 def pair_stats(a: M, b: M, *, common: bool = False) -> PairStats:

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
-from .algebra import Counts, PairStats, packed_intersection_count
+from .accel import job
+from .algebra import Counts, PairStats, packed_intersection_count, pair_intersection_counts
 from .align import aligned_names
 from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
@@ -129,6 +129,7 @@ def compare(masks: Sequence[MaskSource], *, by: str = "overall", common: bool = 
         sources = [_Source.of(mask, stack, index) for index, mask in enumerate(masks)]
         labels = [source.label for source in sources]
         names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
+        stack.enter_context(job(len(sources) * sum(sources[0].numel(name) for name in names)))
         result = Comparison(labels, by)
         for name, intersections in _per_tensor(sources, names, progress, workers, verify):
             numel = sources[0].numel(name)
@@ -168,6 +169,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
+        stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
         with MaskWriter(output, metadata) as writer:
             for name in _progress(names, progress, f"submask {op}"):
                 tensors = [f[name] for f in files]
@@ -260,8 +262,12 @@ def _check_count(at: str, decoded: int, expected: int) -> None:
 
 def _compare_tensor(reads: list, verify: bool) -> np.ndarray:
     """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
-    operands = [_decode(read, index, index == len(reads) - 1, verify) for index, read in enumerate(reads)]
-    n = len(operands)
+    n = len(reads)
+    # two masks: the second streams its rice payload against the first's bits; more: each is decoded once and
+    # every pair is counted in one pass over their bits (a streamed one would be decoded again for each pair)
+    operands = [_decode(read, index, n == 2 and index == 1, verify) for index, read in enumerate(reads)]
+    if n > 2 and all(operand.packed is not None for operand in operands):
+        return pair_intersection_counts([operand.packed for operand in operands])
     out = np.zeros((n, n), np.int64)
     for i in range(n):
         out[i, i] = operands[i].count
@@ -341,4 +347,8 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
 
 
 def _progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:
+    if not enabled:
+        return iter(names)
+    from tqdm import tqdm  # only here: importing it costs a command line about 0.1 s
+
     return iter(tqdm(names, desc=description, unit="tensor", file=sys.stderr, disable=None if enabled else True, leave=False))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from submask.accel import Kernel, numba_disabled, numba_enabled, numba_state
+from submask.algebra import pair_intersection_counts
 from submask.codecs import RiceCodec, decode_positions, rice_intersection_count, rice_kernels_compiled
 from submask.errors import FormatError
 from submask.packed import pack, unpack
@@ -17,7 +18,7 @@ pytest.importorskip("numba")
 pytestmark = pytest.mark.skipif(not numba_enabled(), reason="SUBMASK_NO_NUMBA is set: nothing to compare against")
 
 CASES = [(numel, density, block_bits) for numel, block_bits in [(1, 8), (77, 8), (5003, 64), (70_001, 1 << 22)]
-         for density in (0.0, 0.002, 0.05, 0.3, 0.7, 1.0)]
+         for density in (0.0, 0.002, 0.05, 0.3, 0.7, 1.0)] + [(1 << 21, 4e-6, 1 << 22)]  # k > 16: a third lane
 
 
 def bits(numel: int, density: float, seed: int) -> np.ndarray:
@@ -110,3 +111,11 @@ def test_corrupt_rice_payloads_fail_alike(density: float) -> None:
 
 def codec_decode(payload: bytes, numel: int, config: dict) -> list[int]:
     return RiceCodec().decode(payload, numel, config).tolist()
+
+
+@pytest.mark.parametrize("numel", [1, 77, 70_001])
+def test_all_pair_counts_match_numpy(numel: int) -> None:
+    masks = [bits(numel, density, seed=seed) for seed, density in enumerate((0.0, 0.01, 0.5, 0.9, 1.0))]
+    expected = [[int(np.sum(a & b)) for b in masks] for a in masks]
+    compiled, numpy = run_both(lambda: pair_intersection_counts([pack(m) for m in masks]).tolist())
+    assert compiled == numpy == expected

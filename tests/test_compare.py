@@ -14,7 +14,7 @@ import submask
 from submask import ChecksumError, FormatError, Mask, MaskMetadata, MaskWriter, MismatchError
 from submask.accel import numba_disabled, numba_enabled
 from submask.breakdown import group_of
-from submask.codecs import RiceCodec, decode_positions
+from submask.codecs import RiceCodec, decode_positions, rice_kernels_compiled
 from submask.compare import combine_files, compare, content_fingerprint, density_breakdown
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
@@ -63,6 +63,7 @@ def kernels(request: pytest.FixtureRequest):
     else:
         if not numba_enabled():
             pytest.skip("numba is not installed")
+        assert rice_kernels_compiled()  # started outside a job: small comparisons use them too (accel.job)
         yield request.param
 
 

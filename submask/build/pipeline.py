@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import MismatchError
 from ..format import MaskWriter
@@ -213,6 +212,8 @@ class _Run:
 
     def stream(self, infos: list[TensorInfo], sink: _Sink) -> dict[str, Any]:
         """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats."""
+        from tqdm import tqdm  # here, not at import: every command line would pay for it
+
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
         ladders: dict[str, list[int]] = {}
         pending: deque[tuple[_TensorJob, Future, bool]] = deque()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from tqdm import tqdm
 
 from ..apply import apply_mask
 from .root import main
@@ -23,6 +22,8 @@ def apply_command(base: str, finetuned: str, mask: str, out_dir: str, invert: bo
     """Write BASE + MASK * (FINETUNED - BASE) as a model dir: the finetuned model's tensor names, dtypes,
     shards and config/tokenizer files. BASE and FINETUNED are model dirs or .safetensors files; MASK is a
     .smask file (or sharded index)."""
+    from tqdm import tqdm  # here, not at import: every command line would pay for it
+
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, disable=quiet, desc="apply", delay=0.5) as bar:
         def progress(nbytes: int, total: int) -> None:
             bar.total = total

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import zstandard
 
 from ..errors import FormatError
 from ..packed import packed_nbytes
@@ -48,10 +47,13 @@ class ZstdCodec(Codec):
     level = 1  # as small as levels 3 and 9 on masks above 5% density, and several times faster
 
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
+        import zstandard  # in each function: commands that never touch a zstd payload skip its import
+
         compressor = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
         return compressor.compress(memoryview(packed)), {}
 
     def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+        import zstandard
         expected = _check_frame(payload, numel)
         out = allocate_packed(numel) if out is None else out
         try:  # straight into ``out``: no intermediate bytes object
@@ -67,6 +69,7 @@ class ZstdCodec(Codec):
         return out
 
     def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray]:
+        import zstandard
         expected = _check_frame(payload, numel)
         buffer = np.empty(min(expected, CHUNK_BYTES), dtype=np.uint8)
         size = 0
@@ -84,6 +87,8 @@ class ZstdCodec(Codec):
 
 def _check_frame(payload: bytes, numel: int) -> int:
     """The packed size of ``numel`` bits, once the payload is known to be one zstd frame declaring it (§5.2)."""
+    import zstandard
+
     expected = packed_nbytes(numel)
     try:
         declared = zstandard.frame_content_size(payload)
@@ -101,6 +106,8 @@ def _check_frame(payload: bytes, numel: int) -> int:
 def _frame_end(payload: bytes) -> int:
     """Where the zstd frame at the start of ``payload`` ends, from its block headers (RFC 8878 §3.1.1.2):
     without decompressing, so trailing bytes or a second frame are found before any work."""
+    import zstandard
+
     offset = zstandard.frame_header_size(payload)
     while offset + 3 <= len(payload):
         header = int.from_bytes(payload[offset : offset + 3], "little")

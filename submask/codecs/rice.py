@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..accel import Kernel
+from ..accel import Kernel, leading_zeros
 from ..errors import FormatError
 from ..packed import POPCOUNT8, SET_BITS, clear_padding, from_positions, packed_nbytes, popcount, set_positions
 from .base import CHUNK_BYTES, Codec, Run, allocate_packed
@@ -22,9 +22,9 @@ _BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position co
 # The kernels move bit-plane bytes to and from 8 remainders at a time, as the 8 bytes ("lanes") of one int64:
 _SPREAD = np.array([sum(((byte >> (7 - i)) & 1) << (8 * i) for i in range(8)) for byte in range(256)], np.int64)
 _LANE_BITS = 0x0101010101010101  # bit 0 of every lane; _SPREAD[byte]: its bits (MSB first) in lanes 0..7
+_CHUNK = 256  # terminators decoded per pass of ``_rice_block``
 _GATHER = sum(1 << (63 - 9 * i) for i in range(8)) - (1 << 64)  # ((lanes & _LANE_BITS) * _GATHER) >> 56 & 0xFF
 #   has lane i's bit at bit 7 - i: the inverse of _SPREAD (int64, which wraps as uint64 would)
-_UNARY_CHUNK = 1024  # unary bytes scanned per pass of ``_rice_block``
 LONG_GAP = 1 << 17  # bits without a listed position that ``decode_chunks`` passes over as one Run
 
 
@@ -315,60 +315,93 @@ def _rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base
     (block at flat index ``base``): POSITIONS writes the block's set positions + base to ``positions``,
     PACKED sets (value 1) or clears (value 0) them in ``bits``, COUNT counts the set ones set in ``bits``.
     Returns how many were written (POSITIONS) or counted (COUNT), or -1 for a bad block."""
+    # Tight passes per chunk of terminators, each simpler (and together faster) than one fused loop: find the
+    # unary terminators 64 bits at a time (count leading zeros); spread 8 remainders' bit-plane bytes into one
+    # byte each; turn terminators into positions (listed i = (zeros before terminator i) << k + i + the
+    # remainders summed to i); use the positions.
     plane_nbytes = (count + 7) // 8
     planes = start + unary_nbytes
+    stop = start + unary_nbytes
     limit = nbits >> k
-    j = 0
-    done = 0
-    terminator = -1
-    position = -1
+    listed = np.empty(_CHUNK + 64, dtype=np.int64)
+    low_words = np.empty((_CHUNK + 64) // 8, dtype=np.int64)  # 8 remainders' bits 0-7, one per byte
+    high_words = np.empty_like(low_words)  # their bits 8-15
+    low_bytes, high_bytes = low_words.view(np.uint8), high_words.view(np.uint8)  # byte i: lane i (numba's
+    #   targets are little-endian)
+    top = np.zeros(_CHUNK + 64, dtype=np.int64)  # their bits 16 and up
+    found = j = done = low_sum = 0
     previous = base - 1  # the last listed flat index (POSITIONS of a value 0 block)
-    lanes = 0
-    listed = np.empty(8 * _UNARY_CHUNK + 8, dtype=np.int64)
-    for chunk in range(0, unary_nbytes, _UNARY_CHUNK):
-        found = 0  # the chunk's terminator bits, found branch-free: write 8 candidates, keep popcount of them
-        for index in range(chunk, min(chunk + _UNARY_CHUNK, unary_nbytes)):
-            byte = payload[start + index]
-            for i in range(8):
-                listed[found + i] = 8 * index + SET_BITS[byte, i]
-            found += POPCOUNT8[byte]
+    for offset in range(start, stop, 8):
+        word = 0  # the next 64 unary bits, the first in bit 63
+        if offset + 8 <= stop:
+            for index in range(offset, offset + 8):
+                word = (word << 8) | payload[index]
+        else:
+            for index in range(offset, stop):
+                word = (word << 8) | payload[index]
+            word <<= 8 * (offset + 8 - stop)
+        used = 8 * (offset - start)  # unary bit index of the word's bit 63
+        while word != 0:
+            zeros = leading_zeros(word)
+            word = (word << zeros) << 1
+            listed[found] = used + zeros
+            used += zeros + 1
+            found += 1
+        if found < _CHUNK and offset + 8 < stop:
+            continue
         if j + found > count:
             return -1
-        too_far = False
-        for i in range(found):  # terminators -> positions, in place
-            quotient = listed[i] - terminator - 1
-            terminator = listed[i]
-            too_far |= quotient > limit  # (which could also overflow below)
-            if not j & 7:  # the low 8 bits of the next 8 remainders, side by side in one word
-                lanes = 0
-                for plane in range(min(k, 8)):
-                    lanes |= _SPREAD[payload[planes + plane * plane_nbytes + (j >> 3)]] << plane
-            low = (lanes >> (8 * (j & 7))) & 0xFF
-            for plane in range(8, k):
-                low |= ((payload[planes + plane * plane_nbytes + (j >> 3)] >> (7 - (j & 7))) & 1) << plane
-            position += 1 + (quotient << k) + low
-            listed[i] = base + position
-            j += 1
-        if too_far or position >= nbits:  # positions ascend: the last is the largest
+        take = found if offset + 8 >= stop else found & ~7  # whole groups of 8 remainders, but for the last
+        if not take:
+            continue
+        if listed[take - 1] - (j + take - 1) > limit:  # zeros before terminator i, less i, never decrease:
+            return -1                                    # the last bounds all (larger could overflow below)
+        for group in range(0, take, 8):  # the low 16 bits of 8 remainders, 8 bits side by side in two words
+            lanes = lanes_high = 0
+            at = planes + ((j + group) >> 3)
+            for plane in range(min(k, 8)):
+                lanes |= _SPREAD[payload[at + plane * plane_nbytes]] << plane
+            for plane in range(8, min(k, 16)):
+                lanes_high |= _SPREAD[payload[at + plane * plane_nbytes]] << (plane - 8)
+            low_words[group >> 3] = lanes
+            high_words[group >> 3] = lanes_high
+            for plane in range(16, k):
+                for lane in range(8):
+                    top[group + lane] |= ((payload[at + plane * plane_nbytes] >> (7 - lane)) & 1) << plane
+        # branch-free: listed i = (zeros before terminator i) << k + i + the remainders summed to i
+        if k <= 8:  # most blocks (density above 1/400): one table of remainders
+            for i in range(take):
+                low_sum += low_bytes[i]
+                listed[i] = ((listed[i] - j - i) << k) + j + i + low_sum + base
+        else:
+            for i in range(take):
+                low_sum += low_bytes[i] | (high_bytes[i] << 8) | top[i]
+                listed[i] = ((listed[i] - j - i) << k) + j + i + low_sum + base
+        if k > 16:
+            top[:take] = 0
+        j += take
+        if listed[take - 1] >= base + nbits:  # positions ascend: the last is the largest
             return -1
         if mode == POSITIONS and value:
-            positions[done : done + found] = listed[:found]
-            done += found
+            positions[done : done + take] = listed[:take]
+            done += take
         elif mode == POSITIONS:
-            for i in range(found):
+            for i in range(take):
                 for other in range(previous + 1, listed[i]):
                     positions[done] = other
                     done += 1
                 previous = listed[i]
         elif mode == PACKED and value:
-            for i in range(found):
+            for i in range(take):
                 bits[listed[i] >> 3] |= 0x80 >> (listed[i] & 7)
         elif mode == PACKED:
-            for i in range(found):
+            for i in range(take):
                 bits[listed[i] >> 3] &= ~(0x80 >> (listed[i] & 7))
         else:
-            for i in range(found):
+            for i in range(take):
                 done += (bits[listed[i] >> 3] >> (7 - (listed[i] & 7))) & 1
+        listed[: found - take] = listed[take:found]
+        found -= take
     if j != count:
         return -1
     if not value and mode == POSITIONS:

@@ -1,17 +1,18 @@
-"""Jaccard/overlap of two large masks end to end from files: submask vs numpy bools vs pyroaring.
+"""Jaccard/overlap of large masks end to end from files: submask (API and CLI) vs numpy bools vs pyroaring.
 
 For each density, two independent random masks of ``2^bits`` parameters (split into ``--tensors`` equal
 Llama-named tensors) are written three ways, and each contender computes |A|, |B| and |A and B| (hence
 overlaps and Jaccard) from its own files:
 
-- submask: ``submask.save`` (default encodings) then ``submask.compare`` (threads: ``--workers``);
+- submask: ``submask.save`` (default encodings) then ``submask.compare`` (threads: ``--workers``), and the
+  same as a process, ``python -m submask compare --json`` (numba's start included);
 - numpy bool: packed bits in one ``.npy`` per mask (np.save of np.packbits), memory-mapped; per tensor
   ``np.unpackbits`` to bools, then ``np.logical_and`` and ``np.count_nonzero``;
 - pyroaring: one serialized ``BitMap`` per mask over global positions; read, ``BitMap.deserialize``,
   ``len`` and ``intersection_cardinality``.
 
-Files are read warm (page cache), best of ``--repeat``. Then the 4-mask matrix (6 pairs) at one density is
-timed against one pairwise pass.
+Files are read warm (page cache), best of ``--repeat``. Then ``--n-way`` masks, every pair, at one density,
+each contender reading each mask once; and one core's decode speed of the rice tensors of each density.
 
     .venv/bin/python -m tools.bench.bench_algebra --bits 30 --repeat 3
 """
@@ -19,8 +20,12 @@ timed against one pairwise pass.
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +36,8 @@ import numpy as np
 import submask
 from submask import MaskMetadata, MaskWriter, TensorMask
 from submask.accel import numba_disabled, numba_state
+from submask.codecs import encode_auto, get_codec
+from submask.packed import packed_nbytes
 from tools.bench.report import markdown_table, write_section
 
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -64,30 +71,56 @@ def write_mask(root: Path, label: str, density: float, bits: int, tensors: int, 
     return paths
 
 
-def run_submask(a: dict[str, Path], b: dict[str, Path], workers: int | None) -> tuple[int, int, int]:
-    stats = submask.compare([a["submask"], b["submask"]], workers=workers).pair(0, 1)
-    return stats.count_a, stats.count_b, stats.intersection
+def run_submask(files: list[dict[str, Path]], workers: int | None) -> list[tuple[int, int, int]]:
+    """(|A|, |B|, |A and B|) of every pair of masks, in ``itertools.combinations`` order."""
+    result = submask.compare([f["submask"] for f in files], workers=workers)
+    return [(s.count_a, s.count_b, s.intersection) for s in (result.pair(i, j) for i, j in result.pairs())]
 
 
-def run_numpy(a: dict[str, Path], b: dict[str, Path], tensors: int) -> tuple[int, int, int]:
-    packed_a, packed_b = np.load(a["numpy"], mmap_mode="r"), np.load(b["numpy"], mmap_mode="r")
-    step = packed_a.size // tensors
-    count_a = count_b = both = 0
-    for start in range(0, packed_a.size, step):
-        bools_a = np.unpackbits(packed_a[start : start + step]).view(np.bool_)
-        bools_b = np.unpackbits(packed_b[start : start + step]).view(np.bool_)
-        count_a += int(np.count_nonzero(bools_a))
-        count_b += int(np.count_nonzero(bools_b))
-        both += int(np.count_nonzero(np.logical_and(bools_a, bools_b)))
-    return count_a, count_b, both
+def run_cli(files: list[dict[str, Path]]) -> list[tuple[int, int, int]]:
+    """``run_submask`` as a whole process: ``python -m submask compare --json -q``."""
+    command = [sys.executable, "-m", "submask", "compare", "--json", "-q", *(str(f["submask"]) for f in files)]
+    pairs = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)["pairs"]
+    return [(p["count_a"], p["count_b"], p["intersection"]) for p in pairs]
 
 
-def run_roaring(a: dict[str, Path], b: dict[str, Path]) -> tuple[int, int, int]:
+def run_numpy(files: list[dict[str, Path]], tensors: int) -> list[tuple[int, int, int]]:
+    packed = [np.load(f["numpy"], mmap_mode="r") for f in files]
+    step = packed[0].size // tensors
+    n = len(files)
+    counts, both = [0] * n, np.zeros((n, n), np.int64)
+    for start in range(0, packed[0].size, step):
+        bools = [np.unpackbits(p[start : start + step]).view(np.bool_) for p in packed]
+        for i in range(n):
+            counts[i] += int(np.count_nonzero(bools[i]))
+        for i, j in itertools.combinations(range(n), 2):
+            both[i, j] += int(np.count_nonzero(np.logical_and(bools[i], bools[j])))
+    return [(counts[i], counts[j], int(both[i, j])) for i, j in itertools.combinations(range(n), 2)]
+
+
+def run_roaring(files: list[dict[str, Path]]) -> list[tuple[int, int, int]]:
     import pyroaring
 
-    map_a = pyroaring.BitMap.deserialize(a["roaring"].read_bytes())
-    map_b = pyroaring.BitMap.deserialize(b["roaring"].read_bytes())
-    return len(map_a), len(map_b), map_a.intersection_cardinality(map_b)
+    maps = [pyroaring.BitMap.deserialize(f["roaring"].read_bytes()) for f in files]
+    return [(len(a), len(b), a.intersection_cardinality(b)) for a, b in itertools.combinations(maps, 2)]
+
+
+def decode_rows(numel: int, densities: list[float], repeat: int) -> list[list[str]]:
+    """One core's decode speed, Gparam/s to packed bits, of an iid mask per density: the writer's choice,
+    rice (compiled and numpy paths) and np.unpackbits of the same mask beside them."""
+    rows = []
+    out = np.empty(packed_nbytes(numel), np.uint8)
+    for density in densities:
+        packed = np.packbits(np.random.default_rng(3).random(numel, dtype=np.float32) < density)
+        chosen = encode_auto(packed, numel, int(np.bitwise_count(packed).sum()))[0]
+        codec = get_codec("rice")
+        payload, config = codec.encode(packed, numel)
+        compiled = numel / best_time(lambda: codec.decode(payload, numel, config, out), repeat)[0] / 1e9
+        with numba_disabled():
+            numpy = numel / best_time(lambda: codec.decode(payload, numel, config, out), repeat)[0] / 1e9
+        unpack = numel / best_time(lambda: np.unpackbits(packed), repeat)[0] / 1e9
+        rows.append([f"{density:.1%}", chosen, f"{compiled:.2f}", f"{numpy:.2f}", f"{unpack:.2f}"])
+    return rows
 
 
 def warm_up(root: Path) -> float:
@@ -112,83 +145,101 @@ def best_time(function: Callable[[], object], repeat: int) -> tuple[float, objec
     return best, result
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.0f} ms"
+
+
+def contenders(files: list[dict[str, Path]], tensors: int, workers: int | None,
+               repeat: int) -> dict[str, float]:
+    """Best seconds of every contender on these files; asserts that all of them agree."""
+    runs: dict[str, Callable[[], object]] = {
+        "api": lambda: run_submask(files, workers), "1 thread": lambda: run_submask(files, 1),
+        "cli": lambda: run_cli(files), "numpy": lambda: run_numpy(files, tensors),
+        "roaring": lambda: run_roaring(files)}
+    times, results = {}, {}
+    for name, run in runs.items():
+        times[name], results[name] = best_time(run, repeat)
+    with numba_disabled():
+        times["no numba"], results["no numba"] = best_time(lambda: run_submask(files, workers), repeat)
+    assert len({repr(r) for r in results.values()}) == 1, results
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bits", type=int, default=30, help="log2 of the parameters per mask (default 30)")
     parser.add_argument("--tensors", type=int, default=256, help="tensors per mask")
-    parser.add_argument("--densities", default="0.01,0.05,0.3")
-    parser.add_argument("--matrix-density", type=float, default=0.05, help="density of the 4-mask matrix run")
+    parser.add_argument("--densities", default="0.001,0.01,0.05,0.3,0.5")
+    parser.add_argument("--n-way", type=int, default=8, help="masks of the all-pairs run")
+    parser.add_argument("--n-way-bits", type=int, default=None, help="log2 of their parameters (default: bits - 2)")
+    parser.add_argument("--n-way-density", type=float, default=0.05)
+    parser.add_argument("--decode-bits", type=int, default=24, help="log2 of the parameters of the decode masks")
     parser.add_argument("--workers", type=int, default=None, help="submask.compare threads (default: per core)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
     args = parser.parse_args()
     densities = [float(d) for d in args.densities.split(",")]
+    n_way_bits = args.n_way_bits or args.bits - 2
     load_before = os.getloadavg()[0]
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="bench_algebra."))
     scratch.mkdir(parents=True, exist_ok=True)
     numel = (1 << args.bits) // args.tensors * args.tensors
-    rows, sizes = [], []
-    matrix_row = None
+    rows, sizes, n_way_row = [], [], []
     try:
         compile_s = warm_up(scratch)
-        for index, density in enumerate(densities):
-            root = scratch / f"d{index}"
+        runs = [(density, 2, args.bits) for density in densities] + [(args.n_way_density, args.n_way, n_way_bits)]
+        for index, (density, count, bits) in enumerate(runs):
+            root = scratch / f"run{index}"
             root.mkdir(exist_ok=True)
-            labels = ["A", "B", "C", "D"] if density == args.matrix_density else ["A", "B"]
-            files = [write_mask(root, label, density, args.bits, args.tensors, seed=10 * index + i)
-                     for i, label in enumerate(labels)]
-            a, b = files[0], files[1]
-            t_submask, r_submask = best_time(lambda: run_submask(a, b, args.workers), args.repeat)
-            t_single, r_single = best_time(lambda: run_submask(a, b, 1), args.repeat)
-            with numba_disabled():
-                t_numpy_path, r_numpy_path = best_time(lambda: run_submask(a, b, args.workers), args.repeat)
-            t_numpy, r_numpy = best_time(lambda: run_numpy(a, b, args.tensors), args.repeat)
-            t_roaring, r_roaring = best_time(lambda: run_roaring(a, b), args.repeat)
-            assert r_submask == r_single == r_numpy_path == r_numpy == r_roaring, (r_submask, r_numpy_path, r_roaring)
-            count_a, count_b, both = r_submask
-            with submask.open(a["submask"]) as mask_file:
-                encodings = sorted({e.encoding for e in mask_file.entries.values()})
-            rows.append([f"{density:.0%}", "/".join(encodings), f"{both / (count_a + count_b - both):.4f}",
-                         f"{t_submask * 1e3:.0f} ms", f"{t_single * 1e3:.0f} ms", f"{t_numpy_path * 1e3:.0f} ms",
-                         f"{t_numpy_path / t_submask:.1f}x", f"{t_numpy * 1e3:.0f} ms",
-                         f"{t_roaring * 1e3:.0f} ms", f"{t_numpy / t_submask:.1f}x", f"{t_roaring / t_submask:.2f}x",
-                         f"{t_roaring / t_single:.2f}x"])
-            sizes.append([f"{density:.0%}"] + [f"{a[kind].stat().st_size / 2**20:.1f} MiB"
-                                               for kind in ("submask", "numpy", "roaring")])
-            if len(files) == 4:
-                t_matrix, result = best_time(lambda: submask.compare([f["submask"] for f in files],
-                                                                     workers=args.workers), args.repeat)
-                assert result.pair(0, 1).intersection == both
-                matrix_row = [f"{density:.0%}", f"{t_submask * 1e3:.0f} ms", f"{t_matrix * 1e3:.0f} ms",
-                              f"{t_matrix / t_submask:.2f}x"]
-            print(rows[-1], flush=True)
+            files = [write_mask(root, f"m{i}", density, bits, args.tensors, seed=100 * index + i) for i in range(count)]
+            t = contenders(files, args.tensors, args.workers, args.repeat)
+            with submask.open(files[0]["submask"]) as mask_file:
+                encodings = "/".join(sorted({e.encoding for e in mask_file.entries.values()}))
+            cells = [ms(t["api"]), ms(t["1 thread"]), ms(t["no numba"]), ms(t["cli"]), ms(t["numpy"]),
+                     ms(t["roaring"]), f"{t['numpy'] / t['api']:.1f}x", f"{t['roaring'] / t['api']:.2f}x",
+                     f"{t['roaring'] / t['1 thread']:.2f}x", f"{t['cli'] - t['api']:+.2f} s"]
+            if count == 2:
+                rows.append([f"{density:.1%}", encodings, *cells])
+                sizes.append([f"{density:.1%}"] + [f"{files[0][kind].stat().st_size / 2**20:.1f} MiB"
+                                                    for kind in ("submask", "numpy", "roaring")])
+            else:
+                n_way_row = [[f"{count} x 2^{bits} at {density:.0%}, {count * (count - 1) // 2} pairs", encodings,
+                              *cells]]
+            print((rows + n_way_row)[-1], flush=True)
             shutil.rmtree(root)
+        decode = decode_rows(1 << args.decode_bits, [0.001, 0.01, 0.05, 0.1, 0.12, 0.15], args.repeat)
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
+    headers = ["submask", "submask 1 thread", "submask no numba", "submask CLI", "numpy bool", "pyroaring",
+               "vs numpy bool", "vs pyroaring", "vs pyroaring (1 thread)", "CLI - API"]
     body = "\n\n".join([
         f"Two independent random masks of 2^{args.bits} = {numel:,} parameters each ({args.tensors} tensors of "
         f"{numel // args.tensors:,}), end to end from warm files (page cache), best of {args.repeat}. Each "
-        "contender returns |A|, |B| and |A and B| (so both overlaps and Jaccard); all three agree exactly. "
+        "contender returns |A|, |B| and |A and B| (so both overlaps and Jaccard); all agree exactly. "
         "submask: `submask.compare` on `submask.save` files (default encodings), with its default threads, with "
-        f"one, and with its compiled kernels switched off (`SUBMASK_NO_NUMBA=1`, numpy paths; default threads); "
-        f"kernels: {numba_state()}, first comparison (JIT compile or numba cache load, excluded from the timings) "
-        f"{compile_s:.1f} s. numpy bool: packed `.npy` memory-mapped, `np.unpackbits` per tensor, `logical_and` + "
-        "`count_nonzero`; pyroaring: serialized `BitMap` files, `deserialize` + `len` + "
+        "one, and with its compiled kernels switched off (`SUBMASK_NO_NUMBA=1`, numpy paths; default threads); "
+        "submask CLI: `python -m submask compare --json -q` as a whole process (interpreter, imports and numba's "
+        f"start included). Kernels: {numba_state()}, first comparison (JIT compile or numba cache load, excluded "
+        f"from the API timings) {compile_s:.1f} s. numpy bool: packed `.npy` memory-mapped, `np.unpackbits` per "
+        "tensor, `logical_and` + `count_nonzero`; pyroaring: serialized `BitMap` files, `deserialize` + `len` + "
         "`intersection_cardinality` (single-threaded). Ratios above 1 mean submask is faster. Load average "
         f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end of the run (other jobs on the "
         f"machine's {os.cpu_count()} cores): above the core count, every column is slowed and noisy.",
-        markdown_table(["density", "encoding", "Jaccard", "submask", "submask 1 thread", "submask no numba",
-                        "numba gain", "numpy bool", "pyroaring",
-                        "vs numpy bool", "vs pyroaring", "vs pyroaring (1 thread)"], rows),
+        markdown_table(["density", "encoding", *headers], rows),
         "File sizes per mask:",
         markdown_table(["density", ".smask", "packed .npy", "roaring"], sizes),
-        "Comparison matrix of 4 masks (6 pairs, each tensor decoded once) against one pairwise pass:",
-        markdown_table(["density", "1 pair (2 masks)", "4-mask matrix", "ratio"], [matrix_row] if matrix_row else []),
+        f"All pairs of {args.n_way} masks (each contender reads and decodes each mask once; numpy bool unpacks each "
+        "tensor of each mask once, then ANDs every pair):",
+        markdown_table(["masks", "encoding", *headers], n_way_row),
+        f"Decode speed, one core, Gparam/s to packed bits, of an iid mask of 2^{args.decode_bits} parameters "
+        "(one rice block per 2^22), best of "
+        f"{args.repeat}: the rice kernels, the numpy path (`SUBMASK_NO_NUMBA=1`), and `np.unpackbits` of the same "
+        "mask as a yardstick; *auto* is the writer's choice at that density.",
+        markdown_table(["density", "auto", "rice", "rice, no numba", "np.unpackbits"], decode),
     ])
     print(body)
-    write_section("algebra", "Set algebra: Jaccard/overlap of two masks from files", body)
-
+    write_section("algebra", "Set algebra: Jaccard/overlap of masks from files", body)
 
 if __name__ == "__main__":
     main()
