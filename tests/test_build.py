@@ -233,7 +233,8 @@ def test_module_and_state_dict_sources_agree_with_files(tmp_path: Path) -> None:
     assert from_modules.count == 33
     assert from_modules.metadata.provenance["base"]["source"] == "Sequential module"
     assert from_files.metadata.provenance["finetuned"]["files"] == {
-        "b.safetensors": {"size": (tmp_path / "b.safetensors").stat().st_size, "sha256": None}}
+        "b.safetensors": {"size": (tmp_path / "b.safetensors").stat().st_size,
+                          "mtime_ns": (tmp_path / "b.safetensors").stat().st_mtime_ns, "sha256": None}}
 
 
 def _two_files(tmp_path: Path, a: dict, b: dict) -> tuple[Path, Path]:

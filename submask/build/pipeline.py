@@ -2,7 +2,7 @@
 
 Each tensor is cut along its flat (C order) element order into chunks of a multiple of 8 elements, so each
 chunk packs to whole bytes at a known offset of the tensor's packed bits. Worker threads read both chunks
-(files are memory-mapped, so a hot page cache costs no copy), compare them and pack the bits, then encode
+(into per-thread buffers: files are never memory-mapped, see ``safetensors_file``), compare them and pack the bits, then encode
 each finished tensor (the compiled kernel, numpy and zstd release the GIL, so all of it overlaps); one more
 thread writes the encoded tensors in order while the next ones are compared. Memory holds the chunks in
 flight plus the packed bits of the tensors being finished, never a whole checkpoint.
@@ -14,6 +14,7 @@ import fnmatch
 import os
 import re
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -147,6 +148,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
         with sink:
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
             metadata.stats = run.stream(infos, sink)
+            for source in (source_a, source_b):  # before the mask is committed: never a mask of a changed file
+                source.check_unchanged()
             metadata.stats["backend"] = backend.name
             if skipped:
                 metadata.stats["skipped"] = skipped
@@ -209,6 +212,7 @@ class _Run:
         self.workers, self.depth = workers, workers + 1
         self.chunk_bytes = max(8 * 8, chunk_bytes or min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth)))
         self.progress = progress
+        self._buffers = threading.local()
 
     def stream(self, infos: list[TensorInfo], sink: _Sink) -> dict[str, Any]:
         """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats."""
@@ -221,6 +225,8 @@ class _Run:
         pool, writer = ThreadPoolExecutor(self.workers, "submask-build"), ThreadPoolExecutor(1, "submask-write")
 
         def finish(job: _TensorJob) -> None:
+            for source in self.sources:  # fail early, between tensors, once a checkpoint is rewritten
+                source.check_unchanged()
             while len(writes) >= PENDING_WRITES:
                 writes.popleft().result()
             prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones)
@@ -266,7 +272,10 @@ class _Run:
     def _compare(self, job: _TensorJob, start: int, stop: int) -> tuple[int, list[int] | None, int]:
         """Worker: view one chunk of both sides, compare, and place its packed bits; returns counts."""
         name, dtype = job.info.name, job.info.dtype
-        a, b = (source.view(name, start, stop) for source in self.sources)
+        buffers = getattr(self._buffers, "pair", None)
+        if buffers is None:
+            buffers = self._buffers.pair = [np.empty(self.chunk_bytes, dtype=np.uint8) for _ in range(2)]
+        a, b = (source.read(name, start, stop, buffer) for source, buffer in zip(self.sources, buffers))
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
         job.packed[start // 8: start // 8 + result.packed.size] = result.packed
         return result.ones, result.ladder, (stop - start) * dtype.itemsize

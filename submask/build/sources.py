@@ -49,10 +49,8 @@ class Source:
         (a uint8 scratch array of at least ``(stop - start) * itemsize`` bytes)."""
         raise NotImplementedError
 
-    def view(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Like ``read``, but the result may be read-only and need no buffer (files are memory-mapped)."""
-        info = self.tensors[name]
-        return self.read(name, start, stop, np.empty((stop - start) * info.dtype.itemsize, dtype=np.uint8))
+    def check_unchanged(self) -> None:
+        """SourceError if the checkpoint changed since it was opened (files only; cheap: no data is read)."""
 
     def close(self) -> None:
         """Release open files."""
@@ -78,9 +76,6 @@ class ShardedSource(Source):
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         return self._file(self._shard_of[name]).read(name, start, stop, buffer)
 
-    def view(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self._file(self._shard_of[name]).view(name, start, stop)
-
     def _file(self, shard: str) -> SafetensorsFile:
         with self._lock:
             if shard not in self._files:
@@ -92,6 +87,11 @@ class ShardedSource(Source):
                                           "said when the build started; was the checkpoint changed meanwhile?")
                 self._files[shard] = opened
             return self._files[shard]
+
+    def check_unchanged(self) -> None:
+        with self._lock:
+            for opened in self._files.values():
+                opened.check_unchanged()
 
     def close(self) -> None:
         with self._lock:
@@ -163,7 +163,8 @@ def local_source(path: str | os.PathLike[str]) -> ShardedSource:
         raise
     tensors, shard_of = _assemble(str(path), {shard: f.tensors for shard, f in files.items()}, weight_map)
     provenance = {"source": str(path), "revision": None,
-                  "files": {shard: {"size": f.size, "sha256": None} for shard, f in files.items()}}
+                  "files": {shard: {"size": f.size, "mtime_ns": f.mtime_ns, "sha256": None}
+                            for shard, f in files.items()}}
     # The shards are open already (their headers list the tensors), so the opener is never needed.
     return ShardedSource(str(path), tensors, shard_of, files.__getitem__, provenance, opened=files)
 
