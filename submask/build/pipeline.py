@@ -32,12 +32,14 @@ from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
+from .dtypes import DTYPES, DType, decode
 from .safetensors_file import TensorInfo
 from .sources import Source, open_source
 
 MAX_CHUNK_BYTES = 32 * 1024 * 1024
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
 PENDING_WRITES = 2  # finished tensors being encoded or waiting for the writer thread
+FLOAT64 = DTYPES["F64"]
 SHOWN = 10  # names listed per kind of mismatch in error messages
 
 Pattern = str | re.Pattern[str]
@@ -92,7 +94,8 @@ class _FileSink:
 
 @dataclass
 class _TensorJob:
-    info: TensorInfo
+    info: TensorInfo  # the base's tensor
+    finetuned_dtype: DType  # the base's dtype, or another float dtype (compared by value)
     chunk_bytes: int
     packed: np.ndarray = field(init=False)
     ones: int = 0
@@ -103,7 +106,8 @@ class _TensorJob:
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
-        numel, step = self.info.numel, chunk_elements(self.chunk_bytes, self.info.dtype.itemsize)
+        itemsize = max(self.info.dtype.itemsize, self.finetuned_dtype.itemsize)
+        numel, step = self.info.numel, chunk_elements(self.chunk_bytes, itemsize)
         return [(start, min(start + step, numel)) for start in range(0, numel, step)]
 
 
@@ -119,8 +123,11 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     (``org/name[@revision]``), a state dict or an ``nn.Module``. ``criterion`` is "exact" (bitwise), "atol"
     or "rtol" (see ``submask.build.criteria``; by default the one whose tolerance is given, else exact).
     ``include`` keeps tensors whose names match a glob (or a regex written ``"re:..."``), or any of several;
-    ``intersect`` compares only the tensors both sides have with equal shape and dtype, instead of raising
-    MismatchError. Also records the changed counts at the tolerance ladder ``LADDER_ATOL`` unless ``ladder``
+    ``intersect`` compares only the tensors both sides have with equal shape and comparable dtypes, instead of
+    raising MismatchError. Tensors stored in two float dtypes (a bf16 base, an fp32 finetune) are compared by
+    value: both are widened to float64 (exactly), "exact" means the same float64 value (same bits: NaN
+    payloads and signed zeros count, fp8 NaNs widen to one NaN) and the tolerances apply as defined; the
+    metadata records it (``criterion["cross_dtype"]``, and ``stats["cross_dtype"]`` per tensor). Also records the changed counts at the tolerance ladder ``LADDER_ATOL`` unless ``ladder``
     is False. ``device`` is "auto", "cpu" or "cuda[:N]"; ``workers`` threads (default: CPU count) compare
     chunks of at most ``chunk_bytes`` per checkpoint. ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to
     Hub repo ids.
@@ -151,6 +158,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             for source in (source_a, source_b):  # before the mask is committed: never a mask of a changed file
                 source.check_unchanged()
             metadata.stats["backend"] = backend.name
+            if "cross_dtype" in metadata.stats:
+                metadata.criterion["cross_dtype"] = "float64 values"
             if skipped:
                 metadata.stats["skipped"] = skipped
     if isinstance(sink, _MemorySink):
@@ -166,7 +175,7 @@ def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[P
     b = {name: info for name, info in finetuned.tensors.items() if keep(name)}
     if include is not None and not a and not b:
         raise MismatchError(f"--include {include!r} matches no tensor of {base.label} or {finetuned.label}")
-    mismatched = [name for name in a if name in b and a[name] != b[name]]
+    mismatched = [name for name in a if name in b and not comparable(a[name], b[name])]
     skipped = {"base_only": [name for name in a if name not in b],
                "finetuned_only": [name for name in b if name not in a], "mismatched": mismatched}
     skipped = {kind: names for kind, names in skipped.items() if names}
@@ -181,10 +190,16 @@ def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[P
         raise MismatchError(f"{base.label} (base) and {finetuned.label} (finetuned) do not have the same tensors "
                             f"({details}); pass intersect=True (--intersect) to compare only the tensors both have "
                             "alike, or include= (--include) to pick tensors by name")
-    infos = [info for name, info in a.items() if b.get(name) == info]
+    infos = [info for name, info in a.items() if name in b and comparable(info, b[name])]
     if not infos:
         raise MismatchError(f"{base.label} and {finetuned.label} have no tensor in common to compare")
     return infos, skipped
+
+
+def comparable(base: TensorInfo, finetuned: TensorInfo) -> bool:
+    """Same name and shape, and the same dtype or two float dtypes (compared by value)."""
+    return base.name == finetuned.name and base.shape == finetuned.shape and (
+        base.dtype == finetuned.dtype or base.dtype.kind == finetuned.dtype.kind == "float")
 
 
 def _name_filter(include: Pattern | Sequence[Pattern] | None) -> Callable[[str], bool]:
@@ -220,7 +235,8 @@ class _Run:
         ladders: dict[str, list[int]] = {}
         pending: deque[tuple[_TensorJob, Future, bool]] = deque()
         writes: deque[Future] = deque()
-        bar = tqdm(total=2 * sum(i.nbytes for i in infos), unit="B", unit_scale=True, unit_divisor=1024,
+        finetuned = self.sources[1].tensors
+        bar = tqdm(total=sum(i.nbytes + i.numel * finetuned[i.name].dtype.itemsize for i in infos), unit="B", unit_scale=True, unit_divisor=1024,
                    desc="build", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
         pool, writer = ThreadPoolExecutor(self.workers, "submask-build"), ThreadPoolExecutor(1, "submask-write")
 
@@ -234,6 +250,8 @@ class _Run:
             stats["changed"] += job.ones
             stats["numel"] += job.info.numel
             stats["dtypes"][job.info.name] = job.info.dtype.name
+            if job.finetuned_dtype != job.info.dtype:
+                stats.setdefault("cross_dtype", {})[job.info.name] = [job.info.dtype.name, job.finetuned_dtype.name]
             ladders[job.info.name] = job.ladder.tolist()
 
         def collect() -> None:
@@ -242,13 +260,13 @@ class _Run:
             job.ones += ones
             if counts is not None:
                 job.ladder += counts
-            bar.update(2 * nbytes)
+            bar.update(nbytes)
             if last:
                 finish(job)
 
         try:
             for info in infos:
-                job = _TensorJob(info, self.chunk_bytes)
+                job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes)
                 chunks = job.chunks
                 if not chunks:
                     finish(job)
@@ -270,15 +288,17 @@ class _Run:
         return stats
 
     def _compare(self, job: _TensorJob, start: int, stop: int) -> tuple[int, list[int] | None, int]:
-        """Worker: view one chunk of both sides, compare, and place its packed bits; returns counts."""
-        name, dtype = job.info.name, job.info.dtype
+        """Worker: read one chunk of both sides, compare, and place its packed bits; returns counts."""
         buffers = getattr(self._buffers, "pair", None)
         if buffers is None:
             buffers = self._buffers.pair = [np.empty(self.chunk_bytes, dtype=np.uint8) for _ in range(2)]
-        a, b = (source.read(name, start, stop, buffer) for source, buffer in zip(self.sources, buffers))
+        a, b = (source.read(job.info.name, start, stop, buffer) for source, buffer in zip(self.sources, buffers))
+        nbytes, dtype = a.nbytes + b.nbytes, job.info.dtype
+        if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
+            a, b, dtype = decode(a, dtype).view(np.uint64), decode(b, job.finetuned_dtype).view(np.uint64), FLOAT64
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
         job.packed[start // 8: start // 8 + result.packed.size] = result.packed
-        return result.ones, result.ladder, (stop - start) * dtype.itemsize
+        return result.ones, result.ladder, nbytes
 
 
 def chunk_elements(chunk_bytes: int, itemsize: int) -> int:
