@@ -266,7 +266,7 @@ def test_mismatched_tensors_error_and_intersect(tmp_path: Path) -> None:
 
 CROSS_PAIRS = [  # (bf16 base, fp32 finetune): values widen exactly, so "exact" means the same value
     (1.0, 1.0), (1.0, 1.0 + 2**-20), (1.0, 1.5), (4.0, 4.25), (0.0, -0.0), (-0.0, -0.0),
-    (NAN, NAN), (NAN, 1.0), (INF, INF), (INF, -INF), (-2.0, -2.0 - 2**-12)]
+    (NAN, NAN), (NAN, -NAN), (NAN, 1.0), (INF, INF), (INF, -INF), (-2.0, -2.0 - 2**-12)]
 
 
 def _changed_by_value(x: np.ndarray, y: np.ndarray, name: str, tolerance: float) -> np.ndarray:
@@ -291,8 +291,7 @@ def test_float_dtypes_compare_by_value(tmp_path: Path, base_dtype: torch.dtype,
     base, finetuned = _two_files(tmp_path, {"w": a.repeat(300), "ids": torch.arange(4)},
                                  {"w": b.repeat(300), "ids": torch.tensor([0, 1, 5, 3])})
     x, y = a.double().repeat(300).numpy(), b.double().repeat(300).numpy()
-    if base_dtype == torch.float8_e4m3fn:  # fp8 NaNs carry no payload: they widen to the one float64 NaN
-        x = np.where(np.isnan(x), np.nan, x)
+    x, y = (np.where(np.isnan(v), np.nan, v) for v in (x, y))  # across dtypes, every NaN is one value
     for name, tolerance in (("exact", 0.0), ("atol", 2**-10), ("rtol", 0.1)):
         kwargs = {} if name == "exact" else {name: tolerance}
         mask = build_mask(base, finetuned, chunk_bytes=64, **kwargs)

@@ -32,7 +32,7 @@ from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
-from .dtypes import DTYPES, DType, decode
+from .dtypes import DTYPES, DType
 from .safetensors_file import TensorInfo
 from .sources import Source, open_source
 
@@ -125,11 +125,16 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     ``include`` keeps tensors whose names match a glob (or a regex written ``"re:..."``), or any of several;
     ``intersect`` compares only the tensors both sides have with equal shape and comparable dtypes, instead of
     raising MismatchError. Tensors stored in two float dtypes (a bf16 base, an fp32 finetune) are compared by
-    value: both are widened to float64 (exactly), "exact" means the same float64 value (same bits: NaN
-    payloads and signed zeros count, fp8 NaNs widen to one NaN) and the tolerances apply as defined; the
-    metadata records it (``criterion["cross_dtype"]``, and ``stats["cross_dtype"]`` per tensor). Also records the changed counts at the tolerance ladder ``LADDER_ATOL`` unless ``ladder``
-    is False. ``device`` is "auto", "cpu" or "cuda[:N]"; ``workers`` threads (default: CPU count) compare
-    chunks of at most ``chunk_bytes`` per checkpoint. ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to
+    value: both are widened to float64 (exactly), "exact" means the same float64 value (same bits: ``+0.0``
+    vs ``-0.0`` is changed; every NaN is one value, so NaN vs NaN is unchanged) and the tolerances apply as
+    defined; the metadata records it (``criterion["cross_dtype"]``, and ``stats["cross_dtype"]`` per tensor). Also
+    records the changed counts at the tolerance ladder ``LADDER_ATOL`` unless ``ladder`` is False.
+
+    ``device`` is "auto", "cpu", "cuda[:N]" or a Backend. "auto" compares state dicts and modules whose
+    tensors live on a GPU (or another torch device) there, with no copy to the host but the packed bits,
+    mixed placements included; everything else, files included, on the CPU, which is faster for files
+    (``submask.build.backends`` says why). The backend used is recorded as ``stats["backend"]``.
+    ``workers`` threads (default: CPU count) compare chunks of at most ``chunk_bytes`` per checkpoint. ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to
     Hub repo ids.
 
     Returns the Mask when ``out`` is None. Otherwise streams it to ``out`` tensor by tensor (atomically: an
@@ -140,10 +145,10 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     >>> mask.metadata.stats["ladder"]["changed"]["__all__"]                              # doctest: +SKIP
     """
     chosen = Criterion.make(criterion, atol, rtol)
-    backend = select_backend(device)
     workers = max(1, workers or os.cpu_count() or 1)
     with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
             open_source(finetuned, api=hub_api, cache_dir=cache_dir) as source_b:
+        backend = select_backend(device, source_b.resident or source_a.resident)
         infos, skipped = match_tensors(source_a, source_b, include, intersect)
         metadata = MaskMetadata(
             kind="update", criterion=chosen.to_json(),
@@ -292,13 +297,19 @@ class _Run:
         buffers = getattr(self._buffers, "pair", None)
         if buffers is None:
             buffers = self._buffers.pair = [np.empty(self.chunk_bytes, dtype=np.uint8) for _ in range(2)]
-        a, b = (source.read(job.info.name, start, stop, buffer) for source, buffer in zip(self.sources, buffers))
-        nbytes, dtype = a.nbytes + b.nbytes, job.info.dtype
+        a, b = (self._read(source, job.info.name, start, stop, buffer)
+                for source, buffer in zip(self.sources, buffers))
+        dtype = job.info.dtype
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
-            a, b, dtype = decode(a, dtype).view(np.uint64), decode(b, job.finetuned_dtype).view(np.uint64), FLOAT64
+            a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
         job.packed[start // 8: start // 8 + result.packed.size] = result.packed
-        return result.ones, result.ladder, nbytes
+        return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)
+
+    def _read(self, source: Source, name: str, start: int, stop: int, buffer: np.ndarray) -> Any:
+        """A chunk: a torch view where the backend takes them (tensors stay on their device), else numpy."""
+        chunk = source.read_tensor(name, start, stop) if self.backend.takes_tensors else None
+        return source.read(name, start, stop, buffer) if chunk is None else chunk
 
 
 def chunk_elements(chunk_bytes: int, itemsize: int) -> int:

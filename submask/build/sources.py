@@ -38,16 +38,25 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
 
 
 class Source:
-    """A checkpoint to compare: ``label``, ``tensors``, ``provenance`` and lazy ``read``."""
+    """A checkpoint to compare: ``label``, ``tensors``, ``provenance`` and lazy ``read``.
+
+    ``resident`` names the torch device (other than the CPU) the tensors already live on, else None.
+    """
 
     label: str
     tensors: dict[str, TensorInfo]
     provenance: dict[str, Any]
+    resident: str | None = None
 
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         """Flat elements ``[start, stop)`` of ``name`` as raw unsigned ints; may be read into ``buffer``
         (a uint8 scratch array of at least ``(stop - start) * itemsize`` bytes)."""
         raise NotImplementedError
+
+    def read_tensor(self, name: str, start: int, stop: int) -> Any:
+        """Flat elements ``[start, stop)`` of ``name`` as a torch signed-int view on the device the tensor
+        lives on (no copy), for sources that hold torch tensors; None for the others."""
+        return None
 
     def check_unchanged(self) -> None:
         """SourceError if the checkpoint changed since it was opened (files only; cheap: no data is read)."""
@@ -112,15 +121,23 @@ class StateDictSource(Source):
                 raise SourceError(f"{label}, tensor {name!r}: {type(value).__name__} is not a tensor or array")
             self.tensors[name] = TensorInfo(name, dtype_of_array(value.dtype, f"{label}, tensor {name!r}: "),
                                             tuple(int(d) for d in value.shape))
+        devices = [str(value.device) for value in state.values()
+                   if not isinstance(value, np.ndarray) and str(getattr(value, "device", "cpu")) != "cpu"]
+        self.resident = devices[0] if devices else None
 
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         value, dtype = self._state[name], self.tensors[name].dtype
         if isinstance(value, np.ndarray):
             return value.reshape(-1)[start:stop].view(dtype.raw)
+        return self.read_tensor(name, start, stop).cpu().numpy().view(dtype.raw)
+
+    def read_tensor(self, name: str, start: int, stop: int) -> Any:
+        value = self._state[name]
+        if isinstance(value, np.ndarray):
+            return None
         import torch
 
-        flat = value.detach().reshape(-1)[start:stop].view(getattr(torch, dtype.signed.name))
-        return flat.cpu().numpy().view(dtype.raw)
+        return value.detach().reshape(-1)[start:stop].view(getattr(torch, self.tensors[name].dtype.signed.name))
 
 
 def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:
