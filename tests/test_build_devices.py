@@ -93,3 +93,23 @@ def test_gpu_resident_state_dicts_are_compared_on_the_gpu(placement: str, kwargs
     assert got.metadata.stats["backend"] == "cuda:0"
     assert dict(got) == dict(expected)
     assert got.metadata.stats["ladder"] == expected.metadata.stats["ladder"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kwargs", [{}, {"atol": 1e-5}, {"rtol": 1e-3}])
+def test_files_to_cuda_through_pinned_buffers_and_streams(tmp_path: Path, kwargs: dict) -> None:
+    """Many chunks on several worker threads (each with its own stream and pinned buffers), cross-dtype
+    tensors included: the same bits, counts and ladder as the CPU."""
+    base, finetuned = _state_dicts()
+    save_file(base, tmp_path / "a.safetensors")
+    save_file(finetuned, tmp_path / "b.safetensors")
+    files = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    expected = build_mask(*files, device="cpu", **kwargs)
+    for _ in range(3):  # a race between a thread's copies and its buffer's next read would show as a difference
+        got = build_mask(*files, device="cuda", workers=4, chunk_bytes=1024, **kwargs)
+        assert got.metadata.stats["backend"] == "cuda:0"
+        assert dict(got) == dict(expected)
+        assert got.metadata.stats["ladder"] == expected.metadata.stats["ladder"]
+    assert TorchBackend("cuda").staging(64).ctypes.data and torch.from_numpy(
+        TorchBackend("cuda").staging(64)).is_pinned()

@@ -17,6 +17,7 @@ H200); ``device="cuda"`` still forces the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ class Backend:
     def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
                 ladder: bool) -> ChunkResult:
         raise NotImplementedError
+
+    def staging(self, nbytes: int) -> np.ndarray:
+        """A uint8 buffer a worker thread reads its chunks into (pinned host memory for a GPU)."""
+        return np.empty(nbytes, dtype=np.uint8)
 
     def widen(self, raw: Any, dtype: DType) -> Any:
         """Raw elements of a float ``dtype`` as the bits of their float64 values: exact for every float dtype,
@@ -106,7 +111,12 @@ class NumpyBackend(Backend):
 
 
 class TorchBackend(Backend):
-    """torch on ``device``: compare as signed integer views, decode, and pack bits there."""
+    """torch on ``device``: compare as signed integer views, decode, and pack bits there.
+
+    On CUDA, each worker thread reads into its own pinned staging buffer and works on its own stream, so
+    one thread's file reads overlap the others' host-to-device copies, kernels and copies back; a chunk's
+    work ends when its packed bits reach the host, before its buffer is read into again.
+    """
 
     takes_tensors = True
 
@@ -116,8 +126,29 @@ class TorchBackend(Backend):
         self.torch, self.device = torch, torch.device(device)
         self.name = str(self.device)
         self._bit_weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=self.device)
+        self._local = threading.local()
+
+    def staging(self, nbytes: int) -> np.ndarray:
+        if self.device.type != "cuda":
+            return super().staging(nbytes)
+        return self.torch.empty(nbytes, dtype=self.torch.uint8, pin_memory=True).numpy()
+
+    def _stream(self) -> Any:
+        """This thread's stream (CUDA), ordered after the caller's pending work; a no-op context elsewhere."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        cuda = self.torch.cuda
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = cuda.Stream(self.device)
+        stream.wait_stream(cuda.current_stream(self.device))  # device-resident inputs may still be in the making
+        return cuda.stream(stream)
 
     def compare(self, a: Any, b: Any, dtype: DType, criterion: Criterion, ladder: bool) -> ChunkResult:
+        with self._stream():
+            return self._compare(a, b, dtype, criterion, ladder)
+
+    def _compare(self, a: Any, b: Any, dtype: DType, criterion: Criterion, ladder: bool) -> ChunkResult:
         torch = self.torch
         ta, tb = self._tensor(a, dtype), self._tensor(b, dtype)
         changed = ta != tb
@@ -131,8 +162,9 @@ class TorchBackend(Backend):
         return ChunkResult(self._pack(changed).cpu().numpy(), int(changed.sum()), counts)
 
     def widen(self, raw: Any, dtype: DType) -> Any:
-        values = self._decode(self._tensor(raw, dtype), dtype)
-        return values.masked_fill(values.isnan(), float("nan")).view(self.torch.int64)  # F64 may be the caller's
+        with self._stream():
+            values = self._decode(self._tensor(raw, dtype), dtype)
+            return values.masked_fill(values.isnan(), float("nan")).view(self.torch.int64)  # F64 may be the caller's
 
     def _tensor(self, raw: Any, dtype: DType) -> Any:
         """A chunk (numpy raw elements, or a torch signed-int view on any device) as a signed view on the
@@ -141,7 +173,8 @@ class TorchBackend(Backend):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "The given NumPy array is not writable")
                 raw = self.torch.from_numpy(raw.view(dtype.signed))
-        return raw.to(self.device)
+        # Asynchronous from pinned staging buffers: the chunk's work ends with a copy back, before reuse.
+        return raw.to(self.device, non_blocking=True)
 
     def _decode(self, raw: Any, dtype: DType) -> Any:
         """float64 values of signed-int views, as ``dtypes.decode`` defines them."""

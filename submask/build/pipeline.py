@@ -296,7 +296,7 @@ class _Run:
         """Worker: read one chunk of both sides, compare, and place its packed bits; returns counts."""
         buffers = getattr(self._buffers, "pair", None)
         if buffers is None:
-            buffers = self._buffers.pair = [np.empty(self.chunk_bytes, dtype=np.uint8) for _ in range(2)]
+            buffers = self._buffers.pair = [self.backend.staging(self.chunk_bytes) for _ in range(2)]
         a, b = (self._read(source, job.info.name, start, stop, buffer)
                 for source, buffer in zip(self.sources, buffers))
         dtype = job.info.dtype
