@@ -2,10 +2,12 @@
 
 Each tensor is cut along its flat (C order) element order into chunks of a multiple of 8 elements, so each
 chunk packs to whole bytes at a known offset of the tensor's packed bits. Worker threads read both chunks
-(into per-thread buffers: files are never memory-mapped, see ``safetensors_file``), compare them and pack the bits, then encode
-each finished tensor (the compiled kernel, numpy and zstd release the GIL, so all of it overlaps); one more
-thread writes the encoded tensors in order while the next ones are compared. Memory holds the chunks in
-flight plus the packed bits of the tensors being finished, never a whole checkpoint.
+into per-thread buffers (files are never memory-mapped, see ``safetensors_file``; tensors already on a
+torch device stay there), compare them and pack the bits, then encode each finished tensor (the compiled
+kernel, numpy and zstd release the GIL, so all of it overlaps); one more thread writes the encoded tensors
+in order while the next ones are compared. Memory holds the chunks in flight plus the packed bits of the
+tensors being finished, never a whole checkpoint. Each checkpoint file is checked for changes between
+tensors and before the mask is committed, so a build never returns a mask of a file rewritten meanwhile.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from .sources import Source, open_source
 
 MAX_CHUNK_BYTES = 32 * 1024 * 1024
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
+# Both sides already on a torch device: nothing is read into host memory, and larger chunks on fewer threads
+# amortise each chunk's kernel launches and the copy back of its counts.
+DEVICE_CHUNK_BYTES = 256 * 1024 * 1024
+DEVICE_WORKERS = 4
 PENDING_WRITES = 2  # finished tensors being encoded or waiting for the writer thread
 FLOAT64 = DTYPES["F64"]
 SHOWN = 10  # names listed per kind of mismatch in error messages
@@ -229,8 +235,12 @@ class _Run:
     def __init__(self, source_a: Source, source_b: Source, backend: Backend, criterion: Criterion, ladder: bool,
                  workers: int, chunk_bytes: int | None, progress: bool):
         self.sources, self.backend, self.criterion, self.ladder = (source_a, source_b), backend, criterion, ladder
+        on_device = backend.takes_tensors and source_a.resident is not None and source_b.resident is not None
+        if on_device:
+            workers = min(workers, DEVICE_WORKERS)
         self.workers, self.depth = workers, workers + 1
-        self.chunk_bytes = max(8 * 8, chunk_bytes or min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth)))
+        self.chunk_bytes = max(8 * 8, chunk_bytes or (DEVICE_CHUNK_BYTES if on_device else
+                                                      min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth))))
         self.progress = progress
         self._buffers = threading.local()
 
@@ -294,11 +304,7 @@ class _Run:
 
     def _compare(self, job: _TensorJob, start: int, stop: int) -> tuple[int, list[int] | None, int]:
         """Worker: read one chunk of both sides, compare, and place its packed bits; returns counts."""
-        buffers = getattr(self._buffers, "pair", None)
-        if buffers is None:
-            buffers = self._buffers.pair = [self.backend.staging(self.chunk_bytes) for _ in range(2)]
-        a, b = (self._read(source, job.info.name, start, stop, buffer)
-                for source, buffer in zip(self.sources, buffers))
+        a, b = (self._read(side, job.info.name, start, stop) for side in range(2))
         dtype = job.info.dtype
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
@@ -306,10 +312,19 @@ class _Run:
         job.packed[start // 8: start // 8 + result.packed.size] = result.packed
         return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)
 
-    def _read(self, source: Source, name: str, start: int, stop: int, buffer: np.ndarray) -> Any:
-        """A chunk: a torch view where the backend takes them (tensors stay on their device), else numpy."""
+    def _read(self, side: int, name: str, start: int, stop: int) -> Any:
+        """A chunk of side 0 (base) or 1: a torch view where the backend takes them (tensors stay on their
+        device), else numpy, read into this thread's staging buffer for that side (made on first use)."""
+        source = self.sources[side]
         chunk = source.read_tensor(name, start, stop) if self.backend.takes_tensors else None
-        return source.read(name, start, stop, buffer) if chunk is None else chunk
+        if chunk is not None:
+            return chunk
+        buffers = getattr(self._buffers, "by_side", None)
+        if buffers is None:
+            buffers = self._buffers.by_side = [None, None]
+        if buffers[side] is None:
+            buffers[side] = self.backend.staging(self.chunk_bytes)
+        return source.read(name, start, stop, buffers[side])
 
 
 def chunk_elements(chunk_bytes: int, itemsize: int) -> int:
