@@ -140,8 +140,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     tensors live on a GPU (or another torch device) there, with no copy to the host but the packed bits,
     mixed placements included; everything else, files included, on the CPU, which is faster for files
     (``submask.build.backends`` says why). The backend used is recorded as ``stats["backend"]``.
-    ``workers`` threads (default: CPU count) compare chunks of at most ``chunk_bytes`` per checkpoint. ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to
-    Hub repo ids.
+    ``workers`` threads (default: CPU count) compare chunks of at most ``chunk_bytes`` per checkpoint.
+    ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to Hub repo ids.
 
     Returns the Mask when ``out`` is None. Otherwise streams it to ``out`` tensor by tensor (atomically: an
     error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given, and returns the path
@@ -251,7 +251,8 @@ class _Run:
         pending: deque[tuple[_TensorJob, Future, bool]] = deque()
         writes: deque[Future] = deque()
         finetuned = self.sources[1].tensors
-        bar = tqdm(total=sum(i.nbytes + i.numel * finetuned[i.name].dtype.itemsize for i in infos), unit="B", unit_scale=True, unit_divisor=1024,
+        bar = tqdm(total=sum(i.nbytes + i.numel * finetuned[i.name].dtype.itemsize for i in infos), unit="B",
+                   unit_scale=True, unit_divisor=1024,
                    desc="build", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
         pool, writer = ThreadPoolExecutor(self.workers, "submask-build"), ThreadPoolExecutor(1, "submask-write")
 

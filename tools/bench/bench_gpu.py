@@ -96,8 +96,9 @@ def bench_files(root: Path, nbytes: int, cuda: bool, workers: int) -> list[list[
     total = sum(p.stat().st_size for p in paths)
     chunk_bytes = min(32 * MIB, 256 * MIB // (2 * (workers + 1)))
     out = root / "mask.smask"
-    methods: dict[str, Callable[[], object]] = {"read (raw reader, baseline)": lambda: read_raw(paths, workers, chunk_bytes)}
-    methods["build, CPU backend"] = lambda: build_mask(*paths, out, device="cpu", workers=workers)
+    methods: dict[str, Callable[[], object]] = {
+        "read (raw reader, baseline)": lambda: read_raw(paths, workers, chunk_bytes),
+        "build, CPU backend": lambda: build_mask(*paths, out, device="cpu", workers=workers)}
     if cuda:
         methods["build, CUDA backend"] = lambda: build_mask(*paths, out, device="cuda", workers=workers)
         methods["pinned host-to-device copy"] = lambda: host_to_device(paths, pinned=True)
@@ -160,8 +161,8 @@ def bench_tracker(cuda: bool, layers: int, hidden: int, steps: int = 5, every: i
     params = sum(p.numel() for p in model.parameters())
     print(f"tracker: {params / 1e6:.0f}M params, step {step_time * 1e3:.1f} ms, sparsity() {call_time * 1e3:.1f} ms, "
           f"{call_time / every / step_time:.2%} of step time at N={every}", flush=True)
-    return [[f"Llama {layers} layers, hidden {hidden} ({params / 1e6:.0f}M params, {str(dtype)[6:]}, "
-             f"batch {tuple(batch.shape)}, {device})",
+    return [[(f"Llama {layers} layers, hidden {hidden} ({params / 1e6:.0f}M params, {str(dtype)[6:]}, "
+             f"batch {tuple(batch.shape)}, {device})"),
              f"{step_time * 1e3:.1f}", f"{call_time * 1e3:.1f}", f"{call_time / every / step_time:.2%}"]]
 
 
@@ -190,15 +191,15 @@ def main() -> None:
 
     where = "one GPU" if cuda else "the CPU only (no GPU on this machine)"
     body = "\n\n".join([
-        f"On {where}. Resident: two bf16 state dicts of {args.resident_gb:g} GB each on the "
-        f"{'GPU' if cuda else 'CPU'}, 25% of values moved by one ulp; GB/s counts the bytes of both; ratio against "
-        f"a copy of the same bytes on the same device, best of {args.repeats}.",
+        (f"On {where}. Resident: two bf16 state dicts of {args.resident_gb:g} GB each on the "
+         f"{'GPU' if cuda else 'CPU'}, 25% of values moved by one ulp; GB/s counts the bytes of both; ratio against "
+         f"a copy of the same bytes on the same device, best of {args.repeats}."),
         markdown_table(["resident diff", "GB/s", "ratio to copy"], resident),
-        f"Files: two bf16 .safetensors files of {args.file_gb:g} GB each, {args.workers} worker threads; hot from "
-        "the page cache, cold after posix_fadvise(DONTNEED); ratio against the raw read of both files.",
+        (f"Files: two bf16 .safetensors files of {args.file_gb:g} GB each, {args.workers} worker threads; hot from "
+         "the page cache, cold after posix_fadvise(DONTNEED); ratio against the raw read of both files."),
         markdown_table(["files", "hot GB/s", "hot ratio", "cold GB/s", "cold ratio"], files),
-        "Tracker: `UpdateTracker(model).sparsity()` (mask, per-module sparsity and ladder) after AdamW steps of "
-        "one batch; best of 3 calls and of 5 steps.",
+        ("Tracker: `UpdateTracker(model).sparsity()` (mask, per-module sparsity and ladder) after AdamW steps of "
+         "one batch; best of 3 calls and of 5 steps."),
         markdown_table(["model", "step (ms)", "sparsity() (ms)", "share of step time at N=50"], tracker),
     ])
     print(body)
