@@ -139,3 +139,19 @@ def test_trainer_logs_update_sparsity_and_writes_masks(minilm_bf16, tmp_path: Pa
     assert 0 < submask.load(tmp_path / "checkpoint-2" / "update.smask").count != final.count
     with pytest.raises(SubmaskError, match="log_every"):
         UpdateSparsityCallback(log_every=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tracker_on_a_gpu_model_compares_there() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64)).cuda()
+    start = {name: value.detach().cpu().clone() for name, value in model.named_parameters()}
+    tracker = UpdateTracker(model)
+    with torch.no_grad():
+        model[0].weight[:3] += 1
+    mask = tracker.mask()
+    assert mask.metadata.stats["backend"] == "cuda:0"
+    assert mask.count == 3 * 64
+    assert dict(mask) == dict(build_on_cpu := submask.build_mask(start, {n: p.detach().cpu() for n, p in
+                                                                         model.named_parameters()}))
+    assert build_on_cpu.metadata.stats["backend"] == "cpu"
