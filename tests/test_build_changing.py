@@ -148,3 +148,17 @@ def test_provenance_tells_the_file_state(tmp_path: Path) -> None:
     assert mask.metadata.provenance["finetuned"]["files"] == {
         "finetuned.safetensors": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": None}}
     assert mask.count == 2 * len(np.arange(0, NUMEL, 3))
+
+
+def test_hash_records_the_sha256_of_local_files(tmp_path: Path) -> None:
+    import hashlib
+
+    base, finetuned, _ = _pair(tmp_path)
+    out = tmp_path / "rl.smask"
+    build_mask(base, finetuned, out, hash=True, chunk_bytes=1 << 20)
+    files = submask.load(out).metadata.provenance
+    for side, path in (("base", base), ("finetuned", finetuned)):
+        entry = files[side]["files"][path.name]
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["size"] == path.stat().st_size
+    assert build_mask(base, finetuned).metadata.provenance["base"]["files"][base.name]["sha256"] is None

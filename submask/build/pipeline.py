@@ -122,7 +122,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                include: Pattern | Sequence[Pattern] | None = None, intersect: bool = False,
                device: str | Backend = "auto", workers: int | None = None, chunk_bytes: int | None = None,
                max_shard_bytes: int | None = None, progress: bool = False, ladder: bool = True,
-               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None) -> Mask | Path:
+               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
+               hash: bool = False) -> Mask | Path:
     """Build the update mask of ``finetuned`` against ``base``: a bit is set where the value changed.
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
@@ -141,7 +142,10 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     mixed placements included; everything else, files included, on the CPU, which is faster for files
     (``submask.build.backends`` says why). The backend used is recorded as ``stats["backend"]``.
     ``workers`` threads (default: CPU count) compare chunks of at most ``chunk_bytes`` per checkpoint.
-    ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to Hub repo ids.
+    ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to Hub repo ids. With ``hash``, local checkpoint files
+    are hashed (SHA-256, recorded in the provenance beside size and mtime; Hub files carry their LFS
+    SHA-256 anyway) on one more thread while the build reads them, before the final check that they did
+    not change: the build then takes at least as long as hashing the files.
 
     Returns the Mask when ``out`` is None. Otherwise streams it to ``out`` tensor by tensor (atomically: an
     error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given, and returns the path
@@ -163,9 +167,12 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                    "dtypes": _dtype_summary(infos)})
         sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(out, metadata,
                                                                                 max_shard_bytes=max_shard_bytes))
-        with sink:
+        with sink, ThreadPoolExecutor(1, "submask-hash") as hasher:
+            hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b) if hash]
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
             metadata.stats = run.stream(infos, sink)
+            for future in hashed:
+                future.result()
             for source in (source_a, source_b):  # before the mask is committed: never a mask of a changed file
                 source.check_unchanged()
             metadata.stats["backend"] = backend.name

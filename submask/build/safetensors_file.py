@@ -11,6 +11,7 @@ recorded at open, and ``check_unchanged`` tells whether it was rewritten since.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -121,6 +122,14 @@ class SafetensorsFile:
                 raise self._ended_early(name)
             done += got
         return buffer[:nbytes].view(dtype.raw)
+
+    def sha256(self, piece: int = 8 * 1024 * 1024) -> str:
+        """Hex SHA-256 of the whole file as opened (read through this descriptor; hashlib releases the GIL)."""
+        digest, view, offset = hashlib.sha256(), memoryview(bytearray(piece)), 0
+        while got := os.preadv(self._fd, [view], offset):
+            digest.update(view[:got])
+            offset += got
+        return digest.hexdigest()
 
     def check_unchanged(self) -> None:
         """SourceError if the file was rewritten, truncated or replaced since it was opened."""

@@ -61,6 +61,9 @@ class Source:
     def check_unchanged(self) -> None:
         """SourceError if the checkpoint changed since it was opened (files only; cheap: no data is read)."""
 
+    def hash_files(self) -> None:
+        """Fill in the provenance ``sha256`` of the files opened so far that have none (local files)."""
+
     def close(self) -> None:
         """Release open files."""
 
@@ -101,6 +104,14 @@ class ShardedSource(Source):
         with self._lock:
             for opened in self._files.values():
                 opened.check_unchanged()
+
+    def hash_files(self) -> None:
+        with self._lock:
+            files = dict(self._files)
+        for shard, opened in files.items():
+            entry = self.provenance["files"].get(shard)
+            if entry is not None and entry["sha256"] is None:
+                entry["sha256"] = opened.sha256()
 
     def close(self) -> None:
         with self._lock:
