@@ -38,7 +38,7 @@ from .dtypes import DTYPES, DType
 from .safetensors_file import TensorInfo
 from .sources import Source, open_source
 
-MAX_CHUNK_BYTES = 32 * 1024 * 1024
+MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a buffer, a chunk is compared while still in cache
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
 # Both sides already on a torch device: nothing is read into host memory, and larger chunks on fewer threads
 # amortise each chunk's kernel launches and the copy back of its counts.

@@ -29,6 +29,7 @@ import torch
 
 from submask import UpdateTracker, build_mask
 from submask.build.backends import TorchBackend
+from submask.build.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
 from tools.bench.bench_build import MIB, drop_cache, read_raw, tensor_sizes, write_pair
 from tools.bench.report import markdown_table, write_section
 
@@ -94,7 +95,7 @@ def bench_resident(nbytes: int, cuda: bool, repeats: int) -> list[list[str]]:
 def bench_files(root: Path, nbytes: int, cuda: bool, workers: int) -> list[list[str]]:
     paths = write_pair(root, tensor_sizes(nbytes // 2 * 2, min(nbytes, GB // 2) // 2 * 2), 0.25)
     total = sum(p.stat().st_size for p in paths)
-    chunk_bytes = min(32 * MIB, 256 * MIB // (2 * (workers + 1)))
+    chunk_bytes = min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * (workers + 1)))
     out = root / "mask.smask"
     methods: dict[str, Callable[[], object]] = {
         "read (raw reader, baseline)": lambda: read_raw(paths, workers, chunk_bytes),
