@@ -43,6 +43,7 @@ from .build import build_mask
 from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
 from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
 from .train import Restriction, restrict, unrestrict
+from .tracker import UpdateSparsity, UpdateTracker
 
 __all__ = [
     "Comparison",
@@ -83,6 +84,8 @@ __all__ = [
     "TensorEntry",
     "TensorMask",
     "UnknownEncodingError",
+    "UpdateSparsity",
+    "UpdateTracker",
     "VersionError",
     "__version__",
     "apply_mask",

@@ -233,7 +233,8 @@ def test_module_and_state_dict_sources_agree_with_files(tmp_path: Path) -> None:
     assert from_modules.count == 33
     assert from_modules.metadata.provenance["base"]["source"] == "Sequential module"
     assert from_files.metadata.provenance["finetuned"]["files"] == {
-        "b.safetensors": {"size": (tmp_path / "b.safetensors").stat().st_size, "sha256": None}}
+        "b.safetensors": {"size": (tmp_path / "b.safetensors").stat().st_size,
+                          "mtime_ns": (tmp_path / "b.safetensors").stat().st_mtime_ns, "sha256": None}}
 
 
 def _two_files(tmp_path: Path, a: dict, b: dict) -> tuple[Path, Path]:
@@ -245,13 +246,13 @@ def _two_files(tmp_path: Path, a: dict, b: dict) -> tuple[Path, Path]:
 def test_mismatched_tensors_error_and_intersect(tmp_path: Path) -> None:
     a = {"same": torch.ones(4), "only_a": torch.ones(2), "shape": torch.ones(3), "dtype": torch.ones(2)}
     b = {"same": torch.tensor([1.0, 2, 1, 1]), "only_b": torch.ones(2), "shape": torch.ones(4),
-         "dtype": torch.ones(2, dtype=torch.float16)}
+         "dtype": torch.ones(2, dtype=torch.int32)}
     base, finetuned = _two_files(tmp_path, a, b)
     with pytest.raises(MismatchError) as info:
         build_mask(base, finetuned)
     message = str(info.value)
     for expected in ("1 base only: only_a", "1 finetuned only: only_b", "shape: F32 [3] vs F32 [4]",
-                     "dtype: F32 [2] vs F16 [2]", "intersect=True", "--include"):
+                     "dtype: F32 [2] vs I32 [2]", "intersect=True", "--include"):
         assert expected in message
     mask = build_mask(base, finetuned, intersect=True)
     assert list(mask) == ["same"] and mask["same"].to_numpy().tolist() == [False, True, False, False]
@@ -261,6 +262,49 @@ def test_mismatched_tensors_error_and_intersect(tmp_path: Path) -> None:
     assert list(build_mask(base, finetuned, include=["re:^sa", "nothing"])) == ["same"]
     with pytest.raises(MismatchError, match="matches no tensor"):
         build_mask(base, finetuned, include="zzz*")
+
+
+CROSS_PAIRS = [  # (bf16 base, fp32 finetune): values widen exactly, so "exact" means the same value
+    (1.0, 1.0), (1.0, 1.0 + 2**-20), (1.0, 1.5), (4.0, 4.25), (0.0, -0.0), (-0.0, -0.0),
+    (NAN, NAN), (NAN, -NAN), (NAN, 1.0), (INF, INF), (INF, -INF), (-2.0, -2.0 - 2**-12)]
+
+
+def _changed_by_value(x: np.ndarray, y: np.ndarray, name: str, tolerance: float) -> np.ndarray:
+    """Independent reference of the build criteria on float64 values (see submask.build.criteria)."""
+    same_bits = x.view(np.uint64) == y.view(np.uint64)
+    with np.errstate(invalid="ignore"):
+        delta = np.abs(y - x)
+        within = {"exact": np.zeros_like(same_bits), "atol": delta <= tolerance,
+                  "rtol": (delta <= tolerance * np.maximum(np.abs(x), np.abs(y))) & np.isfinite(delta)}[name]
+    return ~(same_bits | within)
+
+
+@pytest.mark.parametrize("base_dtype,finetuned_dtype", [(torch.bfloat16, torch.float32),
+                                                        (torch.float32, torch.bfloat16),
+                                                        (torch.float16, torch.float64),
+                                                        (torch.float8_e4m3fn, torch.float32)])
+def test_float_dtypes_compare_by_value(tmp_path: Path, base_dtype: torch.dtype,
+                                       finetuned_dtype: torch.dtype) -> None:
+    pairs = [(x, y) for x, y in CROSS_PAIRS if base_dtype != torch.float8_e4m3fn or not math.isinf(x)]
+    a = torch.tensor([x for x, _ in pairs], dtype=torch.float64).to(base_dtype)
+    b = torch.tensor([y for _, y in pairs], dtype=torch.float64).to(finetuned_dtype)
+    base, finetuned = _two_files(tmp_path, {"w": a.repeat(300), "ids": torch.arange(4)},
+                                 {"w": b.repeat(300), "ids": torch.tensor([0, 1, 5, 3])})
+    x, y = a.double().repeat(300).numpy(), b.double().repeat(300).numpy()
+    x, y = (np.where(np.isnan(v), np.nan, v) for v in (x, y))  # across dtypes, every NaN is one value
+    for name, tolerance in (("exact", 0.0), ("atol", 2**-10), ("rtol", 0.1)):
+        kwargs = {} if name == "exact" else {name: tolerance}
+        mask = build_mask(base, finetuned, chunk_bytes=64, **kwargs)
+        np.testing.assert_array_equal(mask["w"].to_numpy(), _changed_by_value(x, y, name, tolerance), err_msg=name)
+        assert mask["ids"].to_numpy().tolist() == [False, False, True, False]
+        assert mask.metadata.criterion["cross_dtype"] == "float64 values"
+        a_name, b_name = (submask.checkpoints.dtypes.dtype_of_array(d).name for d in (base_dtype, finetuned_dtype))
+        assert mask.metadata.stats["cross_dtype"] == {"w": [a_name, b_name]}
+        ladder = mask.metadata.stats["ladder"]["changed"]["w"]
+        assert ladder[0] == int(_changed_by_value(x, y, "exact", 0).sum())
+        assert ladder[4] == int(_changed_by_value(x, y, "atol", 1e-5).sum())
+    same = build_mask(base, base)
+    assert "cross_dtype" not in same.metadata.criterion and "cross_dtype" not in same.metadata.stats
 
 
 def test_criterion_arguments_are_checked() -> None:

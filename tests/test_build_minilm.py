@@ -109,3 +109,26 @@ def test_cli_build_writes_a_valid_mask(minilm_bf16, tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "error:" in bad.output and "no such file" in bad.output
     size = runner.invoke(main, ["build", "a", "b", "-o", str(out), "--max-shard-size", "lots"])
     assert size.exit_code == 2 and "not a size" in size.output
+
+
+def test_bf16_base_against_fp32_finetune_compares_values(minilm_bf16, minilm_fp32, tmp_path: Path) -> None:
+    """A trainer that loads a bf16 base and saves fp32 weights (the base widened, plus real fp32 updates)."""
+    from safetensors.torch import save_file
+
+    base = load_file(minilm_bf16.base_file)
+    fp32_base, fp32_finetuned = load_file(minilm_fp32.base_file), load_file(minilm_fp32.finetuned_file)
+    finetuned = {name: value.float() + (fp32_finetuned[name] - fp32_base[name]) if value.is_floating_point()
+                 else fp32_finetuned[name] for name, value in base.items()}
+    save_file(finetuned, tmp_path / "model.safetensors")
+    for kwargs in ({}, {"atol": 1e-6}):
+        mask = build_mask(minilm_bf16.base_file, tmp_path / "model.safetensors", **kwargs)
+        for name, value in base.items():
+            x, y = value.double(), finetuned[name].double()
+            expected = x.view(torch.int64) != y.view(torch.int64)
+            if kwargs:
+                expected &= (y - x).abs() > 1e-6
+            np.testing.assert_array_equal(mask[name].to_numpy(), expected.numpy(), err_msg=name)
+        assert 0 < mask.count < mask.numel
+        assert mask.metadata.criterion["cross_dtype"] == "float64 values"
+        assert set(mask.metadata.stats["cross_dtype"]) == {n for n, v in base.items() if v.is_floating_point()}
+        assert mask.metadata.stats["cross_dtype"]["embeddings.word_embeddings.weight"] == ["BF16", "F32"]

@@ -2,10 +2,12 @@
 
 Each tensor is cut along its flat (C order) element order into chunks of a multiple of 8 elements, so each
 chunk packs to whole bytes at a known offset of the tensor's packed bits. Worker threads read both chunks
-(files are memory-mapped, so a hot page cache costs no copy), compare them and pack the bits, then encode
-each finished tensor (the compiled kernel, numpy and zstd release the GIL, so all of it overlaps); one more
-thread writes the encoded tensors in order while the next ones are compared. Memory holds the chunks in
-flight plus the packed bits of the tensors being finished, never a whole checkpoint.
+into per-thread buffers (files are never memory-mapped, see ``safetensors_file``; tensors already on a
+torch device stay there), compare them and pack the bits, then encode each finished tensor (the compiled
+kernel, numpy and zstd release the GIL, so all of it overlaps); one more thread writes the encoded tensors
+in order while the next ones are compared. Memory holds the chunks in flight plus the packed bits of the
+tensors being finished, never a whole checkpoint. Each checkpoint file is checked for changes between
+tensors and before the mask is committed, so a build never returns a mask of a file rewritten meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import fnmatch
 import os
 import re
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,12 +34,18 @@ from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
+from ..checkpoints.dtypes import DTYPES, DType
 from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import Source, open_source
 
-MAX_CHUNK_BYTES = 32 * 1024 * 1024
+MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a buffer, a chunk is compared while still in cache
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
+# Both sides already on a torch device: nothing is read into host memory, and larger chunks on fewer threads
+# amortise each chunk's kernel launches and the copy back of its counts.
+DEVICE_CHUNK_BYTES = 256 * 1024 * 1024
+DEVICE_WORKERS = 4
 PENDING_WRITES = 2  # finished tensors being encoded or waiting for the writer thread
+FLOAT64 = DTYPES["F64"]
 SHOWN = 10  # names listed per kind of mismatch in error messages
 
 Pattern = str | re.Pattern[str]
@@ -91,7 +100,8 @@ class _FileSink:
 
 @dataclass
 class _TensorJob:
-    info: TensorInfo
+    info: TensorInfo  # the base's tensor
+    finetuned_dtype: DType  # the base's dtype, or another float dtype (compared by value)
     chunk_bytes: int
     packed: np.ndarray = field(init=False)
     ones: int = 0
@@ -102,7 +112,8 @@ class _TensorJob:
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
-        numel, step = self.info.numel, chunk_elements(self.chunk_bytes, self.info.dtype.itemsize)
+        itemsize = max(self.info.dtype.itemsize, self.finetuned_dtype.itemsize)
+        numel, step = self.info.numel, chunk_elements(self.chunk_bytes, itemsize)
         return [(start, min(start + step, numel)) for start in range(0, numel, step)]
 
 
@@ -111,18 +122,30 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                include: Pattern | Sequence[Pattern] | None = None, intersect: bool = False,
                device: str | Backend = "auto", workers: int | None = None, chunk_bytes: int | None = None,
                max_shard_bytes: int | None = None, progress: bool = False, ladder: bool = True,
-               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None) -> Mask | Path:
+               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
+               hash: bool = False) -> Mask | Path:
     """Build the update mask of ``finetuned`` against ``base``: a bit is set where the value changed.
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
     (``org/name[@revision]``), a state dict or an ``nn.Module``. ``criterion`` is "exact" (bitwise), "atol"
     or "rtol" (see ``submask.build.criteria``; by default the one whose tolerance is given, else exact).
     ``include`` keeps tensors whose names match a glob (or a regex written ``"re:..."``), or any of several;
-    ``intersect`` compares only the tensors both sides have with equal shape and dtype, instead of raising
-    MismatchError. Also records the changed counts at the tolerance ladder ``LADDER_ATOL`` unless ``ladder``
-    is False. ``device`` is "auto", "cpu" or "cuda[:N]"; ``workers`` threads (default: CPU count) compare
-    chunks of at most ``chunk_bytes`` per checkpoint. ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to
-    Hub repo ids.
+    ``intersect`` compares only the tensors both sides have with equal shape and comparable dtypes, instead of
+    raising MismatchError. Tensors stored in two float dtypes (a bf16 base, an fp32 finetune) are compared by
+    value: both are widened to float64 (exactly), "exact" means the same float64 value (same bits: ``+0.0``
+    vs ``-0.0`` is changed; every NaN is one value, so NaN vs NaN is unchanged) and the tolerances apply as
+    defined; the metadata records it (``criterion["cross_dtype"]``, and ``stats["cross_dtype"]`` per tensor). Also
+    records the changed counts at the tolerance ladder ``LADDER_ATOL`` unless ``ladder`` is False.
+
+    ``device`` is "auto", "cpu", "cuda[:N]" or a Backend. "auto" compares state dicts and modules whose
+    tensors live on a GPU (or another torch device) there, with no copy to the host but the packed bits,
+    mixed placements included; everything else, files included, on the CPU, which is faster for files
+    (``submask.build.backends`` says why). The backend used is recorded as ``stats["backend"]``.
+    ``workers`` threads (default: CPU count) compare chunks of at most ``chunk_bytes`` per checkpoint.
+    ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to Hub repo ids. With ``hash``, local checkpoint files
+    are hashed (SHA-256, recorded in the provenance beside size and mtime; Hub files carry their LFS
+    SHA-256 anyway) on one more thread while the build reads them, before the final check that they did
+    not change: the build then takes at least as long as hashing the files.
 
     Returns the Mask when ``out`` is None. Otherwise streams it to ``out`` tensor by tensor (atomically: an
     error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given, and returns the path
@@ -132,10 +155,10 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     >>> mask.metadata.stats["ladder"]["changed"]["__all__"]                              # doctest: +SKIP
     """
     chosen = Criterion.make(criterion, atol, rtol)
-    backend = select_backend(device)
     workers = max(1, workers or os.cpu_count() or 1)
     with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
             open_source(finetuned, api=hub_api, cache_dir=cache_dir) as source_b:
+        backend = select_backend(device, source_b.resident or source_a.resident)
         infos, skipped = match_tensors(source_a, source_b, include, intersect)
         metadata = MaskMetadata(
             kind="update", criterion=chosen.to_json(),
@@ -144,10 +167,17 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                    "dtypes": _dtype_summary(infos)})
         sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(out, metadata,
                                                                                 max_shard_bytes=max_shard_bytes))
-        with sink:
+        with sink, ThreadPoolExecutor(1, "submask-hash") as hasher:
+            hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b) if hash]
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
             metadata.stats = run.stream(infos, sink)
+            for future in hashed:
+                future.result()
+            for source in (source_a, source_b):  # before the mask is committed: never a mask of a changed file
+                source.check_unchanged()
             metadata.stats["backend"] = backend.name
+            if "cross_dtype" in metadata.stats:
+                metadata.criterion["cross_dtype"] = "float64 values"
             if skipped:
                 metadata.stats["skipped"] = skipped
     if isinstance(sink, _MemorySink):
@@ -163,7 +193,7 @@ def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[P
     b = {name: info for name, info in finetuned.tensors.items() if keep(name)}
     if include is not None and not a and not b:
         raise MismatchError(f"--include {include!r} matches no tensor of {base.label} or {finetuned.label}")
-    mismatched = [name for name in a if name in b and a[name] != b[name]]
+    mismatched = [name for name in a if name in b and not comparable(a[name], b[name])]
     skipped = {"base_only": [name for name in a if name not in b],
                "finetuned_only": [name for name in b if name not in a], "mismatched": mismatched}
     skipped = {kind: names for kind, names in skipped.items() if names}
@@ -178,10 +208,16 @@ def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[P
         raise MismatchError(f"{base.label} (base) and {finetuned.label} (finetuned) do not have the same tensors "
                             f"({details}); pass intersect=True (--intersect) to compare only the tensors both have "
                             "alike, or include= (--include) to pick tensors by name")
-    infos = [info for name, info in a.items() if b.get(name) == info]
+    infos = [info for name, info in a.items() if name in b and comparable(info, b[name])]
     if not infos:
         raise MismatchError(f"{base.label} and {finetuned.label} have no tensor in common to compare")
     return infos, skipped
+
+
+def comparable(base: TensorInfo, finetuned: TensorInfo) -> bool:
+    """Same name and shape, and the same dtype or two float dtypes (compared by value)."""
+    return base.name == finetuned.name and base.shape == finetuned.shape and (
+        base.dtype == finetuned.dtype or base.dtype.kind == finetuned.dtype.kind == "float")
 
 
 def _name_filter(include: Pattern | Sequence[Pattern] | None) -> Callable[[str], bool]:
@@ -206,9 +242,14 @@ class _Run:
     def __init__(self, source_a: Source, source_b: Source, backend: Backend, criterion: Criterion, ladder: bool,
                  workers: int, chunk_bytes: int | None, progress: bool):
         self.sources, self.backend, self.criterion, self.ladder = (source_a, source_b), backend, criterion, ladder
+        on_device = backend.takes_tensors and source_a.resident is not None and source_b.resident is not None
+        if on_device:
+            workers = min(workers, DEVICE_WORKERS)
         self.workers, self.depth = workers, workers + 1
-        self.chunk_bytes = max(8 * 8, chunk_bytes or min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth)))
+        self.chunk_bytes = max(8 * 8, chunk_bytes or (DEVICE_CHUNK_BYTES if on_device else
+                                                      min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth))))
         self.progress = progress
+        self._buffers = threading.local()
 
     def stream(self, infos: list[TensorInfo], sink: _Sink) -> dict[str, Any]:
         """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats."""
@@ -218,11 +259,15 @@ class _Run:
         ladders: dict[str, list[int]] = {}
         pending: deque[tuple[_TensorJob, Future, bool]] = deque()
         writes: deque[Future] = deque()
-        bar = tqdm(total=2 * sum(i.nbytes for i in infos), unit="B", unit_scale=True, unit_divisor=1024,
+        finetuned = self.sources[1].tensors
+        bar = tqdm(total=sum(i.nbytes + i.numel * finetuned[i.name].dtype.itemsize for i in infos), unit="B",
+                   unit_scale=True, unit_divisor=1024,
                    desc="build", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
         pool, writer = ThreadPoolExecutor(self.workers, "submask-build"), ThreadPoolExecutor(1, "submask-write")
 
         def finish(job: _TensorJob) -> None:
+            for source in self.sources:  # fail early, between tensors, once a checkpoint is rewritten
+                source.check_unchanged()
             while len(writes) >= PENDING_WRITES:
                 writes.popleft().result()
             prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones)
@@ -230,6 +275,8 @@ class _Run:
             stats["changed"] += job.ones
             stats["numel"] += job.info.numel
             stats["dtypes"][job.info.name] = job.info.dtype.name
+            if job.finetuned_dtype != job.info.dtype:
+                stats.setdefault("cross_dtype", {})[job.info.name] = [job.info.dtype.name, job.finetuned_dtype.name]
             ladders[job.info.name] = job.ladder.tolist()
 
         def collect() -> None:
@@ -238,13 +285,13 @@ class _Run:
             job.ones += ones
             if counts is not None:
                 job.ladder += counts
-            bar.update(2 * nbytes)
+            bar.update(nbytes)
             if last:
                 finish(job)
 
         try:
             for info in infos:
-                job = _TensorJob(info, self.chunk_bytes)
+                job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes)
                 chunks = job.chunks
                 if not chunks:
                     finish(job)
@@ -266,12 +313,28 @@ class _Run:
         return stats
 
     def _compare(self, job: _TensorJob, start: int, stop: int) -> tuple[int, list[int] | None, int]:
-        """Worker: view one chunk of both sides, compare, and place its packed bits; returns counts."""
-        name, dtype = job.info.name, job.info.dtype
-        a, b = (source.view(name, start, stop) for source in self.sources)
+        """Worker: read one chunk of both sides, compare, and place its packed bits; returns counts."""
+        a, b = (self._read(side, job.info.name, start, stop) for side in range(2))
+        dtype = job.info.dtype
+        if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
+            a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
         job.packed[start // 8: start // 8 + result.packed.size] = result.packed
-        return result.ones, result.ladder, (stop - start) * dtype.itemsize
+        return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)
+
+    def _read(self, side: int, name: str, start: int, stop: int) -> Any:
+        """A chunk of side 0 (base) or 1: a torch view where the backend takes them (tensors stay on their
+        device), else numpy, read into this thread's staging buffer for that side (made on first use)."""
+        source = self.sources[side]
+        chunk = source.read_tensor(name, start, stop) if self.backend.takes_tensors else None
+        if chunk is not None:
+            return chunk
+        buffers = getattr(self._buffers, "by_side", None)
+        if buffers is None:
+            buffers = self._buffers.by_side = [None, None]
+        if buffers[side] is None:
+            buffers[side] = self.backend.staging(self.chunk_bytes)
+        return source.read(name, start, stop, buffers[side])
 
 
 def chunk_elements(chunk_bytes: int, itemsize: int) -> int:

@@ -2,16 +2,17 @@
 
 The header (8-byte little-endian length, then JSON with each tensor's dtype, shape and data_offsets) is
 parsed here rather than by ``safetensors.safe_open``, whose numpy framework cannot return bf16 or fp8.
-Element ranges come back as unsigned integers of their width, either read with ``os.preadv`` into a
-caller's buffer (``read``) or viewed in a read-only memory map of just that range (``view``: a hot page
-cache costs no copy, and the map, with the pages it holds resident, goes when the array is dropped). Any
-dtype streams in bounded memory, from several threads at once (the GIL is released).
+Element ranges come back as unsigned integers of their width, read with ``os.preadv`` into a caller's
+buffer: any dtype streams in bounded memory, from several threads at once (the GIL is released). Reads
+never go through a memory map, because a file truncated while a map of it is read kills the process with
+SIGBUS; a short read instead raises SourceError. The file's identity (inode, size, modification time) is
+recorded at open, and ``check_unchanged`` tells whether it was rewritten since.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ class SafetensorsFile:
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot open checkpoint ({exc.strerror})") from None
         try:
-            self.size = os.fstat(self._fd).st_size
+            stat = os.fstat(self._fd)
+            self.size, self.mtime_ns, self._inode = stat.st_size, stat.st_mtime_ns, (stat.st_dev, stat.st_ino)
             self.tensors, self._offsets, self.metadata = self._parse_header()
         except BaseException:
             os.close(self._fd)
@@ -120,23 +122,34 @@ class SafetensorsFile:
             done += got
         return buffer[:nbytes].view(dtype.raw)
 
-    def view(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Elements ``[start, stop)`` of tensor ``name`` as a read-only array mapped from the file."""
-        dtype = self.tensors[name].dtype
-        nbytes = (stop - start) * dtype.itemsize
-        offset = self._offsets[name] + start * dtype.itemsize
-        if not nbytes:
-            return np.empty(0, dtype=dtype.raw)
-        if offset + nbytes > os.fstat(self._fd).st_size:  # touching a mapped page past the end is a SIGBUS
-            raise self._ended_early(name)
-        aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(self._fd, offset + nbytes - aligned, offset=aligned, access=mmap.ACCESS_READ)
-        mapped.madvise(mmap.MADV_WILLNEED)  # one large read-ahead when the pages are not cached yet
-        return np.frombuffer(mapped, dtype=dtype.raw, count=stop - start, offset=offset - aligned)
+    def sha256(self, piece: int = 8 * 1024 * 1024) -> str:
+        """Hex SHA-256 of the whole file as opened (read through this descriptor; hashlib releases the GIL)."""
+        digest, view, offset = hashlib.sha256(), memoryview(bytearray(piece)), 0
+        while got := os.preadv(self._fd, [view], offset):
+            digest.update(view[:got])
+            offset += got
+        return digest.hexdigest()
+
+    def check_unchanged(self) -> None:
+        """SourceError if the file was rewritten, truncated or replaced since it was opened."""
+        try:
+            now, at_path = os.fstat(self._fd), os.stat(self.path)
+        except OSError as exc:
+            raise SourceError(f"{self.path}: the checkpoint went away during the build ({exc.strerror}); build "
+                              "again once it is no longer being written") from None
+        if (now.st_size, now.st_mtime_ns) != (self.size, self.mtime_ns):
+            change = (f"size {self.size} -> {now.st_size} bytes" if now.st_size != self.size
+                      else "rewritten in place")
+        elif (at_path.st_dev, at_path.st_ino) != self._inode:
+            change = "replaced by another file"
+        else:
+            return
+        raise SourceError(f"{self.path}: the checkpoint changed while the build read it ({change}); build again "
+                          "once it is no longer being written")
 
     def _ended_early(self, name: str) -> SourceError:
-        return SourceError(f"{self.path}, tensor {name!r}: the file ended early; was it changed or truncated "
-                           "during the build?")
+        return SourceError(f"{self.path}, tensor {name!r}: the checkpoint changed while the build read it (the "
+                           "file ended early); build again once it is no longer being written")
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -38,21 +38,31 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
 
 
 class Source:
-    """A checkpoint to compare: ``label``, ``tensors``, ``provenance`` and lazy ``read``."""
+    """A checkpoint to compare: ``label``, ``tensors``, ``provenance`` and lazy ``read``.
+
+    ``resident`` names the torch device (other than the CPU) the tensors already live on, else None.
+    """
 
     label: str
     tensors: dict[str, TensorInfo]
     provenance: dict[str, Any]
+    resident: str | None = None
 
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         """Flat elements ``[start, stop)`` of ``name`` as raw unsigned ints; may be read into ``buffer``
         (a uint8 scratch array of at least ``(stop - start) * itemsize`` bytes)."""
         raise NotImplementedError
 
-    def view(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Like ``read``, but the result may be read-only and need no buffer (files are memory-mapped)."""
-        info = self.tensors[name]
-        return self.read(name, start, stop, np.empty((stop - start) * info.dtype.itemsize, dtype=np.uint8))
+    def read_tensor(self, name: str, start: int, stop: int) -> Any:
+        """Flat elements ``[start, stop)`` of ``name`` as a torch signed-int view on the device the tensor
+        lives on (no copy), for sources that hold torch tensors; None for the others."""
+        return None
+
+    def check_unchanged(self) -> None:
+        """SourceError if the checkpoint changed since it was opened (files only; cheap: no data is read)."""
+
+    def hash_files(self) -> None:
+        """Fill in the provenance ``sha256`` of the files opened so far that have none (local files)."""
 
     def close(self) -> None:
         """Release open files."""
@@ -78,9 +88,6 @@ class ShardedSource(Source):
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         return self._file(self._shard_of[name]).read(name, start, stop, buffer)
 
-    def view(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self._file(self._shard_of[name]).view(name, start, stop)
-
     def _file(self, shard: str) -> SafetensorsFile:
         with self._lock:
             if shard not in self._files:
@@ -92,6 +99,19 @@ class ShardedSource(Source):
                                           "said when the build started; was the checkpoint changed meanwhile?")
                 self._files[shard] = opened
             return self._files[shard]
+
+    def check_unchanged(self) -> None:
+        with self._lock:
+            for opened in self._files.values():
+                opened.check_unchanged()
+
+    def hash_files(self) -> None:
+        with self._lock:
+            files = dict(self._files)
+        for shard, opened in files.items():
+            entry = self.provenance["files"].get(shard)
+            if entry is not None and entry["sha256"] is None:
+                entry["sha256"] = opened.sha256()
 
     def close(self) -> None:
         with self._lock:
@@ -112,15 +132,23 @@ class StateDictSource(Source):
                 raise SourceError(f"{label}, tensor {name!r}: {type(value).__name__} is not a tensor or array")
             self.tensors[name] = TensorInfo(name, dtype_of_array(value.dtype, f"{label}, tensor {name!r}: "),
                                             tuple(int(d) for d in value.shape))
+        devices = [str(value.device) for value in state.values()
+                   if not isinstance(value, np.ndarray) and str(getattr(value, "device", "cpu")) != "cpu"]
+        self.resident = devices[0] if devices else None
 
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         value, dtype = self._state[name], self.tensors[name].dtype
         if isinstance(value, np.ndarray):
             return value.reshape(-1)[start:stop].view(dtype.raw)
+        return self.read_tensor(name, start, stop).cpu().numpy().view(dtype.raw)
+
+    def read_tensor(self, name: str, start: int, stop: int) -> Any:
+        value = self._state[name]
+        if isinstance(value, np.ndarray):
+            return None
         import torch
 
-        flat = value.detach().reshape(-1)[start:stop].view(getattr(torch, dtype.signed.name))
-        return flat.cpu().numpy().view(dtype.raw)
+        return value.detach().reshape(-1)[start:stop].view(getattr(torch, self.tensors[name].dtype.signed.name))
 
 
 def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:
@@ -163,7 +191,8 @@ def local_source(path: str | os.PathLike[str]) -> ShardedSource:
         raise
     tensors, shard_of = _assemble(str(path), {shard: f.tensors for shard, f in files.items()}, weight_map)
     provenance = {"source": str(path), "revision": None,
-                  "files": {shard: {"size": f.size, "sha256": None} for shard, f in files.items()}}
+                  "files": {shard: {"size": f.size, "mtime_ns": f.mtime_ns, "sha256": None}
+                            for shard, f in files.items()}}
     # The shards are open already (their headers list the tensors), so the opener is never needed.
     return ShardedSource(str(path), tensors, shard_of, files.__getitem__, provenance, opened=files)
 

@@ -1,7 +1,8 @@
 """Integrations with training frameworks; each imports its framework only when used.
 
 ``submask.integrations.SubmaskCallback`` (or ``submask.integrations.transformers.SubmaskCallback``) is the
-transformers ``Trainer`` callback; transformers is imported on first access.
+transformers ``Trainer`` callback that restricts training to a mask, ``UpdateSparsityCallback`` the one that
+logs update sparsity and writes update masks into checkpoints; transformers is imported on first access.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SubmaskCallback":
-        from .transformers import SubmaskCallback
+    if name in __all__:
+        from . import transformers
 
-        return SubmaskCallback
+        return getattr(transformers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SubmaskCallback"]
+__all__ = ["SubmaskCallback", "UpdateSparsityCallback"]

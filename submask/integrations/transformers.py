@@ -11,16 +11,23 @@ sparse mode the optimizer holds only the masked values; when the callback is add
 are reset after every optimizer step (``on_optimizer_step``). At the end of training the restriction is
 removed, so ``save_model`` writes plain parameters. Checkpoints saved *during* sparse-mode training hold
 the parametrized names (``...parametrizations.weight.original``); prefer dense mode if you resume from them.
+
+``UpdateSparsityCallback`` follows update sparsity over training (``submask.UpdateTracker``): every
+``log_every`` steps it logs the fraction of unchanged values, overall, per module type and along the
+tolerance ladder, to the trainer's loggers, and writes the update mask into each checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import SubmaskError
 from ..io import MaskLike
+from ..tracker import UpdateTracker
 from ..train import Missing, Mode, restrict, restriction_of
 
 
@@ -55,3 +62,52 @@ class SubmaskCallback(TrainerCallback):
         restriction = restriction_of(model)
         if restriction is not None:
             restriction.remove()
+
+
+class UpdateSparsityCallback(TrainerCallback):
+    """Log update sparsity every ``log_every`` steps and write ``mask_name`` into each checkpoint (unless None).
+
+    The reference is ``reference`` (a module or state dict the trainer already holds: no copy) or else the
+    model's parameters when training starts (one copy, on the model's device). ``criterion``/``atol``/``rtol``
+    are those of ``build_mask``. The values go to the logs as ``update_sparsity``,
+    ``update_sparsity/<module type>`` and ``update_sparsity@atol=<tolerance>``; built-in reporters
+    (``report_to``) see them when this callback comes before them, as ``attach`` arranges:
+
+    >>> UpdateSparsityCallback(log_every=50).attach(trainer)                                 # doctest: +SKIP
+    """
+
+    def __init__(self, log_every: int = 50, mask_name: str | None = "update.smask", reference: Any = None,
+                 criterion: str | None = None, atol: float | None = None, rtol: float | None = None):
+        if log_every < 1:
+            raise SubmaskError(f"UpdateSparsityCallback log_every must be >= 1, got {log_every}")
+        self.log_every, self.mask_name, self.reference = log_every, mask_name, reference
+        self._criterion = {"criterion": criterion, "atol": atol, "rtol": rtol}
+        self.tracker: UpdateTracker | None = None
+        self._pending: dict[str, float] = {}
+
+    def attach(self, trainer: Any) -> "UpdateSparsityCallback":
+        """Add this callback to ``trainer`` ahead of its reporters, so they log what it adds."""
+        trainer.callback_handler.callbacks.insert(0, self)
+        return self
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self.tracker is None:
+            self.tracker = UpdateTracker(model, self.reference, **self._criterion)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.tracker is not None and state.global_step % self.log_every == 0:
+            self._pending = self.tracker.sparsity().as_logs()
+            control.should_log = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        if self._pending and logs is not None:
+            logs.update(self._pending)
+            if state.log_history:  # the trainer records its entry before the callbacks see it
+                state.log_history[-1].update(self._pending)
+            self._pending = {}
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.tracker is not None and self.mask_name is not None and state.is_world_process_zero:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            self.tracker.save(os.path.join(checkpoint, self.mask_name))

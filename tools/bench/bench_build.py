@@ -35,6 +35,7 @@ import numpy as np
 from tools.bench.report import markdown_table, write_section
 
 from submask.build import build_mask
+from submask.build.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
 from submask.accel import numba_disabled, numba_state
 from submask.checkpoints.safetensors_file import SafetensorsFile
 
@@ -163,7 +164,7 @@ def main() -> None:
     paths = write_pair(args.dir, sizes, args.changed)
     out = args.dir / "mask.smask"
     nbytes = sum(p.stat().st_size for p in paths)
-    chunk_bytes = min(32 * MIB, 256 * MIB // (2 * (args.workers + 1)))
+    chunk_bytes = min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * (args.workers + 1)))
     builds: dict[str, Callable[[], object]] = {
         "build exact": lambda: build_mask(*paths, out, workers=args.workers, device="cpu"),
         "build exact, no ladder": lambda: build_mask(*paths, out, workers=args.workers, device="cpu", ladder=False),

@@ -1,0 +1,113 @@
+"""Update masks during training: which parameters moved from a reference, on demand, on the model's device.
+
+>>> tracker = submask.UpdateTracker(model)            # keeps a copy of the initial weights   # doctest: +SKIP
+>>> ...                                               # training steps                        # doctest: +SKIP
+>>> tracker.sparsity().overall                        # fraction of values still unchanged    # doctest: +SKIP
+>>> tracker.save("step-1000.smask")                   # the update mask, streamed atomically  # doctest: +SKIP
+
+The comparison is ``build_mask`` on the parameters (state dicts that stay on their device: a model on a
+GPU is compared there, only the packed bits and counts come back), so criteria, the tolerance ladder and
+the mask's metadata are those of a build. The reference costs memory only when it is not given: with
+``reference=`` (the reference model an RL trainer already holds, or a state dict) nothing is copied.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .breakdown import locate
+from .build import build_mask
+from .build.criteria import LADDER_ATOL
+from .errors import MismatchError, SubmaskError
+from .mask import Mask
+
+
+@dataclass(frozen=True)
+class UpdateSparsity:
+    """Fractions of values unchanged from the reference: overall, per tensor and per module type (as
+    ``submask.breakdown.locate`` names them), and at each tolerance of ``LADDER_ATOL`` (``ladder``, overall
+    and per module type)."""
+
+    overall: float
+    tensors: dict[str, float]
+    modules: dict[str, float]
+    ladder: dict[float, float]
+    module_ladder: dict[str, dict[float, float]]
+
+    @classmethod
+    def of(cls, mask: Mask) -> "UpdateSparsity":
+        """The sparsity of an update mask built with its tolerance ladder."""
+        changed = mask.metadata.stats["ladder"]["changed"]
+        numel: dict[str, int] = {}
+        module_changed: dict[str, list[int]] = {}
+        for name, tensor in mask.items():
+            module = locate(name).module
+            numel[module] = numel.get(module, 0) + tensor.numel
+            totals = module_changed.setdefault(module, [0] * len(LADDER_ATOL))
+            module_changed[module] = [total + count for total, count in zip(totals, changed[name])]
+
+        def unchanged(counts: list[int], total: int) -> dict[float, float]:
+            return {atol: 1 - count / total if total else 1.0 for atol, count in zip(LADDER_ATOL, counts)}
+
+        return cls(overall=1 - mask.density,
+                   tensors={name: 1 - tensor.density for name, tensor in mask.items()},
+                   modules={module: 1 - counts[0] / numel[module] if numel[module] else 1.0
+                            for module, counts in module_changed.items()},
+                   ladder=unchanged(changed["__all__"], mask.numel),
+                   module_ladder={module: unchanged(counts, numel[module])
+                                  for module, counts in module_changed.items()})
+
+    def as_logs(self, prefix: str = "update_sparsity") -> dict[str, float]:
+        """Flat ``{name: value}`` for a trainer's loggers: overall, per module type, and the overall ladder."""
+        logs = {prefix: self.overall}
+        logs.update({f"{prefix}/{module}": value for module, value in self.modules.items()})
+        logs.update({f"{prefix}@atol={atol:g}": value for atol, value in self.ladder.items() if atol})
+        return logs
+
+
+class UpdateTracker:
+    """The update mask of ``model``'s parameters against ``reference`` (default: a copy of the parameters
+    now, on their device), computed on demand on the model's device.
+
+    ``reference`` may be a module (an RL trainer's reference model: its parameters are read live, never
+    copied) or a state dict holding at least the model's parameter names. ``criterion``, ``atol`` and
+    ``rtol`` are those of ``build_mask``.
+    """
+
+    def __init__(self, model: Any, reference: Any = None, *, criterion: str | None = None,
+                 atol: float | None = None, rtol: float | None = None):
+        self.model, self._criterion = model, {"criterion": criterion, "atol": atol, "rtol": rtol}
+        if reference is None:
+            reference = {name: value.detach().clone() for name, value in model.named_parameters()}
+        elif callable(getattr(reference, "named_parameters", None)):
+            reference = dict(reference.named_parameters())
+        elif not isinstance(reference, Mapping):
+            raise SubmaskError(f"UpdateTracker reference must be a module or a state dict, not a "
+                                f"{type(reference).__name__}")
+        self.reference = reference
+
+    def _pair(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        current = {name: value.detach() for name, value in self.model.named_parameters()}
+        missing = [name for name in current if name not in self.reference]
+        if missing:
+            raise MismatchError(f"UpdateTracker: the reference has no {missing[0]!r} ({len(missing)} parameter(s) "
+                                "missing); pass a reference with the model's parameter names")
+        return {name: self.reference[name].detach() for name in current}, current
+
+    def mask(self) -> Mask:
+        """The update mask now (set where a parameter value differs from the reference), with its ladder."""
+        reference, current = self._pair()
+        return build_mask(reference, current, **self._criterion)
+
+    def sparsity(self) -> UpdateSparsity:
+        """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder."""
+        return UpdateSparsity.of(self.mask())
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the update mask now to ``path`` (streamed, atomically); returns the path written."""
+        reference, current = self._pair()
+        return build_mask(reference, current, path, **self._criterion)
