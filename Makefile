@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/submask demo --out submask-demo
+	$(VENV)/bin/submask demo -o submask-demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -7,6 +7,7 @@
 array([ True, False, False,  True])
 """
 
+from . import interrupts as _interrupts  # noqa: F401  (first: as `submask`, a Ctrl-C while importing is one line)
 from ._version import __version__
 from .errors import (
     ChecksumError,

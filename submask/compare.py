@@ -29,6 +29,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import check_target
 from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count
 from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
@@ -151,11 +152,13 @@ def density_breakdown(mask: MaskSource, by: str = "layer") -> dict[str, Counts]:
 
 
 def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
-                  common: bool = False, progress: bool = False) -> Path:
+                  common: bool = False, progress: bool = False, overwrite: bool = False) -> Path:
     """Write ``op`` ("and", "or", "xor", "diff", "not") of mask files to ``output``, tensor by tensor.
 
     The result's metadata records the operation and each input's path, content fingerprint and provenance.
+    An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
     """
+    check_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
         files = [stack.enter_context(open_mask(path)) for path in inputs]
         labels = [str(path) for path in inputs]
@@ -164,7 +167,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
-        with MaskWriter(output, metadata) as writer:
+        with MaskWriter(output, metadata, overwrite=overwrite) as writer:
             for name in _progress(names, progress, f"submask {op}"):
                 tensors = [f[name] for f in files]
                 packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)

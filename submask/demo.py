@@ -25,7 +25,7 @@ import numpy as np
 
 from .algebra import Counts
 from .apply import apply_mask
-from .atomic import atomic_write
+from .atomic import atomic_write, check_target
 from .build import build_mask
 from .compare import compare, density_breakdown
 from .examples import minilm
@@ -64,9 +64,13 @@ RUNS = (
 Echo = Callable[[str], None]
 
 
-def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo: Echo = print) -> dict[str, Any]:
-    """Run the demo into ``out_dir`` and return its report (also written to ``out_dir/report.json``)."""
-    out = Path(out_dir)
+def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo: Echo = print,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out_dir`` and return its report (also written to ``out_dir/report.json``).
+
+    A non-empty ``out_dir`` is refused (OutputError) unless ``overwrite``: then the demo's files in it are replaced.
+    """
+    out = check_target(out_dir, overwrite, directory=True)
     out.mkdir(parents=True, exist_ok=True)
     echo(f"submask demo: all-MiniLM-L6-v2 in {DTYPE}, {steps} AdamW steps per run, output in {out}")
     base = minilm.write_base(out / "models" / "base", dtype=DTYPE)
@@ -81,7 +85,7 @@ def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo
     echo("\n2. update masks (exact criterion: a bit is set where the stored value changed)")
     masks = {run.name: out / "masks" / f"{run.name}.smask" for run in RUNS}
     for run in RUNS:
-        build_mask(base, out / "models" / run.name, masks[run.name])
+        build_mask(base, out / "models" / run.name, masks[run.name], overwrite=True)
         report["runs"][run.name] = _describe_run(run, masks[run.name])
     echo(_sparsity_table(report["runs"]))
     echo("   update sparsity if |delta| <= atol counted unchanged (the tolerance ladder each build records):")

@@ -204,11 +204,11 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
         check_model(self, shapes, what)
 
     def save(self, path: str | os.PathLike[str], encoding: str | Mapping[str, str] = "auto",
-             max_shard_bytes: int | None = None) -> None:
-        """Write this mask to a .smask file (atomically); see ``submask.save``."""
+             max_shard_bytes: int | None = None, overwrite: bool = False) -> None:
+        """Write this mask to a .smask file atomically (over an existing one only with ``overwrite``); see ``save``."""
         from .format import save
 
-        save(self, path, encoding=encoding, max_shard_bytes=max_shard_bytes)
+        save(self, path, encoding=encoding, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Mask":

@@ -92,7 +92,7 @@ def rich_tensors() -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
 def write_vector(name: str, tensors: list, metadata: MaskMetadata | None = None,
                  max_shard_bytes: int | None = None) -> None:
     metadata = metadata or MaskMetadata(kind="other", creator=CREATOR)
-    with MaskWriter(VECTORS / f"{name}.smask", metadata, max_shard_bytes=max_shard_bytes) as writer:
+    with MaskWriter(VECTORS / f"{name}.smask", metadata, max_shard_bytes=max_shard_bytes, overwrite=True) as writer:
         for tensor_name, array, encoding, config in tensors:
             writer.add(tensor_name, TensorMask.from_numpy(array), encoding, config)
     content = {"tensors": {tensor_name: {"shape": list(array.shape),

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..atomic import atomic_write, scratch_file
+from ..atomic import atomic_write, check_target, scratch_file, writing
 from ..errors import MismatchError
 from ..mask import TensorMask
 from .container import write_container
@@ -45,10 +45,14 @@ class MaskWriter:
     index ``PATH.index.json`` once they exceed one shard; otherwise a single file is written at ``path``.
     If the block raises (Ctrl-C included), nothing is left under the final names. After the block, ``paths``
     lists the files written (the shards, then the index) and ``index_path`` is the index, or None.
+    An existing ``path`` (or its index) is refused at construction with OutputError unless ``overwrite``;
+    an OSError while writing (disk full) becomes an OutputError naming ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None,
+                 overwrite: bool = False):
+        self.path = check_target(path, overwrite)
+        check_target(self.path.with_name(self.path.name + INDEX_SUFFIX), overwrite)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
         self._stack = ExitStack()
@@ -80,7 +84,8 @@ class MaskWriter:
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
         shard = self._shard_for(len(payload))
-        shard.data.write(payload)
+        with writing(self.path):
+            shard.data.write(payload)
         shard.entries.append(entry)
         shard.sizes.append(len(payload))
         self._names.add(name)
@@ -89,7 +94,7 @@ class MaskWriter:
     def _shard_for(self, size: int) -> _Shard:
         last = self._shards[-1] if self._shards else None
         if last is None or (self.max_shard_bytes and last.entries and last.nbytes + size > self.max_shard_bytes):
-            data = self._stack.enter_context(scratch_file(self.path.parent, f".{self.path.name}."))
+            data = self._stack.enter_context(scratch_file(self.path.parent, self.path))
             last = _Shard(data)
             self._shards.append(last)
         return last
@@ -100,7 +105,7 @@ class MaskWriter:
                 self._finish()
 
     def _finish(self) -> None:
-        shards = self._shards or [_Shard(self._stack.enter_context(scratch_file(self.path.parent, ".empty.")))]
+        shards = self._shards or [_Shard(self._stack.enter_context(scratch_file(self.path.parent, self.path)))]
         if len(shards) == 1:
             with atomic_write(self.path) as out:
                 self._write_shard(out, shards[0])
