@@ -339,4 +339,4 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool,
 
 
 def _progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:
-    return iter(tqdm(names, desc=description, unit="tensor", file=sys.stderr, disable=None if enabled else True, leave=False))
+    return iter(tqdm(names, desc=description, unit="tensor", file=sys.stderr, disable=not enabled, leave=False))

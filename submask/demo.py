@@ -218,12 +218,14 @@ def _restricted_check(out: Path, run: Run, mask_path: Path, steps: int, progress
 
 
 def _plots(out: Path, masks: dict[str, Path], comparison: Any) -> list[str]:
-    from .plot import plot_density, plot_overlap
+    from .plot import density_scale, plot_density, plot_overlap
 
     paths = [plot_overlap(comparison, out / "plots" / "overlap.png")]
-    for name, path in masks.items():
-        with_counts = {n: (e.ones, e.bits) for n, e in _entries(path).items()}
-        paths.append(plot_density(with_counts, out / "plots" / f"density_{name}.png", title=f"{name}: update density"))
+    counts = {name: {n: (e.ones, e.bits) for n, e in _entries(path).items()} for name, path in masks.items()}
+    vmax = density_scale(counts.values())
+    for name, with_counts in counts.items():
+        paths.append(plot_density(with_counts, out / "plots" / f"density_{name}.png", title=f"{name}: update density",
+                                  vmax=vmax))
     return [str(p) for p in paths]
 
 

@@ -79,11 +79,15 @@ def test_compare_json_csv_and_table(files: tuple) -> None:
     assert int(rows[0]["intersection"]) == np.sum(flat[0] & flat[1])
     assert float(rows[0]["chance_jaccard"]) == pytest.approx(
         submask.chance_jaccard(flat[0].mean(), flat[1].mean()))
-    code, out, _ = invoke("compare", paths[0], paths[1])
+    code, out, _ = invoke("compare", *paths, "--by", "layer", "-q")
     assert code == 0
     header, _, row = out.splitlines()[:3]
-    assert "overlap A->B" in header and "chance Jaccard" in header
-    assert row.split()[6] == str(np.sum(flat[0] & flat[1]))  # group, A, "vs", B, |A|, |B|, |A and B|
+    assert header.split()[:6] == ["group", "A", "B", "|A", "and", "B|"] and "x per-tensor" in header
+    assert row.split()[:4] == ["all", "run0.smask", "run1.smask", str(np.sum(flat[0] & flat[1]))]
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert "stratified" in out and "--json or --csv" in out  # each ratio names its baseline
+    code, _, err = invoke("compare", paths[0], paths[1], "--csv", "--json")
+    assert code == 2 and "--json and --csv" in err
 
 
 def test_compare_mismatch_is_an_error_unless_common(files: tuple, tmp_path: Path) -> None:

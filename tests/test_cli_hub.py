@@ -36,9 +36,9 @@ def test_push_pull_ls_info(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tm
     code, out, _ = run("ls", hub_repo)
     assert code == 0
     header, _, row = out.splitlines()
-    assert header.split() == ["path", "bytes", "kind", "tensors", "density", "base", "model"]
+    assert header.split() == ["path", "bytes", "kind", "tensors", "density", "%", "base", "model"]
     assert row.split() == ["masks/rl.smask", str(local.stat().st_size), "update", "3",
-                           f"{make_mask(1).density:.4g}", "org/base-model"]
+                           f"{100 * make_mask(1).density:.4g}", "org/base-model"]
     code, out, _ = run("ls", hub_repo, "--json")
     assert json.loads(out)[0]["ones"] == make_mask(1).count
 

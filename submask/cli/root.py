@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -34,6 +35,9 @@ class _Group(click.Group):
                 signum = getattr(exc, "signum", signal.SIGINT)
             if signum is not None:
                 interrupts.exit_interrupted(signum)
+            if isinstance(exc, BrokenPipeError):  # the reader went away (| head): nothing left to say to it
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(1)
             message = render(exc)
             if message is None:
                 raise
