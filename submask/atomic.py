@@ -188,7 +188,7 @@ def scratch_file(directory: str | os.PathLike[str], target: str | os.PathLike[st
         handle = tempfile.NamedTemporaryFile(dir=directory, prefix=temp_prefix(Path(target)), suffix=".part",
                                              delete=False)
     try:
-        with handle:
+        with writing(target), handle:  # closing flushes: a full disk may first show here
             yield handle
     finally:
         with contextlib.suppress(FileNotFoundError):

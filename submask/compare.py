@@ -29,13 +29,13 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import check_target
 from .algebra import Counts, PairStats, aligned_names, apply_op, combined_metadata, packed_intersection_count
 from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
 from .errors import ChecksumError, FormatError, where
 from .fit import MaskLike, mask_counts, mask_shapes, open_mask
 from .format import MaskFile, MaskWriter
+from .format.writer import check_mask_target
 from .format.header import TensorEntry
 from .mask import Mask, TensorMask
 from .packed import packed_nbytes, padding_is_clear, popcount
@@ -158,7 +158,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
     The result's metadata records the operation and each input's path, content fingerprint and provenance.
     An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
     """
-    check_target(output, overwrite, inputs=inputs)
+    check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
         files = [stack.enter_context(open_mask(path)) for path in inputs]
         labels = [str(path) for path in inputs]

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import check_target
 from ..errors import MismatchError
 from ..format import MaskMetadata, MaskWriter, model_fingerprint
+from ..format.writer import check_mask_target
 from ..format.tensors import encode_tensor
 from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
@@ -135,7 +135,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     >>> mask.metadata.stats["ladder"]["changed"]["__all__"]                              # doctest: +SKIP
     """
     if out is not None:
-        check_target(out, overwrite, inputs=[base, finetuned])
+        check_mask_target(out, overwrite, inputs=[base, finetuned])
     chosen = Criterion.make(criterion, atol, rtol)
     backend = select_backend(device)
     workers = max(1, workers or os.cpu_count() or 1)

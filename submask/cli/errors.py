@@ -29,7 +29,7 @@ def render(exc: BaseException) -> str | None:
         return str(exc)
     hub_errors = sys.modules.get("huggingface_hub.errors")
     if hub_errors is not None and isinstance(exc, hub_errors.HFValidationError):
-        return f"{_first_line(exc)} Hub repo ids look like org/name (letters, digits, '-', '_', '.')"
+        return f"invalid Hub argument: {_first_line(exc)}"
     if isinstance(exc, ValueError) and _raised_in(exc, "huggingface_hub"):
         return f"the Hub client refused the request: {_first_line(exc)}"
     if isinstance(exc, OSError):

@@ -11,12 +11,13 @@ import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..atomic import atomic_write, check_target, scratch_file, writing
-from ..errors import MismatchError
+from ..errors import MismatchError, OutputError
 from ..mask import TensorMask
 from .container import write_container
 from .header import FORMAT_NAME, MAJOR, MaskMetadata, TensorEntry
@@ -51,8 +52,7 @@ class MaskWriter:
 
     def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None,
                  overwrite: bool = False):
-        self.path = check_target(path, overwrite)
-        check_target(self.path.with_name(self.path.name + INDEX_SUFFIX), overwrite)
+        self.path = check_mask_target(path, overwrite)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
         self._stack = ExitStack()
@@ -132,6 +132,15 @@ class MaskWriter:
         header = self.metadata.to_json()
         header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
         write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data)
+
+
+def check_mask_target(path: str | os.PathLike[str], overwrite: bool = False, inputs: Iterable[object] = ()) -> Path:
+    """``atomic.check_target`` for a mask and its sharded index; a checkpoint is never replaced by a mask."""
+    target = check_target(path, overwrite, inputs=inputs)
+    check_target(target.with_name(target.name + INDEX_SUFFIX), overwrite)
+    if target.suffix == ".safetensors" and target.exists():
+        raise OutputError(target, "is a checkpoint (.safetensors), not a mask; write the mask to a .smask path")
+    return target
 
 
 def shard_name(path: Path, number: int, total: int) -> str:

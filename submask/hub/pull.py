@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write, check_target
+from ..atomic import atomic_write
 from ..errors import HubError
 from ..fit import check_model, open_mask
 from ..format import load
 from ..format.reader import INDEX_SUFFIX
+from ..format.writer import check_mask_target
 from ..mask import Mask
 from .listing import mask_files
 from .paths import HubPath, parse_hub_url
@@ -58,7 +59,7 @@ def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_pat
     >>> pulled.local_path, pulled.commit                                      # doctest: +SKIP
     """
     if local_path is not None:
-        check_target(local_path, overwrite)
+        check_mask_target(local_path, overwrite)
     remote = Remote(repo_id, repo_type, endpoint, token)
     path = path.strip("/").removesuffix(INDEX_SUFFIX)
     commit = remote.commit(revision)
