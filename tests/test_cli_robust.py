@@ -277,3 +277,12 @@ def test_build_part_files_left_by_kill_9_are_removed_by_the_next_run(minilm_bf16
     result = cli("build", minilm_bf16.base, minilm_bf16.finetuned, "-o", tmp_path / "rl.smask", "-q")
     assert result.returncode == 0, result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["rl.smask"]
+
+
+def test_demo_output_option_and_policy(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    for flag in ("-o", "--output", "--out"):  # --out: the former name, kept as a hidden alias
+        assert_one_line_error(cli("demo", flag, tmp_path, "--steps", "1"), str(tmp_path), "not empty", "--overwrite")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    usage = cli("demo", "--help").stdout
+    assert "-o, --output" in usage and "--out " not in usage and "--overwrite" in usage
