@@ -90,7 +90,8 @@ def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
 def output_error(target: str | os.PathLike[str], exc: OSError) -> OutputError:
     """An OSError met while writing ``target``, as an OutputError that names it and says what to do."""
     remedy = _REMEDIES.get(exc.errno or 0, f"{exc.strerror or exc}; check the path and try again")
-    where = f" ({exc.filename})" if exc.filename and Path(exc.filename).name != Path(target).name else ""
+    name = Path(exc.filename).name if exc.filename else None
+    where = f" ({exc.filename})" if name and name != Path(target).name and not _STALE_NAME.fullmatch(name) else ""
     return OutputError(target, f"cannot write{where}: {remedy} (nothing was written)", exc.errno)
 
 

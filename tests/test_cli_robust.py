@@ -159,6 +159,9 @@ def test_a_really_full_file_system(minilm_bf16, tiny_tmpfs: Path) -> None:
     result = cli("build", minilm_bf16.base, minilm_bf16.finetuned, "-o", tiny_tmpfs / "rl.smask")
     assert_one_line_error(result, str(tiny_tmpfs / "rl.smask"), "the disk is full")
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler"]
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    result = cli("combine", "not", minilm_bf16.base / "m.smask", "-o", tiny_tmpfs / "x.smask")
+    assert_one_line_error(result, str(tiny_tmpfs / "x.smask"), "cannot write into")  # before opening the input
 
 
 # -- bad Hub ids and paths: one line, no traceback, no network -------------------------------------------------
