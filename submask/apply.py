@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from .atomic import check_target, current_umask, remove_stale, temp_prefix, writing
 from .build.safetensors_file import TensorInfo
 from .build.sources import Source, local_source
-from .atomic import check_target, current_umask, remove_stale, temp_prefix, writing
 from .errors import MismatchError, SourceError
 from .fit import MaskLike, check_fit, check_same_model, check_same_tensors, mask_counts, open_mask
 from .mask import TensorMask
