@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/submask demo --out submask-demo
+	$(VENV)/bin/submask demo -o submask-demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -7,6 +7,7 @@
 array([ True, False, False,  True])
 """
 
+from . import interrupts as _interrupts  # noqa: F401  (first: as `submask`, a Ctrl-C while importing is one line)
 from ._version import __version__
 from .errors import (
     ChecksumError,
@@ -14,6 +15,7 @@ from .errors import (
     HeaderChecksumError,
     HubError,
     LimitError,
+    OutputError,
     MismatchError,
     SourceError,
     SubmaskError,
@@ -67,6 +69,7 @@ __all__ = [
     "FormatError",
     "HeaderChecksumError",
     "HubError",
+    "OutputError",
     "HubPath",
     "LimitError",
     "Mask",

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from . import strict_json
+from .align import check_fit, check_same_model, check_same_tensors
+from .atomic import check_target, current_umask, remove_stale, temp_prefix, writing
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import Source, local_source
-from .errors import MismatchError, SourceError, SubmaskError
-from .align import check_fit, check_same_model, check_same_tensors
+from .errors import MismatchError, SourceError
 from .io import MaskLike, open_mask
 from .mask import TensorMask
 from .packed import unpack
@@ -64,10 +65,9 @@ def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], 
     appears atomically, complete or not at all; an existing non-empty ``out_dir`` is replaced only with
     ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written.
     """
-    out = Path(out_dir)
+    out = check_target(out_dir, overwrite, directory=True, inputs=[base, finetuned])
     with local_source(base) as base_src, local_source(finetuned) as ft_src, open_mask(mask) as masks:
         _check_pair(base_src, ft_src)
-        _check_out(out, [Path(base), Path(finetuned)], overwrite)
         check_fit(masks, _info_shapes(ft_src), f"the finetuned model {ft_src.label}")
         shards = _shards(Path(finetuned), ft_src)
         buffers = (np.empty(CHUNK_ELEMENTS * 8, np.uint8), np.empty(CHUNK_ELEMENTS * 8, np.uint8))
@@ -76,7 +76,7 @@ def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], 
         taken = 0
         with _staging_dir(out) as staging:
             for shard in shards:
-                with open(staging / shard.path.name, "wb") as handle:
+                with writing(out), open(staging / shard.path.name, "wb") as handle:
                     handle.write(shard.header)
                     for name in shard.names:
                         bits = masks[name] if name in masks else None
@@ -84,9 +84,10 @@ def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], 
                                                  buffers, report)
                     handle.flush()
                     os.fsync(handle.fileno())
-            if Path(finetuned).is_dir():
-                _copy_side_files(Path(finetuned), staging)
-            _replace_dir(staging, out)
+            with writing(out):
+                if Path(finetuned).is_dir():
+                    _copy_side_files(Path(finetuned), staging)
+                _replace_dir(staging, out)
         numel = sum(t.numel for t in ft_src.tensors.values())
         return AppliedModel(out, len(ft_src.tensors), numel, taken)
 
@@ -224,24 +225,18 @@ def _check_pair(base: Source, finetuned: Source) -> None:
                             f"e.g. {dtypes[:3]}; convert one so that both use the same dtypes")
 
 
-def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
-    resolved = out.resolve()
-    for path in inputs:
-        if resolved == path.resolve() or resolved in path.resolve().parents:
-            raise SubmaskError(f"{out}: the output directory holds an input checkpoint ({path}); "
-                               "choose another output directory")
-    if out.exists() and not out.is_dir():
-        raise SubmaskError(f"{out}: exists and is not a directory; choose another output directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SubmaskError(f"{out}: directory exists and is not empty; choose another one or pass overwrite "
-                           "(--overwrite) to replace it")
-
-
 @contextlib.contextmanager
 def _staging_dir(out: Path) -> Iterator[Path]:
-    """A temp directory next to ``out`` (so the final rename stays on one filesystem), removed on failure."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    """A temp directory next to ``out`` (so the final rename stays on one filesystem), removed on failure.
+
+    Named after this process (``atomic.temp_prefix``), so a later run removes it if this one is killed; given
+    the mode a plain mkdir would (mkdtemp's is 0700), since it becomes ``out``.
+    """
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out.parent)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".tmp"))
+        staging.chmod(0o777 & ~current_umask())
     try:
         yield staging
     finally:
@@ -252,7 +247,7 @@ def _replace_dir(staging: Path, out: Path) -> None:
     """Move ``staging`` to ``out``; an existing ``out`` is moved aside first and removed after."""
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".old"))
         os.replace(out, old / "dir")
     os.replace(staging, out)
     if old is not None:

@@ -1,34 +1,168 @@
-"""Atomic file writes: a temp file in the target's directory, fsynced, then renamed over the target."""
+"""Atomic outputs: checked before the work, written to owned temp files, renamed over the target at the end.
+
+Every temp file or folder is named ``.TARGET.PID@HOST-BOOT.RANDOM.KIND`` (KIND: ``tmp``, ``part`` or ``old``),
+so that a later run in the same folder recognises the leftovers of a process that was killed (kill -9,
+out of memory, power loss) and removes them: the owner is gone when the machine rebooted since, or when no
+process with that pid is alive. Temp files of other hosts (shared file systems) are left alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
+
+from .errors import OutputError
+
+_STALE_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{8})-(?P<boot>[0-9a-f]{8})\.[^.]+"
+                         r"\.(?:tmp|part|old)")
+#: Remedies for the operating system errors a write meets, by errno.
+_REMEDIES = {
+    errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or write elsewhere",
+    errno.EFBIG: "the file is larger than this file system or process allows; write elsewhere",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "permission denied; choose a folder you can write to",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EISDIR: "it is a directory; name a file to write",
+    errno.ENOTDIR: "a part of the path is not a directory; choose another path",
+}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: a reboot is then only detected through dead pids
+        return ""
+
+
+_HOST, _BOOT = _digest(socket.gethostname()), _digest(_boot_id())
+
+
+def temp_prefix(target: Path) -> str:
+    """The start of a temp name for ``target`` owned by this process (the pid is read now: forks differ)."""
+    return f".{target.name}.{os.getpid()}@{_HOST}-{_BOOT}."
+
+
+def _owner_gone(pid: int, boot: str) -> bool:
+    if boot != _BOOT:
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
+def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp files and folders in ``directory`` whose owner process on this host is gone."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            match = _STALE_NAME.fullmatch(entry.name)
+            if not match or match["host"] != _HOST or not _owner_gone(int(match["pid"]), match["boot"]):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(path)
+    return removed
+
+
+def output_error(target: str | os.PathLike[str], exc: OSError) -> OutputError:
+    """An OSError met while writing ``target``, as an OutputError that names it and says what to do."""
+    remedy = _REMEDIES.get(exc.errno or 0, f"{exc.strerror or exc}; check the path and try again")
+    name = Path(exc.filename).name if exc.filename else None
+    where = f" ({exc.filename})" if name and name != Path(target).name and not _STALE_NAME.fullmatch(name) else ""
+    return OutputError(target, f"cannot write{where}: {remedy} (nothing was written)", exc.errno)
+
+
+@contextlib.contextmanager
+def writing(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an OSError raised in the block (disk full, permission denied...) into an OutputError for ``target``."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise output_error(target, exc) from exc
+
+
+def check_target(path: str | os.PathLike[str], overwrite: bool = False, *, directory: bool = False,
+                 inputs: Iterable[object] = ()) -> Path:
+    """Raise OutputError now, before any work, if ``path`` cannot or may not be written.
+
+    Refused: an existing file (a non-empty folder when ``directory``) unless ``overwrite``; a folder where a
+    file is to be written and the other way round; a path under a file; a parent folder this process cannot
+    write to; a target that is, or holds, one of the local ``inputs`` (other kinds of input are ignored).
+    """
+    target = Path(path)
+    resolved = target.resolve()
+    for source in inputs:
+        if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+            held = Path(source).resolve()
+            if resolved == held or resolved in held.parents:
+                raise OutputError(target, f"is or holds an input ({source}); choose another output path")
+    if target.is_dir() and not directory:
+        raise OutputError(target, "is a directory; name a file to write")
+    if target.exists() and directory and not target.is_dir():
+        raise OutputError(target, "exists and is not a directory; choose another output directory")
+    exists = target.is_dir() and any(target.iterdir()) if directory else target.exists()
+    if exists and not overwrite:
+        what = "directory exists and is not empty" if directory else "exists"
+        raise OutputError(target, f"{what}; pass --overwrite (overwrite=True) to replace it, or choose another path")
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(target, f"{parent} is not a directory; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(target, f"cannot write into {parent}: permission denied; choose a folder you can write to")
+    return target
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only if the block finishes without an exception.
 
-    On any exception, KeyboardInterrupt included, the temp file is removed and ``path`` is untouched.
+    On any exception, KeyboardInterrupt included, the temp file is removed and ``path`` is untouched. An
+    OSError (disk full, permission denied) becomes an OutputError naming ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fchmod(handle.fileno(), _file_mode(target))
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(handle.name)
-        raise
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target.parent)
+        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=temp_prefix(target), suffix=".tmp",
+                                             delete=False)
+        try:
+            with handle:
+                yield handle
+                handle.flush()
+                os.fchmod(handle.fileno(), _file_mode(target))
+                os.fsync(handle.fileno())
+            os.replace(handle.name, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(handle.name)
+            raise
 
 
 def _file_mode(target: Path) -> int:
@@ -36,18 +170,26 @@ def _file_mode(target: Path) -> int:
     try:
         return target.stat().st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """This process's umask (reading it means setting it: set it straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager
-def scratch_file(directory: str | os.PathLike[str], prefix: str) -> Iterator[BinaryIO]:
-    """A read-write temp file in ``directory`` that is always deleted when the block ends."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, suffix=".part", delete=False)
+def scratch_file(directory: str | os.PathLike[str], target: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A read-write temp file in ``directory`` for work towards ``target``, always deleted when the block ends."""
+    with writing(target):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        remove_stale(directory)
+        handle = tempfile.NamedTemporaryFile(dir=directory, prefix=temp_prefix(Path(target)), suffix=".part",
+                                             delete=False)
     try:
-        with handle:
+        with writing(target), handle:  # closing flushes: a full disk may first show here
             yield handle
     finally:
         with contextlib.suppress(FileNotFoundError):

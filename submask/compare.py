@@ -37,6 +37,7 @@ from .errors import ChecksumError, FormatError, where
 from .io import MaskLike, open_mask
 from .metadata import combined_metadata
 from .format import MaskFile, MaskWriter
+from .format.writer import check_mask_target
 from .format.header import TensorEntry
 from .format.tensors import check_decoded
 from .mask import Mask, TensorMask
@@ -156,11 +157,13 @@ def density_breakdown(mask: MaskSource, by: str = "layer") -> dict[str, Counts]:
 
 
 def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
-                  common: bool = False, progress: bool = False) -> Path:
+                  common: bool = False, progress: bool = False, overwrite: bool = False) -> Path:
     """Write ``op`` ("and", "or", "xor", "diff", "not") of mask files to ``output``, tensor by tensor.
 
     The result's metadata records the operation and each input's path, content fingerprint and provenance.
+    An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
     """
+    check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
         files = [stack.enter_context(open_mask(path)) for path in inputs]
         labels = [str(path) for path in inputs]
@@ -170,7 +173,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
         stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
-        with MaskWriter(output, metadata) as writer:
+        with MaskWriter(output, metadata, overwrite=overwrite) as writer:
             for name in _progress(names, progress, f"submask {op}"):
                 tensors = [f[name] for f in files]
                 packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)
@@ -351,4 +354,4 @@ def _progress(names: list[str], enabled: bool, description: str) -> Iterator[str
         return iter(names)
     from tqdm import tqdm  # only here: importing it costs a command line about 0.1 s
 
-    return iter(tqdm(names, desc=description, unit="tensor", file=sys.stderr, disable=None if enabled else True, leave=False))
+    return iter(tqdm(names, desc=description, unit="tensor", file=sys.stderr, leave=False))

@@ -46,6 +46,23 @@ class HubError(SubmaskError):
     """A Hub operation failed: missing repo, revision or file, or a refused overwrite."""
 
 
+class OutputError(SubmaskError, OSError):
+    """An output cannot be written: it exists (without overwrite), its folder is not writable, or the disk is full.
+
+    ``path`` is the target; ``errno`` the operating system's code when an OSError caused it. Nothing partial is
+    left behind: the target keeps its old content or does not appear.
+    """
+
+    def __init__(self, path: object, message: str, errno: int | None = None):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        if errno is not None:
+            self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def where(path: object = None, tensor: str | None = None) -> str:
     """Format the location prefix used in error messages: "file.smask, tensor 'x': "."""
     parts = []

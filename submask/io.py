@@ -71,9 +71,12 @@ def load(path: str | os.PathLike[str], *, max_bits: int | None = None, expect_mo
 
 
 def save(mask: Mask, path: str | os.PathLike[str], *, encoding: str | Mapping[str, str] = "auto",
-         max_shard_bytes: int | None = None) -> None:
-    """Write ``mask`` atomically; ``encoding`` is "auto", an encoding id, or a per-tensor mapping of ids."""
-    with MaskWriter(path, mask.metadata, max_shard_bytes=max_shard_bytes) as writer:
+         max_shard_bytes: int | None = None, overwrite: bool = False) -> None:
+    """Write ``mask`` atomically; ``encoding`` is "auto", an encoding id, or a per-tensor mapping of ids.
+
+    An existing file at ``path`` is replaced only with ``overwrite=True`` (OutputError otherwise).
+    """
+    with MaskWriter(path, mask.metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite) as writer:
         for name, tensor in mask.items():
             chosen = encoding if isinstance(encoding, str) else encoding.get(name, "auto")
             writer.add(name, tensor, chosen)

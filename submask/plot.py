@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,31 @@ def density_grid(counts: Mapping[str, tuple[int, int]]) -> tuple[list[str], list
     return rows, modules, grid
 
 
-def plot_density(counts: Mapping[str, tuple[int, int]], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Heatmap of density, layer (rows) x module type (columns); writes a PNG and returns its path."""
+def density_scale(masks: Iterable[Mapping[str, tuple[int, int]]]) -> float:
+    """The highest cell density (fraction) over several masks' grids: one colour scale for all their heatmaps."""
+    grids = [density_grid(counts)[2] for counts in masks]
+    return max((float(np.nanmax(grid)) for grid in grids if grid.size and not np.isnan(grid).all()), default=0.0)
+
+
+def plot_density(counts: Mapping[str, tuple[int, int]], path: str | os.PathLike[str], title: str = "",
+                 vmax: float | None = None) -> Path:
+    """Heatmap of density in %, layer (rows) x module type (columns); writes a PNG and returns its path.
+
+    The colour scale runs from 0 to ``vmax`` (a fraction; default: this mask's highest cell): pass one
+    ``density_scale`` to the heatmaps of masks that are to be compared by eye.
+    """
     plt = _pyplot()
     rows, modules, grid = density_grid(counts)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(modules) + 3), max(4.0, 0.25 * len(rows) + 2)))
-    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest")
+    top = None if vmax is None else percent_of(max(vmax, 1e-12))
+    image = ax.imshow(np.ma.masked_invalid(percent_of(grid)), aspect="auto", cmap="viridis", interpolation="nearest",
+                      vmin=0.0, vmax=top)
     ax.set_xticks(range(len(modules)), modules, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("module type")
     ax.set_ylabel("layer")
-    ax.set_title(title or "density (fraction of elements set)")
-    fig.colorbar(image, ax=ax, label="density")
+    ax.set_title(title or "density")
+    fig.colorbar(image, ax=ax, label="density (% of elements set)")
     return _save(fig, plt, path)
 
 
@@ -85,6 +98,10 @@ def plot_overlap(comparison: Comparison, path: str | os.PathLike[str], group: st
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
     return _save(fig, plt, path)
+
+
+def percent_of(fraction: Any) -> Any:
+    return 100.0 * fraction
 
 
 def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:

@@ -107,7 +107,8 @@ class UpdateTracker:
         """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder."""
         return UpdateSparsity.of(self.mask())
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the update mask now to ``path`` (streamed, atomically); returns the path written."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the update mask now to ``path`` (streamed, atomically; over an existing file only with
+        ``overwrite``); returns the path written."""
         reference, current = self._pair()
-        return build_mask(reference, current, path, **self._criterion)
+        return build_mask(reference, current, path, overwrite=overwrite, **self._criterion)

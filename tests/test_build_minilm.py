@@ -105,7 +105,7 @@ def test_cli_build_writes_a_valid_mask(minilm_bf16, tmp_path: Path) -> None:
     assert "ladder" not in submask.load(tmp_path / "s.smask.index.json").metadata.stats
     assert runner.invoke(main, ["validate", str(tmp_path / "s.smask.index.json")]).exit_code == 0
 
-    bad = runner.invoke(main, ["build", str(minilm_bf16.base), str(tmp_path / "nope"), "-o", str(out)])
+    bad = runner.invoke(main, ["build", str(minilm_bf16.base), str(tmp_path / "nope"), "-o", str(out), "--overwrite"])
     assert bad.exit_code == 1 and "error:" in bad.output and "no such file" in bad.output
     size = runner.invoke(main, ["build", "a", "b", "-o", str(out), "--max-shard-size", "lots"])
     assert size.exit_code == 2 and "not a size" in size.output

@@ -79,11 +79,15 @@ def test_compare_json_csv_and_table(files: tuple) -> None:
     assert int(rows[0]["intersection"]) == np.sum(flat[0] & flat[1])
     assert float(rows[0]["chance_jaccard"]) == pytest.approx(
         submask.chance_jaccard(flat[0].mean(), flat[1].mean()))
-    code, out, _ = invoke("compare", paths[0], paths[1])
+    code, out, _ = invoke("compare", *paths, "--by", "layer", "-q")
     assert code == 0
     header, _, row = out.splitlines()[:3]
-    assert "overlap A->B" in header and "chance Jaccard" in header
-    assert row.split()[6] == str(np.sum(flat[0] & flat[1]))  # group, A, "vs", B, |A|, |B|, |A and B|
+    assert header.split()[:6] == ["group", "A", "B", "|A", "and", "B|"] and "x per-tensor" in header
+    assert row.split()[:4] == ["all", "run0.smask", "run1.smask", str(np.sum(flat[0] & flat[1]))]
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert "stratified" in out and "--json or --csv" in out  # each ratio names its baseline
+    code, _, err = invoke("compare", paths[0], paths[1], "--csv", "--json")
+    assert code == 2 and "--json and --csv" in err
 
 
 def test_compare_mismatch_is_an_error_unless_common(files: tuple, tmp_path: Path) -> None:
@@ -146,3 +150,37 @@ def test_plot_writes_png_heatmaps(files: tuple, tmp_path: Path) -> None:
         assert pixels.shape[0] > 200 and pixels.shape[1] > 300
         assert pixels.std() > 20, f"{path} looks blank"
         assert len(np.unique(pixels)) > 50
+
+
+def _dominant_colour(path: Path) -> tuple[int, ...]:
+    """The most frequent colour that is not white-ish: the heatmap's cells."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(pixels[pixels.min(axis=1) < 200], axis=0, return_counts=True)
+    return tuple(int(c) for c in colours[np.argmax(counts)])
+
+
+def test_plot_keeps_same_named_masks_apart_on_one_colour_scale(tmp_path: Path) -> None:
+    paths = []
+    for folder, density in (("a", 0.1), ("b", 0.4)):
+        bits = np.zeros(2000, bool)
+        bits[: int(2000 * density)] = True
+        paths.append(tmp_path / folder / "rl.smask")
+        paths[-1].parent.mkdir()
+        submask.save(Mask.from_numpy({"model.layers.0.mlp.up_proj.weight": bits.reshape(40, 50)}), paths[-1])
+    code, out, _ = invoke("plot", *paths, "-o", tmp_path / "plots", "-q")
+    assert code == 0
+    assert [Path(line).name for line in out.splitlines()] == ["rl-1.density.png", "rl-2.density.png", "overlap.png"]
+    sparse, dense = (_dominant_colour(tmp_path / "plots" / f"rl-{i}.density.png") for i in (1, 2))
+    assert sparse != dense  # one scale: 10% and 40% get different colours (each on its own scale, both the top)
+
+
+def test_info_is_readable_for_a_combined_mask(files: tuple, tmp_path: Path) -> None:
+    paths, _ = files
+    combined = tmp_path / "both.smask"
+    assert invoke("combine", "or", *paths, "-o", combined, "-q")[0] == 0
+    code, out, _ = invoke("info", combined)
+    assert code == 0
+    assert "provenance: or of run0.smask, run1.smask, run2.smask" in out.splitlines()
+    assert max(len(line) for line in out.splitlines()[1:]) <= 120 and "{" not in out  # line 1 has the path
+    assert "density %" in out

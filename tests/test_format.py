@@ -127,7 +127,7 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> 
     submask.save(sample_mask(), target)
     before = target.read_bytes()
     with pytest.raises(RuntimeError):
-        with MaskWriter(target, MaskMetadata()) as writer:
+        with MaskWriter(target, MaskMetadata(), overwrite=True) as writer:
             writer.add("w", TensorMask.from_numpy(np.ones(10, bool)))
             raise RuntimeError("interrupted")
     assert target.read_bytes() == before

@@ -314,7 +314,7 @@ def test_pulled_sharded_masks_stay_apart_in_one_directory(hub: dict, hub_repo: s
     out = tmp_path / "out"
     pull_mask(hub_repo, "masks/one/rl.smask", local_path=out / "a.smask", **hub)
     pull_mask(hub_repo, "masks/two/rl.smask", local_path=out / "b.smask", **hub)
-    pull_mask(hub_repo, "masks/one/rl.smask", local_path=out / "a.smask", **hub)  # again over itself
+    pull_mask(hub_repo, "masks/one/rl.smask", local_path=out / "a.smask", overwrite=True, **hub)  # again over itself
     assert submask.load(out / "a.smask").tensors == a.tensors
     assert submask.load(out / "b.smask").tensors == b.tensors
     owners = sorted(p.name.split("-")[0] for p in out.iterdir())  # the pull over itself left no old shard

@@ -29,7 +29,7 @@ def make_mask(seed: int, tensors: int = 6) -> Mask:
 
 def save_sharded(mask: Mask, path: Path) -> dict:
     """Save ``mask`` in one shard per tensor; returns its index."""
-    submask.save(mask, path, encoding="raw", max_shard_bytes=800)
+    submask.save(mask, path, encoding="raw", max_shard_bytes=800, overwrite=True)
     return json.loads(path.with_name(path.name + ".index.json").read_text())
 
 
@@ -72,7 +72,8 @@ def test_rewriting_a_sharded_mask_uses_fresh_names_and_removes_the_old_shards(tm
                                                  *new["weight_map"].values()})
     assert submask.load(target).tensors == new_mask.tensors
     # a fixed write id whose names exist already still gets names of its own
-    again = submask.MaskWriter(target, new_mask.metadata, max_shard_bytes=800, write_id=new["metadata"]["write_id"])
+    again = submask.MaskWriter(target, new_mask.metadata, max_shard_bytes=800, write_id=new["metadata"]["write_id"],
+                                 overwrite=True)
     with again as writer:
         for name, tensor in new_mask.items():
             writer.add(name, tensor, "raw")
@@ -156,7 +157,7 @@ def test_a_failure_at_any_rename_leaves_the_old_or_the_new_mask_whole(tmp_path: 
     for failing in range(1, len(renamed) + 1):
         with monkeypatch.context() as patch:
             replace_failing_at(patch, failing)
-            with pytest.raises(OSError, match="injected"):
+            with pytest.raises(submask.OutputError, match="the disk is full"):
                 save_sharded(new_mask, target)
         assert snapshot(target.parent) == before, failing  # the old mask, bit for bit, and nothing left over
         assert submask.load(target).tensors == old_mask.tensors
@@ -173,7 +174,7 @@ _WRITER = textwrap.dedent("""
 
     rng = np.random.default_rng(int(sys.argv[2]))
     mask = Mask.from_numpy({f"t{i}": rng.random(4096) < 0.5 for i in range(int(sys.argv[3]))})
-    submask.save(mask, Path(sys.argv[1]), encoding="raw", max_shard_bytes=512)
+    submask.save(mask, Path(sys.argv[1]), encoding="raw", max_shard_bytes=512, overwrite=True)
 """)
 
 
@@ -215,7 +216,7 @@ _DISK_FULL = textwrap.dedent("""
     # 12 shards, 600 KB: the payloads fit while they are spilled, the shards written from them do not
     new = Mask.from_numpy({f"t{i}": rng.random(400_000) < 0.5 for i in range(12)})
     try:
-        submask.save(new, root / "rl.smask", encoding="raw", max_shard_bytes=60_000)
+        submask.save(new, root / "rl.smask", encoding="raw", max_shard_bytes=60_000, overwrite=True)
     except OSError as exc:
         assert exc.errno == 28, exc
     else:

@@ -102,7 +102,7 @@ def write_vector(name: str, tensors: list, metadata: MaskMetadata | None = None,
     metadata = metadata or MaskMetadata(kind="other", creator=CREATOR)
     metadata.minor_version = minor
     with MaskWriter(VECTORS / f"{name}.smask", metadata, max_shard_bytes=max_shard_bytes,
-                    write_id=WRITE_IDS[0]) as writer:
+                    write_id=WRITE_IDS[0], overwrite=True) as writer:
         for tensor_name, array, encoding, config in tensors:
             writer.add(tensor_name, TensorMask.from_numpy(array), encoding, config)
     content = {"tensors": {tensor_name: {"shape": list(array.shape),

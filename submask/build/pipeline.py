@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import MismatchError
 from ..format import MaskWriter
 from ..metadata import MaskMetadata, model_fingerprint
+from ..format.writer import check_mask_target
 from ..format.tensors import encode_tensor
 from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
@@ -123,7 +124,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                device: str | Backend = "auto", workers: int | None = None, chunk_bytes: int | None = None,
                max_shard_bytes: int | None = None, progress: bool = False, ladder: bool = True,
                hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
-               hash: bool = False) -> Mask | Path:
+               hash: bool = False, overwrite: bool = False) -> Mask | Path:
     """Build the update mask of ``finetuned`` against ``base``: a bit is set where the value changed.
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
@@ -149,11 +150,14 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
 
     Returns the Mask when ``out`` is None. Otherwise streams it to ``out`` tensor by tensor (atomically: an
     error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given, and returns the path
-    to open: ``out``, or ``out + ".index.json"`` when it was sharded.
+    to open: ``out``, or ``out + ".index.json"`` when it was sharded. An existing ``out`` is refused
+    (OutputError, before any work) unless ``overwrite``; so is ``out`` naming an input checkpoint.
 
     >>> mask = build_mask("base/model.safetensors", "rl/model.safetensors", atol=1e-5)   # doctest: +SKIP
     >>> mask.metadata.stats["ladder"]["changed"]["__all__"]                              # doctest: +SKIP
     """
+    if out is not None:
+        check_mask_target(out, overwrite, inputs=[base, finetuned])
     chosen = Criterion.make(criterion, atol, rtol)
     workers = max(1, workers or os.cpu_count() or 1)
     with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
@@ -165,8 +169,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             provenance={"base": source_a.provenance, "finetuned": source_b.provenance},
             model={"fingerprint": model_fingerprint({i.name: i.shape for i in infos}),
                    "dtypes": _dtype_summary(infos)})
-        sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(out, metadata,
-                                                                                max_shard_bytes=max_shard_bytes))
+        sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(
+            out, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite))
         with sink, ThreadPoolExecutor(1, "submask-hash") as hasher:
             hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b) if hash]
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)

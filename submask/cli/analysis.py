@@ -13,7 +13,7 @@ from .. import open as open_mask
 from ..algebra import BINARY_OPS
 from ..breakdown import GROUP_BY
 from ..compare import combine_files, compare, density_breakdown
-from .output import echo_json, format_table
+from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 from .root import main
 
 _quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -21,47 +21,53 @@ _common = click.option("--common", is_flag=True, help="Use only the tensors all 
 _no_verify = click.option("--no-verify", "no_verify", is_flag=True,
                           help="Skip the CRC-32 of each tensor (faster; counts and structure are still checked).")
 
-# (column title, PairStats attribute) of the compare table
-_PAIR_COLUMNS = (("|A|", "count_a"), ("|B|", "count_b"), ("|A and B|", "intersection"), ("overlap A->B", "overlap_a"),
-                 ("overlap B->A", "overlap_b"), ("Jaccard", "jaccard"), ("chance Jaccard", "chance_jaccard"),
-                 ("ratio", "jaccard_ratio"), ("stratified chance", "stratified_chance_jaccard"))
+# (column title, PairStats attribute) of the compare table; --json and --csv give every field
+_PAIR_COLUMNS = (("|A and B|", "intersection"), ("A->B", "overlap_a"), ("B->A", "overlap_b"), ("Jaccard", "jaccard"),
+                 ("x per-tensor", "stratified_jaccard_ratio"), ("x model-wide", "jaccard_ratio"))
+_PAIR_LEGEND = ("A->B: overlap |A and B| / |A|.  x per-tensor: Jaccard / its chance value at each tensor's densities\n"
+                "(stratified).  x model-wide: Jaccard / its chance value at the whole-model densities.\n"
+                "--json or --csv give every value, chance values included.")
 
 
 @main.command()
 @click.argument("path")
 @click.option("--by", type=click.Choice(["layer", "module", "tensor"]), default="layer", show_default=True,
               help="Group densities by layer index, module type or tensor.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 def stats(path: str, by: str, as_json: bool) -> None:
-    """Density of a mask overall and per layer, module type or tensor (reads the header only)."""
+    """Density (share of elements set) of a mask overall and per layer, module type or tensor (reads the header)."""
     groups = density_breakdown(path, by)
     if as_json:
         echo_json({"path": path, "by": by, "groups": {g: {"count": c.count, "numel": c.numel, "density": c.density}
                                                       for g, c in groups.items()}})
         return
-    click.echo(format_table([by if by != "tensor" else "tensor", "count", "numel", "density"],
-                            [[group, c.count, c.numel, c.density] for group, c in groups.items()]))
+    click.echo(format_table([by, "count", "numel", "density %"],
+                            [[group, c.count, c.numel, percent(c.density)] for group, c in groups.items()]))
 
 
 @main.command(name="compare")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--by", type=click.Choice(GROUP_BY), default="overall", show_default=True,
               help="Also break the comparison down by tensor, layer or module type.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per pair and group.")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per pair and group (densities as fractions).")
 @_common
 @_no_verify
+@progress_option
 @_quiet
 def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool, common: bool, no_verify: bool,
-                    quiet: bool) -> None:
-    """Overlap and Jaccard of every pair of masks, beside the values chance would give at their densities.
+                    progress: bool | None, quiet: bool) -> None:
+    """Overlap and Jaccard of every pair of masks, against the values chance would give at their densities.
 
-    overlap A->B is |A and B| / |A| (the share of A also in B); chance values are model-wide (from the total
-    densities); "stratified chance" keeps each tensor's own densities. ratio = Jaccard / chance Jaccard.
+    overlap A->B is |A and B| / |A| (the share of A also in B). Each ratio names its baseline: "per-tensor"
+    chance keeps each tensor's own densities (stratified), "model-wide" chance uses the total densities.
     """
     if len(paths) < 2:
         raise click.UsageError("compare needs at least two masks")
-    result = compare(list(paths), by=by, common=common, progress=not quiet, verify=not no_verify)
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other: choose one")
+    result = compare(list(paths), by=by, common=common, progress=show_progress(progress, quiet),
+                     verify=not no_verify)
     rows = [(group, result.labels[i], result.labels[j], result.pair(i, j, group))
             for group in result.groups for i, j in result.pairs()]
     if as_json:
@@ -75,9 +81,18 @@ def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool
         writer.writerows([g, a, b, *s.as_dict().values()] for g, a, b, s in rows)
         click.echo(buffer.getvalue(), nl=False)
     else:
-        click.echo(format_table(["group", "pair (A vs B)", *(title for title, _ in _PAIR_COLUMNS)],
-                                [[g, f"{a} vs {b}", *(getattr(s, attr) for _, attr in _PAIR_COLUMNS)]
-                                 for g, a, b, s in rows]))
+        names = short_labels(result.labels)
+        grouped = ["group"] if by != "overall" else []
+        click.echo(format_table([*grouped, "A", "B", *(title for title, _ in _PAIR_COLUMNS)],
+                                [[*([g] if grouped else []), names[a], names[b],
+                                  *(getattr(s, attr) for _, attr in _PAIR_COLUMNS)] for g, a, b, s in rows]))
+        click.echo(_PAIR_LEGEND)
+
+
+def short_labels(labels: list[str]) -> dict[str, str]:
+    """File names for the table when they tell the masks apart, else the paths as given."""
+    names = {label: Path(label).name for label in labels}
+    return names if len(set(names.values())) == len(names) else {label: label for label in labels}
 
 
 def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
@@ -90,18 +105,28 @@ def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Path of the combined mask to write.")
 @_common
+@overwrite_option
+@progress_option
+@json_option
 @_quiet
-def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, quiet: bool) -> None:
+def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, overwrite: bool, progress: bool | None,
+            as_json: bool, quiet: bool) -> None:
     """Combine masks tensor by tensor: and, or, xor, diff (first minus the others), not (of one mask).
 
     The result records the operation and its inputs (path, fingerprint, provenance) in its metadata.
     """
-    path = combine_files(op, list(inputs), output, common=common, progress=not quiet)
+    path = combine_files(op, list(inputs), output, common=common, progress=show_progress(progress, quiet or as_json),
+                         overwrite=overwrite)
     with open_mask(path) as result:
         ones = sum(e.ones for e in result.entries.values())
         numel = sum(e.bits for e in result.entries.values())
-    click.echo(f"wrote {path}: {len(result)} tensors, {ones:,} of {numel:,} set "
-               f"(density {ones / numel if numel else 0.0:.4%})")
+        tensors = len(result)
+    density = ones / numel if numel else 0.0
+    if as_json:
+        echo_json({"path": str(path), "op": op, "inputs": list(inputs), "tensors": tensors, "count": ones,
+                   "numel": numel, "density": density})
+    else:
+        click.echo(f"wrote {path}: {tensors} tensors, {ones:,} of {numel:,} set (density {percent(density):.4g}%)")
 
 
 @main.command()
@@ -109,20 +134,31 @@ def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, quiet: 
 @click.option("-o", "--output", "directory", required=True, help="Directory to write the PNGs into.")
 @_common
 @_no_verify
+@progress_option
 @_quiet
-def plot(paths: tuple[str, ...], directory: str, common: bool, no_verify: bool, quiet: bool) -> None:
-    """Draw a density heatmap (layer x module type) per mask and, for two or more, the overlap matrix."""
-    from ..plot import plot_density, plot_overlap
+def plot(paths: tuple[str, ...], directory: str, common: bool, no_verify: bool, progress: bool | None,
+         quiet: bool) -> None:
+    """Draw a density heatmap (layer x module type, one colour scale for all) per mask and, for two or more,
+    the overlap matrix."""
+    from ..plot import density_scale, plot_density, plot_overlap
 
     out = Path(directory)
-    written = []
+    counts = []
     for path in paths:
         with open_mask(path) as mask_file:
-            counts = {name: (e.ones, e.bits) for name, e in mask_file.entries.items()}
-        stem = Path(path).name.removesuffix(".index.json").removesuffix(".smask")
-        written.append(plot_density(counts, out / f"{stem}.density.png", title=f"{stem}: density"))
+            counts.append({name: (e.ones, e.bits) for name, e in mask_file.entries.items()})
+    vmax = density_scale(counts)
+    written = [plot_density(tensors, out / f"{stem}.density.png", title=f"{stem}: density", vmax=vmax)
+               for stem, tensors in zip(_stems(paths), counts)]
     if len(paths) >= 2:
-        result = compare(list(paths), common=common, progress=not quiet, verify=not no_verify)
-        written.append(plot_overlap(result, out / "overlap.png"))
+        comparison = compare(list(paths), common=common, progress=show_progress(progress, quiet),
+                             verify=not no_verify)
+        written.append(plot_overlap(comparison, out / "overlap.png"))
     for path in written:
         click.echo(str(path))
+
+
+def _stems(paths: tuple[str, ...]) -> list[str]:
+    """PNG name stems: the masks' file names, numbered where two masks share one (a/rl.smask, b/rl.smask)."""
+    stems = [Path(path).name.removesuffix(".index.json").removesuffix(".smask") for path in paths]
+    return [f"{stem}-{i + 1}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]

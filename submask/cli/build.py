@@ -9,7 +9,7 @@ import click
 from ..build import build_mask
 from ..build.criteria import CRITERIA
 from .. import open as open_mask
-from .output import format_table
+from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 from .root import main
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -34,7 +34,7 @@ class ByteSize(click.ParamType):
 @main.command()
 @click.argument("base")
 @click.argument("finetuned")
-@click.option("-o", "--output", required=True, help="The .smask file to write.")
+@click.option("-o", "--output", required=True, help="The .smask file to write (checked before the work).")
 @click.option("--criterion", type=click.Choice(CRITERIA),
               help="exact (bitwise), atol or rtol; default: the one whose tolerance is given, else exact.")
 @click.option("--atol", type=float, help="Absolute tolerance: unchanged iff |w' - w| <= ATOL.")
@@ -46,30 +46,41 @@ class ByteSize(click.ParamType):
 @click.option("--workers", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
 @click.option("--max-shard-size", type=ByteSize(), help="Split the mask into shards of about this size (e.g. 2GB).")
 @click.option("--no-ladder", is_flag=True, help="Skip the changed counts at the tolerance ladder 0, 1e-8 ... 1e-4.")
+@overwrite_option
+@progress_option
+@json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
           include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
-          no_ladder: bool, quiet: bool) -> None:
+          no_ladder: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
     BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
-    repo ids org/name[@revision].
+    repo ids org/name[@revision]. The density is the fraction of values that changed.
     """
     path = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
                       intersect=intersect, device=device, workers=workers, max_shard_bytes=max_shard_size,
-                      progress=not quiet, ladder=not no_ladder)
-    if quiet:
-        return
+                      progress=show_progress(progress, quiet or as_json), ladder=not no_ladder, overwrite=overwrite)
     with open_mask(path) as mask_file:
         stats = mask_file.metadata.stats
     numel = stats["numel"]
-    click.echo(f"wrote {path}: {len(stats['dtypes'])} tensors, {stats['changed']:,} of {numel:,} values changed "
-               f"(update sparsity {1 - stats['changed'] / numel if numel else 0:.4%})")
-    if "ladder" in stats:
-        overall = stats["ladder"]["changed"]["__all__"]
-        click.echo(format_table(["atol", "changed", "sparsity"],
-                                [["exact" if tol == 0 else f"{tol:g}", count, 1 - count / numel if numel else 0.0]
-                                 for tol, count in zip(stats["ladder"]["atol"], overall)]))
-    for kind, names in stats.get("skipped", {}).items():
+    ladder = stats.get("ladder", {})
+    rungs = [{"atol": tol, "changed": count, "density": count / numel if numel else 0.0}
+             for tol, count in zip(ladder.get("atol", []), ladder.get("changed", {}).get("__all__", []))]
+    summary = {"path": str(path), "tensors": len(stats["dtypes"]), "changed": stats["changed"], "numel": numel,
+               "density": stats["changed"] / numel if numel else 0.0, "ladder": rungs,
+               "skipped": stats.get("skipped", {})}
+    if as_json:
+        echo_json(summary)
+        return
+    if quiet:
+        return
+    click.echo(f"wrote {path}: {summary['tensors']} tensors, {stats['changed']:,} of {numel:,} values changed "
+               f"(density {percent(summary['density']):.4g}%)")
+    if rungs:
+        click.echo(format_table(["atol", "changed", "density %"],
+                                [["exact" if r["atol"] == 0 else f"{r['atol']:g}", r["changed"], percent(r["density"])]
+                                 for r in rungs]))
+    for kind, names in summary["skipped"].items():
         click.echo(f"skipped {len(names)} tensor(s), {kind.replace('_', ' ')}: {', '.join(names[:5])}"
                    f"{', ...' if len(names) > 5 else ''}")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..hub import list_masks, pull_mask, push_mask
-from .output import echo_json, format_table
+from .output import echo_json, format_table, json_option, overwrite_option, percent
 from .root import main
 
 
@@ -35,14 +35,19 @@ def _hub_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--overwrite", is_flag=True, help="Replace a mask already at --path.")
 @click.option("--no-card", is_flag=True, help="Leave README.md alone (default: update its masks section).")
 @click.option("--create-repo", is_flag=True, help="Create the repo first if it does not exist.")
+@json_option
 @_hub_options
 def push(file: str, repo: str, path_in_repo: str | None, revision: str | None, create_pr: bool, message: str | None,
-         overwrite: bool, no_card: bool, create_repo: bool, repo_type: str, token: str | None,
+         overwrite: bool, no_card: bool, create_repo: bool, as_json: bool, repo_type: str, token: str | None,
          endpoint: str | None) -> None:
     """Upload mask FILE (or a sharded mask's index) to Hub repo REPO in one commit."""
     pushed = push_mask(file, repo, path_in_repo, revision=revision, create_pr=create_pr, commit_message=message,
                        overwrite=overwrite, update_card=not no_card, create_repo=create_repo, repo_type=repo_type,
                        token=token, endpoint=endpoint)
+    if as_json:
+        echo_json({"repo": pushed.repo_id, "path": pushed.path, "revision": pushed.revision, "commit": pushed.commit,
+                   "files": list(pushed.files), "pr_url": pushed.pr_url, "url": pushed.url})
+        return
     click.echo(f"pushed {pushed.path} to {repo}@{pushed.revision} (commit {pushed.commit})")
     if pushed.pr_url:
         click.echo(f"pull request: {pushed.pr_url}")
@@ -53,13 +58,14 @@ def push(file: str, repo: str, path_in_repo: str | None, revision: str | None, c
 @click.argument("path")
 @click.option("--revision", help="Branch, tag or commit sha  [default: the default branch].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also copy the mask here.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@overwrite_option
+@json_option
 @_hub_options
-def pull(repo: str, path: str, revision: str | None, output: str | None, as_json: bool, repo_type: str,
-         token: str | None, endpoint: str | None) -> None:
+def pull(repo: str, path: str, revision: str | None, output: str | None, overwrite: bool, as_json: bool,
+         repo_type: str, token: str | None, endpoint: str | None) -> None:
     """Download the mask at PATH in Hub repo REPO; print its local path and the commit it came from."""
     pulled = pull_mask(repo, path, revision=revision, local_path=output, repo_type=repo_type, token=token,
-                       endpoint=endpoint)
+                       endpoint=endpoint, overwrite=overwrite)
     if as_json:
         echo_json({"local_path": str(pulled.local_path), **pulled.source, "revision": pulled.revision,
                    "url": pulled.url})
@@ -71,7 +77,7 @@ def pull(repo: str, path: str, revision: str | None, output: str | None, as_json
 @main.command(name="ls")
 @click.argument("repo")
 @click.option("--revision", help="Branch, tag or commit sha  [default: the default branch].")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @_hub_options
 def ls(repo: str, revision: str | None, as_json: bool, repo_type: str, token: str | None,
        endpoint: str | None) -> None:
@@ -85,5 +91,6 @@ def ls(repo: str, revision: str | None, as_json: bool, repo_type: str, token: st
     if not masks:
         click.echo(f"no masks in {repo}")
         return
-    click.echo(format_table(["path", "bytes", "kind", "tensors", "density", "base model"],
-                            [[m.path, m.size, m.kind, m.tensors, m.density, m.base_model or "-"] for m in masks]))
+    click.echo(format_table(["path", "bytes", "kind", "tensors", "density %", "base model"],
+                            [[m.path, m.size, m.kind, m.tensors, percent(m.density), m.base_model or "-"]
+                             for m in masks]))

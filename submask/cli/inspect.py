@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
 from .. import open as open_mask
 from ..errors import SubmaskError
 from ..format.stats import ladder_rungs, stats_problems
-from .output import echo_json, format_table
+from .output import echo_json, format_table, json_option, percent
 from .root import main
 
 
 @main.command()
 @click.argument("path")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 def info(path: str, as_json: bool) -> None:
     """Summarise a mask and list its tensors (reads headers only)."""
     with open_mask(path) as mask_file:
@@ -38,7 +40,7 @@ def info(path: str, as_json: bool) -> None:
         echo_json({**summary, "stats": meta.stats, "tensor_list": rows})
         return
     click.echo(f"{summary['path']}: {meta.kind} mask, {len(rows)} tensors, {ones:,} of {numel:,} set "
-               f"(density {summary['density']:.4%}), {summary['bits_per_param']:.4f} bits/param stored")
+               f"(density {percent(summary['density']):.4g}%), {summary['bits_per_param']:.4f} bits/param stored")
     for key in ("criterion", "provenance", "model", "creator", "user"):
         if summary[key]:
             click.echo(f"{key}: {_describe(key, summary[key])}")
@@ -47,30 +49,48 @@ def info(path: str, as_json: bool) -> None:
         click.echo("changed at atol: " + ", ".join(f"{atol:g}: {changed:,}" for atol, changed in rungs))
     for problem in stats_problems(meta.stats):
         click.echo(f"warning: {problem} (not shown; `submask validate` reports it)")
-    click.echo(format_table(["tensor", "shape", "count", "density", "encoding", "bytes"],
-                            [[r["name"], "x".join(map(str, r["shape"])) or "()", r["count"], r["density"],
+    click.echo(format_table(["tensor", "shape", "count", "density %", "encoding", "bytes"],
+                            [[r["name"], "x".join(map(str, r["shape"])) or "()", r["count"], percent(r["density"]),
                               r["encoding"], r["bytes"]] for r in rows]))
 
 
 def _describe(key: str, value: object) -> str:
-    """One readable line for a metadata field: sources with revisions, criteria with their tolerance."""
-    if key == "criterion" and isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    """One readable line for a metadata field: sources with revisions, combined masks as their operation and
+    inputs, the model as its fingerprint and dtypes; anything else as short key=value pairs (--json has all)."""
     if key == "provenance" and isinstance(value, dict):
-        parts = []
-        for role, source in value.items():
-            if isinstance(source, dict) and "source" in source:
-                revision = f"@{source['revision']}" if source.get("revision") else ""
-                parts.append(f"{role} {source['source']}{revision}")
-            else:
-                parts.append(f"{role} {source}")
-        return "; ".join(parts)
-    return str(value)
+        combined = value.get("combined")
+        if isinstance(combined, dict):
+            inputs = [Path(str(i.get("path", "?"))).name if isinstance(i, dict) else str(i)
+                      for i in combined.get("inputs", [])]
+            return f"{combined.get('op', '?')} of {', '.join(inputs)}"
+        return "; ".join(f"{role} {_source(source)}" for role, source in value.items())
+    if key == "model" and isinstance(value, dict) and "fingerprint" in value:
+        dtypes = value.get("dtypes")
+        counts = ", ".join(f"{n} {d}" for d, n in dtypes.items()) if isinstance(dtypes, dict) else ""
+        return f"fingerprint {_short(value['fingerprint'], 23)}" + (f", tensors: {counts}" if counts else "")
+    if key == "creator" and isinstance(value, dict) and "library" in value:
+        return " ".join(str(value[k]) for k in ("library", "version") if k in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items() if v is not None)
+    return _short(value)
+
+
+def _source(source: object) -> str:
+    """A checkpoint source: its path or Hub id with the revision."""
+    if isinstance(source, dict) and "source" in source:
+        revision = f"@{source['revision']}" if source.get("revision") else ""
+        return f"{source['source']}{revision}"
+    return _short(source)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @main.command()
 @click.argument("path")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 def validate(path: str, as_json: bool) -> None:
     """Decode every tensor and check every checksum; exit 1 on any problem."""
     try:

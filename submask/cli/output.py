@@ -1,15 +1,39 @@
-"""Shared output helpers for CLI commands: JSON for scripts, aligned tables for people."""
+"""Shared output and options of CLI commands: JSON for scripts, aligned tables for people.
+
+One number style everywhere: people read densities as percentages under headers that say "%", scripts read
+fractions (0-1) in --json and --csv under the key "density".
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print machine-readable JSON (densities as fractions).")
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the output if it exists (else refused).")
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Show progress bars  [default: only when stderr is a terminal].")
+
+
+def show_progress(progress: bool | None, quiet: bool = False) -> bool:
+    """Progress bars go to stderr: by default only when it is a terminal, never into redirected logs."""
+    if quiet:
+        return False
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def percent(fraction: float) -> float:
+    """A density (fraction) as the number shown under a "... %" header."""
+    return 100.0 * fraction
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

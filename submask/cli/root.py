@@ -2,26 +2,60 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from typing import Any
 
 import click
 
+from .. import interrupts
 from .._version import __version__
-from ..errors import SubmaskError
+from .errors import render
 
 
 class _Group(click.Group):
-    """Turns SubmaskError into a one-line message and exit status 1 instead of a traceback."""
+    """Known errors become one line and exit 1; SIGINT/SIGTERM one line and exit 130/143; no tracebacks."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        previous = interrupts.install()
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            interrupts.restore(previous)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
-        except SubmaskError as exc:
-            click.echo(f"error: {exc}", err=True)
+            result = super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except BaseException as exc:
+            signum = interrupts.pending()
+            if signum is None and isinstance(exc, KeyboardInterrupt):
+                signum = getattr(exc, "signum", signal.SIGINT)
+            if signum is not None:
+                interrupts.exit_interrupted(signum)
+            if isinstance(exc, BrokenPipeError):  # the reader went away (| head): nothing left to say to it
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(1)
+            message = render(exc)
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
             sys.exit(1)
+        signum = interrupts.pending()
+        if signum is not None:  # interrupted, but the exception was swallowed on the way (numba did once)
+            interrupts.exit_interrupted(signum)
+        return result
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="submask")
 def main() -> None:
-    """Store, compare and share parameter-update masks (.smask files)."""
+    """Store, compare and share parameter-update masks (.smask files).
+
+    \b
+    Exit status: 0 done, 1 error (one line on stderr), 2 usage error,
+    130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM).
+    Commands that write refuse an existing output unless --overwrite.
+    """

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..algebra import Counts
 from ..apply import apply_mask
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_target
 from ..build import build_mask
 from ..compare import compare, density_breakdown
 from . import minilm
@@ -75,9 +75,13 @@ BASELINES = {
 Echo = Callable[[str], None]
 
 
-def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo: Echo = print) -> dict[str, Any]:
-    """Run the demo into ``out_dir`` and return its report (also written to ``out_dir/report.json``)."""
-    out = Path(out_dir)
+def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo: Echo = print,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out_dir`` and return its report (also written to ``out_dir/report.json``).
+
+    A non-empty ``out_dir`` is refused (OutputError) unless ``overwrite``: then the demo's files in it are replaced.
+    """
+    out = check_target(out_dir, overwrite, directory=True)
     out.mkdir(parents=True, exist_ok=True)
     echo(f"submask demo: all-MiniLM-L6-v2 in {DTYPE}, {steps} AdamW steps per run, output in {out}")
     base = minilm.write_base(out / "models" / "base", dtype=DTYPE)
@@ -92,7 +96,7 @@ def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo
     echo("\n2. update masks (exact criterion: a bit is set where the stored value changed)")
     masks = {run.name: out / "masks" / f"{run.name}.smask" for run in RUNS}
     for run in RUNS:
-        build_mask(base, out / "models" / run.name, masks[run.name])
+        build_mask(base, out / "models" / run.name, masks[run.name], overwrite=True)
         report["runs"][run.name] = _describe_run(run, masks[run.name])
     echo(_sparsity_table(report["runs"]))
     echo("   update sparsity if |delta| <= atol counted unchanged (the tolerance ladder each build records):")
@@ -234,12 +238,14 @@ def _restricted_check(out: Path, run: Run, mask_path: Path, steps: int, progress
 
 
 def _plots(out: Path, masks: dict[str, Path], comparison: Any) -> list[str]:
-    from ..plot import plot_density, plot_overlap
+    from ..plot import density_scale, plot_density, plot_overlap
 
     paths = [plot_overlap(comparison, out / "plots" / "overlap.png")]
-    for name, path in masks.items():
-        with_counts = {n: (e.ones, e.bits) for n, e in _entries(path).items()}
-        paths.append(plot_density(with_counts, out / "plots" / f"density_{name}.png", title=f"{name}: update density"))
+    counts = {name: {n: (e.ones, e.bits) for n, e in _entries(path).items()} for name, path in masks.items()}
+    vmax = density_scale(counts.values())
+    for name, with_counts in counts.items():
+        paths.append(plot_density(with_counts, out / "plots" / f"density_{name}.png", title=f"{name}: update density",
+                                  vmax=vmax))
     return [str(p) for p in paths]
 
 

@@ -7,6 +7,7 @@ at a time; the final file(s) appear under their names only once everything is wr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,11 +17,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import strict_json
-from ..atomic import atomic_write, scratch_file
-from ..errors import FormatError, MismatchError
+from ..atomic import atomic_write, check_target, scratch_file, writing
+from ..errors import FormatError, MismatchError, OutputError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
 from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata
+from .reader import INDEX_SUFFIX
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry
 from .shards import new_write_id, publish_sharded
 from .stats import stats_problems
@@ -50,11 +52,13 @@ class MaskWriter:
     raises (Ctrl-C included), nothing is left under the final names. After the block, ``paths`` lists the
     files written (the shards, then the index) and ``index_path`` is the index, or None. ``write_id`` fixes
     the write id of a sharded mask (for reproducible files); by default each write draws a random one.
+    An existing ``path`` (or its index) is refused at construction with OutputError unless ``overwrite``;
+    an OSError while writing (disk full) becomes an OutputError naming ``path``.
     """
 
     def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None,
-                 write_id: str | None = None):
-        self.path = Path(path)
+                 write_id: str | None = None, overwrite: bool = False):
+        self.path = check_mask_target(path, overwrite)
         check_writable(metadata, self.path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
@@ -91,7 +95,8 @@ class MaskWriter:
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
         shard = self._shard_for(len(payload))
-        shard.data.write(payload)
+        with writing(self.path):
+            shard.data.write(payload)
         shard.entries.append(entry)
         shard.sizes.append(len(payload))
         self._names.add(name)
@@ -100,7 +105,7 @@ class MaskWriter:
     def _shard_for(self, size: int) -> _Shard:
         last = self._shards[-1] if self._shards else None
         if last is None or (self.max_shard_bytes and last.entries and last.nbytes + size > self.max_shard_bytes):
-            data = self._stack.enter_context(scratch_file(self.path.parent, f".{self.path.name}."))
+            data = self._stack.enter_context(scratch_file(self.path.parent, self.path))
             last = _Shard(data)
             self._shards.append(last)
         return last
@@ -111,7 +116,7 @@ class MaskWriter:
                 self._finish()
 
     def _finish(self) -> None:
-        shards = self._shards or [_Shard(self._stack.enter_context(scratch_file(self.path.parent, ".empty.")))]
+        shards = self._shards or [_Shard(self._stack.enter_context(scratch_file(self.path.parent, self.path)))]
         if len(shards) == 1:
             with atomic_write(self.path) as out:
                 self._write_shard(out, shards[0])
@@ -156,3 +161,13 @@ def check_writable(metadata: MaskMetadata, path: Path) -> None:
 def _shard_minor(metadata: MaskMetadata) -> int:
     """The minor version a shard and its index declare: at least the one that added the "shard" record."""
     return max(metadata.minor_version, SHARD_MINOR)
+
+
+def check_mask_target(path: str | os.PathLike[str], overwrite: bool = False, inputs: Iterable[object] = ()) -> Path:
+    """``atomic.check_target`` for a mask and its sharded index; a checkpoint is never replaced by a mask."""
+    target = check_target(path, overwrite, inputs=inputs)
+    check_target(target.with_name(target.name + INDEX_SUFFIX), overwrite)
+    if target.suffix == ".safetensors" and target.exists():
+        raise OutputError(target, "is a checkpoint (.safetensors), not a mask; write the mask to a .smask path")
+    return target
+

@@ -15,6 +15,7 @@ from ..errors import FormatError, HubError
 from ..align import check_model
 from ..format.reader import INDEX_SUFFIX, MaskFile, read_index
 from ..format.shards import publish_sharded, renamed_index
+from ..format.writer import check_mask_target
 from .listing import mask_files
 from .paths import HubPath, parse_hub_url
 from .remote import DEFAULT_BRANCH, Remote
@@ -46,16 +47,19 @@ class PulledMask:
 
 def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_path: str | os.PathLike[str] | None = None,
               expect_model: Shapes | None = None, repo_type: str = "model", token: str | None = None,
-              endpoint: str | None = None) -> PulledMask:
+              endpoint: str | None = None, overwrite: bool = False) -> PulledMask:
     """Download the mask at ``path`` (or its shards and index) at ``revision`` through huggingface_hub's cache.
 
     The revision (branch, tag or sha; default branch if None) is resolved to a commit first and every file is
-    fetched at that commit. ``local_path`` also copies the mask there. ``expect_model`` (parameter name ->
+    fetched at that commit. ``local_path`` also copies the mask there (an existing file only with ``overwrite``,
+    else OutputError before the download). ``expect_model`` (parameter name ->
     shape) loads the mask and checks it fits that model (MismatchError otherwise).
 
     >>> pulled = pull_mask("org/model", "masks/rl.smask", revision="v1.0")    # doctest: +SKIP
     >>> pulled.local_path, pulled.commit                                      # doctest: +SKIP
     """
+    if local_path is not None:
+        check_mask_target(local_path, overwrite)
     remote = Remote(repo_id, repo_type, endpoint, token)
     path = path.strip("/").removesuffix(INDEX_SUFFIX)
     commit = remote.commit(revision)

@@ -58,7 +58,7 @@ def write_mask(root: Path, label: str, density: float, bits: int, tensors: int, 
     paths = {"submask": root / f"{label}.smask", "numpy": root / f"{label}.npy", "roaring": root / f"{label}.roaring"}
     packed_all = np.lib.format.open_memmap(paths["numpy"], mode="w+", dtype=np.uint8, shape=(tensors * per_tensor // 8,))
     roaring = pyroaring.BitMap()
-    with MaskWriter(paths["submask"], MaskMetadata(kind="other")) as writer:
+    with MaskWriter(paths["submask"], MaskMetadata(kind="other"), overwrite=True) as writer:
         for index, name in enumerate(tensor_names(tensors)):
             bools = rng.random(per_tensor, dtype=np.float32) < density
             mask = TensorMask.from_numpy(bools.reshape(shape))
@@ -130,7 +130,7 @@ def warm_up(root: Path) -> float:
     for label in ("warm_a", "warm_b"):
         paths.append(root / f"{label}.smask")
         arrays = {name: rng.random((64, 2048)) < 0.01 for name in tensor_names(2)}
-        submask.save(submask.Mask.from_numpy(arrays), paths[-1])
+        submask.save(submask.Mask.from_numpy(arrays), paths[-1], overwrite=True)
     start = time.perf_counter()
     submask.compare(paths)
     return time.perf_counter() - start

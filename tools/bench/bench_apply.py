@@ -76,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-apply-") as tmp:
         root = Path(tmp)
         mask = write_pair(root, args.tensors, args.width, args.density)
-        submask.save(mask, root / "mask.smask")
+        submask.save(mask, root / "mask.smask", overwrite=True)
         size = (root / "finetuned.safetensors").stat().st_size
         read_s = best_time(lambda: read_inputs(root), args.repeats)
         copy_s = best_time(lambda: read_and_copy(root), args.repeats)

@@ -166,9 +166,11 @@ def main() -> None:
     nbytes = sum(p.stat().st_size for p in paths)
     chunk_bytes = min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * (args.workers + 1)))
     builds: dict[str, Callable[[], object]] = {
-        "build exact": lambda: build_mask(*paths, out, workers=args.workers, device="cpu"),
-        "build exact, no ladder": lambda: build_mask(*paths, out, workers=args.workers, device="cpu", ladder=False),
-        "build atol=1e-5": lambda: build_mask(*paths, out, atol=1e-5, workers=args.workers, device="cpu"),
+        "build exact": lambda: build_mask(*paths, out, workers=args.workers, device="cpu", overwrite=True),
+        "build exact, no ladder": lambda: build_mask(*paths, out, workers=args.workers, device="cpu", ladder=False,
+                                                     overwrite=True),
+        "build atol=1e-5": lambda: build_mask(*paths, out, atol=1e-5, workers=args.workers, device="cpu",
+                                              overwrite=True),
     }
     methods = {
         "read (raw reader, baseline)": lambda: read_raw(paths, args.workers, chunk_bytes),
@@ -196,9 +198,10 @@ def main() -> None:
 
     rss = {
         "build exact": peak_rss_mb(f"from submask.build import build_mask; "
-                                   f"build_mask({str(paths[0])!r}, {str(paths[1])!r}, {str(out)!r}, device='cpu')"),
+                                   f"build_mask({str(paths[0])!r}, {str(paths[1])!r}, {str(out)!r}, device='cpu', "
+                                   f"overwrite=True)"),
         "build atol=1e-5": peak_rss_mb(f"from submask.build import build_mask; build_mask({str(paths[0])!r}, "
-                                       f"{str(paths[1])!r}, {str(out)!r}, atol=1e-5, device='cpu')"),
+                                       f"{str(paths[1])!r}, {str(out)!r}, atol=1e-5, device='cpu', overwrite=True)"),
         "naive": peak_rss_mb(f"from tools.bench.bench_build import naive; from pathlib import Path; "
                              f"naive((Path({str(paths[0])!r}), Path({str(paths[1])!r})))"),
         "python + import submask.build": peak_rss_mb("import submask.build"),
