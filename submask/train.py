@@ -54,6 +54,7 @@ class _Restricted:
     outside: "torch.Tensor | None" = None  # dense: bool, True where the value must not change
     frozen: "torch.Tensor | None" = None   # dense: the starting values
     hook: Any = None                       # dense: the gradient hook
+    order: tuple[str, ...] = ()            # sparse: the owner's parameter names in registration order
 
 
 class Restriction:
@@ -93,11 +94,14 @@ class Restriction:
         self.restore()
         for hook in self._hooks:
             hook.remove()
-        for entry in self._restricted:
+        for entry in reversed(self._restricted):  # last in, first out: each owner's order is restored in full
             if entry.hook is not None:
                 entry.hook.remove()
             else:
                 parametrize.remove_parametrizations(entry.owner, entry.attribute, leave_parametrized=True)
+                # re-registration appends the parameter: put it back in place so state_dict order is unchanged
+                parameters = entry.owner._parameters
+                entry.owner._parameters = {name: parameters[name] for name in entry.order if name in parameters}
         for parameter in self._frozen:
             parameter.requires_grad_(True)
         self._hooks, self._restricted, self._frozen = [], [], []
@@ -188,8 +192,9 @@ def _restrict_one(module: "torch.nn.Module", name: str, parameter: "torch.nn.Par
     owner = module.get_submodule(owner_name)
     frozen = parameter.detach().clone()
     if mode == "sparse":
+        order = tuple(owner._parameters)
         parametrize.register_parametrization(owner, attribute, _sparse_values()(frozen, inside), unsafe=True)
-        return _Restricted(owner, attribute, parameter)
+        return _Restricted(owner, attribute, parameter, order=order)
     outside = inside.logical_not()
     hook = parameter.register_post_accumulate_grad_hook(_zero_outside(outside))
     return _Restricted(owner, attribute, parameter, outside, frozen, hook)

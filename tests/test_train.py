@@ -24,16 +24,29 @@ def bits_of(tensor: "torch.Tensor") -> "torch.Tensor":
     return tensor.detach().contiguous().view(torch.int32)
 
 
+#: Parameters whose masks the tests pin, so that each case is exercised whatever the finetune's rounding.
+EMPTY = "encoder.layer.0.attention.self.query.bias"   # a partly masked weight next to a bias left unchanged
+FULL = "encoder.layer.0.attention.self.key.bias"      # trained as usual
+DENSITY = 0.3
+
+
+def seeded_mask(shapes: dict[str, tuple[int, ...]], pinned: dict[str, bool], seed: int = 0) -> Mask:
+    """A random mask of ``DENSITY`` (the same on every machine), with the masks of ``pinned`` empty or full."""
+    generator = torch.Generator().manual_seed(seed)
+    return Mask({name: TensorMask.full(shape, pinned[name]) if name in pinned
+                 else TensorMask.from_torch(torch.rand(shape, generator=generator) < DENSITY)
+                 for name, shape in shapes.items()})
+
+
 @pytest.fixture(scope="module")
 def update_mask(minilm_bf16) -> Mask:
-    """The real update mask of the bf16 finetune (exact bitwise diff), a sparse mask over MiniLM.
+    """A seeded random mask over MiniLM's parameters with one empty and one full bias.
 
     It leaves out the word embeddings (half the model), which ``missing="freeze"`` then freezes: that path
     is tested too, and the steps take half the time."""
     base = safetensors_torch.load_file(minilm_bf16.base_file)
-    finetuned = safetensors_torch.load_file(minilm_bf16.finetuned_file)
-    return Mask.from_torch({name: base[name].view(torch.int16) != finetuned[name].view(torch.int16)
-                            for name in base if base[name].is_floating_point() and name != FROZEN})
+    return seeded_mask({name: tuple(base[name].shape) for name in base
+                        if base[name].is_floating_point() and name != FROZEN}, {EMPTY: False, FULL: True})
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +210,24 @@ def test_mask_from_a_smask_path(tmp_path) -> None:
         optimizer.step()
     restriction.remove()
     assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_unrestrict_keeps_state_dict_keys_and_order(mode: str) -> None:
+    """Partly, fully and empty-masked parameters, and one the mask leaves out, side by side in each module."""
+    model = small_model()
+    keys = list(model.state_dict())
+    mask = Mask({"0.weight": TensorMask.from_indices([0, 5, 7], (4, 6)), "0.bias": TensorMask.full((4,), False),
+                 "2.weight": TensorMask.full((2, 4), True), "2.bias": TensorMask.from_indices([1], (2,))})
+    for missing in ("freeze", "train"):
+        for listed in (mask, Mask({name: mask[name] for name in ("0.bias", "0.weight", "2.bias")})):
+            restriction = submask.restrict(model, listed, mode=mode, missing=missing)
+            optimizer = adamw(restriction.parameters())
+            model(torch.randn(3, 6)).square().sum().backward()
+            optimizer.step()
+            submask.unrestrict(model)
+            assert list(model.state_dict()) == keys
+            assert [name for name, _ in model.named_parameters()] == keys
 
 
 def test_mismatched_masks_and_misuse_are_rejected() -> None:
