@@ -124,8 +124,9 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
              optimizer: "torch.optim.Optimizer | None" = None, missing: Missing = "freeze") -> Restriction:
     """Restrict training of ``module`` to ``mask`` (a Mask, MaskFile or .smask path) and return the handle.
 
-    Mask names are ``module.named_parameters()`` names; a name missing from the module or a shape that
-    differs raises MismatchError. See the module docstring for the two modes and ``missing``.
+    Mask names are ``module.named_parameters()`` names; names of buffers are accepted and ignored (buffers are
+    not trained; a mask built from a checkpoint lists them). A name that is neither, or a shape that differs,
+    raises MismatchError. See the module docstring for the two modes and ``missing``.
     """
     if mode not in ("dense", "sparse"):
         raise SubmaskError(f"mode must be 'dense' or 'sparse', got {mode!r}")
@@ -138,7 +139,9 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
                            "optimizer after restrict(), from restriction.parameters(), and do not pass it here")
     parameters = dict(module.named_parameters())
     with open_mask(mask) as masks:
-        check_fit(masks, {name: tuple(p.shape) for name, p in parameters.items()}, "the module's parameters")
+        # a mask built from a checkpoint also lists its buffers (e.g. position ids): they fit, and stay as they are
+        tensors = {**dict(module.named_buffers()), **parameters}
+        check_fit(masks, {name: tuple(t.shape) for name, t in tensors.items()}, "the module's parameters and buffers")
         absent = [name for name in parameters if name not in masks]
         if absent and missing == "error":
             raise MismatchError(f"{describe(masks)} does not list {len(absent)} parameter(s) of the module, e.g. "

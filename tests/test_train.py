@@ -21,7 +21,8 @@ FROZEN = "embeddings.word_embeddings.weight"
 
 
 def bits_of(tensor: "torch.Tensor") -> "torch.Tensor":
-    return tensor.detach().contiguous().view(torch.int32)
+    integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+    return tensor.detach().contiguous().view(integer)
 
 
 #: Parameters whose masks the tests pin, so that each case is exercised whatever the finetune's rounding.
@@ -234,7 +235,7 @@ def test_mismatched_masks_and_misuse_are_rejected() -> None:
     model = small_model()
     with pytest.raises(MismatchError, match=r"0\.weight \(4, 5\) vs \(4, 6\)"):
         submask.restrict(model, Mask({"0.weight": TensorMask.full((4, 5), True)}))
-    with pytest.raises(MismatchError, match=r"missing from the module's parameters.*lm_head\.weight"):
+    with pytest.raises(MismatchError, match=r"missing from the module's parameters and buffers.*lm_head\.weight"):
         submask.restrict(model, Mask({"lm_head.weight": TensorMask.full((4,), True)}))
     with pytest.raises(SubmaskError, match="mode must be"):
         submask.restrict(model, small_mask(), mode="lora")
@@ -246,6 +247,23 @@ def test_mismatched_masks_and_misuse_are_rejected() -> None:
     with pytest.raises(SubmaskError, match="already restricted"):
         submask.restrict(model, small_mask())
     submask.unrestrict(model)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_mask_built_from_the_checkpoint_restricts_the_module_loaded_from_it(minilm_bf16, batch, mode: str) -> None:
+    """build_mask lists MiniLM's int64 buffer ``embeddings.position_ids``: restrict accepts it and leaves it be."""
+    mask = submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned)
+    assert "embeddings.position_ids" in mask
+    model = transformers.AutoModel.from_pretrained(minilm_bf16.base, local_files_only=True,
+                                                  dtype=torch.float32).eval()
+    start, position_ids = copy.deepcopy(model.state_dict()), model.embeddings.position_ids.clone()
+    restriction = submask.restrict(model, mask, mode=mode)
+    train(model, batch, adamw(restriction.parameters()))
+    restriction.remove()
+    assert torch.equal(model.embeddings.position_ids, position_ids)
+    assert assert_unmasked_unchanged(model.state_dict(), start, mask) > 0
+    with pytest.raises(MismatchError, match=r"position_ids \(1, 7\) vs \(1, 512\)"):
+        submask.restrict(model, Mask({"embeddings.position_ids": TensorMask.full((1, 7), True)}))
 
 
 def test_sparse_mode_refuses_tied_weights() -> None:
