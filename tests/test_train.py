@@ -103,6 +103,7 @@ def trained(base_model, batch, mask, mode: str) -> tuple[dict, "torch.optim.Opti
         optimizer = adamw(restriction.parameters())
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     train(model, batch, optimizer)
+    assert list(model.state_dict()) == keys  # while restricted too: checkpoints keep the module's names
     submask.unrestrict(model)
     assert list(model.state_dict()) == keys
     assert not parametrize.is_parametrized(model) and type(model) is type(base_model)
@@ -131,7 +132,7 @@ def test_dense_and_sparse_modes_agree(dense_and_sparse) -> None:
 
 def test_sparse_mode_optimizer_state_scales_with_the_mask(dense_and_sparse, update_mask) -> None:
     _, optimizer, names = dense_and_sparse["sparse"]
-    assert any(name.endswith("parametrizations.weight.original") for name in names)
+    assert f"{EMPTY.rpartition('.')[0]}.weight_submask_values" in names
     state_numel = sum(state["exp_avg"].numel() for state in optimizer.state.values())
     assert state_numel == update_mask.count  # one slot per masked entry, none for the rest
     _, dense_optimizer, _ = dense_and_sparse["dense"]  # dense mode: state for every entry of a trained tensor
@@ -266,12 +267,112 @@ def test_mask_built_from_the_checkpoint_restricts_the_module_loaded_from_it(mini
         submask.restrict(model, Mask({"embeddings.position_ids": TensorMask.full((1, 7), True)}))
 
 
-def test_sparse_mode_refuses_tied_weights() -> None:
+def tied_model() -> "torch.nn.Module":
+    model = torch.nn.ModuleDict({"a": small_model()[0], "b": torch.nn.Linear(6, 4)})
+    model["b"].weight = model["a"].weight
+    return model
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_tied_weights_are_restricted_once(mode: str) -> None:
+    model = tied_model()
+    start, keys = copy.deepcopy(model.state_dict()), list(model.state_dict())
+    weight = TensorMask.from_indices([1, 8], (4, 6))
+    for listed in ({"a.weight": weight}, {"b.weight": weight}, {"a.weight": weight, "b.weight": weight}):
+        restriction = submask.restrict(model, Mask(listed), mode=mode, missing="train")
+        optimizer = adamw(restriction.parameters())
+        restriction.attach(optimizer)
+        for _ in range(STEPS):
+            optimizer.zero_grad()
+            (model["a"](torch.randn(3, 6)) * model["b"](torch.randn(3, 6))).sum().backward()
+            optimizer.step()
+        assert model["a"].weight is model["b"].weight and list(model.state_dict()) == keys
+        restriction.remove()
+        full = TensorMask.full((4,), True)
+        check = Mask({"a.weight": weight, "b.weight": weight, "a.bias": full, "b.bias": full})
+        assert assert_unmasked_unchanged(model.state_dict(), start, check) == 2 * 2 + 8  # a, b: the same 2 moved
+        start = copy.deepcopy(model.state_dict())
+    with pytest.raises(MismatchError, match="tied weights 'a.weight' and 'b.weight' different masks"):
+        submask.restrict(model, Mask({"a.weight": weight, "b.weight": TensorMask.from_indices([2], (4, 6))}))
+
+
+OPTIMIZERS = {
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "adam-amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True, weight_decay=0.01),
+    "sgd-nesterov": lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.1),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5, weight_decay=0.1),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=1e-2, weight_decay=0.1),
+}
+
+
+def small_run(mode: str, make_optimizer, *, dtype=torch.float32, autocast: bool = False, micro: int = 1,
+              clip: float | None = None) -> tuple[dict, dict]:
+    """Train ``small_model`` restricted to ``small_mask`` (missing='train') with the given recipe; returns the
+    start and end states. Each step accumulates ``micro`` backwards, clips and steps an LR schedule."""
+    model = small_model().to(dtype)
+    start = copy.deepcopy(model.state_dict())
+    restriction = submask.restrict(model, small_mask(), mode=mode, missing="train")
+    optimizer = make_optimizer(restriction.parameters())
+    restriction.attach(optimizer)
+    schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.5, total_iters=STEPS)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        for _ in range(micro):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(torch.randn(5, 6, generator=generator).to(dtype)).float().square().mean()
+            loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(restriction.parameters(), clip)
+        optimizer.step()
+        schedule.step()
+    restriction.remove()
+    return start, model.state_dict()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_keeps_unmasked_entries_and_modes_agree(name: str) -> None:
+    ends = {}
+    for mode in ("dense", "sparse"):
+        start, ends[mode] = small_run(mode, OPTIMIZERS[name])
+        mask = Mask({**small_mask(), "2.bias": TensorMask.full((2,), True)})
+        assert assert_unmasked_unchanged(ends[mode], start, mask) == 3 + 4 + 2
+    for key in ends["dense"]:
+        torch.testing.assert_close(ends["sparse"][key], ends["dense"][key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("recipe", [dict(autocast=True), dict(dtype=torch.bfloat16), dict(micro=3, clip=0.05),
+                                    dict(autocast=True, micro=2, clip=0.05)], ids=["autocast", "bf16", "accumulate-clip",
+                                                                                   "all"])
+def test_sparse_mode_with_autocast_bf16_accumulation_and_clipping(recipe: dict) -> None:
+    """The values' gradients are those dense mode clips and steps with: both modes end at the same weights."""
+    ends = {}
+    for mode in ("dense", "sparse"):
+        start, ends[mode] = small_run(mode, OPTIMIZERS["adamw"], **recipe)
+        mask = Mask({**small_mask(), "2.bias": TensorMask.full((2,), True)})
+        assert assert_unmasked_unchanged(ends[mode], start, mask) == 3 + 4 + 2
+    for key in ends["dense"]:
+        torch.testing.assert_close(ends["sparse"][key], ends["dense"][key], rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_mode_keeps_no_full_gradient_and_checkpoints_load_as_usual(tmp_path) -> None:
     model = small_model()
-    tied = torch.nn.ModuleDict({"a": model[0], "b": torch.nn.Linear(6, 4)})
-    tied["b"].weight = tied["a"].weight
-    with pytest.raises(SubmaskError, match="tied weights"):
-        submask.restrict(tied, Mask({"a.weight": TensorMask.from_indices([1], (4, 6))}), mode="sparse")
+    keys = list(model.state_dict())
+    restriction = submask.restrict(model, small_mask(), mode="sparse")
+    optimizer = adamw(model.parameters())  # the weights never get a gradient: AdamW skips them
+    model(torch.randn(3, 6)).square().sum().backward()
+    assert model[0].weight.grad is None and model[0].weight_submask_values.grad.shape == (3,)
+    optimizer.step()
+    assert torch.equal(model[0].weight.view(-1)[[0, 5, 7]], model[0].weight_submask_values.detach())
+    safetensors_torch.save_file(model.state_dict(), tmp_path / "step.safetensors")
+    assert list(safetensors_torch.load_file(tmp_path / "step.safetensors")) == sorted(keys)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    moved = {k: v + 1 for k, v in saved.items()}
+    model.load_state_dict(moved)  # loading while restricted refreshes the values from the loaded weights
+    assert torch.equal(model[0].weight_submask_values.detach(), moved["0.weight"].view(-1)[[0, 5, 7]])
+    model.load_state_dict(saved)
+    restriction.remove()
+    assert list(model.state_dict()) == keys and torch.equal(model[0].weight, saved["0.weight"])
 
 
 def classifier(minilm_bf16, update_mask) -> tuple["torch.nn.Module", Mask]:
