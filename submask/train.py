@@ -97,13 +97,13 @@ class _Sparse:
     """Sparse mode for one partly masked parameter: density-sized ``values`` trained in place of the weight."""
 
     def __init__(self, owner: "torch.nn.Module", attribute: str, parameter: "torch.nn.Parameter",
-                 bits: "TensorMask"):
+                 bits: "TensorMask", group: Any = None):
         import torch
 
         if not parameter.is_contiguous():
             raise SubmaskError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
                                f"{type(owner).__name__} is not contiguous: use mode='dense'")
-        self.owner, self.attribute, self.parameter = owner, attribute, parameter
+        self.owner, self.attribute, self.parameter, self.group = owner, attribute, parameter, group
         index = torch.from_numpy(bits.to_indices()).to(parameter.device)
         self.index = index.int() if parameter.numel() < 2**31 else index  # int32 halves it
         self.values = torch.nn.Parameter(parameter.detach().view(-1)[self.index].clone())
@@ -116,6 +116,11 @@ class _Sparse:
         """Reduce the weight's full gradient to the masked entries at once, and free it."""
         grad = parameter.grad.view(-1)[self.index]  # type: ignore[union-attr]
         parameter.grad = None
+        if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
+            import torch.distributed as dist
+
+            dist.all_reduce(grad, group=self.group)
+            grad.div_(dist.get_world_size(self.group))
         if self.values.grad is None:
             self.values.grad = grad
         else:
@@ -195,6 +200,8 @@ class Restriction:
             entry.remove()
         for parameter in self._frozen:
             parameter.requires_grad_(True)
+        if hasattr(self.module, "_ddp_params_and_buffers_to_ignore"):  # set by restrict(process_group=...)
+            del self.module._ddp_params_and_buffers_to_ignore
         self._hooks, self._restricted, self._frozen = [], [], []
         if getattr(self.module, _ATTRIBUTE, None) is self:
             delattr(self.module, _ATTRIBUTE)
@@ -212,12 +219,18 @@ class Restriction:
 
 
 def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
-             optimizer: "torch.optim.Optimizer | None" = None, missing: Missing = "freeze") -> Restriction:
+             optimizer: "torch.optim.Optimizer | None" = None, missing: Missing = "freeze",
+             process_group: Any = None) -> Restriction:
     """Restrict training of ``module`` to ``mask`` (a Mask, MaskFile or .smask path) and return the handle.
 
     Mask names are ``module.named_parameters()`` names; names of buffers are accepted and ignored (buffers are
     not trained; a mask built from a checkpoint lists them). A name that is neither, or a shape that differs,
     raises MismatchError. See the module docstring for the two modes and ``missing``.
+
+    Under ``DistributedDataParallel``, dense mode needs nothing; sparse mode needs the ``process_group``
+    (e.g. ``torch.distributed.group.WORLD``) and ``restrict`` before wrapping: DDP is told to leave the
+    restricted weights and their values alone, and each values gradient is averaged over the group as
+    backward produces it (density-sized communication; with ``no_sync`` accumulation, once per backward).
     """
     if mode not in ("dense", "sparse"):
         raise SubmaskError(f"mode must be 'dense' or 'sparse', got {mode!r}")
@@ -225,6 +238,8 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
         raise SubmaskError(f"missing must be 'freeze', 'train' or 'error', got {missing!r}")
     if getattr(module, _ATTRIBUTE, None) is not None:
         raise SubmaskError("this module is already restricted to a mask; call submask.unrestrict(module) first")
+    if process_group is not None and mode != "sparse":
+        raise SubmaskError("process_group is for sparse mode under DistributedDataParallel; dense mode needs none")
     if mode == "sparse" and optimizer is not None:
         raise SubmaskError("sparse mode replaces the masked parameters by their masked values: create the "
                            "optimizer after restrict(), from restriction.parameters(), and do not pass it here")
@@ -250,10 +265,12 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
                 if (bits is None and missing == "freeze") or (bits is not None and bits.count == 0):
                     restriction._frozen.append(_freeze(parameter))
                 elif bits is not None and bits.count < bits.numel:
-                    restriction._restricted.append(_restrict_one(module, name, parameter, bits, mode))
+                    restriction._restricted.append(_restrict_one(module, name, parameter, bits, mode, process_group))
         except BaseException:  # e.g. a corrupt tensor in a .smask file: leave the module as it was
             restriction.remove()
             raise
+    if process_group is not None:
+        _ddp_ignore(module, restriction._restricted)
     setattr(module, _ATTRIBUTE, restriction)
     if optimizer is not None:
         restriction.attach(optimizer)
@@ -293,11 +310,21 @@ def _mask_of(masks: Any, names: list[str]) -> "TensorMask | None":
 
 
 def _restrict_one(module: "torch.nn.Module", name: str, parameter: "torch.nn.Parameter", bits: "TensorMask",
-                  mode: Mode) -> _Dense | _Sparse:
+                  mode: Mode, group: Any) -> _Dense | _Sparse:
     if mode == "dense":
         return _Dense(parameter, bits)
     owner_name, _, attribute = name.rpartition(".")
-    return _Sparse(module.get_submodule(owner_name), attribute, parameter, bits)
+    return _Sparse(module.get_submodule(owner_name), attribute, parameter, bits, group)
+
+
+def _ddp_ignore(module: "torch.nn.Module", entries: list[_Dense | _Sparse]) -> None:
+    """Tell DistributedDataParallel (wrapping ``module`` later) to leave restricted weights and values alone:
+    the restriction averages the values' gradients itself."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    tensors = {id(t) for e in entries for t in (e.parameter, e.trainable)}
+    names = [name for name, p in module.named_parameters(remove_duplicate=False) if id(p) in tensors]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
 
 
 __all__ = ["Restriction", "restrict", "restriction_of", "unrestrict"]
