@@ -58,21 +58,24 @@ class _Dense:
         import torch
 
         self.parameter = parameter
-        self.frozen = parameter.detach().clone()
-        self.packed = torch.from_numpy(bits.packed).to(parameter.device)  # 1 bit per entry, unpacked on use
+        self.local, start = _shard(parameter)
+        self.frozen = self.local.clone()
+        packed = _packed_range(bits, start, self.local.numel())
+        self.packed = torch.from_numpy(packed).to(parameter.device)  # 1 bit per entry, unpacked on use
         self.hook = parameter.register_post_accumulate_grad_hook(self._zero_outside)
 
     def _zero_outside(self, parameter: "torch.Tensor") -> None:
         """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
-        parameter.grad.masked_fill_(self.inside().logical_not_(), 0)  # type: ignore[union-attr]
+        grad, _ = _shard(parameter.grad)  # type: ignore[arg-type]
+        grad.masked_fill_(self.inside().logical_not_(), 0)
 
     def inside(self) -> "torch.Tensor":
-        """The mask as a bool tensor of the parameter's shape (transient: one parameter at a time)."""
+        """The mask of the entries held here, a bool tensor (transient: one parameter at a time)."""
         import torch
 
         shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.packed.device)  # most significant first
-        bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:self.parameter.numel()]
-        return bits.bool().view(self.parameter.shape)
+        bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:self.local.numel()]
+        return bits.bool().view(self.local.shape)
 
     @property
     def trainable(self) -> "torch.nn.Parameter":
@@ -82,7 +85,7 @@ class _Dense:
         import torch
 
         with torch.no_grad():
-            torch.where(self.inside(), self.parameter, self.frozen, out=self.parameter)
+            torch.where(self.inside(), self.local, self.frozen, out=self.local)
 
     def remove(self) -> None:
         self.restore()
@@ -100,6 +103,9 @@ class _Sparse:
                  bits: "TensorMask", group: Any = None):
         import torch
 
+        if type(parameter.data) is not torch.Tensor:  # a DTensor
+            raise SubmaskError(f"sparse mode does not restrict sharded (DTensor, e.g. FSDP2) parameters such as "
+                               f"{attribute!r} of {type(owner).__name__} yet: use mode='dense'")
         if not parameter.is_contiguous():
             raise SubmaskError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
                                f"{type(owner).__name__} is not contiguous: use mode='dense'")
@@ -294,6 +300,35 @@ def _freeze(parameter: "torch.nn.Parameter") -> "torch.nn.Parameter":
     parameter.requires_grad_(False)
     parameter.grad = None  # a stale gradient would still be applied by the optimizer
     return parameter
+
+
+def _shard(tensor: "torch.Tensor") -> tuple["torch.Tensor", int]:
+    """The entries of ``tensor`` this process holds (sharing its storage) and the flat index of the first:
+    a DTensor sharded on dim 0 over a 1-D mesh (FSDP2's ``fully_shard``) holds a block of rows."""
+    try:
+        from torch.distributed.tensor import DTensor, Shard
+    except ImportError:  # torch built without distributed support
+        return tensor.data, 0
+    if not isinstance(tensor, DTensor):
+        return tensor.data, 0
+    mesh = tensor.device_mesh
+    if mesh.ndim != 1 or tuple(tensor.placements) != (Shard(0),):
+        raise SubmaskError(f"restrict supports DTensor parameters sharded on dim 0 over a 1-D mesh (FSDP2's "
+                           f"fully_shard), not {tuple(tensor.placements)} over {mesh.ndim} dimension(s)")
+    rows = -(-tensor.shape[0] // mesh.size())  # torch.chunk's split: the last ranks may hold fewer or none
+    first_row = min(mesh.get_local_rank() * rows, tensor.shape[0])
+    return tensor.to_local().data, first_row * (tensor.numel() // max(tensor.shape[0], 1))
+
+
+def _packed_range(bits: "TensorMask", start: int, count: int) -> Any:
+    """Packed bits (most significant first) of entries [start, start + count): only that range is unpacked."""
+    import numpy as np
+
+    if start == 0 and count == bits.numel:
+        return bits.packed
+    first = start // 8
+    unpacked = np.unpackbits(bits.packed[first:(start + count + 7) // 8 + 1])
+    return np.packbits(unpacked[start - 8 * first:start - 8 * first + count])
 
 
 def _mask_of(masks: Any, names: list[str]) -> "TensorMask | None":

@@ -2,7 +2,8 @@
 
     python tests/train_ddp_worker.py OUT_DIR PORT
 
-Each rank trains a copy in dense mode, then one in sparse mode, and writes OUT_DIR/{mode}-rank{N}.json: how
+Each rank trains a copy under DDP in dense mode, then in sparse mode, then one sharded by FSDP2's fully_shard
+in dense mode, and writes OUT_DIR/{mode}-rank{N}.json: how
 many masked entries moved, whether every unmasked entry kept its start bits, and a checksum of the trained
 weights (equal on both ranks when DDP kept them in step).
 """
@@ -49,11 +50,19 @@ def worker(rank: int, out: str, port: int) -> None:
     mask = seeded_mask(loaded)
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm.model_dir())
     batch = tokenizer(SENTENCES[rank * 2:rank * 2 + 2], padding="max_length", max_length=12, return_tensors="pt")
-    for mode in ("dense", "sparse"):
+    for mode in ("dense", "sparse", "fsdp2-dense"):
         model = copy.deepcopy(loaded)
-        restriction = submask.restrict(model, mask, mode=mode,
-                                       process_group=dist.group.WORLD if mode == "sparse" else None)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        if mode == "fsdp2-dense":  # each rank restricts its own row blocks of every parameter
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.encoder.layer:
+                fully_shard(layer)
+            ddp = fully_shard(model)
+            restriction = submask.restrict(model, mask, mode="dense")
+        else:
+            restriction = submask.restrict(model, mask, mode=mode,
+                                           process_group=dist.group.WORLD if mode == "sparse" else None)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.AdamW(restriction.parameters(), lr=1e-3, weight_decay=0.1)
         restriction.attach(optimizer)
         for _ in range(2):
@@ -63,13 +72,15 @@ def worker(rank: int, out: str, port: int) -> None:
             torch.nn.utils.clip_grad_norm_(restriction.parameters(), 1.0)
             optimizer.step()
         restriction.remove()
+        state = {name: value.full_tensor() if hasattr(value, "full_tensor") else value
+                 for name, value in model.state_dict().items()}
         moved, kept = 0, True
-        for name, value in model.state_dict().items():
+        for name, value in state.items():
             inside = mask[name].to_torch() if name in mask else torch.zeros(value.shape, dtype=torch.bool)
             same = value.view(torch.int32) == start[name].view(torch.int32)
             kept &= bool(same[~inside].all())
             moved += int((~same[inside]).sum())
-        checksum = sum(float(value.double().sum()) for value in model.state_dict().values())
+        checksum = sum(float(value.double().sum()) for value in state.values())
         Path(out, f"{mode}-rank{rank}.json").write_text(json.dumps(
             {"moved": moved, "kept": kept, "checksum": checksum, "masked": mask.count}))
     dist.destroy_process_group()
