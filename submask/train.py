@@ -19,12 +19,19 @@ entries whose gradient is zero. Two modes give the guarantee:
   ``Restriction.parameters()`` (or ``module.parameters()``: the weights never get a gradient, so optimizers
   skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and
   order, so checkpoints save and load as usual (loading refreshes the values from the loaded weights).
-  Tied weights are restricted once, with the mask of any of their names (all listed must agree).
+  Tied weights are restricted once, with the mask of any of their names (all listed must agree). Works
+  with ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the
+  forward is the plain module's; the hooks run in eager autograd).
 
 In both modes a parameter whose mask is empty is frozen (``requires_grad=False``, its ``.grad`` cleared) and
 one whose mask is full trains as usual. Parameters the mask does not list follow ``missing``: ``"freeze"``
 (the default: outside the mask means unchanged), ``"train"`` (left fully trainable) or ``"error"``. Names of
 buffers in the mask are accepted and ignored (buffers are not trained).
+
+Distributed: under ``DistributedDataParallel`` both modes work (sparse mode: pass ``process_group`` to
+``restrict`` before wrapping). Under FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0), dense
+mode restricts each rank's own rows with the matching slice of the packed mask (restrict after sharding);
+sparse mode refuses DTensor parameters.
 
 >>> handle = submask.restrict(model, "rl.smask", mode="sparse")                       # doctest: +SKIP
 >>> optimizer = torch.optim.AdamW(handle.parameters(), lr=1e-5, weight_decay=0.1)    # doctest: +SKIP
@@ -208,6 +215,8 @@ class Restriction:
             parameter.requires_grad_(True)
         if hasattr(self.module, "_ddp_params_and_buffers_to_ignore"):  # set by restrict(process_group=...)
             del self.module._ddp_params_and_buffers_to_ignore
+            for entry in self._restricted:
+                entry.parameter.__dict__.pop("_ddp_ignored", None)
         self._hooks, self._restricted, self._frozen = [], [], []
         if getattr(self.module, _ATTRIBUTE, None) is self:
             delattr(self.module, _ATTRIBUTE)
