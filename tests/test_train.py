@@ -433,27 +433,50 @@ def test_callback_events_in_trainer_order(minilm_bf16, update_mask, batch, mode:
         late.on_train_begin(None, None, None, model=model, optimizer=optimizer)
 
 
-@pytest.mark.parametrize("mode", ["dense", "sparse"])
-def test_trainer_callback(minilm_bf16, update_mask, tmp_path, mode: str) -> None:
+@pytest.fixture(scope="module")
+def trainer_runs(minilm_bf16, update_mask, tmp_path_factory) -> dict:
+    """The Trainer with the callback, in each mode, clipping hard and with an epsilon far above the gradients
+    (so that AdamW's update scales with the clipped gradient, and a wrong clipping norm shows) and saving a
+    checkpoint mid-run: mode -> (start state, end state, mask, checkpoint dir)."""
     pytest.importorskip("accelerate")  # the Trainer needs it
     from submask.integrations import SubmaskCallback
 
-    model, mask = classifier(minilm_bf16, update_mask)
-    start = copy.deepcopy(model.state_dict())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_bf16.base, local_files_only=True)
-    encoded = tokenizer(SENTENCES, padding="max_length", max_length=16, return_tensors="pt")
-    data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
-             "labels": torch.tensor(i % 2)} for i in range(len(SENTENCES))]
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
-        weight_decay=0.1, report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
-        disable_tqdm=True)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
-                                   callbacks=[SubmaskCallback(mask, mode=mode)])
-    trainer.train()
-    assert list(model.state_dict()) == list(start)  # the restriction was removed at the end
-    moved = assert_unmasked_unchanged(model.state_dict(), start, mask)
+    runs = {}
+    for mode in ("dense", "sparse"):
+        torch.manual_seed(0)  # the same new classification head in both runs
+        model, mask = classifier(minilm_bf16, update_mask)
+        start = copy.deepcopy(model.state_dict())
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_bf16.base, local_files_only=True)
+        encoded = tokenizer(SENTENCES, padding="max_length", max_length=16, return_tensors="pt")
+        data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
+                 "labels": torch.tensor(i % 2)} for i in range(len(SENTENCES))]
+        out = tmp_path_factory.mktemp(f"trainer-{mode}")
+        args = transformers.TrainingArguments(
+            output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
+            weight_decay=0.1, max_grad_norm=0.01, adam_epsilon=1e-3, report_to="none", save_strategy="steps", save_steps=2,
+            save_only_model=True, logging_strategy="no", use_cpu=True, disable_tqdm=True)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                       callbacks=[SubmaskCallback(mask, mode=mode)])
+        trainer.train()
+        runs[mode] = (start, model.state_dict(), mask, out / "checkpoint-2")
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_trainer_callback(trainer_runs, mode: str) -> None:
+    start, end, mask, checkpoint = trainer_runs[mode]
+    assert list(end) == list(start)  # the restriction was removed at the end
+    moved = assert_unmasked_unchanged(end, start, mask)
     assert moved > 0.5 * mask.count
+    saved = safetensors_torch.load_file(checkpoint / "model.safetensors")  # written while restricted
+    assert sorted(saved) == sorted(start)
+
+
+def test_trainer_clips_the_same_gradients_in_both_modes(trainer_runs) -> None:
+    """The Trainer clips over model.parameters(): in sparse mode those hold the values' gradients."""
+    dense, sparse = trainer_runs["dense"][1], trainer_runs["sparse"][1]
+    for name in dense:
+        torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda
