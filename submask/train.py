@@ -8,17 +8,30 @@ entries whose gradient is zero. Two modes give the guarantee:
   after every optimizer step the entries outside the mask are reset to a saved copy of their starting
   values, bit for bit (this is the guarantee; gradients set by hand bypass the zeroing, not the reset). Pass the
   ``optimizer`` to ``restrict`` (or ``Restriction.attach`` it) so the reset runs after each ``step()``;
-  otherwise call ``Restriction.restore()`` after each step yourself.
-- ``"sparse"``: each partly masked parameter becomes a parametrization (``torch.nn.utils.parametrize``): a
-  frozen base buffer plus a trainable 1-D ``values`` parameter holding only the masked entries, so gradients
-  and optimizer state scale with the mask's density (backward still forms each weight's full gradient
-  transiently before keeping the masked entries). Create the optimizer after ``restrict``, from
-  ``Restriction.parameters()``. While restricted, state_dict keys of those parameters change
-  (``...parametrizations.weight.original``); ``unrestrict`` bakes the values back under the original names.
+  otherwise call ``Restriction.restore()`` after each step yourself. Overhead: the starting values of each
+  partly masked parameter and its mask, packed (1 bit per entry).
+- ``"sparse"``: gradients and optimizer state scale with the mask's density. Each partly masked weight stays
+  the module's parameter, used as is by the forward; next to it a trainable 1-D ``values`` parameter holds
+  its masked entries (registered as ``<name>_submask_values`` but left out of ``state_dict``). As backward
+  accumulates the weight's full gradient, a hook gathers the masked entries into ``values.grad`` and frees
+  it, so a weight-sized gradient exists only transiently; after every optimizer step that updates the values
+  they are written into the weight in place (only at the masked entries). Build the optimizer from
+  ``Restriction.parameters()`` (or ``module.parameters()``: the weights never get a gradient, so optimizers
+  skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and
+  order, so checkpoints save and load as usual (loading refreshes the values from the loaded weights).
+  Tied weights are restricted once, with the mask of any of their names (all listed must agree). Works
+  with ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the
+  forward is the plain module's; the hooks run in eager autograd).
 
 In both modes a parameter whose mask is empty is frozen (``requires_grad=False``, its ``.grad`` cleared) and
 one whose mask is full trains as usual. Parameters the mask does not list follow ``missing``: ``"freeze"``
-(the default: outside the mask means unchanged), ``"train"`` (left fully trainable) or ``"error"``.
+(the default: outside the mask means unchanged), ``"train"`` (left fully trainable) or ``"error"``. Names of
+buffers in the mask are accepted and ignored (buffers are not trained).
+
+Distributed: under ``DistributedDataParallel`` both modes work (sparse mode: pass ``process_group`` to
+``restrict`` before wrapping). Under FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0), dense
+mode restricts each rank's own rows with the matching slice of the packed mask (restrict after sharding);
+sparse mode refuses DTensor parameters.
 
 >>> handle = submask.restrict(model, "rl.smask", mode="sparse")                       # doctest: +SKIP
 >>> optimizer = torch.optim.AdamW(handle.parameters(), lr=1e-5, weight_decay=0.1)    # doctest: +SKIP
@@ -29,8 +42,6 @@ one whose mask is full trains as usual. Parameters the mask does not list follow
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import MismatchError, SubmaskError
@@ -40,37 +51,144 @@ from .io import MaskLike, open_mask
 if TYPE_CHECKING:
     import torch
 
+    from .mask import TensorMask
+
 Mode = Literal["dense", "sparse"]
 Missing = Literal["freeze", "train", "error"]
 _ATTRIBUTE = "_submask_restriction"
+_VALUES = "_submask_values"  # suffix of the name under which sparse mode registers a weight's masked values
 
 
-@dataclass
-class _Restricted:
-    """One partly masked parameter: where it lives and, in dense mode, what to reset and its gradient hook."""
+class _Dense:
+    """Dense mode for one partly masked parameter: gradient zeroing outside the mask and the reset."""
 
-    owner: "torch.nn.Module"
-    attribute: str
-    parameter: "torch.nn.Parameter"
-    outside: "torch.Tensor | None" = None  # dense: bool, True where the value must not change
-    frozen: "torch.Tensor | None" = None   # dense: the starting values
-    hook: Any = None                       # dense: the gradient hook
+    def __init__(self, parameter: "torch.nn.Parameter", bits: "TensorMask"):
+        import torch
+
+        self.parameter = parameter
+        self.local, start = _shard(parameter)
+        self.frozen = self.local.clone()
+        packed = _packed_range(bits, start, self.local.numel())
+        self.packed = torch.from_numpy(packed).to(parameter.device)  # 1 bit per entry, unpacked on use
+        self.hook = parameter.register_post_accumulate_grad_hook(self._zero_outside)
+
+    def _zero_outside(self, parameter: "torch.Tensor") -> None:
+        """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
+        grad, _ = _shard(parameter.grad)  # type: ignore[arg-type]
+        grad.masked_fill_(self.inside().logical_not_(), 0)
+
+    def inside(self) -> "torch.Tensor":
+        """The mask of the entries held here, a bool tensor (transient: one parameter at a time)."""
+        import torch
+
+        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.packed.device)  # most significant first
+        bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:self.local.numel()]
+        return bits.bool().view(self.local.shape)
+
+    @property
+    def trainable(self) -> "torch.nn.Parameter":
+        return self.parameter
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            torch.where(self.inside(), self.local, self.frozen, out=self.local)
+
+    def remove(self) -> None:
+        self.restore()
+        self.hook.remove()
+
+    @property
+    def overhead_bytes(self) -> int:
+        return self.frozen.nbytes + self.packed.nbytes
+
+
+class _Sparse:
+    """Sparse mode for one partly masked parameter: density-sized ``values`` trained in place of the weight."""
+
+    def __init__(self, owner: "torch.nn.Module", attribute: str, parameter: "torch.nn.Parameter",
+                 bits: "TensorMask", group: Any = None):
+        import torch
+
+        if type(parameter.data) is not torch.Tensor:  # a DTensor
+            raise SubmaskError(f"sparse mode does not restrict sharded (DTensor, e.g. FSDP2) parameters such as "
+                               f"{attribute!r} of {type(owner).__name__} yet: use mode='dense'")
+        if not parameter.is_contiguous():
+            raise SubmaskError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
+                               f"{type(owner).__name__} is not contiguous: use mode='dense'")
+        self.owner, self.attribute, self.parameter, self.group = owner, attribute, parameter, group
+        index = torch.from_numpy(bits.to_indices()).to(parameter.device)
+        self.index = index.int() if parameter.numel() < 2**31 else index  # int32 halves it
+        self.values = torch.nn.Parameter(parameter.detach().view(-1)[self.index].clone())
+        owner.register_parameter(attribute + _VALUES, self.values)
+        self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),
+                        owner.register_state_dict_post_hook(functools.partial(self._drop_values)),  # torch tags it
+                        owner.register_load_state_dict_pre_hook(self._values_from_weight)]
+
+    def _gather(self, parameter: "torch.Tensor") -> None:
+        """Reduce the weight's full gradient to the masked entries at once, and free it."""
+        grad = parameter.grad.view(-1)[self.index]  # type: ignore[union-attr]
+        parameter.grad = None
+        if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
+            import torch.distributed as dist
+
+            dist.all_reduce(grad, group=self.group)
+            grad.div_(dist.get_world_size(self.group))
+        if self.values.grad is None:
+            self.values.grad = grad
+        else:
+            self.values.grad.add_(grad)  # gradient accumulation over several backwards
+
+    def _drop_values(self, module: Any, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+        state_dict.pop(prefix + self.attribute + _VALUES, None)  # checkpoints hold the module's own names
+
+    def _values_from_weight(self, module: Any, state_dict: dict, prefix: str, *args: Any) -> None:
+        weight = state_dict.get(prefix + self.attribute)
+        if weight is not None:  # load_state_dict copies the dict: adding the values touches no caller's data
+            state_dict[prefix + self.attribute + _VALUES] = weight.reshape(-1)[self.index.to(weight.device)]
+
+    @property
+    def trainable(self) -> "torch.nn.Parameter":
+        return self.values
+
+    def restore(self) -> None:
+        """Write the masked values into the weight, in place; no other entry is written."""
+        import torch
+
+        with torch.no_grad():
+            self.parameter.view(-1).index_put_((self.index,), self.values)
+
+    def remove(self) -> None:
+        self.restore()
+        for handle in self.handles:
+            handle.remove()
+        delattr(self.owner, self.attribute + _VALUES)  # the last parameter registered: the order is as before
+        self.values.grad = None
+
+    @property
+    def overhead_bytes(self) -> int:
+        return self.index.nbytes
 
 
 class Restriction:
     """The restriction of a module's training to a mask; ``remove()`` (or ``unrestrict``) lifts it."""
 
-    def __init__(self, module: "torch.nn.Module", mode: Mode, restricted: list[_Restricted],
-                 frozen: list["torch.nn.Parameter"]):
+    def __init__(self, module: "torch.nn.Module", mode: Mode):
         self.module = module
         self.mode = mode
-        self._restricted = restricted
-        self._frozen = frozen  # parameters with an empty mask: requires_grad switched off
+        self._restricted: list[_Dense | _Sparse] = []
+        self._frozen: list["torch.nn.Parameter"] = []  # parameters with an empty mask: requires_grad switched off
         self._hooks: list[Any] = []
+        if mode == "sparse":  # whoever builds the optimizer (a Trainer too), its steps must reach the weights
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+
+            self._hooks.append(register_optimizer_step_post_hook(self._after_step))
 
     def parameters(self) -> list["torch.nn.Parameter"]:
         """The module's trainable parameters now: what to give the optimizer (sparse: the masked values)."""
-        return [p for p in self.module.parameters() if p.requires_grad]
+        weights = {id(entry.parameter) for entry in self._restricted if isinstance(entry, _Sparse)}
+        return [p for p in self.module.parameters() if p.requires_grad and id(p) not in weights]
 
     def attach(self, optimizer: "torch.optim.Optimizer") -> None:
         """Reset entries outside the mask after each ``optimizer.step()`` (dense mode; sparse needs nothing)."""
@@ -78,39 +196,38 @@ class Restriction:
             self._hooks.append(optimizer.register_step_post_hook(lambda *_: self.restore()))
 
     def restore(self) -> None:
-        """Reset every entry outside the mask to its starting value (dense mode; a no-op in sparse mode)."""
-        import torch
+        """Dense: reset every entry outside the mask to its starting value. Sparse: write the masked values
+        into the weights (done after each optimizer step that updates them)."""
+        for entry in self._restricted:
+            entry.restore()
 
-        if self.mode != "dense":
-            return
-        with torch.no_grad():
-            for entry in self._restricted:
-                torch.where(entry.outside, entry.frozen, entry.parameter, out=entry.parameter)  # type: ignore[arg-type]
+    def _after_step(self, optimizer: "torch.optim.Optimizer", *_: Any) -> None:
+        values = {id(entry.values) for entry in self._restricted}  # type: ignore[union-attr]
+        if any(id(p) in values for group in optimizer.param_groups for p in group["params"]):
+            self.restore()
 
     def remove(self) -> None:
         """Lift the restriction: plain parameters under their own names, trainable as before."""
-        from torch.nn.utils import parametrize
-
-        self.restore()
         for hook in self._hooks:
             hook.remove()
-        for entry in self._restricted:
-            if entry.hook is not None:
-                entry.hook.remove()
-            else:
-                parametrize.remove_parametrizations(entry.owner, entry.attribute, leave_parametrized=True)
+        for entry in reversed(self._restricted):
+            entry.remove()
         for parameter in self._frozen:
             parameter.requires_grad_(True)
+        if hasattr(self.module, "_ddp_params_and_buffers_to_ignore"):  # set by restrict(process_group=...)
+            del self.module._ddp_params_and_buffers_to_ignore
+            for entry in self._restricted:
+                entry.parameter.__dict__.pop("_ddp_ignored", None)
         self._hooks, self._restricted, self._frozen = [], [], []
         if getattr(self.module, _ATTRIBUTE, None) is self:
             delattr(self.module, _ATTRIBUTE)
 
     @property
     def overhead_bytes(self) -> int:
-        """Memory the restriction adds to the model: saved values and masks (dense), indexes (sparse)."""
-        if self.mode == "dense":
-            return sum(e.frozen.nbytes + e.outside.nbytes for e in self._restricted)  # type: ignore[union-attr]
-        return sum(e.owner.parametrizations[e.attribute][0].index.nbytes for e in self._restricted)
+        """Memory the restriction adds to the model besides what is trained: dense, the starting values and
+        the packed masks (1 bit per entry) of partly masked parameters; sparse, the indexes of masked entries
+        (int32). Sparse mode's ``values`` are the trained parameters themselves (density x the weights)."""
+        return sum(entry.overhead_bytes for entry in self._restricted)
 
     def __repr__(self) -> str:
         return (f"Restriction(mode={self.mode!r}, restricted={len(self._restricted)}, "
@@ -118,11 +235,18 @@ class Restriction:
 
 
 def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
-             optimizer: "torch.optim.Optimizer | None" = None, missing: Missing = "freeze") -> Restriction:
+             optimizer: "torch.optim.Optimizer | None" = None, missing: Missing = "freeze",
+             process_group: Any = None) -> Restriction:
     """Restrict training of ``module`` to ``mask`` (a Mask, MaskFile or .smask path) and return the handle.
 
-    Mask names are ``module.named_parameters()`` names; a name missing from the module or a shape that
-    differs raises MismatchError. See the module docstring for the two modes and ``missing``.
+    Mask names are ``module.named_parameters()`` names; names of buffers are accepted and ignored (buffers are
+    not trained; a mask built from a checkpoint lists them). A name that is neither, or a shape that differs,
+    raises MismatchError. See the module docstring for the two modes and ``missing``.
+
+    Under ``DistributedDataParallel``, dense mode needs nothing; sparse mode needs the ``process_group``
+    (e.g. ``torch.distributed.group.WORLD``) and ``restrict`` before wrapping: DDP is told to leave the
+    restricted weights and their values alone, and each values gradient is averaged over the group as
+    backward produces it (density-sized communication; with ``no_sync`` accumulation, once per backward).
     """
     if mode not in ("dense", "sparse"):
         raise SubmaskError(f"mode must be 'dense' or 'sparse', got {mode!r}")
@@ -130,32 +254,39 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
         raise SubmaskError(f"missing must be 'freeze', 'train' or 'error', got {missing!r}")
     if getattr(module, _ATTRIBUTE, None) is not None:
         raise SubmaskError("this module is already restricted to a mask; call submask.unrestrict(module) first")
+    if process_group is not None and mode != "sparse":
+        raise SubmaskError("process_group is for sparse mode under DistributedDataParallel; dense mode needs none")
     if mode == "sparse" and optimizer is not None:
         raise SubmaskError("sparse mode replaces the masked parameters by their masked values: create the "
                            "optimizer after restrict(), from restriction.parameters(), and do not pass it here")
+    aliases: dict[int, list[str]] = {}  # tied weights: one parameter, several names
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(parameter), []).append(name)
     parameters = dict(module.named_parameters())
     with open_mask(mask) as masks:
-        check_fit(masks, {name: tuple(p.shape) for name, p in parameters.items()}, "the module's parameters")
-        absent = [name for name in parameters if name not in masks]
+        # a mask built from a checkpoint also lists its buffers (e.g. position ids): they fit, and stay as they are
+        tensors = {**dict(module.named_buffers(remove_duplicate=False)),
+                   **dict(module.named_parameters(remove_duplicate=False))}
+        check_fit(masks, {name: tuple(t.shape) for name, t in tensors.items()}, "the module's parameters and buffers")
+        absent = [name for name, p in parameters.items() if not any(alias in masks for alias in aliases[id(p)])]
         if absent and missing == "error":
             raise MismatchError(f"{describe(masks)} does not list {len(absent)} parameter(s) of the module, e.g. "
                                 f"{absent[:3]}; pass missing='freeze' or missing='train' to accept that")
-        if mode == "sparse":
-            _refuse_tied(module, masks)
-        restriction = Restriction(module, mode, [], [])
+        restriction = Restriction(module, mode)
         try:
             for name, parameter in parameters.items():
                 if not parameter.requires_grad:  # frozen by the caller: stays so
                     continue
-                bits = masks[name] if name in masks else None
+                bits = _mask_of(masks, aliases[id(parameter)])
                 if (bits is None and missing == "freeze") or (bits is not None and bits.count == 0):
                     restriction._frozen.append(_freeze(parameter))
                 elif bits is not None and bits.count < bits.numel:
-                    restriction._restricted.append(
-                        _restrict_one(module, name, parameter, bits.to_torch(parameter.device), mode))
+                    restriction._restricted.append(_restrict_one(module, name, parameter, bits, mode, process_group))
         except BaseException:  # e.g. a corrupt tensor in a .smask file: leave the module as it was
             restriction.remove()
             raise
+    if process_group is not None:
+        _ddp_ignore(module, restriction._restricted)
     setattr(module, _ATTRIBUTE, restriction)
     if optimizer is not None:
         restriction.attach(optimizer)
@@ -181,61 +312,64 @@ def _freeze(parameter: "torch.nn.Parameter") -> "torch.nn.Parameter":
     return parameter
 
 
-def _restrict_one(module: "torch.nn.Module", name: str, parameter: "torch.nn.Parameter", inside: "torch.Tensor",
-                  mode: Mode) -> _Restricted:
-    from torch.nn.utils import parametrize
+def _shard(tensor: "torch.Tensor") -> tuple["torch.Tensor", int]:
+    """The entries of ``tensor`` this process holds (sharing its storage) and the flat index of the first:
+    a DTensor sharded on dim 0 over a 1-D mesh (FSDP2's ``fully_shard``) holds a block of rows."""
+    try:
+        from torch.distributed.tensor import DTensor, Shard
+    except ImportError:  # torch built without distributed support
+        return tensor.data, 0
+    if not isinstance(tensor, DTensor):
+        return tensor.data, 0
+    mesh = tensor.device_mesh
+    if mesh.ndim != 1 or tuple(tensor.placements) != (Shard(0),):
+        raise SubmaskError(f"restrict supports DTensor parameters sharded on dim 0 over a 1-D mesh (FSDP2's "
+                           f"fully_shard), not {tuple(tensor.placements)} over {mesh.ndim} dimension(s)")
+    rows = -(-tensor.shape[0] // mesh.size())  # torch.chunk's split: the last ranks may hold fewer or none
+    first_row = min(mesh.get_local_rank() * rows, tensor.shape[0])
+    return tensor.to_local().data, first_row * (tensor.numel() // max(tensor.shape[0], 1))
 
+
+def _packed_range(bits: "TensorMask", start: int, count: int) -> Any:
+    """Packed bits (most significant first) of entries [start, start + count): only that range is unpacked."""
+    import numpy as np
+
+    if start == 0 and count == bits.numel:
+        return bits.packed
+    first = start // 8
+    unpacked = np.unpackbits(bits.packed[first:(start + count + 7) // 8 + 1])
+    return np.packbits(unpacked[start - 8 * first:start - 8 * first + count])
+
+
+def _mask_of(masks: Any, names: list[str]) -> "TensorMask | None":
+    """The mask of a parameter listed under any of its (tied) names; all that are listed must agree."""
+    listed = [name for name in names if name in masks]
+    if not listed:
+        return None
+    bits = masks[listed[0]]
+    for other in listed[1:]:
+        if masks[other] != bits:
+            raise MismatchError(f"{describe(masks)} gives the tied weights {listed[0]!r} and {other!r} different "
+                                "masks, but they share one tensor: give both names the same mask")
+    return bits
+
+
+def _restrict_one(module: "torch.nn.Module", name: str, parameter: "torch.nn.Parameter", bits: "TensorMask",
+                  mode: Mode, group: Any) -> _Dense | _Sparse:
+    if mode == "dense":
+        return _Dense(parameter, bits)
     owner_name, _, attribute = name.rpartition(".")
-    owner = module.get_submodule(owner_name)
-    frozen = parameter.detach().clone()
-    if mode == "sparse":
-        parametrize.register_parametrization(owner, attribute, _sparse_values()(frozen, inside), unsafe=True)
-        return _Restricted(owner, attribute, parameter)
-    outside = inside.logical_not()
-    hook = parameter.register_post_accumulate_grad_hook(_zero_outside(outside))
-    return _Restricted(owner, attribute, parameter, outside, frozen, hook)
+    return _Sparse(module.get_submodule(owner_name), attribute, parameter, bits, group)
 
 
-def _zero_outside(outside: "torch.Tensor") -> Callable[["torch.Tensor"], None]:
-    """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
+def _ddp_ignore(module: "torch.nn.Module", entries: list[_Dense | _Sparse]) -> None:
+    """Tell DistributedDataParallel (wrapping ``module`` later) to leave restricted weights and values alone:
+    the restriction averages the values' gradients itself."""
+    from torch.nn.parallel import DistributedDataParallel
 
-    def hook(parameter: "torch.Tensor") -> None:
-        parameter.grad.masked_fill_(outside, 0)  # type: ignore[union-attr]
-
-    return hook
-
-
-def _refuse_tied(module: "torch.nn.Module", masks: Any) -> None:
-    """Sparse mode re-registers parameters per module, which would untie weights shared between modules."""
-    seen: dict[int, str] = {}
-    for name, parameter in module.named_parameters(remove_duplicate=False):
-        first = seen.setdefault(id(parameter), name)
-        if first != name and (first in masks or name in masks):
-            raise SubmaskError(f"parameter {first!r} is shared with {name!r} (tied weights); sparse mode cannot "
-                               "restrict tied weights: use mode='dense'")
-
-
-@functools.cache
-def _sparse_values() -> type:
-    """The parametrization class, defined on first use so that importing submask does not import torch."""
-    import torch
-
-    class SparseValues(torch.nn.Module):
-        """Parametrization: the frozen ``base`` with its masked entries (``index``) replaced by the values."""
-
-        def __init__(self, base: torch.Tensor, inside: torch.Tensor):
-            super().__init__()
-            self.register_buffer("base", base)
-            index = inside.flatten().nonzero().flatten()
-            self.register_buffer("index", index.int() if base.numel() < 2**31 else index)  # int32 halves it
-
-        def forward(self, values: torch.Tensor) -> torch.Tensor:
-            return self.base.flatten().index_put((self.index,), values).view_as(self.base)
-
-        def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-            return weight.flatten()[self.index]
-
-    return SparseValues
+    tensors = {id(t) for e in entries for t in (e.parameter, e.trainable)}
+    names = [name for name, p in module.named_parameters(remove_duplicate=False) if id(p) in tensors]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
 
 
 __all__ = ["Restriction", "restrict", "restriction_of", "unrestrict"]

@@ -21,19 +21,33 @@ FROZEN = "embeddings.word_embeddings.weight"
 
 
 def bits_of(tensor: "torch.Tensor") -> "torch.Tensor":
-    return tensor.detach().contiguous().view(torch.int32)
+    integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+    return tensor.detach().contiguous().view(integer)
+
+
+#: Parameters whose masks the tests pin, so that each case is exercised whatever the finetune's rounding.
+EMPTY = "encoder.layer.0.attention.self.query.bias"   # a partly masked weight next to a bias left unchanged
+FULL = "encoder.layer.0.attention.self.key.bias"      # trained as usual
+DENSITY = 0.3
+
+
+def seeded_mask(shapes: dict[str, tuple[int, ...]], pinned: dict[str, bool], seed: int = 0) -> Mask:
+    """A random mask of ``DENSITY`` (the same on every machine), with the masks of ``pinned`` empty or full."""
+    generator = torch.Generator().manual_seed(seed)
+    return Mask({name: TensorMask.full(shape, pinned[name]) if name in pinned
+                 else TensorMask.from_torch(torch.rand(shape, generator=generator) < DENSITY)
+                 for name, shape in shapes.items()})
 
 
 @pytest.fixture(scope="module")
 def update_mask(minilm_bf16) -> Mask:
-    """The real update mask of the bf16 finetune (exact bitwise diff), a sparse mask over MiniLM.
+    """A seeded random mask over MiniLM's parameters with one empty and one full bias.
 
     It leaves out the word embeddings (half the model), which ``missing="freeze"`` then freezes: that path
     is tested too, and the steps take half the time."""
     base = safetensors_torch.load_file(minilm_bf16.base_file)
-    finetuned = safetensors_torch.load_file(minilm_bf16.finetuned_file)
-    return Mask.from_torch({name: base[name].view(torch.int16) != finetuned[name].view(torch.int16)
-                            for name in base if base[name].is_floating_point() and name != FROZEN})
+    return seeded_mask({name: tuple(base[name].shape) for name in base
+                        if base[name].is_floating_point() and name != FROZEN}, {EMPTY: False, FULL: True})
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +103,7 @@ def trained(base_model, batch, mask, mode: str) -> tuple[dict, "torch.optim.Opti
         optimizer = adamw(restriction.parameters())
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     train(model, batch, optimizer)
+    assert list(model.state_dict()) == keys  # while restricted too: checkpoints keep the module's names
     submask.unrestrict(model)
     assert list(model.state_dict()) == keys
     assert not parametrize.is_parametrized(model) and type(model) is type(base_model)
@@ -117,7 +132,7 @@ def test_dense_and_sparse_modes_agree(dense_and_sparse) -> None:
 
 def test_sparse_mode_optimizer_state_scales_with_the_mask(dense_and_sparse, update_mask) -> None:
     _, optimizer, names = dense_and_sparse["sparse"]
-    assert any(name.endswith("parametrizations.weight.original") for name in names)
+    assert f"{EMPTY.rpartition('.')[0]}.weight_submask_values" in names
     state_numel = sum(state["exp_avg"].numel() for state in optimizer.state.values())
     assert state_numel == update_mask.count  # one slot per masked entry, none for the rest
     _, dense_optimizer, _ = dense_and_sparse["dense"]  # dense mode: state for every entry of a trained tensor
@@ -199,11 +214,29 @@ def test_mask_from_a_smask_path(tmp_path) -> None:
     assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7
 
 
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_unrestrict_keeps_state_dict_keys_and_order(mode: str) -> None:
+    """Partly, fully and empty-masked parameters, and one the mask leaves out, side by side in each module."""
+    model = small_model()
+    keys = list(model.state_dict())
+    mask = Mask({"0.weight": TensorMask.from_indices([0, 5, 7], (4, 6)), "0.bias": TensorMask.full((4,), False),
+                 "2.weight": TensorMask.full((2, 4), True), "2.bias": TensorMask.from_indices([1], (2,))})
+    for missing in ("freeze", "train"):
+        for listed in (mask, Mask({name: mask[name] for name in ("0.bias", "0.weight", "2.bias")})):
+            restriction = submask.restrict(model, listed, mode=mode, missing=missing)
+            optimizer = adamw(restriction.parameters())
+            model(torch.randn(3, 6)).square().sum().backward()
+            optimizer.step()
+            submask.unrestrict(model)
+            assert list(model.state_dict()) == keys
+            assert [name for name, _ in model.named_parameters()] == keys
+
+
 def test_mismatched_masks_and_misuse_are_rejected() -> None:
     model = small_model()
     with pytest.raises(MismatchError, match=r"0\.weight \(4, 5\) vs \(4, 6\)"):
         submask.restrict(model, Mask({"0.weight": TensorMask.full((4, 5), True)}))
-    with pytest.raises(MismatchError, match=r"missing from the module's parameters.*lm_head\.weight"):
+    with pytest.raises(MismatchError, match=r"missing from the module's parameters and buffers.*lm_head\.weight"):
         submask.restrict(model, Mask({"lm_head.weight": TensorMask.full((4,), True)}))
     with pytest.raises(SubmaskError, match="mode must be"):
         submask.restrict(model, small_mask(), mode="lora")
@@ -217,12 +250,154 @@ def test_mismatched_masks_and_misuse_are_rejected() -> None:
     submask.unrestrict(model)
 
 
-def test_sparse_mode_refuses_tied_weights() -> None:
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_mask_built_from_the_checkpoint_restricts_the_module_loaded_from_it(minilm_bf16, batch, mode: str) -> None:
+    """build_mask lists MiniLM's int64 buffer ``embeddings.position_ids``: restrict accepts it and leaves it be."""
+    mask = submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned)
+    assert "embeddings.position_ids" in mask
+    model = transformers.AutoModel.from_pretrained(minilm_bf16.base, local_files_only=True,
+                                                  dtype=torch.float32).eval()
+    start, position_ids = copy.deepcopy(model.state_dict()), model.embeddings.position_ids.clone()
+    restriction = submask.restrict(model, mask, mode=mode)
+    train(model, batch, adamw(restriction.parameters()))
+    restriction.remove()
+    assert torch.equal(model.embeddings.position_ids, position_ids)
+    assert assert_unmasked_unchanged(model.state_dict(), start, mask) > 0
+    with pytest.raises(MismatchError, match=r"position_ids \(1, 7\) vs \(1, 512\)"):
+        submask.restrict(model, Mask({"embeddings.position_ids": TensorMask.full((1, 7), True)}))
+
+
+def tied_model() -> "torch.nn.Module":
+    model = torch.nn.ModuleDict({"a": small_model()[0], "b": torch.nn.Linear(6, 4)})
+    model["b"].weight = model["a"].weight
+    return model
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_tied_weights_are_restricted_once(mode: str) -> None:
+    model = tied_model()
+    start, keys = copy.deepcopy(model.state_dict()), list(model.state_dict())
+    weight = TensorMask.from_indices([1, 8], (4, 6))
+    for listed in ({"a.weight": weight}, {"b.weight": weight}, {"a.weight": weight, "b.weight": weight}):
+        restriction = submask.restrict(model, Mask(listed), mode=mode, missing="train")
+        optimizer = adamw(restriction.parameters())
+        restriction.attach(optimizer)
+        for _ in range(STEPS):
+            optimizer.zero_grad()
+            (model["a"](torch.randn(3, 6)) * model["b"](torch.randn(3, 6))).sum().backward()
+            optimizer.step()
+        assert model["a"].weight is model["b"].weight and list(model.state_dict()) == keys
+        restriction.remove()
+        full = TensorMask.full((4,), True)
+        check = Mask({"a.weight": weight, "b.weight": weight, "a.bias": full, "b.bias": full})
+        assert assert_unmasked_unchanged(model.state_dict(), start, check) == 2 * 2 + 8  # a, b: the same 2 moved
+        start = copy.deepcopy(model.state_dict())
+    with pytest.raises(MismatchError, match="tied weights 'a.weight' and 'b.weight' different masks"):
+        submask.restrict(model, Mask({"a.weight": weight, "b.weight": TensorMask.from_indices([2], (4, 6))}))
+
+
+OPTIMIZERS = {
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "adam-amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True, weight_decay=0.01),
+    "sgd-nesterov": lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.1),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5, weight_decay=0.1),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=1e-2, weight_decay=0.1),
+}
+
+
+def small_run(mode: str, make_optimizer, *, dtype=torch.float32, autocast: bool = False, micro: int = 1,
+              clip: float | None = None) -> tuple[dict, dict]:
+    """Train ``small_model`` restricted to ``small_mask`` (missing='train') with the given recipe; returns the
+    start and end states. Each step accumulates ``micro`` backwards, clips and steps an LR schedule."""
+    model = small_model().to(dtype)
+    start = copy.deepcopy(model.state_dict())
+    restriction = submask.restrict(model, small_mask(), mode=mode, missing="train")
+    optimizer = make_optimizer(restriction.parameters())
+    restriction.attach(optimizer)
+    schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.5, total_iters=STEPS)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        for _ in range(micro):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(torch.randn(5, 6, generator=generator).to(dtype)).float().square().mean()
+            loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(restriction.parameters(), clip)
+        optimizer.step()
+        schedule.step()
+    restriction.remove()
+    return start, model.state_dict()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_keeps_unmasked_entries_and_modes_agree(name: str) -> None:
+    ends = {}
+    for mode in ("dense", "sparse"):
+        start, ends[mode] = small_run(mode, OPTIMIZERS[name])
+        mask = Mask({**small_mask(), "2.bias": TensorMask.full((2,), True)})
+        assert assert_unmasked_unchanged(ends[mode], start, mask) == 3 + 4 + 2
+    for key in ends["dense"]:
+        torch.testing.assert_close(ends["sparse"][key], ends["dense"][key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("recipe", [dict(autocast=True), dict(dtype=torch.bfloat16), dict(micro=3, clip=0.05),
+                                    dict(autocast=True, micro=2, clip=0.05)], ids=["autocast", "bf16", "accumulate-clip",
+                                                                                   "all"])
+def test_sparse_mode_with_autocast_bf16_accumulation_and_clipping(recipe: dict) -> None:
+    """The values' gradients are those dense mode clips and steps with: both modes end at the same weights."""
+    ends = {}
+    for mode in ("dense", "sparse"):
+        start, ends[mode] = small_run(mode, OPTIMIZERS["adamw"], **recipe)
+        mask = Mask({**small_mask(), "2.bias": TensorMask.full((2,), True)})
+        assert assert_unmasked_unchanged(ends[mode], start, mask) == 3 + 4 + 2
+    for key in ends["dense"]:
+        torch.testing.assert_close(ends["sparse"][key], ends["dense"][key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_torch_compile(mode: str) -> None:
+    """A compiled model (dynamo + AOT autograd; the aot_eager backend keeps the test fast on CPU) trains the
+    same as the eager one."""
+    ends = {}
+    for compiled in (False, True):
+        model = small_model()
+        start = copy.deepcopy(model.state_dict())
+        restriction = submask.restrict(model, small_mask(), mode=mode, missing="train")
+        optimizer = adamw(restriction.parameters())
+        restriction.attach(optimizer)
+        forward = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(STEPS):
+            optimizer.zero_grad()
+            forward(torch.randn(3, 6, generator=generator)).square().sum().backward()
+            optimizer.step()
+        restriction.remove()
+        ends[compiled] = model.state_dict()
+        mask = Mask({**small_mask(), "2.bias": TensorMask.full((2,), True)})
+        assert assert_unmasked_unchanged(ends[compiled], start, mask) == 3 + 4 + 2
+    for key in ends[False]:
+        torch.testing.assert_close(ends[True][key], ends[False][key], rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_mode_keeps_no_full_gradient_and_checkpoints_load_as_usual(tmp_path) -> None:
     model = small_model()
-    tied = torch.nn.ModuleDict({"a": model[0], "b": torch.nn.Linear(6, 4)})
-    tied["b"].weight = tied["a"].weight
-    with pytest.raises(SubmaskError, match="tied weights"):
-        submask.restrict(tied, Mask({"a.weight": TensorMask.from_indices([1], (4, 6))}), mode="sparse")
+    keys = list(model.state_dict())
+    restriction = submask.restrict(model, small_mask(), mode="sparse")
+    optimizer = adamw(model.parameters())  # the weights never get a gradient: AdamW skips them
+    model(torch.randn(3, 6)).square().sum().backward()
+    assert model[0].weight.grad is None and model[0].weight_submask_values.grad.shape == (3,)
+    optimizer.step()
+    assert torch.equal(model[0].weight.view(-1)[[0, 5, 7]], model[0].weight_submask_values.detach())
+    safetensors_torch.save_file(model.state_dict(), tmp_path / "step.safetensors")
+    assert list(safetensors_torch.load_file(tmp_path / "step.safetensors")) == sorted(keys)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    moved = {k: v + 1 for k, v in saved.items()}
+    model.load_state_dict(moved)  # loading while restricted refreshes the values from the loaded weights
+    assert torch.equal(model[0].weight_submask_values.detach(), moved["0.weight"].view(-1)[[0, 5, 7]])
+    model.load_state_dict(saved)
+    restriction.remove()
+    assert list(model.state_dict()) == keys and torch.equal(model[0].weight, saved["0.weight"])
 
 
 def classifier(minilm_bf16, update_mask) -> tuple["torch.nn.Module", Mask]:
@@ -258,27 +433,50 @@ def test_callback_events_in_trainer_order(minilm_bf16, update_mask, batch, mode:
         late.on_train_begin(None, None, None, model=model, optimizer=optimizer)
 
 
-@pytest.mark.parametrize("mode", ["dense", "sparse"])
-def test_trainer_callback(minilm_bf16, update_mask, tmp_path, mode: str) -> None:
+@pytest.fixture(scope="module")
+def trainer_runs(minilm_bf16, update_mask, tmp_path_factory) -> dict:
+    """The Trainer with the callback, in each mode, clipping hard and with an epsilon far above the gradients
+    (so that AdamW's update scales with the clipped gradient, and a wrong clipping norm shows) and saving a
+    checkpoint mid-run: mode -> (start state, end state, mask, checkpoint dir)."""
     pytest.importorskip("accelerate")  # the Trainer needs it
     from submask.integrations import SubmaskCallback
 
-    model, mask = classifier(minilm_bf16, update_mask)
-    start = copy.deepcopy(model.state_dict())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_bf16.base, local_files_only=True)
-    encoded = tokenizer(SENTENCES, padding="max_length", max_length=16, return_tensors="pt")
-    data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
-             "labels": torch.tensor(i % 2)} for i in range(len(SENTENCES))]
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
-        weight_decay=0.1, report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
-        disable_tqdm=True)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
-                                   callbacks=[SubmaskCallback(mask, mode=mode)])
-    trainer.train()
-    assert list(model.state_dict()) == list(start)  # the restriction was removed at the end
-    moved = assert_unmasked_unchanged(model.state_dict(), start, mask)
+    runs = {}
+    for mode in ("dense", "sparse"):
+        torch.manual_seed(0)  # the same new classification head in both runs
+        model, mask = classifier(minilm_bf16, update_mask)
+        start = copy.deepcopy(model.state_dict())
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_bf16.base, local_files_only=True)
+        encoded = tokenizer(SENTENCES, padding="max_length", max_length=16, return_tensors="pt")
+        data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
+                 "labels": torch.tensor(i % 2)} for i in range(len(SENTENCES))]
+        out = tmp_path_factory.mktemp(f"trainer-{mode}")
+        args = transformers.TrainingArguments(
+            output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
+            weight_decay=0.1, max_grad_norm=0.01, adam_epsilon=1e-3, report_to="none", save_strategy="steps", save_steps=2,
+            save_only_model=True, logging_strategy="no", use_cpu=True, disable_tqdm=True)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                       callbacks=[SubmaskCallback(mask, mode=mode)])
+        trainer.train()
+        runs[mode] = (start, model.state_dict(), mask, out / "checkpoint-2")
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_trainer_callback(trainer_runs, mode: str) -> None:
+    start, end, mask, checkpoint = trainer_runs[mode]
+    assert list(end) == list(start)  # the restriction was removed at the end
+    moved = assert_unmasked_unchanged(end, start, mask)
     assert moved > 0.5 * mask.count
+    saved = safetensors_torch.load_file(checkpoint / "model.safetensors")  # written while restricted
+    assert sorted(saved) == sorted(start)
+
+
+def test_trainer_clips_the_same_gradients_in_both_modes(trainer_runs) -> None:
+    """The Trainer clips over model.parameters(): in sparse mode those hold the values' gradients."""
+    dense, sparse = trainer_runs["dense"][1], trainer_runs["sparse"][1]
+    for name in dense:
+        torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda
@@ -297,3 +495,16 @@ def test_restrict_on_cuda(mode: str) -> None:
     restriction.remove()
     state = {name: value.cpu() for name, value in model.state_dict().items()}
     assert assert_unmasked_unchanged(state, start, small_mask()) == 7
+
+
+def test_a_shard_unpacks_only_its_slice_of_the_mask() -> None:
+    """FSDP2 ranks hold rows [start, start + count) of a tensor; their mask bits start at any bit offset."""
+    import numpy as np
+
+    from submask.train import _packed_range
+
+    bits = TensorMask.from_numpy(np.random.default_rng(0).random((7, 11)) < 0.4)
+    flat = bits.to_numpy().reshape(-1)
+    for start, count in [(0, 77), (0, 33), (11, 22), (33, 44), (66, 11), (77, 0), (5, 3)]:
+        got = np.unpackbits(_packed_range(bits, start, count))[:count].astype(bool)
+        assert np.array_equal(got, flat[start:start + count]), (start, count)

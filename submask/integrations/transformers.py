@@ -6,11 +6,12 @@
 >>> trainer.train(); trainer.save_model()   # saved with the model's own parameter names  # doctest: +SKIP
 
 The restriction starts when the Trainer is built (``on_init_end``), before it creates its optimizer, so in
-sparse mode the optimizer holds only the masked values; when the callback is added later, it starts at
-``on_train_begin`` (dense mode only: sparse mode then raises). In dense mode the entries outside the mask
-are reset after every optimizer step (``on_optimizer_step``). At the end of training the restriction is
-removed, so ``save_model`` writes plain parameters. Checkpoints saved *during* sparse-mode training hold
-the parametrized names (``...parametrizations.weight.original``); prefer dense mode if you resume from them.
+sparse mode the optimizer holds the masked values (the Trainer builds it from ``model.parameters()``, where
+they are registered; the weights never get a gradient, so it skips them) and clips their gradients; when the
+callback is added later, it starts at ``on_train_begin`` (dense mode only: sparse mode then raises). In dense
+mode the entries outside the mask are reset after every optimizer step (``on_optimizer_step``); in sparse
+mode the values are written into the weights after each step. Checkpoints, during training and after it,
+hold the model's own parameter names; at the end of training the restriction is removed.
 
 ``UpdateSparsityCallback`` follows update sparsity over training (``submask.UpdateTracker``): every
 ``log_every`` steps it logs the fraction of unchanged values, overall, per module type and along the
