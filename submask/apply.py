@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import struct
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -22,11 +21,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from . import strict_json
 from .align import check_fit, check_same_model, check_same_tensors
 from .atomic import check_target, current_umask, remove_stale, temp_prefix, writing
 from .checkpoints.safetensors_file import TensorInfo
-from .checkpoints.sources import Source, local_source
+from .checkpoints.sources import ShardedSource, Source, local_source
 from .errors import MismatchError, SourceError
 from .io import MaskLike, open_mask
 from .mask import TensorMask
@@ -69,7 +67,7 @@ def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], 
     with local_source(base) as base_src, local_source(finetuned) as ft_src, open_mask(mask) as masks:
         _check_pair(base_src, ft_src)
         check_fit(masks, _info_shapes(ft_src), f"the finetuned model {ft_src.label}")
-        shards = _shards(Path(finetuned), ft_src)
+        shards = _shards(ft_src)
         buffers = (np.empty(CHUNK_ELEMENTS * 8, np.uint8), np.empty(CHUNK_ELEMENTS * 8, np.uint8))
         total = sum(info.nbytes for info in ft_src.tensors.values())
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
@@ -189,25 +187,16 @@ class _Shard:
     names: list[str]
 
 
-def _shards(path: Path, source: Source) -> list[_Shard]:
-    """The finetuned checkpoint's files as the source found them, with their headers copied verbatim."""
-    root = path if path.is_dir() else path.parent
+def _shards(source: ShardedSource) -> list[_Shard]:
+    """The finetuned checkpoint's files as the source opened them, with their headers copied verbatim."""
     shards = []
     for file_name in source.provenance["files"]:
-        with open(root / file_name, "rb") as handle:
-            prefix = handle.read(8)
-            header = handle.read(struct.unpack("<Q", prefix)[0])  # validated by the source already
-        try:
-            outer = strict_json.loads(header)
-        except strict_json.InvalidJSON as exc:
-            raise SourceError(f"{root / file_name}: the header changed since it was read ({exc}); run again") from None
-        entries = {name: entry for name, entry in outer.items() if name != "__metadata__"}
-        unread = [name for name in entries if name not in source.tensors]
+        opened = source.file(file_name)
+        unread = [name for name in opened.tensors if name not in source.tensors]
         if unread:
-            raise SourceError(f"{root / file_name}: holds tensor(s) its index does not list (e.g. {unread[:3]}); "
+            raise SourceError(f"{opened.path}: holds tensor(s) its index does not list (e.g. {unread[:3]}); "
                               f"fix the index or remove them so that the output can keep this shard's layout")
-        names = sorted(entries, key=lambda name: entries[name]["data_offsets"][0])
-        shards.append(_Shard(root / file_name, prefix + header, names))
+        shards.append(_Shard(opened.path, opened.raw_header, opened.names_in_file_order))
     return shards
 
 

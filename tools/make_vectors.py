@@ -24,7 +24,7 @@ import zstandard
 
 import submask
 from submask import MaskMetadata, MaskWriter, TensorMask
-from submask.format.header import MAX_HEADER_BYTES
+from submask.safetensors_header import MAX_HEADER_BYTES
 from submask.metadata import MINOR
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"

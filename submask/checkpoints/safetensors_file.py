@@ -14,16 +14,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import strict_json
 from ..errors import SourceError
-from ..format.header import MAX_HEADER_BYTES
+from ..safetensors_header import header_length, parse_header
 from .dtypes import DType, dtype_named
 
 
@@ -66,24 +64,15 @@ class SafetensorsFile:
             raise
 
     def _parse_header(self) -> tuple[dict[str, TensorInfo], dict[str, int], dict[str, Any]]:
-        if self.size < 8:
-            raise self._corrupt(f"is {self.size} bytes, too short for a safetensors header")
-        (length,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
-        if length > MAX_HEADER_BYTES or 8 + length > self.size:
-            raise self._corrupt(f"declares a {length}-byte header but the file has {self.size} bytes")
-        try:
-            header = strict_json.loads(os.pread(self._fd, length, 8))
-        except strict_json.InvalidJSON as exc:
-            raise self._corrupt(f"has an unreadable JSON header ({exc})") from None
-        if not isinstance(header, dict):
-            raise self._corrupt("has a header that is not a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
+        length = header_length(os.pread(self._fd, 8, 0), self.size, self._corrupt)
+        self.raw_header = os.pread(self._fd, 8 + length, 0)  # length prefix included: what ``apply`` copies
+        metadata, entries = parse_header(self.raw_header[8:], self._corrupt)
         data_start = 8 + length
         tensors, offsets = {}, {}
-        for name, entry in header.items():
+        for name, entry in entries.items():
             info, begin = self._parse_entry(name, entry, data_start)
             tensors[name], offsets[name] = info, begin
-        return tensors, offsets, metadata if isinstance(metadata, dict) else {}
+        return tensors, offsets, metadata
 
     def _parse_entry(self, name: str, entry: Any, data_start: int) -> tuple[TensorInfo, int]:
         at = f"{self.path}, tensor {name!r}: "
@@ -104,6 +93,11 @@ class SafetensorsFile:
             raise self._corrupt(f"is truncated: tensor {name!r} ends at byte {data_start + offsets[1]}, "
                                 f"past the end of the file ({self.size} bytes)")
         return info, data_start + offsets[0]
+
+    @property
+    def names_in_file_order(self) -> list[str]:
+        """The file's tensors in the order of their bytes."""
+        return sorted(self._offsets, key=self._offsets.__getitem__)
 
     def _corrupt(self, problem: str) -> SourceError:
         return SourceError(f"{self.path}: not a valid safetensors checkpoint: the file {problem}; "

@@ -88,6 +88,10 @@ class ShardedSource(Source):
     def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         return self._file(self._shard_of[name]).read(name, start, stop, buffer)
 
+    def file(self, shard: str) -> SafetensorsFile:
+        """The open file of ``shard`` (one of ``provenance["files"]``), opened or downloaded on first use."""
+        return self._file(shard)
+
     def _file(self, shard: str) -> SafetensorsFile:
         with self._lock:
             if shard not in self._files:

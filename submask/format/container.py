@@ -10,19 +10,18 @@ import hashlib
 import json
 import os
 import shutil
-import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO
 
-from .. import strict_json
+from .. import safetensors_header, strict_json
 from ..errors import FormatError, HeaderChecksumError, where
 from ..metadata import check_identity
-from .header import MAX_HEADER_BYTES
+from ..safetensors_header import LENGTH, header_length
 
 METADATA_KEY = "submask"
 DIGEST_KEY = "submask_sha256"  # the header checksum (FORMAT.md §2.1)
 DIGEST_SINCE_MINOR = 1
-_LENGTH = struct.Struct("<Q")
 
 
 class Container:
@@ -78,16 +77,7 @@ def read_header_length(head: bytes, size: int, path: object = None) -> int:
 
     With ``parse_header`` this reads a header from its bytes alone (e.g. fetched by HTTP range requests).
     """
-    at = where(path)
-    if len(head) < 8:
-        raise FormatError(f"{at}file has {size} bytes, too short for a .smask header; it is truncated or not a mask")
-    (header_length,) = _LENGTH.unpack(head[:8])
-    if header_length > MAX_HEADER_BYTES:
-        raise FormatError(f"{at}header length {header_length} exceeds the {MAX_HEADER_BYTES}-byte limit; not a mask file")
-    if 8 + header_length > size:
-        raise FormatError(f"{at}header length {header_length} is larger than the file ({size} bytes); "
-                          "the file is truncated or not a mask")
-    return header_length
+    return header_length(head, size, _failing(path))
 
 
 def parse_header(raw: bytes, path: object = None) -> tuple[Any, dict[str, Any]]:
@@ -97,17 +87,9 @@ def parse_header(raw: bytes, path: object = None) -> tuple[Any, dict[str, Any]]:
     checksum; the rest of the header and the layout are left to the caller.
     """
     at = where(path)
-    try:
-        outer = strict_json.loads(raw)
-    except strict_json.InvalidJSON as exc:
-        raise FormatError(f"{at}safetensors header is not valid JSON ({exc}); the file is corrupt") from None
-    if not isinstance(outer, dict):
-        raise FormatError(f"{at}safetensors header must be a JSON object; the file is corrupt")
-    metadata = outer.pop("__metadata__", None)
-    if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
+    metadata, outer = safetensors_header.parse_header(raw, _failing(path))
+    if METADATA_KEY not in metadata:
         raise FormatError(f"{at}no 'submask' entry in the safetensors metadata: this is not a .smask file")
-    if not all(isinstance(value, str) for value in metadata.values()):
-        raise FormatError(f"{at}safetensors metadata values must be strings; the file is corrupt")
     text = metadata[METADATA_KEY]
     try:
         header = strict_json.loads(text)
@@ -182,7 +164,12 @@ def write_container(out: BinaryIO, header: dict[str, Any], payloads: Sequence[tu
         offset += length
     encoded = json.dumps(outer, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # pad to 8 bytes, as safetensors writers do
-    out.write(_LENGTH.pack(len(encoded)))
+    out.write(LENGTH.pack(len(encoded)))
     out.write(encoded)
     data.seek(0)
     shutil.copyfileobj(data, out, 1 << 20)
+
+
+def _failing(path: object) -> Callable[[str], FormatError]:
+    """How a safetensors-level problem of a .smask file is reported."""
+    return lambda problem: FormatError(f"{where(path)}the file {problem}; it is truncated, corrupt or not a mask")

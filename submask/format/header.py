@@ -12,7 +12,6 @@ from typing import Any
 from ..errors import FormatError, where
 from ..metadata import SHARD_KEY, is_count
 
-MAX_HEADER_BYTES = 100_000_000  # the cap of safetensors' own reader (its MAX_HEADER_SIZE)
 MAX_TENSORS = 1_000_000
 MAX_NDIM = 64
 MAX_BITS = 1 << 53  # the largest integer JSON readers represent exactly
