@@ -40,7 +40,9 @@ from .algebra import (
     symmetric_difference,
     union,
 )
-from .compare import Comparison, combine_files, compare, density_breakdown
+from .compare import Comparison, compare
+from .combine import combine_files
+from .breakdown import density_breakdown
 from .build import build_mask
 from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
 from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict

@@ -1,4 +1,4 @@
-"""Where a tensor sits in a model, parsed from its name: layer index and module type, and grouping.
+"""Where a tensor sits in a model, parsed from its name: layer index and module type; grouping; densities per group.
 
 >>> locate("model.layers.12.self_attn.q_proj.weight")
 Location(layer=12, module='self_attn.q_proj')
@@ -12,12 +12,15 @@ Location(layer=None, module='embeddings')
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from .algebra import Counts
 from .errors import SubmaskError
+from .io import MaskLike, open_mask
 
 GroupBy = Literal["overall", "tensor", "layer", "module"]
 GROUP_BY: tuple[str, ...] = ("overall", "tensor", "layer", "module")
@@ -87,3 +90,15 @@ def sort_groups(groups: Iterable[str], by: str) -> list[str]:
     if by != "layer":
         return groups
     return sorted((g for g in groups if g.isdigit()), key=int) + [g for g in groups if not g.isdigit()]
+
+
+def density_breakdown(mask: MaskLike, by: str = "layer") -> dict[str, Counts]:
+    """Set and total elements per group ("all" first), from the file header alone for files."""
+    with open_mask(mask) as opened:
+        groups: dict[str, Counts] = {OVERALL: Counts(0, 0)}
+        for name, shape in opened.shapes.items():
+            counts = Counts(math.prod(shape), opened.counts[name])
+            for group in dict.fromkeys((OVERALL, group_of(name, by))):
+                groups[group] = groups.get(group, Counts(0, 0)) + counts
+    order = [OVERALL] + sort_groups([g for g in groups if g != OVERALL], by)
+    return {group: groups[group] for group in order}

@@ -1,4 +1,4 @@
-"""Streaming passes over whole masks: the N x N comparison, per-group densities, and combining files.
+"""The N x N comparison of masks: counts, intersections and chance baselines per group, in one streaming pass.
 
 Each tensor of each mask is decoded once and dropped after use, so memory holds a few tensors' masks at a
 time whatever the model size. Sparse "rice" tensors are decoded to sorted positions instead of packed
@@ -13,7 +13,6 @@ only the CRC-32, as FORMAT.md section 4.3 allows counting tools, and lets sparse
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -35,13 +34,11 @@ from .breakdown import OVERALL, group_of, sort_groups
 from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
 from .errors import ChecksumError, FormatError, where
 from .io import MaskLike, open_mask
-from .metadata import combined_metadata
-from .format import MaskFile, MaskWriter
-from .format.writer import check_mask_target
+from .format import MaskFile
 from .format.header import TensorEntry
 from .format.tensors import check_decoded
 from .mask import Mask, TensorMask
-from .packed import apply_op, packed_nbytes, popcount
+from .packed import packed_nbytes
 
 MaskSource = MaskLike
 T = TypeVar("T")
@@ -141,51 +138,6 @@ def compare(masks: Sequence[MaskSource], *, by: str = "overall", common: bool = 
     order = [OVERALL] + sort_groups([g for g in result.groups if g != OVERALL], by)
     result.groups = {group: result.groups[group] for group in order}
     return result
-
-
-def density_breakdown(mask: MaskSource, by: str = "layer") -> dict[str, Counts]:
-    """Set and total elements per group ("all" first), from the file header alone for files."""
-    with ExitStack() as stack:
-        source = _Source.of(mask, stack)
-        groups: dict[str, Counts] = {OVERALL: Counts(0, 0)}
-        for name in source.shapes:
-            counts = Counts(source.numel(name), source.count(name))
-            for group in dict.fromkeys((OVERALL, group_of(name, by))):
-                groups[group] = groups.get(group, Counts(0, 0)) + counts
-    order = [OVERALL] + sort_groups([g for g in groups if g != OVERALL], by)
-    return {group: groups[group] for group in order}
-
-
-def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
-                  common: bool = False, progress: bool = False, overwrite: bool = False) -> Path:
-    """Write ``op`` ("and", "or", "xor", "diff", "not") of mask files to ``output``, tensor by tensor.
-
-    The result's metadata records the operation and each input's path, content fingerprint and provenance.
-    An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
-    """
-    check_mask_target(output, overwrite, inputs=inputs)
-    with ExitStack() as stack:
-        files = [stack.enter_context(open_mask(path)) for path in inputs]
-        labels = [str(path) for path in inputs]
-        names = aligned_names([f.shapes for f in files], common=common,
-                              labels=labels)
-        described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
-                     for label, f in zip(labels, files)]
-        metadata = combined_metadata(op, [f.metadata for f in files], described)
-        stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
-        with MaskWriter(output, metadata, overwrite=overwrite) as writer:
-            for name in _progress(names, progress, f"submask {op}"):
-                tensors = [f[name] for f in files]
-                packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)
-                writer.add_packed(name, tensors[0].shape, packed, popcount(packed))
-    return Path(output)
-
-
-def content_fingerprint(mask_file: MaskFile) -> str:
-    """Identity of a mask's content, from its header: "sha256:" over names, shapes, counts and CRC-32s."""
-    lines = "".join(f"{e.name}\t{','.join(map(str, e.shape))}\t{e.ones}\t{e.crc32}\n"
-                    for e in sorted(mask_file.entries.values(), key=lambda e: e.name))
-    return "sha256:" + hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 class _Source:
@@ -339,7 +291,7 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
     workers = workers or min(4, os.cpu_count() or 1)
     pending: deque[tuple[str, Future]] = deque()
     with ThreadPoolExecutor(workers) as pool:
-        for name in _progress(names, progress, "comparing"):
+        for name in tensor_progress(names, progress, "comparing"):
             pending.append((name, pool.submit(_compare_tensor, [source.read(name) for source in sources], verify)))
             if len(pending) >= 2 * workers:
                 done_name, future = pending.popleft()
@@ -349,7 +301,7 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
             yield done_name, future.result()
 
 
-def _progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:
+def tensor_progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:
     if not enabled:
         return iter(names)
     from tqdm import tqdm  # only here: importing it costs a command line about 0.1 s

@@ -15,7 +15,9 @@ from submask import ChecksumError, FormatError, Mask, MaskMetadata, MaskWriter, 
 from submask.accel import numba_disabled, numba_enabled
 from submask.breakdown import group_of
 from submask.codecs import RiceCodec, decode_positions, rice_kernels_compiled
-from submask.compare import combine_files, compare, content_fingerprint, density_breakdown
+from submask.breakdown import density_breakdown
+from submask.combine import combine_files, content_fingerprint
+from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
 

@@ -12,7 +12,9 @@ import click
 from .. import open as open_mask
 from ..algebra import BINARY_OPS
 from ..breakdown import GROUP_BY
-from ..compare import combine_files, compare, density_breakdown
+from ..breakdown import density_breakdown
+from ..combine import combine_files
+from ..compare import compare
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 from .root import main
 

@@ -28,7 +28,8 @@ from ..algebra import Counts
 from ..apply import apply_mask
 from ..atomic import atomic_write, check_target
 from ..build import build_mask
-from ..compare import compare, density_breakdown
+from ..breakdown import density_breakdown
+from ..compare import compare
 from . import minilm
 from ..io import load
 from ..io import open as open_mask
