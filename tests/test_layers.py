@@ -7,6 +7,7 @@ a function body counts as much as one at the top of a module.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,15 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
                    and not name.startswith("submask.integrations.transformers"))
     for name in names:
         subprocess.run([sys.executable, "-c", code, name], check=True, capture_output=True, timeout=120)
+
+
+def test_the_readme_map_matches_the_tree() -> None:
+    """README's "Where things are" names every top-level module and package of submask, and only those."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[2] for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    named = {name.split("/")[0] for row in rows for name in re.findall(r"`([\w/]+)`", row)}
+    on_disk = {path.stem for path in PACKAGE.glob("*.py") if not path.stem.startswith("_")}
+    on_disk |= {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+    functions = {"open_mask", "open", "load", "save", "MaskMetadata", "TensorMask", "Mask", "hf"}
+    assert named - functions == on_disk
