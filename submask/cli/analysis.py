@@ -16,7 +16,6 @@ from ..breakdown import density_breakdown
 from ..combine import combine_files
 from ..compare import compare
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
-from .root import main
 
 _quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 _common = click.option("--common", is_flag=True, help="Use only the tensors all masks have (else they must match).")
@@ -31,7 +30,7 @@ _PAIR_LEGEND = ("A->B: overlap |A and B| / |A|.  x per-tensor: Jaccard / its cha
                 "--json or --csv give every value, chance values included.")
 
 
-@main.command()
+@click.command()
 @click.argument("path")
 @click.option("--by", type=click.Choice(["layer", "module", "tensor"]), default="layer", show_default=True,
               help="Group densities by layer index, module type or tensor.")
@@ -47,7 +46,7 @@ def stats(path: str, by: str, as_json: bool) -> None:
                             [[group, c.count, c.numel, percent(c.density)] for group, c in groups.items()]))
 
 
-@main.command(name="compare")
+@click.command(name="compare")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--by", type=click.Choice(GROUP_BY), default="overall", show_default=True,
               help="Also break the comparison down by tensor, layer or module type.")
@@ -102,7 +101,7 @@ def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
     return {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in values.items()}
 
 
-@main.command()
+@click.command()
 @click.argument("op", type=click.Choice([*BINARY_OPS, "not"]))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Path of the combined mask to write.")
@@ -131,7 +130,7 @@ def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, overwri
         click.echo(f"wrote {path}: {tensors} tensors, {ones:,} of {numel:,} set (density {percent(density):.4g}%)")
 
 
-@main.command()
+@click.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-o", "--output", "directory", required=True, help="Directory to write the PNGs into.")
 @_common

@@ -6,10 +6,9 @@ import click
 
 from ..apply import apply_mask
 from .output import echo_json, json_option, overwrite_option, percent, progress_option, show_progress
-from .root import main
 
 
-@main.command("apply")
+@click.command("apply")
 @click.argument("base")
 @click.argument("finetuned")
 @click.argument("mask")

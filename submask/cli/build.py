@@ -10,7 +10,6 @@ from ..build import build_mask
 from ..build.criteria import CRITERIA
 from .. import open as open_mask
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
-from .root import main
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -31,7 +30,7 @@ class ByteSize(click.ParamType):
         return int(float(match.group(1)) * _UNITS[unit])
 
 
-@main.command()
+@click.command()
 @click.argument("base")
 @click.argument("finetuned")
 @click.option("-o", "--output", required=True, help="The .smask file to write (checked before the work).")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 
 from .output import overwrite_option, progress_option, show_progress
-from .root import main
 
 
-@main.command()
+@click.command()
 @click.option("-o", "--output", "out_dir", default="submask-demo", show_default=True,
               type=click.Path(file_okay=False), help="Folder for the models, masks, report.json and plots.")
 @click.option("--out", "old_out_dir", hidden=True, type=click.Path(file_okay=False),

@@ -9,7 +9,6 @@ import click
 
 from ..hub import list_masks, pull_mask, push_mask
 from .output import echo_json, format_table, json_option, overwrite_option, percent
-from .root import main
 
 
 def _hub_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -25,7 +24,7 @@ def _hub_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-@main.command()
+@click.command()
 @click.argument("file")
 @click.argument("repo")
 @click.option("--path", "path_in_repo", help="Path in the repo  [default: masks/FILENAME].")
@@ -53,7 +52,7 @@ def push(file: str, repo: str, path_in_repo: str | None, revision: str | None, c
         click.echo(f"pull request: {pushed.pr_url}")
 
 
-@main.command()
+@click.command()
 @click.argument("repo")
 @click.argument("path")
 @click.option("--revision", help="Branch, tag or commit sha  [default: the default branch].")
@@ -74,7 +73,7 @@ def pull(repo: str, path: str, revision: str | None, output: str | None, overwri
         click.echo(f"commit {pulled.commit} ({repo}@{pulled.revision})")
 
 
-@main.command(name="ls")
+@click.command(name="ls")
 @click.argument("repo")
 @click.option("--revision", help="Branch, tag or commit sha  [default: the default branch].")
 @json_option

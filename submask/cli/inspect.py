@@ -12,10 +12,9 @@ from .. import open as open_mask
 from ..errors import SubmaskError
 from ..format.stats import ladder_rungs, stats_problems
 from .output import echo_json, format_table, json_option, percent
-from .root import main
 
 
-@main.command()
+@click.command()
 @click.argument("path")
 @json_option
 def info(path: str, as_json: bool) -> None:
@@ -88,7 +87,7 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-@main.command()
+@click.command()
 @click.argument("path")
 @json_option
 def validate(path: str, as_json: bool) -> None:

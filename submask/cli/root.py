@@ -1,4 +1,4 @@
-"""The ``submask`` click group; command modules attach their commands to ``main``."""
+"""The ``submask`` click group: errors and signals handled in one place; ``cli/__init__`` registers the commands."""
 
 from __future__ import annotations
 
