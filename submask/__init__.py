@@ -20,6 +20,7 @@ from .errors import (
     SourceError,
     SubmaskError,
     UnknownEncodingError,
+    UsageError,
     VersionError,
 )
 from .metadata import MaskMetadata, model_fingerprint
@@ -89,6 +90,7 @@ __all__ = [
     "TensorEntry",
     "TensorMask",
     "UnknownEncodingError",
+    "UsageError",
     "UpdateSparsity",
     "UpdateTracker",
     "VersionError",

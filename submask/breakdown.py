@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .algebra import Counts
-from .errors import SubmaskError
+from .errors import UsageError
 from .io import MaskLike, open_mask
 
 GroupBy = Literal["overall", "tensor", "layer", "module"]
@@ -81,7 +81,7 @@ def group_of(name: str, by: str) -> str:
         return str(location.layer) if location.layer is not None else location.module
     if by == "module":
         return location.module
-    raise SubmaskError(f"unknown grouping {by!r}; use one of {', '.join(GROUP_BY)}")
+    raise UsageError(f"unknown grouping {by!r}; use one of {', '.join(GROUP_BY)}")
 
 
 def sort_groups(groups: Iterable[str], by: str) -> list[str]:

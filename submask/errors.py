@@ -43,7 +43,18 @@ class SourceError(SubmaskError):
 
 
 class HubError(SubmaskError):
-    """A Hub operation failed: missing repo, revision or file, or a refused overwrite."""
+    """A Hub operation failed: missing repo, revision or file, or a refused overwrite.
+
+    ``repo_id`` and ``revision`` name the repo and revision involved, when known.
+    """
+
+    def __init__(self, message: str, *, repo_id: str | None = None, revision: str | None = None):
+        super().__init__(message)
+        self.repo_id, self.revision = repo_id, revision
+
+
+class UsageError(SubmaskError, ValueError):
+    """An argument or call the API does not accept: an unknown option value, a call in the wrong state."""
 
 
 class OutputError(SubmaskError, OSError):

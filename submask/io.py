@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Union
 
-from .errors import SubmaskError
+from .errors import UsageError
 from .format import MaskFile, MaskWriter, local_mask_path
 from .hub.paths import is_hub_url
 from .mask import Mask
@@ -91,7 +91,7 @@ def _local(path: str | os.PathLike[str], hub_options: dict[str, Any]) -> tuple[o
         pulled = pull_url(text, **hub_options)
         return pulled.local_path, pulled.source
     if hub_options:
-        raise SubmaskError(f"{text}: {sorted(hub_options)} apply to hf:// URLs only; this is a local path")
+        raise UsageError(f"{text}: {sorted(hub_options)} apply to hf:// URLs only; this is a local path")
     return local_mask_path(text), None
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from .breakdown import locate
 from .build import build_mask
 from .build.criteria import LADDER_ATOL
-from .errors import MismatchError, SubmaskError
+from .errors import MismatchError, UsageError
 from .mask import Mask
 
 
@@ -86,7 +86,7 @@ class UpdateTracker:
         elif callable(getattr(reference, "named_parameters", None)):
             reference = dict(reference.named_parameters())
         elif not isinstance(reference, Mapping):
-            raise SubmaskError(f"UpdateTracker reference must be a module or a state dict, not a "
+            raise UsageError(f"UpdateTracker reference must be a module or a state dict, not a "
                                 f"{type(reference).__name__}")
         self.reference = reference
 

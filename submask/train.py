@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import MismatchError, SubmaskError
+from .errors import MismatchError, UsageError
 from .align import check_fit, describe
 from .io import MaskLike, open_mask
 
@@ -112,10 +112,10 @@ class _Sparse:
         import torch
 
         if type(parameter.data) is not torch.Tensor:  # a DTensor
-            raise SubmaskError(f"sparse mode does not restrict sharded (DTensor, e.g. FSDP2) parameters such as "
+            raise UsageError(f"sparse mode does not restrict sharded (DTensor, e.g. FSDP2) parameters such as "
                                f"{attribute!r} of {type(owner).__name__} yet: use mode='dense'")
         if not parameter.is_contiguous():
-            raise SubmaskError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
+            raise UsageError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
                                f"{type(owner).__name__} is not contiguous: use mode='dense'")
         self.owner, self.attribute, self.parameter, self.group = owner, attribute, parameter, group
         index = torch.from_numpy(bits.to_indices()).to(parameter.device)
@@ -249,15 +249,15 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
     backward produces it (density-sized communication; with ``no_sync`` accumulation, once per backward).
     """
     if mode not in ("dense", "sparse"):
-        raise SubmaskError(f"mode must be 'dense' or 'sparse', got {mode!r}")
+        raise UsageError(f"mode must be 'dense' or 'sparse', got {mode!r}")
     if missing not in ("freeze", "train", "error"):
-        raise SubmaskError(f"missing must be 'freeze', 'train' or 'error', got {missing!r}")
+        raise UsageError(f"missing must be 'freeze', 'train' or 'error', got {missing!r}")
     if getattr(module, _ATTRIBUTE, None) is not None:
-        raise SubmaskError("this module is already restricted to a mask; call submask.unrestrict(module) first")
+        raise UsageError("this module is already restricted to a mask; call submask.unrestrict(module) first")
     if process_group is not None and mode != "sparse":
-        raise SubmaskError("process_group is for sparse mode under DistributedDataParallel; dense mode needs none")
+        raise UsageError("process_group is for sparse mode under DistributedDataParallel; dense mode needs none")
     if mode == "sparse" and optimizer is not None:
-        raise SubmaskError("sparse mode replaces the masked parameters by their masked values: create the "
+        raise UsageError("sparse mode replaces the masked parameters by their masked values: create the "
                            "optimizer after restrict(), from restriction.parameters(), and do not pass it here")
     aliases: dict[int, list[str]] = {}  # tied weights: one parameter, several names
     for name, parameter in module.named_parameters(remove_duplicate=False):
@@ -297,7 +297,7 @@ def unrestrict(module: "torch.nn.Module") -> None:
     """Lift the restriction that ``restrict`` put on ``module``."""
     restriction = getattr(module, _ATTRIBUTE, None)
     if restriction is None:
-        raise SubmaskError("this module is not restricted to a mask; nothing to remove")
+        raise UsageError("this module is not restricted to a mask; nothing to remove")
     restriction.remove()
 
 
@@ -323,7 +323,7 @@ def _shard(tensor: "torch.Tensor") -> tuple["torch.Tensor", int]:
         return tensor.data, 0
     mesh = tensor.device_mesh
     if mesh.ndim != 1 or tuple(tensor.placements) != (Shard(0),):
-        raise SubmaskError(f"restrict supports DTensor parameters sharded on dim 0 over a 1-D mesh (FSDP2's "
+        raise UsageError(f"restrict supports DTensor parameters sharded on dim 0 over a 1-D mesh (FSDP2's "
                            f"fully_shard), not {tuple(tensor.placements)} over {mesh.ndim} dimension(s)")
     rows = -(-tensor.shape[0] // mesh.size())  # torch.chunk's split: the last ranks may hold fewer or none
     first_row = min(mesh.get_local_rank() * rows, tensor.shape[0])

@@ -339,3 +339,9 @@ def test_a_shard_of_another_mask_is_refused_on_the_hub(hub: dict, hub_api: HfApi
     with pytest.raises(submask.FormatError, match="belongs to write"):
         pull_mask(hub_repo, "masks/a.smask", local_path=tmp_path / "out" / "a.smask", **hub)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_hub_errors_carry_the_repo_and_revision(hub: dict, hub_repo: str) -> None:
+    with pytest.raises(HubError) as missing:
+        pull_mask(hub_repo, "masks/a.smask", revision="no-such-branch", **hub)
+    assert missing.value.repo_id == hub_repo and missing.value.revision == "no-such-branch"

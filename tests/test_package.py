@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 import submask
@@ -37,3 +38,13 @@ def test_package_ships_its_type_hints() -> None:
     from pathlib import Path
 
     assert (Path(submask.__file__).parent / "py.typed").is_file()
+
+
+def test_misuse_is_a_usage_error() -> None:
+    from submask.build.criteria import Criterion
+
+    with pytest.raises(submask.UsageError, match="criterion must be one of"):
+        Criterion.make("fuzzy")
+    with pytest.raises(submask.UsageError, match="apply to hf:// URLs only"):
+        submask.open("local.smask", token="x")
+    assert issubclass(submask.UsageError, submask.SubmaskError) and issubclass(submask.UsageError, ValueError)

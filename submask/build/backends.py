@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SubmaskError
+from ..errors import UsageError
 from ..packed import popcount
 from .criteria import LADDER_ATOL, Criterion, ladder_changed, unchanged_within
 from ..checkpoints.dtypes import DType, decode
@@ -209,9 +209,9 @@ def select_backend(device: str | Backend = "auto", resident: str | None = None) 
         return NumpyBackend()
     if device.startswith("cuda"):
         if not _cuda_available():
-            raise SubmaskError(f"device {device!r} asked for, but torch sees no CUDA device; use device='cpu'")
+            raise UsageError(f"device {device!r} asked for, but torch sees no CUDA device; use device='cpu'")
         return TorchBackend(device)
-    raise SubmaskError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    raise UsageError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
 
 def _cuda_available() -> bool:

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SubmaskError
+from ..errors import UsageError
 
 CRITERIA = ("exact", "atol", "rtol")
 LADDER_ATOL = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
@@ -52,16 +52,16 @@ class Criterion:
         if name is None:
             name = "atol" if atol is not None else "rtol" if rtol is not None else "exact"
         if name not in CRITERIA:
-            raise SubmaskError(f"criterion must be one of {list(CRITERIA)}, got {name!r}")
+            raise UsageError(f"criterion must be one of {list(CRITERIA)}, got {name!r}")
         given = {"atol": atol, "rtol": rtol}
         extra = [key for key, value in given.items() if value is not None and key != name]
         if extra:
-            raise SubmaskError(f"criterion {name!r} takes no {' or '.join(extra)}; pass only the tolerance of the "
+            raise UsageError(f"criterion {name!r} takes no {' or '.join(extra)}; pass only the tolerance of the "
                                "criterion you choose")
         if name != "exact":
             value = given[name]
             if value is None or not math.isfinite(value) or value < 0:
-                raise SubmaskError(f"criterion {name!r} needs a finite {name} >= 0, got {value!r}")
+                raise UsageError(f"criterion {name!r} needs a finite {name} >= 0, got {value!r}")
             given[name] = float(value)
         return cls(name, given["atol"] if name == "atol" else None, given["rtol"] if name == "rtol" else None)
 

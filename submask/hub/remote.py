@@ -113,29 +113,29 @@ class Remote:
             yield
         except errors.RepositoryNotFoundError:
             raise HubError(f"{self.repo_type} repo {self.repo_id!r} not found on {self.url}: check its name, or pass "
-                           "a token (HF_TOKEN or --token) if it is private or gated") from None
+                           "a token (HF_TOKEN or --token) if it is private or gated", repo_id=self.repo_id, revision=revision) from None
         except errors.RevisionNotFoundError:
             raise HubError(f"{self.repo_id}: no branch, tag or commit {revision!r}; check the revision "
-                           "(`hf repo-refs` or HfApi.list_repo_refs lists them)") from None
+                           "(`hf repo-refs` or HfApi.list_repo_refs lists them)", repo_id=self.repo_id, revision=revision) from None
         except errors.LocalEntryNotFoundError as exc:  # not cached, and the Hub could not be asked
             raise self._unreachable(exc) from None
         except errors.EntryNotFoundError:
             raise HubError(f"{self.repo_id}@{revision or DEFAULT_BRANCH}: no file {path!r}; "
-                           f"`submask ls {self.repo_id}` lists the masks there") from None
+                           f"`submask ls {self.repo_id}` lists the masks there", repo_id=self.repo_id, revision=revision) from None
         except errors.SafetensorsParsingError as exc:
             raise HubError(f"{self.repo_id}@{revision or DEFAULT_BRANCH}: {path!r} is not a readable safetensors "
-                           f"file ({_first_line(exc)})") from None
+                           f"file ({_first_line(exc)})", repo_id=self.repo_id, revision=revision) from None
         except errors.HfHubHTTPError as exc:
             if exc.response is not None and exc.response.status_code == 412:
                 raise HubError(f"{self.repo_id}: the branch moved on while this commit was prepared "
-                               "(someone else pushed); run it again") from None
-            raise HubError(f"{self.repo_id}: the Hub at {self.url} refused the request: {_first_line(exc)}") from None
+                               "(someone else pushed); run it again", repo_id=self.repo_id, revision=revision) from None
+            raise HubError(f"{self.repo_id}: the Hub at {self.url} refused the request: {_first_line(exc)}", repo_id=self.repo_id, revision=revision) from None
         except (errors.HTTPError, OSError) as exc:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> HubError:
         return HubError(f"{self.repo_id}: cannot reach {self.url} ({_first_line(exc)}); check the network "
-                        "connection, HF_ENDPOINT and proxy settings")
+                        "connection, HF_ENDPOINT and proxy settings", repo_id=self.repo_id)
 
 
 def _read_slice(chunks: Iterable[bytes], skip: int, size: int) -> bytes:

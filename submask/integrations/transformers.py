@@ -26,7 +26,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..errors import SubmaskError
+from ..errors import UsageError
 from ..io import MaskLike
 from ..tracker import UpdateTracker
 from ..train import Missing, Mode, restrict, restriction_of
@@ -41,7 +41,7 @@ class SubmaskCallback(TrainerCallback):
     def _start(self, model: Any, optimizer: Any = None) -> None:
         if restriction_of(model) is None:
             if self.mode == "sparse" and optimizer is not None:
-                raise SubmaskError("SubmaskCallback(mode='sparse') must see the model before the Trainer creates "
+                raise UsageError("SubmaskCallback(mode='sparse') must see the model before the Trainer creates "
                                    "its optimizer: pass it in Trainer(callbacks=[...]), not add_callback later")
             restrict(model, self.mask, mode=self.mode, missing=self.missing)
 
@@ -80,7 +80,7 @@ class UpdateSparsityCallback(TrainerCallback):
     def __init__(self, log_every: int = 50, mask_name: str | None = "update.smask", reference: Any = None,
                  criterion: str | None = None, atol: float | None = None, rtol: float | None = None):
         if log_every < 1:
-            raise SubmaskError(f"UpdateSparsityCallback log_every must be >= 1, got {log_every}")
+            raise UsageError(f"UpdateSparsityCallback log_every must be >= 1, got {log_every}")
         self.log_every, self.mask_name, self.reference = log_every, mask_name, reference
         self._criterion = {"criterion": criterion, "atol": atol, "rtol": rtol}
         self.tracker: UpdateTracker | None = None
