@@ -31,19 +31,19 @@ from .accel import job
 from .algebra import Counts, PairStats, packed_intersection_count, pair_intersection_counts
 from .align import aligned_names
 from .breakdown import OVERALL, group_of, sort_groups
-from .codecs import decode_positions, get_codec, rice_intersection_count, rice_kernels_compiled
+from .codecs import IntersectionCounter, PositionsDecoder
 from .errors import ChecksumError, FormatError, where
 from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
-from .format.tensors import check_decoded
+from .format.tensors import decode_tensor, entry_codec
 from .mask import Mask, TensorMask
 from .packed import packed_nbytes
 
 MaskSource = MaskLike
 T = TypeVar("T")
 
-#: without the kernels, rice tensors at most this dense are decoded to positions rather than packed bits
+#: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
 #: (measured crossover)
 POSITIONS_MAX_DENSITY = 1 / 16
 _WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
@@ -52,14 +52,14 @@ _GATHER_CHUNK = 1 << 22
 
 @dataclass
 class _Operand:
-    """One tensor of one mask: packed bits, (sparse) ascending set positions, or (sparse) a "rice" payload
-    left encoded, with its error-message prefix."""
+    """One tensor of one mask: packed bits, (sparse) ascending set positions, or a payload left encoded for a
+    codec that counts intersections while streaming it (codec, payload, error-message prefix)."""
 
     numel: int
     count: int
     packed: np.ndarray | None = None
     positions: np.ndarray | None = None
-    rice: tuple[bytes, dict, str] | None = None
+    streamed: tuple[IntersectionCounter, bytes, str] | None = None
 
 
 @dataclass
@@ -171,28 +171,24 @@ class _Source:
 
 def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, streamed: bool,
             verify: bool) -> _Operand:
-    """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a "rice" one is
-    left encoded when ``streamed`` and the kernels are compiled, and decoded to positions when sparse and they
-    are not; with it, every tensor is decoded to packed bits, whose CRC-32 is checked."""
+    """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a payload whose
+    codec counts intersections is left encoded when ``streamed``, and one whose codec lists positions is
+    decoded to positions when sparse; with it, every tensor is decoded to packed bits and fully checked."""
     if isinstance(read, TensorMask):
         return _Operand(read.numel, read.count, packed=read.packed)
     entry, payload, path = read
     at = where(path, entry.name)
-    sparse_rice = entry.encoding == "rice" and not verify
-    if sparse_rice and streamed and rice_kernels_compiled():
-        return _Operand(entry.bits, entry.ones, rice=(payload, entry.config, at))
-    if sparse_rice and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY and not rice_kernels_compiled():
-        positions = _checked(at, lambda: decode_positions(payload, entry.bits, entry.config))
+    codec = entry_codec(entry, path)
+    streaming = isinstance(codec, IntersectionCounter) and codec.streams()
+    if not verify and streamed and streaming:
+        return _Operand(entry.bits, entry.ones, streamed=(codec, payload, at))
+    if (not verify and not streaming and isinstance(codec, PositionsDecoder)
+            and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY):
+        positions = _checked(at, lambda: codec.positions(payload, entry.bits))
         _check_count(at, positions.size, entry.ones)
         return _Operand(entry.bits, entry.ones, positions=positions)
-    try:
-        codec = get_codec(entry.encoding)
-    except FormatError as exc:
-        raise type(exc)(f"{at}{exc}") from None
     out = _buffer(index, packed_nbytes(entry.bits))
-    packed = _checked(at, lambda: codec.configured(entry.config).decode(payload, entry.bits, entry.config, out))
-    check_decoded(entry, packed, at, verify_crc=verify)
-    return _Operand(entry.bits, entry.ones, packed=packed)
+    return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path, out=out, verify_crc=verify))
 
 
 def _buffer(index: int, nbytes: int) -> np.ndarray:
@@ -218,7 +214,7 @@ def _check_count(at: str, decoded: int, expected: int) -> None:
 def _compare_tensor(reads: list, verify: bool) -> np.ndarray:
     """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
     n = len(reads)
-    # two masks: the second streams its rice payload against the first's bits; more: each is decoded once and
+    # two masks: the second streams its payload against the first's bits; more: each is decoded once and
     # every pair is counted in one pass over their bits (a streamed one would be decoded again for each pair)
     operands = [_decode(read, index, n == 2 and index == 1, verify) for index, read in enumerate(reads)]
     if n > 2 and all(operand.packed is not None for operand in operands):
@@ -232,15 +228,15 @@ def _compare_tensor(reads: list, verify: bool) -> np.ndarray:
 
 
 def _pair_count(x: _Operand, y: _Operand) -> int:
-    """|X and Y|, by the cheapest route: shortcuts for empty/full, a rice payload streamed against packed
+    """|X and Y|, by the cheapest route: shortcuts for empty/full, a payload streamed against packed
     bits, position tables, bit gathers, AND+popcount."""
     if not x.count or not y.count:
         return 0
     if x.count == x.numel or y.count == y.numel:
         return min(x.count, y.count)
-    if y.rice is not None and x.packed is not None:  # only the last operand is left encoded
-        payload, config, at = y.rice
-        hits, ones = _checked(at, lambda: rice_intersection_count(payload, y.numel, config, x.packed))
+    if y.streamed is not None and x.packed is not None:  # only the last operand is left encoded
+        codec, payload, at = y.streamed
+        hits, ones = _checked(at, lambda: codec.intersection_count(payload, y.numel, x.packed))
         _check_count(at, ones, y.count)
         return hits
     if x.positions is not None and y.positions is not None:

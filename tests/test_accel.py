@@ -10,7 +10,7 @@ import pytest
 
 from submask.accel import Kernel, numba_disabled, numba_enabled, numba_state
 from submask.algebra import pair_intersection_counts
-from submask.codecs import RiceCodec, decode_positions, rice_intersection_count, rice_kernels_compiled
+from submask.codecs import RiceCodec, rice_kernels_compiled
 from submask.errors import FormatError
 from submask.packed import pack, unpack
 
@@ -62,9 +62,9 @@ def test_rice_kernels_match_numpy(numel: int, density: float, block_bits: int) -
 
     def everything():
         payload, config = codec.encode(pack(bools), numel)
-        decoded = unpack(codec.decode(payload, numel, config), numel)
-        counted = rice_intersection_count(payload, numel, config, other)
-        return payload, decoded.tolist(), decode_positions(payload, numel, config).tolist(), counted
+        decoded = unpack(codec.from_config(config).decode(payload, numel), numel)
+        counted = RiceCodec().from_config(config).intersection_count(payload, numel, other)
+        return payload, decoded.tolist(), RiceCodec().from_config(config).positions(payload, numel).tolist(), counted
 
     compiled, numpy = run_both(everything)
     assert compiled[:3] == numpy[:3]  # encoded bytes, decoded bits, positions
@@ -97,12 +97,12 @@ def test_corrupt_rice_payloads_fail_alike(density: float) -> None:
     rejected = 0
     for bad in corruptions(payload):
         compiled, numpy = run_both(lambda: (codec_decode(bad, numel, config),
-                                                     decode_positions(bad, numel, config).tolist()))
+                                                     RiceCodec().from_config(config).positions(bad, numel).tolist()))
         if isinstance(numpy, str):  # the numpy path raised: so must the kernels, with the same message
             rejected += 1
             assert compiled == numpy
             with pytest.raises(FormatError) as raised:
-                rice_intersection_count(bad, numel, config, other)
+                RiceCodec().from_config(config).intersection_count(bad, numel, other)
             assert f"FormatError: {raised.value}" == numpy
         else:
             assert compiled[0] == numpy[0] and compiled[1] == numpy[1]
@@ -110,7 +110,7 @@ def test_corrupt_rice_payloads_fail_alike(density: float) -> None:
 
 
 def codec_decode(payload: bytes, numel: int, config: dict) -> list[int]:
-    return RiceCodec().decode(payload, numel, config).tolist()
+    return RiceCodec().from_config(config).decode(payload, numel).tolist()
 
 
 @pytest.mark.parametrize("numel", [1, 77, 70_001])

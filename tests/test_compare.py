@@ -14,7 +14,7 @@ import submask
 from submask import ChecksumError, FormatError, Mask, MaskMetadata, MaskWriter, MismatchError
 from submask.accel import numba_disabled, numba_enabled
 from submask.breakdown import group_of
-from submask.codecs import RiceCodec, decode_positions, rice_kernels_compiled
+from submask.codecs import RiceCodec, rice_kernels_compiled
 from submask.breakdown import density_breakdown
 from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
@@ -190,7 +190,7 @@ def test_combine_not_of_one_file(masks: tuple, tmp_path: Path) -> None:
 def test_decode_positions_matches_the_set_bits(numel: int, density: float, seed: int, block_bits: int) -> None:
     bools = np.random.default_rng(seed).random(numel) < density
     payload, config = RiceCodec(block_bits).encode(pack(bools), numel)
-    positions = decode_positions(payload, numel, config)
+    positions = RiceCodec().from_config(config).positions(payload, numel)
     assert positions.dtype == np.int64
     np.testing.assert_array_equal(positions, np.flatnonzero(bools))
 
@@ -199,8 +199,8 @@ def test_decode_positions_rejects_bad_payloads() -> None:
     bools = np.random.default_rng(3).random(5000) < 0.02
     payload, config = RiceCodec(1024).encode(pack(bools), bools.size)
     with pytest.raises(FormatError, match="after its last block"):
-        decode_positions(payload + b"\0", bools.size, config)
+        RiceCodec().from_config(config).positions(payload + b"\0", bools.size)
     with pytest.raises(FormatError, match="ends inside"):
-        decode_positions(payload[:-3], bools.size, config)
+        RiceCodec().from_config(config).positions(payload[:-3], bools.size)
     with pytest.raises(FormatError, match="block_bits"):
-        decode_positions(payload, bools.size, {"block_bits": 7})
+        RiceCodec().from_config({"block_bits": 7}).positions(payload, bools.size)

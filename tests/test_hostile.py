@@ -164,10 +164,10 @@ def test_decode_chunks_concatenate_to_decode(encoding: str, density: float) -> N
     bools[2 * 8 * CHUNK_BYTES + 3 : 2 * 8 * CHUNK_BYTES + 600_000] = False  # a long stretch with nothing set
     codec = CODECS[encoding] if encoding != "rice" else CODECS["rice"].configured({"block_bits": 8 * CHUNK_BYTES + 64})
     payload, config = codec.encode(pack(bools), numel)
-    pieces = [expand(piece) for piece in codec.decode_chunks(payload, numel, config)]  # (arrays are reused)
+    pieces = [expand(piece) for piece in codec.from_config(config).decode_chunks(payload, numel)]  # (arrays are reused)
     assert all(isinstance(piece, Run) or piece.size <= CHUNK_BYTES
-               for piece in codec.decode_chunks(payload, numel, config))
-    np.testing.assert_array_equal(np.concatenate(pieces), codec.decode(payload, numel, config))
+               for piece in codec.from_config(config).decode_chunks(payload, numel))
+    np.testing.assert_array_equal(np.concatenate(pieces), codec.from_config(config).decode(payload, numel))
 
 
 @settings(max_examples=50, deadline=None)

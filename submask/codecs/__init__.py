@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnknownEncodingError
-from .base import Codec
+from .base import Codec, IntersectionCounter, PositionsDecoder
 from .plain import RawCodec, ZstdCodec
-from .rice import RiceCodec, decode_positions, rice_intersection_count, rice_kernels_compiled
+from .rice import RiceCodec, rice_kernels_compiled
 
 CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec())}
 
@@ -29,6 +29,11 @@ def get_codec(encoding_id: str) -> Codec:
         raise UnknownEncodingError(
             f"unknown encoding {encoding_id!r} (this submask knows {known}); upgrade submask to read this file"
         ) from None
+
+
+def codec_for(encoding_id: str, config: dict[str, Any]) -> Codec:
+    """The codec that decodes a payload stored with this encoding id and settings (as a header records them)."""
+    return get_codec(encoding_id).from_config(config)
 
 
 def binary_entropy_bits(ones: int, numel: int) -> float:
@@ -63,5 +68,5 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, 
 ZSTD_PREFERENCE = 1 / 1.03
 
 
-__all__ = ["CODECS", "Codec", "RawCodec", "RiceCodec", "ZstdCodec", "binary_entropy_bits", "decode_positions",
-           "encode_auto", "get_codec", "rice_intersection_count", "rice_kernels_compiled"]
+__all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "ZstdCodec",
+           "binary_entropy_bits", "codec_for", "encode_auto", "get_codec", "rice_kernels_compiled"]

@@ -20,14 +20,14 @@ class RawCodec(Codec):
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         return packed.tobytes(), {}
 
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
         data = _raw_bits(payload, numel)
         if out is None:
             return data.copy()
         out[:] = data
         return out
 
-    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray]:
+    def decode_chunks(self, payload: bytes, numel: int) -> Iterator[np.ndarray]:
         data = _raw_bits(payload, numel)
         for start in range(0, data.size, CHUNK_BYTES):
             yield data[start : start + CHUNK_BYTES]
@@ -52,7 +52,7 @@ class ZstdCodec(Codec):
         compressor = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
         return compressor.compress(memoryview(packed)), {}
 
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
         import zstandard
         expected = _check_frame(payload, numel)
         out = allocate_packed(numel) if out is None else out
@@ -68,7 +68,7 @@ class ZstdCodec(Codec):
             raise FormatError(f"zstd payload decoded to {size}{' or more' if extra else ''} bytes, {expected} expected")
         return out
 
-    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray]:
+    def decode_chunks(self, payload: bytes, numel: int) -> Iterator[np.ndarray]:
         import zstandard
         expected = _check_frame(payload, numel)
         buffer = np.empty(min(expected, CHUNK_BYTES), dtype=np.uint8)

@@ -15,7 +15,7 @@ import numpy as np
 from ..accel import Kernel, leading_zeros
 from ..errors import FormatError
 from ..packed import POPCOUNT8, SET_BITS, clear_padding, from_positions, packed_nbytes, popcount, set_positions
-from .base import CHUNK_BYTES, Codec, Run, allocate_packed
+from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed
 
 
 _BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position count, unary bytes
@@ -28,7 +28,7 @@ _GATHER = sum(1 << (63 - 9 * i) for i in range(8)) - (1 << 64)  # ((lanes & _LAN
 LONG_GAP = 1 << 17  # bits without a listed position that ``decode_chunks`` passes over as one Run
 
 
-class RiceCodec(Codec):
+class RiceCodec(Codec, PositionsDecoder, IntersectionCounter):
     """Rice-coded gaps between the positions of the rarer value, block by block.
 
     The bits are cut into blocks of ``block_bits``; each block codes the positions of its own rarer
@@ -46,6 +46,10 @@ class RiceCodec(Codec):
             raise FormatError(f"unknown rice settings {sorted(unknown)}")
         return RiceCodec(config.get("block_bits", self.block_bits))
 
+    def from_config(self, config: dict[str, Any]) -> "RiceCodec":
+        _check_block_bits(config.get("block_bits"))  # a reader needs the block size the writer used
+        return self.configured(config)
+
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         block_bytes = self.block_bits // 8
         parts = []
@@ -55,8 +59,8 @@ class RiceCodec(Codec):
             parts.append(_encode_block(block, nbits))
         return b"".join(parts), {"block_bits": self.block_bits}
 
-    def decode(self, payload: bytes, numel: int, config: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-        block_bits = _check_length(payload, numel, config)
+    def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
+        block_bits = _check_length(payload, numel, self.block_bits)
         nblocks = -(-numel // block_bits)
         out = allocate_packed(numel) if out is None else out
         if _rice_block.compiled is not None:
@@ -73,8 +77,8 @@ class RiceCodec(Codec):
             raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
         return out
 
-    def decode_chunks(self, payload: bytes, numel: int, config: dict[str, Any]) -> Iterator[np.ndarray | Run]:
-        block_bits = _check_length(payload, numel, config)
+    def decode_chunks(self, payload: bytes, numel: int) -> Iterator[np.ndarray | Run]:
+        block_bits = _check_length(payload, numel, self.block_bits)
         offset = 0
         for start in range(0, numel, block_bits):
             nbits = min(block_bits, numel - start)
@@ -83,6 +87,15 @@ class RiceCodec(Codec):
         if offset != len(payload):
             raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
 
+
+    def positions(self, payload: bytes, numel: int) -> np.ndarray:
+        return decode_positions(payload, numel, self.block_bits)
+
+    def streams(self) -> bool:
+        return rice_kernels_compiled()
+
+    def intersection_count(self, payload: bytes, numel: int, packed: np.ndarray) -> tuple[int, int] | None:
+        return rice_intersection_count(payload, numel, self.block_bits, packed)
 
 def _block_chunks(value: int, listed: np.ndarray, nbits: int) -> Iterator[np.ndarray | Run]:
     """A block's packed bits from its listed positions: stretches of LONG_GAP bits or more without one as Runs
@@ -110,9 +123,8 @@ def _block_chunks(value: int, listed: np.ndarray, nbits: int) -> Iterator[np.nda
         first = stop
 
 
-def _check_length(payload: bytes, numel: int, config: dict[str, Any]) -> int:
-    """The block size of the settings, checked, once the payload is known to hold every block's header."""
-    block_bits = _check_block_bits(config.get("block_bits"))
+def _check_length(payload: bytes, numel: int, block_bits: int) -> int:
+    """``block_bits``, once the payload is known to hold every block's header."""
     nblocks = -(-numel // block_bits)
     if len(payload) < nblocks * _BLOCK_HEADER.size:
         raise FormatError(f"rice payload of {len(payload)} bytes is too short for {nblocks} blocks")
@@ -230,13 +242,11 @@ def _decode_block(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, 
     return np.packbits(bools), end
 
 
-def decode_positions(payload: bytes, numel: int, config: dict[str, Any]) -> np.ndarray:
-    """Flat indices (int64, ascending) of the set bits of a "rice" payload, without building packed bits.
-
-    Several times faster than ``decode`` + ``set_positions`` on sparse masks (used by ``submask.compare``).
+def decode_positions(payload: bytes, numel: int, block_bits: int) -> np.ndarray:
+    """Flat indices (int64, ascending) of the set bits of a "rice" payload, without building packed bits
+    (``RiceCodec.positions``). Several times faster than ``decode`` + ``set_positions`` on sparse masks.
     Checks the same block structure as ``decode``; the CRC-32 of the bits is not checked.
     """
-    block_bits = _check_block_bits(config.get("block_bits"))
     if _rice_block.compiled is not None:
         return _decode_compiled(payload, numel, block_bits, POSITIONS, _NO_BITS)[0]
     blocks = []
@@ -300,13 +310,13 @@ def rice_kernels_compiled() -> bool:
     return _rice_block.compiled is not None
 
 
-def rice_intersection_count(payload: bytes, numel: int, config: dict[str, Any],
+def rice_intersection_count(payload: bytes, numel: int, block_bits: int,
                             packed: np.ndarray) -> tuple[int, int] | None:
     """(set bits of a "rice" payload also set in ``packed``, set bits of the payload), streaming the payload
     without decoding it; None without compiled kernels. Checks the block structure, not the CRC-32."""
     if _rice_block.compiled is None:
         return None
-    return _decode_compiled(payload, numel, _check_length(payload, numel, config), COUNT, packed)
+    return _decode_compiled(payload, numel, _check_length(payload, numel, block_bits), COUNT, packed)
 
 
 @Kernel

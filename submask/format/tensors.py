@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs import Codec, encode_auto, get_codec
+from ..codecs import Codec, codec_for, encode_auto, get_codec
 from ..codecs.base import Run
 from ..errors import ChecksumError, FormatError, LimitError, where
 from ..packed import crc32, crc32_of_run, packed_nbytes, padding_is_clear, popcount
@@ -28,20 +28,23 @@ def encode_tensor(name: str, shape: tuple[int, ...], packed: np.ndarray, ones: i
     return TensorEntry(name, tuple(shape), ones, encoding, config, crc32(packed)), payload
 
 
-def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> np.ndarray:
-    """Decode and verify one payload: returns packed bits whose pad bits, popcount and CRC-32 all check out.
+def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None, *, out: np.ndarray | None = None,
+                  verify_crc: bool = True) -> np.ndarray:
+    """Decode and verify one payload: returns packed bits whose pad bits, popcount and CRC-32 all check out
+    (the one decode path of every reader; ``verify_crc=False`` skips only the CRC-32, for counting tools).
 
-    LimitError when the payload is consistent with bits too many for this machine's memory.
+    ``out`` (``packed_nbytes(entry.bits)`` uint8 bytes) receives the bits instead of fresh memory. LimitError
+    when the payload is consistent with bits too many for this machine's memory.
     """
     at = where(path, entry.name)
-    codec = _codec(entry, at)
+    codec = entry_codec(entry, path)
     try:
-        packed = codec.decode(payload, entry.bits, entry.config)
+        packed = codec.decode(payload, entry.bits, out)
     except FormatError as exc:
         raise FormatError(f"{at}{exc}; the file is corrupt (run `submask validate` on it)") from None
     except LimitError as exc:
         raise LimitError(f"{at}{exc}") from None
-    check_decoded(entry, packed, at)
+    check_decoded(entry, packed, at, verify_crc=verify_crc)
     return packed
 
 
@@ -61,10 +64,10 @@ def verify_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> No
         decode_tensor(entry, payload, path)  # the compiled decoders: 2.5x faster than the pieces on Rice
         return
     at = where(path, entry.name)
-    codec = _codec(entry, at)
+    codec = entry_codec(entry, path)
     crc, ones, last = 0, 0, np.zeros(0, dtype=np.uint8)
     try:
-        for piece in codec.decode_chunks(payload, entry.bits, entry.config):
+        for piece in codec.decode_chunks(payload, entry.bits):
             if isinstance(piece, Run):
                 crc = crc32_of_run(piece.byte, piece.nbytes, crc)
                 ones += piece.byte.bit_count() * piece.nbytes
@@ -78,11 +81,13 @@ def verify_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> No
     _check_bits(entry, padding_is_clear(last, entry.bits), f"{crc:08x}", ones, at)
 
 
-def _codec(entry: TensorEntry, at: str) -> Codec:
+def entry_codec(entry: TensorEntry, path: object = None) -> Codec:
+    """The codec, with the entry's settings, that decodes this tensor's payload; an unknown encoding or bad
+    settings raise for this tensor only, naming the file and tensor."""
     try:
-        return get_codec(entry.encoding).configured(entry.config)
+        return codec_for(entry.encoding, entry.config)
     except FormatError as exc:
-        raise type(exc)(f"{at}{exc}") from None
+        raise type(exc)(f"{where(path, entry.name)}{exc}") from None
 
 
 def _check_bits(entry: TensorEntry, pad_clear: bool, crc: str, ones: int, at: str) -> None:

@@ -115,9 +115,9 @@ def decode_rows(numel: int, densities: list[float], repeat: int) -> list[list[st
         chosen = encode_auto(packed, numel, int(np.bitwise_count(packed).sum()))[0]
         codec = get_codec("rice")
         payload, config = codec.encode(packed, numel)
-        compiled = numel / best_time(lambda: codec.decode(payload, numel, config, out), repeat)[0] / 1e9
+        compiled = numel / best_time(lambda: codec.configured(config).decode(payload, numel, out), repeat)[0] / 1e9
         with numba_disabled():
-            numpy = numel / best_time(lambda: codec.decode(payload, numel, config, out), repeat)[0] / 1e9
+            numpy = numel / best_time(lambda: codec.configured(config).decode(payload, numel, out), repeat)[0] / 1e9
         unpack = numel / best_time(lambda: np.unpackbits(packed), repeat)[0] / 1e9
         rows.append([f"{density:.1%}", chosen, f"{compiled:.2f}", f"{numpy:.2f}", f"{unpack:.2f}"])
     return rows

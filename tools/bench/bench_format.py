@@ -75,7 +75,7 @@ def speed_rows(numel: int, repeat: int) -> list[list[object]]:
             with contextlib.nullcontext() if compiled else numba_disabled():
                 payload, config = codec.encode(packed, numel)
                 encode = numel / best_time(lambda: codec.encode(packed, numel), repeat) / 1e9
-                decode = numel / best_time(lambda: codec.decode(payload, numel, config), repeat) / 1e9
+                decode = numel / best_time(lambda: codec.configured(config).decode(payload, numel), repeat) / 1e9
             label = enc + (" (auto)" if enc == chosen else "") + ("" if compiled else ", no numba")
             rows.append([f"{density:.1%}", label,
                          f"{encode:.2f}", f"{encode / numpy_pack:.2f}",
@@ -90,7 +90,7 @@ def warm_up() -> float:
     start = time.perf_counter()
     codec = get_codec("rice")
     payload, config = codec.encode(packed, 1 << 12)
-    codec.decode(payload, 1 << 12, config)
+    codec.configured(config).decode(payload, 1 << 12)
     return time.perf_counter() - start
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import submask
 from submask.accel import numba_state
 
-from .report import markdown_table, write_section
+from .report import best_time, markdown_table, write_section
 
 
 def process_times(command: list[str], repeat: int, env: dict[str, str]) -> list[float]:
@@ -40,12 +40,7 @@ def process_times(command: list[str], repeat: int, env: dict[str, str]) -> list[
 
 def call_time(call: Callable[[], object], repeat: int) -> float:
     call()  # the API's first call in a process pays its lazy imports: a warm process is the yardstick
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return best_time(call, repeat)
 
 
 def info_call(path: Path) -> object:

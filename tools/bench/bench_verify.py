@@ -23,7 +23,7 @@ import numpy as np
 
 import submask
 from submask import MaskMetadata, MaskWriter, TensorMask
-from submask.codecs import get_codec
+from submask.codecs import codec_for
 from tools.bench.report import best_time, markdown_table, write_section
 
 
@@ -41,8 +41,8 @@ def decode_only(path: Path) -> int:
     total = 0
     with submask.open(path) as mask_file:
         for name, entry in mask_file.entries.items():
-            codec = get_codec(entry.encoding).configured(entry.config)
-            total += codec.decode(mask_file.payload(name), entry.bits, entry.config).size
+            codec = codec_for(entry.encoding, entry.config)
+            total += codec.decode(mask_file.payload(name), entry.bits).size
     return total
 
 
