@@ -26,13 +26,13 @@ from submask.algebra import (
     union,
 )
 from submask.packed import padding_is_clear
+from masks import random_bools
 
 SHAPES = {"a.weight": (37, 41), "b.weight": (1000,), "c.bias": (3, 5, 7), "empty": (0, 4)}
 
 
 def random_mask(density: float, seed: int, shapes: dict = SHAPES) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {name: rng.random(shape) < density for name, shape in shapes.items()}
+    return random_bools(shapes, density, seed)
 
 
 @pytest.mark.parametrize("p,q", [(0.01, 0.02), (0.2, 0.7), (0.5, 0.5), (0.99, 0.05)])

@@ -7,19 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 import submask
 from click.testing import CliRunner
 
 from submask import Mask
 from submask.cli import main
+from masks import random_mask
 from test_bad_input import edit_header
 
 
 def make_mask(path: Path) -> Mask:
-    rng = np.random.default_rng(5)
-    mask = Mask.from_numpy({"layer.0.w": rng.random((30, 40)) < 0.1, "layer.0.b": np.zeros(40, bool)})
+    mask = random_mask({"layer.0.w": (30, 40), "layer.0.b": (40,)}, {"layer.0.w": 0.1, "layer.0.b": 0.0}, seed=5)
     submask.save(mask, path)
     return mask
 

@@ -14,12 +14,12 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import submask
 from submask import Mask, OutputError
 from submask.atomic import remove_stale
+from masks import random_mask
 
 CLOSED_ENDPOINT = "http://127.0.0.1:9"  # nothing listens: a test that reached the network would fail
 
@@ -47,8 +47,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 
 
 def small_mask(seed: int = 0, density: float = 0.2) -> Mask:
-    rng = np.random.default_rng(seed)
-    return Mask.from_numpy({"layers.0.w": rng.random((20, 30)) < density, "layers.1.w": rng.random(50) < density})
+    return random_mask({"layers.0.w": (20, 30), "layers.1.w": (50,)}, density, seed)
 
 
 # -- one overwrite policy, checked before the work -------------------------------------------------------------

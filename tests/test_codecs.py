@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 from submask.codecs import RiceCodec, binary_entropy_bits, encode_auto, get_codec
 from submask.errors import FormatError, UnknownEncodingError
 from submask.packed import pack, popcount, unpack
+from masks import random_bools
 
 ENCODINGS = ["raw", "zstd", "rice"]
 
 
 def random_bits(numel: int, density: float, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random(numel) < density
+    return random_bools({"bits": (numel,)}, density, seed)["bits"]
 
 
 @settings(max_examples=60, deadline=None)

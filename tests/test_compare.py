@@ -20,6 +20,7 @@ from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
+from masks import random_bools
 
 # sizes and densities that take every route: rice positions (sparse, across several 2^22 windows), rice
 # with zeros coded (dense), zstd, raw, empty and full tensors, and a zero-size tensor
@@ -39,8 +40,7 @@ DENSITIES = {  # per mask, per tensor
 
 
 def make_arrays(label: str, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {name: rng.random(shape) < p for (name, shape), p in zip(SHAPES.items(), DENSITIES[label])}
+    return random_bools(SHAPES, dict(zip(SHAPES, DENSITIES[label])), seed)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,14 @@ import submask  # noqa: E402
 from submask import HubError, Mask, MismatchError, TensorMask, model_fingerprint  # noqa: E402
 from submask.hub import HubPath, list_masks, parse_hub_url, pull_mask, push_mask  # noqa: E402
 from submask.hub.card import END, START, replace_section  # noqa: E402
+from masks import random_mask  # noqa: E402
 
 SHAPES = {"encoder.w": (64, 48), "encoder.b": (48,), "head.w": (10, 48)}
 
 
 def make_mask(seed: int, density: float = 0.1, shapes: dict[str, tuple[int, ...]] = SHAPES) -> Mask:
-    rng = np.random.default_rng(seed)
-    arrays = {name: rng.random(shape) < density for name, shape in shapes.items()}
-    return Mask.from_numpy(arrays, provenance={"base": {"source": "org/base-model"}},
-                           model={"fingerprint": model_fingerprint(shapes)})
+    return random_mask(shapes, density, seed, provenance={"base": {"source": "org/base-model"}},
+                       model={"fingerprint": model_fingerprint(shapes)})
 
 
 def save(mask: Mask, path: Path, **kwargs: object) -> Path:

@@ -13,18 +13,17 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import submask
 from submask import FormatError, Mask
+from masks import random_mask
 
 SHAPES = {f"layer{i}.w": (96, 64) for i in range(6)}
 
 
 def make_mask(seed: int, tensors: int = 6) -> Mask:
-    rng = np.random.default_rng(seed)
-    return Mask.from_numpy({f"layer{i}.w": rng.random((96, 64)) < 0.3 for i in range(tensors)})
+    return random_mask({f"layer{i}.w": (96, 64) for i in range(tensors)}, 0.3, seed)
 
 
 def save_sharded(mask: Mask, path: Path) -> dict:
