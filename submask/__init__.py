@@ -45,6 +45,7 @@ from .compare import Comparison, compare
 from .combine import combine_files
 from .breakdown import density_breakdown
 from .build import build_mask
+from .built import BuiltMask
 from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
 from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
 from .train import Restriction, restrict, unrestrict
@@ -68,6 +69,7 @@ __all__ = [
     "symmetric_difference",
     "union",
     "AppliedModel",
+    "BuiltMask",
     "ChecksumError",
     "FormatError",
     "HeaderChecksumError",

@@ -25,6 +25,20 @@ class HasShapes(Protocol):
     metadata: MaskMetadata
 
 
+def mismatch(left_name: str, right_name: str, remedy: str, *, only_left: Sequence[str] = (),
+             only_right: Sequence[str] = (), different: Sequence[str] = ()) -> MismatchError:
+    """The one way a mismatch is told: how many tensors only one side has and how many differ, a few of each
+    (``different`` as "name left vs right"), then what to do."""
+    problems = [f"{len(items)} {what}, e.g. {_examples(items)}" for what, items in (
+        (f"missing from {right_name}", only_left), (f"missing from {left_name}", only_right),
+        ("with other shapes or dtypes", different)) if items]
+    return MismatchError(f"{left_name} does not fit {right_name}: {'; '.join(problems)}. {remedy}")
+
+
+def _examples(items: Sequence[str]) -> str:
+    return repr(list(items[:SHOWN]))[:-1] + (", ...]" if len(items) > SHOWN else "]")
+
+
 def describe(mask: Any) -> str:
     """How messages name a mask: its file path, else "the mask"."""
     path = getattr(mask, "path", None)
@@ -37,9 +51,7 @@ def check_same_tensors(left: Shapes, right: Shapes, left_name: str, right_name: 
     wrong = [f"{name} {tuple(left[name])} vs {tuple(right[name])}"
              for name in left if name in right and tuple(right[name]) != tuple(left[name])]
     if missing or wrong:
-        problems = ([f"{len(missing)} tensor(s) of {left_name} missing from {right_name}, e.g. {missing[:SHOWN]}"]
-                    if missing else []) + ([f"{len(wrong)} with other shapes, e.g. {wrong[:SHOWN]}"] if wrong else [])
-        raise MismatchError(f"{left_name} does not fit {right_name}: {'; '.join(problems)}. {remedy}")
+        raise mismatch(left_name, right_name, remedy, only_left=missing, different=wrong)
 
 
 def check_same_model(left: Shapes, right: Shapes, left_name: str, right_name: str) -> None:
@@ -84,13 +96,11 @@ def aligned_names(shapes: Sequence[Mapping[str, tuple[int, ...]]], *, common: bo
             missing = [n for n in first if n not in other]
             extra = [n for n in other if n not in first]
             if missing or extra:
-                raise MismatchError(
-                    f"{labels[0]} and {label} have different tensors ({len(missing)} only in {labels[0]}, "
-                    f"e.g. {missing[:3]}; {len(extra)} only in {label}, e.g. {extra[:3]}); "
-                    "pass common=True (--common) to use only the tensors both have")
-    for name in shared:
-        for label, other in zip(labels[1:], shapes[1:]):
-            if tuple(other[name]) != tuple(first[name]):
-                raise MismatchError(f"tensor {name!r} has shape {tuple(first[name])} in {labels[0]} but "
-                                    f"{tuple(other[name])} in {label}; these masks are for different models")
+                raise mismatch(labels[0], label, "The masks have different tensors: pass common=True (--common) "
+                               "to use only the tensors both have.", only_left=missing, only_right=extra)
+    for label, other in zip(labels[1:], shapes[1:]):
+        wrong = [f"{name} {tuple(first[name])} vs {tuple(other[name])}" for name in shared
+                 if tuple(other[name]) != tuple(first[name])]
+        if wrong:
+            raise mismatch(labels[0], label, "These masks are for different models.", different=wrong)
     return shared

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from .align import check_fit, check_same_model, check_same_tensors
+from .align import check_fit, check_same_model, check_same_tensors, mismatch
 from .atomic import check_target, current_umask, remove_stale, temp_prefix, writing
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import ShardedSource, Source, local_source
-from .errors import MismatchError, SourceError
+from .errors import SourceError
 from .io import MaskLike, open_mask
 from .mask import TensorMask
 from .packed import unpack
@@ -210,8 +210,7 @@ def _check_pair(base: Source, finetuned: Source) -> None:
     dtypes = [f"{name} {info.dtype.name} vs {base.tensors[name].dtype.name}"
               for name, info in finetuned.tensors.items() if info.dtype != base.tensors[name].dtype]
     if dtypes:
-        raise MismatchError(f"{ft_label} and {base_label} store {len(dtypes)} tensor(s) in other dtypes, "
-                            f"e.g. {dtypes[:3]}; convert one so that both use the same dtypes")
+        raise mismatch(ft_label, base_label, "Convert one so that both store the same dtypes.", different=dtypes)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .accel import job
 from .align import aligned_names
+from .built import BuiltMask
 from .compare import tensor_progress
 from .format import MaskFile, MaskWriter
 from .format.writer import check_mask_target
@@ -24,11 +25,12 @@ from .packed import apply_op, popcount
 
 
 def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
-                  common: bool = False, progress: bool = False, overwrite: bool = False) -> Path:
+                  common: bool = False, progress: bool = False, overwrite: bool = False) -> BuiltMask:
     """Write ``op`` ("and", "or", "xor", "diff", "not") of mask files to ``output``, tensor by tensor.
 
     The result's metadata records the operation and each input's path, content fingerprint and provenance.
     An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
+    Returns a ``BuiltMask`` whose ``path`` is the file written, with its counts.
     """
     check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
@@ -40,12 +42,14 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
         stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
+        ones = numel = 0
         with MaskWriter(output, metadata, overwrite=overwrite) as writer:
             for name in tensor_progress(names, progress, f"submask {op}"):
                 tensors = [f[name] for f in files]
                 packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)
-                writer.add_packed(name, tensors[0].shape, packed, popcount(packed))
-    return Path(output)
+                ones += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones
+                numel += tensors[0].numel
+    return BuiltMask(metadata, len(names), ones, numel, path=Path(output))
 
 
 def content_fingerprint(mask_file: MaskFile) -> str:

@@ -101,7 +101,7 @@ class UpdateTracker:
     def mask(self) -> Mask:
         """The update mask now (set where a parameter value differs from the reference), with its ladder."""
         reference, current = self._pair()
-        return build_mask(reference, current, **self._criterion)
+        return build_mask(reference, current, **self._criterion).mask
 
     def sparsity(self) -> UpdateSparsity:
         """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder."""
@@ -111,4 +111,4 @@ class UpdateTracker:
         """Write the update mask now to ``path`` (streamed, atomically; over an existing file only with
         ``overwrite``); returns the path written."""
         reference, current = self._pair()
-        return build_mask(reference, current, path, overwrite=overwrite, **self._criterion)
+        return build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path

@@ -161,13 +161,13 @@ def test_missing_tensors_and_other_shapes_raise_unless_common() -> None:
     fewer = Mask.from_numpy({k: v for k, v in random_mask(0.3, 8).items() if k != "c.bias"})
     with pytest.raises(MismatchError, match=r"c\.bias.*--common"):
         pair_stats(a, fewer)
-    with pytest.raises(MismatchError, match="different tensors"):
+    with pytest.raises(MismatchError, match="have different tensors"):
         intersection(fewer, a)
     common = pair_stats(a, fewer, common=True)
     assert common.numel == a.numel - a["c.bias"].numel
     assert intersection(a, fewer, common=True).shapes == fewer.shapes
     reshaped = Mask.from_numpy({**random_mask(0.3, 9), "b.weight": np.zeros((10, 100), bool)})
-    with pytest.raises(MismatchError, match=r"'b\.weight' has shape \(1000,\)"):
+    with pytest.raises(MismatchError, match=r"other shapes or dtypes, e\.g\. \['b\.weight \(1000,\)"):
         pair_stats(a, reshaped, common=True)
     with pytest.raises(MismatchError, match="shapes differ"):
         a["a.weight"] & a["b.weight"]

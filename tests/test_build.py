@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def dtype_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, d
 def test_criteria_on_every_dtype(dtype_files, criterion: str, device: str, cpu_path: str) -> None:
     base, finetuned, expected = dtype_files
     backend = TorchBackend("cpu") if device == "torch-cpu" else device
-    mask = build_mask(base, finetuned, criterion=criterion, device=backend, **CRITERIA[criterion])
+    mask = build_mask(base, finetuned, criterion=criterion, device=backend, **CRITERIA[criterion]).mask
     row = list(CRITERIA).index(criterion)
     assert set(mask) == set(DTYPES)
     for name in DTYPES:
@@ -141,7 +142,7 @@ def _bf16_pair(numel: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_ladder_counts_match_numpy(cpu_path: str) -> None:
     base, finetuned = _bf16_pair(50_003, seed=1)
-    mask = build_mask({"w": base}, {"w": finetuned}, chunk_bytes=4096, workers=3)
+    mask = build_mask({"w": base}, {"w": finetuned}, chunk_bytes=4096, workers=3).mask
     x, y = base.double().numpy(), finetuned.double().numpy()
     differ = _signed(base).numpy() != _signed(finetuned).numpy()
     with np.errstate(invalid="ignore"):
@@ -195,7 +196,7 @@ def test_compiled_kernel_agrees_with_numpy(dtype_name: str, monkeypatch: pytest.
 
 def test_no_ladder() -> None:
     base, finetuned = _bf16_pair(100, seed=2)
-    assert "ladder" not in build_mask({"w": base}, {"w": finetuned}, ladder=False).metadata.stats
+    assert "ladder" not in build_mask({"w": base}, {"w": finetuned}, ladder=False).mask.metadata.stats
 
 
 @pytest.mark.parametrize("criterion", list(CRITERIA))
@@ -205,8 +206,8 @@ def test_chunked_build_equals_single_chunk(criterion: str, cpu_path: str) -> Non
     state_a = {"w": base.reshape(1, 10_007), "b": base[:13].float(), "empty": torch.zeros(0, 4)}
     state_b = {"w": finetuned.reshape(1, 10_007), "b": finetuned[:13].float(), "empty": torch.zeros(0, 4)}
     kwargs = CRITERIA[criterion]
-    whole = build_mask(state_a, state_b, workers=1, **kwargs)
-    chunked = build_mask(state_a, state_b, chunk_bytes=64, workers=4, **kwargs)
+    whole = build_mask(state_a, state_b, workers=1, **kwargs).mask
+    chunked = build_mask(state_a, state_b, chunk_bytes=64, workers=4, **kwargs).mask
     assert dict(whole) == dict(chunked)
     assert whole.metadata.stats == chunked.metadata.stats
     assert whole["empty"].shape == (0, 4) and whole["empty"].count == 0
@@ -224,10 +225,10 @@ def test_module_and_state_dict_sources_agree_with_files(tmp_path: Path) -> None:
         tuned[2].bias[1] = -tuned[2].bias[1]
     save_file(model.state_dict(), tmp_path / "a.safetensors")
     save_file(tuned.state_dict(), tmp_path / "b.safetensors")
-    from_modules = build_mask(model, tuned, rtol=1e-6)
+    from_modules = build_mask(model, tuned, rtol=1e-6).mask
     from_numpy = build_mask({k: v.numpy() for k, v in model.state_dict().items()},
-                            {k: v.numpy() for k, v in tuned.state_dict().items()}, rtol=1e-6)
-    from_files = build_mask(tmp_path / "a.safetensors", tmp_path / "b.safetensors", rtol=1e-6)
+                            {k: v.numpy() for k, v in tuned.state_dict().items()}, rtol=1e-6).mask
+    from_files = build_mask(tmp_path / "a.safetensors", tmp_path / "b.safetensors", rtol=1e-6).mask
     assert dict(from_modules) == dict(from_numpy) == dict(from_files)
     assert from_modules["0.weight"].count == 2 * 16 and from_modules["2.bias"].count == 1
     assert from_modules.count == 33
@@ -249,19 +250,19 @@ def test_mismatched_tensors_error_and_intersect(tmp_path: Path) -> None:
          "dtype": torch.ones(2, dtype=torch.int32)}
     base, finetuned = _two_files(tmp_path, a, b)
     with pytest.raises(MismatchError) as info:
-        build_mask(base, finetuned)
+        build_mask(base, finetuned).mask
     message = str(info.value)
-    for expected in ("1 base only: only_a", "1 finetuned only: only_b", "shape: F32 [3] vs F32 [4]",
-                     "dtype: F32 [2] vs I32 [2]", "intersect=True", "--include"):
+    for expected in ("'only_a'", "'only_b'", "shape F32 [3] vs F32 [4]",
+                     "dtype F32 [2] vs I32 [2]", "intersect=True", "--include"):
         assert expected in message
-    mask = build_mask(base, finetuned, intersect=True)
+    mask = build_mask(base, finetuned, intersect=True).mask
     assert list(mask) == ["same"] and mask["same"].to_numpy().tolist() == [False, True, False, False]
     assert mask.metadata.stats["skipped"] == {"base_only": ["only_a"], "finetuned_only": ["only_b"],
                                               "mismatched": ["dtype", "shape"]}
-    assert list(build_mask(base, finetuned, include="sam*")) == ["same"]
-    assert list(build_mask(base, finetuned, include=["re:^sa", "nothing"])) == ["same"]
+    assert list(build_mask(base, finetuned, include="sam*").mask) == ["same"]
+    assert list(build_mask(base, finetuned, include=["re:^sa", "nothing"]).mask) == ["same"]
     with pytest.raises(MismatchError, match="matches no tensor"):
-        build_mask(base, finetuned, include="zzz*")
+        build_mask(base, finetuned, include="zzz*").mask
 
 
 CROSS_PAIRS = [  # (bf16 base, fp32 finetune): values widen exactly, so "exact" means the same value
@@ -294,7 +295,7 @@ def test_float_dtypes_compare_by_value(tmp_path: Path, base_dtype: torch.dtype,
     x, y = (np.where(np.isnan(v), np.nan, v) for v in (x, y))  # across dtypes, every NaN is one value
     for name, tolerance in (("exact", 0.0), ("atol", 2**-10), ("rtol", 0.1)):
         kwargs = {} if name == "exact" else {name: tolerance}
-        mask = build_mask(base, finetuned, chunk_bytes=64, **kwargs)
+        mask = build_mask(base, finetuned, chunk_bytes=64, **kwargs).mask
         np.testing.assert_array_equal(mask["w"].to_numpy(), _changed_by_value(x, y, name, tolerance), err_msg=name)
         assert mask["ids"].to_numpy().tolist() == [False, False, True, False]
         assert mask.metadata.criterion["cross_dtype"] == "float64 values"
@@ -303,7 +304,7 @@ def test_float_dtypes_compare_by_value(tmp_path: Path, base_dtype: torch.dtype,
         ladder = mask.metadata.stats["ladder"]["changed"]["w"]
         assert ladder[0] == int(_changed_by_value(x, y, "exact", 0).sum())
         assert ladder[4] == int(_changed_by_value(x, y, "atol", 1e-5).sum())
-    same = build_mask(base, base)
+    same = build_mask(base, base).mask
     assert "cross_dtype" not in same.metadata.criterion and "cross_dtype" not in same.metadata.stats
 
 
@@ -312,9 +313,9 @@ def test_criterion_arguments_are_checked() -> None:
     for kwargs in ({"criterion": "atol"}, {"atol": -1.0}, {"criterion": "exact", "atol": 1e-5},
                    {"atol": 1e-5, "rtol": 1e-3}, {"criterion": "fuzzy"}, {"atol": math.nan}):
         with pytest.raises(SubmaskError):
-            build_mask(state, state, **kwargs)
+            build_mask(state, state, **kwargs).mask
     with pytest.raises(SubmaskError, match="device"):
-        build_mask(state, state, device="tpu")
+        build_mask(state, state, device="tpu").mask
 
 
 def _write_raw(path: Path, header: object, data: bytes = b"", length: int | None = None) -> Path:
@@ -338,23 +339,23 @@ def test_bad_safetensors_files_raise_source_error(tmp_path: Path, header, data, 
     save_file({"w": torch.ones(2)}, good)
     bad = _write_raw(tmp_path / "bad.safetensors", header, data, length)
     with pytest.raises(SourceError) as info:
-        build_mask(good, bad)
+        build_mask(good, bad).mask
     assert problem in str(info.value) and str(bad) in str(info.value)
 
 
 def test_unreadable_sources(tmp_path: Path) -> None:
     (tmp_path / "garbage.safetensors").write_bytes(b"\x05\0\0\0\0\0\0\0{{{{{")
     with pytest.raises(SourceError, match="unreadable JSON header"):
-        build_mask(tmp_path / "garbage.safetensors", tmp_path / "garbage.safetensors")
+        build_mask(tmp_path / "garbage.safetensors", tmp_path / "garbage.safetensors").mask
     with pytest.raises(SourceError, match="no such file"):
-        build_mask(tmp_path / "missing.safetensors", tmp_path / "garbage.safetensors")
+        build_mask(tmp_path / "missing.safetensors", tmp_path / "garbage.safetensors").mask
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no model.safetensors.index.json"):
-        build_mask(tmp_path / "empty", tmp_path / "empty")
+        build_mask(tmp_path / "empty", tmp_path / "empty").mask
     with pytest.raises(SourceError, match="cannot read a checkpoint from a int"):
-        build_mask(3, 4)
+        build_mask(3, 4).mask
     with pytest.raises(SourceError, match="not a tensor"):
-        build_mask({"w": [1, 2]}, {"w": [1, 2]})
+        build_mask({"w": [1, 2]}, {"w": [1, 2]}).mask
 
 
 class _InterruptedState(dict):
@@ -372,7 +373,7 @@ def test_interrupted_build_leaves_no_file(tmp_path: Path) -> None:
     state.update({f"u{k}": torch.ones(1000) for k in range(5)})
     out = tmp_path / "out" / "mask.smask"
     with pytest.raises(KeyboardInterrupt):
-        build_mask(state, _InterruptedState(state), out, max_shard_bytes=1, workers=2)
+        build_mask(state, _InterruptedState(state), out, max_shard_bytes=1, workers=2).path
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
@@ -380,13 +381,13 @@ def test_build_to_file_and_sharded_file(tmp_path: Path) -> None:
     base, finetuned = _bf16_pair(20_000, seed=4)
     state_a = {f"layer{k}.weight": base[k * 4000:(k + 1) * 4000] for k in range(5)}
     state_b = {f"layer{k}.weight": finetuned[k * 4000:(k + 1) * 4000] for k in range(5)}
-    in_memory = build_mask(state_a, state_b, atol=1e-6)
-    single = build_mask(state_a, state_b, tmp_path / "one.smask", atol=1e-6)
+    in_memory = build_mask(state_a, state_b, atol=1e-6).mask
+    single = build_mask(state_a, state_b, tmp_path / "one.smask", atol=1e-6).path
     assert single == tmp_path / "one.smask"
-    sharded = build_mask(state_a, state_b, tmp_path / "many.smask", atol=1e-6, max_shard_bytes=200)
+    sharded = build_mask(state_a, state_b, tmp_path / "many.smask", atol=1e-6, max_shard_bytes=200).path
     assert sharded == tmp_path / "many.smask.index.json"
     # a shard limit the whole mask fits in writes one file, even over an older index
-    assert build_mask(state_a, state_b, tmp_path / "many.smask", atol=1e-6, max_shard_bytes=10**9, overwrite=True) == (
+    assert build_mask(state_a, state_b, tmp_path / "many.smask", atol=1e-6, max_shard_bytes=10**9, overwrite=True).path == (
         tmp_path / "many.smask")
     assert len(list(tmp_path.glob("many-*-of-*.smask"))) > 1
     for path in (single, sharded):
@@ -403,8 +404,28 @@ def test_build_to_file_and_sharded_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("criterion", list(CRITERIA))
 def test_cuda_backend_matches_cpu(dtype_files, criterion: str) -> None:
     base, finetuned, expected = dtype_files
-    on_gpu = build_mask(base, finetuned, criterion=criterion, device="cuda", **CRITERIA[criterion])
-    on_cpu = build_mask(base, finetuned, criterion=criterion, device="cpu", **CRITERIA[criterion])
+    on_gpu = build_mask(base, finetuned, criterion=criterion, device="cuda", **CRITERIA[criterion]).mask
+    on_cpu = build_mask(base, finetuned, criterion=criterion, device="cpu", **CRITERIA[criterion]).mask
     assert on_gpu.metadata.stats["backend"].startswith("cuda")
     assert dict(on_gpu) == dict(on_cpu)
     assert on_gpu.metadata.stats["ladder"] == on_cpu.metadata.stats["ladder"]
+
+
+def test_build_returns_one_result_type_with_its_counts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    base = {"w": rng.standard_normal((40, 30)).astype(np.float32), "b": np.zeros(7, np.float32)}
+    finetuned = {name: value.copy() for name, value in base.items()}
+    finetuned["w"][rng.random((40, 30)) < 0.2] += 1
+    in_memory = build_mask(base, finetuned)
+    assert isinstance(in_memory, submask.BuiltMask) and in_memory.path is None
+    assert in_memory.ones == in_memory.mask.count == in_memory.stats["changed"]
+    assert (in_memory.tensors, in_memory.numel) == (2, 1207)
+    with pytest.raises(submask.UsageError, match="kept in memory"):
+        os.fspath(in_memory)
+    written = build_mask(base, finetuned, tmp_path / "m.smask")
+    assert written.mask is None and written.path == tmp_path / "m.smask" and os.fspath(written) == str(written.path)
+    assert (written.ones, written.numel, written.tensors) == (in_memory.ones, 1207, 2)
+    assert submask.load(written).tensors == in_memory.mask.tensors
+    combined = submask.combine_files("not", [written], tmp_path / "not.smask")
+    assert (combined.ones, combined.numel, combined.tensors) == (1207 - written.ones, 1207, 2)
+    assert submask.load(combined).count == combined.ones

@@ -110,7 +110,7 @@ def test_change_after_open_fails_with_source_error(tmp_path: Path, change: str) 
 def test_change_during_reads_never_kills_or_mixes(tmp_path: Path, change: str) -> None:
     """The change lands while chunks are being read: before, a truncation here was a SIGBUS."""
     base, finetuned, other = _pair(tmp_path)
-    expected = build_mask(base, finetuned)
+    expected = build_mask(base, finetuned).mask
     for attempt in range(3):
         out = tmp_path / f"rl{attempt}.smask"
         child = _run(RACING_BUILD, base, finetuned, out)
@@ -144,7 +144,7 @@ def _wait_until_open(pid: int, path: Path) -> None:
 
 def test_provenance_tells_the_file_state(tmp_path: Path) -> None:
     base, finetuned, _ = _pair(tmp_path)
-    mask = build_mask(base, finetuned)
+    mask = build_mask(base, finetuned).mask
     stat = finetuned.stat()
     assert mask.metadata.provenance["finetuned"]["files"] == {
         "finetuned.safetensors": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": None}}
@@ -156,10 +156,10 @@ def test_hash_records_the_sha256_of_local_files(tmp_path: Path) -> None:
 
     base, finetuned, _ = _pair(tmp_path)
     out = tmp_path / "rl.smask"
-    build_mask(base, finetuned, out, hash=True, chunk_bytes=1 << 20)
+    build_mask(base, finetuned, out, hash=True, chunk_bytes=1 << 20).path
     files = submask.load(out).metadata.provenance
     for side, path in (("base", base), ("finetuned", finetuned)):
         entry = files[side]["files"][path.name]
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert entry["size"] == path.stat().st_size
-    assert build_mask(base, finetuned).metadata.provenance["base"]["files"][base.name]["sha256"] is None
+    assert build_mask(base, finetuned).mask.metadata.provenance["base"]["files"][base.name]["sha256"] is None

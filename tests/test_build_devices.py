@@ -57,9 +57,9 @@ def test_torch_tensors_on_the_torch_backend_equal_the_numpy_path(tmp_path: Path,
     base, finetuned = _state_dicts()
     save_file(base, tmp_path / "a.safetensors")
     save_file(finetuned, tmp_path / "b.safetensors")
-    expected = build_mask(tmp_path / "a.safetensors", tmp_path / "b.safetensors", device="cpu", **kwargs)
+    expected = build_mask(tmp_path / "a.safetensors", tmp_path / "b.safetensors", device="cpu", **kwargs).mask
     for device in ("cpu", TorchBackend("cpu")):
-        got = build_mask(base, finetuned, device=device, chunk_bytes=4096, workers=2, **kwargs)
+        got = build_mask(base, finetuned, device=device, chunk_bytes=4096, workers=2, **kwargs).mask
         assert dict(got) == dict(expected)
         assert got.metadata.stats["ladder"] == expected.metadata.stats["ladder"]
         assert got.metadata.stats["cross_dtype"] == {"cross": ["BF16", "F32"]}
@@ -70,11 +70,11 @@ def test_torch_tensors_on_the_torch_backend_equal_the_numpy_path(tmp_path: Path,
 
 def test_auto_compares_files_and_cpu_tensors_on_the_cpu(tmp_path: Path) -> None:
     base, finetuned = _state_dicts()
-    assert build_mask(base, finetuned).metadata.stats["backend"] == "cpu"
+    assert build_mask(base, finetuned).mask.metadata.stats["backend"] == "cpu"
     module = torch.nn.Linear(4, 2)
-    assert build_mask(module, module).metadata.stats["backend"] == "cpu"
+    assert build_mask(module, module).mask.metadata.stats["backend"] == "cpu"
     save_file(base, tmp_path / "a.safetensors")
-    assert build_mask(tmp_path / "a.safetensors", base).metadata.stats["backend"] == "cpu"
+    assert build_mask(tmp_path / "a.safetensors", base).mask.metadata.stats["backend"] == "cpu"
     assert isinstance(select_backend("auto"), NumpyBackend)
 
 
@@ -84,12 +84,12 @@ def test_auto_compares_files_and_cpu_tensors_on_the_cpu(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs", [{}, {"atol": 1e-5}])
 def test_gpu_resident_state_dicts_are_compared_on_the_gpu(placement: str, kwargs: dict) -> None:
     base, finetuned = _state_dicts()
-    expected = build_mask(base, finetuned, device="cpu", **kwargs)
+    expected = build_mask(base, finetuned, device="cpu", **kwargs).mask
     if placement != "base-on-cpu":
         finetuned = {name: value.cuda() for name, value in finetuned.items()}
     if placement != "finetuned-on-cpu":
         base = {name: value.cuda() for name, value in base.items()}
-    got = build_mask(base, finetuned, **kwargs)
+    got = build_mask(base, finetuned, **kwargs).mask
     assert got.metadata.stats["backend"] == "cuda:0"
     assert dict(got) == dict(expected)
     assert got.metadata.stats["ladder"] == expected.metadata.stats["ladder"]
@@ -105,9 +105,9 @@ def test_files_to_cuda_through_pinned_buffers_and_streams(tmp_path: Path, kwargs
     save_file(base, tmp_path / "a.safetensors")
     save_file(finetuned, tmp_path / "b.safetensors")
     files = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    expected = build_mask(*files, device="cpu", **kwargs)
+    expected = build_mask(*files, device="cpu", **kwargs).mask
     for _ in range(3):  # a race between a thread's copies and its buffer's next read would show as a difference
-        got = build_mask(*files, device="cuda", workers=4, chunk_bytes=1024, **kwargs)
+        got = build_mask(*files, device="cuda", workers=4, chunk_bytes=1024, **kwargs).mask
         assert got.metadata.stats["backend"] == "cuda:0"
         assert dict(got) == dict(expected)
         assert got.metadata.stats["ladder"] == expected.metadata.stats["ladder"]

@@ -32,8 +32,8 @@ def hub_pair(minilm_bf16, hub_api: HfApi, hub_repo: str, tmp_path: Path) -> tupl
 
 def test_build_from_hub_revisions(hub_pair, hub_api: HfApi, minilm_bf16, tmp_path: Path) -> None:
     repo, first, second = hub_pair
-    local = build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file)
-    mask = build_mask(f"{repo}@{first}", repo, hub_api=hub_api, cache_dir=tmp_path / "cache")
+    local = build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file).mask
+    mask = build_mask(f"{repo}@{first}", repo, hub_api=hub_api, cache_dir=tmp_path / "cache").mask
     assert dict(mask) == dict(local)
     base, finetuned = mask.metadata.provenance["base"], mask.metadata.provenance["finetuned"]
     assert (base["source"], base["revision"], base["requested_revision"]) == (repo, first, first)
@@ -58,9 +58,9 @@ def test_cli_build_from_hub(hub_pair, hub_api: HfApi, tmp_path: Path) -> None:
 def test_hub_errors(hub_pair, hub_api: HfApi, tmp_path: Path) -> None:
     repo, first, _ = hub_pair
     with pytest.raises(HubError, match="org/missing-repo"):
-        build_mask("org/missing-repo", repo, hub_api=hub_api, cache_dir=tmp_path)
+        build_mask("org/missing-repo", repo, hub_api=hub_api, cache_dir=tmp_path).mask
     with pytest.raises(HubError, match="no-such-branch"):
-        build_mask(f"{repo}@no-such-branch", repo, hub_api=hub_api, cache_dir=tmp_path)
+        build_mask(f"{repo}@no-such-branch", repo, hub_api=hub_api, cache_dir=tmp_path).mask
     hub_api.delete_file("model.safetensors", repo)
     with pytest.raises(SourceError, match="no model.safetensors.index.json, model.safetensors"):
-        build_mask(f"{repo}@{first}", repo, hub_api=hub_api, cache_dir=tmp_path)
+        build_mask(f"{repo}@{first}", repo, hub_api=hub_api, cache_dir=tmp_path).mask

@@ -29,7 +29,7 @@ def _changed_bits(base_file: Path, finetuned_file: Path) -> dict[str, np.ndarray
 
 
 def test_bf16_mask_equals_torch_and_most_values_are_unchanged(minilm_bf16) -> None:
-    mask = build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file)
+    mask = build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file).mask
     expected = _changed_bits(minilm_bf16.base_file, minilm_bf16.finetuned_file)
     assert list(mask) == list(expected)
     for name, bits in expected.items():
@@ -46,7 +46,7 @@ def test_fp32_tolerance_masks_equal_torch(minilm_fp32) -> None:
         ({"atol": 1e-6}, lambda x, y: (y - x).abs() <= 1e-6),
         ({"rtol": 1e-4}, lambda x, y: (y - x).abs() <= 1e-4 * torch.maximum(x.abs(), y.abs())),
     ):
-        mask = build_mask(minilm_fp32.base, minilm_fp32.finetuned, **kwargs)
+        mask = build_mask(minilm_fp32.base, minilm_fp32.finetuned, **kwargs).mask
         for name in a:
             x, y = a[name].double(), b[name].double()
             np.testing.assert_array_equal(mask[name].to_numpy(), (~unchanged(x, y)).numpy(), err_msg=name)
@@ -54,7 +54,7 @@ def test_fp32_tolerance_masks_equal_torch(minilm_fp32) -> None:
 
 
 def test_ladder_on_real_finetune(minilm_fp32) -> None:
-    mask = build_mask(minilm_fp32.base_file, minilm_fp32.finetuned_file, ladder=True)
+    mask = build_mask(minilm_fp32.base_file, minilm_fp32.finetuned_file, ladder=True).mask
     a, b = load_file(minilm_fp32.base_file), load_file(minilm_fp32.finetuned_file)
     ladder = mask.metadata.stats["ladder"]
     deltas = torch.cat([(b[n].double() - a[n].double()).abs().reshape(-1) for n in a])
@@ -65,10 +65,10 @@ def test_ladder_on_real_finetune(minilm_fp32) -> None:
 
 
 def test_sharded_input_gives_the_same_mask(minilm_bf16, tmp_path: Path) -> None:
-    single = build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file)
+    single = build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file).mask
     base = reshard(minilm_bf16.base_file, tmp_path / "base", 3)
     finetuned = reshard(minilm_bf16.finetuned_file, tmp_path / "finetuned", 2)
-    sharded = build_mask(base, finetuned, workers=3, chunk_bytes=1 << 16)
+    sharded = build_mask(base, finetuned, workers=3, chunk_bytes=1 << 16).mask
     assert dict(sharded) == dict(single)
     assert len(sharded.metadata.provenance["base"]["files"]) == 3
     assert sharded.metadata.model == single.metadata.model
@@ -78,7 +78,7 @@ def test_missing_shard_names_shard_and_index(minilm_bf16, tmp_path: Path) -> Non
     base = reshard(minilm_bf16.base_file, tmp_path / "base", 3)
     (base / "model-00002-of-00003.safetensors").unlink()
     with pytest.raises(SourceError) as info:
-        build_mask(base, minilm_bf16.finetuned_file)
+        build_mask(base, minilm_bf16.finetuned_file).mask
     assert "model-00002-of-00003.safetensors" in str(info.value)
     assert "model.safetensors.index.json" in str(info.value)
 
@@ -121,7 +121,7 @@ def test_bf16_base_against_fp32_finetune_compares_values(minilm_bf16, minilm_fp3
                  else fp32_finetuned[name] for name, value in base.items()}
     save_file(finetuned, tmp_path / "model.safetensors")
     for kwargs in ({}, {"atol": 1e-6}):
-        mask = build_mask(minilm_bf16.base_file, tmp_path / "model.safetensors", **kwargs)
+        mask = build_mask(minilm_bf16.base_file, tmp_path / "model.safetensors", **kwargs).mask
         for name, value in base.items():
             x, y = value.double(), finetuned[name].double()
             expected = x.view(torch.int64) != y.view(torch.int64)

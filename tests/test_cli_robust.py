@@ -108,7 +108,7 @@ def test_combine_and_save_refuse_existing_files(tmp_path: Path) -> None:
 
 def test_apply_json_and_output_mode_follows_the_umask(minilm_bf16, tmp_path: Path) -> None:
     mask = tmp_path / "m.smask"
-    submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned, mask)
+    submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned, mask).path
     out = tmp_path / "applied"
     result = cli("apply", minilm_bf16.base, minilm_bf16.finetuned, mask, "-o", out, "--json", umask=0o022)
     assert result.returncode == 0, result.stderr
@@ -122,7 +122,7 @@ def test_apply_json_and_output_mode_follows_the_umask(minilm_bf16, tmp_path: Pat
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(minilm_bf16, tmp_path: Path) -> None:
     mask = tmp_path / "m.smask"
-    submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned, mask)
+    submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned, mask).path
     out = tmp_path / "out"
     out.mkdir()
     result = cli("build", minilm_bf16.base, minilm_bf16.finetuned, "-o", out / "rl.smask", limit_bytes=4096)
@@ -242,7 +242,7 @@ def _start_and_wait(script: str) -> subprocess.Popen[str]:
 
 def test_apply_staging_left_by_kill_9_is_removed_by_the_next_run(minilm_bf16, tmp_path: Path) -> None:
     mask = tmp_path / "m.smask"
-    submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned, mask)
+    submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned, mask).path
     work = tmp_path / "work"
     process = _start_and_wait(f"""
         import sys, time, submask

@@ -196,7 +196,7 @@ def test_push_publishes_no_local_paths(hub: dict, hub_server: HubServer, hub_api
     weights = {"w": np.zeros((8, 8), np.float32)}
     save_file(weights, base)
     save_file({"w": np.eye(8, dtype=np.float32)}, tuned)
-    built = submask.build_mask(base, tuned, tmp_path / "rl.smask")
+    built = submask.build_mask(base, tuned, tmp_path / "rl.smask").path
     with submask.open(built) as mask_file:
         assert mask_file.metadata.provenance["base"]["source"] == str(base)  # the file keeps where it came from
     push_mask(built, hub_repo, **hub)

@@ -152,5 +152,5 @@ def test_tracker_on_a_gpu_model_compares_there() -> None:
     mask = tracker.mask()
     assert mask.metadata.stats["backend"] == "cuda:0"
     assert mask.count == 3 * 64
-    on_cpu = submask.build_mask(start, {name: value.detach().cpu() for name, value in model.named_parameters()})
+    on_cpu = submask.build_mask(start, {name: value.detach().cpu() for name, value in model.named_parameters()}).mask
     assert on_cpu.metadata.stats["backend"] == "cpu" and dict(mask) == dict(on_cpu)

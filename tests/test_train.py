@@ -253,7 +253,7 @@ def test_mismatched_masks_and_misuse_are_rejected() -> None:
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_mask_built_from_the_checkpoint_restricts_the_module_loaded_from_it(minilm_bf16, batch, mode: str) -> None:
     """build_mask lists MiniLM's int64 buffer ``embeddings.position_ids``: restrict accepts it and leaves it be."""
-    mask = submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned)
+    mask = submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned).mask
     assert "embeddings.position_ids" in mask
     model = transformers.AutoModel.from_pretrained(minilm_bf16.base, local_files_only=True,
                                                   dtype=torch.float32).eval()

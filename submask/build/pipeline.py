@@ -21,11 +21,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..built import BuiltMask
+from ..align import mismatch
 from ..errors import MismatchError
 from ..format import MaskWriter
 from ..metadata import MaskMetadata, model_fingerprint
@@ -47,7 +48,6 @@ DEVICE_CHUNK_BYTES = 256 * 1024 * 1024
 DEVICE_WORKERS = 4
 PENDING_WRITES = 2  # finished tensors being encoded or waiting for the writer thread
 FLOAT64 = DTYPES["F64"]
-SHOWN = 10  # names listed per kind of mismatch in error messages
 
 Pattern = str | re.Pattern[str]
 
@@ -124,7 +124,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                device: str | Backend = "auto", workers: int | None = None, chunk_bytes: int | None = None,
                max_shard_bytes: int | None = None, progress: bool = False, ladder: bool = True,
                hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
-               hash: bool = False, overwrite: bool = False) -> Mask | Path:
+               hash: bool = False, overwrite: bool = False) -> BuiltMask:
     """Build the update mask of ``finetuned`` against ``base``: a bit is set where the value changed.
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
@@ -148,13 +148,14 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     SHA-256 anyway) on one more thread while the build reads them, before the final check that they did
     not change: the build then takes at least as long as hashing the files.
 
-    Returns the Mask when ``out`` is None. Otherwise streams it to ``out`` tensor by tensor (atomically: an
-    error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given, and returns the path
-    to open: ``out``, or ``out + ".index.json"`` when it was sharded. An existing ``out`` is refused
+    Returns a ``BuiltMask`` with the metadata (stats included) and counts, and the mask itself (``.mask``) when
+    ``out`` is None. Otherwise the mask is streamed to ``out`` tensor by tensor (atomically: an error or Ctrl-C
+    leaves no file), split into shards of ``max_shard_bytes`` if given, and ``.path`` is the file to open:
+    ``out``, or ``out + ".index.json"`` when it was sharded. An existing ``out`` is refused
     (OutputError, before any work) unless ``overwrite``; so is ``out`` naming an input checkpoint.
 
-    >>> mask = build_mask("base/model.safetensors", "rl/model.safetensors", atol=1e-5)   # doctest: +SKIP
-    >>> mask.metadata.stats["ladder"]["changed"]["__all__"]                              # doctest: +SKIP
+    >>> built = build_mask("base/model.safetensors", "rl/model.safetensors", atol=1e-5)  # doctest: +SKIP
+    >>> built.stats["ladder"]["changed"]["__all__"], built.mask["lm_head.weight"]        # doctest: +SKIP
     """
     if out is not None:
         check_mask_target(out, overwrite, inputs=[base, finetuned])
@@ -184,9 +185,11 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                 metadata.criterion["cross_dtype"] = "float64 values"
             if skipped:
                 metadata.stats["skipped"] = skipped
+    counts = {"metadata": metadata, "tensors": len(infos), "ones": metadata.stats["changed"],
+              "numel": metadata.stats["numel"]}
     if isinstance(sink, _MemorySink):
-        return sink.mask
-    return sink.writer.index_path or sink.writer.path
+        return BuiltMask(mask=sink.mask, **counts)
+    return BuiltMask(path=sink.writer.index_path or sink.writer.path, **counts)
 
 
 def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[Pattern] | None = None,
@@ -202,16 +205,12 @@ def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[P
                "finetuned_only": [name for name in b if name not in a], "mismatched": mismatched}
     skipped = {kind: names for kind, names in skipped.items() if names}
     if skipped and not intersect:
-        def describe(name: str) -> str:
-            if name not in mismatched:
-                return name
-            return f"{name}: {a[name].dtype.name} {list(a[name].shape)} vs {b[name].dtype.name} {list(b[name].shape)}"
-
-        details = "; ".join(f"{len(names)} {kind.replace('_', ' ')}: {', '.join(map(describe, names[:SHOWN]))}"
-                            f"{', ...' if len(names) > SHOWN else ''}" for kind, names in skipped.items())
-        raise MismatchError(f"{base.label} (base) and {finetuned.label} (finetuned) do not have the same tensors "
-                            f"({details}); pass intersect=True (--intersect) to compare only the tensors both have "
-                            "alike, or include= (--include) to pick tensors by name")
+        raise mismatch(f"{base.label} (base)", f"{finetuned.label} (finetuned)",
+                       "Pass intersect=True (--intersect) to compare only the tensors both have alike, or include= "
+                       "(--include) to pick tensors by name.", only_left=skipped.get("base_only", []),
+                       only_right=skipped.get("finetuned_only", []),
+                       different=[f"{name} {a[name].dtype.name} {list(a[name].shape)} vs {b[name].dtype.name} "
+                                  f"{list(b[name].shape)}" for name in mismatched])
     infos = [info for name, info in a.items() if name in b and comparable(info, b[name])]
     if not infos:
         raise MismatchError(f"{base.label} and {finetuned.label} have no tensor in common to compare")

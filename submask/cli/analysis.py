@@ -116,13 +116,9 @@ def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, overwri
 
     The result records the operation and its inputs (path, fingerprint, provenance) in its metadata.
     """
-    path = combine_files(op, list(inputs), output, common=common, progress=show_progress(progress, quiet or as_json),
-                         overwrite=overwrite)
-    with open_mask(path) as result:
-        ones = sum(e.ones for e in result.entries.values())
-        numel = sum(e.bits for e in result.entries.values())
-        tensors = len(result)
-    density = ones / numel if numel else 0.0
+    built = combine_files(op, list(inputs), output, common=common, progress=show_progress(progress, quiet or as_json),
+                          overwrite=overwrite)
+    path, ones, numel, tensors, density = built.path, built.ones, built.numel, built.tensors, built.density
     if as_json:
         echo_json({"path": str(path), "op": op, "inputs": list(inputs), "tensors": tensors, "count": ones,
                    "numel": numel, "density": density})

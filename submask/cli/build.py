@@ -8,7 +8,6 @@ import click
 
 from ..build import build_mask
 from ..build.criteria import CRITERIA
-from .. import open as open_mask
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -57,11 +56,10 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
     BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
     repo ids org/name[@revision]. The density is the fraction of values that changed.
     """
-    path = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
+    built = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
                       intersect=intersect, device=device, workers=workers, max_shard_bytes=max_shard_size,
                       progress=show_progress(progress, quiet or as_json), ladder=not no_ladder, overwrite=overwrite)
-    with open_mask(path) as mask_file:
-        stats = mask_file.metadata.stats
+    stats, path = built.stats, built.path
     numel = stats["numel"]
     ladder = stats.get("ladder", {})
     rungs = [{"atol": tol, "changed": count, "density": count / numel if numel else 0.0}

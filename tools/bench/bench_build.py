@@ -192,7 +192,7 @@ def main() -> None:
                 best = min(best, time.perf_counter() - started)
             timings.setdefault(name, {})[cache] = best
             print(f"{cache:4s} {name:45s} {nbytes / best / gb:6.2f} GB/s", flush=True)
-    mask = build_mask(*paths, workers=args.workers, device="cpu")
+    mask = build_mask(*paths, workers=args.workers, device="cpu").mask
     density = mask.density
     del mask
 
