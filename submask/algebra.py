@@ -20,16 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from collections.abc import Sequence
-from typing import TypeVar
 
 import numpy as np
 
 from .accel import Kernel, popcount
 from .align import aligned_names
-from .mask import Mask, TensorMask, check_same_shape, combine
+from .mask import M, TensorMask, check_same_shape, combine
 from .packed import BINARY_OPS, CHUNK_BYTES, apply_op  # noqa: F401  (re-exported: part of the algebra's face)
 
-M = TypeVar("M", TensorMask, Mask)
 
 
 

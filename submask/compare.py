@@ -40,7 +40,6 @@ from .format.tensors import decode_tensor, entry_codec
 from .mask import Mask, TensorMask
 from .packed import packed_nbytes
 
-MaskSource = MaskLike
 T = TypeVar("T")
 
 #: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
@@ -114,7 +113,7 @@ class Comparison:
         return ((i, j) for i in range(n) for j in range(i + 1, n))
 
 
-def compare(masks: Sequence[MaskSource], *, by: str = "overall", common: bool = False,
+def compare(masks: Sequence[MaskLike], *, by: str = "overall", common: bool = False,
             progress: bool = False, workers: int | None = None, verify: bool = True) -> Comparison:
     """Compare N masks pairwise in one pass: counts, intersections and chance baselines per group.
 
@@ -150,7 +149,7 @@ class _Source:
         self._counts = mask.counts
 
     @classmethod
-    def of(cls, mask: MaskSource, stack: ExitStack, index: int = 0) -> "_Source":
+    def of(cls, mask: MaskLike, stack: ExitStack, index: int = 0) -> "_Source":
         label = (f"mask {index + 1}" if isinstance(mask, Mask)
                  else str(mask.path) if isinstance(mask, MaskFile) else str(mask))
         return cls(label, stack.enter_context(open_mask(mask)))

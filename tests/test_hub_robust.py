@@ -217,3 +217,15 @@ def test_push_publishes_no_local_paths(hub: dict, hub_server: HubServer, hub_api
     published = {m.path: m.base_model for m in list_masks(hub_repo, **hub)}
     assert published["masks/pinned.smask"] == f"org/base@{'a' * 40}"
     assert published["masks/unnamed.smask"] == "run-7"
+
+
+def test_max_bits_guards_hf_urls_before_any_decoding(hub: dict, hub_api: HfApi, hub_repo: str,
+                                                     tmp_path: Path) -> None:
+    """A damaged file from the Hub is refused by max_bits before a single tensor is decoded."""
+    data = bytearray(save(make_mask(3), tmp_path / "m.smask").read_bytes())
+    data[-1] ^= 0xFF  # payload damage: decoding would report it
+    hub_api.upload_file(path_or_fileobj=bytes(data), path_in_repo="masks/m.smask", repo_id=hub_repo)
+    with pytest.raises(submask.LimitError):
+        submask.load(f"hf://{hub_repo}/masks/m.smask", max_bits=10, **hub)
+    with pytest.raises(FormatError):
+        submask.load(f"hf://{hub_repo}/masks/m.smask", **hub)

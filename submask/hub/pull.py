@@ -47,13 +47,15 @@ class PulledMask:
 
 def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_path: str | os.PathLike[str] | None = None,
               expect_model: Shapes | None = None, repo_type: str = "model", token: str | None = None,
-              endpoint: str | None = None, overwrite: bool = False) -> PulledMask:
+              endpoint: str | None = None, overwrite: bool = False, verify: bool = True) -> PulledMask:
     """Download the mask at ``path`` (or its shards and index) at ``revision`` through huggingface_hub's cache.
 
     The revision (branch, tag or sha; default branch if None) is resolved to a commit first and every file is
     fetched at that commit. ``local_path`` also copies the mask there (an existing file only with ``overwrite``,
     else OutputError before the download). ``expect_model`` (parameter name ->
-    shape) loads the mask and checks it fits that model (MismatchError otherwise).
+    shape) loads the mask and checks it fits that model (MismatchError otherwise). Every tensor is decoded and
+    checked before anything is handed out or copied; ``verify=False`` leaves that to the reader (as
+    ``submask.open`` / ``submask.load`` do: they check each tensor as they decode it, after ``max_bits``).
 
     >>> pulled = pull_mask("org/model", "masks/rl.smask", revision="v1.0")    # doctest: +SKIP
     >>> pulled.local_path, pulled.commit                                      # doctest: +SKIP
@@ -69,7 +71,8 @@ def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_pat
                        f"commit {commit}; `submask ls {repo_id}` lists the masks there")
     cached = [remote.download(file, commit) for file in files]
     pulled = PulledMask(cached[0], repo_id, path, revision or DEFAULT_BRANCH, commit, repo_type)
-    _verify(cached[0], pulled.url)
+    if verify:
+        _verify(cached[0], pulled.url)
     if local_path is not None:
         pulled = replace(pulled, local_path=_copy_out(cached, Path(local_path)))
     if expect_model is not None:
