@@ -26,7 +26,7 @@ DIGEST_SINCE_MINOR = 1
 
 
 #: positional reads of a payload: ``read(offset, length)`` returns those bytes of it
-ReadAt = Callable[[int, int], bytes]
+ReadAt = Callable[[int, int], "bytes | memoryview"]
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ class MaskFile:
         return read_values(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
 
     def value_blocks(self, name: str) -> Iterator[np.ndarray]:
-        """One tensor's value bytes in consecutive pieces of bounded size (``format.values.value_pieces``); the
+        """One tensor's value bytes in consecutive pieces of bounded size (``format.values.iter_value_blocks``); the
         CRC-32 is checked once the last piece is taken. Nothing for a tensor without values."""
         entry = self._entry(name)
         if entry.values is None:

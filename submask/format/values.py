@@ -7,7 +7,7 @@ plane stored as it is or as one zstd frame, whichever is smaller: the sign and e
 compress, their low mantissa bytes do not.
 
 Decoders read a payload record by record with checks before every allocation, so a header or a payload
-claiming 2^40 values costs nothing; ``value_pieces`` decodes in pieces of at most PIECE_VALUES values.
+claiming 2^40 values costs nothing; ``iter_value_blocks`` decodes in pieces of at most PIECE_VALUES values.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from .header import DTYPE_SIZES, ValuesEntry
 PLANES = "planes"
 BLOCK_VALUES = 1 << 20  # the writers' block: planes of 1 MiB, compressed as well as larger ones
 MAX_BLOCK_VALUES = 1 << 26
-ZSTD_LEVEL = 3  # see tools/bench/bench_values.py
-PIECE_VALUES = 1 << 18  # values per piece of ``value_pieces``: what streaming costs in memory, per byte of itemsize
+ZSTD_LEVEL = 1  # smaller than levels 3 and 9 on value planes, and 3x faster (tools/bench/bench_values.py)
+PIECE_VALUES = 1 << 18  # values per piece of ``iter_value_blocks``: what streaming costs in memory, per byte of itemsize
 STORED, ZSTD = 0, 1
 RECORD_HEADER = 5  # u8 method, u32 LE length
 
@@ -89,35 +89,41 @@ def decode_values(payload: Payload, encoding: dict[str, Any], count: int, itemsi
                   out: np.ndarray | None = None, path: object = None, name: str | None = None) -> np.ndarray:
     """Decode a values payload into its ``count * itemsize`` value bytes (``out`` when given); FormatError,
     naming the file and tensor, on a damaged payload; LimitError when the bytes exceed this machine's memory."""
+    at = where(path, name)
+    source = _source(payload, encoding, count, itemsize, at)  # the payload's size is checked before allocating
     nbytes = count * itemsize
-    pieces = value_pieces(payload, encoding, count, itemsize, path, name)  # checks the payload's size first
     if out is None:
         if nbytes > physical_memory():
-            raise LimitError(f"{where(path, name)}{count:,} values take {nbytes:,} bytes, more than this machine's "
-                             "memory; read them in pieces (MaskFile.value_blocks)")
+            raise LimitError(f"{at}{count:,} values take {nbytes:,} bytes, more than this machine's memory; read "
+                             "them in pieces (MaskFile.value_blocks)")
         out = np.empty(nbytes, dtype=np.uint8)
-    position = 0
-    for piece in pieces:
-        out[position : position + piece.size] = piece
-        position += piece.size
+    for _ in _pieces(*source, count, itemsize, at, out):
+        pass
     return out
 
 
-def value_pieces(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, path: object = None,
-                 name: str | None = None) -> Iterator[np.ndarray]:
+def iter_value_blocks(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, path: object = None,
+                      name: str | None = None) -> Iterator[np.ndarray]:
     """The value bytes of a payload in consecutive pieces (fresh uint8 arrays of at most PIECE_VALUES values):
     memory stays bounded whatever the header and payload claim. Every record is checked before it is used."""
     at = where(path, name)
+    return _pieces(*_source(payload, encoding, count, itemsize, at), count, itemsize, at)
+
+
+def _source(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, at: str) -> tuple[ReadAt, int, int]:
+    """(positional reads, size, block_values) of a payload with room for the records ``count`` values need."""
     block_values = _block_values(encoding, at)
     size, read = _reader(payload)
     nblocks = -(-count // block_values)
     if size < nblocks * itemsize * RECORD_HEADER:
         raise FormatError(f"{at}values payload has {size} bytes, too few for {count:,} values in {nblocks:,} "
                           f"blocks of {itemsize} planes; the file is corrupt")
-    return _pieces(read, size, count, itemsize, block_values, at)
+    return read, size, block_values
 
 
-def _pieces(read: ReadAt, size: int, count: int, itemsize: int, block_values: int, at: str) -> Iterator[np.ndarray]:
+def _pieces(read: ReadAt, size: int, block_values: int, count: int, itemsize: int, at: str,
+            out: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Decode piece by piece, into ``out`` when given (each piece a view of it), else into fresh arrays."""
     import zstandard
 
     offset = 0
@@ -127,13 +133,17 @@ def _pieces(read: ReadAt, size: int, count: int, itemsize: int, block_values: in
         for _ in range(itemsize):
             offset, plane = _record(read, size, offset, values, at)
             planes.append(plane)
-        readers = [zstandard.ZstdDecompressor().stream_reader(plane) if isinstance(plane, bytes) else plane
+        readers = [plane if isinstance(plane, _StoredPlane) else zstandard.ZstdDecompressor().stream_reader(plane)
                    for plane in planes]
         for first in range(0, values, PIECE_VALUES):
-            piece = np.empty((min(PIECE_VALUES, values - first), itemsize), dtype=np.uint8)
+            length = min(PIECE_VALUES, values - first)
+            begin = (start + first) * itemsize
+            piece = (np.empty(length * itemsize, dtype=np.uint8) if out is None
+                     else out[begin : begin + length * itemsize])
+            columns = piece.reshape(length, itemsize)
             for index, reader in enumerate(readers):
-                piece[:, index] = _plane_bytes(reader, first, len(piece), at)
-            yield piece.reshape(-1)
+                columns[:, index] = _plane_bytes(reader, first, length, at)
+            yield piece
         for reader in readers:
             if not isinstance(reader, _StoredPlane) and reader.read(1):
                 raise FormatError(f"{at}a zstd value plane holds more than its {values} bytes; the file is corrupt")
@@ -147,7 +157,7 @@ class _StoredPlane:
     offset: int
 
 
-def _record(read: ReadAt, size: int, offset: int, values: int, at: str) -> tuple[int, bytes | _StoredPlane]:
+def _record(read: ReadAt, size: int, offset: int, values: int, at: str) -> tuple[int, bytes | memoryview | _StoredPlane]:
     """Check the plane record at ``offset`` of a block of ``values`` values: (where the next begins, the zstd
     frame or where the stored bytes are)."""
     if offset + RECORD_HEADER > size:
@@ -196,7 +206,7 @@ def _reader(payload: Payload) -> tuple[int, ReadAt]:
     if isinstance(payload, PayloadSpan):
         return payload.size, payload.read
     view = memoryview(payload).cast("B")
-    return len(view), lambda offset, length: bytes(view[offset : offset + length])
+    return len(view), lambda offset, length: view[offset : offset + length]
 
 
 def _block_values(encoding: dict[str, Any], at: str) -> int:
@@ -239,9 +249,9 @@ def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object =
 
 def checked_pieces(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
                    name: str | None = None) -> Iterator[np.ndarray]:
-    """``value_pieces`` of a tensor's values; the CRC-32 is checked once the last piece has been taken."""
+    """``iter_value_blocks`` of a tensor's values; the CRC-32 is checked once the last piece has been taken."""
     at = where(path, name)
-    pieces = value_pieces(payload, entry.encoding, count, _itemsize(entry, count, at), path, name)
+    pieces = iter_value_blocks(payload, entry.encoding, count, _itemsize(entry, count, at), path, name)
     return _crc_checked(entry, pieces, at)
 
 
