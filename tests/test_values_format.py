@@ -103,11 +103,12 @@ def test_the_payload_layout_is_the_one_specified() -> None:
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda p: p[:-1], "runs past"),
+    (lambda p: p[:-1], "fewer than the 28"),
+    (lambda p: p[:1] + (1000).to_bytes(4, "little") + p[5:], "runs past"),
     (lambda p: p + b"\0", "after its last block"),
     (lambda p: b"\2" + p[1:], "neither 0"),
     (lambda p: p[:1] + (3).to_bytes(4, "little") + p[5:], "stored value plane holds 3 bytes"),
-    (lambda p: p[:5], "too few"),
+    (lambda p: p[:1] + (1).to_bytes(4, "little") + p[5:] + b"\0", "stored value plane holds 1 bytes"),
 ])
 def test_damaged_payloads_are_refused(damage, message: str) -> None:
     data = np.arange(8, dtype=np.uint8)

@@ -114,11 +114,18 @@ def _source(payload: Payload, encoding: dict[str, Any], count: int, itemsize: in
     """(positional reads, size, block_values) of a payload with room for the records ``count`` values need."""
     block_values = _block_values(encoding, at)
     size, read = _reader(payload)
-    nblocks = -(-count // block_values)
-    if size < nblocks * itemsize * RECORD_HEADER:
-        raise FormatError(f"{at}values payload has {size} bytes, too few for {count:,} values in {nblocks:,} "
-                          f"blocks of {itemsize} planes; the file is corrupt")
+    full, last = divmod(count, block_values)
+    least = itemsize * (full * _least_record(block_values) + (_least_record(last) if last else 0))
+    if size < least:
+        raise FormatError(f"{at}values payload has {size:,} bytes, fewer than the {least:,} that records of "
+                          f"{count:,} values take at least; the file is corrupt")
     return read, size, block_values
+
+
+def _least_record(values: int) -> int:
+    """The fewest bytes a plane record of ``values`` values can take: its header, then the bytes stored, or a
+    zstd frame (at least 6 header bytes, and 4 per block of at most 128 KiB: RFC 8878 §3.1.1)."""
+    return RECORD_HEADER + min(values, 6 + 4 * -(-values // (128 << 10)))
 
 
 def _pieces(read: ReadAt, size: int, block_values: int, count: int, itemsize: int, at: str,
