@@ -296,8 +296,8 @@ def _check_crc(entry: ValuesEntry, crc: int, at: str) -> None:
 
 def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
                   name: str | None = None) -> list[str]:
-    """Per plane (byte 0 first), how its blocks are stored: "stored", "zstd" or "mixed" (what ``info`` shows).
-    Checks the records, decodes nothing; FormatError on a damaged payload."""
+    """Per plane (byte 0 first), how its blocks are stored: "stored", "zstd" or "mixed" (what ``info`` shows;
+    [] for no values). Checks the records, decodes nothing; FormatError on a damaged payload."""
     at = where(path, name)
     itemsize, block_values = _itemsize(entry, count, at), _block_values(entry.encoding, at)
     size, read = _reader(payload)
@@ -307,4 +307,4 @@ def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object
         for plane in range(itemsize):
             offset, record = _record(read, size, offset, min(block_values, count - start), at)
             seen[plane].add("stored" if isinstance(record, _StoredPlane) else "zstd")
-    return [methods.pop() if len(methods) == 1 else "mixed" for methods in seen]
+    return [methods.pop() if len(methods) == 1 else "mixed" for methods in seen] if count else []
