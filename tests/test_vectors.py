@@ -119,6 +119,23 @@ def test_schema_rejects_what_readers_reject(bad: dict) -> None:
         jsonschema.validate(header, schema)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda h: h["checkpoint"]["files"][0].update(name="../model.safetensors"),
+    lambda h: h["checkpoint"]["files"][0].update(text="both"),
+    lambda h: h["checkpoint"]["files"][0].update(sha256="AB" * 32),
+    lambda h: h["tensors"]["f32_blocks"]["values"]["encoding"].update(block_values=0),
+    lambda h: h["tensors"]["f32_blocks"]["values"].update(crc32="xyz"),
+    lambda h: h["tensors"]["f32_blocks"]["values"].pop("size"),
+])
+def test_schema_rejects_bad_values_and_checkpoint_layouts(edit) -> None:
+    schema = json.loads((SPEC / "header.schema.json").read_text())
+    header = header_of(VECTORS / "values-1.2.smask")
+    jsonschema.validate(header, schema)
+    edit(header)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(header, schema)
+
+
 def test_the_1_0_vectors_stay_and_1_1_vectors_hold_the_same_content() -> None:
     for name in ("raw", "zstd", "rice", "rich_metadata"):
         assert header_of(VECTORS / f"{name}.smask")["version"] == "1.0"
