@@ -16,8 +16,14 @@ from submask import CheckpointFile, Delta, Mask, MaskMetadata, MaskWriter, Tenso
 from submask.checkpoints.dtypes import DTYPES
 from submask.errors import ChecksumError, FormatError, MismatchError, UnknownEncodingError, UsageError
 from submask.format.header import DTYPE_SIZES, ValuesEntry
-from submask.format.values import (PIECE_VALUES, decode_values, encode_values, iter_value_blocks, plane_methods,
-                                   read_values)
+from submask.format.values import (
+    PIECE_VALUES,
+    decode_values,
+    encode_values,
+    iter_value_blocks,
+    plane_methods,
+    read_values,
+)
 
 CHECKPOINT = [CheckpointFile("model.safetensors", 1234, "ab" * 32, header='{"w":{"dtype":"BF16"}}   '),
               CheckpointFile("config.json", 20, "cd" * 32, text='{"hidden_size": 16}\n')]
@@ -97,7 +103,7 @@ def test_exponent_planes_are_compressed_and_mantissa_planes_stored() -> None:
 
 def test_the_payload_layout_is_the_one_specified() -> None:
     data = np.array([1, 2, 3, 4, 5, 6], np.uint8)  # three 2-byte values, blocks of two
-    encoding, payload = encode_values(data, 2, block_values=2)
+    _, payload = encode_values(data, 2, block_values=2)
     assert payload == (b"\0\2\0\0\0" + bytes([1, 3]) + b"\0\2\0\0\0" + bytes([2, 4])
                        + b"\0\1\0\0\0" + bytes([5]) + b"\0\1\0\0\0" + bytes([6]))
 
@@ -216,7 +222,7 @@ def test_a_damaged_values_payload_is_caught_by_values_and_validate(tmp_path: Pat
     submask.save(delta(), path)
     data = bytearray(path.read_bytes())
     (length,) = struct.unpack("<Q", data[:8])
-    start, end = header_of(path)["~values/w"]["data_offsets"]
+    end = header_of(path)["~values/w"]["data_offsets"][1]
     data[8 + length + end - 1] ^= 0x10  # the last byte of a stored plane
     path.write_bytes(bytes(data))
     with submask.open(path) as delta_file:
@@ -270,9 +276,8 @@ def test_bad_values_are_refused_before_writing(tmp_path: Path) -> None:
         Delta(mask, {"w": TensorValues("BF16", np.zeros(4, np.uint8))})
     with pytest.raises(MismatchError, match="does not hold"):
         Delta(mask, {"x": TensorValues("U8", np.zeros(3, np.uint8))})
-    with pytest.raises(MismatchError, match="3 set positions"):
-        with MaskWriter(tmp_path / "d.smask", MaskMetadata()) as writer:
-            writer.add("w", mask["w"], values=TensorValues("U8", np.zeros(2, np.uint8)))
+    with pytest.raises(MismatchError, match="3 set positions"), MaskWriter(tmp_path / "d.smask", MaskMetadata()) as w:
+        w.add("w", mask["w"], values=TensorValues("U8", np.zeros(2, np.uint8)))
     assert not (tmp_path / "d.smask").exists()
 
 
@@ -288,3 +293,19 @@ def test_a_checkpoint_layout_a_reader_would_reject_is_refused(tmp_path: Path, fi
     with pytest.raises(FormatError, match=message):
         submask.save(Delta(Mask.from_numpy({"w": np.ones(1, bool)}), {}, files), tmp_path / "d.smask")
     assert not (tmp_path / "d.smask").exists()
+
+
+def test_threads_read_values_of_one_open_file_together(tmp_path: Path) -> None:
+    """Payloads are read with positional reads: threads decoding several tensors never move each other's place."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = {f"t{i}": bf16_weights(PIECE_VALUES + 1000 * i, seed=i) for i in range(6)}
+    with MaskWriter(tmp_path / "d.smask", MaskMetadata()) as writer:
+        for name, values in data.items():
+            mask = TensorMask.from_numpy(np.ones(values.size // 2, bool))
+            writer.add(name, mask, "raw", values=TensorValues("BF16", values), values_config={"block_values": 5000})
+    with submask.open(tmp_path / "d.smask") as delta_file, ThreadPoolExecutor(6) as pool:
+        for _ in range(3):
+            decoded = pool.map(lambda name: np.concatenate(list(delta_file.value_blocks(name))), data)
+            for (name, expected), got in zip(data.items(), decoded):
+                np.testing.assert_array_equal(got, expected, err_msg=name)

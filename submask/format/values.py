@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +34,7 @@ STORED, ZSTD = 0, 1
 RECORD_HEADER = 5  # u8 method, u32 LE length
 
 VALUES_PREFIX = "~values/"  # writers name a tensor's values entry "~values/" + its name (then ~2, ~3, ...)
-Payload = Union[bytes, bytearray, memoryview, PayloadSpan]
+Payload = bytes | bytearray | memoryview | PayloadSpan
 
 
 @dataclass(frozen=True)
