@@ -437,9 +437,9 @@ INVALID_README = """# Invalid vectors
 
 Files a reader of [FORMAT.md](../../../FORMAT.md) MUST reject (section 10), written by `tools/make_vectors.py`
 as damaged copies of the 1.1 vectors `zstd-1.1.smask`, `rice-1.1.smask` and `raw-1.1.smask` (and one of the 1.0
-`zstd.smask`), and of the 1.2 delta `values-1.2.smask` (the `values_*` and `checkpoint_*` cases). Each damages one thing; every other part of the file is valid (header edits are re-checksummed
-unless the case is about the checksum), so the check named is the one that must fire, in the order of FORMAT.md
-section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
+`zstd.smask`), and of the 1.2 delta `values-1.2.smask` (the `values_*` and `checkpoint_*` cases). Each damages
+one thing; every other part of the file is valid (header edits are re-checksummed unless the case is about the
+checksum), so the check named is the one that must fire, in the order of FORMAT.md section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
 submask raises (FORMAT.md section 11); other readers need only reject the file.
 
 | file | error | what is wrong |

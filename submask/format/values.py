@@ -29,7 +29,7 @@ PLANES = "planes"
 BLOCK_VALUES = 1 << 20  # the writers' block: planes of 1 MiB, compressed as well as larger ones
 MAX_BLOCK_VALUES = 1 << 26
 ZSTD_LEVEL = 1  # smaller than levels 3 and 9 on value planes, and 3x faster (tools/bench/bench_values.py)
-PIECE_VALUES = 1 << 18  # values per piece of ``iter_value_blocks``: what streaming costs in memory, per byte of itemsize
+PIECE_VALUES = 1 << 18  # values per piece of ``iter_value_blocks``: what streaming holds, per byte of itemsize
 STORED, ZSTD = 0, 1
 RECORD_HEADER = 5  # u8 method, u32 LE length
 
@@ -66,14 +66,15 @@ class TensorValues:
 
 def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BLOCK_VALUES) -> tuple[dict, bytes]:
     """Encode value bytes (uint8, a multiple of ``itemsize``) as ``planes``: returns (encoding JSON, payload)."""
-    if not 1 <= block_values <= MAX_BLOCK_VALUES:
-        raise UsageError(f"block_values must be in [1, 2^26], got {block_values}")
-    if value_bytes.size % itemsize:
-        raise UsageError(f"{value_bytes.size} value bytes are not a whole number of {itemsize}-byte values")
+    if type(block_values) is not int or not 1 <= block_values <= MAX_BLOCK_VALUES:
+        raise UsageError(f"block_values must be an integer in [1, 2^26], got {block_values!r}")
+    if value_bytes.dtype != np.uint8 or value_bytes.size % itemsize:
+        raise UsageError(f"value bytes must be uint8, a whole number of {itemsize}-byte values; got "
+                         f"{value_bytes.size} of {value_bytes.dtype}")
     import zstandard  # here: commands that never write values skip its import
 
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-    values = np.ascontiguousarray(value_bytes, dtype=np.uint8).reshape(-1, itemsize)
+    values = np.ascontiguousarray(value_bytes).reshape(-1, itemsize)
     records = []
     for start in range(0, len(values), block_values):
         block = values[start : start + block_values]
@@ -97,6 +98,8 @@ def decode_values(payload: Payload, encoding: dict[str, Any], count: int, itemsi
             raise LimitError(f"{at}{count:,} values take {nbytes:,} bytes, more than this machine's memory; read "
                              "them in pieces (MaskFile.value_blocks)")
         out = np.empty(nbytes, dtype=np.uint8)
+    elif out.dtype != np.uint8 or out.shape != (nbytes,):
+        raise UsageError(f"{at}out must be {nbytes} uint8 bytes, got {out.shape} of {out.dtype}")
     for _ in _pieces(*source, count, itemsize, at, out):
         pass
     return out
@@ -164,7 +167,8 @@ class _StoredPlane:
     offset: int
 
 
-def _record(read: ReadAt, size: int, offset: int, values: int, at: str) -> tuple[int, bytes | memoryview | _StoredPlane]:
+def _record(read: ReadAt, size: int, offset: int, values: int,
+            at: str) -> tuple[int, bytes | memoryview | _StoredPlane]:
     """Check the plane record at ``offset`` of a block of ``values`` values: (where the next begins, the zstd
     frame or where the stored bytes are)."""
     if offset + RECORD_HEADER > size:
@@ -242,7 +246,6 @@ def encode_tensor_values(name: str, values: TensorValues, ones: int,
     encoding, payload = encode_values(data, values.itemsize, **(config or {}))
     crc = f"{zlib.crc32(data):08x}"
     return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, data.size, crc), payload
-
 
 
 def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None,

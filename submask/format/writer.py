@@ -147,12 +147,13 @@ class MaskWriter:
             self.paths = [self.path]
             return
         write_id = self.write_id or new_write_id()
-        writers = [partial(_write_shard, metadata=metadata, shard=shard, record=ShardInfo(write_id, number, len(shards)))
-                   for number, shard in enumerate(shards, 1)]
+        writers = [partial(_write_shard, metadata=metadata, shard=shard,
+                           record=ShardInfo(write_id, number, len(shards))) for number, shard in enumerate(shards, 1)]
 
         def index(names: list[str]) -> dict[str, Any]:
             return {
-                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(metadata)}", "write_id": write_id,
+                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(metadata)}",
+                             "write_id": write_id,
                              "total_bits": sum(e.bits for s in shards for e in s.entries),
                              "total_ones": sum(e.ones for s in shards for e in s.entries),
                              "total_size": sum(s.nbytes for s in shards)},
