@@ -15,7 +15,7 @@ from ..errors import FormatError, LimitError, SubmaskError, where
 from ..mask import Mask, TensorMask
 from .container import Container, PayloadSpan
 from ..metadata import MaskMetadata, check_version, is_bare_file_name
-from .header import ShardInfo, TensorEntry, is_write_id, parse_tensor_entries, payload_names
+from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
 from .tensors import decode_tensor, verify_tensor
 from .values import TensorValues, checked_pieces, plane_methods, read_values, verify_values
@@ -139,7 +139,7 @@ class MaskFile:
         entry = self._entry(name)
         if entry.values is None:
             return None
-        return read_values(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+        return read_values(entry.values, self._values_span(name, entry.values), entry.ones, self._container(name).path, name)
 
     def value_blocks(self, name: str) -> Iterator[np.ndarray]:
         """One tensor's value bytes in consecutive pieces of bounded size (``format.values.iter_value_blocks``); the
@@ -147,23 +147,22 @@ class MaskFile:
         entry = self._entry(name)
         if entry.values is None:
             return iter(())
-        return checked_pieces(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+        return checked_pieces(entry.values, self._values_span(name, entry.values), entry.ones, self._container(name).path, name)
 
     def values_size(self, name: str) -> int:
         """Bytes of one tensor's values payload as stored (0 without values)."""
         entry = self._entry(name)
-        return 0 if entry.values is None else self._values_span(entry).size
+        return 0 if entry.values is None else self._values_span(name, entry.values).size
 
     def value_planes(self, name: str) -> list[str]:
         """How each byte plane of one tensor's values is stored: "stored", "zstd" or "mixed" ([] without values)."""
         entry = self._entry(name)
         if entry.values is None:
             return []
-        return plane_methods(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+        return plane_methods(entry.values, self._values_span(name, entry.values), entry.ones, self._container(name).path, name)
 
-    def _values_span(self, entry: TensorEntry) -> PayloadSpan:
-        assert entry.values is not None
-        return self._container(entry.name).span(entry.values.entry)
+    def _values_span(self, name: str, values: ValuesEntry) -> PayloadSpan:
+        return self._container(name).span(values.entry)
 
     def _entry(self, name: str) -> TensorEntry:
         entry = self.entries.get(name)
@@ -183,7 +182,7 @@ class MaskFile:
             try:
                 verify_tensor(entry, container.read(name), container.path)
                 if entry.values is not None:
-                    verify_values(entry.values, self._values_span(entry), entry.ones, container.path, name)
+                    verify_values(entry.values, self._values_span(name, entry.values), entry.ones, container.path, name)
             except SubmaskError as exc:
                 found.append(str(exc))
         return found
