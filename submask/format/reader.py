@@ -181,9 +181,9 @@ class MaskFile:
             container = self._container(name)
             try:
                 verify_tensor(entry, container.read(name), container.path)
-                found = self._values_of(name)
-                if found is not None:
-                    verify_values(*found)
+                values = self._values_of(name)
+                if values is not None:
+                    verify_values(*values)
             except SubmaskError as exc:
                 found.append(str(exc))
         return found
