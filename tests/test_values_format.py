@@ -309,3 +309,13 @@ def test_threads_read_values_of_one_open_file_together(tmp_path: Path) -> None:
             decoded = pool.map(lambda name: np.concatenate(list(delta_file.value_blocks(name))), data)
             for (name, expected), got in zip(data.items(), decoded):
                 np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_the_whole_stat_is_a_list_of_tensor_names(tmp_path: Path) -> None:
+    from submask.format.stats import stats_problems
+
+    assert stats_problems({"whole": ["w", "b"]}) == []
+    assert stats_problems({"whole": {"w": 1}}) == ["stats 'whole' must be a list of tensor names (tensors a delta "
+                                                   "stores whole), got {'w': 1}"]
+    with pytest.raises(FormatError, match="stats 'whole'"):
+        submask.save(Mask.from_numpy({"w": np.ones(1, bool)}, stats={"whole": "w"}), tmp_path / "m.smask")
