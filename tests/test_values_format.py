@@ -319,3 +319,12 @@ def test_the_whole_stat_is_a_list_of_tensor_names(tmp_path: Path) -> None:
                                                    "stores whole), got {'w': 1}"]
     with pytest.raises(FormatError, match="stats 'whole'"):
         submask.save(Mask.from_numpy({"w": np.ones(1, bool)}, stats={"whole": "w"}), tmp_path / "m.smask")
+
+
+def test_metadata_changed_while_writing_is_checked_before_the_file_appears(tmp_path: Path) -> None:
+    metadata = MaskMetadata()
+    with pytest.raises(FormatError, match="bare file name"):
+        with MaskWriter(tmp_path / "d.smask", metadata) as writer:
+            writer.add("w", TensorMask.from_numpy(np.ones(2, bool)))
+            metadata.checkpoint = [CheckpointFile("sub/model.safetensors", 1, "ab" * 32, header="{}")]
+    assert list(tmp_path.iterdir()) == []

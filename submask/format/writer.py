@@ -140,6 +140,7 @@ class MaskWriter:
         for shard in shards:
             shard.entries = [replace(e, values=replace(e.values, entry=_free_values_name(e.name, taken)))
                              if e.values is not None else e for e in shard.entries]
+        check_writable(self.metadata, self.path)  # again: the metadata may have changed since (a build's stats)
         metadata = self.metadata.for_file(any(e.values for s in shards for e in s.entries))
         if len(shards) == 1:
             with atomic_write(self.path) as out:
