@@ -37,6 +37,7 @@ class Codec:
     """An encoding of packed bits: ``encode`` returns (payload, config); ``decode`` inverts it."""
 
     id: ClassVar[str]
+    minor_version: ClassVar[int] = 0  # the format version 1.x that added this encoding: a file using it is 1.x
 
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         raise NotImplementedError

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import strict_json
 from ..atomic import atomic_write, check_target, scratch_file, writing
+from ..codecs import get_codec
 from ..errors import FormatError, MismatchError, OutputError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
@@ -128,7 +129,7 @@ class MaskWriter:
 
         def index(names: list[str]) -> dict[str, Any]:
             return {
-                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(self.metadata)}", "write_id": write_id,
+                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{self._minor(sharded=True)}", "write_id": write_id,
                              "total_bits": sum(e.bits for s in shards for e in s.entries),
                              "total_ones": sum(e.ones for s in shards for e in s.entries),
                              "total_size": sum(s.nbytes for s in shards)},
@@ -139,14 +140,21 @@ class MaskWriter:
         self.index_path = self.paths[-1]
 
     def _write_shard(self, out: BinaryIO, shard: _Shard, record: ShardInfo | None = None) -> None:
-        header, minor = self.metadata.to_json(), self.metadata.minor_version
+        header, minor = self.metadata.to_json(), self._minor(sharded=record is not None)
+        header["version"] = f"{MAJOR}.{minor}"
         if record is not None:
-            minor = _shard_minor(self.metadata)
-            header["version"] = f"{MAJOR}.{minor}"
             header[SHARD_KEY] = record.to_json()
         header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
         write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data,
                         minor)
+
+
+    def _minor(self, sharded: bool) -> int:
+        """The minor version the file (every shard, and the index) declares: the metadata's, raised to the
+        one that added the shard record when sharded, and to the one that added each encoding used (§7)."""
+        encodings = {entry.encoding for shard in self._shards for entry in shard.entries}
+        return max([self.metadata.minor_version, SHARD_MINOR if sharded else 0,
+                    *(get_codec(encoding).minor_version for encoding in encodings)])
 
 
 def check_writable(metadata: MaskMetadata, path: Path) -> None:
@@ -156,11 +164,6 @@ def check_writable(metadata: MaskMetadata, path: Path) -> None:
     problems = stats_problems(metadata.stats)
     if problems:
         raise FormatError(f"{path}: cannot write this mask: {problems[0]}")
-
-
-def _shard_minor(metadata: MaskMetadata) -> int:
-    """The minor version a shard and its index declare: at least the one that added the "shard" record."""
-    return max(metadata.minor_version, SHARD_MINOR)
 
 
 def check_mask_target(path: str | os.PathLike[str], overwrite: bool = False, inputs: Iterable[object] = ()) -> Path:

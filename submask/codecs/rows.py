@@ -1,0 +1,272 @@
+"""The "rice-rows" encoding (FORMAT.md section 5.5): Rice codes adapted to each row of a tensor.
+
+Real update masks are not iid: the density changes from row to row (an embedding row per token, a weight row
+per output unit). This code lists, per row, the positions of that row's rarer value with a Rice parameter
+derived from the row's own count, so each row costs about its own entropy; the counts themselves (and which
+rows hold anything) are Rice-coded too. The parameter is computed, not stored, from the count and the row
+length (``row_parameter``), so a row costs its count code and its gaps, nothing else.
+
+Codes go to two streams: the unary parts to one, the remainders to the other, so the numpy path decodes
+every code with whole-array passes, and the compiled one (``rows_kernels``) with one 64-bit window each.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError, LimitError
+from ..packed import clear_padding, packed_nbytes
+from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, physical_memory
+from .rows_kernels import COUNT, PACKED, POSITIONS, ROW_TABLE, rows_kernel
+
+HEADER = struct.Struct("<BBBBQQ")  # count mode, count k, row k, reserved, nonempty rows, unary bytes
+MAX_ROW_BITS = 1 << 20  # 8 rows fit a piece of decode_chunks in 8 MiB of bools
+BLOCK_BITS = 4096  # the rows of a 1-D tensor (and of tensors whose last dimension suits rows badly)
+DIRECT, DELTA = 0, 1  # count modes: count - 1, or the zigzag of the change from the previous non-empty row
+
+
+def row_parameter(listed: np.ndarray, nbits: np.ndarray) -> np.ndarray:
+    """The Rice parameter of a row listing ``listed`` of its ``nbits`` positions: the smallest k >= 0 with
+    2048 * listed * 2^k >= 493 * (2 * nbits - listed), the geometric optimum within 1% (FORMAT.md 5.5)."""
+    listed = np.asarray(listed, dtype=np.int64)
+    target = 493 * (2 * np.asarray(nbits, dtype=np.int64) - listed)
+    k = np.zeros(listed.shape, dtype=np.int64)
+    grow = (listed > 0) & (2048 * listed < target)
+    while grow.any():
+        k += grow
+        grow &= 2048 * listed << k < target
+    return k
+
+
+class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
+    """Rice codes with a parameter per row, derived from each row's count; the rarer value listed per row."""
+
+    id = "rice-rows"
+    minor_version = 2
+
+    def __init__(self, row_bits: int = BLOCK_BITS):
+        self.row_bits = _check_row_bits(row_bits)
+
+    def configured(self, config: dict[str, Any]) -> "RiceRowsCodec":
+        unknown = set(config) - {"row_bits"}
+        if unknown:
+            raise FormatError(f"unknown rice-rows settings {sorted(unknown)}")
+        return RiceRowsCodec(config.get("row_bits", self.row_bits))
+
+    def from_config(self, config: dict[str, Any]) -> "RiceRowsCodec":
+        _check_row_bits(config.get("row_bits"))  # a reader needs the row length the writer used
+        return self.configured(config)
+
+    @staticmethod
+    def for_shape(shape: tuple[int, ...]) -> "RiceRowsCodec":
+        """The writer's rows for a tensor: its last dimension, unless it is a 1-D tensor or that dimension is
+        below 64 or above MAX_ROW_BITS (then blocks of BLOCK_BITS)."""
+        last = shape[-1] if len(shape) >= 2 else 0
+        return RiceRowsCodec(last if 64 <= last <= MAX_ROW_BITS else BLOCK_BITS)
+
+    def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
+        from .rows_encode import encode_rows
+
+        return encode_rows(packed, numel, self.row_bits), {"row_bits": self.row_bits}
+
+    def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
+        layout = _Layout(payload, numel, self.row_bits)
+        out = allocate_packed(numel) if out is None else out
+        out.fill(0)
+        if rows_kernel.compiled is not None:
+            layout.run(PACKED, out)
+            return clear_padding(out, numel)
+        rows, counts, listed = layout.decode_numpy()
+        for piece_start, piece in _pieces(layout, rows, counts, listed, 0, layout.nrows):
+            out[piece_start // 8 : piece_start // 8 + piece.size] = piece
+        return out
+
+    def decode_chunks(self, payload: bytes, numel: int) -> Iterator[np.ndarray | Run]:
+        layout = _Layout(payload, numel, self.row_bits)
+        rows, counts, listed = layout.decode_numpy()
+        group = 8  # rows per piece: a multiple of 8, so every piece starts on a whole byte
+        done = 0  # rows yielded so far (a multiple of ``group``, or all)
+        for first in np.unique(rows // group) * group:
+            if first > done:  # rows without a set bit, however many: one Run
+                yield Run(0, (first - done) * self.row_bits // 8)
+            stop = min(int(first) + group, layout.nrows)
+            for piece_start, piece in _pieces(layout, rows, counts, listed, int(first), stop):
+                for at in range(0, piece.size, CHUNK_BYTES):
+                    yield piece[at : at + CHUNK_BYTES]
+            done = stop
+        if done < layout.nrows:
+            yield Run(0, packed_nbytes(numel) - done * self.row_bits // 8)
+
+    def positions(self, payload: bytes, numel: int) -> np.ndarray:
+        layout = _Layout(payload, numel, self.row_bits)
+        if rows_kernel.compiled is not None:
+            return layout.run(POSITIONS, _NO_BITS)
+        rows, counts, listed = layout.decode_numpy()
+        parts = [np.flatnonzero(unpack_piece(piece, piece_start, layout)) + piece_start
+                 for piece_start, piece in _pieces(layout, rows, counts, listed, 0, layout.nrows)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def streams(self) -> bool:
+        return rows_kernel.compiled is not None
+
+    def intersection_count(self, payload: bytes, numel: int, packed: np.ndarray) -> tuple[int, int] | None:
+        if rows_kernel.compiled is None:
+            return None
+        layout = _Layout(payload, numel, self.row_bits)
+        both = layout.run(COUNT, packed)
+        return both, layout.ones
+
+
+_NO_BITS = np.zeros(0, dtype=np.uint8)
+
+
+def unpack_piece(piece: np.ndarray, start: int, layout: "_Layout") -> np.ndarray:
+    """The bools of a packed piece starting at flat index ``start``, cut at the tensor's end."""
+    return np.unpackbits(piece, count=min(8 * piece.size, layout.numel - start)).view(np.bool_)
+
+
+class _Layout:
+    """A payload's header and streams, checked against the tensor's size (FORMAT.md 5.5)."""
+
+    def __init__(self, payload: bytes, numel: int, row_bits: int):
+        self.payload, self.numel, self.row_bits = payload, numel, row_bits
+        self.nrows = -(-numel // row_bits)
+        if len(payload) < HEADER.size:
+            raise FormatError(f"rice-rows payload of {len(payload)} bytes is shorter than its {HEADER.size}-byte header")
+        (self.count_mode, self.count_k, self.row_k, reserved, self.nonempty,
+         self.unary_nbytes) = HEADER.unpack_from(payload)
+        if self.count_mode > DELTA or self.count_k > 31 or self.row_k > 31 or reserved:
+            raise FormatError(f"rice-rows header is invalid (count mode {self.count_mode}, count k {self.count_k}, "
+                              f"row k {self.row_k}, reserved {reserved})")
+        if self.nonempty > self.nrows:
+            raise FormatError(f"rice-rows payload claims {self.nonempty} non-empty rows of {self.nrows}")
+        if HEADER.size + self.unary_nbytes > len(payload):
+            raise FormatError("rice-rows payload ends inside its unary stream")
+        if 2 * self.nonempty > 8 * self.unary_nbytes:  # every code ends with a 1 bit: checked before allocating
+            raise FormatError(f"rice-rows unary stream of {self.unary_nbytes} bytes cannot code {self.nonempty} rows")
+        self.data = np.frombuffer(payload, dtype=np.uint8)
+        self.rem_start = HEADER.size + self.unary_nbytes
+        self.ones = 0
+
+    def row_nbits(self, rows: np.ndarray) -> np.ndarray:
+        return np.minimum(self.row_bits, self.numel - rows * self.row_bits)
+
+    def run(self, mode: int, bits: np.ndarray) -> Any:
+        """Decode with the compiled kernel: the row table first (to size the positions), then the rows."""
+        rows = np.empty(self.nonempty, dtype=np.int64)
+        counts = np.empty(self.nonempty, dtype=np.int64)
+        state = np.zeros(8, dtype=np.int64)
+        args = (self.data, HEADER.size, self.unary_nbytes, self.nonempty, self.count_mode, self.count_k,
+                self.row_k, self.row_bits, self.numel, rows, counts, state)
+        self._check(rows_kernel.compiled(*args, ROW_TABLE, _NO_POSITIONS, _NO_BITS))
+        self.ones = int(counts.sum())
+        positions = _NO_POSITIONS
+        if mode == POSITIONS:
+            if 8 * self.ones > physical_memory():
+                raise LimitError(f"{self.ones:,} set positions take more than this machine's memory")
+            positions = np.empty(self.ones, dtype=np.int64)
+        result = self._check(rows_kernel.compiled(*args, mode, positions, bits))
+        return positions if mode == POSITIONS else result
+
+    def _check(self, result: int) -> int:
+        if result < 0:
+            self.decode_numpy()  # raises the numpy path's error
+            raise FormatError("rice-rows payload is invalid")  # pragma: no cover - the line above raises
+        return result
+
+    def decode_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(non-empty rows, their set counts, flat listed positions), with every check of FORMAT.md 5.5."""
+        unary = self.data[HEADER.size : self.rem_start]
+        if self.unary_nbytes and not unary[-1]:
+            raise FormatError("rice-rows unary stream ends with a zero byte")
+        ends = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
+        if ends.size < 2 * self.nonempty:
+            raise FormatError(f"rice-rows unary stream codes {ends.size} values, its row table needs {2 * self.nonempty}")
+        quotients = np.diff(ends, prepend=-1) - 1
+        table = 2 * self.nonempty
+        widths = np.repeat(np.array([self.row_k, self.count_k], dtype=np.int64), self.nonempty)
+        values = _rice_values(quotients[:table], widths, self._remainders, 0)
+        rows = np.cumsum(values[: self.nonempty] + 1) - 1
+        if self.nonempty and rows[-1] >= self.nrows:
+            raise FormatError(f"rice-rows row table names a row past the last ({self.nrows})")
+        coded = values[self.nonempty :]
+        if self.count_mode == DIRECT:
+            counts = coded + 1
+        else:
+            counts = np.cumsum(np.where(coded & 1, -(coded + 1) // 2, coded // 2))
+        nbits = self.row_nbits(rows)
+        if np.any(counts < 1) or np.any(counts > nbits):
+            raise FormatError("rice-rows row table holds a count outside 1..row length")
+        value = 2 * counts <= nbits
+        listed_counts = np.where(value, counts, nbits - counts)
+        if ends.size != table + int(listed_counts.sum()):
+            raise FormatError(f"rice-rows unary stream codes {ends.size} values, its rows need "
+                              f"{table + int(listed_counts.sum())}")
+        k = np.repeat(row_parameter(listed_counts, nbits), listed_counts)
+        gaps = _rice_values(quotients[table:], k, self._remainders, int(widths.sum()), end=True)
+        row_of = np.repeat(np.arange(rows.size), listed_counts)
+        steps = np.concatenate([[0], np.cumsum(gaps + 1)])  # steps[j]: gaps + 1 summed over the codes before j
+        before = np.cumsum(listed_counts) - listed_counts  # listed positions in earlier rows
+        within = steps[1:] - steps[before][row_of] - 1
+        if within.size and np.any(within >= nbits[row_of]):
+            raise FormatError("rice-rows payload codes a position past its row's end")
+        self.ones = int(counts.sum())
+        return rows, counts, within + rows[row_of] * self.row_bits
+
+    @property
+    def _remainders(self) -> np.ndarray:
+        return self.data[self.rem_start :]
+
+
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
+
+
+def _rice_values(quotients: np.ndarray, widths: np.ndarray, stream: np.ndarray, offset: int,
+                 end: bool = False) -> np.ndarray:
+    """Rice values from their quotients and the ``widths``-bit remainders read MSB-first from ``stream`` at
+    bit ``offset``; with ``end``, the stream must end there (zero pad bits, no more bytes)."""
+    if quotients.size and np.any(quotients > (1 << 53) >> widths):
+        raise FormatError("rice-rows payload codes a value beyond any tensor")
+    starts = offset + np.cumsum(widths) - widths
+    stop = offset + int(widths.sum())
+    if end and (len(stream) != -(-stop // 8) or (stop % 8 and stream[-1] & (0xFF >> (stop % 8)))):
+        raise FormatError(f"rice-rows remainder stream has {len(stream)} bytes, {-(-stop // 8)} expected "
+                          "with zero pad bits")
+    if -(-stop // 8) > len(stream):
+        raise FormatError("rice-rows payload ends inside its remainder stream")
+    padded = np.concatenate([stream, np.zeros(8, dtype=np.uint8)])
+    window = np.zeros(starts.size, dtype=np.uint64)
+    for byte in range(5):  # 5 bytes hold any 31 bits at any bit offset
+        window = window << np.uint64(8) | padded[(starts >> 3) + byte].astype(np.uint64)
+    window = window << (starts & 7).astype(np.uint64) & np.uint64((1 << 40) - 1)
+    remainders = (window >> (np.uint64(40) - widths.astype(np.uint64))).astype(np.int64)
+    return (quotients << widths) | remainders
+
+
+def _pieces(layout: _Layout, rows: np.ndarray, counts: np.ndarray, listed: np.ndarray,
+            first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Packed bits of rows [first, stop) (``first`` a multiple of 8) in pieces of whole bytes, each with its
+    flat start: the rows listing their clear bits filled, then every listed position flipped."""
+    group = max(8, (8 * CHUNK_BYTES // layout.row_bits) // 8 * 8)
+    for start_row in range(first, stop, group):
+        end_row = min(start_row + group, stop)
+        start, end = start_row * layout.row_bits, min(end_row * layout.row_bits, layout.numel)
+        lo, hi = np.searchsorted(rows, [start_row, end_row])
+        bools = np.zeros(end - start, dtype=np.bool_)
+        nbits = layout.row_nbits(rows[lo:hi])
+        for row in rows[lo:hi][2 * counts[lo:hi] > nbits]:  # rows listing their clear bits
+            bools[row * layout.row_bits - start : min((row + 1) * layout.row_bits, layout.numel) - start] = True
+        a, b = np.searchsorted(listed, [start, end])
+        bools[listed[a:b] - start] ^= True
+        yield start, np.packbits(bools)
+
+
+def _check_row_bits(row_bits: Any) -> int:
+    if type(row_bits) is not int or not 1 <= row_bits <= MAX_ROW_BITS:
+        raise FormatError(f"rice-rows row_bits must be an integer from 1 to 2^20, got {row_bits!r}")
+    return row_bits
