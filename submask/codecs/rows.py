@@ -157,20 +157,20 @@ class _Layout:
         return np.minimum(self.row_bits, self.numel - rows * self.row_bits)
 
     def run(self, mode: int, bits: np.ndarray) -> Any:
-        """Decode with the compiled kernel: the row table first (to size the positions), then the rows."""
+        """Decode with the compiled kernel (for POSITIONS, the row table first: it sizes the positions)."""
         rows = np.empty(self.nonempty, dtype=np.int64)
         counts = np.empty(self.nonempty, dtype=np.int64)
-        state = np.zeros(8, dtype=np.int64)
+        scratch = np.empty(max(self.nonempty, min(self.row_bits, self.numel)), dtype=np.int64)
         args = (self.data, HEADER.size, self.unary_nbytes, self.nonempty, self.count_mode, self.count_k,
-                self.row_k, self.row_bits, self.numel, rows, counts, state)
-        self._check(rows_kernel.compiled(*args, ROW_TABLE, _NO_POSITIONS, _NO_BITS))
-        self.ones = int(counts.sum())
+                self.row_k, self.row_bits, self.numel, rows, counts, scratch)
         positions = _NO_POSITIONS
         if mode == POSITIONS:
-            if 8 * self.ones > physical_memory():
-                raise LimitError(f"{self.ones:,} set positions take more than this machine's memory")
-            positions = np.empty(self.ones, dtype=np.int64)
+            ones = self._check(rows_kernel.compiled(*args, ROW_TABLE, _NO_POSITIONS, _NO_BITS))
+            if 8 * ones > physical_memory():
+                raise LimitError(f"{ones:,} set positions take more than this machine's memory")
+            positions = np.empty(ones, dtype=np.int64)
         result = self._check(rows_kernel.compiled(*args, mode, positions, bits))
+        self.ones = int(counts.sum())
         return positions if mode == POSITIONS else result
 
     def _check(self, result: int) -> int:
