@@ -174,7 +174,7 @@ def rejections(payload: bytes, config: dict, numel: int) -> list[str]:
     (1, "<B", 32, "count k 32"),
     (2, "<B", 32, "row k 32"),
     (3, "<B", 1, "reserved 1"),
-    (4, "<Q", 17, "17 non-empty rows of 16"),
+    (4, "<Q", 17, "claims 17 rows in its table of 16"),
     (12, "<Q", 10**9, "ends inside its unary stream"),
 ])
 def test_bad_headers_are_rejected(offset: int, fmt: str, value: int, message: str) -> None:

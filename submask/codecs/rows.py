@@ -24,10 +24,11 @@ from ..packed import clear_padding, packed_nbytes
 from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, physical_memory
 from .rows_kernels import COUNT, PACKED, POSITIONS, ROW_TABLE, rows_kernel
 
-HEADER = struct.Struct("<BBBBQQ")  # count mode, count k, row k, reserved, nonempty rows, unary bytes
+HEADER = struct.Struct("<BBBBQQ")  # count mode, count k, row k, reserved, rows in the table, unary bytes
 MAX_ROW_BITS = 1 << 20  # 8 rows fit a piece of decode_chunks in 8 MiB of bools
 BLOCK_BITS = 4096  # the rows of a 1-D tensor (and of tensors whose last dimension suits rows badly)
-DIRECT, DELTA = 0, 1  # count modes: count - 1, or the zigzag of the change from the previous non-empty row
+DELTA, ALL_ROWS = 1, 2  # count mode flags: counts coded as the zigzag of their change (else as they are,
+#   less 1 without ALL_ROWS); the table holds every row, with no row codes (else the non-empty rows only)
 
 
 def row_parameter(listed: np.ndarray, nbits: np.ndarray) -> np.ndarray:
@@ -140,14 +141,16 @@ class _Layout:
             raise FormatError(f"rice-rows payload of {len(payload)} bytes is shorter than its {HEADER.size}-byte header")
         (self.count_mode, self.count_k, self.row_k, reserved, self.nonempty,
          self.unary_nbytes) = HEADER.unpack_from(payload)
-        if self.count_mode > DELTA or self.count_k > 31 or self.row_k > 31 or reserved:
+        if self.count_mode > DELTA | ALL_ROWS or self.count_k > 31 or self.row_k > 31 or reserved:
             raise FormatError(f"rice-rows header is invalid (count mode {self.count_mode}, count k {self.count_k}, "
                               f"row k {self.row_k}, reserved {reserved})")
-        if self.nonempty > self.nrows:
-            raise FormatError(f"rice-rows payload claims {self.nonempty} non-empty rows of {self.nrows}")
+        if self.nonempty > self.nrows or (self.count_mode & ALL_ROWS and self.nonempty != self.nrows):
+            raise FormatError(f"rice-rows payload claims {self.nonempty} rows in its table of {self.nrows}"
+                              f"{' (count mode 2 and 3 hold them all)' if self.count_mode & ALL_ROWS else ''}")
         if HEADER.size + self.unary_nbytes > len(payload):
             raise FormatError("rice-rows payload ends inside its unary stream")
-        if 2 * self.nonempty > 8 * self.unary_nbytes:  # every code ends with a 1 bit: checked before allocating
+        self.table_codes = self.nonempty * (1 if self.count_mode & ALL_ROWS else 2)
+        if self.table_codes > 8 * self.unary_nbytes:  # every code ends with a 1 bit: checked before allocating
             raise FormatError(f"rice-rows unary stream of {self.unary_nbytes} bytes cannot code {self.nonempty} rows")
         self.data = np.frombuffer(payload, dtype=np.uint8)
         self.rem_start = HEADER.size + self.unary_nbytes
@@ -185,23 +188,27 @@ class _Layout:
         if self.unary_nbytes and not unary[-1]:
             raise FormatError("rice-rows unary stream ends with a zero byte")
         ends = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
-        if ends.size < 2 * self.nonempty:
-            raise FormatError(f"rice-rows unary stream codes {ends.size} values, its row table needs {2 * self.nonempty}")
+        table = self.table_codes
+        if ends.size < table:
+            raise FormatError(f"rice-rows unary stream codes {ends.size} values, its row table needs {table}")
         quotients = np.diff(ends, prepend=-1) - 1
-        table = 2 * self.nonempty
-        widths = np.repeat(np.array([self.row_k, self.count_k], dtype=np.int64), self.nonempty)
+        parameters = [self.count_k] if self.count_mode & ALL_ROWS else [self.row_k, self.count_k]
+        widths = np.repeat(np.array(parameters, dtype=np.int64), self.nonempty)
         values = _rice_values(quotients[:table], widths, self._remainders, 0)
-        rows = np.cumsum(values[: self.nonempty] + 1) - 1
+        if self.count_mode & ALL_ROWS:
+            rows = np.arange(self.nrows)
+        else:
+            rows = np.cumsum(values[: self.nonempty] + 1) - 1
         if self.nonempty and rows[-1] >= self.nrows:
             raise FormatError(f"rice-rows row table names a row past the last ({self.nrows})")
-        coded = values[self.nonempty :]
-        if self.count_mode == DIRECT:
-            counts = coded + 1
-        else:
+        coded = values[table - self.nonempty :]
+        if self.count_mode & DELTA:
             counts = np.cumsum(np.where(coded & 1, -(coded + 1) // 2, coded // 2))
+        else:
+            counts = coded + (0 if self.count_mode & ALL_ROWS else 1)
         nbits = self.row_nbits(rows)
-        if np.any(counts < 1) or np.any(counts > nbits):
-            raise FormatError("rice-rows row table holds a count outside 1..row length")
+        if np.any(counts < (0 if self.count_mode & ALL_ROWS else 1)) or np.any(counts > nbits):
+            raise FormatError("rice-rows row table holds a count outside 1..row length (0.. in count modes 2, 3)")
         value = 2 * counts <= nbits
         listed_counts = np.where(value, counts, nbits - counts)
         if ends.size != table + int(listed_counts.sum()):

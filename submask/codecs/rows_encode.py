@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..packed import from_positions
-from .rows import DELTA, DIRECT, HEADER, row_parameter
+from .rows import ALL_ROWS, DELTA, HEADER, row_parameter
 
 GROUP_BITS = 1 << 23  # bits unpacked at a time: what encoding costs in memory beyond the codes
 
 
 def encode_rows(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     """The "rice-rows" payload of ``numel`` packed bits cut into rows of ``row_bits``."""
-    counts, listed = _rows(packed, numel, row_bits)
-    rows = np.flatnonzero(counts)
-    counts = counts[rows]
+    every_count, listed = _rows(packed, numel, row_bits)
+    count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count)
+    counts = every_count[rows]
     nbits = np.minimum(row_bits, numel - rows * row_bits)
     value = 2 * counts <= nbits
     listed_counts = np.where(value, counts, nbits - counts)
@@ -23,20 +23,34 @@ def encode_rows(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     firsts = np.cumsum(listed_counts) - listed_counts
     gaps[firsts[listed_counts > 0]] = within[firsts[listed_counts > 0]]  # each row's first gap counts from its start
 
-    row_gaps = np.diff(rows, prepend=-1) - 1
-    changes = np.diff(counts, prepend=0)
-    modes = {DIRECT: counts - 1, DELTA: np.where(changes >= 0, 2 * changes, -2 * changes - 1)}
-    (count_bits, count_k), count_mode = min((best_parameter(coded), mode) for mode, coded in modes.items())
-    row_k = best_parameter(row_gaps)[1]
-    values = np.concatenate([row_gaps, modes[count_mode], gaps])
-    widths = np.concatenate([np.full(rows.size, row_k, dtype=np.int64), np.full(rows.size, count_k, dtype=np.int64),
+    values = np.concatenate([row_codes, count_codes, gaps])
+    widths = np.concatenate([np.full(row_codes.size, row_k, dtype=np.int64),
+                             np.full(count_codes.size, count_k, dtype=np.int64),
                              np.repeat(row_parameter(listed_counts, nbits), listed_counts)])
     unary, remainders = _streams(values, widths)
     return HEADER.pack(count_mode, count_k, row_k, 0, rows.size, len(unary)) + unary + remainders
 
 
+def _row_table(counts: np.ndarray) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """The shortest row table for these per-row counts: (count mode, count k, row k, the rows in the table,
+    the row codes, the count codes); the lowest mode among equals."""
+    options = []
+    for mode in range(4):
+        rows = np.arange(counts.size) if mode & ALL_ROWS else np.flatnonzero(counts)
+        row_codes = np.zeros(0, dtype=np.int64) if mode & ALL_ROWS else np.diff(rows, prepend=-1) - 1
+        table = counts[rows]
+        changes = np.diff(table, prepend=0)
+        count_codes = (np.where(changes >= 0, 2 * changes, -2 * changes - 1) if mode & DELTA
+                       else table - (0 if mode & ALL_ROWS else 1))
+        (row_bits, row_k), (count_bits, count_k) = best_parameter(row_codes), best_parameter(count_codes)
+        options.append((row_bits + count_bits, mode, count_k, row_k, rows, row_codes, count_codes))
+    return min(options, key=lambda option: option[:2])[1:]
+
+
 def best_parameter(values: np.ndarray) -> tuple[int, int]:
     """(bits, k) of the Rice parameter 0..31 that codes ``values`` shortest, the smallest k among equals."""
+    if not values.size:
+        return 0, 0
     sizes = [int((values >> k).sum()) + values.size * (k + 1) for k in range(32)]
     k = int(np.argmin(sizes))
     return sizes[k], k

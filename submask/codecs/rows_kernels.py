@@ -29,8 +29,12 @@ def rows_kernel(data, unary_start, unary_nbytes, nonempty, count_mode, count_k, 
     ubuf = ufill = rbuf = rfill = 0  # the streams' windows (next bit in bit 63) and the bits in them
     upos, rpos = unary_start, unary_end  # the next byte of each stream
     total = ones = 0
+    every_row = count_mode & 2  # the table holds every row: no row codes, counts from 0
+    if every_row:
+        for j in range(nonempty):
+            rows[j] = j
     groups = 2 if mode == ROW_TABLE else 2 + nonempty
-    for group in range(groups):
+    for group in range(1 if every_row else 0, groups):
         value = 1
         n = base = 0
         if group < 2:  # the row table: row gaps, then counts
@@ -106,14 +110,14 @@ def rows_kernel(data, unary_start, unary_nbytes, nonempty, count_mode, count_k, 
             c = 0
             for j in range(listed):
                 coded = scratch[j]
-                if count_mode == 0:
-                    c = coded + 1
+                if not count_mode & 1:
+                    c = coded if every_row else coded + 1
                 elif coded & 1:
                     c -= (coded + 1) // 2
                 else:
                     c += coded // 2
                 n = min(row_bits, numel - rows[j] * row_bits)
-                if c < 1 or c > n:
+                if c < (0 if every_row else 1) or c > n:
                     return -1
                 counts[j] = c
                 ones += c
