@@ -69,7 +69,7 @@ def test_round_trips_by_both_decoders_and_every_capability(rows: int, cols: int,
     if one_dimensional:
         bools = bools.ravel()
     packed, numel = pack(bools.ravel()), bools.size
-    codec = RiceRowsCodec.for_shape(bools.shape) if not one_dimensional else RiceRowsCodec(cols)
+    codec = RiceRowsCodec().for_shape(bools.shape) if not one_dimensional else RiceRowsCodec(cols)
     payload, config = codec.encode(packed, numel)
     other = pack(np.random.default_rng(seed).random(numel) < 0.5)
     expected_count = (int((bools.ravel() & unpack(other, numel)).sum()), int(bools.sum()))
@@ -88,7 +88,7 @@ def test_round_trips_by_both_decoders_and_every_capability(rows: int, cols: int,
 def test_edge_shapes_and_uniform_tensors_round_trip(shape: tuple[int, ...], fill: bool) -> None:
     bools = np.full(shape, fill)
     packed, numel = pack(bools.ravel()), bools.size
-    payload, config = RiceRowsCodec.for_shape(shape).encode(packed, numel)
+    payload, config = RiceRowsCodec().for_shape(shape).encode(packed, numel)
     for decoded in every_decoding(payload, config, numel).values():
         np.testing.assert_array_equal(decoded, packed)
     if not fill or not numel:
@@ -96,11 +96,11 @@ def test_edge_shapes_and_uniform_tensors_round_trip(shape: tuple[int, ...], fill
 
 
 def test_rows_are_the_last_dimension_and_1d_tensors_use_blocks() -> None:
-    assert RiceRowsCodec.for_shape((1536, 384)).row_bits == 384
-    assert RiceRowsCodec.for_shape((2, 3, 1536)).row_bits == 1536
-    assert RiceRowsCodec.for_shape((384,)).row_bits == 4096
-    assert RiceRowsCodec.for_shape((64, 3)).row_bits == 4096  # rows too short to pay for a count each
-    assert RiceRowsCodec.for_shape((2, 1 << 21)).row_bits == 4096
+    assert RiceRowsCodec().for_shape((1536, 384)).row_bits == 384
+    assert RiceRowsCodec().for_shape((2, 3, 1536)).row_bits == 1536
+    assert RiceRowsCodec().for_shape((384,)).row_bits == 4096
+    assert RiceRowsCodec().for_shape((64, 3)).row_bits == 4096  # rows too short to pay for a count each
+    assert RiceRowsCodec().for_shape((2, 1 << 21)).row_bits == 4096
 
 
 def test_row_parameter_follows_the_spec_formula() -> None:
@@ -145,7 +145,7 @@ def test_settings_are_validated() -> None:
 
 def sample() -> tuple[bytes, dict, int]:
     bools = row_structured(16, 100, 0.2, seed=4)
-    payload, config = RiceRowsCodec.for_shape(bools.shape).encode(pack(bools.ravel()), bools.size)
+    payload, config = RiceRowsCodec().for_shape(bools.shape).encode(pack(bools.ravel()), bools.size)
     return payload, config, bools.size
 
 

@@ -59,7 +59,7 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
     if minority < 0.2:
         candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
         if shape is not None:
-            candidates.append(("rice-rows", *RiceRowsCodec.for_shape(shape).encode(packed, numel)))
+            candidates.append(("rice-rows", *CODECS["rice-rows"].for_shape(shape).encode(packed, numel)))
     if minority >= 0.003:
         candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
 

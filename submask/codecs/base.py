@@ -61,6 +61,10 @@ class Codec:
             raise FormatError(f"encoding {self.id!r} takes no settings, got {config!r}")
         return self
 
+    def for_shape(self, shape: tuple[int, ...]) -> "Codec":
+        """This codec with the settings a writer uses for a tensor of this shape (most codecs ignore it)."""
+        return self
+
     def from_config(self, config: dict[str, Any]) -> "Codec":
         """The codec that decodes a payload whose header stores ``config``: every setting present, none unknown."""
         return self.configured(config)

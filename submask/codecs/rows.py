@@ -63,8 +63,7 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
         _check_row_bits(config.get("row_bits"))  # a reader needs the row length the writer used
         return self.configured(config)
 
-    @staticmethod
-    def for_shape(shape: tuple[int, ...]) -> "RiceRowsCodec":
+    def for_shape(self, shape: tuple[int, ...]) -> "RiceRowsCodec":
         """The writer's rows for a tensor: its last dimension, unless it is a 1-D tensor or that dimension is
         below 64 or above MAX_ROW_BITS (then blocks of BLOCK_BITS)."""
         last = shape[-1] if len(shape) >= 2 else 0

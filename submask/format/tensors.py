@@ -24,7 +24,7 @@ def encode_tensor(name: str, shape: tuple[int, ...], packed: np.ndarray, ones: i
     if encoding == "auto":
         encoding, payload, config = encode_auto(packed, numel, ones, tuple(shape))
     else:
-        payload, config = get_codec(encoding).configured(config or {}).encode(packed, numel)
+        payload, config = get_codec(encoding).for_shape(tuple(shape)).configured(config or {}).encode(packed, numel)
     return TensorEntry(name, tuple(shape), ones, encoding, config, crc32(packed)), payload
 
 

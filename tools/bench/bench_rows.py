@@ -34,7 +34,7 @@ Tensors = list[tuple[str, tuple[int, ...], np.ndarray]]
 def row_grid(packed: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(set bits, length) of each row: the last dimension, 4096-bit blocks for 1-D tensors (as rice-rows)."""
     numel = int(np.prod(shape))
-    row_bits = RiceRowsCodec.for_shape(shape).row_bits
+    row_bits = RiceRowsCodec().for_shape(shape).row_bits
     bools = unpack(packed, numel)
     bools = np.concatenate([bools, np.zeros(-numel % row_bits, dtype=np.bool_)]).reshape(-1, row_bits)
     return bools.sum(axis=1), np.minimum(row_bits, numel - np.arange(bools.shape[0]) * row_bits)
@@ -85,7 +85,7 @@ def encoded(tensors: Tensors, choose: Callable[[np.ndarray, tuple[int, ...]], tu
 
 def by_encoding(encoding: str) -> Callable[[np.ndarray, tuple[int, ...]], tuple[str, bytes, dict]]:
     def encode(packed: np.ndarray, shape: tuple[int, ...]) -> tuple[str, bytes, dict]:
-        codec = RiceRowsCodec.for_shape(shape) if encoding == "rice-rows" else get_codec(encoding)
+        codec = get_codec(encoding).for_shape(shape)
         return (encoding, *codec.encode(packed, int(np.prod(shape))))
     return encode
 
