@@ -241,8 +241,8 @@ def _rice_values(quotients: np.ndarray, widths: np.ndarray, stream: np.ndarray, 
     starts = offset + np.cumsum(widths) - widths
     stop = offset + int(widths.sum())
     if end and (len(stream) != -(-stop // 8) or (stop % 8 and stream[-1] & (0xFF >> (stop % 8)))):
-        raise FormatError(f"rice-rows remainder stream has {len(stream)} bytes, {-(-stop // 8)} expected "
-                          "with zero pad bits")
+        raise FormatError(f"rice-rows remainder stream must be {-(-stop // 8)} bytes with zero pad bits, it has "
+                          f"{len(stream)}{' and a pad bit set' if len(stream) == -(-stop // 8) else ''}")
     if -(-stop // 8) > len(stream):
         raise FormatError("rice-rows payload ends inside its remainder stream")
     padded = np.concatenate([stream, np.zeros(8, dtype=np.uint8)])
