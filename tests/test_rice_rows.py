@@ -15,7 +15,7 @@ import submask
 from submask.accel import numba_disabled
 from submask.codecs import RiceRowsCodec, binary_entropy_bits, encode_auto, get_codec
 from submask.codecs.base import Run
-from submask.codecs.rows import HEADER, row_parameter
+from submask.codecs.rows_format import HEADER, row_parameter
 from submask.errors import FormatError, LimitError
 from submask.packed import pack, packed_nbytes, unpack
 
@@ -220,7 +220,7 @@ def test_a_row_count_claim_beyond_the_payload_allocates_nothing() -> None:
 
 
 def test_a_valid_payload_claiming_huge_sizes_is_refused_or_streamed_in_bounded_work() -> None:
-    payload, config, numel = sample()
+    payload, config, _ = sample()
     huge = 10**12 // 100 * 100  # the same rows, then 10^10 empty ones: a valid payload of 10^12 bits
     codec = get_codec("rice-rows").from_config(config)
     with pytest.raises(LimitError):

@@ -24,9 +24,9 @@ import zstandard
 
 import submask
 from submask import MaskMetadata, MaskWriter, TensorMask
-from submask.safetensors_header import MAX_HEADER_BYTES
 from submask.codecs import RiceRowsCodec
 from submask.metadata import MINOR
+from submask.safetensors_header import MAX_HEADER_BYTES
 
 ROWS_MINOR = RiceRowsCodec.minor_version
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
@@ -411,8 +411,8 @@ def write_invalid() -> None:
         "rice_rows_trailing_byte.smask": (edited(rows, payload_edit(example, lambda p: p.extend(b"\0"))),
                                           "FormatError", "a byte after the remainder stream"),
         "rice_rows_exceeds_memory.smask": (edited(rows, tensor_edit(example, shape=[2**50, 8], bits=2**53)),
-                                           "LimitError", "a valid payload for 2^53 bits (its last rows empty): "
-                                           "refused before allocating 1 PiB"),
+                                           "LimitError", ("a valid payload for 2^53 bits (its last rows empty): "
+                                                          "refused before allocating 1 PiB")),
     }
     invalid = VECTORS / "invalid"
     invalid.mkdir(exist_ok=True)

@@ -12,8 +12,6 @@ every code with whole-array passes, and the compiled one (``rows_kernels``) with
 
 from __future__ import annotations
 
-import math
-import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,26 +20,9 @@ import numpy as np
 from ..errors import FormatError, LimitError
 from ..packed import clear_padding, packed_nbytes
 from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, physical_memory
+from .rows_encode import encode_rows
+from .rows_format import ALL_ROWS, BLOCK_BITS, DELTA, HEADER, MAX_ROW_BITS, row_parameter
 from .rows_kernels import COUNT, PACKED, POSITIONS, ROW_TABLE, rows_kernel
-
-HEADER = struct.Struct("<BBBBQQ")  # count mode, count k, row k, reserved, rows in the table, unary bytes
-MAX_ROW_BITS = 1 << 20  # 8 rows fit a piece of decode_chunks in 8 MiB of bools
-BLOCK_BITS = 4096  # the rows of a 1-D tensor (and of tensors whose last dimension suits rows badly)
-DELTA, ALL_ROWS = 1, 2  # count mode flags: counts coded as the zigzag of their change (else as they are,
-#   less 1 without ALL_ROWS); the table holds every row, with no row codes (else the non-empty rows only)
-
-
-def row_parameter(listed: np.ndarray, nbits: np.ndarray) -> np.ndarray:
-    """The Rice parameter of a row listing ``listed`` of its ``nbits`` positions: the smallest k >= 0 with
-    2048 * listed * 2^k >= 493 * (2 * nbits - listed), the geometric optimum within 1% (FORMAT.md 5.5)."""
-    listed = np.asarray(listed, dtype=np.int64)
-    target = 493 * (2 * np.asarray(nbits, dtype=np.int64) - listed)
-    k = np.zeros(listed.shape, dtype=np.int64)
-    grow = (listed > 0) & (2048 * listed < target)
-    while grow.any():
-        k += grow
-        grow &= 2048 * listed << k < target
-    return k
 
 
 class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
@@ -70,8 +51,6 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
         return RiceRowsCodec(last if 64 <= last <= MAX_ROW_BITS else BLOCK_BITS)
 
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
-        from .rows_encode import encode_rows
-
         return encode_rows(packed, numel, self.row_bits), {"row_bits": self.row_bits}
 
     def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..packed import from_positions
-from .rows import ALL_ROWS, DELTA, HEADER, row_parameter
+from .rows_format import ALL_ROWS, DELTA, HEADER, row_parameter
 
 GROUP_BITS = 1 << 23  # bits unpacked at a time: what encoding costs in memory beyond the codes
 

@@ -1,0 +1,27 @@
+"""The layout of "rice-rows" payloads (FORMAT.md section 5.5) that its writer and readers share: the header,
+the count modes and the rule that gives each row its Rice parameter."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+HEADER = struct.Struct("<BBBBQQ")  # count mode, count k, row k, reserved, rows in the table, unary bytes
+MAX_ROW_BITS = 1 << 20  # 8 rows fit a piece of decode_chunks in 8 MiB of bools
+BLOCK_BITS = 4096  # the rows of a 1-D tensor (and of tensors whose last dimension suits rows badly)
+DELTA, ALL_ROWS = 1, 2  # count mode flags: counts coded as the zigzag of their change (else as they are,
+#   less 1 without ALL_ROWS); the table holds every row, with no row codes (else the non-empty rows only)
+
+
+def row_parameter(listed: np.ndarray, nbits: np.ndarray) -> np.ndarray:
+    """The Rice parameter of a row listing ``listed`` of its ``nbits`` positions: the smallest k >= 0 with
+    2048 * listed * 2^k >= 493 * (2 * nbits - listed), the geometric optimum within 1% (FORMAT.md 5.5)."""
+    listed = np.asarray(listed, dtype=np.int64)
+    target = 493 * (2 * np.asarray(nbits, dtype=np.int64) - listed)
+    k = np.zeros(listed.shape, dtype=np.int64)
+    grow = (listed > 0) & (2048 * listed < target)
+    while grow.any():
+        k += grow
+        grow &= 2048 * listed << k < target
+    return k
