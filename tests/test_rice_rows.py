@@ -3,6 +3,7 @@ the per-row bound, the version it gives a file, and rejection of bad payloads be
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 
@@ -228,3 +229,18 @@ def test_a_valid_payload_claiming_huge_sizes_is_refused_or_streamed_in_bounded_w
     pieces = list(codec.decode_chunks(payload, huge))
     assert sum(p.nbytes if isinstance(p, Run) else p.size for p in pieces) == packed_nbytes(huge)
     assert len(pieces) < 10, "empty rows pass as one run"
+
+
+@pytest.mark.parametrize("numba", [True, False])
+def test_compare_counts_rice_rows_masks_exactly(tmp_path, numba: bool) -> None:
+    from submask.compare import compare
+
+    arrays = [{"w": row_structured(300, 384, 0.05, seed), "v": ~row_structured(64, 1536, 0.05, seed + 9)}
+              for seed in (1, 2)]
+    for index, tensors in enumerate(arrays):
+        submask.save(submask.Mask.from_numpy(tensors), tmp_path / f"{index}.smask")
+        with submask.open(tmp_path / f"{index}.smask") as mask_file:
+            assert {entry.encoding for entry in mask_file.entries.values()} == {"rice-rows"}
+    with contextlib.nullcontext() if numba else numba_disabled():
+        pair = compare([tmp_path / "0.smask", tmp_path / "1.smask"]).pair(0, 1)
+    assert pair.intersection == sum(int((arrays[0][n] & arrays[1][n]).sum()) for n in ("w", "v"))
