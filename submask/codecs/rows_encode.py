@@ -1,10 +1,13 @@
-"""Writing "rice-rows" payloads (FORMAT.md section 5.5) with whole-array numpy passes."""
+"""Writing "rice-rows" payloads (FORMAT.md section 5.5): numba kernels where numba is installed (a count per
+row, then both streams written in one pass over the bits), whole-array numpy passes otherwise; both give the
+same bytes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..packed import from_positions
+from ..accel import Kernel
+from ..packed import POPCOUNT8, SET_BITS, from_positions
 from .rows_format import ALL_ROWS, DELTA, HEADER, row_parameter
 
 GROUP_BITS = 1 << 23  # bits unpacked at a time: what encoding costs in memory beyond the codes
@@ -12,6 +15,32 @@ GROUP_BITS = 1 << 23  # bits unpacked at a time: what encoding costs in memory b
 
 def encode_rows(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     """The "rice-rows" payload of ``numel`` packed bits cut into rows of ``row_bits``."""
+    count_kernel, write_kernel = _row_counts.compiled, _write_rows.compiled
+    if count_kernel is None or write_kernel is None:
+        return _encode_numpy(packed, numel, row_bits)
+    every_count = np.empty(-(-numel // row_bits), dtype=np.int64)
+    count_kernel(packed, numel, row_bits, every_count)
+    count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count)
+    counts = every_count[rows]
+    nbits = np.minimum(row_bits, numel - rows * row_bits)
+    listed = np.minimum(counts, nbits - counts)
+    k = row_parameter(listed, nbits)
+    table = np.concatenate([row_codes, count_codes])
+    widths = np.concatenate([np.full(row_codes.size, row_k, dtype=np.int64),
+                             np.full(count_codes.size, count_k, dtype=np.int64)])
+    # at most: every code's 1 bit and its quotient (a row's quotients sum to at most its unlisted bits >> k)
+    unary_bits = int(((table >> widths) + 1).sum() + (listed + ((nbits - listed) >> k)).sum())
+    remainder_bits = int(widths.sum() + (listed * k).sum())
+    unary = np.zeros(unary_bits // 8 + 1, dtype=np.uint8)
+    remainders = np.zeros(remainder_bits // 8 + 1, dtype=np.uint8)
+    used = np.zeros(2, dtype=np.int64)
+    write_kernel(packed, row_bits, table, widths, rows, counts, nbits, k, unary, remainders, used)
+    unary_nbytes = -(-int(used[0]) // 8)
+    return (HEADER.pack(count_mode, count_k, row_k, 0, rows.size, unary_nbytes) + unary[:unary_nbytes].tobytes()
+            + remainders[: -(-int(used[1]) // 8)].tobytes())
+
+
+def _encode_numpy(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     every_count, listed = _rows(packed, numel, row_bits)
     count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count)
     counts = every_count[rows]
@@ -22,13 +51,87 @@ def encode_rows(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     gaps = np.diff(within, prepend=-1) - 1
     firsts = np.cumsum(listed_counts) - listed_counts
     gaps[firsts[listed_counts > 0]] = within[firsts[listed_counts > 0]]  # each row's first gap counts from its start
-
     values = np.concatenate([row_codes, count_codes, gaps])
     widths = np.concatenate([np.full(row_codes.size, row_k, dtype=np.int64),
                              np.full(count_codes.size, count_k, dtype=np.int64),
                              np.repeat(row_parameter(listed_counts, nbits), listed_counts)])
     unary, remainders = _streams(values, widths)
     return HEADER.pack(count_mode, count_k, row_k, 0, rows.size, len(unary)) + unary + remainders
+
+
+@Kernel
+def _row_counts(packed, numel, row_bits, counts):  # pragma: no cover - compiled by numba
+    """The set bits of each row of ``row_bits`` bits (the last row may be shorter) into ``counts``."""
+    for row in range(counts.size):
+        a = row * row_bits
+        b = min(a + row_bits, numel)
+        total = 0
+        while a < b and a & 7:
+            total += (packed[a >> 3] >> (7 - (a & 7))) & 1
+            a += 1
+        while a + 8 <= b:
+            total += POPCOUNT8[packed[a >> 3]]
+            a += 8
+        while a < b:
+            total += (packed[a >> 3] >> (7 - (a & 7))) & 1
+            a += 1
+        counts[row] = total
+
+
+@Kernel
+def _write_rows(packed, row_bits, table, widths, rows, counts, nbits, ks, unary, remainders,
+                used):  # pragma: no cover - compiled by numba
+    """Write the table's codes, then each table row's gaps (between its bits equal to the listed value, with
+    the row's parameter in ``ks``), to the zeroed ``unary`` and ``remainders``; ``used`` gets their bits."""
+    ubit = rbyte = held = 0
+    acc = 0  # remainder bits not yet written: the low ``held`` bits
+    for j in range(table.size):
+        k = widths[j]
+        ubit += table[j] >> k
+        unary[ubit >> 3] |= 0x80 >> (ubit & 7)
+        ubit += 1
+        if k:
+            acc = (acc << k) | (table[j] & ((1 << k) - 1))
+            held += k
+            while held >= 8:
+                held -= 8
+                remainders[rbyte] = (acc >> held) & 0xFF
+                rbyte += 1
+            acc &= (1 << held) - 1
+    for i in range(rows.size):
+        n, c, k = nbits[i], counts[i], ks[i]
+        flip = 0 if 2 * c <= n else 0xFF  # the listed bits are the set ones, or the clear ones
+        if c == 0 or c == n:
+            continue
+        a = rows[i] * row_bits
+        b = a + n
+        previous = a - 1
+        mask = (1 << k) - 1
+        for index in range(a >> 3, (b + 7) >> 3):
+            byte = (packed[index] ^ flip) & 0xFF
+            if index == a >> 3:
+                byte &= 0xFF >> (a & 7)
+            if index == (b - 1) >> 3 and b & 7:
+                byte &= (0xFF << (8 - (b & 7))) & 0xFF
+            for bit in range(POPCOUNT8[byte]):
+                position = 8 * index + SET_BITS[byte, bit]
+                gap = position - previous - 1
+                previous = position
+                ubit += gap >> k
+                unary[ubit >> 3] |= 0x80 >> (ubit & 7)
+                ubit += 1
+                if k:
+                    acc = (acc << k) | (gap & mask)
+                    held += k
+                    while held >= 8:
+                        held -= 8
+                        remainders[rbyte] = (acc >> held) & 0xFF
+                        rbyte += 1
+                    acc &= (1 << held) - 1
+    if held:
+        remainders[rbyte] = (acc << (8 - held)) & 0xFF
+    used[0] = ubit
+    used[1] = 8 * rbyte + held
 
 
 def _row_table(counts: np.ndarray) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
