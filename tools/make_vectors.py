@@ -394,8 +394,8 @@ def write_invalid() -> None:
             "a table of 10^11 rows (of 10^12 claimed) in a 2-byte unary stream: refused before allocating it"),
         "rice_rows_unary_past_payload.smask": (edited(rows, payload_edit(example, set_byte(12, 200))),
                                                "FormatError", "unary_bytes past the end of the payload"),
-        "rice_rows_bad_row_bits.smask": (edited(rows, tensor_edit(example, encoding={"id": "rice-rows", "row_bits": 0})),
-                                         "FormatError", "row_bits 0"),
+        "rice_rows_bad_row_bits.smask": (
+            edited(rows, tensor_edit(example, encoding={"id": "rice-rows", "row_bits": 0})), "FormatError", "row_bits 0"),
         "rice_rows_row_past_last.smask": (edited(rows, payload_edit(example, example_payload(
             [(0, 0), (5, 0), *example_codes[2:]]))), "FormatError", "a row code naming row 6 of 3"),
         "rice_rows_count_over_row.smask": (edited(rows, payload_edit(example, example_payload(
@@ -430,9 +430,9 @@ INVALID_README = """# Invalid vectors
 
 Files a reader of [FORMAT.md](../../../FORMAT.md) MUST reject (section 10), written by `tools/make_vectors.py`
 as damaged copies of the 1.1 vectors `zstd-1.1.smask`, `rice-1.1.smask` and `raw-1.1.smask`, of the 1.2 vector
-`rice-rows-1.2.smask` (and one of the 1.0 `zstd.smask`). Each damages one thing; every other part of the file is valid (header edits are re-checksummed
-unless the case is about the checksum), so the check named is the one that must fire, in the order of FORMAT.md
-section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
+`rice-rows-1.2.smask` (and one of the 1.0 `zstd.smask`). Each damages one thing; every other part of the file is
+valid (header edits are re-checksummed unless the case is about the checksum), so the check named is the one that
+must fire, in the order of FORMAT.md section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
 submask raises (FORMAT.md section 11); other readers need only reject the file.
 
 | file | error | what is wrong |

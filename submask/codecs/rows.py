@@ -67,6 +67,9 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
 
     def decode_chunks(self, payload: bytes, numel: int) -> Iterator[np.ndarray | Run]:
         layout = _Layout(payload, numel, self.row_bits)
+        if rows_kernel.compiled is not None:
+            yield from layout.packed_chunks()
+            return
         rows, counts, listed = layout.decode_numpy()
         group = 8  # rows per piece: a multiple of 8, so every piece starts on a whole byte
         done = 0  # rows yielded so far (a multiple of ``group``, or all)
@@ -102,6 +105,7 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
 
 
 _NO_BITS = np.zeros(0, dtype=np.uint8)
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 
 
 def unpack_piece(piece: np.ndarray, start: int, layout: "_Layout") -> np.ndarray:
@@ -116,7 +120,8 @@ class _Layout:
         self.payload, self.numel, self.row_bits = payload, numel, row_bits
         self.nrows = -(-numel // row_bits)
         if len(payload) < HEADER.size:
-            raise FormatError(f"rice-rows payload of {len(payload)} bytes is shorter than its {HEADER.size}-byte header")
+            raise FormatError(f"rice-rows payload of {len(payload)} bytes is shorter than its "
+                              f"{HEADER.size}-byte header")
         (self.count_mode, self.count_k, self.row_k, reserved, self.nonempty,
          self.unary_nbytes) = HEADER.unpack_from(payload)
         if self.count_mode > DELTA | ALL_ROWS or self.count_k > 31 or self.row_k > 31 or reserved:
@@ -139,20 +144,56 @@ class _Layout:
 
     def run(self, mode: int, bits: np.ndarray) -> Any:
         """Decode with the compiled kernel (for POSITIONS, the row table first: it sizes the positions)."""
-        rows = np.empty(self.nonempty, dtype=np.int64)
-        counts = np.empty(self.nonempty, dtype=np.int64)
-        scratch = np.empty(max(self.nonempty, min(self.row_bits, self.numel)), dtype=np.int64)
-        args = (self.data, HEADER.size, self.unary_nbytes, self.nonempty, self.count_mode, self.count_k,
-                self.row_k, self.row_bits, self.numel, rows, counts, scratch)
+        ones = self._start()
         positions = _NO_POSITIONS
         if mode == POSITIONS:
-            ones = self._check(rows_kernel.compiled(*args, ROW_TABLE, _NO_POSITIONS, _NO_BITS))
             if 8 * ones > physical_memory():
                 raise LimitError(f"{ones:,} set positions take more than this machine's memory")
             positions = np.empty(ones, dtype=np.int64)
-        result = self._check(rows_kernel.compiled(*args, mode, positions, bits))
-        self.ones = int(counts.sum())
+        result = self._call(mode, 2, 2 + self.nonempty, positions, bits)
         return positions if mode == POSITIONS else result
+
+    def packed_chunks(self) -> Iterator[np.ndarray | Run]:
+        """``decode_chunks`` with the compiled kernel: the row table, then windows of whole rows (a multiple
+        of 8) decoded where the table has rows, and Runs of zeros between them."""
+        self._start()
+        window = 8 * max(1, CHUNK_BYTES // self.row_bits)  # rows per piece: it starts on a whole byte
+        buffer = np.empty(window * self.row_bits // 8, dtype=np.uint8)
+        done = 0  # rows yielded so far
+        for first in (np.unique(self.rows // window) * window).tolist():
+            if first > done:  # rows without a set bit, however many: one Run
+                yield Run(0, (first - done) * self.row_bits // 8)
+            stop = min(first + window, self.nrows)
+            lo, hi = np.searchsorted(self.rows, [first, stop]).tolist()
+            piece = buffer[: packed_nbytes(min(stop * self.row_bits, self.numel) - first * self.row_bits)]
+            piece.fill(0)
+            self._call(PACKED, 2 + lo, 2 + hi, bits=piece, origin=first * self.row_bits)
+            for at in range(0, piece.size, CHUNK_BYTES):
+                yield piece[at : at + CHUNK_BYTES]
+            done = stop
+        self._call(PACKED, 2 + self.nonempty, 2 + self.nonempty)  # the ends of the streams
+        if done < self.nrows:
+            yield Run(0, packed_nbytes(self.numel) - done * self.row_bits // 8)
+
+    def _start(self) -> int:
+        """Decode the row table (the kernel continues from there); returns the set bits it counts."""
+        self.rows = np.empty(self.nonempty, dtype=np.int64)
+        self.counts = np.empty(self.nonempty, dtype=np.int64)
+        self._state = np.zeros(8, dtype=np.int64)
+        table = (self.data, HEADER.size, self.unary_nbytes, self.nonempty, self.count_mode, self.count_k,
+                 self.row_k, self.row_bits, self.numel, self.rows, self.counts)
+        self._args = (*table, np.empty(self.nonempty, dtype=np.int64))
+        ones = self._call(ROW_TABLE, 0, 2)
+        nbits = self.row_nbits(self.rows)
+        listed = int(np.minimum(self.counts, nbits - self.counts).max(initial=0))
+        self._args = (*table, np.empty(max(self.nonempty, listed), dtype=np.int64))  # room for any row's codes
+        return ones
+
+    def _call(self, mode: int, first: int, stop: int, positions: np.ndarray = _NO_POSITIONS,
+              bits: np.ndarray = _NO_BITS, origin: int = 0) -> int:
+        result = rows_kernel.compiled(*self._args, mode, positions, bits, first, stop, origin, self._state)
+        self.ones = int(self._state[6])
+        return self._check(result)
 
     def _check(self, result: int) -> int:
         if result < 0:
@@ -206,9 +247,6 @@ class _Layout:
     @property
     def _remainders(self) -> np.ndarray:
         return self.data[self.rem_start :]
-
-
-_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 
 
 def _rice_values(quotients: np.ndarray, widths: np.ndarray, stream: np.ndarray, offset: int,

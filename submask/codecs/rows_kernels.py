@@ -17,32 +17,39 @@ ROW_TABLE, POSITIONS, PACKED, COUNT = 0, 1, 2, 3  # what ``rows_kernel`` makes o
 
 @Kernel
 def rows_kernel(data, unary_start, unary_nbytes, nonempty, count_mode, count_k, row_k, row_bits, numel,
-                rows, counts, scratch, mode, positions, bits):  # pragma: no cover - compiled by numba
-    """Decode a payload whose header is checked: fill ``rows`` and ``counts`` (the non-empty rows and their
-    set bits; ``scratch`` holds at least ``nonempty`` and ``min(row_bits, numel)`` values), then, per
-    ``mode``, stop (ROW_TABLE), write the flat set positions to ``positions`` (POSITIONS), set the set bits
-    in ``bits`` (PACKED; zeros on entry), or count the set bits also set in ``bits`` (COUNT). Returns that
-    count (COUNT), the set bits (the other modes), or -1 for a bad payload."""
+                rows, counts, scratch, mode, positions, bits, first, stop, origin,
+                state):  # pragma: no cover - compiled by numba
+    """Decode the groups of codes ``first`` to ``stop`` of a payload whose header is checked: group 0, the row
+    codes, and 1, the counts, fill ``rows`` and ``counts`` (the table's rows and their set bits; ``scratch``
+    holds at least ``nonempty`` values and any table row's listed positions); group 2 + j decodes table row j, per
+    ``mode``: write its flat set positions to ``positions`` (POSITIONS), set its set bits in ``bits``, whose
+    bit 0 is flat index ``origin`` (PACKED; zeros on entry), or count its set bits also set in ``bits``
+    (COUNT). A call that does not start at group 0 continues where the last stopped (``state`` keeps the
+    readers' places). Returns that count (COUNT), the set bits of the table (the other modes), or -1 for a bad
+    payload; the ends of the streams are checked by the call that ends at the last group."""
     unary_end = unary_start + unary_nbytes
     rem_end = data.size
     nrows = (numel + row_bits - 1) // row_bits
-    ubuf = ufill = rbuf = rfill = 0  # the streams' windows (next bit in bit 63) and the bits in them
-    upos, rpos = unary_start, unary_end  # the next byte of each stream
-    total = ones = 0
     every_row = count_mode & 2  # the table holds every row: no row codes, counts from 0
-    if every_row:
-        for j in range(nonempty):
-            rows[j] = j
-    groups = 2 if mode == ROW_TABLE else 2 + nonempty
-    for group in range(1 if every_row else 0, groups):
+    if first == 0:
+        ubuf = ufill = rbuf = rfill = ones = 0  # the streams' windows (next bit in bit 63) and the bits in them
+        upos, rpos = unary_start, unary_end  # the next byte of each stream
+        if every_row:
+            for j in range(nonempty):
+                rows[j] = j
+    else:
+        ubuf, ufill, upos = state[0], state[1], state[2]
+        rbuf, rfill, rpos, ones = state[3], state[4], state[5], state[6]
+    total = 0
+    for group in range(max(first, 1 if every_row else 0), stop):
         value = 1
         n = base = 0
         if group < 2:  # the row table: row gaps, then counts
             listed, k, limit = nonempty, row_k if group == 0 else count_k, 1 << 53
         else:
             row = rows[group - 2]
-            base = row * row_bits
-            n = min(row_bits, numel - base)
+            n = min(row_bits, numel - row * row_bits)
+            base = row * row_bits - origin
             c = counts[group - 2]
             value = 1 if 2 * c <= n else 0
             listed = c if value else n - c
@@ -162,8 +169,9 @@ def rows_kernel(data, unary_start, unary_nbytes, nonempty, count_mode, count_k, 
                     total += (bits[a >> 3] >> (7 - (a & 7))) & 1
                     a += 1
                 total -= hits
-    if mode == ROW_TABLE:
-        return ones
+    state[0], state[1], state[2], state[3], state[4], state[5], state[6] = ubuf, ufill, upos, rbuf, rfill, rpos, ones
+    if stop < 2 + nonempty:
+        return ones if mode != COUNT else total
     # both streams must end here: the unary one in its last byte, the remainders with zero pad bits
     consumed = 8 * (upos - unary_start) - ufill
     if ubuf != 0 or upos != unary_end or (unary_nbytes and consumed <= 8 * (unary_nbytes - 1)):
