@@ -106,6 +106,7 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
 
 _NO_BITS = np.zeros(0, dtype=np.uint8)
 _NO_POSITIONS = np.zeros(0, dtype=np.int64)
+SCRATCH_ENTRIES = 1 << 16  # int64s a decode allocates up front for any row's codes: 512 KiB
 
 
 def unpack_piece(piece: np.ndarray, start: int, layout: "_Layout") -> np.ndarray:
@@ -144,19 +145,22 @@ class _Layout:
 
     def run(self, mode: int, bits: np.ndarray) -> Any:
         """Decode with the compiled kernel (for POSITIONS, the row table first: it sizes the positions)."""
-        ones = self._start()
-        positions = _NO_POSITIONS
-        if mode == POSITIONS:
-            if 8 * ones > physical_memory():
-                raise LimitError(f"{ones:,} set positions take more than this machine's memory")
-            positions = np.empty(ones, dtype=np.int64)
-        result = self._call(mode, 2, 2 + self.nonempty, positions, bits)
+        self._start()
+        positions, first = _NO_POSITIONS, 0
+        if mode == POSITIONS or self._scratch.size < self.nonempty + min(self.row_bits, self.numel):
+            ones, first = self._table(), 2
+            if mode == POSITIONS:
+                if 8 * ones > physical_memory():
+                    raise LimitError(f"{ones:,} set positions take more than this machine's memory")
+                positions = np.empty(ones, dtype=np.int64)
+        result = self._call(mode, first, 2 + self.nonempty, positions, bits)
         return positions if mode == POSITIONS else result
 
     def packed_chunks(self) -> Iterator[np.ndarray | Run]:
         """``decode_chunks`` with the compiled kernel: the row table, then windows of whole rows (a multiple
         of 8) decoded where the table has rows, and Runs of zeros between them."""
         self._start()
+        self._table()
         window = 8 * max(1, CHUNK_BYTES // self.row_bits)  # rows per piece: it starts on a whole byte
         buffer = np.empty(window * self.row_bits // 8, dtype=np.uint8)
         done = 0  # rows yielded so far
@@ -175,23 +179,30 @@ class _Layout:
         if done < self.nrows:
             yield Run(0, packed_nbytes(self.numel) - done * self.row_bits // 8)
 
-    def _start(self) -> int:
-        """Decode the row table (the kernel continues from there); returns the set bits it counts."""
+    def _start(self) -> None:
+        """Room for the row table and the codes of a row: for any row when that is small, else for the table
+        until ``_table`` has read it."""
         self.rows = np.empty(self.nonempty, dtype=np.int64)
         self.counts = np.empty(self.nonempty, dtype=np.int64)
         self._state = np.zeros(8, dtype=np.int64)
-        table = (self.data, HEADER.size, self.unary_nbytes, self.nonempty, self.count_mode, self.count_k,
-                 self.row_k, self.row_bits, self.numel, self.rows, self.counts)
-        self._args = (*table, np.empty(self.nonempty, dtype=np.int64))
+        any_row = self.nonempty + min(self.row_bits, self.numel)
+        self._scratch = np.empty(any_row if any_row <= SCRATCH_ENTRIES else self.nonempty, dtype=np.int64)
+
+    def _table(self) -> int:
+        """Decode the row table (later calls continue from there) and size the scratch for the largest row;
+        returns the set bits the table counts."""
         ones = self._call(ROW_TABLE, 0, 2)
         nbits = self.row_nbits(self.rows)
         listed = int(np.minimum(self.counts, nbits - self.counts).max(initial=0))
-        self._args = (*table, np.empty(max(self.nonempty, listed), dtype=np.int64))  # room for any row's codes
+        if self._scratch.size < max(self.nonempty, listed):
+            self._scratch = np.empty(max(self.nonempty, listed), dtype=np.int64)
         return ones
 
     def _call(self, mode: int, first: int, stop: int, positions: np.ndarray = _NO_POSITIONS,
               bits: np.ndarray = _NO_BITS, origin: int = 0) -> int:
-        result = rows_kernel.compiled(*self._args, mode, positions, bits, first, stop, origin, self._state)
+        result = rows_kernel.compiled(self.data, HEADER.size, self.unary_nbytes, self.nonempty, self.count_mode,
+                                      self.count_k, self.row_k, self.row_bits, self.numel, self.rows, self.counts,
+                                      self._scratch, mode, positions, bits, first, stop, origin, self._state)
         self.ones = int(self._state[6])
         return self._check(result)
 

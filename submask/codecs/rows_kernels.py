@@ -129,31 +129,32 @@ def rows_kernel(data, unary_start, unary_nbytes, nonempty, count_mode, count_k, 
                 counts[j] = c
                 ones += c
             continue
-        position = -1
-        for j in range(listed):  # positions: gaps + 1 summed
-            position += scratch[j] + 1
-            scratch[j] = base + position
-        if position >= n:
+        span = listed - 1  # the last listed position: gaps + 1 summed, less 1, checked before any use
+        for j in range(listed):
+            span += scratch[j]
+        if span >= n:
             return -1
+        at = base - 1
         if mode == PACKED:
             for j in range(listed):
-                at = scratch[j]
+                at += scratch[j] + 1
                 bits[at >> 3] ^= 0x80 >> (at & 7)
         elif mode == POSITIONS and value:
-            positions[total : total + listed] = scratch[:listed]
+            for j in range(listed):
+                at += scratch[j] + 1
+                positions[total + j] = at
             total += listed
         elif mode == POSITIONS:
-            previous = base - 1
             for j in range(listed + 1):  # the clear bits between listed ones, and after the last
-                following = scratch[j] if j < listed else base + n
-                for other in range(previous + 1, following):
+                following = at + scratch[j] + 1 if j < listed else base + n
+                for other in range(at + 1, following):
                     positions[total] = other
                     total += 1
-                previous = following
+                at = following
         else:
             hits = 0
             for j in range(listed):
-                at = scratch[j]
+                at += scratch[j] + 1
                 hits += (bits[at >> 3] >> (7 - (at & 7))) & 1
             if value:
                 total += hits
