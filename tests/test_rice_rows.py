@@ -245,3 +245,14 @@ def test_compare_counts_rice_rows_masks_exactly(tmp_path, numba: bool) -> None:
     with contextlib.nullcontext() if numba else numba_disabled():
         pair = compare([tmp_path / "0.smask", tmp_path / "1.smask"]).pair(0, 1)
     assert pair.intersection == sum(int((arrays[0][n] & arrays[1][n]).sum()) for n in ("w", "v"))
+
+
+def test_auto_codes_rows_of_opposite_densities_by_rows() -> None:
+    rng = np.random.default_rng(6)
+    bools = rng.random((512, 1024)) < np.where(np.arange(512) % 2, 0.03, 0.97)[:, None]  # half dense, half sparse
+    packed = pack(bools.ravel())
+    encoding, payload, _ = encode_auto(packed, bools.size, int(bools.sum()), bools.shape)
+    assert encoding == "rice-rows"  # overall the rarer value is near 50%: one parameter per block cannot help
+    assert 8 * len(payload) <= 1.07 * row_bound(bools)  # each count names its row's side: a few bits more
+    assert len(payload) < 0.8 * len(get_codec("zstd").encode(packed, bools.size)[0])
+    assert RiceRowsCodec().for_shape(bools.shape).listed_fraction(packed, bools.size) == pytest.approx(0.03, abs=0.002)

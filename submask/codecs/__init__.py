@@ -49,17 +49,19 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
                 shape: tuple[int, ...] | None = None) -> tuple[str, bytes, dict[str, Any]]:
     """Encode with the best default encoding; returns (id, payload, config).
 
-    Rice is tried where the rarer value is below 20% density, and with ``shape`` also Rice by rows (its
-    last dimension, FORMAT.md 5.5), and zstd where it is above 0.3% (outside those ranges each is always
-    larger than the other). The smallest wins, except that zstd, several times faster to decode, is kept
-    when a Rice code saves less than 3% of its size. Raw wins ties, then rice.
+    Rice is tried where the rarer value is below 20% density, and with ``shape`` Rice by rows (its last
+    dimension, FORMAT.md 5.5) where the rows' rarer values are, and zstd where the rarer value is above 0.3%
+    (outside those ranges each is always larger than the other). The smallest wins, except that zstd,
+    several times faster to decode, is kept when a Rice code saves less than 3% of its size. Raw wins ties,
+    then rice.
     """
     candidates = [("raw", packed.tobytes(), {})]
     minority = min(ones, numel - ones) / numel if numel else 0.0
     if minority < 0.2:
         candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
-        if shape is not None:
-            candidates.append(("rice-rows", *CODECS["rice-rows"].for_shape(shape).encode(packed, numel)))
+    rows = RiceRowsCodec().for_shape(shape) if shape is not None and numel else None
+    if rows is not None and rows.listed_fraction(packed, numel) < 0.2:
+        candidates.append(("rice-rows", *rows.encode(packed, numel)))
     if minority >= 0.003:
         candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
 
@@ -73,5 +75,5 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
 ZSTD_PREFERENCE = 1 / 1.03
 
 
-__all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "RiceRowsCodec", "ZstdCodec",
-           "binary_entropy_bits", "codec_for", "encode_auto", "get_codec", "rice_kernels_compiled"]
+__all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "RiceRowsCodec",
+           "ZstdCodec", "binary_entropy_bits", "codec_for", "encode_auto", "get_codec", "rice_kernels_compiled"]

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import FormatError, LimitError
 from ..packed import clear_padding, packed_nbytes
 from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, physical_memory
-from .rows_encode import encode_rows
+from .rows_encode import encode_rows, row_counts
 from .rows_format import ALL_ROWS, BLOCK_BITS, DELTA, HEADER, MAX_ROW_BITS, row_parameter
 from .rows_kernels import COUNT, PACKED, POSITIONS, ROW_TABLE, rows_kernel
 
@@ -49,6 +49,12 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
         below 64 or above MAX_ROW_BITS (then blocks of BLOCK_BITS)."""
         last = shape[-1] if len(shape) >= 2 else 0
         return RiceRowsCodec(last if 64 <= last <= MAX_ROW_BITS else BLOCK_BITS)
+
+    def listed_fraction(self, packed: np.ndarray, numel: int) -> float:
+        """The fraction of the bits this encoding lists, each row's rarer value: what its size follows."""
+        counts = row_counts(packed, numel, self.row_bits)
+        nbits = np.minimum(self.row_bits, numel - np.arange(counts.size) * self.row_bits)
+        return float(np.minimum(counts, nbits - counts).sum()) / numel if numel else 0.0
 
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         return encode_rows(packed, numel, self.row_bits), {"row_bits": self.row_bits}

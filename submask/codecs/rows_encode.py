@@ -15,11 +15,10 @@ GROUP_BITS = 1 << 23  # bits unpacked at a time: what encoding costs in memory b
 
 def encode_rows(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     """The "rice-rows" payload of ``numel`` packed bits cut into rows of ``row_bits``."""
-    count_kernel, write_kernel = _row_counts.compiled, _write_rows.compiled
-    if count_kernel is None or write_kernel is None:
+    write_kernel = _write_rows.compiled
+    if write_kernel is None:
         return _encode_numpy(packed, numel, row_bits)
-    every_count = np.empty(-(-numel // row_bits), dtype=np.int64)
-    count_kernel(packed, numel, row_bits, every_count)
+    every_count = row_counts(packed, numel, row_bits)
     count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count)
     counts = every_count[rows]
     nbits = np.minimum(row_bits, numel - rows * row_bits)
@@ -38,6 +37,21 @@ def encode_rows(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     unary_nbytes = -(-int(used[0]) // 8)
     return (HEADER.pack(count_mode, count_k, row_k, 0, rows.size, unary_nbytes) + unary[:unary_nbytes].tobytes()
             + remainders[: -(-int(used[1]) // 8)].tobytes())
+
+
+def row_counts(packed: np.ndarray, numel: int, row_bits: int) -> np.ndarray:
+    """The set bits of each row (int64), a group of whole rows at a time without numba."""
+    counts = np.empty(-(-numel // row_bits), dtype=np.int64)
+    if _row_counts.compiled is not None:
+        _row_counts.compiled(packed, numel, row_bits, counts)
+        return counts
+    group = max(8, GROUP_BITS // row_bits // 8 * 8)
+    for first in range(0, counts.size, group):
+        start, end = first * row_bits, min((first + group) * row_bits, numel)
+        bools = np.zeros(-(-(end - start) // row_bits) * row_bits, dtype=np.bool_)
+        bools[: end - start] = np.unpackbits(packed[start // 8 : -(-end // 8)], count=end - start).view(np.bool_)
+        counts[first : first + group] = bools.reshape(-1, row_bits).sum(axis=1)
+    return counts
 
 
 def _encode_numpy(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
