@@ -59,9 +59,9 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
     minority = min(ones, numel - ones) / numel if numel else 0.0
     if minority < 0.2:
         candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
-    rows = RiceRowsCodec().for_shape(shape) if shape is not None and numel else None
-    if rows is not None and rows.listed_fraction(packed, numel) < 0.2:
-        candidates.append(("rice-rows", *rows.encode(packed, numel)))
+    rows = RiceRowsCodec().for_shape(shape).encode_listing(packed, numel, 0.2) if shape and numel else None
+    if rows is not None:
+        candidates.append(("rice-rows", *rows))
     if minority >= 0.003:
         candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
 

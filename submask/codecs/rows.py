@@ -50,14 +50,17 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
         last = shape[-1] if len(shape) >= 2 else 0
         return RiceRowsCodec(last if 64 <= last <= MAX_ROW_BITS else BLOCK_BITS)
 
-    def listed_fraction(self, packed: np.ndarray, numel: int) -> float:
-        """The fraction of the bits this encoding lists, each row's rarer value: what its size follows."""
-        counts = row_counts(packed, numel, self.row_bits)
-        nbits = np.minimum(self.row_bits, numel - np.arange(counts.size) * self.row_bits)
-        return float(np.minimum(counts, nbits - counts).sum()) / numel if numel else 0.0
-
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         return encode_rows(packed, numel, self.row_bits), {"row_bits": self.row_bits}
+
+    def encode_listing(self, packed: np.ndarray, numel: int, most: float) -> tuple[bytes, dict[str, Any]] | None:
+        """``encode``, or None where the rows' rarer values, which the payload lists, are ``most`` of the
+        bits or more (then it is larger than what a writer compares it with)."""
+        counts = row_counts(packed, numel, self.row_bits)
+        nbits = np.minimum(self.row_bits, numel - np.arange(counts.size) * self.row_bits)
+        if int(np.minimum(counts, nbits - counts).sum()) >= most * numel:
+            return None
+        return encode_rows(packed, numel, self.row_bits, counts), {"row_bits": self.row_bits}
 
     def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
         layout = _Layout(payload, numel, self.row_bits)

@@ -13,12 +13,13 @@ from .rows_format import ALL_ROWS, DELTA, HEADER, row_parameter
 GROUP_BITS = 1 << 23  # bits unpacked at a time: what encoding costs in memory beyond the codes
 
 
-def encode_rows(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
-    """The "rice-rows" payload of ``numel`` packed bits cut into rows of ``row_bits``."""
+def encode_rows(packed: np.ndarray, numel: int, row_bits: int, every_count: np.ndarray | None = None) -> bytes:
+    """The "rice-rows" payload of ``numel`` packed bits cut into rows of ``row_bits`` (whose ``row_counts``
+    may be given)."""
     write_kernel = _write_rows.compiled
     if write_kernel is None:
         return _encode_numpy(packed, numel, row_bits)
-    every_count = row_counts(packed, numel, row_bits)
+    every_count = row_counts(packed, numel, row_bits) if every_count is None else every_count
     count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count)
     counts = every_count[rows]
     nbits = np.minimum(row_bits, numel - rows * row_bits)
@@ -151,26 +152,52 @@ def _write_rows(packed, row_bits, table, widths, rows, counts, nbits, ks, unary,
 def _row_table(counts: np.ndarray) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
     """The shortest row table for these per-row counts: (count mode, count k, row k, the rows in the table,
     the row codes, the count codes); the lowest mode among equals."""
+    nonempty = np.flatnonzero(counts)
+    row_codes = _changes(nonempty, -1) - 1
+    row_bits, row_k = best_parameter(row_codes)
     options = []
     for mode in range(4):
-        rows = np.arange(counts.size) if mode & ALL_ROWS else np.flatnonzero(counts)
-        row_codes = np.zeros(0, dtype=np.int64) if mode & ALL_ROWS else np.diff(rows, prepend=-1) - 1
-        table = counts[rows]
-        changes = np.diff(table, prepend=0)
-        count_codes = (np.where(changes >= 0, 2 * changes, -2 * changes - 1) if mode & DELTA
-                       else table - (0 if mode & ALL_ROWS else 1))
-        (row_bits, row_k), (count_bits, count_k) = best_parameter(row_codes), best_parameter(count_codes)
-        options.append((row_bits + count_bits, mode, count_k, row_k, rows, row_codes, count_codes))
-    return min(options, key=lambda option: option[:2])[1:]
+        every_row = mode & ALL_ROWS
+        table = counts if every_row else counts[nonempty]
+        if mode & DELTA:
+            changes = _changes(table, 0)
+            coded = np.where(changes >= 0, 2 * changes, -2 * changes - 1)
+        else:
+            coded = table if every_row else table - 1
+        count_bits, count_k = best_parameter(coded)
+        options.append((count_bits + (0 if every_row else row_bits), mode, count_k, every_row, coded))
+    _, mode, count_k, every_row, coded = min(options, key=lambda option: option[:2])
+    if every_row:
+        return mode, count_k, 0, np.arange(counts.size), np.zeros(0, dtype=np.int64), coded
+    return mode, count_k, row_k, nonempty, row_codes, coded
+
+
+def _changes(values: np.ndarray, before: int) -> np.ndarray:
+    """``values[i] - values[i - 1]``, with ``before`` as ``values[-1]`` (``np.diff`` with ``prepend``, lighter)."""
+    changes = np.empty(values.size, dtype=np.int64)
+    if values.size:
+        changes[0] = values[0] - before
+        np.subtract(values[1:], values[:-1], out=changes[1:])
+    return changes
 
 
 def best_parameter(values: np.ndarray) -> tuple[int, int]:
-    """(bits, k) of the Rice parameter 0..31 that codes ``values`` shortest, the smallest k among equals."""
+    """(bits, k) of the Rice parameter 0..31 that codes ``values`` shortest, the smallest k among equals. The
+    size is convex in k (going to k + 1 saves ceil(floor(x / 2^k) / 2) bits per value, fewer for every larger
+    k, and costs one), so a walk from the mean's bit length finds it in a few steps."""
     if not values.size:
         return 0, 0
-    sizes = [int((values >> k).sum()) + values.size * (k + 1) for k in range(32)]
-    k = int(np.argmin(sizes))
-    return sizes[k], k
+
+    def size(k: int) -> int:
+        return int((values >> k).sum()) + values.size * (k + 1)
+
+    k = min(31, max(0, (int(values.sum()) // values.size).bit_length() - 1))
+    bits = size(k)
+    while k > 0 and (smaller := size(k - 1)) <= bits:
+        k, bits = k - 1, smaller
+    while k < 31 and (larger := size(k + 1)) < bits:
+        k, bits = k + 1, larger
+    return bits, k
 
 
 def _rows(packed: np.ndarray, numel: int, row_bits: int) -> tuple[np.ndarray, np.ndarray]:
