@@ -65,8 +65,8 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
     def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
         layout = _Layout(payload, numel, self.row_bits)
         out = allocate_packed(numel) if out is None else out
-        out.fill(0)
         if rows_kernel.compiled is not None:
+            out.fill(0)
             layout.run(PACKED, out)
             return clear_padding(out, numel)
         rows, counts, listed = layout.decode_numpy()
@@ -80,13 +80,13 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
             yield from layout.packed_chunks()
             return
         rows, counts, listed = layout.decode_numpy()
-        group = 8  # rows per piece: a multiple of 8, so every piece starts on a whole byte
-        done = 0  # rows yielded so far (a multiple of ``group``, or all)
-        for first in np.unique(rows // group) * group:
+        window = window_rows(self.row_bits)
+        done = 0  # rows yielded so far
+        for first in (np.unique(rows // window) * window).tolist():
             if first > done:  # rows without a set bit, however many: one Run
                 yield Run(0, (first - done) * self.row_bits // 8)
-            stop = min(int(first) + group, layout.nrows)
-            for piece_start, piece in _pieces(layout, rows, counts, listed, int(first), stop):
+            stop = min(first + window, layout.nrows)
+            for piece_start, piece in _pieces(layout, rows, counts, listed, first, stop):
                 for at in range(0, piece.size, CHUNK_BYTES):
                     yield piece[at : at + CHUNK_BYTES]
             done = stop
@@ -170,7 +170,7 @@ class _Layout:
         of 8) decoded where the table has rows, and Runs of zeros between them."""
         self._start()
         self._table()
-        window = 8 * max(1, CHUNK_BYTES // self.row_bits)  # rows per piece: it starts on a whole byte
+        window = window_rows(self.row_bits)
         buffer = np.empty(window * self.row_bits // 8, dtype=np.uint8)
         done = 0  # rows yielded so far
         for first in (np.unique(self.rows // window) * window).tolist():
@@ -295,7 +295,7 @@ def _pieces(layout: _Layout, rows: np.ndarray, counts: np.ndarray, listed: np.nd
             first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
     """Packed bits of rows [first, stop) (``first`` a multiple of 8) in pieces of whole bytes, each with its
     flat start: the rows listing their clear bits filled, then every listed position flipped."""
-    group = max(8, (8 * CHUNK_BYTES // layout.row_bits) // 8 * 8)
+    group = window_rows(layout.row_bits)
     for start_row in range(first, stop, group):
         end_row = min(start_row + group, stop)
         start, end = start_row * layout.row_bits, min(end_row * layout.row_bits, layout.numel)
@@ -307,6 +307,12 @@ def _pieces(layout: _Layout, rows: np.ndarray, counts: np.ndarray, listed: np.nd
         a, b = np.searchsorted(listed, [start, end])
         bools[listed[a:b] - start] ^= True
         yield start, np.packbits(bools)
+
+
+def window_rows(row_bits: int) -> int:
+    """Rows decoded at a time in pieces: a multiple of 8, so every piece starts on a whole byte, and about
+    CHUNK_BYTES of packed bits (8 rows where a row is longer)."""
+    return 8 * max(1, CHUNK_BYTES // row_bits)
 
 
 def _check_row_bits(row_bits: Any) -> int:
