@@ -258,3 +258,4 @@ def test_auto_codes_rows_of_opposite_densities_by_rows() -> None:
     rows = RiceRowsCodec().for_shape(bools.shape)
     assert rows.encode_listing(packed, bools.size, 0.04) == (payload, {"row_bits": 1024})  # 3% listed
     assert rows.encode_listing(packed, bools.size, 0.02) is None
+

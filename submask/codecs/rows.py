@@ -238,7 +238,7 @@ class _Layout:
             rows = np.arange(self.nrows)
         else:
             rows = np.cumsum(values[: self.nonempty] + 1) - 1
-        if self.nonempty and rows[-1] >= self.nrows:
+        if np.any(rows >= self.nrows):  # every step is at most 2^53 + 1: a sum past nrows is seen before it wraps
             raise FormatError(f"rice-rows row table names a row past the last ({self.nrows})")
         coded = values[table - self.nonempty :]
         if self.count_mode & DELTA:
@@ -254,6 +254,8 @@ class _Layout:
             raise FormatError(f"rice-rows unary stream codes {ends.size} values, its rows need "
                               f"{table + int(listed_counts.sum())}")
         k = np.repeat(row_parameter(listed_counts, nbits), listed_counts)
+        if np.any(quotients[table:] > np.repeat(nbits, listed_counts) >> k):  # as the compiled decoder
+            raise FormatError("rice-rows payload codes a position past its row's end")
         gaps = _rice_values(quotients[table:], k, self._remainders, int(widths.sum()), end=True)
         row_of = np.repeat(np.arange(rows.size), listed_counts)
         steps = np.concatenate([[0], np.cumsum(gaps + 1)])  # steps[j]: gaps + 1 summed over the codes before j

@@ -108,10 +108,10 @@ def rows_kernel(data, unary_start, unary_nbytes, nonempty, count_mode, count_k, 
         if group == 0:
             row = -1
             for j in range(listed):
-                row += scratch[j] + 1
+                row += scratch[j] + 1  # each step at most 2^53 + 1: checked before a sum could wrap
+                if row >= nrows:
+                    return -1
                 rows[j] = row
-            if listed and row >= nrows:
-                return -1
             continue
         if group == 1:
             c = 0
