@@ -4,8 +4,10 @@ the per-row bound, the version it gives a file, and rejection of bad payloads be
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +261,62 @@ def test_auto_codes_rows_of_opposite_densities_by_rows() -> None:
     assert rows.encode_listing(packed, bools.size, 0.04) == (payload, {"row_bits": 1024})  # 3% listed
     assert rows.encode_listing(packed, bools.size, 0.02) is None
 
+
+
+def spec_reader(payload: bytes, bits: int, row_bits: int) -> list[int]:
+    """The set flat indices of a rice-rows payload, read as FORMAT.md 5.5 describes it, with Python integers
+    and strings of bits only: a check that the text is enough to write a reader."""
+    count_mode, count_k, row_k, _, table_rows, unary_bytes = struct.unpack_from("<BBBBQQ", payload)
+    unary = "".join(format(byte, "08b") for byte in payload[20 : 20 + unary_bytes])
+    remainders = "".join(format(byte, "08b") for byte in payload[20 + unary_bytes :])
+    cursor = {"unary": 0, "remainder": 0}
+
+    def rice(k: int) -> int:
+        end = unary.index("1", cursor["unary"])
+        q, cursor["unary"] = end - cursor["unary"], end + 1
+        r = int(remainders[cursor["remainder"] : cursor["remainder"] + k] or "0", 2)
+        cursor["remainder"] += k
+        return q * 2**k + r
+
+    nrows = -(-bits // row_bits)
+    if count_mode & 2:
+        table = list(range(nrows))
+    else:
+        table, row = [], -1
+        for _ in range(table_rows):
+            row += rice(row_k) + 1
+            table.append(row)
+    counts, count = [], 0
+    for _ in range(table_rows):
+        x = rice(count_k)
+        if count_mode & 1:
+            count += x // 2 if x % 2 == 0 else -(x + 1) // 2
+        else:
+            count = x if count_mode & 2 else x + 1
+        counts.append(count)
+    ones = []
+    for row, c in zip(table, counts):
+        n = min(row_bits, bits - row * row_bits)
+        v, m = (1, c) if 2 * c <= n else (0, n - c)
+        k = min(k for k in range(64) if 2048 * m * 2**k >= 493 * (2 * n - m)) if m else 0
+        listed, p = set(), -1
+        for _ in range(m):
+            p += rice(k) + 1
+            listed.add(p)
+        ones += [row * row_bits + i for i in range(n) if (i in listed) == bool(v)]
+    assert "1" not in unary[cursor["unary"] :] and len(unary) - cursor["unary"] < 8
+    assert len(remainders) - cursor["remainder"] < 8 and "1" not in remainders[cursor["remainder"] :]
+    return ones
+
+
+def test_a_reader_written_from_the_spec_decodes_the_golden_vector() -> None:
+    vectors = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+    expected = json.loads((vectors / "rice-rows-1.2.json").read_text())["tensors"]
+    data = (vectors / "rice-rows-1.2.smask").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    outer = json.loads(data[8 : 8 + length])
+    header = json.loads(outer["__metadata__"]["submask"])
+    for name, entry in header["tensors"].items():
+        begin, end = outer[name]["data_offsets"]
+        payload = data[8 + length + begin : 8 + length + end]
+        assert spec_reader(payload, entry["bits"], entry["encoding"]["row_bits"]) == expected[name]["ones_at"]
