@@ -174,7 +174,7 @@ def rejections(payload: bytes, config: dict, numel: int) -> list[str]:
 
 
 @pytest.mark.parametrize(("offset", "fmt", "value", "message"), [
-    (0, "<B", 2, "count mode 2"),
+    (0, "<B", 8, "count mode 8"),
     (1, "<B", 32, "count k 32"),
     (2, "<B", 32, "row k 32"),
     (3, "<B", 1, "reserved 1"),
@@ -286,14 +286,14 @@ def spec_reader(payload: bytes, bits: int, row_bits: int) -> list[int]:
         for _ in range(table_rows):
             row += rice(row_k) + 1
             table.append(row)
-    counts, count = [], 0
-    for _ in range(table_rows):
+    counts, counted = [], 0
+    for row in table:
         x = rice(count_k)
         if count_mode & 1:
-            count += x // 2 if x % 2 == 0 else -(x + 1) // 2
+            counted += x // 2 if x % 2 == 0 else -(x + 1) // 2
         else:
-            count = x if count_mode & 2 else x + 1
-        counts.append(count)
+            counted = x if count_mode & 6 else x + 1
+        counts.append(min(row_bits, bits - row * row_bits) - counted if count_mode & 4 else counted)
     ones = []
     for row, c in zip(table, counts):
         n = min(row_bits, bits - row * row_bits)

@@ -104,6 +104,11 @@ def rice_rows_tensors() -> list[tuple[str, np.ndarray, str, dict[str, Any] | Non
          "rice-rows", None),  # count mode 1
         ("every_row_scattered_20x64", rows_with_counts(counts, 64, 12), "rice-rows", None),  # count mode 2
         ("every_row_rising_32x96", rows_with_counts(list(range(10, 42)), 96, 13), "rice-rows", None),  # mode 3
+        ("few_full_rows_16x100", rows_with_counts([0, 0, 97, 0, 0, 99, 0, 0, 0, 98, 0, 0, 0, 0, 0, 0], 100, 17),
+         "rice-rows", None),  # count mode 4
+        ("few_dense_rows_alike_16x100", rows_with_counts([0, 60, 0, 59, 0, 0, 57, 0, 56, 0, 0, 0, 0, 0, 0, 0], 100, 18),
+         "rice-rows", None),  # count mode 5
+        ("every_row_dense_rising_32x96", ~rows_with_counts(list(range(10, 42)), 96, 19), "rice-rows", None),  # 7
         ("odd_rows_6x13", odd_rows, "rice-rows", {"row_bits": 13}),
         ("dense_40x64", bits((40, 64), 0.97, 15), "rice-rows", None),
         ("one_dimensional_5000", bits((5000,), 0.02, 16), "rice-rows", None),
@@ -378,8 +383,8 @@ def write_invalid() -> None:
         "rice_too_short.smask": (edited(rice, tensor_edit("scalar", shape=[10**12], bits=10**12)),
                                  "FormatError", "10^12 bits claimed: 238,419 block headers expected, 1 present"),
         # rice-rows (§5.5): the header's fields, then payloads written from the spec with one damage each
-        "rice_rows_count_mode_4.smask": (edited(rows, payload_edit(example, set_byte(0, 4))), "FormatError",
-                                         "count_mode 4"),
+        "rice_rows_count_mode_8.smask": (edited(rows, payload_edit(example, set_byte(0, 8))), "FormatError",
+                                         "count_mode 8"),
         "rice_rows_k_32.smask": (edited(rows, payload_edit(example, set_byte(1, 32))), "FormatError",
                                  "count_k 32"),
         "rice_rows_reserved.smask": (edited(rows, payload_edit(example, set_byte(3, 1))), "FormatError",
@@ -395,7 +400,8 @@ def write_invalid() -> None:
         "rice_rows_unary_past_payload.smask": (edited(rows, payload_edit(example, set_byte(12, 200))),
                                                "FormatError", "unary_bytes past the end of the payload"),
         "rice_rows_bad_row_bits.smask": (
-            edited(rows, tensor_edit(example, encoding={"id": "rice-rows", "row_bits": 0})), "FormatError", "row_bits 0"),
+            edited(rows, tensor_edit(example, encoding={"id": "rice-rows", "row_bits": 0})), "FormatError",
+            "row_bits 0"),
         "rice_rows_row_past_last.smask": (edited(rows, payload_edit(example, example_payload(
             [(0, 0), (5, 0), *example_codes[2:]]))), "FormatError", "a row code naming row 6 of 3"),
         "rice_rows_count_over_row.smask": (edited(rows, payload_edit(example, example_payload(
@@ -432,8 +438,8 @@ Files a reader of [FORMAT.md](../../../FORMAT.md) MUST reject (section 10), writ
 as damaged copies of the 1.1 vectors `zstd-1.1.smask`, `rice-1.1.smask` and `raw-1.1.smask`, of the 1.2 vector
 `rice-rows-1.2.smask` (and one of the 1.0 `zstd.smask`). Each damages one thing; every other part of the file is
 valid (header edits are re-checksummed unless the case is about the checksum), so the check named is the one that
-must fire, in the order of FORMAT.md section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
-submask raises (FORMAT.md section 11); other readers need only reject the file.
+must fire, in the order of FORMAT.md section 2.2. [`expected.json`](expected.json) lists the same cases for
+programs: the error is the class submask raises (FORMAT.md section 11); other readers need only reject the file.
 
 | file | error | what is wrong |
 |---|---|---|

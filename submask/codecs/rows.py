@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import FormatError, LimitError
 from ..packed import clear_padding, packed_nbytes
 from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, physical_memory
-from .rows_encode import encode_rows, row_counts
-from .rows_format import ALL_ROWS, BLOCK_BITS, DELTA, HEADER, MAX_ROW_BITS, row_parameter
+from .rows_encode import encode_rows, row_counts, row_lengths
+from .rows_format import ALL_ROWS, BLOCK_BITS, COMPLEMENT, DELTA, HEADER, MAX_ROW_BITS, row_parameter
 from .rows_kernels import COUNT, PACKED, POSITIONS, ROW_TABLE, rows_kernel
 
 
@@ -57,7 +57,7 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
         """``encode``, or None where the rows' rarer values, which the payload lists, are ``most`` of the
         bits or more (then it is larger than what a writer compares it with)."""
         counts = row_counts(packed, numel, self.row_bits)
-        nbits = np.minimum(self.row_bits, numel - np.arange(counts.size) * self.row_bits)
+        nbits = row_lengths(numel, self.row_bits)
         if int(np.minimum(counts, nbits - counts).sum()) >= most * numel:
             return None
         return encode_rows(packed, numel, self.row_bits, counts), {"row_bits": self.row_bits}
@@ -134,12 +134,12 @@ class _Layout:
                               f"{HEADER.size}-byte header")
         (self.count_mode, self.count_k, self.row_k, reserved, self.nonempty,
          self.unary_nbytes) = HEADER.unpack_from(payload)
-        if self.count_mode > DELTA | ALL_ROWS or self.count_k > 31 or self.row_k > 31 or reserved:
+        if self.count_mode > DELTA | ALL_ROWS | COMPLEMENT or self.count_k > 31 or self.row_k > 31 or reserved:
             raise FormatError(f"rice-rows header is invalid (count mode {self.count_mode}, count k {self.count_k}, "
                               f"row k {self.row_k}, reserved {reserved})")
         if self.nonempty > self.nrows or (self.count_mode & ALL_ROWS and self.nonempty != self.nrows):
             raise FormatError(f"rice-rows payload claims {self.nonempty} rows in its table of {self.nrows}"
-                              f"{' (count mode 2 and 3 hold them all)' if self.count_mode & ALL_ROWS else ''}")
+                              f"{' (its count mode holds them all)' if self.count_mode & ALL_ROWS else ''}")
         if HEADER.size + self.unary_nbytes > len(payload):
             raise FormatError("rice-rows payload ends inside its unary stream")
         self.table_codes = self.nonempty * (1 if self.count_mode & ALL_ROWS else 2)
@@ -242,12 +242,13 @@ class _Layout:
             raise FormatError(f"rice-rows row table names a row past the last ({self.nrows})")
         coded = values[table - self.nonempty :]
         if self.count_mode & DELTA:
-            counts = np.cumsum(np.where(coded & 1, -(coded + 1) // 2, coded // 2))
+            counted = np.cumsum(np.where(coded & 1, -(coded + 1) // 2, coded // 2))
         else:
-            counts = coded + (0 if self.count_mode & ALL_ROWS else 1)
+            counted = coded + (0 if self.count_mode & (ALL_ROWS | COMPLEMENT) else 1)
         nbits = self.row_nbits(rows)
-        if np.any(counts < (0 if self.count_mode & ALL_ROWS else 1)) or np.any(counts > nbits):
-            raise FormatError("rice-rows row table holds a count outside 1..row length (0.. in count modes 2, 3)")
+        counts = nbits - counted if self.count_mode & COMPLEMENT else counted
+        if np.any(counted < 0) or np.any(counts < (0 if self.count_mode & ALL_ROWS else 1)) or np.any(counts > nbits):
+            raise FormatError("rice-rows row table holds a count outside its row, or 0 in a table of non-empty rows")
         value = 2 * counts <= nbits
         listed_counts = np.where(value, counts, nbits - counts)
         if ends.size != table + int(listed_counts.sum()):

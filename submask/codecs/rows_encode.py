@@ -8,7 +8,7 @@ import numpy as np
 
 from ..accel import Kernel
 from ..packed import POPCOUNT8, SET_BITS, from_positions
-from .rows_format import ALL_ROWS, DELTA, HEADER, row_parameter
+from .rows_format import ALL_ROWS, COMPLEMENT, DELTA, HEADER, row_parameter
 
 GROUP_BITS = 1 << 23  # bits unpacked at a time: what encoding costs in memory beyond the codes
 
@@ -20,7 +20,7 @@ def encode_rows(packed: np.ndarray, numel: int, row_bits: int, every_count: np.n
     if write_kernel is None:
         return _encode_numpy(packed, numel, row_bits)
     every_count = row_counts(packed, numel, row_bits) if every_count is None else every_count
-    count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count)
+    count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count, row_lengths(numel, row_bits))
     counts = every_count[rows]
     nbits = np.minimum(row_bits, numel - rows * row_bits)
     listed = np.minimum(counts, nbits - counts)
@@ -40,6 +40,11 @@ def encode_rows(packed: np.ndarray, numel: int, row_bits: int, every_count: np.n
             + remainders[: -(-int(used[1]) // 8)].tobytes())
 
 
+def row_lengths(numel: int, row_bits: int) -> np.ndarray:
+    """The bits of each row: ``row_bits``, less for a short last row."""
+    return np.minimum(row_bits, numel - np.arange(-(-numel // row_bits), dtype=np.int64) * row_bits)
+
+
 def row_counts(packed: np.ndarray, numel: int, row_bits: int) -> np.ndarray:
     """The set bits of each row (int64), a group of whole rows at a time without numba."""
     counts = np.empty(-(-numel // row_bits), dtype=np.int64)
@@ -57,7 +62,7 @@ def row_counts(packed: np.ndarray, numel: int, row_bits: int) -> np.ndarray:
 
 def _encode_numpy(packed: np.ndarray, numel: int, row_bits: int) -> bytes:
     every_count, listed = _rows(packed, numel, row_bits)
-    count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count)
+    count_mode, count_k, row_k, rows, row_codes, count_codes = _row_table(every_count, row_lengths(numel, row_bits))
     counts = every_count[rows]
     nbits = np.minimum(row_bits, numel - rows * row_bits)
     value = 2 * counts <= nbits
@@ -149,21 +154,22 @@ def _write_rows(packed, row_bits, table, widths, rows, counts, nbits, ks, unary,
     used[1] = 8 * rbyte + held
 
 
-def _row_table(counts: np.ndarray) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """The shortest row table for these per-row counts: (count mode, count k, row k, the rows in the table,
-    the row codes, the count codes); the lowest mode among equals."""
+def _row_table(counts: np.ndarray, nbits: np.ndarray) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """The shortest row table for these per-row counts of rows of ``nbits``: (count mode, count k, row k, the
+    rows in the table, the row codes, the count codes); the lowest mode among equals."""
     nonempty = np.flatnonzero(counts)
     row_codes = _changes(nonempty, -1) - 1
     row_bits, row_k = best_parameter(row_codes)
     options = []
-    for mode in range(4):
+    for mode in range(8):
         every_row = mode & ALL_ROWS
-        table = counts if every_row else counts[nonempty]
+        rows = slice(None) if every_row else nonempty
+        counted = nbits[rows] - counts[rows] if mode & COMPLEMENT else counts[rows]
         if mode & DELTA:
-            changes = _changes(table, 0)
+            changes = _changes(counted, 0)
             coded = np.where(changes >= 0, 2 * changes, -2 * changes - 1)
         else:
-            coded = table if every_row else table - 1
+            coded = counted if mode & (ALL_ROWS | COMPLEMENT) else counted - 1
         count_bits, count_k = best_parameter(coded)
         options.append((count_bits + (0 if every_row else row_bits), mode, count_k, every_row, coded))
     _, mode, count_k, every_row, coded = min(options, key=lambda option: option[:2])

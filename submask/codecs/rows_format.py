@@ -10,8 +10,9 @@ import numpy as np
 HEADER = struct.Struct("<BBBBQQ")  # count mode, count k, row k, reserved, rows in the table, unary bytes
 MAX_ROW_BITS = 1 << 20  # 8 rows fit a piece of decode_chunks in 8 MiB of bools
 BLOCK_BITS = 4096  # the rows of a 1-D tensor (and of tensors whose last dimension suits rows badly)
-DELTA, ALL_ROWS = 1, 2  # count mode flags: counts coded as the zigzag of their change (else as they are,
-#   less 1 without ALL_ROWS); the table holds every row, with no row codes (else the non-empty rows only)
+DELTA, ALL_ROWS, COMPLEMENT = 1, 2, 4  # count mode flags: counts coded as the zigzag of their change (else as
+#   they are, less 1 for a table of non-empty rows); the table holds every row, with no row codes (else the
+#   non-empty rows only); each row's clear bits counted instead of its set bits
 
 
 def row_parameter(listed: np.ndarray, nbits: np.ndarray) -> np.ndarray:

@@ -114,17 +114,18 @@ def rows_kernel(data, unary_start, unary_nbytes, nonempty, count_mode, count_k, 
                 rows[j] = row
             continue
         if group == 1:
-            c = 0
+            counted = 0  # set bits, or clear bits with the complement flag
             for j in range(listed):
                 coded = scratch[j]
                 if not count_mode & 1:
-                    c = coded if every_row else coded + 1
+                    counted = coded if every_row or count_mode & 4 else coded + 1
                 elif coded & 1:
-                    c -= (coded + 1) // 2
+                    counted -= (coded + 1) // 2
                 else:
-                    c += coded // 2
+                    counted += coded // 2
                 n = min(row_bits, numel - rows[j] * row_bits)
-                if c < (0 if every_row else 1) or c > n:
+                c = n - counted if count_mode & 4 else counted
+                if counted < 0 or c < (0 if every_row else 1) or c > n:
                     return -1
                 counts[j] = c
                 ones += c
