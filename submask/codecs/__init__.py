@@ -49,17 +49,18 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
                 shape: tuple[int, ...] | None = None) -> tuple[str, bytes, dict[str, Any]]:
     """Encode with the best default encoding; returns (id, payload, config).
 
-    Rice is tried where the rarer value is below 20% density, and with ``shape`` Rice by rows (its last
-    dimension, FORMAT.md 5.5) where the rows' rarer values are, and zstd where the rarer value is above 0.3%
-    (outside those ranges each is always larger than the other). The smallest wins, except that zstd,
-    several times faster to decode, is kept when a Rice code saves less than 3% of its size. Raw wins ties,
-    then rice.
+    Rice is tried where the rarer value is below 20% density; with ``shape``, Rice by rows (its last
+    dimension, FORMAT.md 5.5) where there is more than one row and the rows' rarer values are below 20%; zstd
+    where the rarer value is above 0.3% (outside those ranges each is always larger than another). The
+    smallest wins, except that zstd, several times faster to decode, is kept when a Rice code saves less than
+    3% of its size. Raw wins ties, then rice.
     """
     candidates = [("raw", packed.tobytes(), {})]
     minority = min(ones, numel - ones) / numel if numel else 0.0
     if minority < 0.2:
         candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
-    rows = RiceRowsCodec().for_shape(shape).encode_listing(packed, numel, 0.2) if shape and numel else None
+    by_rows = RiceRowsCodec().for_shape(shape) if shape else None
+    rows = by_rows.encode_listing(packed, numel, 0.2) if by_rows and numel > by_rows.row_bits else None
     if rows is not None:
         candidates.append(("rice-rows", *rows))
     if minority >= 0.003:
