@@ -90,7 +90,8 @@ class MaskMetadata:
     stats: dict[str, Any] = field(default_factory=dict)
     extensions: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    minor_version: int = MINOR  # the file's own when read, so that a rewrite keeps it (§7)
+    minor_version: int = field(default=MINOR, compare=False)  # the file's own when read, so that a rewrite
+    #   keeps it (§7); it says how the file is written, not what the mask is, so equal masks may differ in it
     checkpoint: list[CheckpointFile] | None = None  # the layout a delta rebuilds (§12)
 
     @property

@@ -14,7 +14,7 @@ from submask.errors import FormatError, UnknownEncodingError
 from submask.packed import pack, popcount, unpack
 from masks import random_bools
 
-ENCODINGS = ["raw", "zstd", "rice"]
+ENCODINGS = ["raw", "zstd", "rice", "rice-rows"]
 
 
 def random_bits(numel: int, density: float, seed: int = 0) -> np.ndarray:

@@ -140,7 +140,7 @@ def damaged_copy(bools: np.ndarray, path: Path, encoding: str) -> np.ndarray:
     return moved
 
 
-@pytest.mark.parametrize("encoding", ["raw", "zstd", "rice"])
+@pytest.mark.parametrize("encoding", ["raw", "zstd", "rice", "rice-rows"])
 def test_compare_verifies_crcs_unless_told_not_to(tmp_path: Path, kernels: str, encoding: str) -> None:
     bools = np.random.default_rng(7).random((300, 200)) < 0.01
     moved = damaged_copy(bools, tmp_path / "bad.smask", encoding)

@@ -155,7 +155,7 @@ def expand(piece: np.ndarray | Run) -> np.ndarray:
     return np.full(piece.nbytes, piece.byte, dtype=np.uint8) if isinstance(piece, Run) else piece.copy()
 
 
-@pytest.mark.parametrize("encoding", ["raw", "zstd", "rice"])
+@pytest.mark.parametrize("encoding", ["raw", "zstd", "rice", "rice-rows"])
 @pytest.mark.parametrize("density", [0.0, 0.000002, 0.002, 0.6, 1.0])
 def test_decode_chunks_concatenate_to_decode(encoding: str, density: float) -> None:
     numel = 3 * 8 * CHUNK_BYTES + 13
@@ -187,6 +187,22 @@ def test_validate_checks_a_rice_bomb_in_bounded_memory(tmp_path: Path, bits: int
         tracemalloc.stop()
     assert len(problems) == 1 and "CRC-32 of the decoded bits is" in problems[0]  # every zero bit, checked
     assert peak < 8 * CHUNK_BYTES  # not the claimed size
+
+
+def test_validate_checks_a_rice_rows_bomb_in_bounded_memory(tmp_path: Path) -> None:
+    bits = 10**12  # rows of 2^20 bits, none listed: a 20-byte payload (FORMAT.md 5.5)
+    header = {"format": "submask", "version": "1.2", "kind": "other",
+              "tensors": {"bomb": {"shape": [bits // 2**20 + 1, 2**20], "bits": (bits // 2**20 + 1) * 2**20, "ones": 0,
+                                   "encoding": {"id": "rice-rows", "row_bits": 2**20}, "crc32": "00000000"}}}
+    path = tmp_path / "bomb.smask"
+    path.write_bytes(container(json.dumps(header), {"bomb": struct.pack("<BBBBQQ", 0, 0, 0, 0, 0, 0)}))
+    with submask.open(path) as mask_file:
+        tracemalloc.start()
+        problems = mask_file.problems()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert len(problems) == 1 and "CRC-32 of the decoded bits is" in problems[0]  # every zero bit, checked
+    assert peak < 8 * CHUNK_BYTES
 
 
 def test_max_bits_refuses_a_big_claim_before_decoding(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def header_of(path: Path) -> dict:
 
 def test_vectors_exist_for_every_encoding() -> None:
     encodings = {entry["encoding"]["id"] for path in SINGLE_FILES for entry in header_of(path)["tensors"].values()}
-    assert encodings == {"raw", "zstd", "rice"}
+    assert encodings == {"raw", "zstd", "rice", "rice-rows"}
     assert "sharded" in VECTOR_NAMES and len(VECTOR_NAMES) >= 5
 
 
@@ -143,6 +143,19 @@ def test_the_1_0_vectors_stay_and_1_1_vectors_hold_the_same_content() -> None:
         assert (VECTORS / f"{name}.json").read_text() == (VECTORS / f"{name}-1.1.json").read_text()
 
 
+def test_the_rice_rows_vector_is_1_2_covers_every_count_mode_and_holds_the_worked_example() -> None:
+    path = VECTORS / "rice-rows-1.2.smask"
+    assert header_of(path)["version"] == "1.2"
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    entries = json.loads(data[8:8 + length])
+    payloads = {name: data[8 + length + entry["data_offsets"][0] : 8 + length + entry["data_offsets"][1]]
+                for name, entry in entries.items() if name != "__metadata__"}
+    assert {payload[0] for payload in payloads.values()} == set(range(8))  # every count mode
+    example = re.search(r"Payload \(23 bytes\):\n`([0-9A-F ]+)`", (SPEC.parent / "FORMAT.md").read_text())
+    assert payloads["worked_example_3x8"] == bytes.fromhex(example.group(1))
+
+
 INVALID = json.loads((VECTORS / "invalid" / "expected.json").read_text())
 
 
@@ -174,7 +187,7 @@ def test_cli_validate_rejects_every_invalid_vector_in_one_line(file_name: str) -
 
 
 @pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0", "rice-1.1", "rich_metadata-1.1",
-                                  "values-1.2"])
+                                  "values-1.2", "rice-rows-1.2"])
 def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
     runner = CliRunner()
     assert runner.invoke(main, ["validate", str(VECTORS / f"{name}.smask")]).exit_code == 0

@@ -24,9 +24,11 @@ import zstandard
 
 import submask
 from submask import CheckpointFile, MaskMetadata, MaskWriter, TensorMask, TensorValues
-from submask.safetensors_header import MAX_HEADER_BYTES
+from submask.codecs import RiceRowsCodec
 from submask.metadata import MINOR
+from submask.safetensors_header import MAX_HEADER_BYTES
 
+ROWS_MINOR = RiceRowsCodec.minor_version
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 CREATOR = {"library": "submask", "version": "0.1.0"}  # fixed, so the vectors do not change with releases
 WRITE_IDS = ("5ba4d1c0e2f3a4b5c6d7e8f901234567", "0f1e2d3c4b5a69788796a5b4c3d2e1f0")  # fixed write ids of shards
@@ -71,6 +73,64 @@ def rice_tensors() -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
         ("scalar", np.array(True), "rice", None),
         ("empty", np.zeros(0, bool), "rice", None),
     ]
+
+
+def rows_with_counts(counts: list[int], cols: int, seed: int) -> np.ndarray:
+    """Rows of ``cols`` bits with exactly ``counts[i]`` set bits in row i, at random places."""
+    rng = np.random.default_rng(seed)
+    rows = np.zeros((len(counts), cols), bool)
+    for row, count in zip(rows, counts):
+        row[rng.choice(cols, count, replace=False)] = True
+    return rows
+
+
+def worked_example() -> np.ndarray:
+    """The rice-rows example of FORMAT.md section 5.5: rows of 8 bits, bit 1 set, all but bit 6, none."""
+    example = np.zeros((3, 8), bool)
+    example[0, 1] = True
+    example[1] = True
+    example[1, 6] = False
+    return example
+
+
+def rice_rows_tensors() -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
+    odd_rows = bits((6, 13), 0.2, 14)
+    odd_rows[1], odd_rows[2], odd_rows[3] = True, False, True
+    odd_rows[3, 12] = False  # a full row, an empty one and one all but full, none on whole bytes
+    counts = [int(c) for c in np.random.default_rng(12).integers(1, 30, 20)]
+    return [
+        ("worked_example_3x8", worked_example(), "rice-rows", {"row_bits": 8}),  # count mode 0
+        ("few_rows_alike_16x100", rows_with_counts([0, 0, 0, 40, 0, 0, 0, 0, 0, 41, 0, 0, 43, 0, 0, 0], 100, 11),
+         "rice-rows", None),  # count mode 1
+        ("every_row_scattered_20x64", rows_with_counts(counts, 64, 12), "rice-rows", None),  # count mode 2
+        ("every_row_rising_32x96", rows_with_counts(list(range(10, 42)), 96, 13), "rice-rows", None),  # mode 3
+        ("few_full_rows_16x100", rows_with_counts([0, 0, 97, 0, 0, 99, 0, 0, 0, 98, 0, 0, 0, 0, 0, 0], 100, 17),
+         "rice-rows", None),  # count mode 4
+        ("few_dense_rows_alike_16x100", rows_with_counts([0, 60, 0, 59, 0, 0, 57, 0, 56, 0, 0, 0, 0, 0, 0, 0], 100, 18),
+         "rice-rows", None),  # count mode 5
+        ("every_row_dense_rising_32x96", ~rows_with_counts(list(range(10, 42)), 96, 19), "rice-rows", None),  # 7
+        ("odd_rows_6x13", odd_rows, "rice-rows", {"row_bits": 13}),
+        ("dense_40x64", bits((40, 64), 0.97, 15), "rice-rows", None),
+        ("one_dimensional_5000", bits((5000,), 0.02, 16), "rice-rows", None),
+        ("empty", np.zeros((0, 5), bool), "rice-rows", None),
+    ]
+
+
+def rice_rows_payload(count_mode: int, count_k: int, row_k: int, table_rows: int,
+                      codes: list[tuple[int, int]], unary_extra: bytes = b"", remainder_extra: int = 0) -> bytes:
+    """A rice-rows payload written from FORMAT.md section 5.5 alone: the header, then the (value, k) codes as
+    unary and remainder streams; ``unary_extra`` is appended to the unary stream and ``remainder_extra`` set
+    as the remainder stream's pad bits, to damage them."""
+    unary = "".join("0" * (value >> k) + "1" for value, k in codes)
+    remainders = "".join(format(value & ((1 << k) - 1), f"0{k}b") if k else "" for value, k in codes)
+    def packed(text: str) -> bytes:
+        return int(text + "0" * (-len(text) % 8), 2).to_bytes(-(-len(text) // 8), "big") if text else b""
+    unary_bytes = packed(unary) + unary_extra
+    remainder_bytes = bytearray(packed(remainders))
+    if remainder_extra:
+        remainder_bytes[-1] |= remainder_extra
+    return (struct.pack("<BBBBQQ", count_mode, count_k, row_k, 0, table_rows, len(unary_bytes)) + unary_bytes
+            + bytes(remainder_bytes))
 
 
 def rich_metadata() -> MaskMetadata:
@@ -251,6 +311,15 @@ def write_invalid() -> None:
     """Damaged copies of valid vectors, each with the error class a reader must raise (see invalid/README.md)."""
     zstd, rice, raw = (VECTORS / f"{name}-1.1.smask" for name in ("zstd", "rice", "raw"))
     deltas = VECTORS / "values-1.2.smask"
+    rows = VECTORS / "rice-rows-1.2.smask"
+    example = "worked_example_3x8"
+    # the worked example's codes (FORMAT.md 5.5): rows 0 and 1, counts 1 and 7, one listed position each
+    example_codes = [(0, 0), (0, 0), (0, 1), (6, 1), (1, 2), (6, 2)]
+
+    def example_payload(codes: list[tuple[int, int]], **damage: Any) -> Callable[[bytearray], None]:
+        def replace(old: bytearray) -> None:
+            old[:] = rice_rows_payload(0, 1, 0, 2, codes, **damage)
+        return replace
     source = zstd.read_bytes()
     (length,) = struct.unpack("<Q", source[:8])
     dense_start = json.loads(source[8:8 + length])["dense_100x33"]["data_offsets"][0]
@@ -364,6 +433,43 @@ def write_invalid() -> None:
         "rice_too_short.smask": (edited(rice, tensor_edit("scalar", shape=[10**12], bits=10**12)),
                                  "FormatError", "10^12 bits claimed: 238,419 block headers expected, 1 present"),
         **invalid_values(deltas),
+        # rice-rows (§5.5): the header's fields, then payloads written from the spec with one damage each
+        "rice_rows_count_mode_8.smask": (edited(rows, payload_edit(example, set_byte(0, 8))), "FormatError",
+                                         "count_mode 8"),
+        "rice_rows_k_32.smask": (edited(rows, payload_edit(example, set_byte(1, 32))), "FormatError",
+                                 "count_k 32"),
+        "rice_rows_reserved.smask": (edited(rows, payload_edit(example, set_byte(3, 1))), "FormatError",
+                                     "a non-zero reserved byte"),
+        "rice_rows_table_over_rows.smask": (edited(rows, payload_edit(example, set_byte(4, 4))), "FormatError",
+                                            "a table of 4 rows in a tensor of 3"),
+        "rice_rows_all_rows_short_table.smask": (edited(rows, payload_edit(example, set_byte(0, 2))),
+                                                 "FormatError", "count mode 2 (every row) with a table of 2 rows of 3"),
+        "rice_rows_table_beyond_stream.smask": (edited(rows, lambda h, p: (
+            h["tensors"][example].update(shape=[10**12, 8], bits=8 * 10**12),
+            p.__setitem__(example, rice_rows_payload(0, 1, 0, 10**11, example_codes)))), "FormatError",
+            "a table of 10^11 rows (of 10^12 claimed) in a 2-byte unary stream: refused before allocating it"),
+        "rice_rows_unary_past_payload.smask": (edited(rows, payload_edit(example, set_byte(12, 200))),
+                                               "FormatError", "unary_bytes past the end of the payload"),
+        "rice_rows_bad_row_bits.smask": (
+            edited(rows, tensor_edit(example, encoding={"id": "rice-rows", "row_bits": 0})), "FormatError",
+            "row_bits 0"),
+        "rice_rows_row_past_last.smask": (edited(rows, payload_edit(example, example_payload(
+            [(0, 0), (5, 0), *example_codes[2:]]))), "FormatError", "a row code naming row 6 of 3"),
+        "rice_rows_count_over_row.smask": (edited(rows, payload_edit(example, example_payload(
+            [(0, 0), (0, 0), (0, 1), (8, 1), (1, 2), (6, 2)]))), "FormatError", "a count of 9 in a row of 8"),
+        "rice_rows_position_past_row.smask": (edited(rows, payload_edit(example, example_payload(
+            [*example_codes[:4], (8, 2), (6, 2)]))), "FormatError", "a position at 8 in a row of 8"),
+        "rice_rows_extra_code.smask": (edited(rows, payload_edit(example, example_payload(
+            [*example_codes, (0, 0)]))), "FormatError", "one code more than the rows need"),
+        "rice_rows_unary_zero_byte.smask": (edited(rows, payload_edit(example, example_payload(
+            example_codes, unary_extra=b"\0"))), "FormatError", "a zero byte after the unary stream's last code"),
+        "rice_rows_remainder_pad_bit.smask": (edited(rows, payload_edit(example, example_payload(
+            example_codes, remainder_extra=1))), "FormatError", "a pad bit set after the remainder stream"),
+        "rice_rows_trailing_byte.smask": (edited(rows, payload_edit(example, lambda p: p.extend(b"\0"))),
+                                          "FormatError", "a byte after the remainder stream"),
+        "rice_rows_exceeds_memory.smask": (edited(rows, tensor_edit(example, shape=[2**50, 8], bits=2**53)),
+                                           "LimitError", ("a valid payload for 2^53 bits (its last rows empty): "
+                                                          "refused before allocating 1 PiB")),
     }
     invalid = VECTORS / "invalid"
     invalid.mkdir(exist_ok=True)
@@ -437,10 +543,12 @@ INVALID_README = """# Invalid vectors
 
 Files a reader of [FORMAT.md](../../../FORMAT.md) MUST reject (section 10), written by `tools/make_vectors.py`
 as damaged copies of the 1.1 vectors `zstd-1.1.smask`, `rice-1.1.smask` and `raw-1.1.smask` (and one of the 1.0
-`zstd.smask`), and of the 1.2 delta `values-1.2.smask` (the `values_*` and `checkpoint_*` cases). Each damages
-one thing; every other part of the file is valid (header edits are re-checksummed unless the case is about the
-checksum), so the check named is the one that must fire, in the order of FORMAT.md section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
-submask raises (FORMAT.md section 11); other readers need only reject the file.
+`zstd.smask`), of the 1.2 vector `rice-rows-1.2.smask` (the `rice_rows_*` cases), and of the 1.2 delta
+`values-1.2.smask` (the `values_*` and `checkpoint_*` cases). Each damages one thing; every other part of the
+file is valid (header edits are re-checksummed unless the case is about the checksum), so the check named is
+the one that must fire, in the order of FORMAT.md section 2.2. [`expected.json`](expected.json) lists the same
+cases for programs: the error is the class submask raises (FORMAT.md section 11); other readers need only
+reject the file.
 
 | file | error | what is wrong |
 |---|---|---|
@@ -526,6 +634,7 @@ def main() -> None:
         write_vector(f"zstd{suffix}", zstd_tensors(), minor=minor)
         write_vector(f"rice{suffix}", rice_tensors(), minor=minor)
         write_vector(f"rich_metadata{suffix}", rich_tensors(), rich_metadata(), minor=minor)
+    write_vector(f"rice-rows-1.{ROWS_MINOR}", rice_rows_tensors(), minor=ROWS_MINOR)  # new in 1.2: no older copy
     remove_sharded(VECTORS / "sharded.smask")  # a new write never reuses names: clear the old one first
     write_vector("sharded", sharded_tensors(), max_shard_bytes=32)
     write_values_vector("values-1.2")

@@ -16,8 +16,9 @@ from ..errors import UnknownEncodingError
 from .base import Codec, IntersectionCounter, PositionsDecoder
 from .plain import RawCodec, ZstdCodec
 from .rice import RiceCodec, rice_kernels_compiled
+from .rows import RiceRowsCodec
 
-CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec())}
+CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec(), RiceRowsCodec())}
 
 
 def get_codec(encoding_id: str) -> Codec:
@@ -44,23 +45,30 @@ def binary_entropy_bits(ones: int, numel: int) -> float:
     return numel * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
-def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, dict[str, Any]]:
+def encode_auto(packed: np.ndarray, numel: int, ones: int,
+                shape: tuple[int, ...] | None = None) -> tuple[str, bytes, dict[str, Any]]:
     """Encode with the best default encoding; returns (id, payload, config).
 
-    Rice is tried where the rarer value is below 20% density and zstd where it is above 0.3% (outside
-    those ranges each is always larger than the other). The smallest wins, except that zstd, several times
-    faster to decode, is kept when Rice saves less than 3% of its size. Raw wins ties.
+    Rice is tried where the rarer value is below 20% density; with ``shape``, Rice by rows (its last
+    dimension, FORMAT.md 5.5) where there is more than one row and the rows' rarer values are below 20%; zstd
+    where the rarer value is above 0.3% (outside those ranges each is always larger than another). The
+    smallest wins, except that zstd, several times faster to decode, is kept when a Rice code saves less than
+    3% of its size. Raw wins ties, then rice.
     """
     candidates = [("raw", packed.tobytes(), {})]
     minority = min(ones, numel - ones) / numel if numel else 0.0
     if minority < 0.2:
         candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
+    by_rows = RiceRowsCodec().for_shape(shape) if shape else None
+    rows = by_rows.encode_listing(packed, numel, 0.2) if by_rows and numel > by_rows.row_bits else None
+    if rows is not None:
+        candidates.append(("rice-rows", *rows))
     if minority >= 0.003:
         candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
 
     best = min(candidates, key=lambda candidate: len(candidate[1]))  # raw first: wins ties
     zstd = next((c for c in candidates if c[0] == "zstd"), None)
-    if best[0] == "rice" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
+    if best[0] != "raw" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
         return zstd
     return best
 
@@ -68,5 +76,5 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, 
 ZSTD_PREFERENCE = 1 / 1.03
 
 
-__all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "ZstdCodec",
-           "binary_entropy_bits", "codec_for", "encode_auto", "get_codec", "rice_kernels_compiled"]
+__all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "RiceRowsCodec",
+           "ZstdCodec", "binary_entropy_bits", "codec_for", "encode_auto", "get_codec", "rice_kernels_compiled"]

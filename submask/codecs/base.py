@@ -37,6 +37,7 @@ class Codec:
     """An encoding of packed bits: ``encode`` returns (payload, config); ``decode`` inverts it."""
 
     id: ClassVar[str]
+    minor_version: ClassVar[int] = 0  # the format version 1.x that added this encoding: a file using it is 1.x
 
     def encode(self, packed: np.ndarray, numel: int) -> tuple[bytes, dict[str, Any]]:
         raise NotImplementedError
@@ -58,6 +59,10 @@ class Codec:
         reader's config must hold every setting (``from_config``), a writer's may leave some to the defaults."""
         if config:
             raise FormatError(f"encoding {self.id!r} takes no settings, got {config!r}")
+        return self
+
+    def for_shape(self, shape: tuple[int, ...]) -> "Codec":
+        """This codec with the settings a writer uses for a tensor of this shape (most codecs ignore it)."""
         return self
 
     def from_config(self, config: dict[str, Any]) -> "Codec":

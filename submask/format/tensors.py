@@ -22,9 +22,9 @@ def encode_tensor(name: str, shape: tuple[int, ...], packed: np.ndarray, ones: i
     """Encode packed bits with the given encoding id and settings (or the best default one for "auto")."""
     numel = math.prod(shape)
     if encoding == "auto":
-        encoding, payload, config = encode_auto(packed, numel, ones)
+        encoding, payload, config = encode_auto(packed, numel, ones, tuple(shape))
     else:
-        payload, config = get_codec(encoding).configured(config or {}).encode(packed, numel)
+        payload, config = get_codec(encoding).for_shape(tuple(shape)).configured(config or {}).encode(packed, numel)
     return TensorEntry(name, tuple(shape), ones, encoding, config, crc32(packed)), payload
 
 

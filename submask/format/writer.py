@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import strict_json
 from ..atomic import atomic_write, check_target, scratch_file, writing
+from ..codecs import get_codec
 from ..errors import FormatError, MismatchError, OutputError, UsageError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
@@ -142,6 +143,10 @@ class MaskWriter:
                              if e.values is not None else e for e in shard.entries]
         check_writable(self.metadata, self.path)  # again: the metadata may have changed since (a build's stats)
         metadata = self.metadata.for_file(any(e.values for s in shards for e in s.entries))
+        encodings = {entry.encoding for shard in shards for entry in shard.entries}
+        # a file declares at least the minor version that added each encoding it uses (§7)
+        metadata = replace(metadata, minor_version=max([metadata.minor_version,
+                                                        *(get_codec(e).minor_version for e in encodings)]))
         if len(shards) == 1:
             with atomic_write(self.path) as out:
                 _write_shard(out, metadata, shards[0])

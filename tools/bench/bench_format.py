@@ -26,7 +26,7 @@ from .report import best_time, markdown_table, write_section
 
 DENSITIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.3, 0.5, 0.85, 0.99, 0.999]
 SPEED_DENSITIES = [0.001, 0.01, 0.05, 0.15, 0.3, 0.5, 0.85]
-ENCODINGS = ["raw", "zstd", "rice"]
+ENCODINGS = ["raw", "zstd", "rice", "rice-rows"]  # rice-rows in its 1-D blocks of 4096: the rows below
 
 
 def iid_mask(numel: int, density: float, seed: int = 0) -> np.ndarray:
@@ -49,11 +49,13 @@ def size_rows(numel: int) -> list[list[object]]:
             if structure == "iid":
                 packed = iid_mask(numel, density)
                 bound = binary_entropy_bits(popcount(packed), numel)
+                shape: tuple[int, ...] = (numel,)
             else:
                 packed, bound = row_structured_mask(numel >> 12, 4096, density)
+                shape = (numel >> 12, 4096)
             ones = popcount(packed)
             sizes = {enc: len(get_codec(enc).encode(packed, numel)[0]) for enc in ENCODINGS}
-            chosen, payload, _ = encode_auto(packed, numel, ones)
+            chosen, payload, _ = encode_auto(packed, numel, ones, shape)
             per_param = {enc: 8 * size / numel for enc, size in sizes.items()}
             rows.append([structure, f"{density:.1%}", f"{bound / numel:.4f}",
                          *(f"{per_param[enc]:.4f}" for enc in ENCODINGS),
@@ -69,7 +71,7 @@ def speed_rows(numel: int, repeat: int) -> list[list[object]]:
         bools = np.unpackbits(packed).view(np.bool_)
         numpy_pack = numel / best_time(lambda: np.packbits(bools), repeat) / 1e9
         numpy_unpack = numel / best_time(lambda: np.unpackbits(packed), repeat) / 1e9
-        chosen = encode_auto(packed, numel, popcount(packed))[0]
+        chosen = encode_auto(packed, numel, popcount(packed), (numel,))[0]
         for enc, compiled in [(enc, True) for enc in ENCODINGS] + [("rice", False)]:
             codec = get_codec(enc)
             with contextlib.nullcontext() if compiled else numba_disabled():
