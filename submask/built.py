@@ -9,17 +9,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .mask import Mask
 from .metadata import MaskMetadata
 
+if TYPE_CHECKING:
+    from .delta import Delta
+
 
 @dataclass(frozen=True)
 class BuiltMask:
-    """A mask just made: ``mask`` when kept in memory, ``path`` when written (a sharded mask's index), and in
-    both cases its ``metadata`` and counts. A written one is ``os.PathLike``: ``submask.load(built)`` reads it.
+    """A mask just made: ``mask`` when kept in memory (``delta`` too, for a build with values), ``path`` when
+    written (a sharded mask's index), and in both cases its ``metadata`` and counts. A written one is
+    ``os.PathLike``: ``submask.load(built)`` reads it.
 
     >>> built = submask.build_mask("base/", "rl/", "rl.smask")          # doctest: +SKIP
     >>> built.path, built.density, built.stats["ladder"]["atol"]        # doctest: +SKIP
@@ -31,6 +35,7 @@ class BuiltMask:
     numel: int
     path: Path | None = None
     mask: Mask | None = None
+    delta: "Delta | None" = None
 
     @property
     def stats(self) -> dict[str, Any]:
