@@ -23,10 +23,11 @@ from .errors import (
     UsageError,
     VersionError,
 )
-from .metadata import MaskMetadata, model_fingerprint
-from .format import MaskFile, MaskWriter, TensorEntry
-from .io import MaskLike, load, open, open_mask, save
+from .metadata import CheckpointFile, MaskMetadata, model_fingerprint
+from .format import MaskFile, MaskWriter, TensorEntry, TensorValues
+from .io import MaskLike, load, load_delta, open, open_mask, save
 from .mask import Mask, TensorMask
+from .delta import Delta
 from .algebra import (
     Counts,
     PairStats,
@@ -71,7 +72,9 @@ __all__ = [
     "union",
     "AppliedModel",
     "BuiltMask",
+    "CheckpointFile",
     "ChecksumError",
+    "Delta",
     "FormatError",
     "HeaderChecksumError",
     "HubError",
@@ -92,6 +95,7 @@ __all__ = [
     "SubmaskError",
     "TensorEntry",
     "TensorMask",
+    "TensorValues",
     "UnknownEncodingError",
     "UsageError",
     "UpdateSparsity",
@@ -105,6 +109,7 @@ __all__ = [
     "build_mask",
     "list_masks",
     "load",
+    "load_delta",
     "model_fingerprint",
     "open",
     "open_mask",

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any, Union
 
+from .delta import Delta
 from .errors import UsageError
 from .format import MaskFile, MaskWriter, local_mask_path
 from .hub.paths import is_hub_url
@@ -70,16 +72,34 @@ def load(path: str | os.PathLike[str], *, max_bits: int | None = None, expect_mo
     return mask
 
 
-def save(mask: Mask, path: str | os.PathLike[str], *, encoding: str | Mapping[str, str] = "auto",
+def load_delta(path: str | os.PathLike[str], *, max_bits: int | None = None, **hub_options: Any) -> Delta:
+    """Read a delta (a mask with values, FORMAT.md §12) into memory, verifying every checksum; options as ``load``.
+
+    A mask without values loads as a Delta with no values.
+    """
+    local, source = _local(path, hub_options)
+    with MaskFile(local, max_bits=max_bits) as mask_file:
+        mask = mask_file.load()
+        values = {name: mask_file.values(name) for name, entry in mask_file.entries.items() if entry.values is not None}
+        checkpoint = mask_file.metadata.checkpoint
+    if source is not None:
+        mask.metadata.extra["source"] = source
+    return Delta(mask, values, checkpoint)
+
+
+def save(mask: Mask | Delta, path: str | os.PathLike[str], *, encoding: str | Mapping[str, str] = "auto",
          max_shard_bytes: int | None = None, overwrite: bool = False) -> None:
-    """Write ``mask`` atomically; ``encoding`` is "auto", an encoding id, or a per-tensor mapping of ids.
+    """Write ``mask`` (or a ``Delta``: its mask, values and checkpoint layout) atomically; ``encoding`` is "auto",
+    an encoding id, or a per-tensor mapping of ids.
 
     An existing file at ``path`` is replaced only with ``overwrite=True`` (OutputError otherwise).
     """
-    with MaskWriter(path, mask.metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite) as writer:
-        for name, tensor in mask.items():
+    delta = mask if isinstance(mask, Delta) else Delta(mask)
+    metadata = replace(delta.mask.metadata, checkpoint=delta.checkpoint)
+    with MaskWriter(path, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite) as writer:
+        for name, tensor in delta.mask.items():
             chosen = encoding if isinstance(encoding, str) else encoding.get(name, "auto")
-            writer.add(name, tensor, chosen)
+            writer.add(name, tensor, chosen, values=delta.values.get(name))
 
 
 def _local(path: str | os.PathLike[str], hub_options: dict[str, Any]) -> tuple[os.PathLike[str], dict | None]:
@@ -95,4 +115,4 @@ def _local(path: str | os.PathLike[str], hub_options: dict[str, Any]) -> tuple[o
     return local_mask_path(text), None
 
 
-__all__ = ["MaskLike", "load", "open", "open_mask", "save"]
+__all__ = ["MaskLike", "load", "load_delta", "open", "open_mask", "save"]

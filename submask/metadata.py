@@ -8,22 +8,73 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._version import __version__
 from .errors import FormatError, VersionError, where
 
 FORMAT_NAME = "submask"
-MAJOR, MINOR = 1, 1  # 1.1 added the header checksum (FORMAT.md §2.1)
+MAJOR, MINOR = 1, 1  # 1.1 added the header checksum (FORMAT.md §2.1): writers write it unless a file needs 1.2
+VALUES_MINOR = 2  # 1.2 added values and the checkpoint layout (FORMAT.md §12)
+VALUES_EXTENSION = "values"  # declared, must_understand, by every file with values or a checkpoint layout
 MASK_KINDS = ("update", "pruning", "supermask", "other")  # a reader keeps any other string, read as "other" (§4)
-KNOWN_EXTENSIONS: frozenset[str] = frozenset()
+KNOWN_EXTENSIONS: frozenset[str] = frozenset({VALUES_EXTENSION})
 SHARD_KEY = "shard"  # a record of the file, not of the mask: parsed by format.header.ShardInfo, never kept in extra
+CHECKPOINT_KEY = "checkpoint"
 
 _VERSION_PATTERN = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 _FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _RESERVED_KEYS = ("format", "version", "extensions", "kind", "criterion", "provenance", "model", "creator",
-                  "user", "stats", "tensors", SHARD_KEY)
+                  "user", "stats", "tensors", SHARD_KEY, CHECKPOINT_KEY)
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """One file of the finetuned checkpoint a delta rebuilds (FORMAT.md §12): its name, size and SHA-256, and
+    either its safetensors ``header`` text (the tensors follow from the delta) or its whole ``text``."""
+
+    name: str
+    size: int
+    sha256: str
+    header: str | None = None
+    text: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        content = {"header": self.header} if self.header is not None else {"text": self.text}
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, **content}
+
+    @classmethod
+    def from_json(cls, obj: Any, path: object = None) -> "CheckpointFile":
+        at = where(path)
+        known = {"name", "size", "sha256", "header", "text"}
+        if not isinstance(obj, dict) or not known >= set(obj) or ("header" in obj) == ("text" in obj):
+            raise FormatError(f"{at}each 'checkpoint' file must be {{'name', 'size', 'sha256', and 'header' or "
+                              f"'text'}}, got {_short(obj)}; the file is corrupt")
+        name, size, sha256 = obj.get("name"), obj.get("size"), obj.get("sha256")
+        content = obj.get("header", obj.get("text"))
+        if not is_bare_file_name(name):
+            raise FormatError(f"{at}checkpoint file name {name!r} is not a bare file name (no '/' or '\\', not "
+                              "'.' or '..'); the file is corrupt or hostile")
+        if not (is_count(size) and isinstance(sha256, str) and _SHA256_PATTERN.fullmatch(sha256)
+                and isinstance(content, str)):
+            raise FormatError(f"{at}checkpoint file {name!r} needs an integer 'size', a 'sha256' of 64 lowercase "
+                              "hex digits and a string 'header' or 'text'; the file is corrupt")
+        return cls(name, size, sha256, obj.get("header"), obj.get("text"))
+
+
+def parse_checkpoint(obj: Any, path: object = None) -> list[CheckpointFile]:
+    """The files of a header's "checkpoint" member, names unique (FORMAT.md §12)."""
+    if not isinstance(obj, dict) or set(obj) != {"files"} or not isinstance(obj["files"], list):
+        raise FormatError(f"{where(path)}'checkpoint' must be {{'files': [...]}}, got {_short(obj)}; "
+                          "the file is corrupt")
+    files = [CheckpointFile.from_json(item, path) for item in obj["files"]]
+    names = [file.name for file in files]
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise FormatError(f"{where(path)}checkpoint file {twice!r} is listed twice; the file is corrupt")
+    return files
 
 
 @dataclass
@@ -40,6 +91,21 @@ class MaskMetadata:
     extensions: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     minor_version: int = MINOR  # the file's own when read, so that a rewrite keeps it (§7)
+    checkpoint: list[CheckpointFile] | None = None  # the layout a delta rebuilds (§12)
+
+    @property
+    def declares_values(self) -> bool:
+        """Whether the header declares the "values" extension at version 1.2 or later, as values require."""
+        return self.minor_version >= VALUES_MINOR and any(ext["name"] == VALUES_EXTENSION for ext in self.extensions)
+
+    def for_file(self, has_values: bool) -> "MaskMetadata":
+        """The metadata as written to a file with or without values (FORMAT.md §7): with values or a checkpoint
+        layout, version 1.2 or later and the "values" extension declared; without, the extension dropped."""
+        extensions = [ext for ext in self.extensions if ext.get("name") != VALUES_EXTENSION]
+        if not (has_values or self.checkpoint is not None):
+            return replace(self, extensions=extensions)
+        return replace(self, minor_version=max(self.minor_version, VALUES_MINOR),
+                       extensions=[*extensions, {"name": VALUES_EXTENSION, "must_understand": True}])
 
     def to_json(self) -> dict[str, Any]:
         """The header object without its "tensors" member."""
@@ -55,6 +121,8 @@ class MaskMetadata:
             "user": self.user,
             "stats": self.stats,
         }
+        if self.checkpoint is not None:
+            header[CHECKPOINT_KEY] = {"files": [file.to_json() for file in self.checkpoint]}
         header.update(self.extra)
         return header
 
@@ -83,7 +151,10 @@ class MaskMetadata:
                                             and _FINGERPRINT_PATTERN.fullmatch(fingerprint)):
             raise FormatError(f"{at}'model.fingerprint' must be 'sha256:' and 64 lowercase hex digits, "
                               f"got {fingerprint!r}")
-        return cls(
+        checkpoint = header.get(CHECKPOINT_KEY)
+        if checkpoint is not None:
+            checkpoint = parse_checkpoint(checkpoint, path)
+        metadata = cls(
             kind=kind,
             criterion=header.get("criterion"),
             provenance=header.get("provenance", {}),
@@ -94,7 +165,12 @@ class MaskMetadata:
             extensions=extensions,
             extra={key: value for key, value in header.items() if key not in _RESERVED_KEYS},
             minor_version=minor,
+            checkpoint=checkpoint,
         )
+        if checkpoint is not None and not metadata.declares_values:
+            raise FormatError(f"{at}a 'checkpoint' layout needs version 1.{VALUES_MINOR} or later and the "
+                              f"'{VALUES_EXTENSION}' extension declared; the file is corrupt")
+        return metadata
 
 
 def check_identity(header: Any, path: object = None) -> int:
@@ -140,6 +216,16 @@ def combined_metadata(op: str, metadata: Sequence[MaskMetadata], inputs: Iterabl
 def is_count(value: Any) -> bool:
     """A JSON integer >= 0 (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_bare_file_name(value: Any) -> bool:
+    """A file name without a directory: no '/' or '\\' (a path on Windows), not '', '.' or '..' (FORMAT.md §8)."""
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_extension(ext: Any) -> bool:

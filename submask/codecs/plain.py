@@ -54,7 +54,8 @@ class ZstdCodec(Codec):
 
     def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
         import zstandard
-        expected = _check_frame(payload, numel)
+        expected = packed_nbytes(numel)
+        check_frame(payload, expected)
         out = allocate_packed(numel) if out is None else out
         try:  # straight into ``out``: no intermediate bytes object
             with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
@@ -70,7 +71,8 @@ class ZstdCodec(Codec):
 
     def decode_chunks(self, payload: bytes, numel: int) -> Iterator[np.ndarray]:
         import zstandard
-        expected = _check_frame(payload, numel)
+        expected = packed_nbytes(numel)
+        check_frame(payload, expected)
         buffer = np.empty(min(expected, CHUNK_BYTES), dtype=np.uint8)
         size = 0
         try:
@@ -85,11 +87,11 @@ class ZstdCodec(Codec):
             raise FormatError(f"zstd payload decoded to {size}{' or more' if extra else ''} bytes, {expected} expected")
 
 
-def _check_frame(payload: bytes, numel: int) -> int:
-    """The packed size of ``numel`` bits, once the payload is known to be one zstd frame declaring it (§5.2)."""
+def check_frame(payload: bytes, expected: int) -> None:
+    """Check, without decompressing, that ``payload`` is exactly one zstd frame declaring ``expected`` bytes of
+    content (§5.2; the value planes of §12 too); FormatError otherwise."""
     import zstandard
 
-    expected = packed_nbytes(numel)
     try:
         declared = zstandard.frame_content_size(payload)
         end = _frame_end(payload)
@@ -100,7 +102,6 @@ def _check_frame(payload: bytes, numel: int) -> int:
     if end != len(payload):
         raise FormatError(f"zstd payload holds {len(payload) - end} bytes after its frame; exactly one frame "
                           "is allowed" if end < len(payload) else "zstd payload ends inside its frame")
-    return expected
 
 
 def _frame_end(payload: bytes) -> int:

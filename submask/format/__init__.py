@@ -6,8 +6,9 @@ memory; this package reads and writes the files themselves.
 
 from __future__ import annotations
 
-from .header import TensorEntry
+from .header import TensorEntry, ValuesEntry
 from .reader import INDEX_SUFFIX, MaskFile, local_mask_path
+from .values import TensorValues
 from .writer import MaskWriter
 
-__all__ = ["INDEX_SUFFIX", "MaskFile", "MaskWriter", "TensorEntry", "local_mask_path"]
+__all__ = ["INDEX_SUFFIX", "MaskFile", "MaskWriter", "TensorEntry", "TensorValues", "ValuesEntry", "local_mask_path"]

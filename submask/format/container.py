@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,6 +23,19 @@ from ..safetensors_header import LENGTH, header_length
 METADATA_KEY = "submask"
 DIGEST_KEY = "submask_sha256"  # the header checksum (FORMAT.md §2.1)
 DIGEST_SINCE_MINOR = 1
+
+
+#: positional reads of a payload: ``read(offset, length)`` returns those bytes of it
+ReadAt = Callable[[int, int], bytes]
+
+
+@dataclass(frozen=True)
+class PayloadSpan:
+    """A payload left in its file and read on demand (``Container.span``), so that decoding a large payload holds
+    one piece of it at a time."""
+
+    size: int
+    read: ReadAt
 
 
 class Container:
@@ -51,12 +65,21 @@ class Container:
 
     def read(self, name: str) -> bytes:
         """The payload bytes of one tensor."""
+        span = self.span(name)
+        return span.read(0, span.size)
+
+    def span(self, name: str) -> PayloadSpan:
+        """One payload, read on demand; FormatError if the file turns out shorter than its header says."""
         start, end = self._spans[name]
-        self._file.seek(self._data_start + start)
-        data = self._file.read(end - start)
-        if len(data) != end - start:
-            raise FormatError(f"{where(self.path, name)}payload is truncated; the file was cut short or changed")
-        return data
+
+        def read(offset: int, length: int) -> bytes:
+            self._file.seek(self._data_start + start + offset)
+            data = self._file.read(length)
+            if len(data) != length:
+                raise FormatError(f"{where(self.path, name)}payload is truncated; the file was cut short or changed")
+            return data
+
+        return PayloadSpan(end - start, read)
 
     def close(self) -> None:
         self._file.close()

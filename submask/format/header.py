@@ -1,4 +1,5 @@
-"""The submask header's file layer: per-tensor entries, shard records and reader limits (FORMAT.md §4.2, §6, §8).
+"""The submask header's file layer: per-tensor entries and their values records, shard records and reader limits
+(FORMAT.md §4.2, §6, §8, §12).
 
 The file-level metadata (``MaskMetadata``, format and version rules) lives in ``submask.metadata``."""
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FormatError, where
-from ..metadata import SHARD_KEY, is_count
+from ..metadata import SHARD_KEY, VALUES_EXTENSION, VALUES_MINOR, MaskMetadata, is_count
 
 MAX_TENSORS = 1_000_000
 MAX_NDIM = 64
@@ -20,6 +21,46 @@ _CRC_PATTERN = re.compile(r"[0-9a-f]{8}")
 RESERVED_NAMES = ("", "__metadata__")  # tensor names the safetensors container cannot hold (§2)
 SHARD_MINOR = 1  # the minor version that added the "shard" record (FORMAT.md section 6)
 _WRITE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+#: itemsize of each safetensors dtype a values record may hold (FORMAT.md §12)
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+@dataclass(frozen=True)
+class ValuesEntry:
+    """A tensor's values record (FORMAT.md §12): the payload entry holding its encoded value bytes, their
+    dtype, encoding (``{"id": ..., **settings}``), decoded size in bytes and CRC-32."""
+
+    entry: str
+    dtype: str
+    encoding: dict[str, Any]
+    size: int
+    crc32: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry": self.entry, "dtype": self.dtype, "encoding": self.encoding, "size": self.size,
+                "crc32": self.crc32}
+
+    @classmethod
+    def from_json(cls, obj: Any, ones: int, at: str) -> "ValuesEntry":
+        """Parse and check a "values" member; an unknown dtype or encoding id is left for the tensor's reader
+        to refuse (for that tensor only)."""
+        if not isinstance(obj, dict):
+            raise FormatError(f"{at}'values' must be a JSON object; the file is corrupt")
+        entry, dtype, encoding, size, crc = (obj.get(key) for key in ("entry", "dtype", "encoding", "size", "crc32"))
+        if not isinstance(entry, str) or entry in RESERVED_NAMES:
+            raise FormatError(f"{at}'values.entry' must name a payload entry, got {entry!r}; the file is corrupt")
+        if not isinstance(dtype, str):
+            raise FormatError(f"{at}'values.dtype' must be a safetensors dtype name, got {dtype!r}")
+        if not isinstance(encoding, dict) or not isinstance(encoding.get("id"), str):
+            raise FormatError(f"{at}'values.encoding' must be an object with a string 'id', got {encoding!r}")
+        if not isinstance(crc, str) or not _CRC_PATTERN.fullmatch(crc):
+            raise FormatError(f"{at}'values.crc32' must be 8 lowercase hex digits, got {crc!r}")
+        itemsize = DTYPE_SIZES.get(dtype)
+        if not is_count(size) or (itemsize is not None and size != ones * itemsize):
+            expected = f"ones * {itemsize} = {ones * itemsize}" if itemsize is not None else "an integer >= 0"
+            raise FormatError(f"{at}'values.size' is {size!r}, but must be {expected}; the file is corrupt")
+        return cls(entry, dtype, encoding, size, crc)
 
 
 @dataclass(frozen=True)
@@ -32,19 +73,23 @@ class TensorEntry:
     encoding: str
     config: dict[str, Any]
     crc32: str
+    values: ValuesEntry | None = None  # the tensor's values, in a delta (FORMAT.md §12)
 
     @property
     def bits(self) -> int:
         return math.prod(self.shape)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        entry = {
             "shape": list(self.shape),
             "bits": self.bits,
             "ones": self.ones,
             "encoding": {"id": self.encoding, **self.config},
             "crc32": self.crc32,
         }
+        if self.values is not None:
+            entry["values"] = self.values.to_json()
+        return entry
 
     @classmethod
     def from_json(cls, name: str, obj: Any, path: object = None) -> "TensorEntry":
@@ -69,7 +114,8 @@ class TensorEntry:
         if not isinstance(crc, str) or not _CRC_PATTERN.fullmatch(crc):
             raise FormatError(f"{at}'crc32' must be 8 lowercase hex digits, got {crc!r}")
         config = {key: value for key, value in encoding.items() if key != "id"}
-        return cls(name, tuple(shape), ones, encoding["id"], config, crc)
+        values = ValuesEntry.from_json(obj["values"], ones, at) if "values" in obj else None
+        return cls(name, tuple(shape), ones, encoding["id"], config, crc, values)
 
 
 @dataclass(frozen=True)
@@ -104,8 +150,9 @@ def is_write_id(value: Any) -> bool:
     return isinstance(value, str) and _WRITE_ID_PATTERN.fullmatch(value) is not None
 
 
-def parse_tensor_entries(tensors: Any, path: object = None) -> dict[str, TensorEntry]:
-    """Validate the header's "tensors" object into entries, in file order."""
+def parse_tensor_entries(tensors: Any, metadata: MaskMetadata, path: object = None) -> dict[str, TensorEntry]:
+    """Validate the header's "tensors" object into entries, in file order; values only where ``metadata``
+    declares them, each naming its own payload entry (FORMAT.md §12)."""
     if not isinstance(tensors, dict):
         raise FormatError(f"{where(path)}'tensors' must be a JSON object mapping names to entries")
     if len(tensors) > MAX_TENSORS:
@@ -114,4 +161,31 @@ def parse_tensor_entries(tensors: Any, path: object = None) -> dict[str, TensorE
     if reserved:
         raise FormatError(f"{where(path)}a tensor is named {reserved[0]!r}, a name safetensors reserves; "
                           "the file is corrupt")
-    return {name: TensorEntry.from_json(name, entry, path) for name, entry in tensors.items()}
+    entries = {name: TensorEntry.from_json(name, entry, path) for name, entry in tensors.items()}
+    _check_values_references(entries, metadata, path)
+    return entries
+
+
+def payload_names(entries: dict[str, TensorEntry]) -> list[str]:
+    """The payload entries a file of these tensors holds, in the writers' order: each tensor's mask payload, then
+    its values payload (FORMAT.md §2, §12)."""
+    return [name for entry in entries.values()
+            for name in ((entry.name, entry.values.entry) if entry.values is not None else (entry.name,))]
+
+
+def _check_values_references(entries: dict[str, TensorEntry], metadata: MaskMetadata, path: object) -> None:
+    referenced: dict[str, str] = {}
+    for name, entry in entries.items():
+        if entry.values is None:
+            continue
+        at = where(path, name)
+        if not metadata.declares_values:
+            raise FormatError(f"{at}has values, but the header does not declare the '{VALUES_EXTENSION}' extension "
+                              f"at version 1.{VALUES_MINOR} or later; the file is corrupt")
+        target = entry.values.entry
+        if target in entries:
+            raise FormatError(f"{at}values entry {target!r} is also a tensor name; the file is corrupt")
+        if target in referenced:
+            raise FormatError(f"{at}values entry {target!r} is also the values of tensor {referenced[target]!r}; "
+                              "the file is corrupt")
+        referenced[target] = name

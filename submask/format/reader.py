@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
 from ..mask import Mask, TensorMask
-from .container import Container
-from ..metadata import MaskMetadata, check_version
-from .header import ShardInfo, TensorEntry, is_write_id, parse_tensor_entries
+from .container import Container, PayloadSpan
+from ..metadata import MaskMetadata, check_version, is_bare_file_name
+from .header import ShardInfo, TensorEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
 from .tensors import decode_tensor, verify_tensor
+from .values import TensorValues, checked_pieces, plane_methods, read_values, verify_values
 
 INDEX_SUFFIX = ".index.json"
 Shard = TypeVar("Shard")
@@ -49,9 +53,9 @@ class MaskFile:
         container = Container(path)
         self._containers.append(container)
         metadata = MaskMetadata.from_json(container.header, path)
-        entries = parse_tensor_entries(container.header.get("tensors"), path)
-        if set(entries) != set(container.names):
-            odd = sorted(set(entries) ^ set(container.names))[:3]
+        entries = parse_tensor_entries(container.header.get("tensors"), metadata, path)
+        if set(payload_names(entries)) != set(container.names):
+            odd = sorted(set(payload_names(entries)) ^ set(container.names))[:3]
             raise FormatError(f"{where(path)}header entries and payloads differ (e.g. {odd}); the file is corrupt")
         if expected is not None and set(entries) != expected:
             odd = sorted(set(entries) ^ expected)[:3]
@@ -116,27 +120,70 @@ class MaskFile:
 
     def __getitem__(self, name: str) -> TensorMask:
         """Decode and verify one tensor's mask."""
-        entry = self.entries.get(name)
-        if entry is None:
-            raise KeyError(f"{self.path}: no tensor {name!r} in this mask ({len(self.entries)} tensors)")
+        entry = self._entry(name)
         container = self._container(name)
         packed = decode_tensor(entry, container.read(name), container.path)
         return TensorMask(entry.shape, packed, entry.ones)
 
     def load(self) -> Mask:
-        """Decode every tensor into an in-memory ``Mask``."""
-        return Mask({name: self[name] for name in self.entries}, self.metadata)
+        """Decode every tensor into an in-memory ``Mask`` (without values: a delta's mask, ``io.load_delta``)."""
+        return Mask({name: self[name] for name in self.entries}, replace(self.metadata, checkpoint=None))
+
+    @property
+    def has_values(self) -> bool:
+        """Whether any tensor carries values: the file is a delta (FORMAT.md §12)."""
+        return any(entry.values is not None for entry in self.entries.values())
+
+    def values(self, name: str) -> TensorValues | None:
+        """Decode and verify one tensor's values (None when it has none)."""
+        entry = self._entry(name)
+        if entry.values is None:
+            return None
+        return read_values(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+
+    def value_blocks(self, name: str) -> Iterator[np.ndarray]:
+        """One tensor's value bytes in consecutive pieces of bounded size (``format.values.value_pieces``); the
+        CRC-32 is checked once the last piece is taken. Nothing for a tensor without values."""
+        entry = self._entry(name)
+        if entry.values is None:
+            return iter(())
+        return checked_pieces(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+
+    def values_size(self, name: str) -> int:
+        """Bytes of one tensor's values payload as stored (0 without values)."""
+        entry = self._entry(name)
+        return 0 if entry.values is None else self._values_span(entry).size
+
+    def value_planes(self, name: str) -> list[str]:
+        """How each byte plane of one tensor's values is stored: "stored", "zstd" or "mixed" ([] without values)."""
+        entry = self._entry(name)
+        if entry.values is None:
+            return []
+        return plane_methods(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+
+    def _values_span(self, entry: TensorEntry) -> PayloadSpan:
+        assert entry.values is not None
+        return self._container(entry.name).span(entry.values.entry)
+
+    def _entry(self, name: str) -> TensorEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise KeyError(f"{self.path}: no tensor {name!r} in this mask ({len(self.entries)} tensors)")
+        return entry
 
     def problems(self) -> list[str]:
         """Verify every tensor and the stats; return one message per failure (empty when the file is sound).
 
-        Tensors are decoded piece by piece, so memory stays bounded whatever sizes the header claims.
+        Tensors and their values are decoded piece by piece, so memory stays bounded whatever sizes the header
+        claims.
         """
         found = [f"{self.path}: {problem}" for problem in stats_problems(self.metadata.stats)]
         for name, entry in self.entries.items():
             container = self._container(name)
             try:
                 verify_tensor(entry, container.read(name), container.path)
+                if entry.values is not None:
+                    verify_values(entry.values, self._values_span(entry), entry.ones, container.path, name)
             except SubmaskError as exc:
                 found.append(str(exc))
         return found
@@ -173,7 +220,7 @@ def read_index(path: Path) -> dict[str, Any]:
         raise FormatError(f"{at}index 'metadata.write_id' must be 32 lowercase hex digits, got "
                           f"{index['metadata']['write_id']!r}; the index is corrupt")
     weight_map = index.get("weight_map")
-    if not isinstance(weight_map, dict) or not all(_is_shard_name(v) for v in weight_map.values()):
+    if not isinstance(weight_map, dict) or not all(is_bare_file_name(v) for v in weight_map.values()):
         raise FormatError(f"{at}'weight_map' must map tensor names to shard file names in the same directory")
     return index
 
@@ -203,11 +250,6 @@ def check_shards(index_at: object, index: dict[str, Any], headers: Sequence[tupl
                               "mask again")
         numbered[info.number] = shard
     return [numbered[number] for number in sorted(numbered)]
-
-
-def _is_shard_name(value: Any) -> bool:
-    return (isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
-            and "\\" not in value)  # a path on Windows (FORMAT.md §8)
 
 
 def local_mask_path(path: str | os.PathLike[str]) -> Path:

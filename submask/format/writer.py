@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,26 +18,32 @@ import numpy as np
 
 from .. import strict_json
 from ..atomic import atomic_write, check_target, scratch_file, writing
-from ..errors import FormatError, MismatchError, OutputError
+from ..errors import FormatError, MismatchError, OutputError, UsageError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
 from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata
 from .reader import INDEX_SUFFIX
-from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry
+from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
 from .shards import new_write_id, publish_sharded
 from .stats import stats_problems
 from .tensors import encode_tensor
+from .values import VALUES_PREFIX, TensorValues, encode_tensor_values
 
 
 @dataclass
 class _Shard:
     data: BinaryIO
     entries: list[TensorEntry] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
+    sizes: list[tuple[int, ...]] = field(default_factory=list)  # per entry: its mask payload's, then its values'
 
     @property
     def nbytes(self) -> int:
-        return sum(self.sizes)
+        return sum(map(sum, self.sizes))
+
+    def payloads(self) -> list[tuple[str, int]]:
+        """(name, length) of each payload, in file order."""
+        return list(zip(payload_names({entry.name: entry for entry in self.entries}),
+                        (size for sizes in self.sizes for size in sizes)))
 
 
 class MaskWriter:
@@ -72,33 +78,46 @@ class MaskWriter:
     def __enter__(self) -> "MaskWriter":
         return self
 
-    def add(self, name: str, mask: TensorMask, encoding: str = "auto",
-            config: dict[str, Any] | None = None) -> TensorEntry:
-        """Encode and append one tensor's mask; returns its header entry.
+    def add(self, name: str, mask: TensorMask, encoding: str = "auto", config: dict[str, Any] | None = None, *,
+            values: TensorValues | None = None, values_config: dict[str, Any] | None = None) -> TensorEntry:
+        """Encode and append one tensor's mask (and its values, in a delta); returns its header entry.
 
         ``encoding`` is "auto" (the smallest default encoding) or an id; ``config`` overrides that encoding's
-        default settings (e.g. ``{"block_bits": 4096}`` for "rice").
+        default settings (e.g. ``{"block_bits": 4096}`` for "rice"). ``values`` holds the value bytes at the set
+        positions (FORMAT.md §12), ``values_config`` their encoding's settings (e.g. ``{"block_values": 4096}``).
         """
-        return self.add_packed(name, mask.shape, mask.packed, mask.count, encoding, config)
+        return self.add_packed(name, mask.shape, mask.packed, mask.count, encoding, config, values=values,
+                               values_config=values_config)
 
     def add_packed(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                   encoding: str = "auto", config: dict[str, Any] | None = None) -> TensorEntry:
-        """Encode and append packed bits with a known popcount."""
-        return self.add_encoded(*encode_tensor(name, shape, packed, ones, encoding, config))
+                   encoding: str = "auto", config: dict[str, Any] | None = None, *,
+                   values: TensorValues | None = None, values_config: dict[str, Any] | None = None) -> TensorEntry:
+        """Encode and append packed bits with a known popcount (and values, as ``add``)."""
+        entry, payload = encode_tensor(name, shape, packed, ones, encoding, config)
+        if values is None:
+            return self.add_encoded(entry, payload)
+        record, values_payload = encode_tensor_values(name, values, ones, values_config)
+        return self.add_encoded(replace(entry, values=record), payload, values_payload)
 
-    def add_encoded(self, entry: TensorEntry, payload: bytes) -> TensorEntry:
-        """Append a tensor already encoded by ``format.tensors.encode_tensor`` (e.g. on another thread)."""
+    def add_encoded(self, entry: TensorEntry, payload: bytes, values_payload: bytes | None = None) -> TensorEntry:
+        """Append a tensor already encoded by ``format.tensors.encode_tensor`` (e.g. on another thread), with
+        ``values_payload`` from ``format.values.encode_tensor_values`` when ``entry.values`` is set. The name
+        of the values entry is settled when the file is written (``entry.values.entry`` is a first choice)."""
         name = entry.name
+        if (entry.values is None) != (values_payload is None):
+            raise UsageError(f"{self.path}: tensor {name!r}: pass values_payload exactly when entry.values is set")
         if not isinstance(name, str) or name in RESERVED_NAMES:
             raise FormatError(f"{self.path}: a tensor cannot be named {name!r} in a .smask file (safetensors "
                               "reserves it); rename the tensor")
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
-        shard = self._shard_for(len(payload))
+        payloads = (payload,) if values_payload is None else (payload, values_payload)
+        shard = self._shard_for(sum(map(len, payloads)))
         with writing(self.path):
-            shard.data.write(payload)
+            for data in payloads:
+                shard.data.write(data)
         shard.entries.append(entry)
-        shard.sizes.append(len(payload))
+        shard.sizes.append(tuple(map(len, payloads)))
         self._names.add(name)
         return entry
 
@@ -117,18 +136,23 @@ class MaskWriter:
 
     def _finish(self) -> None:
         shards = self._shards or [_Shard(self._stack.enter_context(scratch_file(self.path.parent, self.path)))]
+        taken = set(self._names)
+        for shard in shards:
+            shard.entries = [replace(e, values=replace(e.values, entry=_free_values_name(e.name, taken)))
+                             if e.values is not None else e for e in shard.entries]
+        metadata = self.metadata.for_file(any(e.values for s in shards for e in s.entries))
         if len(shards) == 1:
             with atomic_write(self.path) as out:
-                self._write_shard(out, shards[0])
+                _write_shard(out, metadata, shards[0])
             self.paths = [self.path]
             return
         write_id = self.write_id or new_write_id()
-        writers = [partial(self._write_shard, shard=shard, record=ShardInfo(write_id, number, len(shards)))
+        writers = [partial(_write_shard, metadata=metadata, shard=shard, record=ShardInfo(write_id, number, len(shards)))
                    for number, shard in enumerate(shards, 1)]
 
         def index(names: list[str]) -> dict[str, Any]:
             return {
-                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(self.metadata)}", "write_id": write_id,
+                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(metadata)}", "write_id": write_id,
                              "total_bits": sum(e.bits for s in shards for e in s.entries),
                              "total_ones": sum(e.ones for s in shards for e in s.entries),
                              "total_size": sum(s.nbytes for s in shards)},
@@ -138,24 +162,35 @@ class MaskWriter:
         self.paths = publish_sharded(self.path, write_id, writers, index)
         self.index_path = self.paths[-1]
 
-    def _write_shard(self, out: BinaryIO, shard: _Shard, record: ShardInfo | None = None) -> None:
-        header, minor = self.metadata.to_json(), self.metadata.minor_version
-        if record is not None:
-            minor = _shard_minor(self.metadata)
-            header["version"] = f"{MAJOR}.{minor}"
-            header[SHARD_KEY] = record.to_json()
-        header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
-        write_container(out, header, [(e.name, size) for e, size in zip(shard.entries, shard.sizes)], shard.data,
-                        minor)
+
+
+def _write_shard(out: BinaryIO, metadata: MaskMetadata, shard: _Shard, record: ShardInfo | None = None) -> None:
+    header, minor = metadata.to_json(), metadata.minor_version
+    if record is not None:
+        minor = _shard_minor(metadata)
+        header["version"] = f"{MAJOR}.{minor}"
+        header[SHARD_KEY] = record.to_json()
+    header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
+    write_container(out, header, shard.payloads(), shard.data, minor)
 
 
 def check_writable(metadata: MaskMetadata, path: Path) -> None:
     """Refuse, before any work, metadata that the reader, ``validate`` or JSON would reject: the header is
     serialized and read back with the reader's own checks."""
-    MaskMetadata.from_json(strict_json.loads(serialize_header(metadata.to_json(), path)), path)
+    written = metadata.for_file(has_values=False)
+    MaskMetadata.from_json(strict_json.loads(serialize_header(written.to_json(), path)), path)
     problems = stats_problems(metadata.stats)
     if problems:
         raise FormatError(f"{path}: cannot write this mask: {problems[0]}")
+
+
+def _free_values_name(name: str, taken: set[str]) -> str:
+    """The writers' name for a tensor's values entry: "~values/" + its name, then with ~2, ~3, ... (§12)."""
+    candidate, number = VALUES_PREFIX + name, 2
+    while candidate in taken:
+        candidate, number = f"{VALUES_PREFIX}{name}~{number}", number + 1
+    taken.add(candidate)
+    return candidate
 
 
 def _shard_minor(metadata: MaskMetadata) -> int:

@@ -146,7 +146,8 @@ def remote_header(remote: Remote, path: str, size: int, commit: str) -> Any:
 
 
 def _parsed(header: Any, url: str) -> tuple[MaskMetadata, dict[str, TensorEntry]]:
-    return MaskMetadata.from_json(header, url), parse_tensor_entries(header.get("tensors"), url)
+    metadata = MaskMetadata.from_json(header, url)
+    return metadata, parse_tensor_entries(header.get("tensors"), metadata, url)
 
 
 def mask_files(remote: Remote, path: str, commit: str) -> list[str]:

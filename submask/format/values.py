@@ -1,0 +1,293 @@
+"""A tensor's values in a delta (FORMAT.md §12): the value bytes at its set positions and their encoding.
+
+The value bytes of a tensor are, for each set bit of its mask in bit order, the element's bytes in its dtype,
+little-endian: ``ones * itemsize`` bytes. The one encoding, ``planes``, cuts them into blocks of
+``block_values`` values and stores each block as ``itemsize`` planes (plane j: byte j of every value), each
+plane stored as it is or as one zstd frame, whichever is smaller: the sign and exponent bytes of floats
+compress, their low mantissa bytes do not.
+
+Decoders read a payload record by record with checks before every allocation, so a header or a payload
+claiming 2^40 values costs nothing; ``value_pieces`` decodes in pieces of at most PIECE_VALUES values.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from ..codecs.base import physical_memory
+from ..codecs.plain import check_frame
+from ..errors import ChecksumError, FormatError, LimitError, MismatchError, UnknownEncodingError, UsageError, where
+from .container import PayloadSpan, ReadAt
+from .header import DTYPE_SIZES, ValuesEntry
+
+PLANES = "planes"
+BLOCK_VALUES = 1 << 20  # the writers' block: planes of 1 MiB, compressed as well as larger ones
+MAX_BLOCK_VALUES = 1 << 26
+ZSTD_LEVEL = 3  # see tools/bench/bench_values.py
+PIECE_VALUES = 1 << 18  # values per piece of ``value_pieces``: what streaming costs in memory, per byte of itemsize
+STORED, ZSTD = 0, 1
+RECORD_HEADER = 5  # u8 method, u32 LE length
+
+VALUES_PREFIX = "~values/"  # writers name a tensor's values entry "~values/" + its name (then ~2, ~3, ...)
+Payload = Union[bytes, bytearray, memoryview, PayloadSpan]
+
+
+@dataclass(frozen=True)
+class TensorValues:
+    """The values of one tensor at its set positions: a safetensors ``dtype`` name and the value bytes
+    (uint8, ``count * itemsize`` of them, in the mask's bit order)."""
+
+    dtype: str
+    data: np.ndarray
+
+    def __post_init__(self) -> None:
+        itemsize = DTYPE_SIZES.get(self.dtype)
+        if itemsize is None:
+            raise UsageError(f"values of dtype {self.dtype!r} cannot be stored (known: {', '.join(DTYPE_SIZES)})")
+        if not isinstance(self.data, np.ndarray) or self.data.dtype != np.uint8 or self.data.ndim != 1 \
+                or self.data.size % itemsize:
+            raise UsageError(f"values must be a 1-D uint8 array of whole {itemsize}-byte {self.dtype} values, got "
+                             f"{getattr(self.data, 'shape', None)} of {getattr(self.data, 'dtype', type(self.data))}")
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_SIZES[self.dtype]
+
+    @property
+    def count(self) -> int:
+        """The number of values."""
+        return self.data.size // self.itemsize
+
+
+def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BLOCK_VALUES) -> tuple[dict, bytes]:
+    """Encode value bytes (uint8, a multiple of ``itemsize``) as ``planes``: returns (encoding JSON, payload)."""
+    if not 1 <= block_values <= MAX_BLOCK_VALUES:
+        raise UsageError(f"block_values must be in [1, 2^26], got {block_values}")
+    if value_bytes.size % itemsize:
+        raise UsageError(f"{value_bytes.size} value bytes are not a whole number of {itemsize}-byte values")
+    import zstandard  # here: commands that never write values skip its import
+
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    values = np.ascontiguousarray(value_bytes, dtype=np.uint8).reshape(-1, itemsize)
+    records = []
+    for start in range(0, len(values), block_values):
+        block = values[start : start + block_values]
+        for plane in range(itemsize):
+            raw = np.ascontiguousarray(block[:, plane]).tobytes()
+            packed = compressor.compress(raw)
+            method, data = (ZSTD, packed) if len(packed) < len(raw) else (STORED, raw)
+            records += [bytes([method]), len(data).to_bytes(4, "little"), data]
+    return {"id": PLANES, "block_values": block_values}, b"".join(records)
+
+
+def decode_values(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int,
+                  out: np.ndarray | None = None, path: object = None, name: str | None = None) -> np.ndarray:
+    """Decode a values payload into its ``count * itemsize`` value bytes (``out`` when given); FormatError,
+    naming the file and tensor, on a damaged payload; LimitError when the bytes exceed this machine's memory."""
+    nbytes = count * itemsize
+    pieces = value_pieces(payload, encoding, count, itemsize, path, name)  # checks the payload's size first
+    if out is None:
+        if nbytes > physical_memory():
+            raise LimitError(f"{where(path, name)}{count:,} values take {nbytes:,} bytes, more than this machine's "
+                             "memory; read them in pieces (MaskFile.value_blocks)")
+        out = np.empty(nbytes, dtype=np.uint8)
+    position = 0
+    for piece in pieces:
+        out[position : position + piece.size] = piece
+        position += piece.size
+    return out
+
+
+def value_pieces(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, path: object = None,
+                 name: str | None = None) -> Iterator[np.ndarray]:
+    """The value bytes of a payload in consecutive pieces (fresh uint8 arrays of at most PIECE_VALUES values):
+    memory stays bounded whatever the header and payload claim. Every record is checked before it is used."""
+    at = where(path, name)
+    block_values = _block_values(encoding, at)
+    size, read = _reader(payload)
+    nblocks = -(-count // block_values)
+    if size < nblocks * itemsize * RECORD_HEADER:
+        raise FormatError(f"{at}values payload has {size} bytes, too few for {count:,} values in {nblocks:,} "
+                          f"blocks of {itemsize} planes; the file is corrupt")
+    return _pieces(read, size, count, itemsize, block_values, at)
+
+
+def _pieces(read: ReadAt, size: int, count: int, itemsize: int, block_values: int, at: str) -> Iterator[np.ndarray]:
+    import zstandard
+
+    offset = 0
+    for start in range(0, count, block_values):
+        values = min(block_values, count - start)
+        planes = []
+        for _ in range(itemsize):
+            offset, plane = _record(read, size, offset, values, at)
+            planes.append(plane)
+        readers = [zstandard.ZstdDecompressor().stream_reader(plane) if isinstance(plane, bytes) else plane
+                   for plane in planes]
+        for first in range(0, values, PIECE_VALUES):
+            piece = np.empty((min(PIECE_VALUES, values - first), itemsize), dtype=np.uint8)
+            for index, reader in enumerate(readers):
+                piece[:, index] = _plane_bytes(reader, first, len(piece), at)
+            yield piece.reshape(-1)
+        for reader in readers:
+            if not isinstance(reader, _StoredPlane) and reader.read(1):
+                raise FormatError(f"{at}a zstd value plane holds more than its {values} bytes; the file is corrupt")
+    if offset != size:
+        raise FormatError(f"{at}values payload holds {size - offset} bytes after its last block; the file is corrupt")
+
+
+@dataclass(frozen=True)
+class _StoredPlane:
+    read: ReadAt
+    offset: int
+
+
+def _record(read: ReadAt, size: int, offset: int, values: int, at: str) -> tuple[int, bytes | _StoredPlane]:
+    """Check the plane record at ``offset`` of a block of ``values`` values: (where the next begins, the zstd
+    frame or where the stored bytes are)."""
+    if offset + RECORD_HEADER > size:
+        raise FormatError(f"{at}values payload ends inside a plane record header at byte {offset}; the file is corrupt")
+    header = read(offset, RECORD_HEADER)
+    method, length = header[0], int.from_bytes(header[1:], "little")
+    begin, end = offset + RECORD_HEADER, offset + RECORD_HEADER + length
+    if end > size:
+        raise FormatError(f"{at}a value plane of {length} bytes at byte {offset} runs past the payload's {size} "
+                          "bytes; the file is corrupt")
+    if method == STORED:
+        if length != values:
+            raise FormatError(f"{at}a stored value plane holds {length} bytes, {values} expected; the file is corrupt")
+        return end, _StoredPlane(read, begin)
+    if method != ZSTD:
+        raise FormatError(f"{at}value plane method {method} at byte {offset} is neither 0 (stored) nor 1 (zstd); "
+                          "the file is corrupt")
+    frame = read(begin, length)
+    try:
+        check_frame(frame, values)
+    except FormatError as exc:
+        raise FormatError(f"{at}value plane at byte {offset}: {exc}; the file is corrupt") from None
+    return end, frame
+
+
+def _plane_bytes(reader: Any, first: int, length: int, at: str) -> np.ndarray:
+    """``length`` bytes of a plane from its ``first`` byte, which the reader is at."""
+    if isinstance(reader, _StoredPlane):
+        return np.frombuffer(reader.read(reader.offset + first, length), dtype=np.uint8)
+    import zstandard
+
+    buffer = np.empty(length, dtype=np.uint8)
+    got = 0
+    try:
+        while got < length and (more := reader.readinto(buffer[got:])):
+            got += more
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{at}a zstd value plane is corrupt ({exc})") from None
+    if got != length:
+        raise FormatError(f"{at}a zstd value plane ends after {first + got} bytes; the file is corrupt")
+    return buffer
+
+
+def _reader(payload: Payload) -> tuple[int, ReadAt]:
+    """(size, positional reads) of a payload in a file or in memory."""
+    if isinstance(payload, PayloadSpan):
+        return payload.size, payload.read
+    view = memoryview(payload).cast("B")
+    return len(view), lambda offset, length: bytes(view[offset : offset + length])
+
+
+def _block_values(encoding: dict[str, Any], at: str) -> int:
+    if encoding.get("id") != PLANES:
+        raise UnknownEncodingError(f"{at}unknown values encoding {encoding.get('id')!r} (this submask knows "
+                                   f"{PLANES!r}); upgrade submask to read these values")
+    block_values = encoding.get("block_values")
+    if set(encoding) != {"id", "block_values"} or type(block_values) is not int \
+            or not 1 <= block_values <= MAX_BLOCK_VALUES:
+        raise FormatError(f"{at}values encoding must be {{'id': 'planes', 'block_values': integer in [1, 2^26]}}, "
+                          f"got {encoding!r}; the file is corrupt")
+    return block_values
+
+
+# --- checked against the header's values record (size, dtype, CRC-32) ---
+
+def encode_tensor_values(name: str, values: TensorValues, ones: int,
+                         config: dict[str, Any] | None = None) -> tuple[ValuesEntry, bytes]:
+    """Encode a tensor's values for a file: (its values record, payload). ``config`` may set ``block_values``.
+
+    The record's ``entry`` is the writers' first choice, ``"~values/" + name``; the writer settles it."""
+    data = values.data
+    if values.count != ones:
+        raise MismatchError(f"tensor {name!r}: {values.count} values of {values.dtype}, but its mask has {ones} set "
+                            "positions")
+    encoding, payload = encode_values(data, values.itemsize, **(config or {}))
+    crc = f"{zlib.crc32(data):08x}"
+    return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, data.size, crc), payload
+
+
+
+def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
+                name: str | None = None) -> TensorValues:
+    """Decode a tensor's values and check them against their record (CRC-32 included)."""
+    at = where(path, name)
+    data = decode_values(payload, entry.encoding, count, _itemsize(entry, count, at), path=path, name=name)
+    _check_crc(entry, zlib.crc32(data), at)
+    return TensorValues(entry.dtype, data)
+
+
+def checked_pieces(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
+                   name: str | None = None) -> Iterator[np.ndarray]:
+    """``value_pieces`` of a tensor's values; the CRC-32 is checked once the last piece has been taken."""
+    at = where(path, name)
+    pieces = value_pieces(payload, entry.encoding, count, _itemsize(entry, count, at), path, name)
+    return _crc_checked(entry, pieces, at)
+
+
+def _crc_checked(entry: ValuesEntry, pieces: Iterator[np.ndarray], at: str) -> Iterator[np.ndarray]:
+    crc = 0
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+        yield piece
+    _check_crc(entry, crc, at)
+
+
+def verify_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
+                  name: str | None = None) -> None:
+    """Every check of ``read_values``, in bounded memory (what ``submask validate`` runs)."""
+    for _ in checked_pieces(entry, payload, count, path, name):
+        pass
+
+
+def _itemsize(entry: ValuesEntry, count: int, at: str) -> int:
+    itemsize = DTYPE_SIZES.get(entry.dtype)
+    if itemsize is None:
+        raise UnknownEncodingError(f"{at}values of unknown dtype {entry.dtype!r} (this submask knows "
+                                   f"{', '.join(DTYPE_SIZES)}); upgrade submask to read these values")
+    if entry.size != count * itemsize:
+        raise FormatError(f"{at}values size is {entry.size}, but {count} values of {entry.dtype} take "
+                          f"{count * itemsize} bytes; the file is corrupt")
+    return itemsize
+
+
+def _check_crc(entry: ValuesEntry, crc: int, at: str) -> None:
+    if f"{crc:08x}" != entry.crc32:
+        raise ChecksumError(f"{at}CRC-32 of the decoded values is {crc:08x}, header says {entry.crc32}; the file "
+                            "is corrupt: download or rebuild it")
+
+
+def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
+                  name: str | None = None) -> list[str]:
+    """Per plane (byte 0 first), how its blocks are stored: "stored", "zstd" or "mixed" (what ``info`` shows).
+    Checks the records, decodes nothing; FormatError on a damaged payload."""
+    at = where(path, name)
+    itemsize, block_values = _itemsize(entry, count, at), _block_values(entry.encoding, at)
+    size, read = _reader(payload)
+    seen: list[set[str]] = [set() for _ in range(itemsize)]
+    offset = 0
+    for start in range(0, count, block_values):
+        for plane in range(itemsize):
+            offset, record = _record(read, size, offset, min(block_values, count - start), at)
+            seen[plane].add("stored" if isinstance(record, _StoredPlane) else "zstd")
+    return [methods.pop() if len(methods) == 1 else "mixed" for methods in seen]
