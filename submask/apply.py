@@ -25,30 +25,19 @@ import numpy as np
 from .align import check_fit, check_same_model, check_same_tensors, mismatch
 from .atomic import check_target, replace_dir, staging_dir, writing
 from .checkpoints.safetensors_file import TensorInfo
-from .checkpoints.sources import ShardedSource, Source, local_source
+from .built import AppliedModel
+from .checkpoints.sources import CHUNK_ELEMENTS, ShardedSource, Source, local_source
 from .errors import SourceError, UsageError
 from .io import MaskLike, open_mask
 from .mask import TensorMask
 from .packed import unpack
+from .rebuild import rebuild
 
 if TYPE_CHECKING:
     import torch
 
-#: Elements selected per step (a multiple of 8, so chunks start on a byte of packed bits): 4 Mi elements
-#: keeps the working set of the largest dtype around 100 MiB.
-CHUNK_ELEMENTS = 1 << 22
 #: Files of a finetuned model dir that are weights, not copied next to the applied weights.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
-
-
-@dataclass(frozen=True)
-class AppliedModel:
-    """What ``apply_mask`` wrote: the model dir, and how many values came from the finetuned model."""
-
-    path: Path
-    tensors: int
-    numel: int
-    from_finetuned: int
 
 
 def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[str] | None = None, *,
@@ -71,8 +60,6 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
     ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written.
     """
     if out_dir is None:
-        from .rebuild import rebuild  # here: it builds on this module
-
         if invert:
             raise UsageError("invert=True (--invert) needs the finetuned checkpoint and a mask; a delta rebuilds "
                              "the finetuned checkpoint only")

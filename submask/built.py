@@ -1,7 +1,8 @@
-"""What the functions that make a mask return: the mask in memory or the file written, with what it holds.
+"""What the functions that make a mask or a model return: the mask in memory or the file written, with what it
+holds; the model dir written.
 
 ``build_mask`` and ``combine_files`` return a ``BuiltMask``, so a caller (the CLI included) never reopens a
-file it just wrote to learn its counts or stats.
+file it just wrote to learn its counts or stats; ``apply_mask`` returns an ``AppliedModel``.
 """
 
 from __future__ import annotations
@@ -51,3 +52,13 @@ class BuiltMask:
         if self.path is None:
             raise UsageError("this mask was kept in memory (out=None), not written: use .mask")
         return os.fspath(self.path)
+
+
+@dataclass(frozen=True)
+class AppliedModel:
+    """What ``apply_mask`` wrote: the model dir, and how many values came from the finetuned model (or delta)."""
+
+    path: Path
+    tensors: int
+    numel: int
+    from_finetuned: int

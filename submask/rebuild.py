@@ -24,12 +24,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .align import mismatch
-from .apply import CHUNK_ELEMENTS, AppliedModel
+from .built import AppliedModel
 from .atomic import check_target, replace_dir, staging_dir, writing
 from .checkpoints.dtypes import DTYPES, DType
 from .checkpoints.layout import laid_out_tensors
 from .checkpoints.safetensors_file import TensorInfo
-from .checkpoints.sources import Source, open_source
+from .checkpoints.sources import CHUNK_ELEMENTS, Source, open_source
 from .delta import Delta
 from .errors import FormatError, MismatchError, UsageError
 from .format import MaskFile

@@ -32,6 +32,9 @@ from .safetensors_file import SafetensorsFile, TensorInfo
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
+#: Elements ``apply`` and ``rebuild`` read per step (a multiple of 8, so chunks start on a byte of packed
+#: bits): 4 Mi elements keeps the working set of the largest dtype around 100 MiB.
+CHUNK_ELEMENTS = 1 << 22
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
