@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from .accel import Kernel, job
 from .align import mismatch
 from .built import AppliedModel
 from .atomic import check_target, replace_dir, staging_dir, writing
@@ -36,9 +40,10 @@ from .format import MaskFile
 from .io import load_delta, open as open_mask_file
 from .mask import TensorMask
 from .metadata import CheckpointFile
-from .packed import unpack
+from .packed import popcount, unpack
 from .safetensors_header import LENGTH
 
+IN_FLIGHT = 2  # chunks being hashed and written while the next is filled in
 DeltaLike = Delta | MaskFile | str | os.PathLike
 """A delta in memory, an open .smask file with values, or the path or hf:// URL of one."""
 
@@ -61,7 +66,7 @@ def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, ove
         _check_base(values, source)
         total = sum(file.size for file, _ in plan)
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
-        with staging_dir(out) as staging:
+        with job(sum(info.numel for _, infos in plan for info in infos)), staging_dir(out) as staging:
             for file, tensors in plan:
                 with writing(out), open(staging / file.name, "wb") as handle:
                     digest = _write_file(handle, file, tensors, values, source, report)
@@ -227,46 +232,95 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo], values: _DeltaValues,
                 base: Source, progress: Callable[[int], None] | None) -> str:
-    """Write one file; return the SHA-256 of what was written."""
+    """Write one file; return the SHA-256 of what was written.
+
+    Chunks are hashed and written on one thread, and values decoded ahead on another, while the next chunk is
+    read and filled in (hashlib, zstd, file I/O and the compiled scatter release the GIL), through
+    ``IN_FLIGHT + 1`` rotating buffers.
+    """
     digest = hashlib.sha256()
 
-    def emit(data: Any) -> None:
-        view = memoryview(data).cast("B")
+    def sink(view: memoryview) -> None:
         digest.update(view)
         handle.write(view)
-        if progress is not None:
-            progress(view.nbytes)
 
-    if file.header is None:
-        emit(file.text.encode("utf-8"))  # type: ignore[union-attr]
-        return digest.hexdigest()
-    header = file.header.encode("utf-8")
-    emit(LENGTH.pack(len(header)) + header)
-    buffer = np.empty(CHUNK_ELEMENTS * 8, np.uint8)
-    for info in tensors:
-        stream = _ValueStream(values.blocks(info.name), values.label, info.name)
-        for chunk in _tensor_chunks(info, values.mask[info.name], stream, base, buffer):
-            emit(chunk)
+    with ThreadPoolExecutor(1, "submask-rebuild-write") as writer, \
+            ThreadPoolExecutor(1, "submask-rebuild-values") as decoder:
+        pending: deque[Future] = deque()
+
+        def emit(data: Any) -> None:
+            view = memoryview(data).cast("B")
+            while len(pending) >= IN_FLIGHT:  # so the buffer filled next is no longer being written
+                pending.popleft().result()
+            pending.append(writer.submit(sink, view))
+            if progress is not None:
+                progress(view.nbytes)
+
+        if file.header is None:
+            emit(file.text.encode("utf-8"))  # type: ignore[union-attr]
+        else:
+            header = file.header.encode("utf-8")
+            emit(LENGTH.pack(len(header)) + header)
+            buffers = itertools.cycle([np.empty(CHUNK_ELEMENTS * 8, np.uint8) for _ in range(IN_FLIGHT + 1)])
+            for info in tensors:
+                stream = _ValueStream(_ahead(values.blocks(info.name), decoder), values.label, info.name)
+                for chunk in _tensor_chunks(info, values.mask[info.name], stream, base, buffers):
+                    emit(chunk)
+        while pending:
+            pending.popleft().result()
     return digest.hexdigest()
 
 
 def _tensor_chunks(info: TensorInfo, bits: TensorMask, stream: "_ValueStream", base: Source,
-                   buffer: np.ndarray) -> Iterator[np.ndarray]:
-    """One tensor's bytes, chunk by chunk: the values alone when every bit is set, else the base's chunk with
-    the values at the set positions."""
+                   buffers: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """One tensor's bytes, chunk by chunk: the values alone when every bit is set, else the base's chunk (read
+    into the next of ``buffers``) with the values at the set positions."""
     itemsize, whole = info.dtype.itemsize, bits.count == info.numel
     for start in range(0, info.numel, CHUNK_ELEMENTS):
         stop = min(start + CHUNK_ELEMENTS, info.numel)
         if whole:
             yield stream.take((stop - start) * itemsize)
             continue
-        chunk = base.read(info.name, start, stop, buffer)
+        chunk = base.read(info.name, start, stop, next(buffers))
         if not chunk.flags.writeable:  # a source may hand back a read-only view instead of the buffer
             chunk = chunk.copy()
-        chosen = unpack(bits.packed[start // 8: (stop + 7) // 8], stop - start)
-        chunk[chosen] = stream.take(int(np.count_nonzero(chosen)) * itemsize).view(info.dtype.raw)
+        packed = bits.packed[start // 8: (stop + 7) // 8]
+        _scatter_into(chunk, packed, stream.take(popcount(packed) * itemsize).view(info.dtype.raw))
         yield chunk
     stream.finish()
+
+
+def _scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> None:
+    """``chunk[unpack(packed)] = values``, compiled when numba runs."""
+    scatter = _scatter.compiled
+    if scatter is not None:
+        scatter(packed, values, chunk)
+    else:
+        chunk[unpack(packed, chunk.size)] = values
+
+
+@Kernel
+def _scatter(packed, values, out):  # pragma: no cover - compiled by numba
+    """``out[i] = values[k]`` for the k-th set bit ``i`` of ``packed`` (MSB first): numpy's boolean assignment,
+    without unpacking the bits (a byte with no bit set costs one test)."""
+    k, last = 0, values.size - 1
+    for j in range(packed.size):
+        byte = packed[j]
+        if byte:
+            for bit in range(8):  # branch-free (set bits are as good as random): each element is rewritten
+                chosen = (byte >> (7 - bit)) & 1
+                value, kept = values[min(k, last)], out[8 * j + bit]
+                out[8 * j + bit] = value if chosen else kept
+                k += chosen
+    return k
+
+
+def _ahead(blocks: Iterator[np.ndarray], thread: ThreadPoolExecutor) -> Iterator[np.ndarray]:
+    """``blocks``, each decoded on ``thread`` while the one before is used (errors surface in order)."""
+    future = thread.submit(next, blocks, None)
+    while (block := future.result()) is not None:
+        future = thread.submit(next, blocks, None)
+        yield block
 
 
 class _ValueStream:

@@ -3,6 +3,7 @@ refusals, the Hub, and the in-memory form."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -217,3 +218,28 @@ def test_hub_round_trip(minilm_bf16, hub_api, hub_repo: str, hub_env, tmp_path: 
     url = f"hf://{hub_repo}/deltas/step.smask"
     submask.apply_mask(f"{hub_repo}@{base}", url, tmp_path / "out", cache_dir=tmp_path / "cache2")
     assert_same_files(tmp_path / "out", minilm_bf16.finetuned)  # the weights only: config.json is not copied
+
+
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 1.0])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint64])
+def test_compiled_gather_and_scatter_match_numpy(density: float, dtype: type) -> None:
+    """The kernels that take values out of a chunk (build) and put them back (rebuild), against numpy's
+    boolean indexing, with and without numba; sizes not a multiple of 8 included."""
+    from submask.accel import numba_disabled
+    from submask.build.values import chunk_values
+    from submask.rebuild import _scatter_into
+
+    rng = np.random.default_rng(int(density * 100))
+    numel = 8 * 1021 + 5
+    chosen = rng.random(numel) < density
+    packed = np.packbits(chosen)
+    chunk = rng.integers(0, np.iinfo(dtype).max, size=numel, dtype=dtype, endpoint=True)
+    values = rng.integers(0, np.iinfo(dtype).max, size=int(chosen.sum()), dtype=dtype, endpoint=True)
+    expected = chunk.copy()
+    expected[chosen] = values
+    for context in (contextlib.nullcontext(), numba_disabled()):
+        with context:
+            assert np.array_equal(chunk_values(chunk, packed), chunk[chosen].view(np.uint8))
+            out = chunk.copy()
+            _scatter_into(out, packed, values)
+            assert np.array_equal(out, expected)

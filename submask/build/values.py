@@ -19,7 +19,8 @@ from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import INDEX, ShardedSource, Source
 from ..errors import MismatchError, SourceError, UsageError
 from ..metadata import CheckpointFile
-from ..packed import unpack
+from ..accel import Kernel
+from ..packed import popcount, unpack
 from .criteria import Criterion
 
 
@@ -47,13 +48,36 @@ def chunk_values(chunk: Any, packed: np.ndarray | None) -> np.ndarray:
     """The value bytes (uint8) of one chunk's elements whose bits are set in ``packed`` (all when None), copied
     out of the chunk (a reused read buffer, or a torch view on its device)."""
     if isinstance(chunk, np.ndarray):
-        taken = chunk.copy() if packed is None else chunk[unpack(packed, chunk.size)]
-        return taken.view(np.uint8)
+        if packed is None:
+            return chunk.copy().view(np.uint8)
+        gather = _gather.compiled
+        if gather is None:
+            return chunk[unpack(packed, chunk.size)].view(np.uint8)
+        count = popcount(packed)
+        taken = np.empty(count + 1, dtype=chunk.dtype)  # one slot more: the kernel stores before it counts
+        gather(packed, chunk, taken)
+        return taken[:count].view(np.uint8)
     if packed is not None:
         import torch
 
         chunk = chunk[torch.from_numpy(unpack(packed, chunk.numel())).to(chunk.device)]
     return chunk.cpu().numpy().view(np.uint8).copy()
+
+
+@Kernel
+def _gather(packed, chunk, out):  # pragma: no cover - compiled by numba
+    """``out[k] = chunk[i]`` for the k-th set bit ``i`` of ``packed`` (MSB first): numpy's boolean indexing
+    without unpacking the bits, branch-free (set bits are as good as random): every element of a byte with a
+    set bit is stored at ``out[k]``, and ``k`` moves on past the chosen ones, so ``out`` needs one slot more
+    than there are set bits."""
+    k = 0
+    for j in range(packed.size):
+        byte = packed[j]
+        if byte:
+            for bit in range(8):
+                out[k] = chunk[8 * j + bit]
+                k += (byte >> (7 - bit)) & 1
+    return k
 
 
 def record_checkpoint(source: Source) -> list[CheckpointFile] | None:
