@@ -51,10 +51,10 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
     ``cache_dir``): every recorded file byte for byte, each verified against its SHA-256, and nothing else
     (config and tokenizer files are not part of a delta, so nothing vouches for them).
 
-    With four arguments, ``base`` and ``finetuned`` are model dirs (sharded with an index, or not) or ``.safetensors`` files with
-    the same tensor names, shapes and dtypes. Each output shard is the finetuned shard's header, byte for
-    byte, followed by the selected values; the index is copied, and when ``finetuned`` is a directory its
-    other files (config, tokenizer, ...) too. Tensors the mask does not list take the base values.
+    With four arguments, ``base`` and ``finetuned`` are model dirs (sharded with an index, or not) or
+    ``.safetensors`` files with the same tensor names, shapes and dtypes. Each output shard is the finetuned
+    shard's header, byte for byte, followed by the selected values; the index is copied, and when
+    ``finetuned`` is a directory its other files (config, tokenizer, ...) too. Tensors the mask does not list take the base values.
     ``invert=True`` swaps the roles: finetuned values outside the mask, base values inside. The directory
     appears atomically, complete or not at all; an existing non-empty ``out_dir`` is replaced only with
     ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written.

@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -92,8 +91,8 @@ def apply_delta(base: Mapping[str, Any], delta: Delta | str | os.PathLike[str]) 
 
     Holds the delta's tensors, in its order (a base tensor the finetuned model lacks is left out); each is
     a new tensor of the base's kind (torch if the base holds torch tensors) in the values' dtype, on the
-    base tensor's device (tensors stored whole: on the CPU). MismatchError when ``base`` lacks a tensor the delta needs, or holds it in
-    another dtype or shape.
+    base tensor's device (tensors stored whole: on the CPU). MismatchError when ``base`` lacks a tensor the
+    delta needs, or holds it in another dtype or shape.
 
     >>> finetuned = submask.apply_delta(model.state_dict(), "rl.smask")   # doctest: +SKIP
     """

@@ -59,7 +59,8 @@ def test_info_shows_values_size_dtypes_planes_and_files(delta) -> None:
     values = [t["values"] for t in summary["tensor_list"]]
     assert summary["values"]["bytes"] == sum(v["bytes"] for v in values) > 0
     itemsize = {"BF16": 2, "I64": 8}
-    assert summary["values"]["size"] == sum(t["count"] * itemsize[t["values"]["dtype"]] for t in summary["tensor_list"])
+    assert summary["values"]["size"] == sum(t["count"] * itemsize[t["values"]["dtype"]]
+                                            for t in summary["tensor_list"])
     assert all(len(v["planes"]) in (2, 8) for v in values)
 
 

@@ -21,8 +21,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,13 +33,11 @@ from ..errors import MismatchError
 from ..format import MaskWriter
 from ..metadata import MaskMetadata, model_fingerprint
 from ..format.writer import check_mask_target
-from ..format.tensors import encode_tensor
-from ..format.header import TensorEntry
-from ..format.values import TensorValues, encode_tensor_values
-from ..mask import Mask, TensorMask
+from ..format.values import TensorValues
 from ..packed import clear_padding, packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
+from .sinks import FileSink, MemorySink, Sink
 from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
 from ..checkpoints.dtypes import DTYPES, DType
 from ..checkpoints.safetensors_file import TensorInfo
@@ -55,64 +53,6 @@ PENDING_WRITES = 2  # finished tensors being encoded or waiting for the writer t
 FLOAT64 = DTYPES["F64"]
 
 Pattern = str | re.Pattern[str]
-
-
-class _Sink(Protocol):
-    """Where finished tensors go: ``prepare`` runs on a worker thread, ``commit`` in order on the writer."""
-
-    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                values: TensorValues | None) -> Any: ...
-
-    def commit(self, prepared: Any) -> None: ...
-
-
-class _MemorySink:
-    """Collects tensor masks (and values) into an in-memory Mask (the ``out=None`` case)."""
-
-    def __init__(self, metadata: MaskMetadata):
-        self.mask = Mask({}, metadata)
-        self.values: dict[str, TensorValues] = {}
-
-    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                values: TensorValues | None) -> tuple[str, TensorMask, TensorValues | None]:
-        return name, TensorMask(shape, packed, ones), values
-
-    def commit(self, prepared: tuple[str, TensorMask, TensorValues | None]) -> None:
-        name, tensor, values = prepared
-        self.mask.tensors[name] = tensor
-        if values is not None:
-            self.values[name] = values
-
-    def __enter__(self) -> "_MemorySink":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-class _FileSink:
-    """Encodes on the workers and appends to a MaskWriter."""
-
-    def __init__(self, writer: MaskWriter):
-        self.writer = writer
-
-    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                values: TensorValues | None) -> tuple[TensorEntry, bytes, bytes | None]:
-        entry, payload = encode_tensor(name, shape, packed, ones)
-        if values is None:
-            return entry, payload, None
-        record, values_payload = encode_tensor_values(name, values, ones)
-        return replace(entry, values=record), payload, values_payload
-
-    def commit(self, prepared: tuple[TensorEntry, bytes, bytes | None]) -> None:
-        self.writer.add_encoded(*prepared)
-
-    def __enter__(self) -> "_FileSink":
-        self.writer.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.writer.__exit__(*exc)
 
 
 @dataclass
@@ -186,8 +126,9 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     rebuilds them byte for byte. Needs the exact criterion and every tensor (no ``include``).
 
     Returns a ``BuiltMask`` with the metadata (stats included) and counts, and the mask itself (``.mask``; with
-    ``values`` also ``.delta``) when ``out`` is None. Otherwise the mask is streamed to ``out`` tensor by tensor (atomically: an error or Ctrl-C
-    leaves no file), split into shards of ``max_shard_bytes`` if given, and ``.path`` is the file to open:
+    ``values`` also ``.delta``) when ``out`` is None. Otherwise the mask is streamed to ``out`` tensor by
+    tensor (atomically: an error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given,
+    and ``.path`` is the file to open:
     ``out``, or ``out + ".index.json"`` when it was sharded. An existing ``out`` is refused
     (OutputError, before any work) unless ``overwrite``; so is ``out`` naming an input checkpoint.
 
@@ -212,7 +153,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             provenance={"base": source_a.provenance, "finetuned": source_b.provenance},
             model={"fingerprint": model_fingerprint({i.name: i.shape for i in infos}),
                    "dtypes": _dtype_summary(infos)})
-        sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(
+        sink = MemorySink(metadata) if out is None else FileSink(MaskWriter(
             out, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite))
         with sink, ThreadPoolExecutor(1, "submask-hash") as hasher:
             hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b)
@@ -233,7 +174,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                 metadata.stats["skipped"] = skipped
     counts = {"metadata": metadata, "tensors": len(infos), "ones": metadata.stats["changed"],
               "numel": metadata.stats["numel"]}
-    if isinstance(sink, _MemorySink):
+    if isinstance(sink, MemorySink):
         delta = Delta(sink.mask, sink.values, metadata.checkpoint) if values else None
         return BuiltMask(mask=sink.mask, delta=delta, **counts)
     return BuiltMask(path=sink.writer.index_path or sink.writer.path, **counts)
@@ -301,7 +242,7 @@ class _Run:
         self.progress = progress
         self._buffers = threading.local()
 
-    def stream(self, infos: list[TensorInfo], sink: _Sink, whole: list[str] | None = None) -> dict[str, Any]:
+    def stream(self, infos: list[TensorInfo], sink: Sink, whole: list[str] | None = None) -> dict[str, Any]:
         """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats.
 
         With ``whole`` (the names stored whole) each tensor's changed values go to the sink too.

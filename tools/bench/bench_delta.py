@@ -26,6 +26,7 @@ import argparse
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +99,20 @@ def read_files(*paths: Path) -> None:
                 pass
 
 
+def fresh_best_time(run: Callable[[], object], out: Path, repeats: int) -> float:
+    """``best_time`` of ``run`` writing into ``out``, removed before each call (not timed): no run pays for
+    deleting the previous one's files."""
+    times = []
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        times.append(best_time(run, 1))
+    return min(times)
+
+
 def plain_copy(base: Path, delta: Path, finetuned: Path, out: Path) -> None:
     """The least a rebuild must do: read its inputs and write the output's bytes, fsynced."""
     read_files(base, delta)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(finetuned, "rb") as source, open(out, "wb") as target:
         shutil.copyfileobj(source, target, READ_BLOCK)
         target.flush()
@@ -114,8 +126,9 @@ def measure(label: str, base: Path, finetuned: Path, dtype: str, repeats: int) -
     delta = work / "delta.smask"
     build_s = best_time(lambda: submask.build_mask(base, finetuned, delta, values=True, overwrite=True), repeats)
     read_s = best_time(lambda: read_files(base, finetuned), repeats)
-    rebuild_s = best_time(lambda: submask.apply_mask(base, delta, work / "out", overwrite=True), repeats)
-    copy_s = best_time(lambda: plain_copy(base, delta, finetuned, work / "copy.safetensors"), repeats)
+    rebuild_s = fresh_best_time(lambda: submask.apply_mask(base, delta, work / "out"), work / "out", repeats)
+    copy_s = fresh_best_time(lambda: plain_copy(base, delta, finetuned, work / "copy" / finetuned.name),
+                             work / "copy", repeats)
     assert (work / "out" / finetuned.name).read_bytes() == finetuned.read_bytes()
     raw = finetuned.read_bytes()
     zipped, zipped_delta = zipnn_sizes(raw, base.read_bytes(), dtype)
@@ -133,7 +146,7 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=12)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.2, 0.3])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-minilm", action="store_true", help="synthetic pairs only")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
