@@ -243,3 +243,11 @@ def test_compiled_gather_and_scatter_match_numpy(density: float, dtype: type) ->
             out = chunk.copy()
             _scatter_into(out, packed, values)
             assert np.array_equal(out, expected)
+
+
+def test_a_sharded_delta_rebuilds_too(minilm_bf16, tmp_path: Path) -> None:
+    built = build_mask(minilm_bf16.base, minilm_bf16.finetuned, tmp_path / "d.smask", values=True,
+                       max_shard_bytes=1 << 20)
+    assert built.path.name == "d.smask.index.json" and len(list(tmp_path.glob("d-*.smask"))) > 1
+    submask.apply_mask(minilm_bf16.base, tmp_path / "d.smask", tmp_path / "out")
+    assert_same_files(tmp_path / "out", minilm_bf16.finetuned)

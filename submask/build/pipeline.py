@@ -78,7 +78,7 @@ class _TensorJob:
         """The tensor's value bytes, joined from its chunks (which are released)."""
         if not self.values:
             return None
-        data = np.concatenate(self.pieces) if self.pieces else np.empty(0, np.uint8)
+        data = self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces or [np.empty(0, np.uint8)])
         self.pieces.clear()
         return TensorValues(self.finetuned_dtype.name, data)
 
