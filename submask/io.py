@@ -94,7 +94,7 @@ def save(mask: Mask | Delta, path: str | os.PathLike[str], *, encoding: str | Ma
 
     An existing file at ``path`` is replaced only with ``overwrite=True`` (OutputError otherwise).
     """
-    delta = mask if isinstance(mask, Delta) else Delta(mask)
+    delta = mask if isinstance(mask, Delta) else Delta(mask, checkpoint=mask.metadata.checkpoint)
     metadata = replace(delta.mask.metadata, checkpoint=delta.checkpoint)
     with MaskWriter(path, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite) as writer:
         for name, tensor in delta.mask.items():

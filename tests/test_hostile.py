@@ -207,3 +207,54 @@ def test_load_refuses_more_bits_than_memory_without_allocating(tmp_path: Path) -
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 1 << 20
+
+
+# issue 16: values payloads (FORMAT.md §12)
+
+def values_claiming(path: Path, count: int, payload: bytes) -> Path:
+    """A delta whose tensor has ``count`` set bits (Rice blocks listing no clear position: all set) and claims
+    ``count`` BF16 values, in blocks of 2^26, held by ``payload``."""
+    block_bits = 1 << 32
+    values = {"entry": "~values/bomb", "dtype": "BF16", "encoding": {"id": "planes", "block_values": 1 << 26},
+              "size": 2 * count, "crc32": "00000000"}
+    header = {"format": "submask", "version": "1.2", "extensions": [{"name": "values", "must_understand": True}],
+              "kind": "update",
+              "tensors": {"bomb": {"shape": [count], "bits": count, "ones": count,
+                                   "encoding": {"id": "rice", "block_bits": block_bits},
+                                   "crc32": f"{crc32_of_run(0xFF, count // 8):08x}", "values": values}}}
+    rice = struct.pack("<BBHII", 0, 0, 0, 0, 0) * -(-count // block_bits)
+    path.write_bytes(container(json.dumps(header), {"bomb": rice, "~values/bomb": payload}))
+    return path
+
+
+def test_a_values_payload_claiming_2_40_values_costs_nothing(tmp_path: Path) -> None:
+    path = values_claiming(tmp_path / "bomb.smask", 1 << 40, b"\1" + (1 << 20).to_bytes(4, "little") + b"\0" * 995)
+    assert path.stat().st_size < 5000  # 2 TiB of values claimed
+    with submask.open(path) as delta_file:
+        tracemalloc.start()
+        with pytest.raises(FormatError, match=f"{path}, tensor 'bomb': values payload has 1,000 bytes, fewer than"):
+            delta_file.values("bomb")
+        with pytest.raises(FormatError, match="fewer than"):
+            delta_file.value_blocks("bomb")
+        problems = delta_file.problems()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert len(problems) == 1 and "fewer than" in problems[0]  # the mask's 2^40 set bits check out
+    assert peak < 1 << 20
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1 and "fewer than" in result.output
+
+
+def test_validate_checks_values_in_bounded_memory(tmp_path: Path) -> None:
+    count = 1 << 22
+    data = np.random.default_rng(0).integers(0, 256, 2 * count, dtype=np.uint8)  # 8 MiB, stored as it is
+    with submask.MaskWriter(tmp_path / "d.smask", submask.MaskMetadata()) as writer:
+        writer.add("w", submask.TensorMask.from_numpy(np.ones(count, bool)), "raw",  # 512 KiB to check
+                   values=submask.TensorValues("BF16", data))
+    with submask.open(tmp_path / "d.smask") as delta_file:
+        assert delta_file.values_size("w") > data.size
+        tracemalloc.start()
+        problems = delta_file.problems()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert problems == [] and peak < data.size // 4

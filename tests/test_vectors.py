@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import submask
-from submask import MaskWriter, errors
+from submask import MaskWriter, errors, metadata
 from submask.cli import main
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
@@ -38,13 +39,28 @@ def test_vectors_exist_for_every_encoding() -> None:
 
 @pytest.mark.parametrize("name", VECTOR_NAMES)
 def test_vector_decodes_to_its_listed_content(name: str) -> None:
-    expected = json.loads((VECTORS / f"{name}.json").read_text())["tensors"]
-    mask = submask.load(VECTORS / f"{name}.smask")
-    assert list(mask) == list(expected)
+    listed = json.loads((VECTORS / f"{name}.json").read_text())
+    expected = listed["tensors"]
+    delta = submask.load_delta(VECTORS / f"{name}.smask")
+    assert list(delta.mask) == list(expected)
     for tensor_name, content in expected.items():
-        tensor = mask[tensor_name]
+        tensor = delta.mask[tensor_name]
         assert list(tensor.shape) == content["shape"]
         np.testing.assert_array_equal(tensor.to_indices(), np.array(content["ones_at"], dtype=np.int64))
+        values = delta.values.get(tensor_name)
+        assert (values.dtype, values.data.tobytes().hex()) == (content["values"]["dtype"], content["values"]["hex"]) \
+            if "values" in content else values is None
+    assert [file.to_json() for file in delta.checkpoint or []] == listed.get("checkpoint", [])
+
+
+def test_the_values_vector_rebuilds_its_checkpoint_files_on_its_own() -> None:
+    """Its safetensors file lists one fully set tensor: the header text, then the values alone (FORMAT.md §12)."""
+    delta = submask.load_delta(VECTORS / "values-1.2.smask")
+    model, config = delta.checkpoint
+    header = model.header.encode()
+    rebuilt = struct.pack("<Q", len(header)) + header + delta.values["i64_full"].data.tobytes()
+    assert (len(rebuilt), hashlib.sha256(rebuilt).hexdigest()) == (model.size, model.sha256)
+    assert hashlib.sha256(config.text.encode()).hexdigest() == config.sha256
 
 
 @pytest.mark.parametrize("path", SINGLE_FILES, ids=lambda p: p.name)
@@ -52,8 +68,17 @@ def test_vector_re_encodes_byte_for_byte(path: Path, tmp_path: Path) -> None:
     with submask.open(path) as mask_file:
         with MaskWriter(tmp_path / path.name, mask_file.metadata) as writer:
             for name, entry in mask_file.entries.items():
-                writer.add(name, mask_file[name], entry.encoding, entry.config)
+                settings = {k: v for k, v in entry.values.encoding.items() if k != "id"} if entry.values else None
+                writer.add(name, mask_file[name], entry.encoding, entry.config, values=mask_file.values(name),
+                           values_config=settings)
     assert (tmp_path / path.name).read_bytes() == path.read_bytes()
+
+
+def test_a_reader_without_the_values_extension_refuses_a_delta(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a 1.0 or 1.1 reader does with a delta: "upgrade", rather than calling its payload layout corrupt."""
+    monkeypatch.setattr(metadata, "KNOWN_EXTENSIONS", frozenset())
+    with pytest.raises(errors.VersionError, match=r"extension\(s\) \['values'\].*upgrade"):
+        submask.open(VECTORS / "values-1.2.smask")
 
 
 def test_sharded_vector_re_encodes_byte_for_byte(tmp_path: Path) -> None:
@@ -94,6 +119,23 @@ def test_schema_rejects_what_readers_reject(bad: dict) -> None:
         jsonschema.validate(header, schema)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda h: h["checkpoint"]["files"][0].update(name="../model.safetensors"),
+    lambda h: h["checkpoint"]["files"][0].update(text="both"),
+    lambda h: h["checkpoint"]["files"][0].update(sha256="AB" * 32),
+    lambda h: h["tensors"]["f32_blocks"]["values"]["encoding"].update(block_values=0),
+    lambda h: h["tensors"]["f32_blocks"]["values"].update(crc32="xyz"),
+    lambda h: h["tensors"]["f32_blocks"]["values"].pop("size"),
+])
+def test_schema_rejects_bad_values_and_checkpoint_layouts(edit) -> None:
+    schema = json.loads((SPEC / "header.schema.json").read_text())
+    header = header_of(VECTORS / "values-1.2.smask")
+    jsonschema.validate(header, schema)
+    edit(header)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(header, schema)
+
+
 def test_the_1_0_vectors_stay_and_1_1_vectors_hold_the_same_content() -> None:
     for name in ("raw", "zstd", "rice", "rich_metadata"):
         assert header_of(VECTORS / f"{name}.smask")["version"] == "1.0"
@@ -110,6 +152,7 @@ def test_invalid_vector_is_rejected_with_the_listed_error(file_name: str) -> Non
         with submask.open(VECTORS / "invalid" / file_name) as mask_file:
             for name in mask_file:
                 mask_file[name]
+                mask_file.values(name)
     assert type(info.value).__name__ == INVALID[file_name]["error"]
     assert file_name in str(info.value)
 
@@ -130,7 +173,8 @@ def test_cli_validate_rejects_every_invalid_vector_in_one_line(file_name: str) -
     assert result.output.startswith("error: ") and file_name in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0", "rice-1.1", "rich_metadata-1.1"])
+@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0", "rice-1.1", "rich_metadata-1.1",
+                                  "values-1.2"])
 def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
     runner = CliRunner()
     assert runner.invoke(main, ["validate", str(VECTORS / f"{name}.smask")]).exit_code == 0

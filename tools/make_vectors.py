@@ -23,7 +23,7 @@ import numpy as np
 import zstandard
 
 import submask
-from submask import MaskMetadata, MaskWriter, TensorMask
+from submask import CheckpointFile, MaskMetadata, MaskWriter, TensorMask, TensorValues
 from submask.safetensors_header import MAX_HEADER_BYTES
 from submask.metadata import MINOR
 
@@ -95,6 +95,55 @@ def rich_tensors() -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
         ("encoder.layer.0.attention.self.query.weight", bits((16, 16), 0.12, 9), "auto", None),
         ("encoder.layer.0.output.dense.bias", bits((16,), 0.5, 10), "auto", None),
     ]
+
+
+def values_tensors() -> list[tuple[str, np.ndarray, str, np.ndarray, dict[str, Any] | None]]:
+    """(name, mask bools, dtype, value bytes, values settings): each dtype's values at the set positions."""
+    rng = np.random.default_rng(11)
+    weights = bits((20, 30), 0.3, 12)
+    bf16 = (rng.normal(0, 0.02, int(weights.sum())).astype(np.float32).view(np.uint32) >> 16).astype("<u2")
+    blocks = bits((100,), 0.5, 13)
+    flags = bits((9,), 0.6, 14)
+    return [
+        ("bf16_weights", weights, "BF16", bf16.view(np.uint8), None),  # a zstd exponent plane, a stored one
+        ("f32_blocks", blocks, "F32", rng.normal(0, 1, int(blocks.sum())).astype("<f4").view(np.uint8),
+         {"block_values": 16}),
+        ("i64_full", np.ones((3, 4), bool), "I64", np.arange(-6, 6, dtype="<i8").view(np.uint8), None),
+        ("bool_flags", flags, "BOOL", rng.integers(0, 2, int(flags.sum()), dtype=np.uint8), None),
+        ("no_values", np.zeros(10, bool), "F16", np.zeros(0, np.uint8), None),
+    ]
+
+
+def values_checkpoint(tensors: list) -> list[CheckpointFile]:
+    """A checkpoint layout the vector rebuilds on its own: a safetensors file of its one fully set tensor (its
+    values alone, FORMAT.md §12), and a text file."""
+    name, array, dtype, data, _ = next(t for t in tensors if t[0] == "i64_full")
+    header = json.dumps({"__metadata__": {"format": "pt"}, name: {"dtype": dtype, "shape": list(array.shape),
+                                                                  "data_offsets": [0, data.size]}},
+                        separators=(",", ":"))
+    header += " " * (-len(header) % 8)
+    model = struct.pack("<Q", len(header)) + header.encode() + data.tobytes()
+    config = '{"model_type": "golden", "hidden_size": 4}\n'
+    return [CheckpointFile("model.safetensors", len(model), hashlib.sha256(model).hexdigest(), header=header),
+            CheckpointFile("config.json", len(config.encode()), hashlib.sha256(config.encode()).hexdigest(),
+                           text=config)]
+
+
+def write_values_vector(name: str) -> None:
+    """A delta (version 1.2): values of several dtypes, several blocks, none at all, and a checkpoint layout;
+    NAME.json lists each tensor's values as dtype and hex bytes beside its set bits."""
+    tensors = values_tensors()
+    metadata = MaskMetadata(kind="update", criterion={"name": "exact"}, creator=CREATOR,
+                            checkpoint=values_checkpoint(tensors))
+    with MaskWriter(VECTORS / f"{name}.smask", metadata, overwrite=True) as writer:
+        for tensor_name, array, dtype, data, config in tensors:
+            writer.add(tensor_name, TensorMask.from_numpy(array), "auto", values=TensorValues(dtype, data),
+                       values_config=config)
+    content = {"tensors": {tensor_name: {"shape": list(array.shape), "ones_at": np.flatnonzero(array).tolist(),
+                                         "values": {"dtype": dtype, "hex": data.tobytes().hex()}}
+                           for tensor_name, array, dtype, data, _ in tensors},
+               "checkpoint": [file.to_json() for file in metadata.checkpoint]}
+    (VECTORS / f"{name}.json").write_text(json.dumps(content, indent=1) + "\n")
 
 
 def write_vector(name: str, tensors: list, metadata: MaskMetadata | None = None,
@@ -201,6 +250,7 @@ def huge_zstd_frame(content_size: int) -> bytes:
 def write_invalid() -> None:
     """Damaged copies of valid vectors, each with the error class a reader must raise (see invalid/README.md)."""
     zstd, rice, raw = (VECTORS / f"{name}-1.1.smask" for name in ("zstd", "rice", "raw"))
+    deltas = VECTORS / "values-1.2.smask"
     source = zstd.read_bytes()
     (length,) = struct.unpack("<Q", source[:8])
     dense_start = json.loads(source[8:8 + length])["dense_100x33"]["data_offsets"][0]
@@ -313,6 +363,7 @@ def write_invalid() -> None:
                                       "FormatError", "a byte after the last block"),
         "rice_too_short.smask": (edited(rice, tensor_edit("scalar", shape=[10**12], bits=10**12)),
                                  "FormatError", "10^12 bits claimed: 238,419 block headers expected, 1 present"),
+        **invalid_values(deltas),
     }
     invalid = VECTORS / "invalid"
     invalid.mkdir(exist_ok=True)
@@ -326,13 +377,69 @@ def write_invalid() -> None:
     (invalid / "README.md").write_text(INVALID_README + "\n".join(rows) + "\n")
 
 
+def invalid_values(deltas: Path) -> dict[str, tuple[bytes, str, str]]:
+    """Damaged copies of the delta vector (FORMAT.md §12)."""
+    def values_edit(name: str, **fields: Any) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
+        return lambda header, payloads: header["tensors"][name]["values"].update(fields)
+
+    def declared(**fields: Any) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
+        """The header with ``fields`` changed and no checkpoint layout, so that the tensors' values are refused."""
+        return header_edit(lambda h: (h.update(fields), h.pop("checkpoint")))
+
+    def other_zstd_size(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+        """bf16_weights' zstd plane (its second record) replaced by a frame of one byte more than its block."""
+        payload = payloads["~values/bf16_weights"]
+        count = header["tensors"]["bf16_weights"]["ones"]
+        stored = 5 + count
+        assert payload[0] == 0 and payload[stored] == 1  # stored low bytes, then the zstd exponent plane
+        frame = zstandard.ZstdCompressor(write_content_size=True).compress(b"\x3c" * (count + 1))
+        payloads["~values/bf16_weights"] = payload[:stored] + b"\x01" + struct.pack("<I", len(frame)) + frame
+
+    def plane_length(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+        payload = bytearray(payloads["~values/f32_blocks"])
+        payload[1:5] = struct.pack("<I", len(payload))  # the first record claims the whole payload and more
+        payloads["~values/f32_blocks"] = bytes(payload)
+
+    def same_entry(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+        header["tensors"]["bool_flags"]["values"]["entry"] = "~values/i64_full"
+        payloads.pop("~values/bool_flags")
+
+    cases: dict[str, tuple[Callable[[dict[str, Any], dict[str, bytes]], None], str, str]] = {
+        "values_bad_crc.smask": (values_edit("f32_blocks", crc32="00000000"), "ChecksumError",
+                                 "values of f32_blocks with a wrong crc32"),
+        "values_plane_beyond_payload.smask": (plane_length, "FormatError",
+                                              "a plane record of f32_blocks longer than the payload"),
+        "values_zstd_plane_size.smask": (other_zstd_size, "FormatError",
+                                         "a zstd plane of bf16_weights declaring one byte more than its block"),
+        "values_size_not_ones.smask": (values_edit("i64_full", size=95), "FormatError",
+                                       "values size 95, not ones x 8 = 96"),
+        "values_entry_missing.smask": (values_edit("i64_full", entry="~values/elsewhere"), "FormatError",
+                                       "values entry named in the header but absent from the payloads"),
+        "values_entry_twice.smask": (same_entry, "FormatError",
+                                     "two tensors' values name the same entry"),
+        "values_entry_is_tensor.smask": (values_edit("i64_full", entry="bool_flags"), "FormatError",
+                                         "a values entry named like a tensor"),
+        "values_unknown_encoding.smask": (values_edit("f32_blocks", encoding={"id": "x-fp-delta"}),
+                                          "UnknownEncodingError", "values of f32_blocks in encoding x-fp-delta"),
+        "values_unknown_dtype.smask": (values_edit("f32_blocks", dtype="F4_E2M1"), "UnknownEncodingError",
+                                       "values of f32_blocks in dtype F4_E2M1"),
+        "values_not_declared.smask": (declared(extensions=[]), "FormatError",
+                                      "values without the `values` extension declared"),
+        "values_in_1_1.smask": (declared(version="1.1"), "FormatError",
+                                "values in a file of version 1.1"),
+        "checkpoint_name_with_slash.smask": (header_edit(lambda h: h["checkpoint"]["files"][1].update(
+            name="../config.json")), "FormatError", "a checkpoint file named `../config.json`"),
+    }
+    return {file_name: (edited(deltas, edit), error, why) for file_name, (edit, error, why) in cases.items()}
+
+
 INVALID_README = """# Invalid vectors
 
 Files a reader of [FORMAT.md](../../../FORMAT.md) MUST reject (section 10), written by `tools/make_vectors.py`
 as damaged copies of the 1.1 vectors `zstd-1.1.smask`, `rice-1.1.smask` and `raw-1.1.smask` (and one of the 1.0
-`zstd.smask`). Each damages one thing; every other part of the file is valid (header edits are re-checksummed
-unless the case is about the checksum), so the check named is the one that must fire, in the order of FORMAT.md
-section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
+`zstd.smask`), and of the 1.2 delta `values-1.2.smask` (the `values_*` and `checkpoint_*` cases). Each damages
+one thing; every other part of the file is valid (header edits are re-checksummed unless the case is about the
+checksum), so the check named is the one that must fire, in the order of FORMAT.md section 2.2. [`expected.json`](expected.json) lists the same cases for programs: the error is the class
 submask raises (FORMAT.md section 11); other readers need only reject the file.
 
 | file | error | what is wrong |
@@ -421,6 +528,7 @@ def main() -> None:
         write_vector(f"rich_metadata{suffix}", rich_tensors(), rich_metadata(), minor=minor)
     remove_sharded(VECTORS / "sharded.smask")  # a new write never reuses names: clear the old one first
     write_vector("sharded", sharded_tensors(), max_shard_bytes=32)
+    write_values_vector("values-1.2")
     write_invalid()
     write_invalid_shards()
     print(f"wrote vectors to {VECTORS}")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ DIGEST_SINCE_MINOR = 1
 
 
 #: positional reads of a payload: ``read(offset, length)`` returns those bytes of it
-ReadAt = Callable[[int, int], bytes]
+ReadAt = Callable[[int, int], "bytes | memoryview"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Container:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self._lock = threading.Lock()
         try:
             self._file: BinaryIO = open(self.path, "rb")
         except FileNotFoundError:
@@ -69,17 +71,30 @@ class Container:
         return span.read(0, span.size)
 
     def span(self, name: str) -> PayloadSpan:
-        """One payload, read on demand; FormatError if the file turns out shorter than its header says."""
+        """One payload, read on demand (from any thread); FormatError if the file turns out shorter than its
+        header says."""
         start, end = self._spans[name]
 
         def read(offset: int, length: int) -> bytes:
-            self._file.seek(self._data_start + start + offset)
-            data = self._file.read(length)
+            data = self._read_at(self._data_start + start + offset, length)
             if len(data) != length:
                 raise FormatError(f"{where(self.path, name)}payload is truncated; the file was cut short or changed")
             return data
 
         return PayloadSpan(end - start, read)
+
+    def _read_at(self, position: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``position``: positional reads where the platform has them, so that threads
+        decoding several payloads of one file never move each other's file position."""
+        if not hasattr(os, "pread"):
+            with self._lock:
+                self._file.seek(position)
+                return self._file.read(length)
+        parts = []
+        while length > 0 and (part := os.pread(self._file.fileno(), min(length, 1 << 30), position)):
+            parts.append(part)
+            position, length = position + len(part), length - len(part)
+        return b"".join(parts)
 
     def close(self) -> None:
         self._file.close()

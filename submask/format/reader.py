@@ -15,7 +15,7 @@ from ..errors import FormatError, LimitError, SubmaskError, where
 from ..mask import Mask, TensorMask
 from .container import Container, PayloadSpan
 from ..metadata import MaskMetadata, check_version, is_bare_file_name
-from .header import ShardInfo, TensorEntry, is_write_id, parse_tensor_entries, payload_names
+from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
 from .tensors import decode_tensor, verify_tensor
 from .values import TensorValues, checked_pieces, plane_methods, read_values, verify_values
@@ -136,34 +136,33 @@ class MaskFile:
 
     def values(self, name: str) -> TensorValues | None:
         """Decode and verify one tensor's values (None when it has none)."""
-        entry = self._entry(name)
-        if entry.values is None:
-            return None
-        return read_values(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+        found = self._values_of(name)
+        return None if found is None else read_values(*found)
 
     def value_blocks(self, name: str) -> Iterator[np.ndarray]:
-        """One tensor's value bytes in consecutive pieces of bounded size (``format.values.value_pieces``); the
+        """One tensor's value bytes in consecutive pieces of bounded size (``format.values.iter_value_blocks``); the
         CRC-32 is checked once the last piece is taken. Nothing for a tensor without values."""
-        entry = self._entry(name)
-        if entry.values is None:
-            return iter(())
-        return checked_pieces(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
+        found = self._values_of(name)
+        return iter(()) if found is None else checked_pieces(*found)
 
     def values_size(self, name: str) -> int:
         """Bytes of one tensor's values payload as stored (0 without values)."""
-        entry = self._entry(name)
-        return 0 if entry.values is None else self._values_span(entry).size
+        found = self._values_of(name)
+        return 0 if found is None else found[1].size
 
     def value_planes(self, name: str) -> list[str]:
         """How each byte plane of one tensor's values is stored: "stored", "zstd" or "mixed" ([] without values)."""
+        found = self._values_of(name)
+        return [] if found is None else plane_methods(*found)
+
+    def _values_of(self, name: str) -> tuple[ValuesEntry, PayloadSpan, int, Path, str] | None:
+        """What ``format.values`` reads a tensor's values from: (record, payload, count, file, tensor name), or
+        None when the tensor has no values."""
         entry = self._entry(name)
         if entry.values is None:
-            return []
-        return plane_methods(entry.values, self._values_span(entry), entry.ones, self._container(name).path, name)
-
-    def _values_span(self, entry: TensorEntry) -> PayloadSpan:
-        assert entry.values is not None
-        return self._container(entry.name).span(entry.values.entry)
+            return None
+        container = self._container(name)
+        return entry.values, container.span(entry.values.entry), entry.ones, container.path, name
 
     def _entry(self, name: str) -> TensorEntry:
         entry = self.entries.get(name)
@@ -182,8 +181,9 @@ class MaskFile:
             container = self._container(name)
             try:
                 verify_tensor(entry, container.read(name), container.path)
-                if entry.values is not None:
-                    verify_values(entry.values, self._values_span(entry), entry.ones, container.path, name)
+                values = self._values_of(name)
+                if values is not None:
+                    verify_values(*values)
             except SubmaskError as exc:
                 found.append(str(exc))
         return found

@@ -51,9 +51,12 @@ def _is_string_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
 
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+
 def _is_name_lists(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(names, list) and all(isinstance(n, str) for n in names)
-                                           for names in value.values())
+    return isinstance(value, dict) and all(_is_names(names) for names in value.values())
 
 
 def _short(value: Any) -> str:
@@ -69,4 +72,5 @@ MEMBERS: dict[str, tuple[Callable[[Any], bool], str]] = {
                            "counts being a list of non-negative integers as long as 'atol'"),
     "backend": (lambda value: isinstance(value, str), "a string"),
     "skipped": (_is_name_lists, "an object of reason -> list of tensor names"),
+    "whole": (_is_names, "a list of tensor names (tensors a delta stores whole)"),
 }

@@ -7,7 +7,7 @@ plane stored as it is or as one zstd frame, whichever is smaller: the sign and e
 compress, their low mantissa bytes do not.
 
 Decoders read a payload record by record with checks before every allocation, so a header or a payload
-claiming 2^40 values costs nothing; ``value_pieces`` decodes in pieces of at most PIECE_VALUES values.
+claiming 2^40 values costs nothing; ``iter_value_blocks`` decodes in pieces of at most PIECE_VALUES values.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -28,13 +28,13 @@ from .header import DTYPE_SIZES, ValuesEntry
 PLANES = "planes"
 BLOCK_VALUES = 1 << 20  # the writers' block: planes of 1 MiB, compressed as well as larger ones
 MAX_BLOCK_VALUES = 1 << 26
-ZSTD_LEVEL = 3  # see tools/bench/bench_values.py
-PIECE_VALUES = 1 << 18  # values per piece of ``value_pieces``: what streaming costs in memory, per byte of itemsize
+ZSTD_LEVEL = 1  # smaller than levels 3 and 9 on value planes, and 3x faster (tools/bench/bench_values.py)
+PIECE_VALUES = 1 << 18  # values per piece of ``iter_value_blocks``: what streaming holds, per byte of itemsize
 STORED, ZSTD = 0, 1
 RECORD_HEADER = 5  # u8 method, u32 LE length
 
 VALUES_PREFIX = "~values/"  # writers name a tensor's values entry "~values/" + its name (then ~2, ~3, ...)
-Payload = Union[bytes, bytearray, memoryview, PayloadSpan]
+Payload = bytes | bytearray | memoryview | PayloadSpan
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,15 @@ class TensorValues:
 
 def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BLOCK_VALUES) -> tuple[dict, bytes]:
     """Encode value bytes (uint8, a multiple of ``itemsize``) as ``planes``: returns (encoding JSON, payload)."""
-    if not 1 <= block_values <= MAX_BLOCK_VALUES:
-        raise UsageError(f"block_values must be in [1, 2^26], got {block_values}")
-    if value_bytes.size % itemsize:
-        raise UsageError(f"{value_bytes.size} value bytes are not a whole number of {itemsize}-byte values")
+    if type(block_values) is not int or not 1 <= block_values <= MAX_BLOCK_VALUES:
+        raise UsageError(f"block_values must be an integer in [1, 2^26], got {block_values!r}")
+    if value_bytes.dtype != np.uint8 or value_bytes.size % itemsize:
+        raise UsageError(f"value bytes must be uint8, a whole number of {itemsize}-byte values; got "
+                         f"{value_bytes.size} of {value_bytes.dtype}")
     import zstandard  # here: commands that never write values skip its import
 
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-    values = np.ascontiguousarray(value_bytes, dtype=np.uint8).reshape(-1, itemsize)
+    values = np.ascontiguousarray(value_bytes).reshape(-1, itemsize)
     records = []
     for start in range(0, len(values), block_values):
         block = values[start : start + block_values]
@@ -89,35 +90,50 @@ def decode_values(payload: Payload, encoding: dict[str, Any], count: int, itemsi
                   out: np.ndarray | None = None, path: object = None, name: str | None = None) -> np.ndarray:
     """Decode a values payload into its ``count * itemsize`` value bytes (``out`` when given); FormatError,
     naming the file and tensor, on a damaged payload; LimitError when the bytes exceed this machine's memory."""
+    at = where(path, name)
+    source = _source(payload, encoding, count, itemsize, at)  # the payload's size is checked before allocating
     nbytes = count * itemsize
-    pieces = value_pieces(payload, encoding, count, itemsize, path, name)  # checks the payload's size first
     if out is None:
         if nbytes > physical_memory():
-            raise LimitError(f"{where(path, name)}{count:,} values take {nbytes:,} bytes, more than this machine's "
-                             "memory; read them in pieces (MaskFile.value_blocks)")
+            raise LimitError(f"{at}{count:,} values take {nbytes:,} bytes, more than this machine's memory; read "
+                             "them in pieces (MaskFile.value_blocks)")
         out = np.empty(nbytes, dtype=np.uint8)
-    position = 0
-    for piece in pieces:
-        out[position : position + piece.size] = piece
-        position += piece.size
+    elif out.dtype != np.uint8 or out.shape != (nbytes,):
+        raise UsageError(f"{at}out must be {nbytes} uint8 bytes, got {out.shape} of {out.dtype}")
+    for _ in _pieces(*source, count, itemsize, at, out):
+        pass
     return out
 
 
-def value_pieces(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, path: object = None,
-                 name: str | None = None) -> Iterator[np.ndarray]:
+def iter_value_blocks(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, path: object = None,
+                      name: str | None = None) -> Iterator[np.ndarray]:
     """The value bytes of a payload in consecutive pieces (fresh uint8 arrays of at most PIECE_VALUES values):
     memory stays bounded whatever the header and payload claim. Every record is checked before it is used."""
     at = where(path, name)
+    return _pieces(*_source(payload, encoding, count, itemsize, at), count, itemsize, at)
+
+
+def _source(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, at: str) -> tuple[ReadAt, int, int]:
+    """(positional reads, size, block_values) of a payload with room for the records ``count`` values need."""
     block_values = _block_values(encoding, at)
     size, read = _reader(payload)
-    nblocks = -(-count // block_values)
-    if size < nblocks * itemsize * RECORD_HEADER:
-        raise FormatError(f"{at}values payload has {size} bytes, too few for {count:,} values in {nblocks:,} "
-                          f"blocks of {itemsize} planes; the file is corrupt")
-    return _pieces(read, size, count, itemsize, block_values, at)
+    full, last = divmod(count, block_values)
+    least = itemsize * (full * _least_record(block_values) + (_least_record(last) if last else 0))
+    if size < least:
+        raise FormatError(f"{at}values payload has {size:,} bytes, fewer than the {least:,} that records of "
+                          f"{count:,} values take at least; the file is corrupt")
+    return read, size, block_values
 
 
-def _pieces(read: ReadAt, size: int, count: int, itemsize: int, block_values: int, at: str) -> Iterator[np.ndarray]:
+def _least_record(values: int) -> int:
+    """The fewest bytes a plane record of ``values`` values can take: its header, then the bytes stored, or a
+    zstd frame (at least 6 header bytes, and 4 per block of at most 128 KiB: RFC 8878 §3.1.1)."""
+    return RECORD_HEADER + min(values, 6 + 4 * -(-values // (128 << 10)))
+
+
+def _pieces(read: ReadAt, size: int, block_values: int, count: int, itemsize: int, at: str,
+            out: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Decode piece by piece, into ``out`` when given (each piece a view of it), else into fresh arrays."""
     import zstandard
 
     offset = 0
@@ -127,13 +143,17 @@ def _pieces(read: ReadAt, size: int, count: int, itemsize: int, block_values: in
         for _ in range(itemsize):
             offset, plane = _record(read, size, offset, values, at)
             planes.append(plane)
-        readers = [zstandard.ZstdDecompressor().stream_reader(plane) if isinstance(plane, bytes) else plane
+        readers = [plane if isinstance(plane, _StoredPlane) else zstandard.ZstdDecompressor().stream_reader(plane)
                    for plane in planes]
         for first in range(0, values, PIECE_VALUES):
-            piece = np.empty((min(PIECE_VALUES, values - first), itemsize), dtype=np.uint8)
+            length = min(PIECE_VALUES, values - first)
+            begin = (start + first) * itemsize
+            piece = (np.empty(length * itemsize, dtype=np.uint8) if out is None
+                     else out[begin : begin + length * itemsize])
+            columns = piece.reshape(length, itemsize)
             for index, reader in enumerate(readers):
-                piece[:, index] = _plane_bytes(reader, first, len(piece), at)
-            yield piece.reshape(-1)
+                columns[:, index] = _plane_bytes(reader, first, length, at)
+            yield piece
         for reader in readers:
             if not isinstance(reader, _StoredPlane) and reader.read(1):
                 raise FormatError(f"{at}a zstd value plane holds more than its {values} bytes; the file is corrupt")
@@ -147,7 +167,8 @@ class _StoredPlane:
     offset: int
 
 
-def _record(read: ReadAt, size: int, offset: int, values: int, at: str) -> tuple[int, bytes | _StoredPlane]:
+def _record(read: ReadAt, size: int, offset: int, values: int,
+            at: str) -> tuple[int, bytes | memoryview | _StoredPlane]:
     """Check the plane record at ``offset`` of a block of ``values`` values: (where the next begins, the zstd
     frame or where the stored bytes are)."""
     if offset + RECORD_HEADER > size:
@@ -196,7 +217,7 @@ def _reader(payload: Payload) -> tuple[int, ReadAt]:
     if isinstance(payload, PayloadSpan):
         return payload.size, payload.read
     view = memoryview(payload).cast("B")
-    return len(view), lambda offset, length: bytes(view[offset : offset + length])
+    return len(view), lambda offset, length: view[offset : offset + length]
 
 
 def _block_values(encoding: dict[str, Any], at: str) -> int:
@@ -227,7 +248,6 @@ def encode_tensor_values(name: str, values: TensorValues, ones: int,
     return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, data.size, crc), payload
 
 
-
 def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
                 name: str | None = None) -> TensorValues:
     """Decode a tensor's values and check them against their record (CRC-32 included)."""
@@ -239,9 +259,9 @@ def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object =
 
 def checked_pieces(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
                    name: str | None = None) -> Iterator[np.ndarray]:
-    """``value_pieces`` of a tensor's values; the CRC-32 is checked once the last piece has been taken."""
+    """``iter_value_blocks`` of a tensor's values; the CRC-32 is checked once the last piece has been taken."""
     at = where(path, name)
-    pieces = value_pieces(payload, entry.encoding, count, _itemsize(entry, count, at), path, name)
+    pieces = iter_value_blocks(payload, entry.encoding, count, _itemsize(entry, count, at), path, name)
     return _crc_checked(entry, pieces, at)
 
 
@@ -279,8 +299,8 @@ def _check_crc(entry: ValuesEntry, crc: int, at: str) -> None:
 
 def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
                   name: str | None = None) -> list[str]:
-    """Per plane (byte 0 first), how its blocks are stored: "stored", "zstd" or "mixed" (what ``info`` shows).
-    Checks the records, decodes nothing; FormatError on a damaged payload."""
+    """Per plane (byte 0 first), how its blocks are stored: "stored", "zstd" or "mixed" (what ``info`` shows;
+    [] for no values). Checks the records, decodes nothing; FormatError on a damaged payload."""
     at = where(path, name)
     itemsize, block_values = _itemsize(entry, count, at), _block_values(entry.encoding, at)
     size, read = _reader(payload)
@@ -290,4 +310,4 @@ def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object
         for plane in range(itemsize):
             offset, record = _record(read, size, offset, min(block_values, count - start), at)
             seen[plane].add("stored" if isinstance(record, _StoredPlane) else "zstd")
-    return [methods.pop() if len(methods) == 1 else "mixed" for methods in seen]
+    return [methods.pop() if len(methods) == 1 else "mixed" for methods in seen] if count else []

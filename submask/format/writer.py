@@ -140,6 +140,7 @@ class MaskWriter:
         for shard in shards:
             shard.entries = [replace(e, values=replace(e.values, entry=_free_values_name(e.name, taken)))
                              if e.values is not None else e for e in shard.entries]
+        check_writable(self.metadata, self.path)  # again: the metadata may have changed since (a build's stats)
         metadata = self.metadata.for_file(any(e.values for s in shards for e in s.entries))
         if len(shards) == 1:
             with atomic_write(self.path) as out:
@@ -147,12 +148,13 @@ class MaskWriter:
             self.paths = [self.path]
             return
         write_id = self.write_id or new_write_id()
-        writers = [partial(_write_shard, metadata=metadata, shard=shard, record=ShardInfo(write_id, number, len(shards)))
-                   for number, shard in enumerate(shards, 1)]
+        writers = [partial(_write_shard, metadata=metadata, shard=shard,
+                           record=ShardInfo(write_id, number, len(shards))) for number, shard in enumerate(shards, 1)]
 
         def index(names: list[str]) -> dict[str, Any]:
             return {
-                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(metadata)}", "write_id": write_id,
+                "metadata": {"format": FORMAT_NAME, "version": f"{MAJOR}.{_shard_minor(metadata)}",
+                             "write_id": write_id,
                              "total_bits": sum(e.bits for s in shards for e in s.entries),
                              "total_ones": sum(e.ones for s in shards for e in s.entries),
                              "total_size": sum(s.nbytes for s in shards)},
