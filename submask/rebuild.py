@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +30,7 @@ from .accel import Kernel, job
 from .align import mismatch
 from .built import AppliedModel
 from .atomic import check_target, replace_dir, staging_dir, writing
-from .checkpoints.dtypes import DTYPES, DType
+from .checkpoints.dtypes import DTYPES, DType, dtype_of_array
 from .checkpoints.layout import laid_out_tensors
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import CHUNK_ELEMENTS, Source, open_source
@@ -96,9 +97,14 @@ def apply_delta(base: Mapping[str, Any], delta: Delta | str | os.PathLike[str]) 
 
     >>> finetuned = submask.apply_delta(model.state_dict(), "rl.smask")   # doctest: +SKIP
     """
+    label = "the delta" if isinstance(delta, Delta) else os.fspath(delta)
     if not isinstance(delta, Delta):
         delta = load_delta(delta)
-    values = _DeltaValues(delta, "the delta")
+    bare = [name for name in delta.mask if name not in delta.values]
+    if bare:
+        raise UsageError(f"{label}: {len(bare)} tensor(s) carry no values (e.g. {bare[:3]}); build it with "
+                         "values=True (--values), or use apply_to_state_dict with the finetuned state dict")
+    values = _DeltaValues(delta, label)
     _check_base(values, _Shapes(base))
     uses_torch = any(not isinstance(value, np.ndarray) for value in base.values())
     result = {}
@@ -203,8 +209,6 @@ class _Shapes:
 
     @property
     def tensors(self) -> dict[str, TensorInfo]:
-        from .checkpoints.dtypes import dtype_of_array
-
         return {name: TensorInfo(name, dtype_of_array(value.dtype, f"{self.label}, tensor {name!r}: "),
                                  tuple(int(d) for d in value.shape)) for name, value in self.state.items()}
 
@@ -213,7 +217,7 @@ def _check_base(values: _DeltaValues, base: Source | _Shapes) -> None:
     """MismatchError unless ``base`` holds, in the delta's dtype and shape, every tensor the delta only
     partly stores (the tensors it stores whole need nothing from the base)."""
     mask, tensors = values.mask, base.tensors
-    needed = [name for name, count in mask.counts.items() if count < _numel(mask.shapes[name])]
+    needed = [name for name, count in mask.counts.items() if count < math.prod(mask.shapes[name])]
     missing = [name for name in needed if name not in tensors]
     different = [f"{name} {values.dtype(name)} {list(mask.shapes[name])} vs {tensors[name].dtype.name} "
                  f"{list(tensors[name].shape)}" for name in needed if name in tensors
@@ -221,10 +225,6 @@ def _check_base(values: _DeltaValues, base: Source | _Shapes) -> None:
     if missing or different:
         raise mismatch(values.label, base.label, f"Pass the base the delta was built against"
                        f"{_recorded_base(values)}.", only_left=missing, different=different)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 # -- writing ----------------------------------------------------------------------------------------------------

@@ -251,3 +251,13 @@ def test_a_sharded_delta_rebuilds_too(minilm_bf16, tmp_path: Path) -> None:
     assert built.path.name == "d.smask.index.json" and len(list(tmp_path.glob("d-*.smask"))) > 1
     submask.apply_mask(minilm_bf16.base, tmp_path / "d.smask", tmp_path / "out")
     assert_same_files(tmp_path / "out", minilm_bf16.finetuned)
+
+
+def test_apply_delta_refuses_a_mask_without_values_or_a_wrong_base(minilm_bf16, minilm_fp32, tmp_path) -> None:
+    base = load(minilm_bf16.base_file)
+    submask.save(build_mask(minilm_bf16.base, minilm_bf16.finetuned).mask, tmp_path / "plain.smask")
+    with pytest.raises(UsageError, match=r"plain\.smask: 104 tensor\(s\) carry no values"):
+        submask.apply_delta(base, tmp_path / "plain.smask")
+    delta = build_mask(minilm_bf16.base, minilm_bf16.finetuned, values=True).delta
+    with pytest.raises(MismatchError, match=r"the delta does not fit the base state dict.*BF16 .* vs F32"):
+        submask.apply_delta(load(minilm_fp32.base_file), delta)

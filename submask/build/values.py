@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..accel import Kernel
 from ..checkpoints.layout import laid_out_tensors
 from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import INDEX, ShardedSource, Source
 from ..errors import MismatchError, SourceError, UsageError
 from ..metadata import CheckpointFile
-from ..accel import Kernel
 from ..packed import popcount, unpack
 from .criteria import Criterion
 

@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
-    rows = []
+    rows, load_start = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-delta-") as tmp:
         root = Path(tmp)
         for density in args.densities:
@@ -177,7 +177,10 @@ def main() -> None:
             "the same build without values; *rebuild* is "
             "seconds of `apply_mask(base, delta, out)` (write, SHA-256, fsync), with the speed of a plain copy "
             "(read base and delta, write the file's bytes, fsync) divided by it: the goal is at least 0.80. "
-            f"Best of {args.repeats}, warm page cache; other jobs may share the CPU cores.\n\n"
+            f"Best of {args.repeats}, warm page cache. Load average {load_start:.1f} at the start and "
+            f"{os.getloadavg()[0]:.1f} at the end (other jobs on the machine's {os.cpu_count()} cores): the copy is "
+            "mostly kernel memcpy, while a rebuild also hashes, decodes values and scatters them, so it suffers "
+            "more from a busy machine.\n\n"
             + markdown_table(["pair", "changed", "MiB", "delta", "(a) zstd", "(b) zipnn", "(c) zipnn delta",
                               "build s (vs read)", "mask only s", "rebuild s (vs copy)"], rows))
     if not args.no_write:
