@@ -261,3 +261,18 @@ def test_apply_delta_refuses_a_mask_without_values_or_a_wrong_base(minilm_bf16, 
     delta = build_mask(minilm_bf16.base, minilm_bf16.finetuned, values=True).delta
     with pytest.raises(MismatchError, match=r"the delta does not fit the base state dict.*BF16 .* vs F32"):
         submask.apply_delta(load(minilm_fp32.base_file), delta)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_values_of_state_dicts_on_the_gpu_match_the_cpu(minilm_bf16) -> None:
+    """A build on the GPU takes the values where they are (torch views), tensors stored whole included."""
+    base, finetuned = load(minilm_bf16.base_file), load(minilm_bf16.finetuned_file)
+    finetuned["classifier.weight"] = torch.randn(2, 384, dtype=torch.bfloat16)
+    on_cpu = build_mask(base, finetuned, values=True, device="cpu").delta
+    on_gpu = build_mask({n: t.cuda() for n, t in base.items()}, {n: t.cuda() for n, t in finetuned.items()},
+                        values=True).delta
+    assert on_gpu.mask.metadata.stats["backend"].startswith("cuda") and dict(on_gpu.mask) == dict(on_cpu.mask)
+    assert on_gpu.mask.metadata.stats["whole"] == ["classifier.weight"]
+    for name, held in on_cpu.values.items():
+        assert held.dtype == on_gpu.values[name].dtype and np.array_equal(held.data, on_gpu.values[name].data)
