@@ -49,6 +49,7 @@ from .build import build_mask
 from .built import BuiltMask
 from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
 from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
+from .rebuild import apply_delta
 from .train import Restriction, restrict, unrestrict
 from .tracker import UpdateSparsity, UpdateTracker
 
@@ -101,6 +102,7 @@ __all__ = [
     "UpdateTracker",
     "VersionError",
     "__version__",
+    "apply_delta",
     "apply_mask",
     "apply_to_module",
     "apply_to_state_dict",

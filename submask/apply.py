@@ -1,20 +1,21 @@
 """Sparse-update models: the finetuned values where a mask is set, the base values elsewhere.
 
 ``apply_mask`` works on safetensors checkpoints on disk, tensor by tensor and chunk by chunk (memory stays
-bounded by ``CHUNK_ELEMENTS``), selecting raw bits, so every dtype is exact and torch is not needed.
+bounded by ``CHUNK_ELEMENTS``), selecting raw bits, so every dtype is exact and torch is not needed. Given a
+delta (a mask with values, ``build_mask(..., values=True)``) instead of the finetuned model and a mask, it
+rebuilds the finetuned checkpoint (``submask.rebuild``).
 ``apply_to_state_dict`` and ``apply_to_module`` do the same in memory (torch tensors or numpy arrays).
 
 >>> submask.apply_mask("base/", "finetuned/", "rl.smask", "sparse-update/")   # doctest: +SKIP
 AppliedModel(path=PosixPath('sparse-update'), tensors=291, numel=..., from_finetuned=...)
+>>> submask.apply_mask("org/base@3f2c...", "hf://org/run/deltas/step-1000.smask", "step-1000/")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -22,47 +23,48 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from .align import check_fit, check_same_model, check_same_tensors, mismatch
-from .atomic import check_target, current_umask, remove_stale, temp_prefix, writing
+from .atomic import check_target, replace_dir, staging_dir, writing
 from .checkpoints.safetensors_file import TensorInfo
-from .checkpoints.sources import ShardedSource, Source, local_source
-from .errors import SourceError
+from .built import AppliedModel
+from .checkpoints.sources import CHUNK_ELEMENTS, ShardedSource, Source, local_source
+from .errors import SourceError, UsageError
 from .io import MaskLike, open_mask
 from .mask import TensorMask
 from .packed import unpack
+from .rebuild import rebuild
 
 if TYPE_CHECKING:
     import torch
 
-#: Elements selected per step (a multiple of 8, so chunks start on a byte of packed bits): 4 Mi elements
-#: keeps the working set of the largest dtype around 100 MiB.
-CHUNK_ELEMENTS = 1 << 22
 #: Files of a finetuned model dir that are weights, not copied next to the applied weights.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 
 
-@dataclass(frozen=True)
-class AppliedModel:
-    """What ``apply_mask`` wrote: the model dir, and how many values came from the finetuned model."""
-
-    path: Path
-    tensors: int
-    numel: int
-    from_finetuned: int
-
-
-def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], mask: MaskLike,
-               out_dir: str | os.PathLike[str], *, invert: bool = False, overwrite: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> AppliedModel:
+def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[str] | None = None, *,
+               invert: bool = False, overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None) -> AppliedModel:
     """Write a model dir whose weights are ``finetuned`` where ``mask`` is set and ``base`` elsewhere.
 
-    ``base`` and ``finetuned`` are model dirs (sharded with an index, or not) or ``.safetensors`` files with
-    the same tensor names, shapes and dtypes. Each output shard is the finetuned shard's header, byte for
-    byte, followed by the selected values; the index is copied, and when ``finetuned`` is a directory its
-    other files (config, tokenizer, ...) too. Tensors the mask does not list take the base values.
+    Called with three arguments, ``apply_mask(base, delta, out_dir)``, it rebuilds the finetuned checkpoint
+    from ``base`` and a delta (a mask with values and the checkpoint layout; ``submask.rebuild.rebuild``,
+    which says what ``base`` and ``delta`` may be, Hub ids and hf:// URLs included, with ``hub_api`` and
+    ``cache_dir``): every recorded file byte for byte, each verified against its SHA-256, and nothing else
+    (config and tokenizer files are not part of a delta, so nothing vouches for them).
+
+    With four arguments, ``base`` and ``finetuned`` are model dirs (sharded with an index, or not) or
+    ``.safetensors`` files with the same tensor names, shapes and dtypes. Each output shard is the finetuned
+    shard's header, byte for byte, followed by the selected values; the index is copied, and when
+    ``finetuned`` is a directory its other files (config, tokenizer, ...) too. Tensors the mask does not list take the base values.
     ``invert=True`` swaps the roles: finetuned values outside the mask, base values inside. The directory
     appears atomically, complete or not at all; an existing non-empty ``out_dir`` is replaced only with
     ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written.
     """
+    if out_dir is None:
+        if invert:
+            raise UsageError("invert=True (--invert) needs the finetuned checkpoint and a mask; a delta rebuilds "
+                             "the finetuned checkpoint only")
+        return rebuild(base, finetuned, mask, overwrite=overwrite, progress=progress, hub_api=hub_api,
+                       cache_dir=cache_dir)
     out = check_target(out_dir, overwrite, directory=True, inputs=[base, finetuned])
     with local_source(base) as base_src, local_source(finetuned) as ft_src, open_mask(mask) as masks:
         _check_pair(base_src, ft_src)
@@ -72,7 +74,7 @@ def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], 
         total = sum(info.nbytes for info in ft_src.tensors.values())
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
         taken = 0
-        with _staging_dir(out) as staging:
+        with staging_dir(out) as staging:
             for shard in shards:
                 with writing(out), open(staging / shard.path.name, "wb") as handle:
                     handle.write(shard.header)
@@ -85,7 +87,7 @@ def apply_mask(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], 
             with writing(out):
                 if Path(finetuned).is_dir():
                     _copy_side_files(Path(finetuned), staging)
-                _replace_dir(staging, out)
+                replace_dir(staging, out)
         numel = sum(t.numel for t in ft_src.tensors.values())
         return AppliedModel(out, len(ft_src.tensors), numel, taken)
 
@@ -211,35 +213,6 @@ def _check_pair(base: Source, finetuned: Source) -> None:
               for name, info in finetuned.tensors.items() if info.dtype != base.tensors[name].dtype]
     if dtypes:
         raise mismatch(ft_label, base_label, "Convert one so that both store the same dtypes.", different=dtypes)
-
-
-@contextlib.contextmanager
-def _staging_dir(out: Path) -> Iterator[Path]:
-    """A temp directory next to ``out`` (so the final rename stays on one filesystem), removed on failure.
-
-    Named after this process (``atomic.temp_prefix``), so a later run removes it if this one is killed; given
-    the mode a plain mkdir would (mkdtemp's is 0700), since it becomes ``out``.
-    """
-    with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(out.parent)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".tmp"))
-        staging.chmod(0o777 & ~current_umask())
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace_dir(staging: Path, out: Path) -> None:
-    """Move ``staging`` to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".old"))
-        os.replace(out, old / "dir")
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_side_files(model_dir: Path, out: Path) -> None:

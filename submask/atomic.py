@@ -194,3 +194,32 @@ def scratch_file(directory: str | os.PathLike[str], target: str | os.PathLike[st
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(handle.name)
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A temp directory next to ``out`` (so the final rename stays on one filesystem), removed on failure.
+
+    Named after this process (``temp_prefix``), so a later run removes it if this one is killed; given
+    the mode a plain mkdir would (mkdtemp's is 0700), since it becomes ``out``.
+    """
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out.parent)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".tmp"))
+        staging.chmod(0o777 & ~current_umask())
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Move ``staging`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".old"))
+        os.replace(out, old / "dir")
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,8 @@
-"""What the functions that make a mask return: the mask in memory or the file written, with what it holds.
+"""What the functions that make a mask or a model return: the mask in memory or the file written, with what it
+holds; the model dir written.
 
 ``build_mask`` and ``combine_files`` return a ``BuiltMask``, so a caller (the CLI included) never reopens a
-file it just wrote to learn its counts or stats.
+file it just wrote to learn its counts or stats; ``apply_mask`` returns an ``AppliedModel``.
 """
 
 from __future__ import annotations
@@ -9,17 +10,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .mask import Mask
 from .metadata import MaskMetadata
 
+if TYPE_CHECKING:
+    from .delta import Delta
+
 
 @dataclass(frozen=True)
 class BuiltMask:
-    """A mask just made: ``mask`` when kept in memory, ``path`` when written (a sharded mask's index), and in
-    both cases its ``metadata`` and counts. A written one is ``os.PathLike``: ``submask.load(built)`` reads it.
+    """A mask just made: ``mask`` when kept in memory (``delta`` too, for a build with values), ``path`` when
+    written (a sharded mask's index), and in both cases its ``metadata`` and counts. A written one is
+    ``os.PathLike``: ``submask.load(built)`` reads it.
 
     >>> built = submask.build_mask("base/", "rl/", "rl.smask")          # doctest: +SKIP
     >>> built.path, built.density, built.stats["ladder"]["atol"]        # doctest: +SKIP
@@ -31,6 +36,7 @@ class BuiltMask:
     numel: int
     path: Path | None = None
     mask: Mask | None = None
+    delta: "Delta | None" = None
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -46,3 +52,13 @@ class BuiltMask:
         if self.path is None:
             raise UsageError("this mask was kept in memory (out=None), not written: use .mask")
         return os.fspath(self.path)
+
+
+@dataclass(frozen=True)
+class AppliedModel:
+    """What ``apply_mask`` wrote: the model dir, and how many values came from the finetuned model (or delta)."""
+
+    path: Path
+    tensors: int
+    numel: int
+    from_finetuned: int

@@ -2,7 +2,8 @@
 
 Modules: ``criteria`` (exact/atol/rtol and the tolerance ladder, defined in its docstring), ``kernels`` (the
 fused numba compare, optional), ``backends`` (CPU and torch/CUDA compare), ``pipeline`` (the streaming,
-multi-threaded build). Checkpoints are read through ``submask.checkpoints``.
+multi-threaded build), ``sinks`` (where its finished tensors go), ``values`` (what a build with values, a delta,
+adds). Checkpoints are read through ``submask.checkpoints``.
 """
 
 from .criteria import LADDER_ATOL, Criterion

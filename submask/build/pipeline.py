@@ -6,7 +6,8 @@ into per-thread buffers (files are never memory-mapped, see ``safetensors_file``
 torch device stay there), compare them and pack the bits, then encode each finished tensor (the compiled
 kernel, numpy and zstd release the GIL, so all of it overlaps); one more thread writes the encoded tensors
 in order while the next ones are compared. Memory holds the chunks in flight plus the packed bits of the
-tensors being finished, never a whole checkpoint. Each checkpoint file is checked for changes between
+tensors being finished, never a whole checkpoint (a build with values also holds each tensor's changed
+values until it is written: ``values``). Each checkpoint file is checked for changes between
 tensors and before the mask is committed, so a build never returns a mask of a file rewritten meanwhile.
 """
 
@@ -21,21 +22,23 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ..built import BuiltMask
+from ..delta import Delta
 from ..align import mismatch
 from ..errors import MismatchError
 from ..format import MaskWriter
 from ..metadata import MaskMetadata, model_fingerprint
 from ..format.writer import check_mask_target
-from ..format.tensors import encode_tensor
-from ..mask import Mask, TensorMask
-from ..packed import packed_nbytes
+from ..format.values import TensorValues
+from ..packed import clear_padding, packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
+from .sinks import FileSink, MemorySink, Sink
+from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
 from ..checkpoints.dtypes import DTYPES, DType
 from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import Source, open_source
@@ -52,64 +55,32 @@ FLOAT64 = DTYPES["F64"]
 Pattern = str | re.Pattern[str]
 
 
-class _Sink(Protocol):
-    """Where finished tensors go: ``prepare`` runs on a worker thread, ``commit`` in order on the writer."""
-
-    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> Any: ...
-
-    def commit(self, prepared: Any) -> None: ...
-
-
-class _MemorySink:
-    """Collects tensor masks into an in-memory Mask (the ``out=None`` case)."""
-
-    def __init__(self, metadata: MaskMetadata):
-        self.mask = Mask({}, metadata)
-
-    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> tuple[str, TensorMask]:
-        return name, TensorMask(shape, packed, ones)
-
-    def commit(self, prepared: tuple[str, TensorMask]) -> None:
-        self.mask.tensors[prepared[0]] = prepared[1]
-
-    def __enter__(self) -> "_MemorySink":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-class _FileSink:
-    """Encodes on the workers and appends to a MaskWriter."""
-
-    def __init__(self, writer: MaskWriter):
-        self.writer = writer
-
-    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int) -> Any:
-        return encode_tensor(name, shape, packed, ones)
-
-    def commit(self, prepared: Any) -> None:
-        self.writer.add_encoded(*prepared)
-
-    def __enter__(self) -> "_FileSink":
-        self.writer.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.writer.__exit__(*exc)
-
-
 @dataclass
 class _TensorJob:
-    info: TensorInfo  # the base's tensor
+    info: TensorInfo  # the base's tensor (the finetuned one when ``whole``)
     finetuned_dtype: DType  # the base's dtype, or another float dtype (compared by value)
     chunk_bytes: int
+    values: bool = False  # keep the changed values, chunk by chunk (``pieces``, in chunk order)
+    whole: bool = False  # every element is stored: the finetuned side alone is read
     packed: np.ndarray = field(init=False)
+    pieces: list[np.ndarray | None] = field(init=False)
     ones: int = 0
     ladder: np.ndarray = field(default_factory=lambda: np.zeros(len(LADDER_ATOL), dtype=np.int64))
 
     def __post_init__(self) -> None:
         self.packed = np.empty(packed_nbytes(self.info.numel), dtype=np.uint8)
+        if self.whole:
+            self.packed.fill(0xFF)
+            clear_padding(self.packed, self.info.numel)
+        self.pieces = [None] * len(self.chunks) if self.values else []
+
+    def take_values(self) -> TensorValues | None:
+        """The tensor's value bytes, joined from its chunks (which are released)."""
+        if not self.values:
+            return None
+        data = self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces or [np.empty(0, np.uint8)])
+        self.pieces.clear()
+        return TensorValues(self.finetuned_dtype.name, data)
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -124,7 +95,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                device: str | Backend = "auto", workers: int | None = None, chunk_bytes: int | None = None,
                max_shard_bytes: int | None = None, progress: bool = False, ladder: bool = True,
                hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
-               hash: bool = False, overwrite: bool = False) -> BuiltMask:
+               hash: bool = False, overwrite: bool = False, values: bool = False) -> BuiltMask:
     """Build the update mask of ``finetuned`` against ``base``: a bit is set where the value changed.
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
@@ -148,9 +119,16 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     SHA-256 anyway) on one more thread while the build reads them, before the final check that they did
     not change: the build then takes at least as long as hashing the files.
 
-    Returns a ``BuiltMask`` with the metadata (stats included) and counts, and the mask itself (``.mask``) when
-    ``out`` is None. Otherwise the mask is streamed to ``out`` tensor by tensor (atomically: an error or Ctrl-C
-    leaves no file), split into shards of ``max_shard_bytes`` if given, and ``.path`` is the file to open:
+    With ``values`` the result is a delta: each tensor also stores the finetuned values where its mask is set
+    (taken in the same pass), tensors the base lacks or holds in another dtype or shape are stored whole
+    (``stats["whole"]``), and when ``finetuned`` is a file, directory or Hub repo its files' layout and
+    SHA-256 are recorded (local files are hashed as with ``hash``), so that ``apply_mask(base, delta, out)``
+    rebuilds them byte for byte. Needs the exact criterion and every tensor (no ``include``).
+
+    Returns a ``BuiltMask`` with the metadata (stats included) and counts, and the mask itself (``.mask``; with
+    ``values`` also ``.delta``) when ``out`` is None. Otherwise the mask is streamed to ``out`` tensor by
+    tensor (atomically: an error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given,
+    and ``.path`` is the file to open:
     ``out``, or ``out + ".index.json"`` when it was sharded. An existing ``out`` is refused
     (OutputError, before any work) unless ``overwrite``; so is ``out`` naming an input checkpoint.
 
@@ -160,24 +138,33 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     if out is not None:
         check_mask_target(out, overwrite, inputs=[base, finetuned])
     chosen = Criterion.make(criterion, atol, rtol)
+    if values:
+        check_values_build(chosen, include)
     workers = max(1, workers or os.cpu_count() or 1)
     with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
             open_source(finetuned, api=hub_api, cache_dir=cache_dir) as source_b:
         backend = select_backend(device, source_b.resident or source_a.resident)
-        infos, skipped = match_tensors(source_a, source_b, include, intersect)
+        if values:
+            infos, whole, skipped = delta_tensors(source_a, source_b)
+        else:
+            (infos, skipped), whole = match_tensors(source_a, source_b, include, intersect), []
         metadata = MaskMetadata(
             kind="update", criterion=chosen.to_json(),
             provenance={"base": source_a.provenance, "finetuned": source_b.provenance},
             model={"fingerprint": model_fingerprint({i.name: i.shape for i in infos}),
                    "dtypes": _dtype_summary(infos)})
-        sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(
+        sink = MemorySink(metadata) if out is None else FileSink(MaskWriter(
             out, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite))
         with sink, ThreadPoolExecutor(1, "submask-hash") as hasher:
-            hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b) if hash]
+            hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b)
+                      if hash or (values and source is source_b)]
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
-            metadata.stats = run.stream(infos, sink)
+            metadata.stats = run.stream(infos, sink, whole if values else None)
             for future in hashed:
                 future.result()
+            if values:
+                metadata.checkpoint = record_checkpoint(source_b)
+                metadata.stats["whole"] = whole
             for source in (source_a, source_b):  # before the mask is committed: never a mask of a changed file
                 source.check_unchanged()
             metadata.stats["backend"] = backend.name
@@ -187,8 +174,9 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                 metadata.stats["skipped"] = skipped
     counts = {"metadata": metadata, "tensors": len(infos), "ones": metadata.stats["changed"],
               "numel": metadata.stats["numel"]}
-    if isinstance(sink, _MemorySink):
-        return BuiltMask(mask=sink.mask, **counts)
+    if isinstance(sink, MemorySink):
+        delta = Delta(sink.mask, sink.values, metadata.checkpoint) if values else None
+        return BuiltMask(mask=sink.mask, delta=delta, **counts)
     return BuiltMask(path=sink.writer.index_path or sink.writer.path, **counts)
 
 
@@ -254,16 +242,20 @@ class _Run:
         self.progress = progress
         self._buffers = threading.local()
 
-    def stream(self, infos: list[TensorInfo], sink: _Sink) -> dict[str, Any]:
-        """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats."""
+    def stream(self, infos: list[TensorInfo], sink: Sink, whole: list[str] | None = None) -> dict[str, Any]:
+        """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats.
+
+        With ``whole`` (the names stored whole) each tensor's changed values go to the sink too.
+        """
         from tqdm import tqdm  # here, not at import: every command line would pay for it
 
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
         ladders: dict[str, list[int]] = {}
         pending: deque[tuple[_TensorJob, Future, bool]] = deque()
         writes: deque[Future] = deque()
-        finetuned = self.sources[1].tensors
-        bar = tqdm(total=sum(i.nbytes + i.numel * finetuned[i.name].dtype.itemsize for i in infos), unit="B",
+        finetuned, stored_whole = self.sources[1].tensors, set(whole or ())
+        bar = tqdm(total=sum(i.numel * finetuned[i.name].dtype.itemsize + (0 if i.name in stored_whole else i.nbytes)
+                             for i in infos), unit="B",
                    unit_scale=True, unit_divisor=1024,
                    desc="build", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
         pool, writer = ThreadPoolExecutor(self.workers, "submask-build"), ThreadPoolExecutor(1, "submask-write")
@@ -273,7 +265,8 @@ class _Run:
                 source.check_unchanged()
             while len(writes) >= PENDING_WRITES:
                 writes.popleft().result()
-            prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones)
+            prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones,
+                                   job.take_values())
             writes.append(writer.submit(lambda: sink.commit(prepared.result())))
             stats["changed"] += job.ones
             stats["numel"] += job.info.numel
@@ -294,14 +287,15 @@ class _Run:
 
         try:
             for info in infos:
-                job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes)
+                job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes, values=whole is not None,
+                                 whole=info.name in stored_whole)
                 chunks = job.chunks
                 if not chunks:
                     finish(job)
                 for k, (start, stop) in enumerate(chunks):
                     while len(pending) >= self.depth:
                         collect()
-                    pending.append((job, pool.submit(self._compare, job, start, stop), k == len(chunks) - 1))
+                    pending.append((job, pool.submit(self._compare, job, k, start, stop), k == len(chunks) - 1))
             while pending:
                 collect()
             while writes:
@@ -315,14 +309,21 @@ class _Run:
             stats["ladder"] = {"atol": list(LADDER_ATOL), "changed": {"__all__": total, **ladders}}
         return stats
 
-    def _compare(self, job: _TensorJob, start: int, stop: int) -> tuple[int, list[int] | None, int]:
-        """Worker: read one chunk of both sides, compare, and place its packed bits; returns counts."""
+    def _compare(self, job: _TensorJob, k: int, start: int, stop: int) -> tuple[int, list[int] | None, int]:
+        """Worker: read chunk ``k`` of both sides, compare, and place its packed bits (and values); returns
+        counts. A tensor stored whole reads its finetuned side only: every element counts as changed."""
+        if job.whole:
+            job.pieces[k] = chunk_values(self._read(1, job.info.name, start, stop), None)
+            count = stop - start
+            return count, [count] * len(LADDER_ATOL) if self.ladder else None, count * job.info.dtype.itemsize
         a, b = (self._read(side, job.info.name, start, stop) for side in range(2))
         dtype = job.info.dtype
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
         job.packed[start // 8: start // 8 + result.packed.size] = result.packed
+        if job.values:
+            job.pieces[k] = chunk_values(b, result.packed)
         return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)
 
     def _read(self, side: int, name: str, start: int, stop: int) -> Any:

@@ -1,7 +1,8 @@
 """Reading model checkpoints: safetensors files, sharded model dirs, Hub repos, state dicts and modules.
 
 Modules: ``safetensors_file`` (one file: validated header, raw lazy reads), ``sources`` (everything a build or
-``apply`` reads from, behind one ``Source`` interface), ``dtypes`` (every safetensors dtype, fp8 decoding).
+``apply`` reads from, behind one ``Source`` interface), ``dtypes`` (every safetensors dtype, fp8 decoding),
+``layout`` (a file's bytes as its header lays them out, for deltas).
 Used by ``submask.build`` (diffs) and ``submask.apply`` (sparse-update models), and by the benchmarks.
 """
 

@@ -32,6 +32,9 @@ from .safetensors_file import SafetensorsFile, TensorInfo
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
+#: Elements ``apply`` and ``rebuild`` read per step (a multiple of 8, so chunks start on a byte of packed
+#: bits): 4 Mi elements keeps the working set of the largest dtype around 100 MiB.
+CHUNK_ELEMENTS = 1 << 22
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
@@ -75,12 +78,15 @@ class Source:
 
 
 class ShardedSource(Source):
-    """Tensors spread over safetensors shards, each shard opened (or downloaded) on its first read."""
+    """Tensors spread over safetensors shards, each shard opened (or downloaded) on its first read.
+
+    ``index`` is the text of the index file when the checkpoint has one (a delta records it), else None.
+    """
 
     def __init__(self, label: str, tensors: dict[str, TensorInfo], shard_of: dict[str, str],
                  opener: Callable[[str], SafetensorsFile], provenance: dict[str, Any],
-                 opened: dict[str, SafetensorsFile] | None = None):
-        self.label, self.tensors, self.provenance = label, tensors, provenance
+                 opened: dict[str, SafetensorsFile] | None = None, index: bytes | None = None):
+        self.label, self.tensors, self.provenance, self.index = label, tensors, provenance, index
         self._shard_of, self._opener = shard_of, opener
         self._files: dict[str, SafetensorsFile] = dict(opened or {})
         self._lock = threading.Lock()
@@ -182,9 +188,9 @@ def local_source(path: str | os.PathLike[str]) -> ShardedSource:
     path = Path(path)
     if path.is_dir():
         root, available = path, {p.name for p in path.iterdir() if p.is_file()}
-        shards, weight_map = _layout(str(path), available, lambda: (path / INDEX).read_bytes())
+        shards, weight_map, index = _layout(str(path), available, lambda: (path / INDEX).read_bytes())
     else:
-        root, shards, weight_map = path.parent, [path.name], None
+        root, shards, weight_map, index = path.parent, [path.name], None, None
     files: dict[str, SafetensorsFile] = {}
     try:
         for shard in shards:
@@ -198,7 +204,7 @@ def local_source(path: str | os.PathLike[str]) -> ShardedSource:
                   "files": {shard: {"size": f.size, "mtime_ns": f.mtime_ns, "sha256": None}
                             for shard, f in files.items()}}
     # The shards are open already (their headers list the tensors), so the opener is never needed.
-    return ShardedSource(str(path), tensors, shard_of, files.__getitem__, provenance, opened=files)
+    return ShardedSource(str(path), tensors, shard_of, files.__getitem__, provenance, opened=files, index=index)
 
 
 def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = None,
@@ -217,7 +223,7 @@ def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = 
     def download(filename: str) -> Path:
         return remote.download(filename, sha)
 
-    shards, weight_map = _layout(label, set(siblings), lambda: download(INDEX).read_bytes())
+    shards, weight_map, index = _layout(label, set(siblings), lambda: download(INDEX).read_bytes())
     headers = {}
     for shard in shards:
         with remote.errors(path=shard, revision=sha):
@@ -228,14 +234,17 @@ def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = 
     files = {shard: {"size": siblings[shard].size,
                      "sha256": siblings[shard].lfs.sha256 if siblings[shard].lfs else None} for shard in shards}
     provenance = {"source": repo, "revision": sha, "requested_revision": revision, "files": files}
-    return ShardedSource(label, tensors, shard_of, lambda shard: SafetensorsFile(download(shard)), provenance)
+    return ShardedSource(label, tensors, shard_of, lambda shard: SafetensorsFile(download(shard)), provenance,
+                         index=index)
 
 
-def _layout(label: str, available: set[str], read_index: Callable[[], bytes]) -> tuple[list[str], dict | None]:
-    """Which shards make up a checkpoint, and its weight map (None without an index)."""
+def _layout(label: str, available: set[str],
+            read_index: Callable[[], bytes]) -> tuple[list[str], dict | None, bytes | None]:
+    """Which shards make up a checkpoint, its weight map and the index file's bytes (None without an index)."""
     if INDEX in available:
+        index = read_index()
         try:
-            weight_map = strict_json.loads(read_index())["weight_map"]
+            weight_map = strict_json.loads(index)["weight_map"]
         except (ValueError, KeyError, TypeError) as exc:
             raise SourceError(f"{label}: {INDEX} is not a valid index ({type(exc).__name__}: {exc}); "
                               "it needs a 'weight_map' of tensor name -> shard file") from None
@@ -247,14 +256,14 @@ def _layout(label: str, available: set[str], read_index: Callable[[], bytes]) ->
             raise SourceError(f"{label}: shard {missing[0]} listed in {INDEX} is missing"
                               f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
                               "download every shard the index names")
-        return shards, weight_map
+        return shards, weight_map, index
     if SINGLE in available:
-        return [SINGLE], None
+        return [SINGLE], None, None
     shards = sorted(name for name in available if name.endswith(".safetensors"))
     if not shards:
         raise SourceError(f"{label}: no {INDEX}, {SINGLE} or other .safetensors file found; "
                           "save the model with safetensors")
-    return shards, None
+    return shards, None, None
 
 
 def _assemble(label: str, headers: dict[str, dict[str, TensorInfo]],

@@ -1,17 +1,19 @@
-"""``submask apply``: write a sparse-update model (finetuned values where a mask is set, base elsewhere)."""
+"""``submask apply``: write a sparse-update model (finetuned values where a mask is set, base elsewhere), or
+rebuild a finetuned checkpoint from its base and a delta."""
 
 from __future__ import annotations
 
 import click
 
 from ..apply import apply_mask
+from ..errors import UsageError
 from .output import echo_json, json_option, overwrite_option, percent, progress_option, show_progress
 
 
 @click.command("apply")
 @click.argument("base")
 @click.argument("finetuned")
-@click.argument("mask")
+@click.argument("mask", required=False)
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Model directory to write (created atomically).")
 @click.option("--invert", is_flag=True, help="Keep the finetuned values OUTSIDE the mask (base values inside).")
@@ -19,24 +21,39 @@ from .output import echo_json, json_option, overwrite_option, percent, progress_
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def apply_command(base: str, finetuned: str, mask: str, out_dir: str, invert: bool, overwrite: bool,
+def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, invert: bool, overwrite: bool,
                   progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Write BASE + MASK * (FINETUNED - BASE) as a model dir: the finetuned model's tensor names, dtypes,
     shards and config/tokenizer files. BASE and FINETUNED are model dirs or .safetensors files; MASK is a
-    .smask file (or sharded index)."""
+    .smask file (or sharded index).
+
+    With two inputs, BASE DELTA (a mask built with --values), rebuild the finetuned checkpoint's weight
+    files byte for byte, each checked against the SHA-256 the delta records; nothing else is written
+    (config and tokenizer files are not part of a delta, so nothing vouches for them: copy them yourself).
+    BASE may also be a Hub repo id org/name[@revision] and DELTA an hf:// URL.
+    """
     from tqdm import tqdm  # here, not at import: every command line would pay for it
 
+    if mask is None and invert:
+        raise UsageError("--invert needs FINETUNED and MASK; a delta rebuilds the finetuned checkpoint only")
     shown = show_progress(progress, quiet or as_json)
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, disable=not shown, desc="apply", delay=0.5) as bar:
         def report(nbytes: int, total: int) -> None:
             bar.total = total
             bar.update(nbytes)
 
-        applied = apply_mask(base, finetuned, mask, out_dir, invert=invert, overwrite=overwrite, progress=report)
+        inputs = (finetuned, out_dir) if mask is None else (finetuned, mask, out_dir)
+        applied = apply_mask(base, *inputs, invert=invert, overwrite=overwrite, progress=report)
     share = applied.from_finetuned / applied.numel if applied.numel else 0.0
     if as_json:
         echo_json({"path": str(applied.path), "tensors": applied.tensors, "numel": applied.numel,
-                   "from_finetuned": applied.from_finetuned, "density": share})
-    elif not quiet:
+                   "from_finetuned": applied.from_finetuned, "density": share, "rebuilt": mask is None})
+    elif quiet:
+        return
+    elif mask is None:
+        click.echo(f"rebuilt {applied.path}: {applied.tensors} tensors, {applied.from_finetuned:,} of "
+                   f"{applied.numel:,} values from the delta ({percent(share):.4g}%); every file matches its "
+                   "recorded SHA-256 (weights only: copy config and tokenizer files from the finetuned model)")
+    else:
         click.echo(f"wrote {applied.path}: {applied.tensors} tensors, {applied.from_finetuned:,} of "
                    f"{applied.numel:,} values from the finetuned model ({percent(share):.4g}%)")

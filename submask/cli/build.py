@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import click
 
 from ..build import build_mask
 from ..build.criteria import CRITERIA
+from ..format.reader import INDEX_SUFFIX, read_index
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -44,21 +46,26 @@ class ByteSize(click.ParamType):
 @click.option("--workers", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
 @click.option("--max-shard-size", type=ByteSize(), help="Split the mask into shards of about this size (e.g. 2GB).")
 @click.option("--no-ladder", is_flag=True, help="Skip the changed counts at the tolerance ladder 0, 1e-8 ... 1e-4.")
+@click.option("--values", is_flag=True, help="Write a delta: also store the changed values and the finetuned files' "
+                                             "layout, so that `submask apply BASE DELTA -o DIR` rebuilds them byte "
+                                             "for byte (exact criterion only).")
 @overwrite_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
           include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
-          no_ladder: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
+          no_ladder: bool, values: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
     BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
-    repo ids org/name[@revision]. The density is the fraction of values that changed.
+    repo ids org/name[@revision]. The density is the fraction of values that changed. With --values the
+    output is a delta, shown beside the size of the finetuned checkpoint it rebuilds.
     """
     built = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
                       intersect=intersect, device=device, workers=workers, max_shard_bytes=max_shard_size,
-                      progress=show_progress(progress, quiet or as_json), ladder=not no_ladder, overwrite=overwrite)
+                      progress=show_progress(progress, quiet or as_json), ladder=not no_ladder, overwrite=overwrite,
+                      values=values)
     stats, path = built.stats, built.path
     numel = stats["numel"]
     ladder = stats.get("ladder", {})
@@ -67,6 +74,9 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
     summary = {"path": str(path), "tensors": len(stats["dtypes"]), "changed": stats["changed"], "numel": numel,
                "density": stats["changed"] / numel if numel else 0.0, "ladder": rungs,
                "skipped": stats.get("skipped", {})}
+    if values:
+        summary["delta"] = _delta_sizes(built.path, built.metadata.checkpoint)  # type: ignore[arg-type]
+        summary["whole"] = stats.get("whole", [])
     if as_json:
         echo_json(summary)
         return
@@ -78,6 +88,23 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
         click.echo(format_table(["atol", "changed", "density %"],
                                 [["exact" if r["atol"] == 0 else f"{r['atol']:g}", r["changed"], percent(r["density"])]
                                  for r in rungs]))
+    if values:
+        delta, whole = summary["delta"], summary["whole"]
+        click.echo(f"delta: {delta['size']:,} bytes for a finetuned checkpoint of {delta['finetuned_size']:,} "
+                   f"bytes ({percent(delta['ratio']):.4g}%)" if delta["finetuned_size"] else
+                   f"delta: {delta['size']:,} bytes (no checkpoint files recorded)")
+        if whole:
+            click.echo(f"stored whole (not in the base alike): {len(whole)} tensor(s): {', '.join(whole[:5])}"
+                       f"{', ...' if len(whole) > 5 else ''}")
     for kind, names in summary["skipped"].items():
         click.echo(f"skipped {len(names)} tensor(s), {kind.replace('_', ' ')}: {', '.join(names[:5])}"
                    f"{', ...' if len(names) > 5 else ''}")
+
+
+def _delta_sizes(path: Path, checkpoint: list | None) -> dict[str, int | float | None]:
+    """The bytes written (a sharded delta: its shards and index) beside the finetuned files it rebuilds."""
+    size = path.stat().st_size
+    if path.name.endswith(INDEX_SUFFIX):
+        size += sum((path.parent / shard).stat().st_size for shard in set(read_index(path)["weight_map"].values()))
+    finetuned = sum(file.size for file in checkpoint) if checkpoint else None
+    return {"size": size, "finetuned_size": finetuned, "ratio": size / finetuned if finetuned else None}

@@ -28,6 +28,8 @@ def info(path: str, as_json: bool) -> None:
             {"name": e.name, "shape": list(e.shape), "count": e.ones, "numel": e.bits,
              "density": e.ones / e.bits if e.bits else 0.0, "encoding": e.encoding,
              "bytes": mask_file.payload_size(e.name)}
+            | ({"values": {"dtype": e.values.dtype, "size": e.values.size, "bytes": mask_file.values_size(e.name),
+                           "planes": mask_file.value_planes(e.name)}} if e.values is not None else {})
             for e in entries
         ]
         stored = sum(r["bytes"] for r in rows)
@@ -35,11 +37,25 @@ def info(path: str, as_json: bool) -> None:
                    "numel": numel, "density": ones / numel if numel else 0.0,
                    "bits_per_param": 8 * stored / numel if numel else 0.0, "criterion": meta.criterion,
                    "provenance": meta.provenance, "model": meta.model, "creator": meta.creator, "user": meta.user}
+        if mask_file.has_values:
+            summary["values"] = _values_summary([r["values"] for r in rows if "values" in r])
+        if meta.checkpoint is not None:
+            summary["checkpoint"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in meta.checkpoint]
     if as_json:
         echo_json({**summary, "stats": meta.stats, "tensor_list": rows})
         return
     click.echo(f"{summary['path']}: {meta.kind} mask, {len(rows)} tensors, {ones:,} of {numel:,} set "
                f"(density {percent(summary['density']):.4g}%), {summary['bits_per_param']:.4f} bits/param stored")
+    if "values" in summary:
+        values = summary["values"]
+        click.echo(f"values: {values['bytes']:,} bytes stored for {values['size']:,} bytes of values "
+                   f"({len(values['dtypes'])} dtype(s)); planes per dtype, byte 0 first: "
+                   + "; ".join(f"{dtype} ({count} tensor(s)): {', '.join(values['planes'].get(dtype, [])) or 'empty'}"
+                               for dtype, count in values["dtypes"].items()))
+    if "checkpoint" in summary:
+        files = summary["checkpoint"]
+        click.echo(f"rebuilds {len(files)} file(s), {sum(f['size'] for f in files):,} bytes: "
+                   + ", ".join(f["name"] for f in files[:5]) + (", ..." if len(files) > 5 else ""))
     for key in ("criterion", "provenance", "model", "creator", "user"):
         if summary[key]:
             click.echo(f"{key}: {_describe(key, summary[key])}")
@@ -48,9 +64,27 @@ def info(path: str, as_json: bool) -> None:
         click.echo("changed at atol: " + ", ".join(f"{atol:g}: {changed:,}" for atol, changed in rungs))
     for problem in stats_problems(meta.stats):
         click.echo(f"warning: {problem} (not shown; `submask validate` reports it)")
-    click.echo(format_table(["tensor", "shape", "count", "density %", "encoding", "bytes"],
+    values_column = ["values bytes"] if "values" in summary else []
+    click.echo(format_table(["tensor", "shape", "count", "density %", "encoding", "bytes", *values_column],
                             [[r["name"], "x".join(map(str, r["shape"])) or "()", r["count"], percent(r["density"]),
-                              r["encoding"], r["bytes"]] for r in rows]))
+                              r["encoding"], r["bytes"], *([r["values"]["bytes"]] if values_column else [])]
+                             for r in rows]))
+
+
+def _values_summary(values: list[dict]) -> dict:
+    """Values of every tensor: bytes stored and decoded, tensors per dtype, and per dtype how each byte plane is
+    stored ("stored", "zstd", or "mixed" when tensors or blocks differ)."""
+    dtypes: dict[str, int] = {}
+    planes: dict[str, list[set[str]]] = {}
+    for v in values:
+        dtypes[v["dtype"]] = dtypes.get(v["dtype"], 0) + 1
+        if not v["size"]:  # no values: no planes to describe
+            continue
+        seen = planes.setdefault(v["dtype"], [set() for _ in v["planes"]])
+        for plane, method in zip(seen, v["planes"]):
+            plane.add(method)
+    return {"bytes": sum(v["bytes"] for v in values), "size": sum(v["size"] for v in values), "dtypes": dtypes,
+            "planes": {dtype: [m.pop() if len(m) == 1 else "mixed" for m in seen] for dtype, seen in planes.items()}}
 
 
 def _describe(key: str, value: object) -> str:

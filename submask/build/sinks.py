@@ -1,0 +1,77 @@
+"""Where a build's finished tensors go: a mask (and values) in memory, or a MaskWriter.
+
+``prepare`` runs on a worker thread (encoding releases the GIL), ``commit`` in tensor order on the writer
+thread (``pipeline``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..format import MaskWriter
+from ..format.header import TensorEntry
+from ..format.tensors import encode_tensor
+from ..format.values import TensorValues, encode_tensor_values
+from ..mask import Mask, TensorMask
+from ..metadata import MaskMetadata
+
+
+class Sink(Protocol):
+    """Where finished tensors go: ``prepare`` runs on a worker thread, ``commit`` in order on the writer."""
+
+    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
+                values: TensorValues | None) -> Any: ...
+
+    def commit(self, prepared: Any) -> None: ...
+
+
+class MemorySink:
+    """Collects tensor masks (and values) into an in-memory Mask (the ``out=None`` case)."""
+
+    def __init__(self, metadata: MaskMetadata):
+        self.mask = Mask({}, metadata)
+        self.values: dict[str, TensorValues] = {}
+
+    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
+                values: TensorValues | None) -> tuple[str, TensorMask, TensorValues | None]:
+        return name, TensorMask(shape, packed, ones), values
+
+    def commit(self, prepared: tuple[str, TensorMask, TensorValues | None]) -> None:
+        name, tensor, values = prepared
+        self.mask.tensors[name] = tensor
+        if values is not None:
+            self.values[name] = values
+
+    def __enter__(self) -> "MemorySink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class FileSink:
+    """Encodes on the workers and appends to a MaskWriter."""
+
+    def __init__(self, writer: MaskWriter):
+        self.writer = writer
+
+    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
+                values: TensorValues | None) -> tuple[TensorEntry, bytes, bytes | None]:
+        entry, payload = encode_tensor(name, shape, packed, ones)
+        if values is None:
+            return entry, payload, None
+        record, values_payload = encode_tensor_values(name, values, ones)
+        return replace(entry, values=record), payload, values_payload
+
+    def commit(self, prepared: tuple[TensorEntry, bytes, bytes | None]) -> None:
+        self.writer.add_encoded(*prepared)
+
+    def __enter__(self) -> "FileSink":
+        self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.writer.__exit__(*exc)
