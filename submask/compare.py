@@ -31,8 +31,8 @@ from .accel import job
 from .algebra import Counts, PairStats, packed_intersection_count, pair_intersection_counts
 from .align import aligned_names
 from .breakdown import OVERALL, group_of, sort_groups
-from .codecs import IntersectionCounter, PositionsDecoder
-from .errors import ChecksumError, FormatError, where
+from .codecs import IntersectionCounter, PositionsDecoder, batch
+from .errors import ChecksumError, FormatError, SubmaskError, where
 from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
@@ -47,6 +47,7 @@ T = TypeVar("T")
 POSITIONS_MAX_DENSITY = 1 / 16
 _WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
 _GATHER_CHUNK = 1 << 22
+CHUNK_BITS = 1 << 24  # elements (per mask) of the consecutive tensors one task compares
 
 
 @dataclass
@@ -282,18 +283,113 @@ def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:
 
 def _per_tensor(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
                 verify: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads."""
+    """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads,
+    a chunk of consecutive tensors (CHUNK_BITS) per task."""
     workers = workers or min(4, os.cpu_count() or 1)
-    pending: deque[tuple[str, Future]] = deque()
+    batched = not verify and len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources)
+    batched = batched and batch.available()
+    pending: deque[tuple[list[str], Future]] = deque()
     with ThreadPoolExecutor(workers) as pool:
-        for name in tensor_progress(names, progress, "comparing"):
-            pending.append((name, pool.submit(_compare_tensor, [source.read(name) for source in sources], verify)))
+        for chunk in _chunks(tensor_progress(names, progress, "comparing"), sources[0].numel):
+            pending.append((chunk, pool.submit(_compare_chunk, _read_chunk(sources, chunk, batched), verify)))
             if len(pending) >= 2 * workers:
-                done_name, future = pending.popleft()
-                yield done_name, future.result()
+                yield from _finished(*pending.popleft())
         while pending:
-            done_name, future = pending.popleft()
-            yield done_name, future.result()
+            yield from _finished(*pending.popleft())
+
+
+def _finished(chunk: list[str], future: Future) -> Iterator[tuple[str, np.ndarray]]:
+    return zip(chunk, future.result())
+
+
+def _chunks(names: Iterator[str], numel: Callable[[str], int]) -> Iterator[list[str]]:
+    """Consecutive names in runs of about CHUNK_BITS elements (one task: a few tensors, or one large one)."""
+    chunk, bits = [], 0
+    for name in names:
+        chunk.append(name)
+        bits += numel(name)
+        if bits >= CHUNK_BITS:
+            yield chunk
+            chunk, bits = [], 0
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class _Chunk:
+    """What the tasks of one chunk need: per tensor the reads for ``_compare_tensor``, or (for tensors counted
+    by ``batch.pair_counts``) None and a row of ``table`` over the payloads read into ``data``."""
+
+    reads: list[list | None]
+    entries: list[tuple[TensorEntry, TensorEntry, Path, Path]] = field(default_factory=list)
+    table: list[list[int]] = field(default_factory=list)
+    data: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _read_chunk(sources: list[_Source], names: list[str], batched: bool) -> _Chunk:
+    """Read one chunk's payloads (file handles are not shared across threads); with ``batched`` (two mask files,
+    no CRC-32, compiled kernels), tensors whose two encodings ``batch`` reads go into one buffer per mask."""
+    if not batched:
+        return _Chunk([[source.read(name) for source in sources] for name in names])
+    files: list[MaskFile] = [source.mask for source in sources]  # type: ignore[misc]
+    chunk = _Chunk([])
+    rows: list[tuple[str, list[int]]] = []
+    offsets = [0, 0]
+    for name in names:
+        kinds = [_batch_kind(file, name) for file in files]
+        if None in kinds:
+            chunk.reads.append([source.read(name) for source in sources])
+            continue
+        chunk.reads.append(None)
+        row = [files[0].entries[name].bits]
+        for side, file in enumerate(files):
+            size = file.payload_size(name)
+            row += [kinds[side][0], offsets[side], offsets[side] + size, kinds[side][1]]
+            offsets[side] += size
+        rows.append((name, row))
+    if rows:
+        data = (np.empty(offsets[0], np.uint8), np.empty(offsets[1], np.uint8))
+        for name, row in rows:
+            for side, (file, start, end) in enumerate(((files[0], row[2], row[3]), (files[1], row[6], row[7]))):
+                file.payload_into(name, memoryview(data[side][start:end]))
+            chunk.entries.append((files[0].entries[name], files[1].entries[name], files[0].path, files[1].path))
+            chunk.table.append(row)
+        chunk.data = data
+    return chunk
+
+
+def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
+    """(kind, rice block bits) of a tensor that ``batch.pair_counts`` reads, or None (also for a bad encoding:
+    the per-tensor path reports it)."""
+    entry = file.entries[name]
+    try:
+        codec = entry_codec(entry, file.path)
+    except SubmaskError:
+        return None
+    kind = batch.batch_kind(codec)
+    return None if kind is None else (kind, batch.batch_block_bits(codec))
+
+
+def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
+    """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call, and any whose
+    payload or counts fail its checks again by ``_compare_tensor``, which raises the error that says why."""
+    counted = iter(())
+    if chunk.table:
+        data_a, data_b = chunk.data  # type: ignore[misc]
+        counts = batch.pair_counts(data_a, data_b, np.array(chunk.table, np.int64))
+        counted = iter(zip(counts.tolist(), chunk.entries, chunk.table))
+    out = []
+    for reads in chunk.reads:
+        if reads is not None:
+            out.append(_compare_tensor(reads, verify))
+            continue
+        (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row = next(counted)
+        if hits < 0 or (ones_a, ones_b) != (entry_a.ones, entry_b.ones):
+            reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a), (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]
+            out.append(_compare_tensor(reads, verify))
+            continue
+        out.append(np.array([[ones_a, hits], [hits, ones_b]], np.int64))
+    return out
 
 
 def tensor_progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:

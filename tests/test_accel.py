@@ -54,6 +54,24 @@ def test_kernel_compiles_and_switches_off() -> None:
     assert os.environ.get("SUBMASK_NO_NUMBA") is None
 
 
+@Kernel
+def _square(value):
+    return value * value
+
+
+@Kernel
+def _sum_of_squares(values):  # calls another kernel: compiled, it calls that kernel's compiled form
+    s = 0
+    for v in values:
+        s += _square(v)
+    return s
+
+
+def test_kernels_call_kernels() -> None:
+    assert _sum_of_squares.compiled(np.arange(4)) == 14
+    assert _sum_of_squares.function.__globals__["_square"] is _square  # the module keeps the Kernel object
+
+
 @pytest.mark.parametrize("numel,density,block_bits", CASES)
 def test_rice_kernels_match_numpy(numel: int, density: float, block_bits: int) -> None:
     bools = bits(numel, density, seed=numel)

@@ -54,9 +54,17 @@ class Container:
         start, end = self._spans[name]
         self._file.seek(self._data_start + start)
         data = self._file.read(end - start)
-        if len(data) != end - start:
-            raise FormatError(f"{where(self.path, name)}payload is truncated; the file was cut short or changed")
+        self._check_read(name, len(data))
         return data
+
+    def read_into(self, name: str, out: memoryview) -> None:
+        """Read the payload of one tensor into ``out`` (exactly ``payload_size(name)`` writable bytes)."""
+        self._file.seek(self._data_start + self._spans[name][0])
+        self._check_read(name, self._file.readinto(out))
+
+    def _check_read(self, name: str, size: int) -> None:
+        if size != self.payload_size(name):
+            raise FormatError(f"{where(self.path, name)}payload is truncated; the file was cut short or changed")
 
     def close(self) -> None:
         self._file.close()
