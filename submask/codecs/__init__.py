@@ -49,7 +49,9 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, 
 
     Rice is tried where the rarer value is below 20% density and zstd where it is above 0.3% (outside
     those ranges each is always larger than the other). The smallest wins, except that zstd, several times
-    faster to decode, is kept when Rice saves less than 3% of its size. Raw wins ties.
+    faster to decode, is kept when Rice saves less than 3% of its size, and raw, counted about 8x faster than
+    zstd inflates and read in place, is kept when zstd saves less than RAW_MARGIN of it (FORMAT.md §5.4).
+    Raw wins ties.
     """
     candidates = [("raw", packed.tobytes(), {})]
     minority = min(ones, numel - ones) / numel if numel else 0.0
@@ -62,10 +64,14 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int) -> tuple[str, bytes, 
     zstd = next((c for c in candidates if c[0] == "zstd"), None)
     if best[0] == "rice" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
         return zstd
+    if best[0] == "zstd" and len(best[1]) > (1 - RAW_MARGIN) * len(candidates[0][1]):
+        return candidates[0]
     return best
 
 
 ZSTD_PREFERENCE = 1 / 1.03
+#: zstd must save at least this share of raw's size to be kept (iid masks: from about 29% to 71% density, raw)
+RAW_MARGIN = 1 / 8
 
 
 __all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "ZstdCodec",
