@@ -79,8 +79,8 @@ def test_pair_counts_flag_malformed_payloads() -> None:
 
 
 def test_compare_counts_two_files_raw_and_rice_in_one_call(tmp_path: Path) -> None:
-    shapes = {"a": (301, 7), "b": (64, 64), "c": (1000, 10), "d": (3, 3)}
-    densities = [{"a": 0.01, "b": 0.5, "c": 0.3, "d": 0.9}, {"a": 0.2, "b": 0.02, "c": 0.3, "d": 0.1}]
+    shapes = {"a": (3001, 7), "b": (64, 64), "c": (1000, 10), "d": (3, 3)}
+    densities = [{"a": 0.01, "b": 0.5, "c": 0.22, "d": 0.9}, {"a": 0.2, "b": 0.02, "c": 0.25, "d": 0.1}]
     rng = np.random.default_rng(5)
     arrays = [{n: rng.random(s) < d[n] for n, s in shapes.items()} for d in densities]
     paths = [tmp_path / "one.smask", tmp_path / "two.smask"]
