@@ -19,11 +19,10 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -39,6 +38,9 @@ from .format.header import TensorEntry
 from .format.tensors import decode_tensor, entry_codec
 from .mask import Mask, TensorMask
 from .packed import packed_nbytes
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 T = TypeVar("T")
 
@@ -288,9 +290,16 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
     workers = workers or min(4, os.cpu_count() or 1)
     batched = not verify and len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources)
     batched = batched and batch.available()
+    chunks = _chunks(tensor_progress(names, progress, "comparing"), sources[0].numel)
+    if workers == 1 or sum(map(sources[0].numel, names)) <= CHUNK_BITS:  # one task: no threads to start
+        for chunk in chunks:
+            yield from zip(chunk, _compare_chunk(_read_chunk(sources, chunk, batched), verify))
+        return
+    from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of a command's start
+
     pending: deque[tuple[list[str], Future]] = deque()
     with ThreadPoolExecutor(workers) as pool:
-        for chunk in _chunks(tensor_progress(names, progress, "comparing"), sources[0].numel):
+        for chunk in chunks:
             pending.append((chunk, pool.submit(_compare_chunk, _read_chunk(sources, chunk, batched), verify)))
             if len(pending) >= 2 * workers:
                 yield from _finished(*pending.popleft())

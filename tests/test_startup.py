@@ -43,6 +43,15 @@ def test_a_small_comparison_leaves_numba_unstarted(tmp_path: Path) -> None:
     assert run_python(code) == f"{expected} False"
 
 
+def test_a_small_comparison_starts_no_threads(tmp_path: Path) -> None:
+    a, b = save_pair(tmp_path, (64, 512))
+    expected = submask.compare([a, b]).pair(0, 1).intersection
+    code = ("import sys, threading, submask, submask.cli; "
+            f"r = submask.compare([{str(a)!r}, {str(b)!r}]).pair(0, 1); "  # one task: run in this thread
+            "print(r.intersection, threading.active_count(), 'concurrent.futures' in sys.modules)")
+    assert run_python(code) == f"{expected} 1 False"
+
+
 @pytest.mark.skipif(not numba_enabled(), reason="numba is not installed or switched off")
 def test_a_large_job_starts_the_kernels_and_the_result_is_the_same(tmp_path: Path) -> None:
     a, b = save_pair(tmp_path, (64, 512))

@@ -19,9 +19,8 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -39,6 +38,9 @@ from .criteria import LADDER_ATOL, Criterion
 from ..checkpoints.dtypes import DTYPES, DType
 from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import Source, open_source
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a buffer, a chunk is compared while still in cache
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
@@ -172,6 +174,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                    "dtypes": _dtype_summary(infos)})
         sink = _MemorySink(metadata) if out is None else _FileSink(MaskWriter(
             out, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite))
+        from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of every command line
+
         with sink, ThreadPoolExecutor(1, "submask-hash") as hasher:
             hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b) if hash]
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
@@ -256,6 +260,7 @@ class _Run:
 
     def stream(self, infos: list[TensorInfo], sink: _Sink) -> dict[str, Any]:
         """Compare every tensor, hand each finished one to ``sink`` in order, and return the build stats."""
+        from concurrent.futures import ThreadPoolExecutor  # as tqdm: here, not at import
         from tqdm import tqdm  # here, not at import: every command line would pay for it
 
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
