@@ -37,7 +37,7 @@ from .format import MaskFile
 from .format.header import TensorEntry
 from .format.tensors import decode_tensor, entry_codec
 from .mask import Mask, TensorMask
-from .packed import packed_nbytes
+from .packed import crc32, packed_nbytes
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -288,8 +288,7 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
     """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads,
     a chunk of consecutive tensors (CHUNK_BITS) per task."""
     workers = workers or min(4, os.cpu_count() or 1)
-    batched = not verify and len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources)
-    batched = batched and batch.available()
+    batched = len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources) and batch.available()
     chunks = _chunks(tensor_progress(names, progress, "comparing"), sources[0].numel)
     if workers == 1 or sum(map(sources[0].numel, names)) <= CHUNK_BITS:  # one task: no threads to start
         for chunk in chunks:
@@ -337,7 +336,7 @@ class _Chunk:
 
 def _read_chunk(sources: list[_Source], names: list[str], batched: bool) -> _Chunk:
     """Read one chunk's payloads (file handles are not shared across threads); with ``batched`` (two mask files,
-    no CRC-32, compiled kernels), tensors whose two encodings ``batch`` reads go into one buffer per mask."""
+    compiled kernels), tensors whose two encodings ``batch`` reads go into one buffer per mask."""
     if not batched:
         return _Chunk([[source.read(name) for source in sources] for name in names])
     files: list[MaskFile] = [source.mask for source in sources]  # type: ignore[misc]
@@ -380,21 +379,30 @@ def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
 
 
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
-    """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call, and any whose
-    payload or counts fail its checks again by ``_compare_tensor``, which raises the error that says why."""
-    counted = iter(())
+    """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call (which keeps
+    their bits when ``verify``, for their CRC-32s), and any whose payload, counts or CRC-32 fail its checks
+    again by ``_compare_tensor``, which raises the error that says why."""
+    counted: Iterator = iter(())
+    bits = None
     if chunk.table:
         data_a, data_b = chunk.data  # type: ignore[misc]
-        counts = batch.pair_counts(data_a, data_b, np.array(chunk.table, np.int64))
-        counted = iter(zip(counts.tolist(), chunk.entries, chunk.table))
+        table = np.array(chunk.table, np.int64)
+        sizes = (table[:, 0] + 7) // 8
+        bits = (np.empty(int(sizes.sum()), np.uint8), np.empty(int(sizes.sum()), np.uint8)) if verify else None
+        counts = batch.pair_counts(data_a, data_b, table, bits)
+        counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes))
     out = []
     for reads in chunk.reads:
         if reads is not None:
             out.append(_compare_tensor(reads, verify))
             continue
-        (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row = next(counted)
-        if hits < 0 or (ones_a, ones_b) != (entry_a.ones, entry_b.ones):
-            reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a), (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]
+        (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row, at, size = next(counted)
+        sound = hits >= 0 and (ones_a, ones_b) == (entry_a.ones, entry_b.ones)
+        if sound and bits is not None:
+            sound = (crc32(bits[0][at : at + size]), crc32(bits[1][at : at + size])) == (entry_a.crc32, entry_b.crc32)
+        if not sound:
+            reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a),
+                     (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]
             out.append(_compare_tensor(reads, verify))
             continue
         out.append(np.array([[ones_a, hits], [hits, ones_b]], np.int64))

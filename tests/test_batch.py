@@ -4,6 +4,7 @@ malformed payloads flagged, and ``compare`` routing two files' raw and rice tens
 from __future__ import annotations
 
 import importlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +50,20 @@ def table_of(pairs: list[tuple[tuple[bytes, int, int], tuple[bytes, int, int]]],
 @pytest.mark.parametrize("kinds", [(RICE, RICE), (RAW, RICE), (RICE, RAW), (RAW, RAW)])
 def test_pair_counts_match_numpy(kinds: tuple[int, int]) -> None:
     rng = np.random.default_rng(sum(kinds))
-    pairs, bits, expected = [], [], []
+    pairs, bits, expected, packed = [], [], [], ([], [])
     for numel, density_a, density_b, block_bits in CASES:
         a, b = rng.random(numel) < density_a, rng.random(numel) < density_b
         pairs.append((payload(a, kinds[0], block_bits), payload(b, kinds[1], block_bits)))
         bits.append(numel)
         expected.append([int(np.sum(a & b)), int(a.sum()), int(b.sum())])
+        packed[0].append(pack(a))
+        packed[1].append(pack(b))
     assert batch.available()
     np.testing.assert_array_equal(batch.pair_counts(*table_of(pairs, bits)), expected)
+    kept = tuple(np.full(sum(p.size for p in side), 0xAA, np.uint8) for side in packed)
+    np.testing.assert_array_equal(batch.pair_counts(*table_of(pairs, bits), kept), expected)  # for CRC checks
+    for side in (0, 1):
+        np.testing.assert_array_equal(kept[side], np.concatenate(packed[side]))
 
 
 def test_pair_counts_flag_malformed_payloads() -> None:
@@ -72,8 +79,10 @@ def test_pair_counts_flag_malformed_payloads() -> None:
         "raw pad bit set": (77, (full[0][:-1] + b"\xff", RAW, 0), full),
     }
     for problem, (numel, broken, sound) in bad.items():
-        for pair in ((broken, sound), (sound, broken)):
-            counts = batch.pair_counts(*table_of([pair, (good, good)], [numel, bools.size]))
+        size = (numel + 7) // 8 + (bools.size + 7) // 8
+        for pair, kept in itertools.product(((broken, sound), (sound, broken)), (False, True)):
+            bits = (np.empty(size, np.uint8), np.empty(size, np.uint8)) if kept else None
+            counts = batch.pair_counts(*table_of([pair, (good, good)], [numel, bools.size]), bits)
             assert counts[0].tolist() == [-1, -1, -1], problem
             assert counts[1].tolist() == [int(bools.sum())] * 3  # the next row is counted as ever
 

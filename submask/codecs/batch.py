@@ -4,8 +4,8 @@ Comparing two masks tensor by tensor costs a few tens of microseconds of Python 
 counting itself on sparse or small tensors. Here one call of a compiled kernel (numba; it releases the GIL)
 walks a whole run of tensors: it checks each payload's structure (FORMAT.md sections 5.1 and 5.3), decodes
 the first mask's tensor to packed bits (a raw payload is used in place) and counts the second's set bits
-against them (AND + popcount for raw, a streamed Rice decode for rice). The CRC-32 is not checked, as FORMAT.md
-section 4.3 allows counting tools; the set-bit counts it returns are checked against the header by the caller.
+against them (AND + popcount for raw, a streamed Rice decode for rice), or, for a caller that checks the CRC-32,
+decodes both tensors and keeps their bits. The caller checks the set-bit counts it returns against the header.
 A tensor whose payload fails any check gets a row of -1: the caller decodes it the ordinary way, which raises
 the error that names the problem.
 
@@ -44,39 +44,52 @@ def available() -> bool:
     return rice_kernels_compiled() and _pair_counts.compiled is not None
 
 
-def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray) -> np.ndarray:
+def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
+                bits: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Per row of ``table`` (int64, columns BITS ... BLOCK_B, offsets into the uint8 arrays ``data_a`` and
-    ``data_b``): |A and B|, |A|, |B|, or -1s where a payload is malformed. Requires ``available()``."""
-    bits = table[:, BITS]
-    scratch = np.empty((int(bits.max()) + 7) // 8 if bits.size else 0, dtype=np.uint8)
+    ``data_b``): |A and B|, |A|, |B|, or -1s where a payload is malformed. With ``bits`` (two uint8 arrays of
+    the rows' packed sizes summed), each row's packed bits of A and of B are also written there, one row after
+    the other, for the caller to check their CRC-32. Requires ``available()``."""
+    sizes = (table[:, BITS] + 7) // 8
+    if bits is None:
+        scratch = np.empty(int(sizes.max()) if sizes.size else 0, dtype=np.uint8)
+        bits_a, bits_b, keep = scratch, scratch, False
+    else:
+        (bits_a, bits_b), keep = bits, True
     out = np.empty((table.shape[0], 3), dtype=np.int64)
-    _pair_counts.compiled(data_a, data_b, table, scratch, _NO_POSITIONS, out)
+    _pair_counts.compiled(data_a, data_b, table, bits_a, bits_b, keep, _NO_POSITIONS, out)
     return out
 
 
 @Kernel
-def _pair_counts(data_a, data_b, table, scratch, no_positions, out):  # pragma: no cover - compiled by numba
-    """``pair_counts`` into ``out``."""
+def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out):  # pragma: no cover - numba
+    """``pair_counts`` into ``out``: A decoded into ``bits_a`` (at the row's offset when ``keep``, else at 0);
+    B decoded into ``bits_b`` when ``keep``, else counted against A straight from its payload."""
+    at = 0
     for row in range(table.shape[0]):
         bits = table[row, BITS]
         nbytes = (bits + 7) // 8
         out[row, 0] = out[row, 1] = out[row, 2] = -1
-        if table[row, KIND_A] == RAW:
+        first = at if keep else 0
+        at += nbytes
+        if not keep and table[row, KIND_A] == RAW:  # used in place
             start = table[row, START_A]
             if table[row, END_A] - start != nbytes:
                 continue
             packed = data_a[start : start + nbytes]
             ones_a = _raw_ones(packed, bits)
         else:
-            packed = scratch[:nbytes]
-            packed[:] = 0
-            ones_a = _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, PACKED,
-                                packed, no_positions)[1]
-            if bits % 8 and nbytes:
-                packed[nbytes - 1] &= (0xFF << (8 - bits % 8)) & 0xFF
+            packed = bits_a[first : first + nbytes]
+            ones_a = _decode(data_a, table[row, KIND_A], table[row, START_A], table[row, END_A], table[row, BLOCK_A],
+                             bits, packed, no_positions)
         if ones_a < 0:
             continue
-        if table[row, KIND_B] == RAW:
+        if keep:
+            other = bits_b[first : first + nbytes]
+            ones_b = _decode(data_b, table[row, KIND_B], table[row, START_B], table[row, END_B],
+                             table[row, BLOCK_B], bits, other, no_positions)
+            hits = _and_ones(packed, other)
+        elif table[row, KIND_B] == RAW:
             start = table[row, START_B]
             if table[row, END_B] - start != nbytes:
                 continue
@@ -88,6 +101,22 @@ def _pair_counts(data_a, data_b, table, scratch, no_positions, out):  # pragma: 
                                       COUNT, packed, no_positions)
         if ones_b >= 0:
             out[row, 0], out[row, 1], out[row, 2] = hits, ones_a, ones_b
+
+
+@Kernel
+def _decode(data, kind, start, end, block_bits, bits, packed, no_positions):  # pragma: no cover - numba
+    """The packed bits of the payload ``data[start:end]`` of ``kind`` into ``packed``; returns their set bits,
+    or -1 for a bad payload."""
+    if kind == RAW:
+        if end - start != packed.size:
+            return -1
+        packed[:] = data[start:end]
+        return _raw_ones(packed, bits)
+    packed[:] = 0
+    ones = _rice_pass(data, start, end, block_bits, bits, PACKED, packed, no_positions)[1]
+    if bits % 8 and packed.size:
+        packed[-1] &= (0xFF << (8 - bits % 8)) & 0xFF
+    return ones
 
 
 @Kernel
