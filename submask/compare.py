@@ -399,7 +399,9 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
         (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row, at, size = next(counted)
         sound = hits >= 0 and (ones_a, ones_b) == (entry_a.ones, entry_b.ones)
         if sound and bits is not None:
-            sound = (crc32(bits[0][at : at + size]), crc32(bits[1][at : at + size])) == (entry_a.crc32, entry_b.crc32)
+            sound = all(crc32(_kept_bits(row, side, data, kept[at : at + size])) == entry.crc32
+                        for side, (entry, data, kept) in enumerate(((entry_a, data_a, bits[0]),
+                                                                    (entry_b, data_b, bits[1]))))
         if not sound:
             reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a),
                      (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]
@@ -407,6 +409,13 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
             continue
         out.append(np.array([[ones_a, hits], [hits, ones_b]], np.int64))
     return out
+
+
+def _kept_bits(row: list[int], side: int, data: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The packed bits of one side (0: A, 1: B) of a ``batch.pair_counts`` row that kept them: a raw payload is
+    its own bits, where it was read; a rice one's are in ``kept``."""
+    kind, start, end = row[batch.KIND_A + 4 * side : batch.END_A + 1 + 4 * side]
+    return data[start:end] if kind == batch.RAW else kept
 
 
 def tensor_progress(names: list[str], enabled: bool, description: str) -> Iterator[str]:

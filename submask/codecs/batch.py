@@ -48,8 +48,9 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
                 bits: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Per row of ``table`` (int64, columns BITS ... BLOCK_B, offsets into the uint8 arrays ``data_a`` and
     ``data_b``): |A and B|, |A|, |B|, or -1s where a payload is malformed. With ``bits`` (two uint8 arrays of
-    the rows' packed sizes summed), each row's packed bits of A and of B are also written there, one row after
-    the other, for the caller to check their CRC-32. Requires ``available()``."""
+    the rows' packed sizes summed), each row's packed bits of a rice payload of A and of B are also written
+    there, one row after the other, for the caller to check their CRC-32 (a raw payload is its own packed bits,
+    and is left where it is). Requires ``available()``."""
     sizes = (table[:, BITS] + 7) // 8
     if bits is None:
         scratch = np.empty(int(sizes.max()) if sizes.size else 0, dtype=np.uint8)
@@ -63,8 +64,9 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
 
 @Kernel
 def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out):  # pragma: no cover - numba
-    """``pair_counts`` into ``out``: A decoded into ``bits_a`` (at the row's offset when ``keep``, else at 0);
-    B decoded into ``bits_b`` when ``keep``, else counted against A straight from its payload."""
+    """``pair_counts`` into ``out``: a raw payload used in place; a rice one of A decoded into ``bits_a`` (at the
+    row's offset when ``keep``, else at 0), one of B decoded into ``bits_b`` when ``keep``, else counted against
+    A straight from its payload."""
     at = 0
     for row in range(table.shape[0]):
         bits = table[row, BITS]
@@ -72,7 +74,7 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
         out[row, 0] = out[row, 1] = out[row, 2] = -1
         first = at if keep else 0
         at += nbytes
-        if not keep and table[row, KIND_A] == RAW:  # used in place
+        if table[row, KIND_A] == RAW:  # used in place
             start = table[row, START_A]
             if table[row, END_A] - start != nbytes:
                 continue
@@ -80,21 +82,21 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
             ones_a = _raw_ones(packed, bits)
         else:
             packed = bits_a[first : first + nbytes]
-            ones_a = _decode(data_a, table[row, KIND_A], table[row, START_A], table[row, END_A], table[row, BLOCK_A],
-                             bits, packed, no_positions)
+            ones_a = _decode(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, packed,
+                             no_positions)
         if ones_a < 0:
             continue
-        if keep:
-            other = bits_b[first : first + nbytes]
-            ones_b = _decode(data_b, table[row, KIND_B], table[row, START_B], table[row, END_B],
-                             table[row, BLOCK_B], bits, other, no_positions)
-            hits = _and_ones(packed, other)
-        elif table[row, KIND_B] == RAW:
+        if table[row, KIND_B] == RAW:
             start = table[row, START_B]
             if table[row, END_B] - start != nbytes:
                 continue
             other = data_b[start : start + nbytes]
             ones_b = _raw_ones(other, bits)
+            hits = _and_ones(packed, other)
+        elif keep:
+            other = bits_b[first : first + nbytes]
+            ones_b = _decode(data_b, table[row, START_B], table[row, END_B], table[row, BLOCK_B], bits, other,
+                             no_positions)
             hits = _and_ones(packed, other)
         else:
             hits, ones_b = _rice_pass(data_b, table[row, START_B], table[row, END_B], table[row, BLOCK_B], bits,
@@ -104,14 +106,9 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
 
 
 @Kernel
-def _decode(data, kind, start, end, block_bits, bits, packed, no_positions):  # pragma: no cover - numba
-    """The packed bits of the payload ``data[start:end]`` of ``kind`` into ``packed``; returns their set bits,
-    or -1 for a bad payload."""
-    if kind == RAW:
-        if end - start != packed.size:
-            return -1
-        packed[:] = data[start:end]
-        return _raw_ones(packed, bits)
+def _decode(data, start, end, block_bits, bits, packed, no_positions):  # pragma: no cover - numba
+    """The packed bits of the rice payload ``data[start:end]`` into ``packed``; returns their set bits, or -1
+    for a bad payload."""
     packed[:] = 0
     ones = _rice_pass(data, start, end, block_bits, bits, PACKED, packed, no_positions)[1]
     if bits % 8 and packed.size:
