@@ -49,7 +49,7 @@ T = TypeVar("T")
 POSITIONS_MAX_DENSITY = 1 / 16
 _WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
 _GATHER_CHUNK = 1 << 22
-CHUNK_BITS = 1 << 24  # elements (per mask) of the consecutive tensors one task compares
+CHUNK_BITS = 1 << 24  # elements, summed over the masks, of the consecutive tensors one task compares
 
 
 @dataclass
@@ -289,8 +289,11 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
     a chunk of consecutive tensors (CHUNK_BITS) per task."""
     workers = workers or min(4, os.cpu_count() or 1)
     batched = len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources) and batch.available()
-    chunks = _chunks(tensor_progress(names, progress, "comparing"), sources[0].numel)
-    if workers == 1 or sum(map(sources[0].numel, names)) <= CHUNK_BITS:  # one task: no threads to start
+    def work(name: str) -> int:
+        return len(sources) * sources[0].numel(name)
+
+    chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
+    if workers == 1 or sum(map(work, names)) <= CHUNK_BITS:  # one task: no threads to start
         for chunk in chunks:
             yield from zip(chunk, _compare_chunk(_read_chunk(sources, chunk, batched), verify))
         return
@@ -310,12 +313,13 @@ def _finished(chunk: list[str], future: Future) -> Iterator[tuple[str, np.ndarra
     return zip(chunk, future.result())
 
 
-def _chunks(names: Iterator[str], numel: Callable[[str], int]) -> Iterator[list[str]]:
-    """Consecutive names in runs of about CHUNK_BITS elements (one task: a few tensors, or one large one)."""
+def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[str]]:
+    """Consecutive names in runs of about CHUNK_BITS elements of ``work`` (one task: a few tensors, or one
+    large one)."""
     chunk, bits = [], 0
     for name in names:
         chunk.append(name)
-        bits += numel(name)
+        bits += work(name)
         if bits >= CHUNK_BITS:
             yield chunk
             chunk, bits = [], 0
