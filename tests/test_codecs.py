@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from hypothesis import strategies as st
 
 from submask.codecs import RAW_MARGIN, RiceCodec, binary_entropy_bits, encode_auto, get_codec
 from submask.errors import FormatError, UnknownEncodingError
-from submask.packed import pack, popcount, unpack
+from submask import packed as packed_module
+from submask.packed import crc32, crc32_update, pack, popcount, unpack
 from masks import random_bools
 
 ENCODINGS = ["raw", "zstd", "rice"]
@@ -146,3 +149,24 @@ def test_rice_chooses_k_as_format_md_states(density: float, seed: int) -> None:
     tried = range(max(0, guess - 1), min(31, guess + 1) + 1)
     expected = min(tried, key=lambda k: (int((gaps >> k).sum()) + gaps.size * (k + 1), k))  # FORMAT.md 5.3
     assert (payload[0], payload[1]) == (value, expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.binary(max_size=5000), crc=st.integers(0, 2**32 - 1))
+def test_crc32_is_zlibs(data: bytes, crc: int) -> None:
+    array = np.frombuffer(data, np.uint8)
+    assert crc32_update(array, crc) == zlib.crc32(data, crc) and crc32(array) == f"{zlib.crc32(data):08x}"
+
+
+def test_crc32_uses_isal_where_installed_and_zlib_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    assert packed_module._crc32_function() is isal_zlib.crc32
+    for name in ("isal", "isal.isal_zlib"):  # as if isal were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    packed_module._crc32_function.cache_clear()
+    try:
+        assert packed_module._crc32_function() is zlib.crc32
+        assert crc32_update(np.arange(300, dtype=np.uint16).view(np.uint8), 7) == zlib.crc32(
+            np.arange(300, dtype=np.uint16).tobytes(), 7)
+    finally:
+        packed_module._crc32_function.cache_clear()
