@@ -48,8 +48,9 @@ def numba_enabled() -> bool:
 
 
 def numba_started() -> bool:
-    """True when a kernel has been compiled (or loaded from numba's disk cache) in this process."""
-    return any(kernel._compiled not in (_UNSET, None) for kernel in _KERNELS)
+    """True when numba runs in this process: a kernel has been compiled (or loaded from numba's disk cache),
+    even if ``numba_disabled`` or ``reset_kernels`` has since made the kernels forget it."""
+    return any(kernel._dispatcher is not None for kernel in _KERNELS)
 
 
 @contextmanager
