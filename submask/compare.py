@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,12 +193,16 @@ def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, st
     return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path, out=out, verify_crc=verify))
 
 
-def _buffer(index: int, nbytes: int) -> np.ndarray:
+def _buffer(index: Hashable, nbytes: int) -> np.ndarray:
     """This thread's reusable decode buffer ``index``, at least ``nbytes`` long (fresh memory costs page faults)."""
-    buffers = _tables.__dict__.setdefault("buffers", {})
-    if index not in buffers or buffers[index].size < nbytes:
-        buffers[index] = np.empty(nbytes, np.uint8)
-    return buffers[index][:nbytes]
+    return _room(_tables.__dict__.setdefault("buffers", {}), index, nbytes)
+
+
+def _room(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
+    """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
+    if key not in buffers or buffers[key].size < nbytes:
+        buffers[key] = np.empty(nbytes, np.uint8)
+    return buffers[key][:nbytes]
 
 
 def _checked(at: str, decode: Callable[[], T]) -> T:
@@ -289,20 +293,26 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
     a chunk of consecutive tensors (CHUNK_BITS) per task."""
     workers = workers or min(4, os.cpu_count() or 1)
     batched = len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources) and batch.available()
+    rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
+
     def work(name: str) -> int:
         return len(sources) * sources[0].numel(name)
+
+    def read(chunk: list[str], slot: int) -> _Chunk:
+        room = (lambda side, nbytes: _room(rooms, (slot, side), nbytes)) if batched else None
+        return _read_chunk(sources, chunk, room)
 
     chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
     if workers == 1 or sum(map(work, names)) <= CHUNK_BITS:  # one task: no threads to start
         for chunk in chunks:
-            yield from zip(chunk, _compare_chunk(_read_chunk(sources, chunk, batched), verify))
+            yield from zip(chunk, _compare_chunk(read(chunk, 0), verify))
         return
     from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of a command's start
 
     pending: deque[tuple[list[str], Future]] = deque()
     with ThreadPoolExecutor(workers) as pool:
-        for chunk in chunks:
-            pending.append((chunk, pool.submit(_compare_chunk, _read_chunk(sources, chunk, batched), verify)))
+        for index, chunk in enumerate(chunks):  # a slot is free again once its chunk's task has finished
+            pending.append((chunk, pool.submit(_compare_chunk, read(chunk, index % (2 * workers + 1)), verify)))
             if len(pending) >= 2 * workers:
                 yield from _finished(*pending.popleft())
         while pending:
@@ -338,10 +348,12 @@ class _Chunk:
     data: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _read_chunk(sources: list[_Source], names: list[str], batched: bool) -> _Chunk:
-    """Read one chunk's payloads (file handles are not shared across threads); with ``batched`` (two mask files,
-    compiled kernels), tensors whose two encodings ``batch`` reads go into one buffer per mask."""
-    if not batched:
+def _read_chunk(sources: list[_Source], names: list[str],
+                room: Callable[[int, int], np.ndarray] | None) -> _Chunk:
+    """Read one chunk's payloads (file handles are not shared across threads); with ``room`` (two mask files,
+    compiled kernels), tensors whose two encodings ``batch`` reads go into one buffer per mask, ``room(side,
+    nbytes)``."""
+    if room is None:
         return _Chunk([[source.read(name) for source in sources] for name in names])
     files: list[MaskFile] = [source.mask for source in sources]  # type: ignore[misc]
     chunk = _Chunk([])
@@ -360,7 +372,7 @@ def _read_chunk(sources: list[_Source], names: list[str], batched: bool) -> _Chu
             offsets[side] += size
         rows.append((name, row))
     if rows:
-        data = (np.empty(offsets[0], np.uint8), np.empty(offsets[1], np.uint8))
+        data = (room(0, offsets[0]), room(1, offsets[1]))
         for name, row in rows:
             for side, (file, start, end) in enumerate(((files[0], row[2], row[3]), (files[1], row[6], row[7]))):
                 file.payload_into(name, memoryview(data[side][start:end]))
@@ -392,7 +404,7 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
         data_a, data_b = chunk.data  # type: ignore[misc]
         table = np.array(chunk.table, np.int64)
         sizes = (table[:, 0] + 7) // 8
-        bits = (np.empty(int(sizes.sum()), np.uint8), np.empty(int(sizes.sum()), np.uint8)) if verify else None
+        bits = (_buffer(("kept", 0), int(sizes.sum())), _buffer(("kept", 1), int(sizes.sum()))) if verify else None
         counts = batch.pair_counts(data_a, data_b, table, bits)
         counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes))
     out = []

@@ -98,7 +98,7 @@ def test_compare_counts_two_files_raw_and_rice_in_one_call(tmp_path: Path) -> No
     with submask.open(paths[0]) as one, submask.open(paths[1]) as two:
         encodings = [(one.entries[n].encoding, two.entries[n].encoding) for n in shapes]
         sources = [compare_module._Source(str(p), f) for p, f in zip(paths, (one, two))]
-        chunk = compare_module._read_chunk(sources, list(shapes), batched=True)
+        chunk = compare_module._read_chunk(sources, list(shapes), lambda side, nbytes: np.empty(nbytes, np.uint8))
     assert encodings == [("rice", "zstd"), ("raw", "rice"), ("zstd", "zstd"), ("raw", "raw")]
     batched = [reads is None for reads in chunk.reads]
     assert batched == ["zstd" not in pair for pair in encodings] and len(chunk.table) == sum(batched)
