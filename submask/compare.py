@@ -1,8 +1,9 @@
 """The N x N comparison of masks: counts, intersections and chance baselines per group, in one streaming pass.
 
 Each tensor of each mask is decoded once and dropped after use, so memory holds a few tensors' masks at a
-time whatever the model size. Sparse "rice" tensors are decoded to sorted positions instead of packed
-bits, and each pair is counted the cheapest way its two forms allow (see ``_pair_count``).
+time whatever the model size. Consecutive tensors go to a worker thread together: two files' raw and rice
+tensors are counted in one compiled call (``codecs.batch``), the rest tensor by tensor, each pair the cheapest
+way its two forms allow (``tensor_counts``).
 ``compare`` verifies every tensor as ``load`` does, CRC-32 included; ``verify=False`` (``--no-verify``) skips
 only the CRC-32, as FORMAT.md section 4.3 allows counting tools, and lets sparse "rice" tensors stay encoded.
 
@@ -16,52 +17,33 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .accel import job
-from .algebra import Counts, PairStats, packed_intersection_count, pair_intersection_counts
+from .algebra import Counts, PairStats
 from .align import aligned_names
 from .breakdown import OVERALL, group_of, sort_groups
-from .codecs import IntersectionCounter, PositionsDecoder, batch
-from .errors import ChecksumError, FormatError, SubmaskError, where
+from .codecs import batch
+from .errors import SubmaskError
 from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
-from .format.tensors import decode_tensor, entry_codec
+from .format.tensors import entry_codec
 from .mask import Mask, TensorMask
-from .packed import crc32, packed_nbytes
+from .packed import crc32
+from .tensor_counts import compare_tensor, reusable, thread_buffer
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-T = TypeVar("T")
-
-#: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
-#: (measured crossover)
-POSITIONS_MAX_DENSITY = 1 / 16
-_WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
-_GATHER_CHUNK = 1 << 22
 CHUNK_BITS = 1 << 24  # elements, summed over the masks, of the consecutive tensors one task compares
-
-
-@dataclass
-class _Operand:
-    """One tensor of one mask: packed bits, (sparse) ascending set positions, or a payload left encoded for a
-    codec that counts intersections while streaming it (codec, payload, error-message prefix)."""
-
-    numel: int
-    count: int
-    packed: np.ndarray | None = None
-    positions: np.ndarray | None = None
-    streamed: tuple[IntersectionCounter, bytes, str] | None = None
 
 
 @dataclass
@@ -171,122 +153,6 @@ class _Source:
         return mask[name]
 
 
-def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, streamed: bool,
-            verify: bool) -> _Operand:
-    """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a payload whose
-    codec counts intersections is left encoded when ``streamed``, and one whose codec lists positions is
-    decoded to positions when sparse; with it, every tensor is decoded to packed bits and fully checked."""
-    if isinstance(read, TensorMask):
-        return _Operand(read.numel, read.count, packed=read.packed)
-    entry, payload, path = read
-    at = where(path, entry.name)
-    codec = entry_codec(entry, path)
-    streaming = isinstance(codec, IntersectionCounter) and codec.streams()
-    if not verify and streamed and streaming:
-        return _Operand(entry.bits, entry.ones, streamed=(codec, payload, at))
-    if (not verify and not streaming and isinstance(codec, PositionsDecoder)
-            and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY):
-        positions = _checked(at, lambda: codec.positions(payload, entry.bits))
-        _check_count(at, positions.size, entry.ones)
-        return _Operand(entry.bits, entry.ones, positions=positions)
-    out = _buffer(index, packed_nbytes(entry.bits))
-    return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path, out=out, verify_crc=verify))
-
-
-def _buffer(index: Hashable, nbytes: int) -> np.ndarray:
-    """This thread's reusable decode buffer ``index``, at least ``nbytes`` long (fresh memory costs page faults)."""
-    return _room(_tables.__dict__.setdefault("buffers", {}), index, nbytes)
-
-
-def _room(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
-    """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
-    if key not in buffers or buffers[key].size < nbytes:
-        buffers[key] = np.empty(nbytes, np.uint8)
-    return buffers[key][:nbytes]
-
-
-def _checked(at: str, decode: Callable[[], T]) -> T:
-    try:
-        return decode()
-    except FormatError as exc:
-        raise FormatError(f"{at}{exc}; the file is corrupt (run `submask validate` on it)") from None
-
-
-def _check_count(at: str, decoded: int, expected: int) -> None:
-    if decoded != expected:
-        raise ChecksumError(f"{at}decoded {decoded} set bits, header says {expected}; the file is corrupt")
-
-
-def _compare_tensor(reads: list, verify: bool) -> np.ndarray:
-    """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
-    n = len(reads)
-    # two masks: the second streams its payload against the first's bits; more: each is decoded once and
-    # every pair is counted in one pass over their bits (a streamed one would be decoded again for each pair)
-    operands = [_decode(read, index, n == 2 and index == 1, verify) for index, read in enumerate(reads)]
-    if n > 2 and all(operand.packed is not None for operand in operands):
-        return pair_intersection_counts([operand.packed for operand in operands])
-    out = np.zeros((n, n), np.int64)
-    for i in range(n):
-        out[i, i] = operands[i].count
-        for j in range(i + 1, n):
-            out[i, j] = out[j, i] = _pair_count(operands[i], operands[j])
-    return out
-
-
-def _pair_count(x: _Operand, y: _Operand) -> int:
-    """|X and Y|, by the cheapest route: shortcuts for empty/full, a payload streamed against packed
-    bits, position tables, bit gathers, AND+popcount."""
-    if not x.count or not y.count:
-        return 0
-    if x.count == x.numel or y.count == y.numel:
-        return min(x.count, y.count)
-    if y.streamed is not None and x.packed is not None:  # only the last operand is left encoded
-        codec, payload, at = y.streamed
-        hits, ones = _checked(at, lambda: codec.intersection_count(payload, y.numel, x.packed))
-        _check_count(at, ones, y.count)
-        return hits
-    if x.positions is not None and y.positions is not None:
-        return _common_positions(x.positions, y.positions, x.numel)
-    if x.positions is not None or y.positions is not None:
-        sparse, dense = (x, y) if x.positions is not None else (y, x)
-        return _gather_count(dense.packed, sparse.positions)
-    return packed_intersection_count(x.packed, y.packed)
-
-
-_tables = threading.local()  # per thread: a bool table for positions, decode buffers
-
-
-def _common_positions(a: np.ndarray, b: np.ndarray, numel: int) -> int:
-    """Common elements of two ascending position arrays: mark one window of ``a`` in a bool table (cache
-    sized, reused and cleared by unmarking), look up ``b`` in it."""
-    table = getattr(_tables, "table", None)
-    if table is None:
-        table = _tables.table = np.zeros(_WINDOW, np.bool_)
-    bounds = np.arange(_WINDOW, numel, _WINDOW)
-    a_cuts = [0, *np.searchsorted(a, bounds).tolist(), a.size]
-    b_cuts = [0, *np.searchsorted(b, bounds).tolist(), b.size]
-    total = 0
-    for window in range(len(a_cuts) - 1):
-        a0, a1, b0, b1 = a_cuts[window], a_cuts[window + 1], b_cuts[window], b_cuts[window + 1]
-        if a0 == a1 or b0 == b1:
-            continue
-        start = window * _WINDOW
-        in_a, in_b = a[a0:a1] - start, b[b0:b1] - start
-        table[in_a] = True
-        total += int(np.count_nonzero(table[in_b]))
-        table[in_a] = False
-    return total
-
-
-def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:
-    """How many of ``positions`` are set in ``packed`` (MSB-first bits)."""
-    total = 0
-    for start in range(0, positions.size, _GATHER_CHUNK):
-        chunk = positions[start : start + _GATHER_CHUNK]
-        total += int(np.count_nonzero((packed[chunk >> 3] << (chunk & 7).astype(np.uint8)) & 0x80))
-    return total
-
-
 def _per_tensor(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
                 verify: bool) -> Iterator[tuple[str, np.ndarray]]:
     """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads,
@@ -299,7 +165,7 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
         return len(sources) * sources[0].numel(name)
 
     def read(chunk: list[str], slot: int) -> _Chunk:
-        room = (lambda side, nbytes: _room(rooms, (slot, side), nbytes)) if batched else None
+        room = (lambda side, nbytes: reusable(rooms, (slot, side), nbytes)) if batched else None
         return _read_chunk(sources, chunk, room)
 
     chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
@@ -339,7 +205,7 @@ def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[s
 
 @dataclass
 class _Chunk:
-    """What the tasks of one chunk need: per tensor the reads for ``_compare_tensor``, or (for tensors counted
+    """What the tasks of one chunk need: per tensor the reads for ``compare_tensor``, or (for tensors counted
     by ``batch.pair_counts``) None and a row of ``table`` over the payloads read into ``data``."""
 
     reads: list[list | None]
@@ -397,20 +263,21 @@ def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
     """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call (which keeps
     their bits when ``verify``, for their CRC-32s), and any whose payload, counts or CRC-32 fail its checks
-    again by ``_compare_tensor``, which raises the error that says why."""
+    again by ``compare_tensor``, which raises the error that says why."""
     counted: Iterator = iter(())
     bits = None
     if chunk.table:
         data_a, data_b = chunk.data  # type: ignore[misc]
         table = np.array(chunk.table, np.int64)
         sizes = (table[:, 0] + 7) // 8
-        bits = (_buffer(("kept", 0), int(sizes.sum())), _buffer(("kept", 1), int(sizes.sum()))) if verify else None
+        kept = int(sizes.sum())
+        bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if verify else None
         counts = batch.pair_counts(data_a, data_b, table, bits)
         counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes))
     out = []
     for reads in chunk.reads:
         if reads is not None:
-            out.append(_compare_tensor(reads, verify))
+            out.append(compare_tensor(reads, verify))
             continue
         (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row, at, size = next(counted)
         sound = hits >= 0 and (ones_a, ones_b) == (entry_a.ones, entry_b.ones)
@@ -421,7 +288,7 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
         if not sound:
             reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a),
                      (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]
-            out.append(_compare_tensor(reads, verify))
+            out.append(compare_tensor(reads, verify))
             continue
         out.append(np.array([[ones_a, hits], [hits, ones_b]], np.int64))
     return out
