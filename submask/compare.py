@@ -104,7 +104,8 @@ def compare(masks: Sequence[MaskLike], *, by: str = "overall", common: bool = Fa
 
     ``masks`` are paths (opened lazily), open ``MaskFile`` objects or in-memory ``Mask`` objects. Tensors
     must line up (MismatchError) unless ``common``. ``workers`` threads decode tensors in parallel
-    (default: up to 4, one per core); memory stays bounded by ``2 * workers`` tensors' masks. Every
+    (default: up to 4, one per core); memory stays bounded by ``2 * workers + 1`` chunks of consecutive
+    tensors (about CHUNK_BITS elements over all masks, or one larger tensor). Every
     tensor's CRC-32 is checked unless ``verify`` is False (structure, pad bits and set-bit counts always are).
     """
     with ExitStack() as stack:
