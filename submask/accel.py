@@ -48,8 +48,9 @@ def numba_enabled() -> bool:
 
 
 def numba_started() -> bool:
-    """True when a kernel has been compiled (or loaded from numba's disk cache) in this process."""
-    return any(kernel._compiled not in (_UNSET, None) for kernel in _KERNELS)
+    """True when numba runs in this process: a kernel has been compiled (or loaded from numba's disk cache),
+    even if ``numba_disabled`` or ``reset_kernels`` has since made the kernels forget it."""
+    return any(kernel._dispatcher is not None for kernel in _KERNELS)
 
 
 @contextmanager
@@ -83,12 +84,16 @@ class Kernel:
         if self._compiled is _UNSET:
             if _small_jobs and not numba_started():  # see ``job``; decided again on the next use
                 return None
-            if numba_enabled() and self._dispatcher is None:
-                import numba
-
-                self._dispatcher = numba.njit(nogil=True, cache=True)(_with_intrinsics(self.function))
-            self._compiled = self._dispatcher if numba_enabled() else None
+            self._compiled = self.dispatcher() if numba_enabled() else None
         return self._compiled
+
+    def dispatcher(self) -> Any:
+        """numba's dispatcher of this kernel, made on first call (numba must be enabled)."""
+        if self._dispatcher is None:
+            import numba
+
+            self._dispatcher = numba.njit(nogil=True, cache=True)(_with_intrinsics(self.function))
+        return self._dispatcher
 
     def reset(self) -> None:
         """Forget the compiled form, so the next use re-reads ``SUBMASK_NO_NUMBA`` (for tests)."""
@@ -122,13 +127,17 @@ _STAND_INS = {"leading_zeros": leading_zeros, "popcount": popcount}
 
 
 def _with_intrinsics(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` with numba's intrinsics in place of the Python stand-ins it names, in a copy of its
-    globals, so the module keeps the plain Python versions and numba stays unimported until compiling."""
-    names = [name for name, stand_in in _STAND_INS.items() if function.__globals__.get(name) is stand_in]
-    if not names:
+    """``function`` with numba's intrinsics in place of the Python stand-ins it names and numba's dispatchers
+    in place of the kernels it calls, in a copy of its globals, so the module keeps the plain Python versions
+    and numba stays unimported until compiling."""
+    used = function.__code__.co_names
+    swaps = {name: _intrinsics()[name] for name, stand_in in _STAND_INS.items()
+             if name in used and function.__globals__.get(name) is stand_in}
+    swaps.update({name: value.dispatcher() for name in used
+                  if isinstance(value := function.__globals__.get(name), Kernel)})
+    if not swaps:
         return function
-    intrinsics = _intrinsics()
-    copy = types.FunctionType(function.__code__, {**function.__globals__, **{n: intrinsics[n] for n in names}},
+    copy = types.FunctionType(function.__code__, {**function.__globals__, **swaps},
                               function.__name__, function.__defaults__, function.__closure__)
     copy.__qualname__, copy.__doc__ = function.__qualname__, function.__doc__
     return copy

@@ -20,9 +20,8 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -42,6 +41,10 @@ from .mask import TensorMask
 from .metadata import CheckpointFile
 from .packed import popcount, unpack
 from .safetensors_header import LENGTH
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
 
 IN_FLIGHT = 2  # chunks being hashed and written while the next is filled in
 DeltaLike = Delta | MaskFile | str | os.PathLike
@@ -242,6 +245,8 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
     def sink(view: memoryview) -> None:
         digest.update(view)
         handle.write(view)
+
+    from concurrent.futures import ThreadPoolExecutor  # here, not at import: it imports logging
 
     with ThreadPoolExecutor(1, "submask-rebuild-write") as writer, \
             ThreadPoolExecutor(1, "submask-rebuild-values") as decoder:

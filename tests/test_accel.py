@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from submask.accel import Kernel, numba_disabled, numba_enabled, numba_state
+from submask.accel import Kernel, job, numba_disabled, numba_enabled, numba_started, numba_state
 from submask.algebra import pair_intersection_counts
 from submask.codecs import RiceCodec, rice_kernels_compiled
 from submask.errors import FormatError
@@ -52,6 +52,32 @@ def test_kernel_compiles_and_switches_off() -> None:
         assert numba_state().startswith("numba off")
     assert total.compiled is not None and numba_state().startswith("numba ")
     assert os.environ.get("SUBMASK_NO_NUMBA") is None
+
+
+def test_small_jobs_keep_using_kernels_once_numba_runs_even_after_numba_disabled() -> None:
+    assert rice_kernels_compiled()  # outside a job: starts numba
+    with numba_disabled():
+        assert not rice_kernels_compiled()
+    with job(1):  # a small job: numba already runs in this process, so its kernels are used
+        assert numba_started() and rice_kernels_compiled()
+
+
+@Kernel
+def _square(value):
+    return value * value
+
+
+@Kernel
+def _sum_of_squares(values):  # calls another kernel: compiled, it calls that kernel's compiled form
+    s = 0
+    for v in values:
+        s += _square(v)
+    return s
+
+
+def test_kernels_call_kernels() -> None:
+    assert _sum_of_squares.compiled(np.arange(4)) == 14
+    assert _sum_of_squares.function.__globals__["_square"] is _square  # the module keeps the Kernel object
 
 
 @pytest.mark.parametrize("numel,density,block_bits", CASES)

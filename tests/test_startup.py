@@ -19,7 +19,7 @@ def run_python(code: str) -> str:
 
 def test_import_loads_no_compiler_progress_bar_or_zstd() -> None:
     code = ("import sys, submask, submask.cli; "
-            "print(','.join(m for m in ('numba', 'tqdm', 'zstandard') if m in sys.modules))")
+            "print(','.join(m for m in ('numba', 'tqdm', 'zstandard', 'isal') if m in sys.modules))")
     assert run_python(code) == ""
 
 
@@ -41,6 +41,15 @@ def test_a_small_comparison_leaves_numba_unstarted(tmp_path: Path) -> None:
             f"r = submask.compare([{str(a)!r}, {str(b)!r}]).pair(0, 1); "
             "print(r.intersection, 'numba' in sys.modules)")
     assert run_python(code) == f"{expected} False"
+
+
+def test_a_small_comparison_starts_no_threads(tmp_path: Path) -> None:
+    a, b = save_pair(tmp_path, (64, 512))
+    expected = submask.compare([a, b]).pair(0, 1).intersection
+    code = ("import sys, threading, submask, submask.cli; "
+            f"r = submask.compare([{str(a)!r}, {str(b)!r}]).pair(0, 1); "  # one task: run in this thread
+            "print(r.intersection, threading.active_count(), 'concurrent.futures' in sys.modules)")
+    assert run_python(code) == f"{expected} 1 False"
 
 
 @pytest.mark.skipif(not numba_enabled(), reason="numba is not installed or switched off")

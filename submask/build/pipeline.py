@@ -20,9 +20,8 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +41,9 @@ from .values import check_values_build, chunk_values, delta_tensors, record_chec
 from ..checkpoints.dtypes import DTYPES, DType
 from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import Source, open_source
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a buffer, a chunk is compared while still in cache
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
@@ -155,6 +157,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                    "dtypes": _dtype_summary(infos)})
         sink = MemorySink(metadata) if out is None else FileSink(MaskWriter(
             out, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite))
+        from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of every command line
+
         with sink, ThreadPoolExecutor(1, "submask-hash") as hasher:
             hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b)
                       if hash or (values and source is source_b)]
@@ -247,6 +251,7 @@ class _Run:
 
         With ``whole`` (the names stored whole) each tensor's changed values go to the sink too.
         """
+        from concurrent.futures import ThreadPoolExecutor  # as tqdm: here, not at import
         from tqdm import tqdm  # here, not at import: every command line would pay for it
 
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}

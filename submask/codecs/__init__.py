@@ -53,7 +53,8 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
     dimension, FORMAT.md 5.5) where there is more than one row and the rows' rarer values are below 20%; zstd
     where the rarer value is above 0.3% (outside those ranges each is always larger than another). The
     smallest wins, except that zstd, several times faster to decode, is kept when a Rice code saves less than
-    3% of its size. Raw wins ties, then rice.
+    3% of its size, and raw, counted about 8x faster than zstd inflates and read in place, is kept when zstd
+    saves less than RAW_MARGIN of it (FORMAT.md §5.4). Raw wins ties, then rice.
     """
     candidates = [("raw", packed.tobytes(), {})]
     minority = min(ones, numel - ones) / numel if numel else 0.0
@@ -69,11 +70,15 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
     best = min(candidates, key=lambda candidate: len(candidate[1]))  # raw first: wins ties
     zstd = next((c for c in candidates if c[0] == "zstd"), None)
     if best[0] != "raw" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
-        return zstd
+        best = zstd
+    if best[0] == "zstd" and len(best[1]) > (1 - RAW_MARGIN) * len(candidates[0][1]):
+        return candidates[0]
     return best
 
 
 ZSTD_PREFERENCE = 1 / 1.03
+#: zstd must save at least this share of raw's size to be kept (iid masks: from about 29% to 71% density, raw)
+RAW_MARGIN = 1 / 8
 
 
 __all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "RiceRowsCodec",

@@ -77,11 +77,24 @@ class Container:
 
         def read(offset: int, length: int) -> bytes:
             data = self._read_at(self._data_start + start + offset, length)
-            if len(data) != length:
-                raise FormatError(f"{where(self.path, name)}payload is truncated; the file was cut short or changed")
+            self._check_read(name, len(data), length)
             return data
 
         return PayloadSpan(end - start, read)
+
+    def read_into(self, name: str, out: memoryview) -> None:
+        """Read the payload of one tensor into ``out`` (exactly ``payload_size(name)`` writable bytes), from any
+        thread, without a copy."""
+        position, size = self._data_start + self._spans[name][0], self.payload_size(name)
+        if not hasattr(os, "preadv"):
+            with self._lock:
+                self._file.seek(position)
+                got = self._file.readinto(out)
+        else:
+            got = 0
+            while got < size and (part := os.preadv(self._file.fileno(), [out[got:]], position + got)):
+                got += part
+        self._check_read(name, got, size)
 
     def _read_at(self, position: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``position``: positional reads where the platform has them, so that threads
@@ -95,6 +108,10 @@ class Container:
             parts.append(part)
             position, length = position + len(part), length - len(part)
         return b"".join(parts)
+
+    def _check_read(self, name: str, got: int, expected: int) -> None:
+        if got != expected:
+            raise FormatError(f"{where(self.path, name)}payload is truncated; the file was cut short or changed")
 
     def close(self) -> None:
         self._file.close()

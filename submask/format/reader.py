@@ -115,6 +115,10 @@ class MaskFile:
         """The encoded payload of one tensor, as stored."""
         return self._container(name).read(name)
 
+    def payload_into(self, name: str, out: memoryview) -> None:
+        """Read the encoded payload of one tensor into ``out`` (``payload_size(name)`` writable bytes): no copy."""
+        self._container(name).read_into(name, out)
+
     def payload_size(self, name: str) -> int:
         return self._container(name).payload_size(name)
 

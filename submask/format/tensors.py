@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from ..codecs import Codec, codec_for, encode_auto, get_codec
 from ..codecs.base import Run
 from ..errors import ChecksumError, FormatError, LimitError, where
-from ..packed import crc32, crc32_of_run, packed_nbytes, padding_is_clear, popcount
+from ..packed import crc32, crc32_of_run, crc32_update, packed_nbytes, padding_is_clear, popcount
 from .header import TensorEntry
 
 WHOLE_TENSOR_BYTES = 64 << 20  # larger tensors are verified in pieces by ``verify_tensor``
@@ -73,7 +72,7 @@ def verify_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> No
                 ones += piece.byte.bit_count() * piece.nbytes
                 last = np.array([piece.byte], dtype=np.uint8)
             else:
-                crc = zlib.crc32(piece, crc)
+                crc = crc32_update(piece, crc)
                 ones += popcount(piece)
                 last = piece
     except FormatError as exc:

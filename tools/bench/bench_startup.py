@@ -28,14 +28,17 @@ from submask.accel import numba_state
 from .report import best_time, markdown_table, write_section
 
 
-def process_times(command: list[str], repeat: int, env: dict[str, str]) -> list[float]:
-    """Seconds of ``repeat`` runs of ``command``, after one untimed run that writes the bytecode caches."""
-    times = []
-    for _ in range(repeat + 1):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
-        times.append(time.perf_counter() - start)
-    return times[1:]
+def process_times(commands: list[list[str]], repeat: int, env: dict[str, str]) -> list[list[float]]:
+    """Seconds of ``repeat`` runs of each command, after one untimed run of each that writes the bytecode caches;
+    the commands take turns, one run each per round, so that other jobs on the machine slow them alike."""
+    times: list[list[float]] = [[] for _ in commands]
+    for round_ in range(repeat + 1):
+        for command, seconds in zip(commands, times):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+            if round_:
+                seconds.append(time.perf_counter() - start)
+    return times
 
 
 def call_time(call: Callable[[], object], repeat: int) -> float:
@@ -71,21 +74,23 @@ def main() -> None:
         baselines = [("python -c pass", python + ["-c", "pass"]),
                      ("python -c 'import numpy'", python + ["-c", "import numpy"]),
                      ("python -c 'import submask'", python + ["-c", "import submask"])]
-        rows = []
-        for label, command in baselines:
-            times = process_times(command, args.repeat, env)
-            rows.append([label, f"{min(times):.3f}", f"{statistics.median(times):.3f}", "-", "-"])
         commands = [("submask info a.smask", ["info", str(paths[0])], lambda: info_call(paths[0])),
                     ("submask compare a.smask b.smask", ["compare", *map(str, paths)], lambda: submask.compare(paths))]
-        for label, arguments, call in commands:
-            times = process_times(python + ["-m", "submask", *arguments], args.repeat, env)
+        processes = [command for _, command in baselines]
+        processes += [python + ["-m", "submask", *arguments] for _, arguments, _ in commands]
+        timed = process_times(processes, args.repeat, env)
+        rows = []
+        for (label, _), times in zip(baselines, timed):
+            rows.append([label, f"{min(times):.3f}", f"{statistics.median(times):.3f}", "-", "-"])
+        for (label, _, call), times in zip(commands, timed[len(baselines):]):
             api = call_time(call, args.repeat)
             rows.append([label, f"{min(times):.3f}", f"{statistics.median(times):.3f}", f"{api:.3f}",
                          f"{min(times) - api:+.3f}"])
             print(rows[-1], flush=True)
     body = (
         f"Two masks of {args.tensors} tensors of {shape[0]} x {shape[1]} at 1% density; each process run "
-        f"{args.repeat} times after one untimed run (bytecode caches written, as for an installed package), "
+        f"{args.repeat} times after one untimed run (bytecode caches written, as for an installed package), the "
+        "processes taking turns (so that other jobs on the machine slow them alike), "
         "seconds, best and median. *API* is the same work in a warm process (best of "
         f"{args.repeat}): `submask.open` + the header's counts for `info`, `submask.compare` for `compare`; the "
         "last column is the process's best less the API call (goal: at most +0.3 s). Kernels: "

@@ -1,0 +1,170 @@
+"""Intersection counts of many tensor pairs in one compiled call, straight from their "raw" or "rice" payloads.
+
+Comparing two masks tensor by tensor costs a few tens of microseconds of Python per tensor, more than the
+counting itself on sparse or small tensors. Here one call of a compiled kernel (numba; it releases the GIL)
+walks a whole run of tensors: it checks each payload's structure (FORMAT.md sections 5.1 and 5.3), decodes
+the first mask's tensor to packed bits (a raw payload is used in place) and counts the second's set bits
+against them (AND + popcount for raw, a streamed Rice decode for rice), or, for a caller that checks the CRC-32,
+decodes both tensors and keeps their bits. The caller checks the set-bit counts it returns against the header.
+A tensor whose payload fails any check gets a row of -1: the caller decodes it the ordinary way, which raises
+the error that names the problem.
+
+>>> counts = pair_counts(payloads_a, payloads_b, table)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..accel import Kernel, popcount
+from .base import Codec
+from .plain import RawCodec
+from .rice import COUNT, PACKED, RiceCodec, _rice_block, rice_kernels_compiled
+
+RAW, RICE = 0, 1  # a payload's kind in the table of ``pair_counts``
+#: columns of the table: per tensor its bits, then per mask (A, B) its kind, payload offset, end and rice block bits
+BITS, KIND_A, START_A, END_A, BLOCK_A, KIND_B, START_B, END_B, BLOCK_B = range(9)
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
+
+
+def batch_kind(codec: Codec) -> int | None:
+    """RAW or RICE when ``pair_counts`` reads payloads of this codec, else None."""
+    if isinstance(codec, RiceCodec):
+        return RICE
+    return RAW if isinstance(codec, RawCodec) else None
+
+
+def batch_block_bits(codec: Codec) -> int:
+    """The Rice block size of ``codec`` (0 for raw), for the table of ``pair_counts``."""
+    return codec.block_bits if isinstance(codec, RiceCodec) else 0
+
+
+def available() -> bool:
+    """True when the kernel runs compiled here (without numba every tensor takes the per-tensor path)."""
+    return rice_kernels_compiled() and _pair_counts.compiled is not None
+
+
+def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
+                bits: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Per row of ``table`` (int64, columns BITS ... BLOCK_B, offsets into the uint8 arrays ``data_a`` and
+    ``data_b``): |A and B|, |A|, |B|, or -1s where a payload is malformed. With ``bits`` (two uint8 arrays of
+    the rows' packed sizes summed), each row's packed bits of a rice payload of A and of B are also written
+    there, one row after the other, for the caller to check their CRC-32 (a raw payload is its own packed bits,
+    and is left where it is). Requires ``available()``."""
+    sizes = (table[:, BITS] + 7) // 8
+    if bits is None:
+        scratch = np.empty(int(sizes.max()) if sizes.size else 0, dtype=np.uint8)
+        bits_a, bits_b, keep = scratch, scratch, False
+    else:
+        (bits_a, bits_b), keep = bits, True
+    out = np.empty((table.shape[0], 3), dtype=np.int64)
+    _pair_counts.compiled(data_a, data_b, table, bits_a, bits_b, keep, _NO_POSITIONS, out)
+    return out
+
+
+@Kernel
+def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out):  # pragma: no cover - numba
+    """``pair_counts`` into ``out``: a raw payload used in place; a rice one of A decoded into ``bits_a`` (at the
+    row's offset when ``keep``, else at 0), one of B decoded into ``bits_b`` when ``keep``, else counted against
+    A straight from its payload."""
+    at = 0
+    for row in range(table.shape[0]):
+        bits = table[row, BITS]
+        nbytes = (bits + 7) // 8
+        out[row, 0] = out[row, 1] = out[row, 2] = -1
+        first = at if keep else 0
+        at += nbytes
+        if table[row, KIND_A] == RAW:  # used in place
+            start = table[row, START_A]
+            if table[row, END_A] - start != nbytes:
+                continue
+            packed = data_a[start : start + nbytes]
+            ones_a = _raw_ones(packed, bits)
+        else:
+            packed = bits_a[first : first + nbytes]
+            ones_a = _decode(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, packed,
+                             no_positions)
+        if ones_a < 0:
+            continue
+        if table[row, KIND_B] == RAW:
+            start = table[row, START_B]
+            if table[row, END_B] - start != nbytes:
+                continue
+            other = data_b[start : start + nbytes]
+            ones_b = _raw_ones(other, bits)
+            hits = _and_ones(packed, other)
+        elif keep:
+            other = bits_b[first : first + nbytes]
+            ones_b = _decode(data_b, table[row, START_B], table[row, END_B], table[row, BLOCK_B], bits, other,
+                             no_positions)
+            hits = _and_ones(packed, other)
+        else:
+            hits, ones_b = _rice_pass(data_b, table[row, START_B], table[row, END_B], table[row, BLOCK_B], bits,
+                                      COUNT, packed, no_positions)
+        if ones_b >= 0:
+            out[row, 0], out[row, 1], out[row, 2] = hits, ones_a, ones_b
+
+
+@Kernel
+def _decode(data, start, end, block_bits, bits, packed, no_positions):  # pragma: no cover - numba
+    """The packed bits of the rice payload ``data[start:end]`` into ``packed``; returns their set bits, or -1
+    for a bad payload."""
+    packed[:] = 0
+    ones = _rice_pass(data, start, end, block_bits, bits, PACKED, packed, no_positions)[1]
+    if bits % 8 and packed.size:
+        packed[-1] &= (0xFF << (8 - bits % 8)) & 0xFF
+    return ones
+
+
+@Kernel
+def _rice_pass(data, start, end, block_bits, bits, mode, packed, no_positions):  # pragma: no cover - numba
+    """Every block of the rice payload ``data[start:end]`` of ``bits`` bits through ``_rice_block`` in ``mode``
+    (PACKED: sets its bits in ``packed``, zeros on entry; COUNT: counts its set bits set in ``packed``), with
+    the block header checks of ``rice._read_header``; returns (count, set bits), or (-1, -1) for a bad payload."""
+    offset, counted, ones = start, 0, 0
+    for base in range(0, bits, block_bits):
+        nbits = min(block_bits, bits - base)
+        if offset + 12 > end:
+            return -1, -1
+        value, k = np.int64(data[offset]), np.int64(data[offset + 1])
+        reserved = np.int64(data[offset + 2]) | (np.int64(data[offset + 3]) << 8)
+        count = unary_nbytes = 0
+        for byte in range(4):
+            count |= np.int64(data[offset + 4 + byte]) << (8 * byte)
+            unary_nbytes |= np.int64(data[offset + 8 + byte]) << (8 * byte)
+        block_end = offset + 12 + unary_nbytes + k * ((count + 7) // 8)
+        if value > 1 or reserved or k > 31 or count > nbits or block_end > end:
+            return -1, -1
+        if mode == PACKED and not value:
+            packed[base // 8 : (base + nbits + 7) // 8] = 0xFF
+        done = _rice_block(data, offset + 12, unary_nbytes, count, k, nbits, value, mode, base, no_positions, packed)
+        if done < 0:
+            return -1, -1
+        counted += done
+        ones += count if value else nbits - count
+        offset = block_end
+    if offset != end:
+        return -1, -1
+    return counted, ones
+
+
+@Kernel
+def _raw_ones(packed, bits):  # pragma: no cover - compiled by numba
+    """Set bits of a raw payload of ``bits`` bits, or -1 when a pad bit is set."""
+    if bits % 8 and packed[-1] & ~(0xFF << (8 - bits % 8)) & 0xFF:
+        return -1
+    return _and_ones(packed, packed)
+
+
+@Kernel
+def _and_ones(a, b):  # pragma: no cover - compiled by numba
+    """Set bits of ``a & b``, 64 bits at a time."""
+    words = a.size // 8
+    total = 0
+    if words:
+        wa, wb = a[: 8 * words].view(np.uint64), b[: 8 * words].view(np.uint64)
+        for index in range(words):
+            total += popcount(wa[index] & wb[index])
+    for index in range(8 * words, a.size):
+        total += popcount(np.uint64(a[index] & b[index]))
+    return total

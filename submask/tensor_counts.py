@@ -1,0 +1,160 @@
+"""Intersection counts of one tensor of N masks, each operand decoded the cheapest way its encoding allows.
+
+A tensor of a mask becomes packed bits, sparse ascending positions, or (two masks, no CRC-32) a payload left
+encoded for a codec that counts its set bits against packed bits while streaming it; each pair is then counted
+by the cheapest route the two forms allow (``_pair_count``). ``compare`` calls ``compare_tensor`` for every
+tensor that its batched kernel (``codecs.batch``) does not count.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from .algebra import packed_intersection_count, pair_intersection_counts
+from .codecs import IntersectionCounter, PositionsDecoder
+from .errors import ChecksumError, FormatError, where
+from .format.header import TensorEntry
+from .format.tensors import decode_tensor, entry_codec
+from .mask import TensorMask
+from .packed import packed_nbytes
+
+T = TypeVar("T")
+
+#: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
+#: (measured crossover)
+POSITIONS_MAX_DENSITY = 1 / 16
+_WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
+_GATHER_CHUNK = 1 << 22
+
+@dataclass
+class _Operand:
+    """One tensor of one mask: packed bits, (sparse) ascending set positions, or a payload left encoded for a
+    codec that counts intersections while streaming it (codec, payload, error-message prefix)."""
+
+    numel: int
+    count: int
+    packed: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    streamed: tuple[IntersectionCounter, bytes, str] | None = None
+
+
+def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, streamed: bool,
+            verify: bool) -> _Operand:
+    """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a payload whose
+    codec counts intersections is left encoded when ``streamed``, and one whose codec lists positions is
+    decoded to positions when sparse; with it, every tensor is decoded to packed bits and fully checked."""
+    if isinstance(read, TensorMask):
+        return _Operand(read.numel, read.count, packed=read.packed)
+    entry, payload, path = read
+    at = where(path, entry.name)
+    codec = entry_codec(entry, path)
+    streaming = isinstance(codec, IntersectionCounter) and codec.streams()
+    if not verify and streamed and streaming:
+        return _Operand(entry.bits, entry.ones, streamed=(codec, payload, at))
+    if (not verify and not streaming and isinstance(codec, PositionsDecoder)
+            and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY):
+        positions = _checked(at, lambda: codec.positions(payload, entry.bits))
+        _check_count(at, positions.size, entry.ones)
+        return _Operand(entry.bits, entry.ones, positions=positions)
+    out = thread_buffer(index, packed_nbytes(entry.bits))
+    return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path, out=out, verify_crc=verify))
+
+
+def thread_buffer(index: Hashable, nbytes: int) -> np.ndarray:
+    """This thread's reusable decode buffer ``index``, at least ``nbytes`` long (fresh memory costs page faults)."""
+    return reusable(_tables.__dict__.setdefault("buffers", {}), index, nbytes)
+
+
+def reusable(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
+    """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
+    if key not in buffers or buffers[key].size < nbytes:
+        buffers[key] = np.empty(nbytes, np.uint8)
+    return buffers[key][:nbytes]
+
+
+def _checked(at: str, decode: Callable[[], T]) -> T:
+    try:
+        return decode()
+    except FormatError as exc:
+        raise FormatError(f"{at}{exc}; the file is corrupt (run `submask validate` on it)") from None
+
+
+def _check_count(at: str, decoded: int, expected: int) -> None:
+    if decoded != expected:
+        raise ChecksumError(f"{at}decoded {decoded} set bits, header says {expected}; the file is corrupt")
+
+
+def compare_tensor(reads: list, verify: bool) -> np.ndarray:
+    """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
+    n = len(reads)
+    # two masks: the second streams its payload against the first's bits; more: each is decoded once and
+    # every pair is counted in one pass over their bits (a streamed one would be decoded again for each pair)
+    operands = [_decode(read, index, n == 2 and index == 1, verify) for index, read in enumerate(reads)]
+    if n > 2 and all(operand.packed is not None for operand in operands):
+        return pair_intersection_counts([operand.packed for operand in operands])
+    out = np.zeros((n, n), np.int64)
+    for i in range(n):
+        out[i, i] = operands[i].count
+        for j in range(i + 1, n):
+            out[i, j] = out[j, i] = _pair_count(operands[i], operands[j])
+    return out
+
+
+def _pair_count(x: _Operand, y: _Operand) -> int:
+    """|X and Y|, by the cheapest route: shortcuts for empty/full, a payload streamed against packed
+    bits, position tables, bit gathers, AND+popcount."""
+    if not x.count or not y.count:
+        return 0
+    if x.count == x.numel or y.count == y.numel:
+        return min(x.count, y.count)
+    if y.streamed is not None and x.packed is not None:  # only the last operand is left encoded
+        codec, payload, at = y.streamed
+        hits, ones = _checked(at, lambda: codec.intersection_count(payload, y.numel, x.packed))
+        _check_count(at, ones, y.count)
+        return hits
+    if x.positions is not None and y.positions is not None:
+        return _common_positions(x.positions, y.positions, x.numel)
+    if x.positions is not None or y.positions is not None:
+        sparse, dense = (x, y) if x.positions is not None else (y, x)
+        return _gather_count(dense.packed, sparse.positions)
+    return packed_intersection_count(x.packed, y.packed)
+
+
+_tables = threading.local()  # per thread: a bool table for positions, decode buffers
+
+
+def _common_positions(a: np.ndarray, b: np.ndarray, numel: int) -> int:
+    """Common elements of two ascending position arrays: mark one window of ``a`` in a bool table (cache
+    sized, reused and cleared by unmarking), look up ``b`` in it."""
+    table = getattr(_tables, "table", None)
+    if table is None:
+        table = _tables.table = np.zeros(_WINDOW, np.bool_)
+    bounds = np.arange(_WINDOW, numel, _WINDOW)
+    a_cuts = [0, *np.searchsorted(a, bounds).tolist(), a.size]
+    b_cuts = [0, *np.searchsorted(b, bounds).tolist(), b.size]
+    total = 0
+    for window in range(len(a_cuts) - 1):
+        a0, a1, b0, b1 = a_cuts[window], a_cuts[window + 1], b_cuts[window], b_cuts[window + 1]
+        if a0 == a1 or b0 == b1:
+            continue
+        start = window * _WINDOW
+        in_a, in_b = a[a0:a1] - start, b[b0:b1] - start
+        table[in_a] = True
+        total += int(np.count_nonzero(table[in_b]))
+        table[in_a] = False
+    return total
+
+
+def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:
+    """How many of ``positions`` are set in ``packed`` (MSB-first bits)."""
+    total = 0
+    for start in range(0, positions.size, _GATHER_CHUNK):
+        chunk = positions[start : start + _GATHER_CHUNK]
+        total += int(np.count_nonzero((packed[chunk >> 3] << (chunk & 7).astype(np.uint8)) & 0x80))
+    return total
