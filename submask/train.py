@@ -29,9 +29,14 @@ one whose mask is full trains as usual. Parameters the mask does not list follow
 buffers in the mask are accepted and ignored (buffers are not trained).
 
 Distributed: under ``DistributedDataParallel`` both modes work (sparse mode: pass ``process_group`` to
-``restrict`` before wrapping). Under FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0), dense
-mode restricts each rank's own rows with the matching slice of the packed mask (restrict after sharding);
-sparse mode refuses DTensor parameters.
+``restrict`` before wrapping). Under FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0; restrict
+after sharding, without ``process_group``) each rank restricts its own rows with the matching slice of the
+mask, unpacked from the Mask's packed bits for that row range only; no rank holds the full mask unpacked or
+a full parameter beyond FSDP2's own all-gathers. Dense mode zeroes and resets the rank's shard; sparse mode's
+``values`` are a DTensor over the same mesh (each rank: the masked entries of its rows), their gradient is
+taken from the reduce-scattered shard gradient when FSDP2 runs the shard's post-accumulate-grad hooks, and
+the values are written into the rank's shard after each step. ``clip_grad_norm_(restriction.parameters())``
+then sums every rank's part, as for FSDP2's own parameters.
 
 >>> handle = submask.restrict(model, "rl.smask", mode="sparse")                       # doctest: +SKIP
 >>> optimizer = torch.optim.AdamW(handle.parameters(), lr=1e-5, weight_decay=0.1)    # doctest: +SKIP
@@ -105,30 +110,54 @@ class _Dense:
 
 
 class _Sparse:
-    """Sparse mode for one partly masked parameter: density-sized ``values`` trained in place of the weight."""
+    """Sparse mode for one partly masked parameter: density-sized ``values`` trained in place of the weight.
+
+    Under FSDP2 the parameter is a DTensor sharded on dim 0: each rank trains the masked entries of its own
+    rows, and ``values`` is a DTensor sharded over the same mesh (each rank's part padded with zeros to the
+    longest part, so that DTensor's even ``Shard(0)`` holds: the norm in ``clip_grad_norm_`` sums every
+    rank's part, and the padding stays zero under AdamW, Adam, SGD).
+    """
 
     def __init__(self, owner: "torch.nn.Module", attribute: str, parameter: "torch.nn.Parameter",
                  bits: "TensorMask", group: Any = None):
         import torch
 
-        if type(parameter.data) is not torch.Tensor:  # a DTensor
-            raise UsageError(f"sparse mode does not restrict sharded (DTensor, e.g. FSDP2) parameters such as "
-                               f"{attribute!r} of {type(owner).__name__} yet: use mode='dense'")
         if not parameter.is_contiguous():
             raise UsageError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
                                f"{type(owner).__name__} is not contiguous: use mode='dense'")
         self.owner, self.attribute, self.parameter, self.group = owner, attribute, parameter, group
-        index = torch.from_numpy(bits.to_indices()).to(parameter.device)
-        self.index = index.int() if parameter.numel() < 2**31 else index  # int32 halves it
-        self.values = torch.nn.Parameter(parameter.detach().view(-1)[self.index].clone())
+        self.local, start = _shard(parameter)
+        self.mesh = getattr(parameter, "device_mesh", None)  # a DTensor's
+        if self.mesh is not None and group is not None:
+            raise UsageError(f"{attribute!r} of {type(owner).__name__} is sharded (FSDP2), which reduces its "
+                               "gradients itself: do not pass process_group (it is for DistributedDataParallel)")
+        index = torch.from_numpy(_indices_in_range(bits, start, self.local.numel())).to(parameter.device)
+        self.index = index.int() if self.local.numel() < 2**31 else index  # int32 halves it
+        self.width = self.index.numel() if self.mesh is None else _longest(self.index.numel(), self.mesh)
+        self.values = torch.nn.Parameter(self._masked(self.local))
         owner.register_parameter(attribute + _VALUES, self.values)
         self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),
                         owner.register_state_dict_post_hook(functools.partial(self._drop_values)),  # torch tags it
                         owner.register_load_state_dict_pre_hook(self._values_from_weight)]
 
+    def _masked(self, local: "torch.Tensor") -> "torch.Tensor":
+        """The masked entries of ``local`` (this rank's part of the weight or of its gradient), a new tensor
+        shaped like ``values``."""
+        import torch
+
+        flat = local.reshape(-1)
+        if self.mesh is None:
+            return flat[self.index.to(flat.device)]
+        from torch.distributed.tensor import DTensor, Shard
+
+        padded = flat.new_zeros(self.width)
+        torch.index_select(flat, 0, self.index.to(flat.device), out=padded[:self.index.numel()])
+        return DTensor.from_local(padded, self.mesh, (Shard(0),), run_check=False)
+
     def _gather(self, parameter: "torch.Tensor") -> None:
-        """Reduce the weight's full gradient to the masked entries at once, and free it."""
-        grad = parameter.grad.view(-1)[self.index]  # type: ignore[union-attr]
+        """Reduce the weight's full gradient (under FSDP2: its reduce-scattered shard) to the masked entries at
+        once, and free it."""
+        grad = self._masked(_shard(parameter.grad)[0])  # type: ignore[arg-type]
         parameter.grad = None
         if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
             import torch.distributed as dist
@@ -146,7 +175,7 @@ class _Sparse:
     def _values_from_weight(self, module: Any, state_dict: dict, prefix: str, *args: Any) -> None:
         weight = state_dict.get(prefix + self.attribute)
         if weight is not None:  # load_state_dict copies the dict: adding the values touches no caller's data
-            state_dict[prefix + self.attribute + _VALUES] = weight.reshape(-1)[self.index.to(weight.device)]
+            state_dict[prefix + self.attribute + _VALUES] = self._masked(_shard(weight)[0])
 
     @property
     def trainable(self) -> "torch.nn.Parameter":
@@ -156,8 +185,9 @@ class _Sparse:
         """Write the masked values into the weight, in place; no other entry is written."""
         import torch
 
+        values = self.values if self.mesh is None else self.values.to_local()[:self.index.numel()]
         with torch.no_grad():
-            self.parameter.view(-1).index_put_((self.index,), self.values)
+            self.local.view(-1).index_put_((self.index,), values)
 
     def remove(self) -> None:
         self.restore()
@@ -247,6 +277,9 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
     (e.g. ``torch.distributed.group.WORLD``) and ``restrict`` before wrapping: DDP is told to leave the
     restricted weights and their values alone, and each values gradient is averaged over the group as
     backward produces it (density-sized communication; with ``no_sync`` accumulation, once per backward).
+    Under FSDP2, ``restrict`` after ``fully_shard`` (both modes, no ``process_group``): sparse mode runs one
+    collective per restricted parameter here (the longest rank's count of masked entries), so every rank
+    must call it.
     """
     if mode not in ("dense", "sparse"):
         raise UsageError(f"mode must be 'dense' or 'sparse', got {mode!r}")
@@ -339,6 +372,23 @@ def _packed_range(bits: "TensorMask", start: int, count: int) -> Any:
     first = start // 8
     unpacked = np.unpackbits(bits.packed[first:(start + count + 7) // 8 + 1])
     return np.packbits(unpacked[start - 8 * first:start - 8 * first + count])
+
+
+def _indices_in_range(bits: "TensorMask", start: int, count: int) -> Any:
+    """Flat indices, counted from ``start``, of the masked entries in [start, start + count)."""
+    from .packed import set_positions
+
+    return set_positions(_packed_range(bits, start, count), count)
+
+
+def _longest(count: int, mesh: Any) -> int:
+    """The largest ``count`` over the ranks of ``mesh`` (a 1-D device mesh): one collective per parameter."""
+    import torch
+    import torch.distributed as dist
+
+    counts = torch.tensor([count], device=mesh.device_type)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=mesh.get_group())
+    return int(counts.item())
 
 
 def _mask_of(masks: Any, names: list[str]) -> "TensorMask | None":

@@ -498,13 +498,15 @@ def test_restrict_on_cuda(mode: str) -> None:
 
 
 def test_a_shard_unpacks_only_its_slice_of_the_mask() -> None:
-    """FSDP2 ranks hold rows [start, start + count) of a tensor; their mask bits start at any bit offset."""
+    """FSDP2 ranks hold rows [start, start + count) of a tensor; their mask bits (and, for sparse mode, the
+    indexes of their masked entries) start at any bit offset."""
     import numpy as np
 
-    from submask.train import _packed_range
+    from submask.train import _indices_in_range, _packed_range
 
     bits = TensorMask.from_numpy(np.random.default_rng(0).random((7, 11)) < 0.4)
     flat = bits.to_numpy().reshape(-1)
     for start, count in [(0, 77), (0, 33), (11, 22), (33, 44), (66, 11), (77, 0), (5, 3)]:
         got = np.unpackbits(_packed_range(bits, start, count))[:count].astype(bool)
         assert np.array_equal(got, flat[start:start + count]), (start, count)
+        assert np.array_equal(_indices_in_range(bits, start, count), np.flatnonzero(flat[start:start + count]))
