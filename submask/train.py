@@ -8,17 +8,21 @@ entries whose gradient is zero. Two modes give the guarantee:
   after every optimizer step the entries outside the mask are reset to a saved copy of their starting
   values, bit for bit (this is the guarantee; gradients set by hand bypass the zeroing, not the reset). Pass the
   ``optimizer`` to ``restrict`` (or ``Restriction.attach`` it) so the reset runs after each ``step()``;
-  otherwise call ``Restriction.restore()`` after each step yourself. Overhead: the starting values of each
-  partly masked parameter and its mask, packed (1 bit per entry).
+  otherwise call ``Restriction.restore()`` after each step yourself. Overhead, per entry of each partly
+  masked parameter (under FSDP2: of the rank's shard): a copy of its starting value, in the parameter's
+  dtype (4 bytes in float32, 2 in bfloat16: the reset needs the exact bits of the entries outside the mask)
+  and 1 bit of packed mask; the bool mask (1 byte per entry) exists only while one parameter's gradient is
+  zeroed or its entries are reset, one parameter at a time.
 - ``"sparse"``: gradients and optimizer state scale with the mask's density. Each partly masked weight stays
   the module's parameter, used as is by the forward; next to it a trainable 1-D ``values`` parameter holds
   its masked entries (registered as ``<name>_submask_values`` but left out of ``state_dict``). As backward
   accumulates the weight's full gradient, a hook gathers the masked entries into ``values.grad`` and frees
-  it, so a weight-sized gradient exists only transiently; after every optimizer step that updates the values
-  they are written into the weight in place (only at the masked entries). Build the optimizer from
-  ``Restriction.parameters()`` (or ``module.parameters()``: the weights never get a gradient, so optimizers
-  skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and
-  order, so checkpoints save and load as usual (loading refreshes the values from the loaded weights).
+  it, so a weight-sized gradient exists only transiently. The values hold data only during an optimizer step
+  that updates them: gathered from the weight before it, written into the weight in place (only at the
+  masked entries) after it and released, so in forward and backward the weight is their only copy. Build
+  the optimizer from ``Restriction.parameters()`` (or ``module.parameters()``: the weights never get a
+  gradient, so optimizers skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and
+  order, so checkpoints save and load as usual (the next step gathers the values from the loaded weights).
   Tied weights are restricted once, with the mask of any of their names (all listed must agree). Works
   with ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the
   forward is the plain module's; the hooks run in eager autograd).
@@ -88,7 +92,7 @@ class _Dense:
 
         shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.packed.device)  # most significant first
         bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:self.local.numel()]
-        return bits.bool().view(self.local.shape)
+        return bits.view(torch.bool).view(self.local.shape)  # 0/1 bytes read as bool: no second copy
 
     @property
     def trainable(self) -> "torch.nn.Parameter":
@@ -135,23 +139,24 @@ class _Sparse:
         self.index = index.int() if self.local.numel() < 2**31 else index  # int32 halves it
         self.width = self.index.numel() if self.mesh is None else _longest(self.index.numel(), self.mesh)
         self.values = torch.nn.Parameter(self._masked(self.local))
+        self._release()  # between steps the weight holds the only copy of the masked entries
         owner.register_parameter(attribute + _VALUES, self.values)
         self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),
                         owner.register_state_dict_post_hook(functools.partial(self._drop_values)),  # torch tags it
-                        owner.register_load_state_dict_pre_hook(self._values_from_weight)]
+                        owner.register_load_state_dict_post_hook(self._values_not_missing)]
 
     def _masked(self, local: "torch.Tensor") -> "torch.Tensor":
         """The masked entries of ``local`` (this rank's part of the weight or of its gradient), a new tensor
         shaped like ``values``."""
         import torch
 
-        flat = local.reshape(-1)
+        flat, index = local.reshape(-1), self.index.to(local.device)
         if self.mesh is None:
-            return flat[self.index.to(flat.device)]
+            return torch.index_select(flat, 0, index)  # takes int32 indexes as they are
         from torch.distributed.tensor import DTensor, Shard
 
         padded = flat.new_zeros(self.width)
-        torch.index_select(flat, 0, self.index.to(flat.device), out=padded[:self.index.numel()])
+        torch.index_select(flat, 0, index, out=padded[:index.numel()])
         return DTensor.from_local(padded, self.mesh, (Shard(0),), run_check=False)
 
     def _gather(self, parameter: "torch.Tensor") -> None:
@@ -172,22 +177,40 @@ class _Sparse:
     def _drop_values(self, module: Any, state_dict: dict, prefix: str, local_metadata: Any) -> None:
         state_dict.pop(prefix + self.attribute + _VALUES, None)  # checkpoints hold the module's own names
 
-    def _values_from_weight(self, module: Any, state_dict: dict, prefix: str, *args: Any) -> None:
-        weight = state_dict.get(prefix + self.attribute)
-        if weight is not None:  # load_state_dict copies the dict: adding the values touches no caller's data
-            state_dict[prefix + self.attribute + _VALUES] = self._masked(_shard(weight)[0])
+    def _values_not_missing(self, module: Any, incompatible: Any) -> None:
+        """Checkpoints hold no values: the next step gathers them from the loaded weight."""
+        incompatible.missing_keys[:] = [key for key in incompatible.missing_keys if not key.endswith(_VALUES)]
 
     @property
     def trainable(self) -> "torch.nn.Parameter":
         return self.values
 
-    def restore(self) -> None:
-        """Write the masked values into the weight, in place; no other entry is written."""
+    def _local_values(self) -> "torch.Tensor":
+        """This rank's values (all of them outside FSDP2), sharing their storage."""
+        values = self.values.detach()
+        return values if self.mesh is None else values.to_local()
+
+    def _release(self) -> None:
+        self._local_values().untyped_storage().resize_(0)  # shape and identity stay: the optimizer keys on them
+
+    def gather(self) -> None:
+        """Before an optimizer step: fill the values with the weight's masked entries."""
         import torch
 
-        values = self.values if self.mesh is None else self.values.to_local()[:self.index.numel()]
-        with torch.no_grad():
-            self.local.view(-1).index_put_((self.index,), values)
+        values = self._local_values()
+        if values.untyped_storage().size() == 0:
+            values.untyped_storage().resize_(values.numel() * values.element_size())
+            count = self.index.numel()
+            torch.index_select(self.local.view(-1), 0, self.index, out=values[:count])
+            values[count:].zero_()  # FSDP2's padding
+
+    def restore(self) -> None:
+        """After an optimizer step: write the values into the weight in place (no other entry is written)
+        and release them."""
+        values = self._local_values()
+        if values.untyped_storage().size():
+            self.local.view(-1).index_put_((self.index,), values[:self.index.numel()])
+            self._release()
 
     def remove(self) -> None:
         self.restore()
@@ -211,9 +234,10 @@ class Restriction:
         self._frozen: list["torch.nn.Parameter"] = []  # parameters with an empty mask: requires_grad switched off
         self._hooks: list[Any] = []
         if mode == "sparse":  # whoever builds the optimizer (a Trainer too), its steps must reach the weights
-            from torch.optim.optimizer import register_optimizer_step_post_hook
+            from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-            self._hooks.append(register_optimizer_step_post_hook(self._after_step))
+            self._hooks += [register_optimizer_step_pre_hook(self._before_step),
+                            register_optimizer_step_post_hook(self._after_step)]
 
     def parameters(self) -> list["torch.nn.Parameter"]:
         """The module's trainable parameters now: what to give the optimizer (sparse: the masked values)."""
@@ -227,14 +251,22 @@ class Restriction:
 
     def restore(self) -> None:
         """Dense: reset every entry outside the mask to its starting value. Sparse: write the masked values
-        into the weights (done after each optimizer step that updates them)."""
+        held by a step into the weights and release them (done after each optimizer step that updates them)."""
         for entry in self._restricted:
             entry.restore()
 
+    def _stepped(self, optimizer: "torch.optim.Optimizer") -> list[_Sparse]:
+        """The sparse entries whose values ``optimizer`` updates."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [entry for entry in self._restricted if isinstance(entry, _Sparse) and id(entry.values) in held]
+
+    def _before_step(self, optimizer: "torch.optim.Optimizer", *_: Any) -> None:
+        for entry in self._stepped(optimizer):
+            entry.gather()
+
     def _after_step(self, optimizer: "torch.optim.Optimizer", *_: Any) -> None:
-        values = {id(entry.values) for entry in self._restricted}  # type: ignore[union-attr]
-        if any(id(p) in values for group in optimizer.param_groups for p in group["params"]):
-            self.restore()
+        for entry in self._stepped(optimizer):
+            entry.restore()
 
     def remove(self) -> None:
         """Lift the restriction: plain parameters under their own names, trainable as before."""
@@ -256,7 +288,8 @@ class Restriction:
     def overhead_bytes(self) -> int:
         """Memory the restriction adds to the model besides what is trained: dense, the starting values and
         the packed masks (1 bit per entry) of partly masked parameters; sparse, the indexes of masked entries
-        (int32). Sparse mode's ``values`` are the trained parameters themselves (density x the weights)."""
+        (int32). Sparse mode's ``values`` are the trained parameters themselves (density x the weights, held
+        only during optimizer steps)."""
         return sum(entry.overhead_bytes for entry in self._restricted)
 
     def __repr__(self) -> str:

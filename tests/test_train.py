@@ -388,13 +388,16 @@ def test_sparse_mode_keeps_no_full_gradient_and_checkpoints_load_as_usual(tmp_pa
     model(torch.randn(3, 6)).square().sum().backward()
     assert model[0].weight.grad is None and model[0].weight_submask_values.grad.shape == (3,)
     optimizer.step()
-    assert torch.equal(model[0].weight.view(-1)[[0, 5, 7]], model[0].weight_submask_values.detach())
+    assert model[0].weight_submask_values.untyped_storage().size() == 0  # between steps: only in the weight
     safetensors_torch.save_file(model.state_dict(), tmp_path / "step.safetensors")
     assert list(safetensors_torch.load_file(tmp_path / "step.safetensors")) == sorted(keys)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     moved = {k: v + 1 for k, v in saved.items()}
-    model.load_state_dict(moved)  # loading while restricted refreshes the values from the loaded weights
-    assert torch.equal(model[0].weight_submask_values.detach(), moved["0.weight"].view(-1)[[0, 5, 7]])
+    model.load_state_dict(moved)  # loading while restricted: the next step starts from the loaded weights
+    model(torch.randn(3, 6)).square().sum().backward()
+    optimizer.step()
+    step = model[0].weight.view(-1)[[0, 5, 7]] - moved["0.weight"].view(-1)[[0, 5, 7]]
+    assert 0 < step.abs().max() < 0.1
     model.load_state_dict(saved)
     restriction.remove()
     assert list(model.state_dict()) == keys and torch.equal(model[0].weight, saved["0.weight"])
