@@ -21,8 +21,9 @@ entries whose gradient is zero. Two modes give the guarantee:
   that updates them: gathered from the weight before it, written into the weight in place (only at the
   masked entries) after it and released, so in forward and backward the weight is their only copy. Build
   the optimizer from ``Restriction.parameters()`` (or ``module.parameters()``: the weights never get a
-  gradient, so optimizers skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and
-  order, so checkpoints save and load as usual (the next step gathers the values from the loaded weights).
+  gradient, so optimizers skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the
+  module's own keys and order, so checkpoints save and load as usual (the next step gathers the values from
+  the loaded weights).
   Tied weights are restricted once, with the mask of any of their names (all listed must agree). Works
   with ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the
   forward is the plain module's; the hooks run in eager autograd).

@@ -54,6 +54,13 @@ def test_unmasked_entries_keep_their_bits_on_every_rank(results: dict[str, dict[
     assert results[f"{mode}-rank0"]["checksum"] == results[f"{mode}-rank1"]["checksum"]  # ranks in step
 
 
+@pytest.mark.parametrize("mode", ["sparse", "fsdp2-sparse"])
+def test_sparse_values_hold_no_data_between_steps(results: dict[str, dict[str, Any]], mode: str) -> None:
+    for rank in (0, 1):
+        result = results[f"{mode}-rank{rank}"]
+        assert result["values"] == 39 and result["released"], f"{mode} rank {rank}"  # every matrix but the frozen word embeddings
+
+
 def test_modes_train_the_same_weights_with_the_same_clipping(results: dict[str, dict[str, Any]]) -> None:
     """FSDP2 sparse clips over the values of both ranks' shards: its norm is DDP dense's (a rank-local norm
     would be about 1/sqrt(2) of it), and clipping is active (norm above the bound)."""

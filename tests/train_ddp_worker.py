@@ -80,6 +80,8 @@ def worker(rank: int, out: str, port: int, modes: list[str]) -> None:
             norm = torch.nn.utils.clip_grad_norm_(restriction.parameters(), 0.5)
             norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))  # FSDP2: a DTensor
             optimizer.step()
+        values = [p.detach() for name, p in model.named_parameters() if name.endswith("_submask_values")]
+        released = all((p.to_local() if hasattr(p, "to_local") else p).untyped_storage().size() == 0 for p in values)
         keys = list(model.state_dict())  # while restricted: the plain module's names, and they load back
         model.load_state_dict(model.state_dict())
         restriction.remove()
@@ -94,7 +96,7 @@ def worker(rank: int, out: str, port: int, modes: list[str]) -> None:
         checksum = sum(float(value.double().sum()) for value in state.values())
         Path(out, f"{mode}-rank{rank}.json").write_text(json.dumps(
             {"moved": moved, "kept": kept, "checksum": checksum, "masked": mask.count, "norm": norms[0],
-             "keys": keys == list(start), "refusal": refusal}))
+             "keys": keys == list(start), "refusal": refusal, "values": len(values), "released": released}))
     dist.destroy_process_group()
 
 
