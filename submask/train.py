@@ -139,31 +139,37 @@ class _Sparse:
         index = torch.from_numpy(_indices_in_range(bits, start, self.local.numel())).to(parameter.device)
         self.index = index.int() if self.local.numel() < 2**31 else index  # int32 halves it
         self.width = self.index.numel() if self.mesh is None else _longest(self.index.numel(), self.mesh)
-        self.values = torch.nn.Parameter(self._masked(self.local))
+        self.values = torch.nn.Parameter(self._as_values(self._pick(self.local)))
         self._release()  # between steps the weight holds the only copy of the masked entries
         owner.register_parameter(attribute + _VALUES, self.values)
         self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),
                         owner.register_state_dict_post_hook(functools.partial(self._drop_values)),  # torch tags it
                         owner.register_load_state_dict_post_hook(self._values_not_missing)]
 
-    def _masked(self, local: "torch.Tensor") -> "torch.Tensor":
+    def _pick(self, local: "torch.Tensor") -> "torch.Tensor":
         """The masked entries of ``local`` (this rank's part of the weight or of its gradient), a new tensor
-        shaped like ``values``."""
+        padded with zeros to ``width``."""
         import torch
 
         flat, index = local.reshape(-1), self.index.to(local.device)
-        if self.mesh is None:
+        if self.width == index.numel():
             return torch.index_select(flat, 0, index)  # takes int32 indexes as they are
-        from torch.distributed.tensor import DTensor, Shard
-
         padded = flat.new_zeros(self.width)
         torch.index_select(flat, 0, index, out=padded[:index.numel()])
-        return DTensor.from_local(padded, self.mesh, (Shard(0),), run_check=False)
+        return padded
+
+    def _as_values(self, local: "torch.Tensor") -> "torch.Tensor":
+        """``local`` as this rank's part of ``values`` (or of their gradient): a DTensor under FSDP2."""
+        if self.mesh is None:
+            return local
+        from torch.distributed.tensor import DTensor, Shard
+
+        return DTensor.from_local(local, self.mesh, (Shard(0),), run_check=False)
 
     def _gather(self, parameter: "torch.Tensor") -> None:
         """Reduce the weight's full gradient (under FSDP2: its reduce-scattered shard) to the masked entries at
         once, and free it."""
-        grad = self._masked(_shard(parameter.grad)[0])  # type: ignore[arg-type]
+        grad = self._as_values(self._pick(_shard(parameter.grad)[0]))  # type: ignore[arg-type]
         parameter.grad = None
         if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
             import torch.distributed as dist
@@ -187,30 +193,31 @@ class _Sparse:
         return self.values
 
     def _local_values(self) -> "torch.Tensor":
-        """This rank's values (all of them outside FSDP2), sharing their storage."""
-        values = self.values.detach()
-        return values if self.mesh is None else values.to_local()
+        """The tensor that holds this rank's values (all of them outside FSDP2): its ``data`` is swapped."""
+        # a DTensor parameter's to_local() is a fresh view: swapping its data would leave the DTensor's alone
+        return self.values if self.mesh is None else self.values._local_tensor
 
     def _release(self) -> None:
-        self._local_values().untyped_storage().resize_(0)  # shape and identity stay: the optimizer keys on them
+        """Drop the values' data, keeping their shape and identity (the optimizer keys on them): until the next
+        step they read as zeros from one element, and the weight holds the masked entries."""
+        values = self._local_values()
+        values.data = values.new_zeros(1).expand(values.shape)
+        self.held = False
 
     def gather(self) -> None:
         """Before an optimizer step: fill the values with the weight's masked entries."""
-        import torch
-
-        values = self._local_values()
-        if values.untyped_storage().size() == 0:
-            values.untyped_storage().resize_(values.numel() * values.element_size())
-            count = self.index.numel()
-            torch.index_select(self.local.view(-1), 0, self.index, out=values[:count])
-            values[count:].zero_()  # FSDP2's padding
+        if not self.held:
+            self._local_values().data = self._pick(self.local)
+            self.held = True
 
     def restore(self) -> None:
         """After an optimizer step: write the values into the weight in place (no other entry is written)
         and release them."""
-        values = self._local_values()
-        if values.untyped_storage().size():
-            self.local.view(-1).index_put_((self.index,), values[:self.index.numel()])
+        import torch
+
+        if self.held:
+            with torch.no_grad():
+                self.local.view(-1).index_put_((self.index,), self._local_values()[:self.index.numel()])
             self._release()
 
     def remove(self) -> None:

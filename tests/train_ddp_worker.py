@@ -81,7 +81,8 @@ def worker(rank: int, out: str, port: int, modes: list[str]) -> None:
             norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))  # FSDP2: a DTensor
             optimizer.step()
         values = [p.detach() for name, p in model.named_parameters() if name.endswith("_submask_values")]
-        released = all((p.to_local() if hasattr(p, "to_local") else p).untyped_storage().size() == 0 for p in values)
+        values = [p.to_local() if hasattr(p, "to_local") else p for p in values]  # FSDP2: this rank's part
+        released = all(p.untyped_storage().nbytes() == p.element_size() for p in values)  # one element each
         keys = list(model.state_dict())  # while restricted: the plain module's names, and they load back
         model.load_state_dict(model.state_dict())
         restriction.remove()
