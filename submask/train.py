@@ -19,14 +19,14 @@ entries whose gradient is zero. Two modes give the guarantee:
   accumulates the weight's full gradient, a hook gathers the masked entries into ``values.grad`` and frees
   it, so a weight-sized gradient exists only transiently. The values hold data only during an optimizer step
   that updates them: gathered from the weight before it, written into the weight in place (only at the
-  masked entries) after it and released, so in forward and backward the weight is their only copy. Build
-  the optimizer from ``Restriction.parameters()`` (or ``module.parameters()``: the weights never get a
-  gradient, so optimizers skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the
-  module's own keys and order, so checkpoints save and load as usual (the next step gathers the values from
-  the loaded weights).
-  Tied weights are restricted once, with the mask of any of their names (all listed must agree). Works
-  with ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the
-  forward is the plain module's; the hooks run in eager autograd).
+  masked entries) after it and released (between steps they read as zeros from a single element), so in
+  forward and backward the weight is their only copy. Build the optimizer from ``Restriction.parameters()``
+  (or ``module.parameters()``: the weights never get a gradient, so optimizers skip them) after
+  ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and order, so
+  checkpoints save and load as usual (the next step gathers the values from the loaded weights). Tied
+  weights are restricted once, with the mask of any of their names (all listed must agree). Works with
+  ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the forward
+  is the plain module's; the hooks run in eager autograd).
 
 In both modes a parameter whose mask is empty is frozen (``requires_grad=False``, its ``.grad`` cleared) and
 one whose mask is full trains as usual. Parameters the mask does not list follow ``missing``: ``"freeze"``
