@@ -8,20 +8,25 @@ entries whose gradient is zero. Two modes give the guarantee:
   after every optimizer step the entries outside the mask are reset to a saved copy of their starting
   values, bit for bit (this is the guarantee; gradients set by hand bypass the zeroing, not the reset). Pass the
   ``optimizer`` to ``restrict`` (or ``Restriction.attach`` it) so the reset runs after each ``step()``;
-  otherwise call ``Restriction.restore()`` after each step yourself. Overhead: the starting values of each
-  partly masked parameter and its mask, packed (1 bit per entry).
+  otherwise call ``Restriction.restore()`` after each step yourself. Overhead, per entry of each partly
+  masked parameter (under FSDP2: of the rank's shard): a copy of its starting value, in the parameter's
+  dtype (4 bytes in float32, 2 in bfloat16: the reset needs the exact bits of the entries outside the mask)
+  and 1 bit of packed mask; the bool mask (1 byte per entry) exists only while one parameter's gradient is
+  zeroed or its entries are reset, one parameter at a time.
 - ``"sparse"``: gradients and optimizer state scale with the mask's density. Each partly masked weight stays
   the module's parameter, used as is by the forward; next to it a trainable 1-D ``values`` parameter holds
   its masked entries (registered as ``<name>_submask_values`` but left out of ``state_dict``). As backward
   accumulates the weight's full gradient, a hook gathers the masked entries into ``values.grad`` and frees
-  it, so a weight-sized gradient exists only transiently; after every optimizer step that updates the values
-  they are written into the weight in place (only at the masked entries). Build the optimizer from
-  ``Restriction.parameters()`` (or ``module.parameters()``: the weights never get a gradient, so optimizers
-  skip them) after ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and
-  order, so checkpoints save and load as usual (loading refreshes the values from the loaded weights).
-  Tied weights are restricted once, with the mask of any of their names (all listed must agree). Works
-  with ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the
-  forward is the plain module's; the hooks run in eager autograd).
+  it, so a weight-sized gradient exists only transiently. The values hold data only during an optimizer step
+  that updates them: gathered from the weight before it, written into the weight in place (only at the
+  masked entries) after it and released (between steps they read as zeros from a single element), so in
+  forward and backward the weight is their only copy. Build the optimizer from ``Restriction.parameters()``
+  (or ``module.parameters()``: the weights never get a gradient, so optimizers skip them) after
+  ``restrict``; clip over the same list. ``state_dict`` keeps the module's own keys and order, so
+  checkpoints save and load as usual (the next step gathers the values from the loaded weights). Tied
+  weights are restricted once, with the mask of any of their names (all listed must agree). Works with
+  ``torch.autocast``, bf16 weights, gradient accumulation and ``torch.compile`` of the model (the forward
+  is the plain module's; the hooks run in eager autograd).
 
 In both modes a parameter whose mask is empty is frozen (``requires_grad=False``, its ``.grad`` cleared) and
 one whose mask is full trains as usual. Parameters the mask does not list follow ``missing``: ``"freeze"``
@@ -29,9 +34,14 @@ one whose mask is full trains as usual. Parameters the mask does not list follow
 buffers in the mask are accepted and ignored (buffers are not trained).
 
 Distributed: under ``DistributedDataParallel`` both modes work (sparse mode: pass ``process_group`` to
-``restrict`` before wrapping). Under FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0), dense
-mode restricts each rank's own rows with the matching slice of the packed mask (restrict after sharding);
-sparse mode refuses DTensor parameters.
+``restrict`` before wrapping). Under FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0; restrict
+after sharding, without ``process_group``) each rank restricts its own rows with the matching slice of the
+mask, unpacked from the Mask's packed bits for that row range only; no rank holds the full mask unpacked or
+a full parameter beyond FSDP2's own all-gathers. Dense mode zeroes and resets the rank's shard; sparse mode's
+``values`` are a DTensor over the same mesh (each rank: the masked entries of its rows), their gradient is
+taken from the reduce-scattered shard gradient when FSDP2 runs the shard's post-accumulate-grad hooks, and
+the values are written into the rank's shard after each step. ``clip_grad_norm_(restriction.parameters())``
+then sums every rank's part, as for FSDP2's own parameters.
 
 >>> handle = submask.restrict(model, "rl.smask", mode="sparse")                       # doctest: +SKIP
 >>> optimizer = torch.optim.AdamW(handle.parameters(), lr=1e-5, weight_decay=0.1)    # doctest: +SKIP
@@ -83,7 +93,7 @@ class _Dense:
 
         shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.packed.device)  # most significant first
         bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:self.local.numel()]
-        return bits.bool().view(self.local.shape)
+        return bits.view(torch.bool).view(self.local.shape)  # 0/1 bytes read as bool: no second copy
 
     @property
     def trainable(self) -> "torch.nn.Parameter":
@@ -105,30 +115,61 @@ class _Dense:
 
 
 class _Sparse:
-    """Sparse mode for one partly masked parameter: density-sized ``values`` trained in place of the weight."""
+    """Sparse mode for one partly masked parameter: density-sized ``values`` trained in place of the weight.
+
+    Under FSDP2 the parameter is a DTensor sharded on dim 0: each rank trains the masked entries of its own
+    rows, and ``values`` is a DTensor sharded over the same mesh (each rank's part padded with zeros to the
+    longest part, so that DTensor's even ``Shard(0)`` holds: the norm in ``clip_grad_norm_`` sums every
+    rank's part, and the padding stays zero under AdamW, Adam, SGD).
+    """
 
     def __init__(self, owner: "torch.nn.Module", attribute: str, parameter: "torch.nn.Parameter",
                  bits: "TensorMask", group: Any = None):
         import torch
 
-        if type(parameter.data) is not torch.Tensor:  # a DTensor
-            raise UsageError(f"sparse mode does not restrict sharded (DTensor, e.g. FSDP2) parameters such as "
-                               f"{attribute!r} of {type(owner).__name__} yet: use mode='dense'")
         if not parameter.is_contiguous():
             raise UsageError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
                                f"{type(owner).__name__} is not contiguous: use mode='dense'")
         self.owner, self.attribute, self.parameter, self.group = owner, attribute, parameter, group
-        index = torch.from_numpy(bits.to_indices()).to(parameter.device)
-        self.index = index.int() if parameter.numel() < 2**31 else index  # int32 halves it
-        self.values = torch.nn.Parameter(parameter.detach().view(-1)[self.index].clone())
+        self.local, start = _shard(parameter)
+        self.mesh = getattr(parameter, "device_mesh", None)  # a DTensor's
+        if self.mesh is not None and group is not None:
+            raise UsageError(f"{attribute!r} of {type(owner).__name__} is sharded (FSDP2), which reduces its "
+                               "gradients itself: do not pass process_group (it is for DistributedDataParallel)")
+        index = torch.from_numpy(_indices_in_range(bits, start, self.local.numel())).to(parameter.device)
+        self.index = index.int() if self.local.numel() < 2**31 else index  # int32 halves it
+        self.width = self.index.numel() if self.mesh is None else _longest(self.index.numel(), self.mesh)
+        self.values = torch.nn.Parameter(self._as_values(self._pick(self.local)))
+        self._release()  # between steps the weight holds the only copy of the masked entries
         owner.register_parameter(attribute + _VALUES, self.values)
         self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),
                         owner.register_state_dict_post_hook(functools.partial(self._drop_values)),  # torch tags it
-                        owner.register_load_state_dict_pre_hook(self._values_from_weight)]
+                        owner.register_load_state_dict_post_hook(self._values_not_missing)]
+
+    def _pick(self, local: "torch.Tensor") -> "torch.Tensor":
+        """The masked entries of ``local`` (this rank's part of the weight or of its gradient), a new tensor
+        padded with zeros to ``width``."""
+        import torch
+
+        flat, index = local.reshape(-1), self.index.to(local.device)
+        if self.width == index.numel():
+            return torch.index_select(flat, 0, index)  # takes int32 indexes as they are
+        padded = flat.new_zeros(self.width)
+        torch.index_select(flat, 0, index, out=padded[:index.numel()])
+        return padded
+
+    def _as_values(self, local: "torch.Tensor") -> "torch.Tensor":
+        """``local`` as this rank's part of ``values`` (or of their gradient): a DTensor under FSDP2."""
+        if self.mesh is None:
+            return local
+        from torch.distributed.tensor import DTensor, Shard
+
+        return DTensor.from_local(local, self.mesh, (Shard(0),), run_check=False)
 
     def _gather(self, parameter: "torch.Tensor") -> None:
-        """Reduce the weight's full gradient to the masked entries at once, and free it."""
-        grad = parameter.grad.view(-1)[self.index]  # type: ignore[union-attr]
+        """Reduce the weight's full gradient (under FSDP2: its reduce-scattered shard) to the masked entries at
+        once, and free it."""
+        grad = self._as_values(self._pick(_shard(parameter.grad)[0]))  # type: ignore[arg-type]
         parameter.grad = None
         if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
             import torch.distributed as dist
@@ -143,21 +184,41 @@ class _Sparse:
     def _drop_values(self, module: Any, state_dict: dict, prefix: str, local_metadata: Any) -> None:
         state_dict.pop(prefix + self.attribute + _VALUES, None)  # checkpoints hold the module's own names
 
-    def _values_from_weight(self, module: Any, state_dict: dict, prefix: str, *args: Any) -> None:
-        weight = state_dict.get(prefix + self.attribute)
-        if weight is not None:  # load_state_dict copies the dict: adding the values touches no caller's data
-            state_dict[prefix + self.attribute + _VALUES] = weight.reshape(-1)[self.index.to(weight.device)]
+    def _values_not_missing(self, module: Any, incompatible: Any) -> None:
+        """Checkpoints hold no values: the next step gathers them from the loaded weight."""
+        incompatible.missing_keys[:] = [key for key in incompatible.missing_keys if not key.endswith(_VALUES)]
 
     @property
     def trainable(self) -> "torch.nn.Parameter":
         return self.values
 
+    def _local_values(self) -> "torch.Tensor":
+        """The tensor that holds this rank's values (all of them outside FSDP2): its ``data`` is swapped."""
+        # a DTensor parameter's to_local() is a fresh view: swapping its data would leave the DTensor's alone
+        return self.values if self.mesh is None else self.values._local_tensor
+
+    def _release(self) -> None:
+        """Drop the values' data, keeping their shape and identity (the optimizer keys on them): until the next
+        step they read as zeros from one element, and the weight holds the masked entries."""
+        values = self._local_values()
+        values.data = values.new_zeros(1).expand(values.shape)
+        self.held = False
+
+    def gather(self) -> None:
+        """Before an optimizer step: fill the values with the weight's masked entries."""
+        if not self.held:
+            self._local_values().data = self._pick(self.local)
+            self.held = True
+
     def restore(self) -> None:
-        """Write the masked values into the weight, in place; no other entry is written."""
+        """After an optimizer step: write the values into the weight in place (no other entry is written)
+        and release them."""
         import torch
 
-        with torch.no_grad():
-            self.parameter.view(-1).index_put_((self.index,), self.values)
+        if self.held:
+            with torch.no_grad():
+                self.local.view(-1).index_put_((self.index,), self._local_values()[:self.index.numel()])
+            self._release()
 
     def remove(self) -> None:
         self.restore()
@@ -181,9 +242,10 @@ class Restriction:
         self._frozen: list["torch.nn.Parameter"] = []  # parameters with an empty mask: requires_grad switched off
         self._hooks: list[Any] = []
         if mode == "sparse":  # whoever builds the optimizer (a Trainer too), its steps must reach the weights
-            from torch.optim.optimizer import register_optimizer_step_post_hook
+            from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-            self._hooks.append(register_optimizer_step_post_hook(self._after_step))
+            self._hooks += [register_optimizer_step_pre_hook(self._before_step),
+                            register_optimizer_step_post_hook(self._after_step)]
 
     def parameters(self) -> list["torch.nn.Parameter"]:
         """The module's trainable parameters now: what to give the optimizer (sparse: the masked values)."""
@@ -197,14 +259,22 @@ class Restriction:
 
     def restore(self) -> None:
         """Dense: reset every entry outside the mask to its starting value. Sparse: write the masked values
-        into the weights (done after each optimizer step that updates them)."""
+        held by a step into the weights and release them (done after each optimizer step that updates them)."""
         for entry in self._restricted:
             entry.restore()
 
+    def _stepped(self, optimizer: "torch.optim.Optimizer") -> list[_Sparse]:
+        """The sparse entries whose values ``optimizer`` updates."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [entry for entry in self._restricted if isinstance(entry, _Sparse) and id(entry.values) in held]
+
+    def _before_step(self, optimizer: "torch.optim.Optimizer", *_: Any) -> None:
+        for entry in self._stepped(optimizer):
+            entry.gather()
+
     def _after_step(self, optimizer: "torch.optim.Optimizer", *_: Any) -> None:
-        values = {id(entry.values) for entry in self._restricted}  # type: ignore[union-attr]
-        if any(id(p) in values for group in optimizer.param_groups for p in group["params"]):
-            self.restore()
+        for entry in self._stepped(optimizer):
+            entry.restore()
 
     def remove(self) -> None:
         """Lift the restriction: plain parameters under their own names, trainable as before."""
@@ -226,7 +296,8 @@ class Restriction:
     def overhead_bytes(self) -> int:
         """Memory the restriction adds to the model besides what is trained: dense, the starting values and
         the packed masks (1 bit per entry) of partly masked parameters; sparse, the indexes of masked entries
-        (int32). Sparse mode's ``values`` are the trained parameters themselves (density x the weights)."""
+        (int32). Sparse mode's ``values`` are the trained parameters themselves (density x the weights, held
+        only during optimizer steps)."""
         return sum(entry.overhead_bytes for entry in self._restricted)
 
     def __repr__(self) -> str:
@@ -247,6 +318,9 @@ def restrict(module: "torch.nn.Module", mask: MaskLike, *, mode: Mode = "dense",
     (e.g. ``torch.distributed.group.WORLD``) and ``restrict`` before wrapping: DDP is told to leave the
     restricted weights and their values alone, and each values gradient is averaged over the group as
     backward produces it (density-sized communication; with ``no_sync`` accumulation, once per backward).
+    Under FSDP2, ``restrict`` after ``fully_shard`` (both modes, no ``process_group``): sparse mode runs one
+    collective per restricted parameter here (the longest rank's count of masked entries), so every rank
+    must call it.
     """
     if mode not in ("dense", "sparse"):
         raise UsageError(f"mode must be 'dense' or 'sparse', got {mode!r}")
@@ -339,6 +413,23 @@ def _packed_range(bits: "TensorMask", start: int, count: int) -> Any:
     first = start // 8
     unpacked = np.unpackbits(bits.packed[first:(start + count + 7) // 8 + 1])
     return np.packbits(unpacked[start - 8 * first:start - 8 * first + count])
+
+
+def _indices_in_range(bits: "TensorMask", start: int, count: int) -> Any:
+    """Flat indices, counted from ``start``, of the masked entries in [start, start + count)."""
+    from .packed import set_positions
+
+    return set_positions(_packed_range(bits, start, count), count)
+
+
+def _longest(count: int, mesh: Any) -> int:
+    """The largest ``count`` over the ranks of ``mesh`` (a 1-D device mesh): one collective per parameter."""
+    import torch
+    import torch.distributed as dist
+
+    counts = torch.tensor([count], device=mesh.device_type)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=mesh.get_group())
+    return int(counts.item())
 
 
 def _mask_of(masks: Any, names: list[str]) -> "TensorMask | None":

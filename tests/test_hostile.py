@@ -176,15 +176,21 @@ def test_crc32_of_a_run_is_zlibs(byte: int, nbytes: int, crc: int) -> None:
     assert crc32_of_run(byte, nbytes, crc) == zlib.crc32(bytes([byte]) * nbytes, crc)
 
 
+def problems_and_peak(path: Path) -> tuple[list[str], int]:
+    """What validation finds in a file, and the peak of Python allocations while it looks."""
+    with submask.open(path) as mask_file:
+        tracemalloc.start()
+        try:
+            return mask_file.problems(), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+
 @pytest.mark.parametrize("bits", [1 << 33, 10**12])
 def test_validate_checks_a_rice_bomb_in_bounded_memory(tmp_path: Path, bits: int) -> None:
     path = rice_claiming(tmp_path / "bomb.smask", bits)  # the 4.5 KB file of issue 10 claims 10^12 bits (116 GiB)
     assert path.stat().st_size < 4600
-    with submask.open(path) as mask_file:
-        tracemalloc.start()
-        problems = mask_file.problems()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+    problems, peak = problems_and_peak(path)
     assert len(problems) == 1 and "CRC-32 of the decoded bits is" in problems[0]  # every zero bit, checked
     assert peak < 8 * CHUNK_BYTES  # not the claimed size
 
@@ -196,11 +202,7 @@ def test_validate_checks_a_rice_rows_bomb_in_bounded_memory(tmp_path: Path) -> N
                                    "encoding": {"id": "rice-rows", "row_bits": 2**20}, "crc32": "00000000"}}}
     path = tmp_path / "bomb.smask"
     path.write_bytes(container(json.dumps(header), {"bomb": struct.pack("<BBBBQQ", 0, 0, 0, 0, 0, 0)}))
-    with submask.open(path) as mask_file:
-        tracemalloc.start()
-        problems = mask_file.problems()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+    problems, peak = problems_and_peak(path)
     assert len(problems) == 1 and "CRC-32 of the decoded bits is" in problems[0]  # every zero bit, checked
     assert peak < 8 * CHUNK_BYTES
 
@@ -269,8 +271,5 @@ def test_validate_checks_values_in_bounded_memory(tmp_path: Path) -> None:
                    values=submask.TensorValues("BF16", data))
     with submask.open(tmp_path / "d.smask") as delta_file:
         assert delta_file.values_size("w") > data.size
-        tracemalloc.start()
-        problems = delta_file.problems()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+    problems, peak = problems_and_peak(tmp_path / "d.smask")
     assert problems == [] and peak < data.size // 4
