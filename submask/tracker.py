@@ -82,16 +82,16 @@ class UpdateTracker:
                  atol: float | None = None, rtol: float | None = None):
         self.model, self._criterion = model, {"criterion": criterion, "atol": atol, "rtol": rtol}
         if reference is None:
-            reference = {name: value.detach().clone() for name, value in model.named_parameters()}
+            reference = {name: value.detach().clone() for name, value in saved_parameters(model).items()}
         elif callable(getattr(reference, "named_parameters", None)):
-            reference = dict(reference.named_parameters())
+            reference = saved_parameters(reference)
         elif not isinstance(reference, Mapping):
             raise UsageError(f"UpdateTracker reference must be a module or a state dict, not a "
                                 f"{type(reference).__name__}")
         self.reference = reference
 
     def _pair(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        current = {name: value.detach() for name, value in self.model.named_parameters()}
+        current = {name: value.detach() for name, value in saved_parameters(self.model).items()}
         missing = [name for name in current if name not in self.reference]
         if missing:
             raise MismatchError(f"UpdateTracker: the reference has no {missing[0]!r} ({len(missing)} parameter(s) "
@@ -112,3 +112,10 @@ class UpdateTracker:
         ``overwrite``); returns the path written."""
         reference, current = self._pair()
         return build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path
+
+
+def saved_parameters(module: Any) -> dict[str, Any]:
+    """The parameters a module saves in its state dict, by name: not the trained values that restricted
+    finetuning's sparse mode registers beside a weight (``submask.train``), which the weight already holds."""
+    saved = module.state_dict(keep_vars=True)
+    return {name: value for name, value in module.named_parameters() if name in saved}

@@ -154,3 +154,28 @@ def test_tracker_on_a_gpu_model_compares_there() -> None:
     assert mask.count == 3 * 64
     on_cpu = submask.build_mask(start, {name: value.detach().cpu() for name, value in model.named_parameters()}).mask
     assert on_cpu.metadata.stats["backend"] == "cpu" and dict(mask) == dict(on_cpu)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_tracker_of_a_restricted_model_sees_its_weights_not_the_restriction(mode: str) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))
+    rng = np.random.default_rng(0)
+    allowed = submask.Mask({name: submask.TensorMask.from_numpy(rng.random(tuple(value.shape)) < 0.3)
+                            for name, value in model.state_dict().items()})
+    if mode == "dense":  # dense mode resets what the optimizer moves outside the mask after each step
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        submask.restrict(model, allowed, optimizer=optimizer)
+    else:  # sparse mode trains the masked values it registers
+        optimizer = torch.optim.AdamW(submask.restrict(model, allowed, mode="sparse").parameters(), lr=1e-2)
+    tracker = UpdateTracker(model)
+    for _ in range(2):
+        model(torch.randn(8, 16)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    mask = tracker.mask()
+    assert list(mask) == list(model.state_dict())  # sparse mode's "<name>_submask_values" are not tracked
+    for name in mask:
+        changed = mask[name].to_numpy()
+        assert changed.any() and not (changed & ~allowed[name].to_numpy()).any(), name
+    assert set(tracker.sparsity().as_logs()) >= {"update_sparsity", "update_sparsity/0", "update_sparsity/1"}
