@@ -3,6 +3,7 @@ no tracebacks (full disk, bad paths, bad Hub ids), Ctrl-C and SIGTERM, temp file
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -84,6 +85,13 @@ def test_build_json_and_overwrite(minilm_bf16, tmp_path: Path) -> None:
     again = cli("build", minilm_bf16.base, minilm_bf16.finetuned, "-o", out, "--overwrite", "--progress")
     assert again.returncode == 0 and "build" in again.stderr and "density" in again.stdout
     assert submask.load(out) == mask
+    assert mask.metadata.provenance["base"]["files"]["model.safetensors"]["sha256"] is None  # not asked for
+    hashed = cli("build", minilm_bf16.base, minilm_bf16.finetuned, "-o", out, "--overwrite", "--hash", "-q")
+    assert hashed.returncode == 0, hashed.stderr
+    files = submask.load(out).metadata.provenance
+    for side, pair_dir in (("base", minilm_bf16.base), ("finetuned", minilm_bf16.finetuned)):
+        expected = hashlib.sha256((pair_dir / "model.safetensors").read_bytes()).hexdigest()
+        assert files[side]["files"]["model.safetensors"]["sha256"] == expected
 
 
 def test_combine_and_save_refuse_existing_files(tmp_path: Path) -> None:

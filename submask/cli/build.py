@@ -49,13 +49,16 @@ class ByteSize(click.ParamType):
 @click.option("--values", is_flag=True, help="Write a delta: also store the changed values and the finetuned files' "
                                              "layout, so that `submask apply BASE DELTA -o DIR` rebuilds them byte "
                                              "for byte (exact criterion only).")
+@click.option("--hash", "hash_files", is_flag=True,
+              help="Record the SHA-256 of local checkpoint files in the provenance (Hub files carry theirs); the "
+                   "build then takes at least as long as hashing them.")
 @overwrite_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
           include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
-          no_ladder: bool, values: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
+          no_ladder: bool, values: bool, hash_files: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
     BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
@@ -65,7 +68,7 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
     built = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
                       intersect=intersect, device=device, workers=workers, max_shard_bytes=max_shard_size,
                       progress=show_progress(progress, quiet or as_json), ladder=not no_ladder, overwrite=overwrite,
-                      values=values)
+                      values=values, hash=hash_files)
     stats, path = built.stats, built.path
     numel = stats["numel"]
     ladder = stats.get("ladder", {})
