@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 
 IN_FLIGHT = 2  # chunks being hashed and written while the next is filled in
+POSITIONS_MAX = CHUNK_ELEMENTS  # a tensor with at most this many set bits (32 MiB of positions) is scattered by them
 DeltaLike = Delta | MaskFile | str | os.PathLike
 """A delta in memory, an open .smask file with values, or the path or hf:// URL of one."""
 
@@ -149,6 +150,15 @@ class _DeltaValues:
         entry = self.source.entries.get(name)
         return None if entry is None or entry.values is None else entry.values.dtype
 
+    def bits(self, name: str) -> TensorMask | np.ndarray:
+        """Tensor ``name``'s mask, verified: its set positions (int64, ascending) where the file lists them and
+        they are few (scattering by them is far cheaper than by the bits), else its packed bits."""
+        if isinstance(self.source, MaskFile) and self.source.counts[name] <= POSITIONS_MAX:
+            positions = self.source.positions(name)
+            if positions is not None:
+                return positions
+        return self.mask[name]
+
     def blocks(self, name: str) -> Iterator[np.ndarray]:
         """Tensor ``name``'s value bytes, a block at a time (checked against their CRC-32 at the end)."""
         if isinstance(self.source, Delta):
@@ -236,9 +246,9 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
                 base: Source, progress: Callable[[int], None] | None) -> str:
     """Write one file; return the SHA-256 of what was written.
 
-    Chunks are hashed and written on one thread, and values decoded ahead on another, while the next chunk is
-    read and filled in (hashlib, zstd, file I/O and the compiled scatter release the GIL), through
-    ``IN_FLIGHT + 1`` rotating buffers.
+    Chunks are hashed and written on one thread, values decoded ahead on another and the next tensor's mask
+    on a third, while the next chunk is read and filled in (hashlib, zstd, file I/O and the compiled scatter
+    release the GIL), through ``IN_FLIGHT + 1`` rotating buffers.
     """
     digest = hashlib.sha256()
 
@@ -249,7 +259,8 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
     from concurrent.futures import ThreadPoolExecutor  # here, not at import: it imports logging
 
     with ThreadPoolExecutor(1, "submask-rebuild-write") as writer, \
-            ThreadPoolExecutor(1, "submask-rebuild-values") as decoder:
+            ThreadPoolExecutor(1, "submask-rebuild-values") as decoder, \
+            ThreadPoolExecutor(1, "submask-rebuild-masks") as masks:
         pending: deque[Future] = deque()
 
         def emit(data: Any) -> None:
@@ -266,20 +277,23 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
             header = file.header.encode("utf-8")
             emit(LENGTH.pack(len(header)) + header)
             buffers = itertools.cycle([np.empty(CHUNK_ELEMENTS * 8, np.uint8) for _ in range(IN_FLIGHT + 1)])
-            for info in tensors:
+            for info, bits in zip(tensors, _ahead(map(values.bits, [info.name for info in tensors]), masks)):
                 stream = _ValueStream(_ahead(values.blocks(info.name), decoder), values.label, info.name)
-                for chunk in _tensor_chunks(info, values.mask[info.name], stream, base, buffers):
+                for chunk in _tensor_chunks(info, bits, stream, base, buffers):
                     emit(chunk)
         while pending:
             pending.popleft().result()
     return digest.hexdigest()
 
 
-def _tensor_chunks(info: TensorInfo, bits: TensorMask, stream: "_ValueStream", base: Source,
+def _tensor_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, stream: "_ValueStream", base: Source,
                    buffers: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """One tensor's bytes, chunk by chunk: the values alone when every bit is set, else the base's chunk (read
-    into the next of ``buffers``) with the values at the set positions."""
-    itemsize, whole = info.dtype.itemsize, bits.count == info.numel
+    into the next of ``buffers``) with the values at the set positions (``bits``: packed, or the positions)."""
+    positions = bits if isinstance(bits, np.ndarray) else None
+    itemsize = info.dtype.itemsize
+    whole = (bits.count if positions is None else positions.size) == info.numel
+    done = 0  # set positions before this chunk
     for start in range(0, info.numel, CHUNK_ELEMENTS):
         stop = min(start + CHUNK_ELEMENTS, info.numel)
         if whole:
@@ -288,8 +302,13 @@ def _tensor_chunks(info: TensorInfo, bits: TensorMask, stream: "_ValueStream", b
         chunk = base.read(info.name, start, stop, next(buffers))
         if not chunk.flags.writeable:  # a source may hand back a read-only view instead of the buffer
             chunk = chunk.copy()
-        packed = bits.packed[start // 8: (stop + 7) // 8]
-        _scatter_into(chunk, packed, stream.take(popcount(packed) * itemsize).view(info.dtype.raw))
+        if positions is None:
+            packed = bits.packed[start // 8: (stop + 7) // 8]
+            _scatter_into(chunk, packed, stream.take(popcount(packed) * itemsize).view(info.dtype.raw))
+        else:
+            end = done + int(np.searchsorted(positions[done:], stop))
+            chunk[positions[done:end] - start] = stream.take((end - done) * itemsize).view(info.dtype.raw)
+            done = end
         yield chunk
     stream.finish()
 
