@@ -153,7 +153,7 @@ class _DeltaValues:
     def bits(self, name: str) -> TensorMask | np.ndarray:
         """Tensor ``name``'s mask, verified: its set positions (int64, ascending) where the file lists them and
         they are few (scattering by them is far cheaper than by the bits), else its packed bits."""
-        if isinstance(self.source, MaskFile) and self.source.counts[name] <= POSITIONS_MAX:
+        if isinstance(self.source, MaskFile) and self.source.entries[name].ones <= POSITIONS_MAX:
             positions = self.source.positions(name)
             if positions is not None:
                 return positions
@@ -181,7 +181,7 @@ def _plan(values: _DeltaValues) -> list[tuple[CheckpointFile, list[TensorInfo]]]
         raise UsageError(f"{values.label}: holds no checkpoint layout (built without --values, or from a state "
                          "dict), so it cannot rebuild files; pass the finetuned checkpoint too: apply BASE "
                          "FINETUNED MASK -o DIR")
-    plan = []
+    plan, shapes = [], values.mask.shapes  # a MaskFile's shapes are a new dict each time
     for file in values.checkpoint:
         if file.header is None:
             plan.append((file, []))
@@ -195,9 +195,9 @@ def _plan(values: _DeltaValues) -> list[tuple[CheckpointFile, list[TensorInfo]]]
             if values.dtype(info.name) is None:
                 raise FormatError(f"{values.label}: {file.name} lists tensor {info.name!r}, which has no values "
                                   "in the delta; the delta is corrupt (build it again with --values)")
-            if (values.dtype(info.name), values.mask.shapes[info.name]) != (info.dtype.name, info.shape):
+            if (values.dtype(info.name), shapes[info.name]) != (info.dtype.name, info.shape):
                 raise FormatError(f"{values.label}: tensor {info.name!r} is {values.dtype(info.name)} "
-                                  f"{list(values.mask.shapes[info.name])} in the delta but {info.dtype.name} "
+                                  f"{list(shapes[info.name])} in the delta but {info.dtype.name} "
                                   f"{list(info.shape)} in {file.name}; the delta is corrupt")
         plan.append((file, tensors))
     return plan
@@ -229,12 +229,12 @@ class _Shapes:
 def _check_base(values: _DeltaValues, base: Source | _Shapes) -> None:
     """MismatchError unless ``base`` holds, in the delta's dtype and shape, every tensor the delta only
     partly stores (the tensors it stores whole need nothing from the base)."""
-    mask, tensors = values.mask, base.tensors
-    needed = [name for name, count in mask.counts.items() if count < math.prod(mask.shapes[name])]
+    shapes, tensors = values.mask.shapes, base.tensors  # a MaskFile's shapes are a new dict each time
+    needed = [name for name, count in values.mask.counts.items() if count < math.prod(shapes[name])]
     missing = [name for name in needed if name not in tensors]
-    different = [f"{name} {values.dtype(name)} {list(mask.shapes[name])} vs {tensors[name].dtype.name} "
+    different = [f"{name} {values.dtype(name)} {list(shapes[name])} vs {tensors[name].dtype.name} "
                  f"{list(tensors[name].shape)}" for name in needed if name in tensors
-                 and (tensors[name].dtype.name, tensors[name].shape) != (values.dtype(name), mask.shapes[name])]
+                 and (tensors[name].dtype.name, tensors[name].shape) != (values.dtype(name), shapes[name])]
     if missing or different:
         raise mismatch(values.label, base.label, f"Pass the base the delta was built against"
                        f"{_recorded_base(values)}.", only_left=missing, different=different)
@@ -246,9 +246,10 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
                 base: Source, progress: Callable[[int], None] | None) -> str:
     """Write one file; return the SHA-256 of what was written.
 
-    Chunks are hashed and written on one thread, values decoded ahead on another and the next tensor's mask
-    on a third, while the next chunk is read and filled in (hashlib, zstd, file I/O and the compiled scatter
-    release the GIL), through ``IN_FLIGHT + 1`` rotating buffers.
+    Chunks are hashed and written on one thread; the next tensor's mask and first value block are decoded on
+    another, and a tensor's further value blocks ahead on a third, while the next chunk is read and filled in
+    (hashlib, zstd, file I/O and the compiled scatter release the GIL), through ``IN_FLIGHT + 1`` rotating
+    buffers.
     """
     digest = hashlib.sha256()
 
@@ -259,8 +260,8 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
     from concurrent.futures import ThreadPoolExecutor  # here, not at import: it imports logging
 
     with ThreadPoolExecutor(1, "submask-rebuild-write") as writer, \
-            ThreadPoolExecutor(1, "submask-rebuild-values") as decoder, \
-            ThreadPoolExecutor(1, "submask-rebuild-masks") as masks:
+            ThreadPoolExecutor(1, "submask-rebuild-next") as preparer, \
+            ThreadPoolExecutor(1, "submask-rebuild-values") as decoder:
         pending: deque[Future] = deque()
 
         def emit(data: Any) -> None:
@@ -277,9 +278,11 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
             header = file.header.encode("utf-8")
             emit(LENGTH.pack(len(header)) + header)
             buffers = itertools.cycle([np.empty(CHUNK_ELEMENTS * 8, np.uint8) for _ in range(IN_FLIGHT + 1)])
-            for info, bits in zip(tensors, _ahead(map(values.bits, [info.name for info in tensors]), masks)):
-                stream = _ValueStream(_ahead(values.blocks(info.name), decoder), values.label, info.name)
-                for chunk in _tensor_chunks(info, bits, stream, base, buffers):
+            prepared = _ahead((_Prepared(values, info.name) for info in tensors), preparer)
+            for info, ready in zip(tensors, prepared):
+                blocks = itertools.chain(ready.first, _ahead(ready.blocks, decoder))
+                stream = _ValueStream(blocks, values.label, info.name)
+                for chunk in _tensor_chunks(info, ready.bits, stream, base, buffers):
                     emit(chunk)
         while pending:
             pending.popleft().result()
@@ -338,7 +341,17 @@ def _scatter(packed, values, out):  # pragma: no cover - compiled by numba
     return k
 
 
-def _ahead(blocks: Iterator[np.ndarray], thread: ThreadPoolExecutor) -> Iterator[np.ndarray]:
+class _Prepared:
+    """A tensor's verified mask (``_DeltaValues.bits``) and its first value block, decoded (on a worker thread
+    while the tensor before is written), with the blocks that follow."""
+
+    def __init__(self, values: _DeltaValues, name: str):
+        self.bits = values.bits(name)
+        self.blocks = values.blocks(name)
+        self.first = list(itertools.islice(self.blocks, 1))
+
+
+def _ahead(blocks: Iterator[Any], thread: ThreadPoolExecutor) -> Iterator[Any]:
     """``blocks``, each decoded on ``thread`` while the one before is used (errors surface in order)."""
     future = thread.submit(next, blocks, None)
     while (block := future.result()) is not None:
