@@ -11,8 +11,16 @@ import numpy as np
 from ..codecs import Codec, PositionsDecoder, codec_for, encode_auto, get_codec
 from ..codecs.base import Run
 from ..errors import ChecksumError, FormatError, LimitError, where
-from ..packed import (CHUNK_BYTES, crc32, crc32_of_run, crc32_update, from_positions, packed_nbytes, padding_is_clear,
-                      popcount)
+from ..packed import (
+    CHUNK_BYTES,
+    crc32,
+    crc32_of_run,
+    crc32_update,
+    from_positions,
+    packed_nbytes,
+    padding_is_clear,
+    popcount,
+)
 from .header import TensorEntry
 
 WHOLE_TENSOR_BYTES = 64 << 20  # larger tensors are verified in pieces by ``verify_tensor``
