@@ -245,6 +245,69 @@ def test_compiled_gather_and_scatter_match_numpy(density: float, dtype: type) ->
             assert np.array_equal(out, expected)
 
 
+def test_rebuild_scatters_by_positions_or_packed_bits_alike(minilm_bf16, tmp_path: Path, monkeypatch) -> None:
+    """Sparse Rice masks are scattered by their set positions (across chunks of the embedding), the others by
+    their packed bits; forcing packed bits everywhere, or numpy without numba, rebuilds the same bytes."""
+    from submask import rebuild
+    from submask.accel import numba_disabled
+    from submask.checkpoints.sources import CHUNK_ELEMENTS
+
+    delta = tmp_path / "d.smask"
+    build_mask(minilm_bf16.base, minilm_bf16.finetuned, delta, values=True)
+    with submask.open(delta) as opened:
+        listed = {name for name in opened.names if opened.positions(name) is not None}
+        assert listed and set(opened.names) - listed  # both paths are taken
+        assert any(opened.entries[name].bits > CHUNK_ELEMENTS for name in listed)  # positions over chunks
+    for run, (context, positions_max) in enumerate([(contextlib.nullcontext(), rebuild.POSITIONS_MAX),
+                                                    (numba_disabled(), rebuild.POSITIONS_MAX),
+                                                    (contextlib.nullcontext(), 0)]):
+        monkeypatch.setattr(rebuild, "POSITIONS_MAX", positions_max)
+        with context:
+            submask.apply_mask(minilm_bf16.base, delta, tmp_path / f"out{run}")
+        assert_same_files(tmp_path / f"out{run}", minilm_bf16.finetuned)
+
+
+def test_mask_positions_are_the_set_bits_with_every_check(minilm_bf16, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from submask import ChecksumError
+    from submask.format.tensors import decode_positions
+    from submask.packed import unpack
+
+    delta = tmp_path / "d.smask"
+    build_mask(minilm_bf16.base, minilm_bf16.finetuned, delta, values=True)
+    with submask.open(delta) as opened:
+        for name in opened.names:
+            positions, bits = opened.positions(name), opened[name]
+            if positions is None:
+                assert opened.entries[name].encoding not in ("rice", "rice-rows"), name
+                continue
+            assert positions.dtype == np.int64
+            assert np.array_equal(positions, np.flatnonzero(unpack(bits.packed, bits.numel))), name
+        name = max((n for n in opened.names if opened.positions(n) is not None), key=lambda n: opened.entries[n].ones)
+        entry, payload = opened.entries[name], opened.payload(name)
+    with pytest.raises(ChecksumError, match=rf"d\.smask, tensor '{name}': CRC-32 of the decoded bits is "
+                                            rf"{entry.crc32}, header says 00000000"):
+        decode_positions(replace(entry, crc32="00000000"), payload, delta)
+    with pytest.raises(ChecksumError, match=rf"decoded {entry.ones} set bits, header says {entry.ones + 1}"):
+        decode_positions(replace(entry, ones=entry.ones + 1), payload, delta)
+
+
+def test_damaged_mask_payload_is_refused(minilm_bf16, tmp_path: Path) -> None:
+    delta = tmp_path / "d.smask"
+    build_mask(minilm_bf16.base, minilm_bf16.finetuned, delta, values=True)
+    with submask.open(delta) as opened:
+        name = max((n for n in opened.names if opened.entries[n].encoding == "rice"),
+                   key=lambda n: opened.entries[n].ones)
+        payload = opened.payload(name)
+    raw = bytearray(delta.read_bytes())
+    raw[raw.find(payload) + len(payload) // 2] ^= 0x5A
+    delta.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match=rf"d\.smask, tensor '{name}': .*corrupt"):
+        submask.apply_mask(minilm_bf16.base, delta, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.smask"]
+
+
 def test_a_sharded_delta_rebuilds_too(minilm_bf16, tmp_path: Path) -> None:
     built = build_mask(minilm_bf16.base, minilm_bf16.finetuned, tmp_path / "d.smask", values=True,
                        max_shard_bytes=1 << 20)

@@ -17,7 +17,7 @@ from .container import Container, PayloadSpan
 from ..metadata import MaskMetadata, check_version, is_bare_file_name
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
-from .tensors import decode_tensor, verify_tensor
+from .tensors import decode_positions, decode_tensor, verify_tensor
 from .values import TensorValues, checked_pieces, plane_methods, read_values, verify_values
 
 INDEX_SUFFIX = ".index.json"
@@ -128,6 +128,12 @@ class MaskFile:
         container = self._container(name)
         packed = decode_tensor(entry, container.read(name), container.path)
         return TensorMask(entry.shape, packed, entry.ones)
+
+    def positions(self, name: str) -> np.ndarray | None:
+        """Decode and verify one tensor's set positions (flat indices, int64, ascending), or None when its
+        encoding cannot list them directly (then ``self[name]``: decoding to positions would cost more)."""
+        container = self._container(name)
+        return decode_positions(self._entry(name), container.read(name), container.path)
 
     def load(self) -> Mask:
         """Decode every tensor into an in-memory ``Mask`` (without values: a delta's mask, ``io.load_delta``)."""

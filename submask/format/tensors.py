@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..codecs import Codec, codec_for, encode_auto, get_codec
+from ..codecs import Codec, PositionsDecoder, codec_for, encode_auto, get_codec
 from ..codecs.base import Run
 from ..errors import ChecksumError, FormatError, LimitError, where
-from ..packed import crc32, crc32_of_run, crc32_update, packed_nbytes, padding_is_clear, popcount
+from ..packed import (
+    CHUNK_BYTES,
+    crc32,
+    crc32_of_run,
+    crc32_update,
+    from_positions,
+    packed_nbytes,
+    padding_is_clear,
+    popcount,
+)
 from .header import TensorEntry
 
 WHOLE_TENSOR_BYTES = 64 << 20  # larger tensors are verified in pieces by ``verify_tensor``
@@ -37,14 +47,38 @@ def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None, *, ou
     """
     at = where(path, entry.name)
     codec = entry_codec(entry, path)
+    packed = _decoded(at, lambda: codec.decode(payload, entry.bits, out))
+    check_decoded(entry, packed, at, verify_crc=verify_crc)
+    return packed
+
+
+def decode_positions(entry: TensorEntry, payload: bytes, path: object = None) -> np.ndarray | None:
+    """Decode one payload to the flat indices (int64, ascending) of its set bits, with every check of
+    ``decode_tensor`` (the CRC-32 over the bits packed again, a window at a time); None when its codec does
+    not list positions (``PositionsDecoder``). On sparse bits, cheaper than packed bits and far cheaper to
+    scatter by."""
+    at = where(path, entry.name)
+    codec = entry_codec(entry, path)
+    if not isinstance(codec, PositionsDecoder):
+        return None
+    positions = _decoded(at, lambda: codec.positions(payload, entry.bits))
+    crc, window = 0, 8 * CHUNK_BYTES
+    for start in range(0, entry.bits, window):
+        within = positions[np.searchsorted(positions, start) : np.searchsorted(positions, start + window)]
+        crc = crc32_update(from_positions(within - start, min(window, entry.bits - start)), crc)
+    pad_clear = not positions.size or positions[-1] < entry.bits
+    _check_bits(entry, pad_clear, f"{crc:08x}", positions.size, at)
+    return positions
+
+
+def _decoded(at: str, decode: Callable[[], np.ndarray]) -> np.ndarray:
+    """``decode()``, its FormatError and LimitError naming the file and tensor."""
     try:
-        packed = codec.decode(payload, entry.bits, out)
+        return decode()
     except FormatError as exc:
         raise FormatError(f"{at}{exc}; the file is corrupt (run `submask validate` on it)") from None
     except LimitError as exc:
         raise LimitError(f"{at}{exc}") from None
-    check_decoded(entry, packed, at, verify_crc=verify_crc)
-    return packed
 
 
 def check_decoded(entry: TensorEntry, packed: np.ndarray, at: str, *, verify_crc: bool = True) -> None:
