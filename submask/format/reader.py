@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -88,12 +89,12 @@ class MaskFile:
         self.shards = check_shards(self.path, index, [(c.path, c.header) for c in self._containers])
         self.write_id = index["metadata"].get("write_id")
 
-    @property
+    @cached_property  # an open file's entries never change
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Tensor name -> shape, from the header (no decoding)."""
         return {name: entry.shape for name, entry in self.entries.items()}
 
-    @property
+    @cached_property
     def counts(self) -> dict[str, int]:
         """Tensor name -> number of set bits, from the header (no decoding)."""
         return {name: entry.ones for name, entry in self.entries.items()}
