@@ -270,6 +270,27 @@ def test_apply_staging_left_by_kill_9_is_removed_by_the_next_run(minilm_bf16, tm
     assert [p.name for p in work.iterdir()] == ["again"]
 
 
+def test_rebuild_staging_left_by_kill_9_is_removed_by_the_next_run(minilm_bf16, tmp_path: Path) -> None:
+    delta = submask.build_mask(minilm_bf16.base, minilm_bf16.finetuned, tmp_path / "d.smask", values=True).path
+    work = tmp_path / "work"
+    process = _start_and_wait(f"""
+        import time, submask
+        def slow(nbytes, total):  # stalls the rebuild once the header is on its way to the file
+            print("writing", flush=True)
+            time.sleep(600)
+        submask.apply_mask({str(minilm_bf16.base)!r}, {str(delta)!r}, {str(work / "rebuilt")!r}, progress=slow)
+    """)
+    left = [p for p in work.iterdir()]
+    assert len(left) == 1 and left[0].name.startswith(".rebuilt.") and (left[0] / "model.safetensors").exists()
+    process.kill()
+    process.wait()
+    assert [p.name for p in work.iterdir()] == [left[0].name]  # a kill leaves no file under the final name
+    result = cli("apply", minilm_bf16.base, delta, "-o", work / "again", "-q")
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in work.iterdir()] == ["again"]
+    assert (work / "again" / "model.safetensors").read_bytes() == minilm_bf16.finetuned_file.read_bytes()
+
+
 def test_build_part_files_left_by_kill_9_are_removed_by_the_next_run(minilm_bf16, tmp_path: Path) -> None:
     process = _start_and_wait(f"""
         import time, numpy as np
