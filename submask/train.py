@@ -33,6 +33,12 @@ one whose mask is full trains as usual. Parameters the mask does not list follow
 (the default: outside the mask means unchanged), ``"train"`` (left fully trainable) or ``"error"``. Names of
 buffers in the mask are accepted and ignored (buffers are not trained).
 
+Moving the model after ``restrict`` (``model.to("cuda")``, ``.half()``, a Trainer placing it on its device) is
+followed: the starting values, packed masks and indexes move and convert with the parameters when next used.
+A restricted parameter replaced by another (``load_state_dict(assign=True)``) or whose tensor was swapped
+(``torch.utils.swap_tensors``, which drops gradient hooks) makes the next step raise UsageError before it
+writes anything (dense mode: with the optimizer attached).
+
 Distributed: under ``DistributedDataParallel`` both modes work (sparse mode: pass ``process_group`` to
 ``restrict`` before wrapping). Under FSDP2 (``fully_shard``: DTensor parameters sharded on dim 0; restrict
 after sharding, without ``process_group``) each rank restricts its own rows with the matching slice of the
@@ -69,18 +75,51 @@ _ATTRIBUTE = "_submask_restriction"
 _VALUES = "_submask_values"  # suffix of the name under which sparse mode registers a weight's masked values
 
 
-class _Dense:
+class _Entry:
+    """One restricted parameter: the module attribute that holds it and the tensor its hooks are on."""
+
+    def __init__(self, owner: "torch.nn.Module", attribute: str, parameter: "torch.nn.Parameter"):
+        self.owner, self.attribute, self.parameter = owner, attribute, parameter
+        self._hooked = parameter._cdata  # the C++ tensor that gradient hooks are registered on
+
+    def check_attached(self) -> None:
+        """Raise UsageError when the module no longer trains the tensor ``restrict`` hooked, which would leave
+        entries outside the mask free to move: a new parameter object took its place, or ``model.to()``
+        swapped its tensor (``torch.utils.swap_tensors``), which drops gradient hooks. (The usual
+        ``model.to()``, which gives the same parameter new data, is followed.)"""
+        if self.owner._parameters.get(self.attribute) is not self.parameter:
+            how = "it was replaced by another parameter (e.g. load_state_dict(assign=True))"
+        elif self.parameter._cdata != self._hooked:
+            how = ("model.to() swapped its tensor, dropping the gradient hooks (DTensor parameters, or "
+                   "torch.__future__.set_swap_module_params_on_conversion(True))")
+        else:
+            return
+        raise UsageError(f"{self.attribute!r} of {type(self.owner).__name__} is no longer the tensor restrict() "
+                         f"hooked: {how}. Call submask.unrestrict(model) before that change and restrict() after it")
+
+
+class _Dense(_Entry):
     """Dense mode for one partly masked parameter: gradient zeroing outside the mask and the reset."""
 
-    def __init__(self, parameter: "torch.nn.Parameter", bits: "TensorMask"):
+    def __init__(self, owner: "torch.nn.Module", attribute: str, parameter: "torch.nn.Parameter",
+                 bits: "TensorMask"):
         import torch
 
-        self.parameter = parameter
-        self.local, start = _shard(parameter)
-        self.frozen = self.local.clone()
-        packed = _packed_range(bits, start, self.local.numel())
+        super().__init__(owner, attribute, parameter)
+        local, start = _shard(parameter)
+        self.frozen = local.clone()
+        packed = _packed_range(bits, start, local.numel())
         self.packed = torch.from_numpy(packed).to(parameter.device)  # 1 bit per entry, unpacked on use
         self.hook = parameter.register_post_accumulate_grad_hook(self._zero_outside)
+
+    def _local(self) -> "torch.Tensor":
+        """The entries held here, where the parameter is now; the starting values and the packed mask follow
+        it there (``model.to("cuda")`` or ``.half()`` after ``restrict`` gives the parameter new storage)."""
+        local = _shard(self.parameter)[0]
+        if self.frozen.device != local.device or self.frozen.dtype != local.dtype:
+            self.frozen = self.frozen.to(local.device, local.dtype)  # converted as the parameter was
+            self.packed = self.packed.to(local.device)
+        return local
 
     def _zero_outside(self, parameter: "torch.Tensor") -> None:
         """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
@@ -91,9 +130,10 @@ class _Dense:
         """The mask of the entries held here, a bool tensor (transient: one parameter at a time)."""
         import torch
 
+        local = self._local()
         shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.packed.device)  # most significant first
-        bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:self.local.numel()]
-        return bits.view(torch.bool).view(self.local.shape)  # 0/1 bytes read as bool: no second copy
+        bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:local.numel()]
+        return bits.view(torch.bool).view(local.shape)  # 0/1 bytes read as bool: no second copy
 
     @property
     def trainable(self) -> "torch.nn.Parameter":
@@ -103,7 +143,8 @@ class _Dense:
         import torch
 
         with torch.no_grad():
-            torch.where(self.inside(), self.local, self.frozen, out=self.local)
+            local = self._local()
+            torch.where(self.inside(), local, self.frozen, out=local)
 
     def remove(self) -> None:
         self.restore()
@@ -114,7 +155,7 @@ class _Dense:
         return self.frozen.nbytes + self.packed.nbytes
 
 
-class _Sparse:
+class _Sparse(_Entry):
     """Sparse mode for one partly masked parameter: density-sized ``values`` trained in place of the weight.
 
     Under FSDP2 the parameter is a DTensor sharded on dim 0: each rank trains the masked entries of its own
@@ -130,21 +171,33 @@ class _Sparse:
         if not parameter.is_contiguous():
             raise UsageError(f"sparse mode writes into the weight's storage, and {attribute!r} of "
                                f"{type(owner).__name__} is not contiguous: use mode='dense'")
-        self.owner, self.attribute, self.parameter, self.group = owner, attribute, parameter, group
-        self.local, start = _shard(parameter)
+        super().__init__(owner, attribute, parameter)
+        self.group = group
+        local, start = _shard(parameter)
         self.mesh = getattr(parameter, "device_mesh", None)  # a DTensor's
         if self.mesh is not None and group is not None:
             raise UsageError(f"{attribute!r} of {type(owner).__name__} is sharded (FSDP2), which reduces its "
                                "gradients itself: do not pass process_group (it is for DistributedDataParallel)")
-        index = torch.from_numpy(_indices_in_range(bits, start, self.local.numel())).to(parameter.device)
-        self.index = index.int() if self.local.numel() < 2**31 else index  # int32 halves it
+        index = torch.from_numpy(_indices_in_range(bits, start, local.numel())).to(parameter.device)
+        self.index = index.int() if local.numel() < 2**31 else index  # int32 halves it
         self.width = self.index.numel() if self.mesh is None else _longest(self.index.numel(), self.mesh)
-        self.values = torch.nn.Parameter(self._as_values(self._pick(self.local)))
+        self.values = torch.nn.Parameter(self._as_values(self._pick(local)))
         self._release()  # between steps the weight holds the only copy of the masked entries
         owner.register_parameter(attribute + _VALUES, self.values)
         self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),
                         owner.register_state_dict_post_hook(functools.partial(self._drop_values)),  # torch tags it
                         owner.register_load_state_dict_post_hook(self._values_not_missing)]
+
+    def _local(self) -> "torch.Tensor":
+        """This rank's entries of the weight, where the weight is now (``model.to(...)`` after ``restrict``
+        gives it new storage, and converts the registered values too: released values are released again
+        there, rather than left as the full-size zeros the conversion made of them)."""
+        local = _shard(self.parameter)[0]
+        if self.index.device != local.device:
+            self.index = self.index.to(local.device)
+        if not self.held and self._local_values().stride() != (0,):
+            self._release()
+        return local
 
     def _pick(self, local: "torch.Tensor") -> "torch.Tensor":
         """The masked entries of ``local`` (this rank's part of the weight or of its gradient), a new tensor
@@ -169,6 +222,7 @@ class _Sparse:
     def _gather(self, parameter: "torch.Tensor") -> None:
         """Reduce the weight's full gradient (under FSDP2: its reduce-scattered shard) to the masked entries at
         once, and free it."""
+        self._local()  # the index follows the weight to its device
         grad = self._as_values(self._pick(_shard(parameter.grad)[0]))  # type: ignore[arg-type]
         parameter.grad = None
         if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
@@ -206,8 +260,9 @@ class _Sparse:
 
     def gather(self) -> None:
         """Before an optimizer step: fill the values with the weight's masked entries."""
+        self.check_attached()
         if not self.held:
-            self._local_values().data = self._pick(self.local)
+            self._local_values().data = self._pick(self._local())
             self.held = True
 
     def restore(self) -> None:
@@ -217,7 +272,7 @@ class _Sparse:
 
         if self.held:
             with torch.no_grad():
-                self.local.view(-1).index_put_((self.index,), self._local_values()[:self.index.numel()])
+                self._local().view(-1).index_put_((self.index,), self._local_values()[:self.index.numel()])
             self._release()
 
     def remove(self) -> None:
@@ -253,15 +308,22 @@ class Restriction:
         return [p for p in self.module.parameters() if p.requires_grad and id(p) not in weights]
 
     def attach(self, optimizer: "torch.optim.Optimizer") -> None:
-        """Reset entries outside the mask after each ``optimizer.step()`` (dense mode; sparse needs nothing)."""
+        """Reset entries outside the mask after each ``optimizer.step()`` (dense mode; sparse needs nothing),
+        and refuse a step if a restricted parameter was replaced or swapped (``_Entry.check_attached``)."""
         if self.mode == "dense":
-            self._hooks.append(optimizer.register_step_post_hook(lambda *_: self.restore()))
+            self._hooks += [optimizer.register_step_pre_hook(lambda *_: self._check_attached()),
+                            optimizer.register_step_post_hook(lambda *_: self.restore())]
 
     def restore(self) -> None:
         """Dense: reset every entry outside the mask to its starting value. Sparse: write the masked values
         held by a step into the weights and release them (done after each optimizer step that updates them)."""
         for entry in self._restricted:
             entry.restore()
+        self._check_attached()
+
+    def _check_attached(self) -> None:
+        for entry in self._restricted:
+            entry.check_attached()
 
     def _stepped(self, optimizer: "torch.optim.Optimizer") -> list[_Sparse]:
         """The sparse entries whose values ``optimizer`` updates."""
@@ -447,10 +509,11 @@ def _mask_of(masks: Any, names: list[str]) -> "TensorMask | None":
 
 def _restrict_one(module: "torch.nn.Module", name: str, parameter: "torch.nn.Parameter", bits: "TensorMask",
                   mode: Mode, group: Any) -> _Dense | _Sparse:
-    if mode == "dense":
-        return _Dense(parameter, bits)
     owner_name, _, attribute = name.rpartition(".")
-    return _Sparse(module.get_submodule(owner_name), attribute, parameter, bits, group)
+    owner = module.get_submodule(owner_name)
+    if mode == "dense":
+        return _Dense(owner, attribute, parameter, bits)
+    return _Sparse(owner, attribute, parameter, bits, group)
 
 
 def _ddp_ignore(module: "torch.nn.Module", entries: list[_Dense | _Sparse]) -> None:

@@ -484,19 +484,73 @@ def test_trainer_clips_the_same_gradients_in_both_modes(trainer_runs) -> None:
         torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("mode", ["dense", "sparse"])
-def test_restrict_on_cuda(mode: str) -> None:
-    model = small_model().cuda()
-    start = {name: value.cpu() for name, value in model.state_dict().items()}
-    restriction = submask.restrict(model, small_mask(), mode=mode)
-    optimizer = adamw(restriction.parameters())
+def small_steps(model, restriction, device: str = "cpu", dtype=torch.float32, lr: float = 1e-3) -> None:
+    optimizer = torch.optim.AdamW(restriction.parameters(), lr=lr, weight_decay=0.1)
     restriction.attach(optimizer)
     for _ in range(STEPS):
         optimizer.zero_grad()
-        model(torch.randn(3, 6, device="cuda")).square().sum().backward()
+        model(torch.randn(3, 6, device=device, dtype=dtype)).square().sum().backward()
         optimizer.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_converting_the_model_after_restrict_keeps_the_guarantee(mode: str, dtype) -> None:
+    """``model.to(dtype)`` (like ``model.to("cuda")``, or a Trainer moving the model to its device) after
+    ``restrict`` gives each parameter new storage: the restriction follows it there."""
+    model = small_model()
+    restriction = submask.restrict(model, small_mask(), mode=mode)
+    model.to(dtype)
+    start = {name: value.clone() for name, value in model.state_dict().items()}
+    small_steps(model, restriction, dtype=dtype, lr=0.1)  # weight decay that moves bf16 values too
+    if mode == "sparse":  # released values stay released: not the full-size zeros .to() made of them
+        values = model[0].weight_submask_values
+        assert values.dtype == dtype and values.stride() == (0,) and values.untyped_storage().nbytes() == dtype.itemsize
+    restriction.remove()
+    assert all(value.dtype == dtype for value in model.state_dict().values())
+    assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7
+
+
+@pytest.mark.parametrize("change", ["swap", "assign"])
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_a_parameter_swapped_or_replaced_after_restrict_is_refused(mode: str, change: str) -> None:
+    """Hooks do not survive ``swap_tensors`` (which ``model.to`` uses when asked to, and for DTensors), and a
+    new parameter object is not restricted at all: the next step refuses, and nothing outside the mask moves."""
+    model = small_model()
+    restriction = submask.restrict(model, small_mask(), mode=mode)
+    if change == "swap":
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            model.double()
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(False)
+        expected = "swapped its tensor"
+    else:
+        model.load_state_dict({name: value.clone() for name, value in model.state_dict().items()}, assign=True)
+        expected = "replaced by another parameter"
+    start = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(submask.UsageError, match=rf"'weight' of Linear .*{expected}.*unrestrict"):
+        small_steps(model, restriction, dtype=start["0.weight"].dtype)
+    assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 0  # refused before the step
+    restriction.remove()  # still lifts what it can
+    if change == "swap":
+        assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("moved", ["before", "after"])
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_restrict_on_cuda(mode: str, moved: str) -> None:
+    """On the GPU, with the model moved there before ``restrict`` or after it."""
+    model = small_model()
+    start = {name: value.clone() for name, value in model.state_dict().items()}
+    if moved == "before":
+        model.cuda()
+    restriction = submask.restrict(model, small_mask(), mode=mode)
+    if moved == "after":
+        model.cuda()
+    small_steps(model, restriction, device="cuda")
     restriction.remove()
     state = {name: value.cpu() for name, value in model.state_dict().items()}
     assert assert_unmasked_unchanged(state, start, small_mask()) == 7
