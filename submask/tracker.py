@@ -71,7 +71,8 @@ class UpdateSparsity:
 
 class UpdateTracker:
     """The update mask of ``model``'s parameters against ``reference`` (default: a copy of the parameters
-    now, on their device), computed on demand on the model's device.
+    now, on their device, which follows the model if it is moved or converted later), computed on demand on
+    the model's device.
 
     ``reference`` may be a module (an RL trainer's reference model: its parameters are read live, never
     copied) or a state dict holding at least the model's parameter names. ``criterion``, ``atol`` and
@@ -81,6 +82,7 @@ class UpdateTracker:
     def __init__(self, model: Any, reference: Any = None, *, criterion: str | None = None,
                  atol: float | None = None, rtol: float | None = None):
         self.model, self._criterion = model, {"criterion": criterion, "atol": atol, "rtol": rtol}
+        self._owns_reference = reference is None
         if reference is None:
             reference = {name: value.detach().clone() for name, value in saved_parameters(model).items()}
         elif callable(getattr(reference, "named_parameters", None)):
@@ -96,7 +98,18 @@ class UpdateTracker:
         if missing:
             raise MismatchError(f"UpdateTracker: the reference has no {missing[0]!r} ({len(missing)} parameter(s) "
                                 "missing); pass a reference with the model's parameter names")
+        if self._owns_reference:
+            self._follow(current)
         return {name: self.reference[name].detach() for name in current}, current
+
+    def _follow(self, current: dict[str, Any]) -> None:
+        """Move and convert the tracker's copy of the initial weights as the model was since (``model.cuda()``,
+        ``.half()``), once: a copy left behind would be sent to the model's device on every call, and one of
+        another dtype would count every rounded value as changed."""
+        for name, value in current.items():
+            initial = self.reference[name]
+            if initial.device != value.device or initial.dtype != value.dtype:
+                self.reference[name] = initial.to(value.device, value.dtype)
 
     def mask(self) -> Mask:
         """The update mask now (set where a parameter value differs from the reference), with its ladder."""

@@ -141,6 +141,34 @@ def test_trainer_logs_update_sparsity_and_writes_masks(minilm_bf16, tmp_path: Pa
         UpdateSparsityCallback(log_every=0)
 
 
+def test_the_trackers_copy_follows_a_model_converted_after_it() -> None:
+    """The initial weights the tracker keeps are converted as the model is (here float32 -> bf16, where most
+    values round): no value counts as changed until training moves it. A given reference is left as it is."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
+    tracker, given = UpdateTracker(model), UpdateTracker(model, reference=copy.deepcopy(model))
+    model.to(torch.bfloat16)
+    assert tracker.mask().count == 0
+    assert given.mask().count > 0.9 * 64 * 64  # by value against float32: the rounding counts as a change
+    with torch.no_grad():
+        model[0].weight[:3] *= 2
+    assert tracker.mask().count == 3 * 64
+    assert all(value.dtype == torch.bfloat16 for value in tracker.reference.values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tracker_made_before_the_model_moves_to_the_gpu_compares_there() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
+    tracker = UpdateTracker(model)
+    model.cuda()
+    with torch.no_grad():
+        model[0].weight[:3] += 1
+    mask = tracker.mask()
+    assert mask.metadata.stats["backend"] == "cuda:0" and mask.count == 3 * 64
+    assert all(value.is_cuda for value in tracker.reference.values())
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_tracker_on_a_gpu_model_compares_there() -> None:
