@@ -65,10 +65,11 @@ def test_a_large_job_starts_the_kernels_and_the_result_is_the_same(tmp_path: Pat
 
 @pytest.mark.skipif(not numba_enabled(), reason="numba is not installed or switched off")
 def test_compiled_kernels_load_from_the_disk_cache_in_the_next_process() -> None:
-    code = ("import numpy as np; from submask.codecs.rice import RiceCodec, _rice_block; "
+    code = ("import numpy as np; from submask.codecs.rice import RiceCodec; "
+            "from submask.codecs.rice_kernels import rice_block; "
             "bits = np.packbits(np.random.default_rng(1).random(5000) < 0.05); "
             "payload, config = RiceCodec().encode(bits, 5000); "
             "assert (RiceCodec().from_config(config).decode(payload, 5000) == bits).all(); "
-            "stats = _rice_block.compiled.stats; print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))")
+            "stats = rice_block.compiled.stats; print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))")
     run_python(code)  # compiles and writes the cache, unless an earlier process did
     assert run_python(code) == "1 0"

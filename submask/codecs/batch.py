@@ -19,7 +19,8 @@ import numpy as np
 from ..accel import Kernel, popcount
 from .base import Codec
 from .plain import RawCodec
-from .rice import COUNT, PACKED, RiceCodec, _rice_block, rice_kernels_compiled
+from .rice import RiceCodec, rice_kernels_compiled
+from .rice_kernels import COUNT, PACKED, rice_block
 
 RAW, RICE = 0, 1  # a payload's kind in the table of ``pair_counts``
 #: columns of the table: per tensor its bits, then per mask (A, B) its kind, payload offset, end and rice block bits
@@ -118,7 +119,7 @@ def _decode(data, start, end, block_bits, bits, packed, no_positions):  # pragma
 
 @Kernel
 def _rice_pass(data, start, end, block_bits, bits, mode, packed, no_positions):  # pragma: no cover - numba
-    """Every block of the rice payload ``data[start:end]`` of ``bits`` bits through ``_rice_block`` in ``mode``
+    """Every block of the rice payload ``data[start:end]`` of ``bits`` bits through ``rice_block`` in ``mode``
     (PACKED: sets its bits in ``packed``, zeros on entry; COUNT: counts its set bits set in ``packed``), with
     the block header checks of ``rice._read_header``; returns (count, set bits), or (-1, -1) for a bad payload."""
     offset, counted, ones = start, 0, 0
@@ -137,7 +138,7 @@ def _rice_pass(data, start, end, block_bits, bits, mode, packed, no_positions): 
             return -1, -1
         if mode == PACKED and not value:
             packed[base // 8 : (base + nbits + 7) // 8] = 0xFF
-        done = _rice_block(data, offset + 12, unary_nbytes, count, k, nbits, value, mode, base, no_positions, packed)
+        done = rice_block(data, offset + 12, unary_nbytes, count, k, nbits, value, mode, base, no_positions, packed)
         if done < 0:
             return -1, -1
         counted += done
