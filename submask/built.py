@@ -55,6 +55,18 @@ class BuiltMask:
 
 
 @dataclass(frozen=True)
+class ChangeCounts:
+    """What ``count_changes`` counted, per tensor: elements (``numel``), changed elements under the criterion
+    (``changed``) and, with the ladder, changed elements at each tolerance of ``LADDER_ATOL`` (``ladder``);
+    ``backend`` is where they were compared."""
+
+    numel: dict[str, int]
+    changed: dict[str, int]
+    ladder: dict[str, list[int]] | None
+    backend: str
+
+
+@dataclass(frozen=True)
 class AppliedModel:
     """What ``apply_mask`` wrote: the model dir, and how many values came from the finetuned model (or delta)."""
 

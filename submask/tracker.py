@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .breakdown import locate
-from .build import build_mask
+from .built import ChangeCounts
+from .build import build_mask, count_changes
 from .build.criteria import LADDER_ATOL
 from .errors import MismatchError, UsageError
 from .mask import Mask
@@ -29,8 +30,8 @@ from .mask import Mask
 @dataclass(frozen=True)
 class UpdateSparsity:
     """Fractions of values unchanged from the reference: overall, per tensor and per module type (as
-    ``submask.breakdown.locate`` names them), and at each tolerance of ``LADDER_ATOL`` (``ladder``, overall
-    and per module type)."""
+    ``submask.breakdown.locate`` names them) under the criterion, and at each tolerance of ``LADDER_ATOL``
+    (``ladder``, overall and per module type)."""
 
     overall: float
     tensors: dict[str, float]
@@ -41,25 +42,38 @@ class UpdateSparsity:
     @classmethod
     def of(cls, mask: Mask) -> "UpdateSparsity":
         """The sparsity of an update mask built with its tolerance ladder."""
-        changed = mask.metadata.stats["ladder"]["changed"]
+        ladder = mask.metadata.stats["ladder"]["changed"]
+        return cls.from_counts(ChangeCounts(numel={name: tensor.numel for name, tensor in mask.items()},
+                                            changed={name: tensor.count for name, tensor in mask.items()},
+                                            ladder={name: ladder[name] for name in mask}, backend=""))
+
+    @classmethod
+    def from_counts(cls, counts: ChangeCounts) -> "UpdateSparsity":
+        """The sparsity of ``count_changes`` counts (taken with the ladder)."""
+        if counts.ladder is None:
+            raise UsageError("UpdateSparsity needs the tolerance ladder's counts: count them with ladder=True")
         numel: dict[str, int] = {}
-        module_changed: dict[str, list[int]] = {}
-        for name, tensor in mask.items():
+        changed: dict[str, int] = {}
+        module_ladder: dict[str, list[int]] = {}
+        for name, total in counts.numel.items():
             module = locate(name).module
-            numel[module] = numel.get(module, 0) + tensor.numel
-            totals = module_changed.setdefault(module, [0] * len(LADDER_ATOL))
-            module_changed[module] = [total + count for total, count in zip(totals, changed[name])]
+            numel[module] = numel.get(module, 0) + total
+            changed[module] = changed.get(module, 0) + counts.changed[name]
+            rungs = module_ladder.setdefault(module, [0] * len(LADDER_ATOL))
+            module_ladder[module] = [rung + count for rung, count in zip(rungs, counts.ladder[name])]
+        overall_numel, overall_ladder = sum(numel.values()), [sum(rungs) for rungs in zip(*module_ladder.values())]
 
-        def unchanged(counts: list[int], total: int) -> dict[float, float]:
-            return {atol: 1 - count / total if total else 1.0 for atol, count in zip(LADDER_ATOL, counts)}
+        def unchanged(count: int, total: int) -> float:
+            return 1 - count / total if total else 1.0
 
-        return cls(overall=1 - mask.density,
-                   tensors={name: 1 - tensor.density for name, tensor in mask.items()},
-                   modules={module: 1 - counts[0] / numel[module] if numel[module] else 1.0
-                            for module, counts in module_changed.items()},
-                   ladder=unchanged(changed["__all__"], mask.numel),
-                   module_ladder={module: unchanged(counts, numel[module])
-                                  for module, counts in module_changed.items()})
+        def ladder(counts_at: list[int], total: int) -> dict[float, float]:
+            return {atol: unchanged(count, total) for atol, count in zip(LADDER_ATOL, counts_at)}
+
+        return cls(overall=unchanged(sum(changed.values()), overall_numel),
+                   tensors={name: unchanged(counts.changed[name], total) for name, total in counts.numel.items()},
+                   modules={module: unchanged(changed[module], numel[module]) for module in numel},
+                   ladder=ladder(overall_ladder or [0] * len(LADDER_ATOL), overall_numel),
+                   module_ladder={module: ladder(rungs, numel[module]) for module, rungs in module_ladder.items()})
 
     def as_logs(self, prefix: str = "update_sparsity") -> dict[str, float]:
         """Flat ``{name: value}`` for a trainer's loggers: overall, per module type, and the overall ladder."""
@@ -117,8 +131,10 @@ class UpdateTracker:
         return build_mask(reference, current, **self._criterion).mask
 
     def sparsity(self) -> UpdateSparsity:
-        """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder."""
-        return UpdateSparsity.of(self.mask())
+        """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder
+        (counted without making the mask: no bits come back from the model's device)."""
+        reference, current = self._pair()
+        return UpdateSparsity.from_counts(count_changes(reference, current, **self._criterion))
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the update mask now to ``path`` (streamed, atomically; over an existing file only with

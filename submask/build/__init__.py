@@ -7,6 +7,6 @@ adds). Checkpoints are read through ``submask.checkpoints``.
 """
 
 from .criteria import LADDER_ATOL, Criterion
-from .pipeline import build_mask, match_tensors
+from .pipeline import build_mask, count_changes, match_tensors
 
-__all__ = ["LADDER_ATOL", "Criterion", "build_mask", "match_tensors"]
+__all__ = ["LADDER_ATOL", "Criterion", "build_mask", "count_changes", "match_tensors"]

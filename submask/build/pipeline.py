@@ -19,13 +19,14 @@ import re
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..built import BuiltMask
+from ..built import BuiltMask, ChangeCounts
 from ..delta import Delta
 from ..align import mismatch
 from ..errors import MismatchError
@@ -36,7 +37,7 @@ from ..format.values import TensorValues
 from ..packed import clear_padding, packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
-from .sinks import FileSink, MemorySink, Sink
+from .sinks import CountsSink, FileSink, MemorySink, Sink
 from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
 from ..checkpoints.dtypes import DTYPES, DType
 from ..checkpoints.safetensors_file import TensorInfo
@@ -64,13 +65,14 @@ class _TensorJob:
     chunk_bytes: int
     values: bool = False  # keep the changed values, chunk by chunk (``pieces``, in chunk order)
     whole: bool = False  # every element is stored: the finetuned side alone is read
+    bits: bool = True  # keep the packed bits (False: counts only, ``count_changes``)
     packed: np.ndarray = field(init=False)
     pieces: list[np.ndarray | None] = field(init=False)
     ones: int = 0
     ladder: np.ndarray = field(default_factory=lambda: np.zeros(len(LADDER_ATOL), dtype=np.int64))
 
     def __post_init__(self) -> None:
-        self.packed = np.empty(packed_nbytes(self.info.numel), dtype=np.uint8)
+        self.packed = np.empty(packed_nbytes(self.info.numel) if self.bits else 0, dtype=np.uint8)
         if self.whole:
             self.packed.fill(0xFF)
             clear_padding(self.packed, self.info.numel)
@@ -142,10 +144,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     chosen = Criterion.make(criterion, atol, rtol)
     if values:
         check_values_build(chosen, include)
-    workers = max(1, workers or os.cpu_count() or 1)
-    with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
-            open_source(finetuned, api=hub_api, cache_dir=cache_dir) as source_b:
-        backend = select_backend(device, source_b.resident or source_a.resident)
+    with _opened(base, finetuned, device, hub_api, cache_dir) as (source_a, source_b, backend):
         if values:
             infos, whole, skipped = delta_tensors(source_a, source_b)
         else:
@@ -169,8 +168,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             if values:
                 metadata.checkpoint = record_checkpoint(source_b)
                 metadata.stats["whole"] = whole
-            for source in (source_a, source_b):  # before the mask is committed: never a mask of a changed file
-                source.check_unchanged()
+            run.check_unchanged()  # before the mask is committed: never a mask of a changed file
             metadata.stats["backend"] = backend.name
             if "cross_dtype" in metadata.stats:
                 metadata.criterion["cross_dtype"] = "float64 values"
@@ -182,6 +180,37 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
         delta = Delta(sink.mask, sink.values, metadata.checkpoint) if values else None
         return BuiltMask(mask=sink.mask, delta=delta, **counts)
     return BuiltMask(path=sink.writer.index_path or sink.writer.path, **counts)
+
+
+def count_changes(base: Any, finetuned: Any, *, criterion: str | None = None, atol: float | None = None,
+                  rtol: float | None = None, include: Pattern | Sequence[Pattern] | None = None,
+                  intersect: bool = False, device: str | Backend = "auto", workers: int | None = None,
+                  chunk_bytes: int | None = None, ladder: bool = True) -> ChangeCounts:
+    """What ``build_mask(base, finetuned)`` would count, without the mask: per tensor, the elements and the
+    changed ones, and (with ``ladder``) the changed ones at each tolerance of ``LADDER_ATOL``. No bits are
+    kept, nor copied back from a GPU (``UpdateTracker.sparsity`` calls this during training). Arguments as
+    ``build_mask``'s.
+    """
+    chosen = Criterion.make(criterion, atol, rtol)
+    with _opened(base, finetuned, device) as (source_a, source_b, backend):
+        infos, _ = match_tensors(source_a, source_b, include, intersect)
+        run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress=False, bits=False)
+        sink = CountsSink()
+        stats = run.stream(infos, sink)
+        run.check_unchanged()
+    ladders = stats["ladder"]["changed"] if ladder else None
+    return ChangeCounts(numel={info.name: info.numel for info in infos}, changed=sink.changed,
+                        ladder={info.name: ladders[info.name] for info in infos} if ladders else None,
+                        backend=backend.name)
+
+
+@contextmanager
+def _opened(base: Any, finetuned: Any, device: str | Backend, hub_api: Any = None,
+            cache_dir: str | os.PathLike[str] | None = None) -> Iterator[tuple[Source, Source, Backend]]:
+    """Both checkpoints opened, and the backend that compares them."""
+    with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
+            open_source(finetuned, api=hub_api, cache_dir=cache_dir) as source_b:
+        yield source_a, source_b, select_backend(device, source_b.resident or source_a.resident)
 
 
 def match_tensors(base: Source, finetuned: Source, include: Pattern | Sequence[Pattern] | None = None,
@@ -235,8 +264,10 @@ class _Run:
     """One build's threads and counters."""
 
     def __init__(self, source_a: Source, source_b: Source, backend: Backend, criterion: Criterion, ladder: bool,
-                 workers: int, chunk_bytes: int | None, progress: bool):
+                 workers: int | None, chunk_bytes: int | None, progress: bool, bits: bool = True):
         self.sources, self.backend, self.criterion, self.ladder = (source_a, source_b), backend, criterion, ladder
+        self.bits = bits  # False: counts only, no packed bits kept
+        workers = max(1, workers or os.cpu_count() or 1)
         on_device = backend.takes_tensors and source_a.resident is not None and source_b.resident is not None
         if on_device:
             workers = min(workers, DEVICE_WORKERS)
@@ -266,8 +297,7 @@ class _Run:
         pool, writer = ThreadPoolExecutor(self.workers, "submask-build"), ThreadPoolExecutor(1, "submask-write")
 
         def finish(job: _TensorJob) -> None:
-            for source in self.sources:  # fail early, between tensors, once a checkpoint is rewritten
-                source.check_unchanged()
+            self.check_unchanged()  # fail early, between tensors, once a checkpoint is rewritten
             while len(writes) >= PENDING_WRITES:
                 writes.popleft().result()
             prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones,
@@ -293,7 +323,7 @@ class _Run:
         try:
             for info in infos:
                 job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes, values=whole is not None,
-                                 whole=info.name in stored_whole)
+                                 whole=info.name in stored_whole, bits=self.bits)
                 chunks = job.chunks
                 if not chunks:
                     finish(job)
@@ -326,10 +356,16 @@ class _Run:
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
-        job.packed[start // 8: start // 8 + result.packed.size] = result.packed
+        if job.bits:
+            job.packed[start // 8: start // 8 + result.packed.size] = result.packed
         if job.values:
             job.pieces[k] = chunk_values(b, result.packed)
         return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)
+
+    def check_unchanged(self) -> None:
+        """Raise SourceError if either checkpoint changed since it was opened."""
+        for source in self.sources:
+            source.check_unchanged()
 
     def _read(self, side: int, name: str, start: int, stop: int) -> Any:
         """A chunk of side 0 (base) or 1: a torch view where the backend takes them (tensors stay on their

@@ -1,4 +1,4 @@
-"""Where a build's finished tensors go: a mask (and values) in memory, or a MaskWriter.
+"""Where a build's finished tensors go: a mask (and values) in memory, a MaskWriter, or only their counts.
 
 ``prepare`` runs on a worker thread (encoding releases the GIL), ``commit`` in tensor order on the writer
 thread (``pipeline``).
@@ -46,6 +46,27 @@ class MemorySink:
             self.values[name] = values
 
     def __enter__(self) -> "MemorySink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class CountsSink:
+    """Keeps only each tensor's changed count (``count_changes``)."""
+
+    def __init__(self) -> None:
+        self.changed: dict[str, int] = {}
+
+    def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
+                values: TensorValues | None) -> tuple[str, int]:
+        return name, ones
+
+    def commit(self, prepared: tuple[str, int]) -> None:
+        name, ones = prepared
+        self.changed[name] = ones
+
+    def __enter__(self) -> "CountsSink":
         return self
 
     def __exit__(self, *exc: object) -> None:

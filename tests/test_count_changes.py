@@ -1,0 +1,85 @@
+"""``count_changes``: a build's counts without its mask (what ``UpdateTracker.sparsity`` uses during training)."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import save_file  # noqa: E402
+from test_build import DTYPES, _bf16_pair, _pair_tensors  # noqa: E402
+
+import submask  # noqa: E402
+from submask.build import count_changes  # noqa: E402
+from submask.build.backends import TorchBackend  # noqa: E402
+
+
+def _state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    base, finetuned = {}, {}
+    for name, (dtype, pairs) in DTYPES.items():
+        base[name], finetuned[name], _ = _pair_tensors(dtype, pairs)
+    base["w"], finetuned["w"] = _bf16_pair(40_003, seed=5)
+    base["cross"], finetuned["cross"] = base["w"].clone(), finetuned["w"].float()
+    finetuned["cross"][7:70] += 1e-6  # fp32 moves a bf16 cannot hold
+    return base, finetuned
+
+
+@pytest.mark.parametrize("device", ["cpu", "torch"])
+@pytest.mark.parametrize("kwargs", [{}, {"atol": 1e-5}, {"rtol": 1e-3}, {"include": "w*"}])
+def test_counts_equal_the_builds(tmp_path: Path, kwargs: dict, device: str) -> None:
+    """Per tensor: elements, changed elements and ladder, as the mask of the same build has them; from
+    files and from state dicts, on the numpy path and the torch backend."""
+    base, finetuned = _state_dicts()
+    save_file(base, tmp_path / "a.safetensors")
+    save_file(finetuned, tmp_path / "b.safetensors")
+    backend = "cpu" if device == "cpu" else TorchBackend("cpu")
+    mask = submask.build_mask(base, finetuned, device="cpu", **kwargs).mask
+    ladder = mask.metadata.stats["ladder"]["changed"]
+    for inputs in [(base, finetuned), (tmp_path / "a.safetensors", tmp_path / "b.safetensors")]:
+        counts = count_changes(*inputs, device=backend, chunk_bytes=4096, **kwargs)
+        assert counts.numel == {name: tensor.numel for name, tensor in mask.items()}
+        assert counts.changed == {name: tensor.count for name, tensor in mask.items()}
+        assert counts.ladder == {name: ladder[name] for name in mask}
+        assert counts.backend == "cpu"  # TorchBackend("cpu") is named as its device
+    assert 0 < sum(counts.changed.values()) < sum(counts.numel.values())
+    assert count_changes(base, finetuned, ladder=False, **kwargs).ladder is None
+
+
+def test_counts_keep_no_bits() -> None:
+    """A build holds each tensor's packed bits (numel / 8 bytes); counting holds the chunks in flight only."""
+    numel = 1 << 27
+    base = torch.zeros(numel, dtype=torch.uint8)
+    finetuned = base.clone()
+    finetuned[::3] = 1
+    options = {"workers": 1, "chunk_bytes": 1 << 20, "device": "cpu"}
+    peaks = {}
+    for name, run in {"build": lambda: submask.build_mask({"t": base}, {"t": finetuned}, **options),
+                      "count": lambda: count_changes({"t": base}, {"t": finetuned}, **options)}.items():
+        tracemalloc.start()
+        result = run()
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del result
+    assert peaks["build"] >= numel // 8
+    assert peaks["count"] < numel // 8 // 3, peaks  # the 1 MiB chunk buffers of both sides, and such
+
+
+def test_tracker_sparsity_from_counts_equals_the_masks(tmp_path: Path) -> None:
+    """``sparsity()`` counts without a mask and gives what the mask gives; module fractions follow the
+    criterion (here atol), as the overall fraction does."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
+    tracker = submask.UpdateTracker(model, atol=1e-3)
+    with torch.no_grad():
+        model[0].weight[:4] += 1e-4  # within the tolerance: unchanged under atol, changed bitwise
+        model[2].weight[:2] += 1.0
+    sparsity = tracker.sparsity()
+    assert sparsity == submask.UpdateSparsity.of(tracker.mask())
+    assert sparsity.modules["0"] == 1.0 and sparsity.ladder[0.0] < 1.0
+    assert sparsity.modules["2"] == pytest.approx(1 - 2 * 32 / (8 * 32 + 8))
+    numel = sum(p.numel() for p in model.parameters())
+    assert sparsity.overall == pytest.approx(1 - 2 * 32 / numel)
+    np.testing.assert_allclose(sparsity.tensors["2.weight"], 1 - 2 * 32 / 256)
