@@ -83,3 +83,15 @@ def test_tracker_sparsity_from_counts_equals_the_masks(tmp_path: Path) -> None:
     numel = sum(p.numel() for p in model.parameters())
     assert sparsity.overall == pytest.approx(1 - 2 * 32 / numel)
     np.testing.assert_allclose(sparsity.tensors["2.weight"], 1 - 2 * 32 / 256)
+
+
+def test_tensors_without_values_are_refused() -> None:
+    """A model on the meta device (made without weights) has nothing to compare: a clear SourceError, from a
+    build, a count and the tracker alike."""
+    model = torch.nn.Linear(3, 3, device="meta")
+    empty, real = {"w": torch.zeros(4, device="meta")}, {"w": torch.zeros(4)}
+    runs = [lambda: submask.build_mask(model, model), lambda: count_changes(empty, real),
+            lambda: submask.UpdateTracker(model).sparsity()]
+    for run in runs:
+        with pytest.raises(submask.SourceError, match=r"tensor '(weight|w)' is on the meta device.*load the weights"):
+            run()

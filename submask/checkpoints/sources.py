@@ -140,6 +140,9 @@ class StateDictSource(Source):
         for name, value in state.items():
             if not hasattr(value, "dtype") or not hasattr(value, "shape"):
                 raise SourceError(f"{label}, tensor {name!r}: {type(value).__name__} is not a tensor or array")
+            if getattr(value, "is_meta", False):
+                raise SourceError(f"{label}, tensor {name!r} is on the meta device and holds no values: load the "
+                                  "weights (or materialise the model) before comparing it")
             self.tensors[name] = TensorInfo(name, dtype_of_array(value.dtype, f"{label}, tensor {name!r}: "),
                                             tuple(int(d) for d in value.shape))
         devices = [str(value.device) for value in state.values()
