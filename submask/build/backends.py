@@ -130,7 +130,6 @@ class TorchBackend(Backend):
 
         self.torch, self.device = torch, torch.device(device)
         self.name = str(self.device)
-        self._rungs = torch.tensor(LADDER_ATOL[1:], dtype=torch.float64, device=self.device)
         self._local = threading.local()
 
     def staging(self, nbytes: int) -> np.ndarray:
@@ -169,7 +168,7 @@ class TorchBackend(Backend):
             delta = (y - x).abs_()
             if ladder:  # as criteria.ladder_changed: NaN is within no tolerance
                 counts[1] = where.numel()
-                counts[2:] = where.numel() - (delta[:, None] <= self._rungs).sum(dim=0)
+                counts[2:] = where.numel() - torch.stack([self._count(delta <= rung) for rung in LADDER_ATOL[1:]])
             if criterion.name != "exact":
                 changed[where] = ~unchanged_within(x, y, criterion, torch, delta)  # index_put: no sync
         counts[0] = self._count(changed)
