@@ -65,7 +65,7 @@ def test_torch_backend_packs_a_partial_last_byte(numel: int, criterion: Criterio
     assert expected.packed.size == -(-numel // 8) and expected.packed[-1] & 0x80 >> (numel - 1) % 8
 
 
-def test_torch_ladder_in_one_pass_counts_each_rung() -> None:
+def test_torch_ladder_counts_each_rung_on_the_device() -> None:
     """Differences exactly at a tolerance are within it; NaN (against a number or another NaN) and inf
     against -inf are within none; +0 vs -0 changes only the bytes; equal bytes (NaN and inf included)
     count nowhere."""

@@ -3,7 +3,9 @@
 A backend takes one chunk of both checkpoints (raw unsigned ints of the same dtype) and returns the packed
 changed-bits of the chunk, their count and, on request, the tolerance-ladder counts; ``widen`` turns a
 chunk of any float dtype into float64 bits, so two float dtypes compare by value. Both backends apply the
-definitions of ``criteria`` (they pass their array module to it), so they build identical masks.
+definitions of ``criteria`` (they pass their array module to it; the torch backend counts the ladder's rungs
+itself, by the rule of ``criteria.ladder_changed``, so the counts stay on the device), so they build
+identical masks.
 
 The torch backend works on any torch device and also takes chunks that are torch tensors already (a state
 dict or module on a GPU is compared where it is: only the packed bits and counts come back to the host).
@@ -117,10 +119,11 @@ class TorchBackend(Backend):
     one thread's file reads overlap the others' host-to-device copies, kernels and copies back; a chunk's
     work ends when its packed bits reach the host, before its buffer is read into again.
 
-    A chunk costs few passes and host syncs (what bounds a GPU): the compare, a count and the packing pass
-    over the chunk, and one copy back of the count, the ladder counts and the packed bits together. A
-    tolerance or the ladder adds one ``nonzero`` (a sync that sizes the gather) and passes over the
-    changed elements only: decoding every element instead moves about twice the bytes at 25% changed.
+    A chunk costs few passes and host syncs (what bounds a GPU): the compare, a count and the packing over
+    the chunk, and one copy back of the count, the ladder counts and the packed bits together (one sync).
+    A tolerance or the ladder adds a ``nonzero`` (a second sync, which sizes the gather) and passes over
+    the changed elements only: decoding every element instead moves about twice the bytes at 25% changed
+    (on the CPU it ran at 0.4x the speed at 25% changed, 0.1x at 1%, 1.2-1.6x at 100%).
     """
 
     takes_tensors = True
