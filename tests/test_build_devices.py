@@ -13,8 +13,9 @@ from test_build import DTYPES, _bf16_pair, _every_code_pair, _pair_tensors  # no
 
 from submask import build_mask  # noqa: E402
 from submask.build.backends import NumpyBackend, TorchBackend, pack_bits, select_backend  # noqa: E402
-from submask.build.criteria import Criterion  # noqa: E402
+from submask.build.criteria import LADDER_ATOL, Criterion  # noqa: E402
 from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
+from submask.checkpoints.dtypes import decode  # noqa: E402
 
 CRITERIA = [Criterion.make(), Criterion.make(atol=0.0), Criterion.make(atol=1e-3), Criterion.make(rtol=0.01)]
 
@@ -87,6 +88,28 @@ def test_torch_ladder_counts_each_rung_on_the_device() -> None:
         assert got.ladder == reference.ladder == expected_ladder
         assert got.packed.tolist() == reference.packed.tolist() == np.packbits(changed).tolist()
         assert got.ones == reference.ones == sum(changed)
+
+
+@pytest.mark.parametrize("dtype_name", ["BF16", "F16", "F8_E4M3", "F8_E5M2"])
+def test_float32_ladder_of_narrow_floats_equals_float64_wherever_they_could_differ(dtype_name: str) -> None:
+    """An exact build counts the ladder of narrow floats in float32. Its rounding of |y - x| can differ from
+    float64's side of a rung only where the larger magnitude lies within 2^-12 of the rung: every such
+    pair (larger magnitude within 2^-8, against every code, both ways round; every pair of 8-bit codes)
+    counts as in float64."""
+    dtype = BUILD_DTYPES[dtype_name]
+    codes = np.arange(1 << 8 * dtype.itemsize, dtype=np.int64).astype(dtype.raw)
+    with np.errstate(invalid="ignore"):
+        closeness = np.abs(np.abs(decode(codes, dtype))[:, None] / np.array(LADDER_ATOL[1:]) - 1)
+    near = codes if dtype.itemsize == 1 else codes[np.any(closeness < 2.0**-8, axis=1)]
+    a, b = np.repeat(near, codes.size), np.tile(codes, near.size)
+    a, b = np.concatenate([a, b]), np.concatenate([b, a])
+    with np.errstate(invalid="ignore"):
+        expected = NumpyBackend().compare(a, b, dtype, Criterion.make(), ladder=True)
+    got = TorchBackend("cpu").compare(a, b, dtype, Criterion.make(), ladder=True)
+    assert got.ladder == expected.ladder
+    assert got.packed.tolist() == expected.packed.tolist()
+    if dtype_name == "BF16":  # some pairs are this close to every rung
+        assert near.size >= 2 * len(LADDER_ATOL[1:]) and 0 < expected.ladder[-1] < expected.ladder[1]
 
 
 def _state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -167,11 +167,13 @@ class TorchBackend(Backend):
         torch.ne(ta, tb, out=changed[:numel])
         if criterion.name != "exact" or ladder:
             where = changed[:numel].nonzero().squeeze(1)
-            x, y = self._decode(ta[where], dtype), self._decode(tb[where], dtype)
+            narrow = criterion.name == "exact" and dtype.name in _FLOAT32_LADDER
+            to, rungs = (torch.float32, _FLOAT32_RUNGS) if narrow else (torch.float64, LADDER_ATOL[1:])
+            x, y = self._decode(ta[where], dtype, to), self._decode(tb[where], dtype, to)
             delta = (y - x).abs_()
             if ladder:  # as criteria.ladder_changed: NaN is within no tolerance
                 counts[1] = where.numel()
-                counts[2:] = where.numel() - torch.stack([self._count(delta <= rung) for rung in LADDER_ATOL[1:]])
+                counts[2:] = where.numel() - torch.stack([self._count(delta <= rung) for rung in rungs])
             if criterion.name != "exact":
                 changed[where] = ~unchanged_within(x, y, criterion, torch, delta)  # index_put: no sync
         counts[0] = self._count(changed)
@@ -200,8 +202,9 @@ class TorchBackend(Backend):
         # Asynchronous from pinned staging buffers: the chunk's work ends with a copy back, before reuse.
         return raw.to(self.device, non_blocking=True)
 
-    def _decode(self, raw: Any, dtype: DType) -> Any:
-        """float64 values of signed-int views, as ``dtypes.decode`` defines them."""
+    def _decode(self, raw: Any, dtype: DType, to: Any = None) -> Any:
+        """float64 values of signed-int views, as ``dtypes.decode`` defines them; floats may go ``to`` another
+        torch float dtype that holds them exactly."""
         torch = self.torch
         if dtype.kind == "bool" or dtype.name == "U8":
             return raw.view(torch.uint8).to(torch.float64)
@@ -212,9 +215,23 @@ class TorchBackend(Backend):
             # Two exact 32-bit halves, one rounding in the sum: as numpy's uint64 -> float64 (not float64 of
             # the int64 plus 2^64, which rounds twice).
             return ((wide >> 32) & 0xFFFFFFFF).to(torch.float64) * 2.0**32 + (wide & 0xFFFFFFFF).to(torch.float64)
-        return raw.view(getattr(torch, dtype.torch_name)).to(torch.float64)
+        return raw.view(getattr(torch, dtype.torch_name)).to(to or torch.float64)
 
 
+# An exact build decodes only for the ladder, and for floats of at most 11 significant bits float32 (24)
+# puts every |y - x| on the same side of every rung as float64, at half the bytes: y - x is exact in float32
+# unless the exponents differ by 13 or more, and then |y - x| is within 2^-12 of the larger magnitude, so the
+# two roundings can straddle a rung only for pairs whose larger magnitude is that close to it (the tests
+# compare both on every such pair). Compared in float32 against the largest float32 at or below each rung.
+_FLOAT32_LADDER = frozenset({"BF16", "F16", "F8_E4M3", "F8_E5M2"})
+
+
+def _float32_at_or_below(value: float) -> float:
+    nearest = np.float32(value)
+    return float(nearest if float(nearest) <= value else np.nextafter(nearest, np.float32(-np.inf)))
+
+
+_FLOAT32_RUNGS = [_float32_at_or_below(rung) for rung in LADDER_ATOL[1:]]
 _COUNTS = 1 + len(LADDER_ATOL)  # int64 counts a chunk's reply starts with: the changed bits, then the ladder
 # Times a little-endian word of 8 bools (0/1 bytes, first flag lowest): the 8 partial products land on bits
 # 63 down to 56 (first flag highest) without carries, so the top byte is the packed byte, MSB first. As a
