@@ -16,7 +16,6 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from submask.build.backends import NumpyBackend, TorchBackend
 from submask.build.criteria import Criterion
 from submask.checkpoints.dtypes import DTYPES
 
+from .bench_gpu import best_of, resident_pair
 from .report import markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,31 +43,20 @@ def baseline_backends(revision: str) -> ModuleType:
     """``submask.build.backends`` as it was at ``revision``, imported beside today's (same package)."""
     source = subprocess.run(["git", "show", f"{revision}:submask/build/backends.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "backends.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("submask.build._baseline_backends", path)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "backends.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("submask.build._baseline_backends", path)
+        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+        spec.loader.exec_module(module)
     return module
 
 
 def chunk_pair(numel: int, changed: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """bf16 bits (int16 views) of weights near 1e-2 and a copy with ``changed`` of them moved by one ulp."""
-    generator = torch.Generator().manual_seed(0)
-    bits = torch.randint(0x3B80, 0x3D80, (numel,), dtype=torch.int16, generator=generator)
-    moved = bits + (torch.rand(numel, generator=generator) < changed).to(torch.int16)
-    return bits.to(device), moved.to(device)
-
-
-def best_of(run: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        started = time.perf_counter()
-        run()
-        sync()
-        best = min(best, time.perf_counter() - started)
-    return best
+    """Raw bf16 elements (int16 views) of bench_gpu's resident pair: ``changed`` of them moved by one ulp."""
+    base, finetuned = resident_pair(2 * numel, device, changed)
+    assert len(base) == 1, "one tensor per side: at most bench_gpu.TENSOR_ELEMENTS elements"
+    return next(iter(base.values())).view(torch.int16), next(iter(finetuned.values())).view(torch.int16)
 
 
 def measure(a: torch.Tensor, b: torch.Tensor, old: object, new: TorchBackend, repeats: int,
@@ -85,7 +74,7 @@ def measure(a: torch.Tensor, b: torch.Tensor, old: object, new: TorchBackend, re
         assert results["new"].packed.tolist() == results["baseline"].packed.tolist()
         assert (results["new"].ones, results["new"].ladder) == (results["baseline"].ones, results["baseline"].ladder)
         times = dict.fromkeys(runs, float("inf"))
-        for _ in range(repeats):  # alternately, so both see the same machine load
+        for _ in range(repeats):  # alternately (each run after a warm-up), so both see the same machine load
             for name, run in runs.items():
                 times[name] = min(times[name], best_of(run, 1, sync))
         numpy_time = best_of(partial(numpy_path.compare, *host, BF16, criterion, ladder), repeats, sync)
