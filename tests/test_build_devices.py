@@ -12,9 +12,10 @@ from safetensors.torch import save_file  # noqa: E402
 from test_build import DTYPES, _bf16_pair, _every_code_pair, _pair_tensors  # noqa: E402
 
 from submask import build_mask  # noqa: E402
-from submask.build.backends import NumpyBackend, TorchBackend, select_backend  # noqa: E402
-from submask.build.criteria import Criterion  # noqa: E402
+from submask.build.backends import NumpyBackend, TorchBackend, pack_bits, select_backend  # noqa: E402
+from submask.build.criteria import LADDER_ATOL, Criterion  # noqa: E402
 from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
+from submask.checkpoints.dtypes import decode  # noqa: E402
 
 CRITERIA = [Criterion.make(), Criterion.make(atol=0.0), Criterion.make(atol=1e-3), Criterion.make(rtol=0.01)]
 
@@ -38,6 +39,77 @@ def test_torch_backend_equals_numpy_code_by_code(dtype_name: str) -> None:
     if dtype.kind == "float":
         np.testing.assert_array_equal(torch_backend.widen(as_tensor[0], dtype).numpy().view(np.uint64),
                                       numpy_backend.widen(a, dtype))
+
+
+def test_pack_bits_is_numpy_packbits_for_every_byte() -> None:
+    """The one-multiply packing puts each flag on its own bit (no carries) for all 256 bytes, MSB first."""
+    every_byte = np.arange(256, dtype=np.uint8)
+    flags = torch.from_numpy(np.unpackbits(every_byte).astype(bool))
+    out = torch.empty(256, dtype=torch.uint8)
+    pack_bits(flags, out)
+    assert out.tolist() == every_byte.tolist()
+
+
+@pytest.mark.parametrize("numel", [1, 7, 9, 15, 17, 63, 65, 1001])
+@pytest.mark.parametrize("criterion", [Criterion.make(), Criterion.make(atol=1e-4)])
+def test_torch_backend_packs_a_partial_last_byte(numel: int, criterion: Criterion) -> None:
+    """A tensor's last chunk may end mid-byte: its packed bits (zero padded), count and ladder equal numpy's."""
+    base, finetuned = (side.view(torch.int16)[-numel:] for side in _bf16_pair(numel + 3, seed=numel))
+    finetuned[-1] = base[-1] ^ 0x4000  # a large move (exponent bit), whose bit lands in the partial byte
+    a, b = base.numpy().view(np.uint16), finetuned.numpy().view(np.uint16)
+    with np.errstate(invalid="ignore"):
+        expected = NumpyBackend().compare(a, b, BUILD_DTYPES["BF16"], criterion, ladder=True)
+    for ladder in (True, False):
+        got = TorchBackend("cpu").compare(base, finetuned, BUILD_DTYPES["BF16"], criterion, ladder)
+        assert got.packed.tolist() == expected.packed.tolist()
+        assert (got.ones, got.ladder) == (expected.ones, expected.ladder if ladder else None)
+    assert expected.packed.size == -(-numel // 8) and expected.packed[-1] & 0x80 >> (numel - 1) % 8
+
+
+def test_torch_ladder_counts_each_rung_on_the_device() -> None:
+    """Differences exactly at a tolerance are within it; NaN (against a number or another NaN) and inf
+    against -inf are within none; +0 vs -0 changes only the bytes; equal bytes (NaN and inf included)
+    count nowhere."""
+    nan, inf, rung = float("nan"), float("inf"), 1e-8
+    pairs = [(0.0, rung, [1, 0, 0, 0, 0, 0]), (0.0, np.nextafter(rung, 1), [1, 1, 0, 0, 0, 0]),
+             (1.0, 1.00005, [1, 1, 1, 1, 1, 0]), (1.0, 1.001, [1] * 6), (1.0, nan, [1] * 6),
+             (nan, nan, [1] * 6), (inf, -inf, [1] * 6), (0.0, -0.0, [1, 0, 0, 0, 0, 0]),
+             (nan, nan, [0] * 6), (inf, inf, [0] * 6), (2.5, 2.5, [0] * 6)]
+    a = np.array([pair[0] for pair in pairs], dtype=np.float64).view(np.uint64)
+    b = np.array([pair[1] for pair in pairs], dtype=np.float64).view(np.uint64)
+    b[5] ^= np.uint64(1)  # another NaN payload
+    expected_ladder = np.sum([pair[2] for pair in pairs], axis=0).tolist()
+    f64 = BUILD_DTYPES["F64"]
+    exact, within_rung = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    for criterion, changed in [(Criterion.make(), exact), (Criterion.make(atol=rung), within_rung)]:
+        got = TorchBackend("cpu").compare(a, b, f64, criterion, ladder=True)
+        with np.errstate(invalid="ignore"):
+            reference = NumpyBackend().compare(a, b, f64, criterion, ladder=True)
+        assert got.ladder == reference.ladder == expected_ladder
+        assert got.packed.tolist() == reference.packed.tolist() == np.packbits(changed).tolist()
+        assert got.ones == reference.ones == sum(changed)
+
+
+@pytest.mark.parametrize("dtype_name", ["BF16", "F16", "F8_E4M3", "F8_E5M2"])
+def test_float32_ladder_of_narrow_floats_equals_float64_wherever_they_could_differ(dtype_name: str) -> None:
+    """An exact build counts the ladder of narrow floats in float32. Its rounding of |y - x| can differ from
+    float64's side of a rung only where the larger magnitude lies within 2^-12 of the rung: every such
+    pair (larger magnitude within 2^-8, against every code, both ways round; every pair of 8-bit codes)
+    counts as in float64."""
+    dtype = BUILD_DTYPES[dtype_name]
+    codes = np.arange(1 << 8 * dtype.itemsize, dtype=np.int64).astype(dtype.raw)
+    with np.errstate(invalid="ignore"):
+        closeness = np.abs(np.abs(decode(codes, dtype))[:, None] / np.array(LADDER_ATOL[1:]) - 1)
+    near = codes if dtype.itemsize == 1 else codes[np.any(closeness < 2.0**-8, axis=1)]
+    a, b = np.repeat(near, codes.size), np.tile(codes, near.size)
+    a, b = np.concatenate([a, b]), np.concatenate([b, a])
+    with np.errstate(invalid="ignore"):
+        expected = NumpyBackend().compare(a, b, dtype, Criterion.make(), ladder=True)
+    got = TorchBackend("cpu").compare(a, b, dtype, Criterion.make(), ladder=True)
+    assert got.ladder == expected.ladder
+    assert got.packed.tolist() == expected.packed.tolist()
+    if dtype_name == "BF16":  # some pairs are this close to every rung
+        assert near.size >= 2 * len(LADDER_ATOL[1:]) and 0 < expected.ladder[-1] < expected.ladder[1]
 
 
 def _state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -3,7 +3,9 @@
 A backend takes one chunk of both checkpoints (raw unsigned ints of the same dtype) and returns the packed
 changed-bits of the chunk, their count and, on request, the tolerance-ladder counts; ``widen`` turns a
 chunk of any float dtype into float64 bits, so two float dtypes compare by value. Both backends apply the
-definitions of ``criteria`` (they pass their array module to it), so they build identical masks.
+definitions of ``criteria`` (they pass their array module to it; the torch backend counts the ladder's rungs
+itself, by the rule of ``criteria.ladder_changed``, so the counts stay on the device), so they build
+identical masks.
 
 The torch backend works on any torch device and also takes chunks that are torch tensors already (a state
 dict or module on a GPU is compared where it is: only the packed bits and counts come back to the host).
@@ -116,6 +118,13 @@ class TorchBackend(Backend):
     On CUDA, each worker thread reads into its own pinned staging buffer and works on its own stream, so
     one thread's file reads overlap the others' host-to-device copies, kernels and copies back; a chunk's
     work ends when its packed bits reach the host, before its buffer is read into again.
+
+    A chunk costs few passes and host syncs (what bounds a GPU): the compare, a count and the packing over
+    the chunk, and one copy back of the count, the ladder counts and the packed bits together (one sync).
+    A tolerance or the ladder adds a ``nonzero`` (a second sync, which sizes the gather) and passes over
+    the changed elements only, which also give the count: decoding every element instead moves about twice
+    the bytes at 25% changed (on the CPU it ran at 0.4x the speed at 25% changed, 0.1x at 1%, 1.2-1.6x at
+    100%).
     """
 
     takes_tensors = True
@@ -125,7 +134,6 @@ class TorchBackend(Backend):
 
         self.torch, self.device = torch, torch.device(device)
         self.name = str(self.device)
-        self._bit_weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=self.device)
         self._local = threading.local()
 
     def staging(self, nbytes: int) -> np.ndarray:
@@ -151,15 +159,38 @@ class TorchBackend(Backend):
     def _compare(self, a: Any, b: Any, dtype: DType, criterion: Criterion, ladder: bool) -> ChunkResult:
         torch = self.torch
         ta, tb = self._tensor(a, dtype), self._tensor(b, dtype)
-        changed = ta != tb
-        counts = None
-        if criterion.name != "exact" or ladder:
-            where = changed.nonzero().squeeze(1)
-            x, y = self._decode(ta[where], dtype), self._decode(tb[where], dtype)
-            counts = ladder_changed(x, y, torch) if ladder else None
+        numel = ta.numel()
+        # What comes back, in one copy: the count and the ladder counts (int64), then the packed bits.
+        reply = torch.empty(8 * _COUNTS + -(-numel // 8), dtype=torch.uint8, device=self.device)
+        counts = reply[:8 * _COUNTS].view(torch.int64)
+        changed = torch.empty(-(-numel // 8) * 8, dtype=torch.bool, device=self.device)
+        changed[numel:] = False  # a tensor's last chunk packs to a partial byte, padded with zeros
+        torch.ne(ta, tb, out=changed[:numel])
+        if criterion.name == "exact" and not ladder:
+            counts[0] = self._count(changed)
+        else:
+            where = changed[:numel].nonzero().squeeze(1)
+            narrow = criterion.name == "exact" and dtype.name in _FLOAT32_LADDER
+            to, rungs = (torch.float32, _FLOAT32_RUNGS) if narrow else (torch.float64, LADDER_ATOL[1:])
+            x, y = self._decode(ta[where], dtype, to), self._decode(tb[where], dtype, to)
+            delta = (y - x).abs_()
+            if ladder:  # as criteria.ladder_changed: NaN is within no tolerance
+                counts[1] = where.numel()
+                counts[2:] = where.numel() - torch.stack([self._count(delta <= rung) for rung in rungs])
+            counts[0] = where.numel()  # the count comes from the changed elements, not another pass over all
             if criterion.name != "exact":
-                changed[where[unchanged_within(x, y, criterion, torch)]] = False
-        return ChunkResult(self._pack(changed).cpu().numpy(), int(changed.sum()), counts)
+                within = unchanged_within(x, y, criterion, torch, delta)
+                changed[where] = ~within  # index_put: no sync
+                counts[0] -= self._count(within)
+        pack_bits(changed, reply[8 * _COUNTS:])
+        host = reply.cpu().numpy()
+        tallies = host[:8 * _COUNTS].view(np.int64).tolist()
+        return ChunkResult(host[8 * _COUNTS:], tallies[0], tallies[1:] if ladder else None)
+
+    def _count(self, flags: Any) -> Any:
+        """How many of the bools ``flags`` are set, as a device scalar: torch's CPU sum of bools is ~20x slower
+        than its count_nonzero, which on CUDA is a compare and a sum (an extra pass)."""
+        return self.torch.count_nonzero(flags) if self.device.type == "cpu" else flags.sum()
 
     def widen(self, raw: Any, dtype: DType) -> Any:
         with self._stream():
@@ -176,8 +207,9 @@ class TorchBackend(Backend):
         # Asynchronous from pinned staging buffers: the chunk's work ends with a copy back, before reuse.
         return raw.to(self.device, non_blocking=True)
 
-    def _decode(self, raw: Any, dtype: DType) -> Any:
-        """float64 values of signed-int views, as ``dtypes.decode`` defines them."""
+    def _decode(self, raw: Any, dtype: DType, to: Any = None) -> Any:
+        """float64 values of signed-int views, as ``dtypes.decode`` defines them; floats may go ``to`` another
+        torch float dtype that holds them exactly."""
         torch = self.torch
         if dtype.kind == "bool" or dtype.name == "U8":
             return raw.view(torch.uint8).to(torch.float64)
@@ -188,11 +220,37 @@ class TorchBackend(Backend):
             # Two exact 32-bit halves, one rounding in the sum: as numpy's uint64 -> float64 (not float64 of
             # the int64 plus 2^64, which rounds twice).
             return ((wide >> 32) & 0xFFFFFFFF).to(torch.float64) * 2.0**32 + (wide & 0xFFFFFFFF).to(torch.float64)
-        return raw.view(getattr(torch, dtype.torch_name)).to(torch.float64)
+        return raw.view(getattr(torch, dtype.torch_name)).to(to or torch.float64)
 
-    def _pack(self, bits: Any) -> Any:
-        padded = self.torch.nn.functional.pad(bits.to(self.torch.uint8), (0, -bits.numel() % 8))
-        return (padded.view(-1, 8) * self._bit_weights).sum(dim=1, dtype=self.torch.uint8)
+
+# An exact build decodes only for the ladder, and for floats of at most 11 significant bits float32 (24)
+# puts every |y - x| on the same side of every rung as float64, at half the bytes: y - x is exact in float32
+# unless the exponents differ by 13 or more, and then |y - x| is within 2^-12 of the larger magnitude, so the
+# two roundings can straddle a rung only for pairs whose larger magnitude is that close to it (the tests
+# compare both on every such pair). Compared in float32 against the largest float32 at or below each rung.
+_FLOAT32_LADDER = frozenset({"BF16", "F16", "F8_E4M3", "F8_E5M2"})
+
+
+def _float32_at_or_below(value: float) -> float:
+    nearest = np.float32(value)
+    return float(nearest if float(nearest) <= value else np.nextafter(nearest, np.float32(-np.inf)))
+
+
+_FLOAT32_RUNGS = [_float32_at_or_below(rung) for rung in LADDER_ATOL[1:]]
+_COUNTS = 1 + len(LADDER_ATOL)  # int64 counts a chunk's reply starts with: the changed bits, then the ladder
+# Times a little-endian word of 8 bools (0/1 bytes, first flag lowest): the 8 partial products land on bits
+# 63 down to 56 (first flag highest) without carries, so the top byte is the packed byte, MSB first. As a
+# signed int64: torch multiplies int64 modulo 2^64. (Little-endian, as GPUs, x86 and ARM are.)
+_MSB_FIRST = 0x8040201008040201 - (1 << 64)
+
+
+def pack_bits(flags: Any, out: Any) -> None:
+    """Pack a torch bool tensor whose length is a multiple of 8 into ``out`` (uint8), MSB first, as
+    ``np.packbits``: one multiply per 8 flags and one strided copy of the words' top bytes."""
+    import torch
+
+    words = flags.view(torch.int64) * _MSB_FIRST
+    out.copy_(words.view(torch.uint8)[7::8])
 
 
 def select_backend(device: str | Backend = "auto", resident: str | None = None) -> Backend:

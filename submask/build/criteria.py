@@ -70,13 +70,14 @@ class Criterion:
         return {"name": self.name, "atol": self.atol, "rtol": self.rtol}
 
 
-def unchanged_within(x: Any, y: Any, criterion: Criterion, xp: Any) -> Any:
+def unchanged_within(x: Any, y: Any, criterion: Criterion, xp: Any, delta: Any = None) -> Any:
     """Boolean array: which pairs (float64 values whose bytes differ) the tolerance counts as unchanged.
 
-    ``xp`` is the array module (numpy or torch), so every backend applies the same definition. A NaN or an
-    infinity makes the difference NaN or infinite: never ``<= atol``, and excluded explicitly for rtol.
+    ``xp`` is the array module (numpy or torch), so every backend applies the same definition; ``delta`` is
+    ``|y - x|`` if the caller has it already. A NaN or an infinity makes the difference NaN or infinite:
+    never ``<= atol``, and excluded explicitly for rtol.
     """
-    delta = xp.abs(y - x)
+    delta = xp.abs(y - x) if delta is None else delta
     if criterion.name == "atol":
         return delta <= criterion.atol
     return (delta <= criterion.rtol * xp.maximum(xp.abs(x), xp.abs(y))) & xp.isfinite(delta)

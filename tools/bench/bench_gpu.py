@@ -99,15 +99,16 @@ def bench_files(root: Path, nbytes: int, cuda: bool, workers: int) -> list[list[
     out = root / "mask.smask"
     methods: dict[str, Callable[[], object]] = {
         "read (raw reader, baseline)": lambda: read_raw(paths, workers, chunk_bytes),
-        "build, CPU backend": lambda: build_mask(*paths, out, device="cpu", workers=workers)}
+        "build, CPU backend": lambda: build_mask(*paths, out, device="cpu", workers=workers, overwrite=True)}
     if cuda:
-        methods["build, CUDA backend"] = lambda: build_mask(*paths, out, device="cuda", workers=workers)
+        methods["build, CUDA backend"] = lambda: build_mask(*paths, out, device="cuda", workers=workers,
+                                                            overwrite=True)
         methods["pinned host-to-device copy"] = lambda: host_to_device(paths, pinned=True)
         methods["pageable host-to-device copy"] = lambda: host_to_device(paths, pinned=False)
     else:
         methods["build, torch backend on the CPU"] = lambda: build_mask(*paths, out, device=TorchBackend("cpu"),
-                                                                         workers=workers)
-    methods["build, auto"] = lambda: build_mask(*paths, out, workers=workers)
+                                                                         workers=workers, overwrite=True)
+    methods["build, auto"] = lambda: build_mask(*paths, out, workers=workers, overwrite=True)
     rows = {}
     for cache in ("hot", "cold"):
         read_raw(paths, workers, chunk_bytes)
