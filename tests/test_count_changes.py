@@ -15,6 +15,8 @@ from test_build import DTYPES, _bf16_pair, _pair_tensors  # noqa: E402
 import submask  # noqa: E402
 from submask.build import count_changes  # noqa: E402
 from submask.build.backends import TorchBackend  # noqa: E402
+from submask.build.criteria import Criterion  # noqa: E402
+from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
 
 
 def _state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -95,3 +97,26 @@ def test_tensors_without_values_are_refused() -> None:
     for run in runs:
         with pytest.raises(submask.SourceError, match=r"tensor '(weight|w)' is on the meta device.*load the weights"):
             run()
+
+
+def test_the_torch_backend_sends_back_only_counts_when_no_bits_are_asked_for() -> None:
+    base, finetuned = _bf16_pair(10_001, seed=9)
+    backend, dtype = TorchBackend("cpu"), BUILD_DTYPES["BF16"]
+    a, b = (value.view(torch.int16) for value in (base, finetuned))
+    with_bits = backend.compare(a, b, dtype, Criterion.make(), ladder=True)
+    counts_only = backend.compare(a, b, dtype, Criterion.make(), ladder=True, bits=False)
+    assert counts_only.packed is None and with_bits.packed.size == 1251
+    assert (counts_only.ones, counts_only.ladder) == (with_bits.ones, with_bits.ladder) and 0 < with_bits.ones
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_spread_over_two_gpus_is_compared_on_each() -> None:
+    """Tensors on cuda:0 and cuda:1 (as ``device_map="auto"`` places a large model) are compared where each
+    lives; the counts and bits equal the CPU build's."""
+    base, finetuned = _state_dicts()
+    placed = [{name: value.to(f"cuda:{k % 2}") for k, (name, value) in enumerate(side.items())}
+              for side in (base, finetuned)]
+    expected = submask.build_mask(base, finetuned, device="cpu").mask
+    assert dict(submask.build_mask(*placed).mask) == dict(expected)
+    assert count_changes(*placed).changed == {name: tensor.count for name, tensor in expected.items()}

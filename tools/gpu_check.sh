@@ -22,7 +22,7 @@ fi
 } 2>&1 | tee "$OUT/machine.txt"
 
 timeout 240 python3 -m pytest -m cuda -q -rs -p no:cacheprovider tests/test_build.py tests/test_build_devices.py \
-    tests/test_tracker.py tests/test_train.py tests/test_delta.py 2>&1 | tee "$OUT/tests.log"
+    tests/test_tracker.py tests/test_train.py tests/test_delta.py tests/test_count_changes.py 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
 
 timeout 330 python3 -m tools.bench.bench_gpu ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"

@@ -39,9 +39,10 @@ DECODE_BLOCK = 1 << 16  # elements decoded at a time for tolerances and the ladd
 
 @dataclass
 class ChunkResult:
-    """Packed changed-bits of a chunk (MSB first), how many are set, and ladder counts (or None)."""
+    """Packed changed-bits of a chunk (MSB first; None when not asked for), how many are set, and ladder counts
+    (or None)."""
 
-    packed: np.ndarray
+    packed: np.ndarray | None
     ones: int
     ladder: list[int] | None
 
@@ -54,7 +55,9 @@ class Backend:
     takes_tensors = False
 
     def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
-                ladder: bool) -> ChunkResult:
+                ladder: bool, bits: bool = True) -> ChunkResult:
+        """Compare one chunk of both sides; with ``bits`` False only the counts are needed (a backend may
+        still return the packed bits when they cost nothing extra)."""
         raise NotImplementedError
 
     def staging(self, nbytes: int) -> np.ndarray:
@@ -83,7 +86,7 @@ class NumpyBackend(Backend):
         return buffer[:size]
 
     def compare(self, a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
-                ladder: bool) -> ChunkResult:
+                ladder: bool, bits: bool = True) -> ChunkResult:
         fused = fused_compare(a, b, dtype, criterion, ladder)
         if fused is not None:
             return ChunkResult(*fused)
@@ -117,7 +120,8 @@ class TorchBackend(Backend):
 
     On CUDA, each worker thread reads into its own pinned staging buffer and works on its own stream, so
     one thread's file reads overlap the others' host-to-device copies, kernels and copies back; a chunk's
-    work ends when its packed bits reach the host, before its buffer is read into again.
+    work ends when its packed bits reach the host, before its buffer is read into again. A chunk that
+    already lives on another device of the same type (a model spread over several GPUs) is compared there.
 
     A chunk costs few passes and host syncs (what bounds a GPU): the compare, a count and the packing over
     the chunk, and one copy back of the count, the ladder counts and the packed bits together (one sync).
@@ -141,29 +145,44 @@ class TorchBackend(Backend):
             return super().staging(nbytes)
         return self.torch.empty(nbytes, dtype=self.torch.uint8, pin_memory=True).numpy()
 
-    def _stream(self) -> Any:
-        """This thread's stream (CUDA), ordered after the caller's pending work; a no-op context elsewhere."""
-        if self.device.type != "cuda":
+    def _device_for(self, *chunks: Any) -> Any:
+        """Where to compare chunks: on the device of the first that lives on a device of this backend's type
+        (so a model spread over several GPUs is compared on each), else on this backend's device."""
+        for chunk in chunks:
+            if not isinstance(chunk, np.ndarray) and chunk.device.type == self.device.type:
+                return chunk.device
+        return self.device
+
+    def _stream(self, device: Any) -> Any:
+        """This thread's stream on ``device`` (CUDA), ordered after the caller's pending work there; a no-op
+        context elsewhere."""
+        if device.type != "cuda":
             return contextlib.nullcontext()
         cuda = self.torch.cuda
-        stream = getattr(self._local, "stream", None)
+        streams = getattr(self._local, "streams", None)
+        if streams is None:
+            streams = self._local.streams = {}
+        stream = streams.get(device)
         if stream is None:
-            stream = self._local.stream = cuda.Stream(self.device)
-        stream.wait_stream(cuda.current_stream(self.device))  # device-resident inputs may still be in the making
+            stream = streams[device] = cuda.Stream(device)
+        stream.wait_stream(cuda.current_stream(device))  # device-resident inputs may still be in the making
         return cuda.stream(stream)
 
-    def compare(self, a: Any, b: Any, dtype: DType, criterion: Criterion, ladder: bool) -> ChunkResult:
-        with self._stream():
-            return self._compare(a, b, dtype, criterion, ladder)
+    def compare(self, a: Any, b: Any, dtype: DType, criterion: Criterion, ladder: bool,
+                bits: bool = True) -> ChunkResult:
+        device = self._device_for(b, a)
+        with self._stream(device):
+            return self._compare(a, b, dtype, criterion, ladder, bits, device)
 
-    def _compare(self, a: Any, b: Any, dtype: DType, criterion: Criterion, ladder: bool) -> ChunkResult:
+    def _compare(self, a: Any, b: Any, dtype: DType, criterion: Criterion, ladder: bool, bits: bool,
+                 device: Any) -> ChunkResult:
         torch = self.torch
-        ta, tb = self._tensor(a, dtype), self._tensor(b, dtype)
+        ta, tb = self._tensor(a, dtype, device), self._tensor(b, dtype, device)
         numel = ta.numel()
         # What comes back, in one copy: the count and the ladder counts (int64), then the packed bits.
-        reply = torch.empty(8 * _COUNTS + -(-numel // 8), dtype=torch.uint8, device=self.device)
+        reply = torch.empty(8 * _COUNTS + (-(-numel // 8) if bits else 0), dtype=torch.uint8, device=device)
         counts = reply[:8 * _COUNTS].view(torch.int64)
-        changed = torch.empty(-(-numel // 8) * 8, dtype=torch.bool, device=self.device)
+        changed = torch.empty(-(-numel // 8) * 8, dtype=torch.bool, device=device)
         changed[numel:] = False  # a tensor's last chunk packs to a partial byte, padded with zeros
         torch.ne(ta, tb, out=changed[:numel])
         if criterion.name == "exact" and not ladder:
@@ -182,30 +201,32 @@ class TorchBackend(Backend):
                 within = unchanged_within(x, y, criterion, torch, delta)
                 changed[where] = ~within  # index_put: no sync
                 counts[0] -= self._count(within)
-        pack_bits(changed, reply[8 * _COUNTS:])
+        if bits:
+            pack_bits(changed, reply[8 * _COUNTS:])
         host = reply.cpu().numpy()
         tallies = host[:8 * _COUNTS].view(np.int64).tolist()
-        return ChunkResult(host[8 * _COUNTS:], tallies[0], tallies[1:] if ladder else None)
+        return ChunkResult(host[8 * _COUNTS:] if bits else None, tallies[0], tallies[1:] if ladder else None)
 
     def _count(self, flags: Any) -> Any:
         """How many of the bools ``flags`` are set, as a device scalar: torch's CPU sum of bools is ~20x slower
         than its count_nonzero, which on CUDA is a compare and a sum (an extra pass)."""
-        return self.torch.count_nonzero(flags) if self.device.type == "cpu" else flags.sum()
+        return self.torch.count_nonzero(flags) if flags.device.type == "cpu" else flags.sum()
 
     def widen(self, raw: Any, dtype: DType) -> Any:
-        with self._stream():
-            values = self._decode(self._tensor(raw, dtype), dtype)
+        device = self._device_for(raw)
+        with self._stream(device):
+            values = self._decode(self._tensor(raw, dtype, device), dtype)
             return values.masked_fill(values.isnan(), float("nan")).view(self.torch.int64)  # F64 may be the caller's
 
-    def _tensor(self, raw: Any, dtype: DType) -> Any:
-        """A chunk (numpy raw elements, or a torch signed-int view on any device) as a signed view on the
-        device; numpy chunks may be read-only (a caller's array), which this backend never writes."""
+    def _tensor(self, raw: Any, dtype: DType, device: Any) -> Any:
+        """A chunk (numpy raw elements, or a torch signed-int view on any device) as a signed view on
+        ``device``; numpy chunks may be read-only (a caller's array), which this backend never writes."""
         if isinstance(raw, np.ndarray):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "The given NumPy array is not writable")
                 raw = self.torch.from_numpy(raw.view(dtype.signed))
         # Asynchronous from pinned staging buffers: the chunk's work ends with a copy back, before reuse.
-        return raw.to(self.device, non_blocking=True)
+        return raw.to(device, non_blocking=True)
 
     def _decode(self, raw: Any, dtype: DType, to: Any = None) -> Any:
         """float64 values of signed-int views, as ``dtypes.decode`` defines them; floats may go ``to`` another

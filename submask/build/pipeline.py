@@ -355,7 +355,7 @@ class _Run:
         dtype = job.info.dtype
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
-        result = self.backend.compare(a, b, dtype, self.criterion, self.ladder)
+        result = self.backend.compare(a, b, dtype, self.criterion, self.ladder, bits=job.bits)
         if job.bits:
             job.packed[start // 8: start // 8 + result.packed.size] = result.packed
         if job.values:
