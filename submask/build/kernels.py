@@ -21,11 +21,11 @@ _RUNGS = np.array(LADDER_ATOL[1:], dtype=np.float64)
 
 
 @Kernel
-def diff_bits(a, b, va, vb, table, half, above, rtol, rungs, packed, counts):  # pragma: no cover
+def diff_bits(a, b, single, table, half, above, rtol, rungs, packed, counts):  # pragma: no cover
     """Set bit i of ``packed`` (MSB first) where element i changed; add ladder counts to ``counts``.
 
-    ``a``, ``b``: raw unsigned ints. Values: ``table[a]`` if ``table`` is given, else ``va`` (the same memory
-    as float32) if given, else ``a`` is fp16 if ``half`` is given, else bf16. The criterion: ``above``:
+    ``a``, ``b``: raw unsigned ints. Values: ``table[a]`` if ``table`` is given, else ``a`` is float32 if
+    ``single`` is given, fp16 if ``half`` is given, else bf16. The criterion: ``above``:
     changed iff the bits of ``|y - x|`` exceed it (atol's bits, or -1 for exact), else ``rtol``'s test.
     ``rungs``: the ladder tolerances after 0, or None. Returns the number of bits set. numba compiles one
     version per combination of None arguments, with the branches on them removed, so each loop vectorises.
@@ -41,8 +41,10 @@ def diff_bits(a, b, va, vb, table, half, above, rtol, rungs, packed, counts):  #
             differ = a[i] != b[i]
             if table is not None:
                 x, y = table[a[i]], table[b[i]]
-            elif va is not None:
-                x, y = np.float64(va[i]), np.float64(vb[i])
+            elif single is not None:  # float32 from its bits, as bf16 below (a float32 view of the same
+                #   memory would alias ``a`` and keep the loop from vectorising)
+                x = np.float64(np.uint32(a[i]).view(np.float32))
+                y = np.float64(np.uint32(b[i]).view(np.float32))
             elif half is not None:  # fp16 to float32 bits (exponent rebiased by 112, 31 -> 255), subnormals
                 hx, hy = np.uint32(a[i]), np.uint32(b[i])
                 fx = ((hx & 0x8000) << 16) | (((hx & 0x7FFF) << 13) + (0x38000000 << ((hx & 0x7C00) == 0x7C00)))
@@ -98,12 +100,12 @@ def fused_compare(a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criteri
     if kernel is None or not (ladder or criterion.name != "exact") or dtype.kind != "float" or dtype.name == "F64":
         return None
     table = decode_table(dtype) if dtype.name.startswith("F8") else None
-    floats = (a.view(np.float32), b.view(np.float32)) if dtype.name == "F32" else (None, None)
     above = None if criterion.name == "rtol" else -1
     if criterion.name == "atol":
         above = int(np.array(criterion.atol, dtype=np.float64).view(np.int64))
     packed = np.empty((a.size + 7) // 8, dtype=np.uint8)
     counts = np.zeros(len(LADDER_ATOL), dtype=np.int64)
-    ones = kernel(a, b, *floats, table, True if dtype.name == "F16" else None, above, criterion.rtol,
+    ones = kernel(a, b, True if dtype.name == "F32" else None, table, True if dtype.name == "F16" else None, above,
+                  criterion.rtol,
                   _RUNGS if ladder else None, packed, counts)
     return packed, int(ones), counts.tolist() if ladder else None
