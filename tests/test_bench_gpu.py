@@ -1,4 +1,5 @@
-"""The GPU benchmarks at tiny sizes on the CPU: scripts a GPU session runs blind must run (issue 13)."""
+"""Benchmark scripts at tiny sizes on the CPU: the GPU ones a GPU session runs blind (issue 13), and those that
+time today's code against an earlier revision's (which they load from git)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools.bench.baseline import revision_available  # noqa: E402
+
+from submask.accel import numba_enabled  # noqa: E402
 
 
 def test_bench_gpu_prints_its_three_tables_and_writes_nothing(tmp_path: Path) -> None:
@@ -23,9 +28,10 @@ def test_bench_gpu_prints_its_three_tables_and_writes_nothing(tmp_path: Path) ->
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     for header in ("| resident diff | GB/s | ratio to copy |", "| files | hot GB/s | hot ratio | cold GB/s | cold ratio |",
-                   "| model | step (ms) | sparsity() (ms) | share of step time at N=50 |"):
+                   "| model | step (ms) | mask() (ms) | sparsity() (ms) | share of step time at N=50 |"):
         assert header in run.stdout
     for row in ("| copy of both on cpu (baseline) | ", "| build, torch backend (CPU tensors) | ",
+                "| count_changes, torch backend | ",
                 "| build, torch backend on the CPU | ", "| build, auto | ", "| Llama 1 layers, hidden 64 "):
         assert row in run.stdout
     assert (ROOT / "BENCHMARKS.md").read_bytes() == benchmarks
@@ -34,7 +40,7 @@ def test_bench_gpu_prints_its_three_tables_and_writes_nothing(tmp_path: Path) ->
 
 def test_bench_torch_compare_checks_and_times_both_revisions() -> None:
     """The baseline backend is loaded from git and must give today's bits and counts (the script asserts it)."""
-    if subprocess.run(["git", "cat-file", "-e", "fbe5e1d"], cwd=ROOT, capture_output=True, check=False).returncode:
+    if not revision_available("fbe5e1d"):
         pytest.skip("the baseline revision is not in this checkout")
     run = subprocess.run(
         [sys.executable, "-m", "tools.bench.bench_torch_compare", "--no-write", "--elements", "4096", "--repeats", "1"],
@@ -42,3 +48,17 @@ def test_bench_torch_compare_checks_and_times_both_revisions() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith("| 25% | exact + ladder (default) |")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 9
+
+
+def test_bench_kernels_checks_and_times_both_revisions() -> None:
+    """The baseline kernel is loaded from git, compiled beside today's, and must give the same bits and counts."""
+    if not revision_available("5a2a734"):
+        pytest.skip("the baseline revision is not in this checkout")
+    if not numba_enabled():
+        pytest.skip("numba is not installed or switched off")
+    run = subprocess.run(
+        [sys.executable, "-m", "tools.bench.bench_kernels", "--no-write", "--elements", "4096", "--repeats", "1"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| F32 | 30% | exact |")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 8

@@ -12,14 +12,9 @@ alternately with today's on the same tensors; both must give the same bits and c
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -28,28 +23,15 @@ from submask.build.backends import NumpyBackend, TorchBackend
 from submask.build.criteria import Criterion
 from submask.checkpoints.dtypes import DTYPES
 
+from .baseline import module_at
 from .bench_gpu import best_of, resident_pair
 from .report import markdown_table, write_section
 
-ROOT = Path(__file__).resolve().parents[2]
 GB = 10**9
 BF16 = DTYPES["BF16"]
 DENSITIES = (0.01, 0.25, 1.0)
 SETTINGS = {"exact, no ladder": (Criterion.make(), False), "exact + ladder (default)": (Criterion.make(), True),
             "atol 1e-5 + ladder": (Criterion.make(atol=1e-5), True)}
-
-
-def baseline_backends(revision: str) -> ModuleType:
-    """``submask.build.backends`` as it was at ``revision``, imported beside today's (same package)."""
-    source = subprocess.run(["git", "show", f"{revision}:submask/build/backends.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "backends.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location("submask.build._baseline_backends", path)
-        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
-        spec.loader.exec_module(module)
-    return module
 
 
 def chunk_pair(numel: int, changed: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +76,7 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    old, new = baseline_backends(args.baseline).TorchBackend(device), TorchBackend(device)
+    old, new = module_at(args.baseline, "submask/build/backends.py").TorchBackend(device), TorchBackend(device)
     rows = []
     for density in DENSITIES:
         for row in measure(*chunk_pair(args.elements, density, device), old, new, args.repeats, sync):

@@ -1,0 +1,37 @@
+"""A module of submask as it was at an earlier git revision, imported beside today's: the baseline of a
+benchmark that times a change against the code it replaced, in one process and on the same data."""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def module_at(revision: str, path: str) -> ModuleType:
+    """The module at ``path`` (e.g. "submask/build/kernels.py") as it was at ``revision``, imported in its own
+    package under another name, so its relative imports resolve to today's modules. Its source stays on disk
+    until the process exits (numba caches compiled kernels next to their source file)."""
+    source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix="submask-baseline-"))
+    atexit.register(shutil.rmtree, folder, True)
+    file = folder / Path(path).name
+    file.write_text(source)
+    package = ".".join(Path(path).with_suffix("").parts[:-1])
+    spec = importlib.util.spec_from_file_location(f"{package}._baseline_{file.stem}", file)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def revision_available(revision: str) -> bool:
+    """True when this checkout holds ``revision`` (a shallow clone may not)."""
+    return subprocess.run(["git", "cat-file", "-e", revision], cwd=ROOT, capture_output=True).returncode == 0
