@@ -300,9 +300,12 @@ class _Run:
             self.check_unchanged()  # fail early, between tensors, once a checkpoint is rewritten
             while len(writes) >= PENDING_WRITES:
                 writes.popleft().result()
-            prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones,
-                                   job.take_values())
-            writes.append(writer.submit(lambda: sink.commit(prepared.result())))
+            if sink.inline:  # nothing to encode: no hand-off to the threads
+                sink.commit(sink.prepare(job.info.name, job.info.shape, job.packed, job.ones, job.take_values()))
+            else:
+                prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones,
+                                       job.take_values())
+                writes.append(writer.submit(lambda: sink.commit(prepared.result())))
             stats["changed"] += job.ones
             stats["numel"] += job.info.numel
             stats["dtypes"][job.info.name] = job.info.dtype.name

@@ -20,7 +20,10 @@ from ..metadata import MaskMetadata
 
 
 class Sink(Protocol):
-    """Where finished tensors go: ``prepare`` runs on a worker thread, ``commit`` in order on the writer."""
+    """Where finished tensors go: ``prepare`` runs on a worker thread, ``commit`` in order on the writer, or
+    both in the build's own thread when ``inline`` (they do no work worth a hand-off)."""
+
+    inline: bool
 
     def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
                 values: TensorValues | None) -> Any: ...
@@ -30,6 +33,8 @@ class Sink(Protocol):
 
 class MemorySink:
     """Collects tensor masks (and values) into an in-memory Mask (the ``out=None`` case)."""
+
+    inline = True
 
     def __init__(self, metadata: MaskMetadata):
         self.mask = Mask({}, metadata)
@@ -55,6 +60,8 @@ class MemorySink:
 class CountsSink:
     """Keeps only each tensor's changed count (``count_changes``)."""
 
+    inline = True
+
     def __init__(self) -> None:
         self.changed: dict[str, int] = {}
 
@@ -75,6 +82,8 @@ class CountsSink:
 
 class FileSink:
     """Encodes on the workers and appends to a MaskWriter."""
+
+    inline = False
 
     def __init__(self, writer: MaskWriter):
         self.writer = writer
