@@ -12,7 +12,7 @@ set -u
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if ! python3 -c "import zstandard" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "installing the carried wheels failed" >&2; exit 2; }
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
