@@ -38,27 +38,19 @@ def test_bench_gpu_prints_its_three_tables_and_writes_nothing(tmp_path: Path) ->
     assert not (tmp_path / "bench").exists()  # the files it wrote are removed
 
 
-def test_bench_torch_compare_checks_and_times_both_revisions() -> None:
-    """The baseline backend is loaded from git and must give today's bits and counts (the script asserts it)."""
-    if not revision_available("fbe5e1d"):
+@pytest.mark.parametrize("script, baseline, row, columns", [
+    ("bench_torch_compare", "fbe5e1d", "| 25% | exact + ladder (default) |", 7),
+    ("bench_kernels", "5a2a734", "| F32 | 30% | exact |", 6)])
+def test_benchmarks_against_a_revision_check_and_time_both(script: str, baseline: str, row: str, columns: int) -> None:
+    """The baseline module is loaded from git beside today's and must give the same bits and counts (the
+    script asserts it); one row per setting."""
+    if not revision_available(baseline):
         pytest.skip("the baseline revision is not in this checkout")
-    run = subprocess.run(
-        [sys.executable, "-m", "tools.bench.bench_torch_compare", "--no-write", "--elements", "4096", "--repeats", "1"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| 25% | exact + ladder (default) |")]
-    assert len(rows) == 1 and len(rows[0].split("|")) == 9
-
-
-def test_bench_kernels_checks_and_times_both_revisions() -> None:
-    """The baseline kernel is loaded from git, compiled beside today's, and must give the same bits and counts."""
-    if not revision_available("5a2a734"):
-        pytest.skip("the baseline revision is not in this checkout")
-    if not numba_enabled():
+    if script == "bench_kernels" and not numba_enabled():
         pytest.skip("numba is not installed or switched off")
     run = subprocess.run(
-        [sys.executable, "-m", "tools.bench.bench_kernels", "--no-write", "--elements", "4096", "--repeats", "1"],
+        [sys.executable, "-m", f"tools.bench.{script}", "--no-write", "--elements", "4096", "--repeats", "1"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| F32 | 30% | exact |")]
-    assert len(rows) == 1 and len(rows[0].split("|")) == 8
+    rows = [line for line in run.stdout.splitlines() if line.startswith(row)]
+    assert len(rows) == 1 and len(rows[0].split("|")) == columns + 2

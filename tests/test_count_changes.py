@@ -10,23 +10,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
-from test_build import DTYPES, _bf16_pair, _pair_tensors  # noqa: E402
+from test_build import _bf16_pair  # noqa: E402
+from test_build_devices import _state_dicts  # noqa: E402
 
 import submask  # noqa: E402
 from submask.build import count_changes  # noqa: E402
 from submask.build.backends import TorchBackend  # noqa: E402
 from submask.build.criteria import Criterion  # noqa: E402
 from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
-
-
-def _state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    base, finetuned = {}, {}
-    for name, (dtype, pairs) in DTYPES.items():
-        base[name], finetuned[name], _ = _pair_tensors(dtype, pairs)
-    base["w"], finetuned["w"] = _bf16_pair(40_003, seed=5)
-    base["cross"], finetuned["cross"] = base["w"].clone(), finetuned["w"].float()
-    finetuned["cross"][7:70] += 1e-6  # fp32 moves a bf16 cannot hold
-    return base, finetuned
 
 
 @pytest.mark.parametrize("device", ["cpu", "torch"])

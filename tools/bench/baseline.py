@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -35,3 +37,18 @@ def module_at(revision: str, path: str) -> ModuleType:
 def revision_available(revision: str) -> bool:
     """True when this checkout holds ``revision`` (a shallow clone may not)."""
     return subprocess.run(["git", "cat-file", "-e", revision], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def time_alternately(runs: dict[str, Callable[[], object]], repeats: int,
+                     sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Best wall time of each run over ``repeats`` rounds in which the runs take turns, so that a baseline and
+    its replacement see the same machine load (``sync`` waits for a device around each run)."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            sync()
+            started = time.perf_counter()
+            run()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from submask.build import kernels
 from submask.build.criteria import Criterion
 from submask.checkpoints.dtypes import DTYPES
 
-from .baseline import module_at
+from .baseline import module_at, time_alternately
 from .report import markdown_table, write_section
 
 GB = 10**9
@@ -46,15 +45,6 @@ def chunk_pair(numel: int, changed: float, dtype_name: str, seed: int = 0) -> tu
     return rounded[0], rounded[1]
 
 
-def best_time(run, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def measure(old: object, elements: int, repeats: int) -> list[list[str]]:
     rows = []
     for dtype_name in ("F32", "BF16", "F16"):
@@ -67,10 +57,7 @@ def measure(old: object, elements: int, repeats: int) -> list[list[str]]:
                 results = {name: run() for name, run in runs.items()}  # compiles both, checks they agree
                 assert results["new"][1:] == results["baseline"][1:]
                 assert np.array_equal(results["new"][0], results["baseline"][0])
-                times = dict.fromkeys(runs, float("inf"))
-                for _ in range(repeats):  # alternately, so both see the same machine load
-                    for name, run in runs.items():
-                        times[name] = min(times[name], best_time(run, 1))
+                times = time_alternately(runs, repeats)
                 total = a.nbytes + b.nbytes
                 rows.append([dtype_name, f"{density:.0%}", label, f"{total / times['baseline'] / GB:.2f}",
                              f"{total / times['new'] / GB:.2f}", f"{times['baseline'] / times['new']:.2f}x"])

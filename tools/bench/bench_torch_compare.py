@@ -23,7 +23,7 @@ from submask.build.backends import NumpyBackend, TorchBackend
 from submask.build.criteria import Criterion
 from submask.checkpoints.dtypes import DTYPES
 
-from .baseline import module_at
+from .baseline import module_at, time_alternately
 from .bench_gpu import best_of, resident_pair
 from .report import markdown_table, write_section
 
@@ -55,10 +55,7 @@ def measure(a: torch.Tensor, b: torch.Tensor, old: object, new: TorchBackend, re
         results = {name: run() for name, run in runs.items()}
         assert results["new"].packed.tolist() == results["baseline"].packed.tolist()
         assert (results["new"].ones, results["new"].ladder) == (results["baseline"].ones, results["baseline"].ladder)
-        times = dict.fromkeys(runs, float("inf"))
-        for _ in range(repeats):  # alternately (each run after a warm-up), so both see the same machine load
-            for name, run in runs.items():
-                times[name] = min(times[name], best_of(run, 1, sync))
+        times = time_alternately(runs, repeats, sync)  # each ran once above: warmed up
         numpy_time = best_of(partial(numpy_path.compare, *host, BF16, criterion, ladder), repeats, sync)
         rows.append([setting, f"{total / times['baseline'] / GB:.3f}", f"{total / times['new'] / GB:.3f}",
                      f"{times['baseline'] / times['new']:.1f}x", f"{copy_time / times['new']:.3f}",
