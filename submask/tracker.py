@@ -8,7 +8,9 @@
 The comparison is ``build_mask`` on the parameters (state dicts that stay on their device: a model on a
 GPU is compared there, only the packed bits and counts come back), so criteria, the tolerance ladder and
 the mask's metadata are those of a build. The reference costs memory only when it is not given: with
-``reference=`` (the reference model an RL trainer already holds, or a state dict) nothing is copied.
+``reference=`` (the reference model an RL trainer already holds, or a state dict) nothing is copied. Under
+FSDP2 (``fully_shard``), each rank counts its own shards and ``sparsity()`` sums the counts over the ranks;
+the mask itself needs the full parameters.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .build import build_mask, count_changes
 from .build.criteria import LADDER_ATOL
 from .errors import MismatchError, UsageError
 from .mask import Mask
+from .sharding import is_sharded, local_shard
 
 
 @dataclass(frozen=True)
@@ -125,22 +128,78 @@ class UpdateTracker:
             if initial.device != value.device or initial.dtype != value.dtype:
                 self.reference[name] = initial.to(value.device, value.dtype)
 
+    @property
+    def sharded(self) -> bool:
+        """True when the model's parameters are sharded (FSDP2's ``fully_shard``): ``sparsity`` then counts each
+        rank's shards and sums the counts over the ranks (every rank must call it), while ``mask`` and ``save``
+        need the full parameters and refuse."""
+        return any(is_sharded(value) for value in saved_parameters(self.model).values())
+
     def mask(self) -> Mask:
         """The update mask now (set where a parameter value differs from the reference), with its ladder."""
-        reference, current = self._pair()
+        reference, current = self._full_pair("mask()")
         return build_mask(reference, current, **self._criterion).mask
 
     def sparsity(self) -> UpdateSparsity:
         """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder
         (counted without making the mask: no bits come back from the model's device)."""
         reference, current = self._pair()
-        return UpdateSparsity.from_counts(count_changes(reference, current, **self._criterion))
+        if not any(is_sharded(value) for value in current.values()):
+            return UpdateSparsity.from_counts(count_changes(reference, current, **self._criterion))
+        local = {name: local_shard(value)[0] for name, value in current.items()}
+        counts = count_changes(_local_references(reference, current), local, **self._criterion)
+        return UpdateSparsity.from_counts(_summed_over_ranks(counts, current))
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the update mask now to ``path`` (streamed, atomically; over an existing file only with
         ``overwrite``); returns the path written."""
-        reference, current = self._pair()
+        reference, current = self._full_pair("save()")
         return build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path
+
+    def _full_pair(self, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        reference, current = self._pair()
+        if any(is_sharded(value) for value in current.values()):
+            raise UsageError(f"UpdateTracker.{what} needs the full parameters, and the model's are sharded (FSDP2). "
+                             "sparsity() works on the shards; for a mask, gather a full state dict (torch's "
+                             "get_model_state_dict with full_state_dict=True) and pass it to submask.build_mask")
+        return reference, current
+
+
+def _local_references(reference: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The reference entries that match each sharded parameter's local shard: the reference's own shard, or the
+    same rows of a full reference tensor."""
+    local = {}
+    for name, value in current.items():
+        if is_sharded(reference[name]) or not is_sharded(value):
+            local[name] = local_shard(reference[name])[0]
+            continue
+        if tuple(reference[name].shape) != tuple(value.shape):
+            raise MismatchError(f"UpdateTracker: the reference's {name!r} has shape {list(reference[name].shape)}, "
+                                f"the model's {list(value.shape)}")
+        shard, start = local_shard(value)
+        local[name] = reference[name].reshape(-1)[start:start + shard.numel()].view(shard.shape)
+    return local
+
+
+def _summed_over_ranks(counts: ChangeCounts, current: dict[str, Any]) -> ChangeCounts:
+    """Each rank's counts of its shards summed over the ranks of the shards' mesh (one all-reduce): the counts of
+    the full parameters. A parameter that is not sharded (every rank holds all of it) counts on one rank."""
+    import torch
+    import torch.distributed as dist
+
+    mesh = next(value.device_mesh for value in current.values() if is_sharded(value))
+    names, rungs = list(counts.numel), len(LADDER_ATOL)
+    assert counts.ladder is not None
+    mine = [is_sharded(current[name]) or mesh.get_local_rank() == 0 for name in names]
+    flat = [counts.changed[name] if own else 0 for name, own in zip(names, mine)]
+    flat += [count if own else 0 for name, own in zip(names, mine) for count in counts.ladder[name]]
+    totals = torch.tensor(flat, dtype=torch.int64, device=mesh.device_type)
+    dist.all_reduce(totals, group=mesh.get_group())
+    summed = totals.tolist()
+    return ChangeCounts(numel={name: current[name].numel() for name in names},
+                        changed=dict(zip(names, summed[:len(names)])),
+                        ladder={name: summed[len(names) + k * rungs:len(names) + (k + 1) * rungs]
+                                for k, name in enumerate(names)}, backend=counts.backend)
 
 
 def saved_parameters(module: Any) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import MismatchError, UsageError
 from .align import check_fit, describe
 from .io import MaskLike, open_mask
+from .sharding import local_shard
 
 if TYPE_CHECKING:
     import torch
@@ -106,7 +107,7 @@ class _Dense(_Entry):
         import torch
 
         super().__init__(owner, attribute, parameter)
-        local, start = _shard(parameter)
+        local, start = local_shard(parameter)
         self.frozen = local.clone()
         packed = _packed_range(bits, start, local.numel())
         self.packed = torch.from_numpy(packed).to(parameter.device)  # 1 bit per entry, unpacked on use
@@ -115,7 +116,7 @@ class _Dense(_Entry):
     def _local(self) -> "torch.Tensor":
         """The entries held here, where the parameter is now; the starting values and the packed mask follow
         it there (``model.to("cuda")`` or ``.half()`` after ``restrict`` gives the parameter new storage)."""
-        local = _shard(self.parameter)[0]
+        local = local_shard(self.parameter)[0]
         if self.frozen.device != local.device or self.frozen.dtype != local.dtype:
             self.frozen = self.frozen.to(local.device, local.dtype)  # converted as the parameter was
             self.packed = self.packed.to(local.device)
@@ -123,7 +124,7 @@ class _Dense(_Entry):
 
     def _zero_outside(self, parameter: "torch.Tensor") -> None:
         """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
-        grad, _ = _shard(parameter.grad)  # type: ignore[arg-type]
+        grad, _ = local_shard(parameter.grad)  # type: ignore[arg-type]
         grad.masked_fill_(self.inside().logical_not_(), 0)
 
     def inside(self) -> "torch.Tensor":
@@ -173,7 +174,7 @@ class _Sparse(_Entry):
                                f"{type(owner).__name__} is not contiguous: use mode='dense'")
         super().__init__(owner, attribute, parameter)
         self.group = group
-        local, start = _shard(parameter)
+        local, start = local_shard(parameter)
         self.mesh = getattr(parameter, "device_mesh", None)  # a DTensor's
         if self.mesh is not None and group is not None:
             raise UsageError(f"{attribute!r} of {type(owner).__name__} is sharded (FSDP2), which reduces its "
@@ -192,7 +193,7 @@ class _Sparse(_Entry):
         """This rank's entries of the weight, where the weight is now (``model.to(...)`` after ``restrict``
         gives it new storage, and converts the registered values too: released values are released again
         there, rather than left as the full-size zeros the conversion made of them)."""
-        local = _shard(self.parameter)[0]
+        local = local_shard(self.parameter)[0]
         if self.index.device != local.device:
             self.index = self.index.to(local.device)
         if not self.held and self._local_values().stride() != (0,):
@@ -223,7 +224,7 @@ class _Sparse(_Entry):
         """Reduce the weight's full gradient (under FSDP2: its reduce-scattered shard) to the masked entries at
         once, and free it."""
         self._local()  # the index follows the weight to its device
-        grad = self._as_values(self._pick(_shard(parameter.grad)[0]))  # type: ignore[arg-type]
+        grad = self._as_values(self._pick(local_shard(parameter.grad)[0]))  # type: ignore[arg-type]
         parameter.grad = None
         if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
             import torch.distributed as dist
@@ -446,24 +447,6 @@ def _freeze(parameter: "torch.nn.Parameter") -> "torch.nn.Parameter":
     parameter.requires_grad_(False)
     parameter.grad = None  # a stale gradient would still be applied by the optimizer
     return parameter
-
-
-def _shard(tensor: "torch.Tensor") -> tuple["torch.Tensor", int]:
-    """The entries of ``tensor`` this process holds (sharing its storage) and the flat index of the first:
-    a DTensor sharded on dim 0 over a 1-D mesh (FSDP2's ``fully_shard``) holds a block of rows."""
-    try:
-        from torch.distributed.tensor import DTensor, Shard
-    except ImportError:  # torch built without distributed support
-        return tensor.data, 0
-    if not isinstance(tensor, DTensor):
-        return tensor.data, 0
-    mesh = tensor.device_mesh
-    if mesh.ndim != 1 or tuple(tensor.placements) != (Shard(0),):
-        raise UsageError(f"restrict supports DTensor parameters sharded on dim 0 over a 1-D mesh (FSDP2's "
-                           f"fully_shard), not {tuple(tensor.placements)} over {mesh.ndim} dimension(s)")
-    rows = -(-tensor.shape[0] // mesh.size())  # torch.chunk's split: the last ranks may hold fewer or none
-    first_row = min(mesh.get_local_rank() * rows, tensor.shape[0])
-    return tensor.to_local().data, first_row * (tensor.numel() // max(tensor.shape[0], 1))
 
 
 def _packed_range(bits: "TensorMask", start: int, count: int) -> Any:

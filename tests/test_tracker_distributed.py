@@ -1,0 +1,51 @@
+"""UpdateTracker on a model sharded by FSDP2's fully_shard: 2 gloo processes on CPU (tests/tracker_fsdp_worker.py),
+each counting its own shards; the counts summed over the ranks are those of the full parameters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+distributed = pytest.importorskip("torch.distributed")
+if not distributed.is_available() or not distributed.is_gloo_available():
+    pytest.skip("needs torch.distributed with the gloo backend", allow_module_level=True)
+from test_train_distributed import free_port  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("tracker-fsdp")
+    worker = Path(__file__).with_name("tracker_fsdp_worker.py")
+    done = subprocess.run([sys.executable, str(worker), str(out), str(free_port())],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_sparsity_of_sharded_parameters_is_that_of_the_full_ones(reports: list[dict[str, Any]]) -> None:
+    for report in reports:
+        assert report["sharded"]
+        assert report["tracker"] == report["expected"]
+        assert report["given"] == report["expected"]  # a full reference: each rank took its rows
+    expected = reports[0]["expected"]
+    assert 0 < expected["overall"] < 1 and expected["tensors"]["1.weight"] == 1 - 3 / 24
+    assert expected["tensors"]["0.weight"] < 1 and expected["tensors"]["2.bias"] < 1
+
+
+def test_mask_and_save_of_sharded_parameters_are_refused(reports: list[dict[str, Any]]) -> None:
+    for report in reports:
+        assert len(report["refusals"]) == 2
+        assert all("sharded (FSDP2)" in text and "full_state_dict=True" in text for text in report["refusals"])
+
+
+def test_the_callback_logs_but_writes_no_mask_for_a_sharded_model(reports: list[dict[str, Any]]) -> None:
+    for report in reports:
+        assert report["callback"]["written"] == []
+        assert len(report["callback"]["warnings"]) == 1  # once, not at every checkpoint
+        assert "sharded by FSDP2" in report["callback"]["warnings"][0]
