@@ -9,24 +9,27 @@ The comparison is ``build_mask`` on the parameters (state dicts that stay on the
 GPU is compared there, only the packed bits and counts come back), so criteria, the tolerance ladder and
 the mask's metadata are those of a build. The reference costs memory only when it is not given: with
 ``reference=`` (the reference model an RL trainer already holds, or a state dict) nothing is copied. Under
-FSDP2 (``fully_shard``), each rank counts its own shards and ``sparsity()`` sums the counts over the ranks;
-the mask itself needs the full parameters.
+FSDP2 (``fully_shard``), each rank compares its own shards: ``sparsity()`` sums the counts over the ranks,
+``mask()`` gathers every rank's bits.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .breakdown import locate
 from .built import ChangeCounts
 from .build import build_mask, count_changes
 from .build.criteria import LADDER_ATOL
 from .errors import MismatchError, UsageError
-from .mask import Mask
+from .mask import Mask, TensorMask
+from .metadata import model_fingerprint
 from .sharding import is_sharded, local_shard
 
 
@@ -130,15 +133,19 @@ class UpdateTracker:
 
     @property
     def sharded(self) -> bool:
-        """True when the model's parameters are sharded (FSDP2's ``fully_shard``): ``sparsity`` then counts each
-        rank's shards and sums the counts over the ranks (every rank must call it), while ``mask`` and ``save``
-        need the full parameters and refuse."""
+        """True when the model's parameters are sharded (FSDP2's ``fully_shard``): each rank then compares its
+        own shards, and ``sparsity``, ``mask`` and ``save`` are collectives that every rank must call."""
         return any(is_sharded(value) for value in saved_parameters(self.model).values())
 
     def mask(self) -> Mask:
-        """The update mask now (set where a parameter value differs from the reference), with its ladder."""
-        reference, current = self._full_pair("mask()")
-        return build_mask(reference, current, **self._criterion).mask
+        """The update mask now (set where a parameter value differs from the reference), with its ladder. Under
+        FSDP2 every rank gets the whole mask: each rank's bits are gathered (the packed bits of the model, one
+        bit per parameter, on every rank)."""
+        reference, current = self._pair()
+        if not any(is_sharded(value) for value in current.values()):
+            return build_mask(reference, current, **self._criterion).mask
+        local = {name: local_shard(value)[0] for name, value in current.items()}
+        return _gathered(build_mask(_local_references(reference, current), local, **self._criterion).mask, current)
 
     def sparsity(self) -> UpdateSparsity:
         """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder
@@ -152,17 +159,17 @@ class UpdateTracker:
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the update mask now to ``path`` (streamed, atomically; over an existing file only with
-        ``overwrite``); returns the path written."""
-        reference, current = self._full_pair("save()")
-        return build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path
+        ``overwrite``); returns the path written. Under FSDP2 every rank calls it and the mesh's first rank
+        writes the gathered mask."""
+        if not self.sharded:
+            reference, current = self._pair()
+            return build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path
+        gathered = self.mask()
+        if _first_rank(saved_parameters(self.model)):
+            from .io import save
 
-    def _full_pair(self, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        reference, current = self._pair()
-        if any(is_sharded(value) for value in current.values()):
-            raise UsageError(f"UpdateTracker.{what} needs the full parameters, and the model's are sharded (FSDP2). "
-                             "sparsity() works on the shards; for a mask, gather a full state dict (torch's "
-                             "get_model_state_dict with full_state_dict=True) and pass it to submask.build_mask")
-        return reference, current
+            save(gathered, path, overwrite=overwrite)
+        return Path(path)
 
 
 def _local_references(reference: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +186,40 @@ def _local_references(reference: dict[str, Any], current: dict[str, Any]) -> dic
         shard, start = local_shard(value)
         local[name] = reference[name].reshape(-1)[start:start + shard.numel()].view(shard.shape)
     return local
+
+
+def _first_rank(current: dict[str, Any]) -> bool:
+    """Whether this process is the first rank of the sharded parameters' mesh."""
+    return next(value.device_mesh for value in current.values() if is_sharded(value)).get_local_rank() == 0
+
+
+def _gathered(local: Mask, current: dict[str, Any]) -> Mask:
+    """The mask of the full parameters from each rank's mask of its shards: every rank's bits and ladder counts
+    gathered (one all_gather_object) and put end to end in flat order; metadata and stats made whole."""
+    import torch.distributed as dist
+
+    mesh = next(value.device_mesh for value in current.values() if is_sharded(value))
+    ladders = local.metadata.stats["ladder"]["changed"]
+    mine = {name: (local_shard(current[name])[1], tensor.numel, tensor.packed, ladders[name])
+            for name, tensor in local.items() if is_sharded(current[name])}
+    everyone: list[Any] = [None] * mesh.size()
+    dist.all_gather_object(everyone, mine, group=mesh.get_group())
+    tensors, ladder = {}, {}
+    for name, tensor in local.items():
+        if not is_sharded(current[name]):  # every rank holds all of it
+            tensors[name], ladder[name] = tensor, ladders[name]
+            continue
+        parts = sorted((pieces[name] for pieces in everyone), key=lambda part: part[0])
+        bits = np.concatenate([np.unpackbits(packed, count=numel) for _, numel, packed, _ in parts])
+        tensors[name] = TensorMask(tuple(current[name].shape), np.packbits(bits))
+        ladder[name] = [sum(rung) for rung in zip(*(part[3] for part in parts))]
+    shapes = {name: tensor.shape for name, tensor in tensors.items()}
+    stats = {**local.metadata.stats, "changed": sum(t.count for t in tensors.values()),
+             "numel": sum(t.numel for t in tensors.values())}
+    total = [sum(rung) for rung in zip(*ladder.values())] or [0] * len(LADDER_ATOL)
+    stats["ladder"] = {**stats["ladder"], "changed": {"__all__": total, **ladder}}
+    model = {**(local.metadata.model or {}), "fingerprint": model_fingerprint(shapes)}
+    return Mask(tensors, replace(local.metadata, stats=stats, model=model))
 
 
 def _summed_over_ranks(counts: ChangeCounts, current: dict[str, Any]) -> ChangeCounts:

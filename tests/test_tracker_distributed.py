@@ -1,5 +1,6 @@
 """UpdateTracker on a model sharded by FSDP2's fully_shard: 2 gloo processes on CPU (tests/tracker_fsdp_worker.py),
-each counting its own shards; the counts summed over the ranks are those of the full parameters."""
+each comparing its own shards; the counts summed and the bits gathered over the ranks are those of the full
+parameters."""
 
 from __future__ import annotations
 
@@ -38,14 +39,14 @@ def test_sparsity_of_sharded_parameters_is_that_of_the_full_ones(reports: list[d
     assert expected["tensors"]["0.weight"] < 1 and expected["tensors"]["2.bias"] < 1
 
 
-def test_mask_and_save_of_sharded_parameters_are_refused(reports: list[dict[str, Any]]) -> None:
+def test_the_gathered_mask_is_that_of_the_full_parameters(reports: list[dict[str, Any]]) -> None:
+    """mask() on every rank, save() written once, metadata (stats, ladder, fingerprint) as a build of the full
+    parameters has them."""
     for report in reports:
-        assert len(report["refusals"]) == 2
-        assert all("sharded (FSDP2)" in text and "full_state_dict=True" in text for text in report["refusals"])
+        assert report["mask_equal"] and report["stats_equal"] and report["model_equal"] and report["saved_equal"]
+    assert reports[0]["count"] == reports[1]["count"] > 0
 
 
-def test_the_callback_logs_but_writes_no_mask_for_a_sharded_model(reports: list[dict[str, Any]]) -> None:
+def test_the_callback_writes_the_gathered_mask_into_the_checkpoint(reports: list[dict[str, Any]]) -> None:
     for report in reports:
-        assert report["callback"]["written"] == []
-        assert len(report["callback"]["warnings"]) == 1  # once, not at every checkpoint
-        assert "sharded by FSDP2" in report["callback"]["warnings"][0]
+        assert report["callback"] == ["checkpoint-3/update.smask"]

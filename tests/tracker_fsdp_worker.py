@@ -5,8 +5,8 @@ FSDP2's fully_shard.
 
 Each rank moves some entries of its own shards (and of a parameter left unsharded, the same on both ranks),
 then writes OUT_DIR/rank{N}.json: the sparsity the tracker reports (its own copy as reference, and a full,
-unsharded state dict as reference), the sparsity of the full parameters computed directly, and how mask()
-and save() refused.
+unsharded state dict as reference) beside that of the full parameters built directly, whether its gathered
+mask (and the file save() and the Trainer callback wrote) equals the full parameters' mask.
 """
 
 from __future__ import annotations
@@ -43,38 +43,35 @@ def worker(rank: int, out: str, port: int) -> None:
         model[1].weight[:3] += 1.0  # unsharded: the same on both ranks
     full = {name: value.full_tensor() if hasattr(value, "full_tensor") else value.detach()
             for name, value in model.named_parameters()}
-    expected = submask.UpdateSparsity.of(submask.build_mask(start, full).mask)
-    refusals = []
-    for call in (tracker.mask, lambda: tracker.save(Path(out) / f"rank{rank}.smask")):
-        try:
-            call()
-        except submask.UsageError as error:
-            refusals.append(str(error))
-    report = {"callback": _callback_saves(tracker, out, rank)}
-    report |= {"tracker": dataclasses.asdict(tracker.sparsity()), "given": dataclasses.asdict(given.sparsity()),
-              "expected": dataclasses.asdict(expected), "sharded": tracker.sharded, "refusals": refusals}
+    built = submask.build_mask(start, full).mask
+    mask = tracker.mask()
+    saved = Path(out, "update.smask")
+    tracker.save(saved)  # every rank calls it; the first writes
+    dist.barrier()
+    report = {"callback": _callback_saves(tracker, out, rank),
+              "tracker": dataclasses.asdict(tracker.sparsity()), "given": dataclasses.asdict(given.sparsity()),
+              "expected": dataclasses.asdict(submask.UpdateSparsity.of(built)), "sharded": tracker.sharded,
+              "mask_equal": dict(mask) == dict(built), "stats_equal": mask.metadata.stats == built.metadata.stats,
+              "model_equal": mask.metadata.model == built.metadata.model,
+              "saved_equal": dict(submask.load(saved)) == dict(built), "count": mask.count}
     Path(out, f"rank{rank}.json").write_text(json.dumps(report, default=str))
     dist.destroy_process_group()
 
 
-def _callback_saves(tracker: object, out: str, rank: int) -> dict[str, object]:
-    """What UpdateSparsityCallback's on_save does for a sharded model: the warnings it gives, the files it writes."""
-    import warnings
-
+def _callback_saves(tracker: object, out: str, rank: int) -> list[str]:
+    """What UpdateSparsityCallback's on_save writes for a sharded model (every rank calls it, as a Trainer does)."""
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from submask.integrations import UpdateSparsityCallback
 
     callback = UpdateSparsityCallback(log_every=1)
     callback.tracker = tracker
-    folder = Path(out, f"callback{rank}")
+    folder = Path(out, "callback")
+    (folder / "checkpoint-3").mkdir(parents=True, exist_ok=True)  # the Trainer saved the checkpoint there
     args, state = TrainingArguments(output_dir=str(folder), report_to=[]), TrainerState(global_step=3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(2):
-            callback.on_save(args, state, TrainerControl())
-    return {"warnings": [str(w.message) for w in caught if "UpdateSparsityCallback" in str(w.message)],
-            "written": sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []}
+    callback.on_save(args, state, TrainerControl())
+    dist.barrier()
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*.smask"))
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ hold the model's own parameter names; at the end of training the restriction is 
 
 ``UpdateSparsityCallback`` follows update sparsity over training (``submask.UpdateTracker``): every
 ``log_every`` steps it logs the fraction of unchanged values, overall, per module type and along the
-tolerance ladder, to the trainer's loggers, and writes the update mask into each checkpoint (not for a model
-sharded by FSDP2, whose update sparsity it logs from every rank's shards).
+tolerance ladder, to the trainer's loggers, and writes the update mask into each checkpoint (for a model
+sharded by FSDP2, every rank compares its shards and the first rank writes the gathered mask).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 from transformers import TrainerCallback
@@ -87,7 +86,6 @@ class UpdateSparsityCallback(TrainerCallback):
         self._criterion = {"criterion": criterion, "atol": atol, "rtol": rtol}
         self.tracker: UpdateTracker | None = None
         self._pending: dict[str, float] = {}
-        self._warned = False
 
     def attach(self, trainer: Any) -> "UpdateSparsityCallback":
         """Add this callback to ``trainer`` ahead of its reporters, so they log what it adds."""
@@ -112,13 +110,8 @@ class UpdateSparsityCallback(TrainerCallback):
             self._pending = {}
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.tracker is not None and self.mask_name is not None and self.tracker.sharded:
-            if not self._warned:  # a mask needs the full parameters: sparsity is still logged
-                warnings.warn("UpdateSparsityCallback writes no update mask into checkpoints of a model sharded "
-                              "by FSDP2 (update sparsity is still logged); pass mask_name=None to silence this",
-                              stacklevel=2)
-                self._warned = True
+        if self.tracker is None or self.mask_name is None:
             return
-        if self.tracker is not None and self.mask_name is not None and state.is_world_process_zero:
+        if self.tracker.sharded or state.is_world_process_zero:  # sharded: every rank gathers, the first writes
             checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             self.tracker.save(os.path.join(checkpoint, self.mask_name))
