@@ -112,7 +112,9 @@ class UpdateTracker:
                                 f"{type(reference).__name__}")
         self.reference = reference
 
-    def _pair(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _pair(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """The reference and current tensors to compare, and None; under FSDP2, this rank's shards of both and
+        the (sharded) parameters themselves."""
         current = {name: value.detach() for name, value in saved_parameters(self.model).items()}
         missing = [name for name in current if name not in self.reference]
         if missing:
@@ -120,7 +122,11 @@ class UpdateTracker:
                                 "missing); pass a reference with the model's parameter names")
         if self._owns_reference:
             self._follow(current)
-        return {name: self.reference[name].detach() for name in current}, current
+        reference = {name: self.reference[name].detach() for name in current}
+        if not any(is_sharded(value) for value in current.values()):
+            return reference, current, None
+        local = {name: local_shard(value)[0] for name, value in current.items()}
+        return _local_references(reference, current), local, current
 
     def _follow(self, current: dict[str, Any]) -> None:
         """Move and convert the tracker's copy of the initial weights as the model was since (``model.cuda()``,
@@ -141,31 +147,26 @@ class UpdateTracker:
         """The update mask now (set where a parameter value differs from the reference), with its ladder. Under
         FSDP2 every rank gets the whole mask: each rank's bits are gathered (the packed bits of the model, one
         bit per parameter, on every rank)."""
-        reference, current = self._pair()
-        if not any(is_sharded(value) for value in current.values()):
-            return build_mask(reference, current, **self._criterion).mask
-        local = {name: local_shard(value)[0] for name, value in current.items()}
-        return _gathered(build_mask(_local_references(reference, current), local, **self._criterion).mask, current)
+        reference, current, sharded = self._pair()
+        mask = build_mask(reference, current, **self._criterion).mask
+        return mask if sharded is None else _gathered(mask, sharded)
 
     def sparsity(self) -> UpdateSparsity:
         """Fractions of values unchanged now, overall, per tensor, per module type and along the ladder
         (counted without making the mask: no bits come back from the model's device)."""
-        reference, current = self._pair()
-        if not any(is_sharded(value) for value in current.values()):
-            return UpdateSparsity.from_counts(count_changes(reference, current, **self._criterion))
-        local = {name: local_shard(value)[0] for name, value in current.items()}
-        counts = count_changes(_local_references(reference, current), local, **self._criterion)
-        return UpdateSparsity.from_counts(_summed_over_ranks(counts, current))
+        reference, current, sharded = self._pair()
+        counts = count_changes(reference, current, **self._criterion)
+        return UpdateSparsity.from_counts(counts if sharded is None else _summed_over_ranks(counts, sharded))
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the update mask now to ``path`` (streamed, atomically; over an existing file only with
         ``overwrite``); returns the path written. Under FSDP2 every rank calls it and the mesh's first rank
         writes the gathered mask."""
-        if not self.sharded:
-            reference, current = self._pair()
+        reference, current, sharded = self._pair()
+        if sharded is None:
             return build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path
-        gathered = self.mask()
-        if _first_rank(saved_parameters(self.model)):
+        gathered = _gathered(build_mask(reference, current, **self._criterion).mask, sharded)
+        if _first_rank(sharded):
             from .io import save
 
             save(gathered, path, overwrite=overwrite)
