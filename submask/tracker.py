@@ -189,9 +189,14 @@ def _local_references(reference: dict[str, Any], current: dict[str, Any]) -> dic
     return local
 
 
+def _mesh(current: dict[str, Any]) -> Any:
+    """The device mesh the sharded parameters are sharded over."""
+    return next(value.device_mesh for value in current.values() if is_sharded(value))
+
+
 def _first_rank(current: dict[str, Any]) -> bool:
     """Whether this process is the first rank of the sharded parameters' mesh."""
-    return next(value.device_mesh for value in current.values() if is_sharded(value)).get_local_rank() == 0
+    return _mesh(current).get_local_rank() == 0
 
 
 def _gathered(local: Mask, current: dict[str, Any]) -> Mask:
@@ -199,7 +204,7 @@ def _gathered(local: Mask, current: dict[str, Any]) -> Mask:
     gathered (one all_gather_object) and put end to end in flat order; metadata and stats made whole."""
     import torch.distributed as dist
 
-    mesh = next(value.device_mesh for value in current.values() if is_sharded(value))
+    mesh = _mesh(current)
     ladders = local.metadata.stats["ladder"]["changed"]
     mine = {name: (local_shard(current[name])[1], tensor.numel, tensor.packed, ladders[name])
             for name, tensor in local.items() if is_sharded(current[name])}
@@ -229,7 +234,7 @@ def _summed_over_ranks(counts: ChangeCounts, current: dict[str, Any]) -> ChangeC
     import torch
     import torch.distributed as dist
 
-    mesh = next(value.device_mesh for value in current.values() if is_sharded(value))
+    mesh = _mesh(current)
     names, rungs = list(counts.numel), len(LADDER_ATOL)
     assert counts.ladder is not None
     mine = [is_sharded(current[name]) or mesh.get_local_rank() == 0 for name in names]

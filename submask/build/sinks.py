@@ -31,10 +31,20 @@ class Sink(Protocol):
     def commit(self, prepared: Any) -> None: ...
 
 
-class MemorySink:
-    """Collects tensor masks (and values) into an in-memory Mask (the ``out=None`` case)."""
+class _InMemory:
+    """A sink that holds no resources and does no work worth a hand-off to the build's threads."""
 
     inline = True
+
+    def __enter__(self) -> "_InMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class MemorySink(_InMemory):
+    """Collects tensor masks (and values) into an in-memory Mask (the ``out=None`` case)."""
 
     def __init__(self, metadata: MaskMetadata):
         self.mask = Mask({}, metadata)
@@ -50,17 +60,9 @@ class MemorySink:
         if values is not None:
             self.values[name] = values
 
-    def __enter__(self) -> "MemorySink":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-class CountsSink:
+class CountsSink(_InMemory):
     """Keeps only each tensor's changed count (``count_changes``)."""
-
-    inline = True
 
     def __init__(self) -> None:
         self.changed: dict[str, int] = {}
@@ -72,12 +74,6 @@ class CountsSink:
     def commit(self, prepared: tuple[str, int]) -> None:
         name, ones = prepared
         self.changed[name] = ones
-
-    def __enter__(self) -> "CountsSink":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 class FileSink:

@@ -25,6 +25,13 @@ from ..packed import packed_nbytes
 CHUNK_BYTES = 1 << 18  # packed bytes per piece of ``decode_chunks``: what validating costs in memory
 
 
+def check_settings(codec_id: str, config: dict[str, Any], *names: str) -> None:
+    """Raise FormatError if ``config`` holds a setting other than ``names``."""
+    unknown = set(config) - set(names)
+    if unknown:
+        raise FormatError(f"unknown {codec_id} settings {sorted(unknown)}")
+
+
 @dataclass(frozen=True)
 class Run:
     """``nbytes`` packed bytes all equal to ``byte``: a stretch ``decode_chunks`` need not spell out."""

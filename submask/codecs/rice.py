@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..packed import clear_padding, from_positions, packed_nbytes, popcount, set_positions
-from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed
+from .base import CHUNK_BYTES, Codec, check_settings, IntersectionCounter, PositionsDecoder, Run, allocate_packed
 from .rice_kernels import COUNT, PACKED, POSITIONS, rice_block, rice_gaps, rice_write
 
 
@@ -35,9 +35,7 @@ class RiceCodec(Codec, PositionsDecoder, IntersectionCounter):
         self.block_bits = _check_block_bits(block_bits)
 
     def configured(self, config: dict[str, Any]) -> "RiceCodec":
-        unknown = set(config) - {"block_bits"}
-        if unknown:
-            raise FormatError(f"unknown rice settings {sorted(unknown)}")
+        check_settings(self.id, config, "block_bits")
         return RiceCodec(config.get("block_bits", self.block_bits))
 
     def from_config(self, config: dict[str, Any]) -> "RiceCodec":

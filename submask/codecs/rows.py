@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import FormatError, LimitError
 from ..packed import clear_padding, packed_nbytes
-from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, physical_memory
+from .base import (CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, check_settings,
+                   physical_memory)
 from .rows_encode import encode_rows, row_counts, row_lengths
 from .rows_format import ALL_ROWS, BLOCK_BITS, COMPLEMENT, DELTA, HEADER, MAX_ROW_BITS, row_parameter
 from .rows_kernels import COUNT, PACKED, POSITIONS, ROW_TABLE, rows_kernel
@@ -35,9 +36,7 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
         self.row_bits = _check_row_bits(row_bits)
 
     def configured(self, config: dict[str, Any]) -> "RiceRowsCodec":
-        unknown = set(config) - {"row_bits"}
-        if unknown:
-            raise FormatError(f"unknown rice-rows settings {sorted(unknown)}")
+        check_settings(self.id, config, "row_bits")
         return RiceRowsCodec(config.get("row_bits", self.row_bits))
 
     def from_config(self, config: dict[str, Any]) -> "RiceRowsCodec":
