@@ -125,13 +125,13 @@ class _Dense(_Entry):
     def _zero_outside(self, parameter: "torch.Tensor") -> None:
         """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
         grad, _ = local_shard(parameter.grad)  # type: ignore[arg-type]
-        grad.masked_fill_(self.inside().logical_not_(), 0)
+        grad.masked_fill_(self.inside(self._local()).logical_not_(), 0)
 
-    def inside(self) -> "torch.Tensor":
-        """The mask of the entries held here, a bool tensor (transient: one parameter at a time)."""
+    def inside(self, local: "torch.Tensor") -> "torch.Tensor":
+        """The mask of the entries held here (``local``, from ``_local``), a bool tensor (transient: one
+        parameter at a time)."""
         import torch
 
-        local = self._local()
         shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.packed.device)  # most significant first
         bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:local.numel()]
         return bits.view(torch.bool).view(local.shape)  # 0/1 bytes read as bool: no second copy
@@ -145,7 +145,7 @@ class _Dense(_Entry):
 
         with torch.no_grad():
             local = self._local()
-            torch.where(self.inside(), local, self.frozen, out=local)
+            torch.where(self.inside(local), local, self.frozen, out=local)
 
     def remove(self) -> None:
         self.restore()
