@@ -163,3 +163,17 @@ def test_hash_records_the_sha256_of_local_files(tmp_path: Path) -> None:
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert entry["size"] == path.stat().st_size
     assert build_mask(base, finetuned).mask.metadata.provenance["base"]["files"][base.name]["sha256"] is None
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_counting_a_checkpoint_changed_after_open_fails_with_source_error(tmp_path: Path, change: str) -> None:
+    """``count_changes`` (what the tracker counts with) checks the files as a build does: never counts of a
+    file that changed while it was read."""
+    from submask.checkpoints import local_source
+
+    base, finetuned, other = _pair(tmp_path)
+    with local_source(base) as opened_base, local_source(finetuned) as opened_finetuned:
+        time.sleep(0.05)  # past the coarse clock tick of the file's last write, so its mtime moves
+        CHANGES[change](finetuned, other)
+        with pytest.raises(submask.SourceError, match=CHANGED):
+            submask.count_changes(opened_base, opened_finetuned, workers=1, chunk_bytes=1 << 20)

@@ -57,3 +57,8 @@ def test_the_gathered_mask_is_that_of_the_full_parameters(reports: list[dict[str
 def test_the_callback_writes_the_gathered_mask_into_the_checkpoint(reports: list[dict[str, Any]]) -> None:
     for report in reports:
         assert report["callback"] == ["checkpoint-3/update.smask"]
+
+
+def test_a_full_reference_of_another_shape_is_refused(reports: list[dict[str, Any]]) -> None:
+    for report in reports:
+        assert "'0.weight' has shape [5, 16], the model's [24, 16]" in report["wrong_reference"]

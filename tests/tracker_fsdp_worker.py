@@ -48,7 +48,12 @@ def worker(rank: int, out: str, port: int) -> None:
     saved = Path(out, "update.smask")
     tracker.save(saved)  # every rank calls it; the first writes
     dist.barrier()
-    report = {"callback": _callback_saves(tracker, out, rank),
+    try:  # a full reference of another shape is refused on every rank, before any collective
+        submask.UpdateTracker(model, reference={**start, "0.weight": start["0.weight"][:5]}).sparsity()
+        wrong_reference = ""
+    except submask.MismatchError as error:
+        wrong_reference = str(error)
+    report = {"callback": _callback_saves(tracker, out, rank), "wrong_reference": wrong_reference,
               "tracker": dataclasses.asdict(tracker.sparsity()), "given": dataclasses.asdict(given.sparsity()),
               "expected": dataclasses.asdict(submask.UpdateSparsity.of(built)), "sharded": tracker.sharded,
               "mask_equal": dict(mask) == dict(built), "stats_equal": mask.metadata.stats == built.metadata.stats,
