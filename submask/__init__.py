@@ -45,7 +45,7 @@ from .algebra import (
 from .compare import Comparison, compare
 from .combine import combine_files
 from .breakdown import density_breakdown
-from .build import build_mask, count_changes
+from .builder import build_mask, count_changes
 from .built import BuiltMask
 from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
 from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict

@@ -25,8 +25,8 @@ import numpy as np
 
 from .breakdown import locate
 from .built import ChangeCounts
-from .build import build_mask, count_changes
-from .build.criteria import LADDER_ATOL
+from .builder import build_mask, count_changes
+from .builder.criteria import LADDER_ATOL
 from .errors import MismatchError, UsageError
 from .mask import Mask, TensorMask
 from .metadata import model_fingerprint

@@ -16,9 +16,9 @@ from safetensors.torch import save_file  # noqa: E402
 
 import submask  # noqa: E402
 from submask import MismatchError, SourceError, SubmaskError, build_mask  # noqa: E402
-from submask.build import kernels  # noqa: E402
-from submask.build.backends import NumpyBackend, TorchBackend  # noqa: E402
-from submask.build.criteria import LADDER_ATOL, Criterion  # noqa: E402
+from submask.builder import kernels  # noqa: E402
+from submask.builder.backends import NumpyBackend, TorchBackend  # noqa: E402
+from submask.builder.criteria import LADDER_ATOL, Criterion  # noqa: E402
 from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
 from submask.checkpoints.dtypes import fp8_table  # noqa: E402
 
@@ -271,7 +271,7 @@ CROSS_PAIRS = [  # (bf16 base, fp32 finetune): values widen exactly, so "exact" 
 
 
 def _changed_by_value(x: np.ndarray, y: np.ndarray, name: str, tolerance: float) -> np.ndarray:
-    """Independent reference of the build criteria on float64 values (see submask.build.criteria)."""
+    """Independent reference of the build criteria on float64 values (see submask.builder.criteria)."""
     same_bits = x.view(np.uint64) == y.view(np.uint64)
     with np.errstate(invalid="ignore"):
         delta = np.abs(y - x)

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
 import submask  # noqa: E402
-from submask.build import build_mask  # noqa: E402
+from submask.builder import build_mask  # noqa: E402
 
 NUMEL = 8 * 1024 * 1024  # bf16 elements per tensor: 16 MiB, read in 1 MiB chunks by the racing builds
 CHANGED = "the checkpoint changed while the build read it"
@@ -27,7 +27,7 @@ CHANGED = "the checkpoint changed while the build read it"
 # Opens both sources, says so, waits for the test to change a file, then builds from the open sources.
 PAUSED_BUILD = """
 import sys
-from submask.build import build_mask
+from submask.builder import build_mask
 from submask.checkpoints import local_source
 base, finetuned = local_source(sys.argv[1]), local_source(sys.argv[2])
 print("opened", flush=True)
@@ -37,7 +37,7 @@ build_mask(base, finetuned, sys.argv[3], workers=1, chunk_bytes=1 << 20)
 
 RACING_BUILD = """
 import sys
-from submask.build import build_mask
+from submask.builder import build_mask
 build_mask(sys.argv[1], sys.argv[2], sys.argv[3], workers=1, chunk_bytes=1 << 20)
 """
 

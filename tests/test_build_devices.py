@@ -12,8 +12,8 @@ from safetensors.torch import save_file  # noqa: E402
 from test_build import DTYPES, _bf16_pair, _every_code_pair, _pair_tensors  # noqa: E402
 
 from submask import build_mask  # noqa: E402
-from submask.build.backends import NumpyBackend, TorchBackend, pack_bits, select_backend  # noqa: E402
-from submask.build.criteria import LADDER_ATOL, Criterion  # noqa: E402
+from submask.builder.backends import NumpyBackend, TorchBackend, pack_bits, select_backend  # noqa: E402
+from submask.builder.criteria import LADDER_ATOL, Criterion  # noqa: E402
 from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
 from submask.checkpoints.dtypes import decode  # noqa: E402
 

@@ -14,9 +14,9 @@ from test_build import _bf16_pair  # noqa: E402
 from test_build_devices import _state_dicts  # noqa: E402
 
 import submask  # noqa: E402
-from submask.build import count_changes  # noqa: E402
-from submask.build.backends import TorchBackend  # noqa: E402
-from submask.build.criteria import Criterion  # noqa: E402
+from submask.builder import count_changes  # noqa: E402
+from submask.builder.backends import TorchBackend  # noqa: E402
+from submask.builder.criteria import Criterion  # noqa: E402
 from submask.checkpoints.dtypes import DTYPES as BUILD_DTYPES  # noqa: E402
 
 

@@ -226,7 +226,7 @@ def test_compiled_gather_and_scatter_match_numpy(density: float, dtype: type) ->
     """The kernels that take values out of a chunk (build) and put them back (rebuild), against numpy's
     boolean indexing, with and without numba; sizes not a multiple of 8 included."""
     from submask.accel import numba_disabled
-    from submask.build.values import chunk_values
+    from submask.builder.values import chunk_values
     from submask.rebuild import _scatter_into
 
     rng = np.random.default_rng(int(density * 100))

@@ -41,7 +41,7 @@ def test_package_ships_its_type_hints() -> None:
 
 
 def test_misuse_is_a_usage_error() -> None:
-    from submask.build.criteria import Criterion
+    from submask.builder.criteria import Criterion
 
     with pytest.raises(submask.UsageError, match="criterion must be one of"):
         Criterion.make("fuzzy")

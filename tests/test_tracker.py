@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 import submask  # noqa: E402
 from submask import SubmaskError, UpdateTracker  # noqa: E402
 from submask.breakdown import locate  # noqa: E402
-from submask.build.criteria import LADDER_ATOL  # noqa: E402
+from submask.builder.criteria import LADDER_ATOL  # noqa: E402
 
 SENTENCES = ["Boil the pasta in salted water.", "The telescope revealed rings around the planet.",
              "Sort the list before searching it.", "Let the dough rest for an hour."]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..build import build_mask
-from ..build.criteria import CRITERIA
+from ..builder import build_mask
+from ..builder.criteria import CRITERIA
 from ..format.reader import INDEX_SUFFIX, read_index
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 

@@ -27,7 +27,7 @@ import numpy as np
 from ..algebra import Counts
 from ..apply import apply_mask
 from ..atomic import atomic_write, check_target
-from ..build import build_mask
+from ..builder import build_mask
 from ..breakdown import density_breakdown
 from ..compare import compare
 from . import minilm

@@ -15,14 +15,16 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
+# Folders renamed since: a revision older than the rename holds the module under its old folder.
+OLD_FOLDERS = {"submask/builder/": "submask/build/"}
 
 
 def module_at(revision: str, path: str) -> ModuleType:
-    """The module at ``path`` (e.g. "submask/build/kernels.py") as it was at ``revision``, imported in its own
+    """The module at ``path`` (e.g. "submask/builder/kernels.py") as it was at ``revision``, imported in its own
     package under another name, so its relative imports resolve to today's modules. Its source stays on disk
     until the process exits (numba caches compiled kernels next to their source file)."""
-    source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout
+    source = subprocess.run(["git", "show", f"{revision}:{_path_at(revision, path)}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
     folder = Path(tempfile.mkdtemp(prefix="submask-baseline-"))
     atexit.register(shutil.rmtree, folder, True)
     file = folder / Path(path).name
@@ -32,6 +34,19 @@ def module_at(revision: str, path: str) -> ModuleType:
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
     spec.loader.exec_module(module)
     return module
+
+
+def _path_at(revision: str, path: str) -> str:
+    """Where today's ``path`` was at ``revision``: itself, or its folder's old name before a rename."""
+    for new, old in OLD_FOLDERS.items():
+        moved = path.replace(new, old, 1)
+        if path.startswith(new) and not _exists(revision, path) and _exists(revision, moved):
+            return moved
+    return path
+
+
+def _exists(revision: str, path: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{revision}:{path}"], cwd=ROOT, capture_output=True).returncode == 0
 
 
 def revision_available(revision: str) -> bool:

@@ -34,8 +34,8 @@ import numpy as np
 
 from tools.bench.report import markdown_table, write_section
 
-from submask.build import build_mask
-from submask.build.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
+from submask.builder import build_mask
+from submask.builder.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
 from submask.accel import numba_disabled, numba_state
 from submask.checkpoints.safetensors_file import SafetensorsFile
 
@@ -197,10 +197,10 @@ def main() -> None:
     del mask
 
     rss = {
-        "build exact": peak_rss_mb(f"from submask.build import build_mask; "
+        "build exact": peak_rss_mb(f"from submask.builder import build_mask; "
                                    f"build_mask({str(paths[0])!r}, {str(paths[1])!r}, {str(out)!r}, device='cpu', "
                                    f"overwrite=True)"),
-        "build atol=1e-5": peak_rss_mb(f"from submask.build import build_mask; build_mask({str(paths[0])!r}, "
+        "build atol=1e-5": peak_rss_mb(f"from submask.builder import build_mask; build_mask({str(paths[0])!r}, "
                                        f"{str(paths[1])!r}, {str(out)!r}, atol=1e-5, device='cpu', overwrite=True)"),
         "naive": peak_rss_mb(f"from tools.bench.bench_build import naive; from pathlib import Path; "
                              f"naive((Path({str(paths[0])!r}), Path({str(paths[1])!r})))"),

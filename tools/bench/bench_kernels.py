@@ -5,7 +5,7 @@
 One chunk pair per dtype (float32, bf16, fp16): weights N(0, 0.02), 1%, 30% or 100% of them moved by a
 relative step N(0, 1e-2) (or more, where that would not change the stored value), compared with the exact
 criterion and with atol=1e-5, the tolerance ladder on (a build's default). The baseline is
-``submask/build/kernels.py`` as it was at ``--baseline`` (loaded from git), timed alternately with today's on
+``submask/builder/kernels.py`` as it was at ``--baseline`` (loaded from git), timed alternately with today's on
 the same arrays; both must give the same bits and counts. Needs numba.
 """
 
@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from submask.build import kernels
-from submask.build.criteria import Criterion
+from submask.builder import kernels
+from submask.builder.criteria import Criterion
 from submask.checkpoints.dtypes import DTYPES
 
 from .baseline import module_at, time_alternately
@@ -75,7 +75,7 @@ def main() -> None:
     if kernels.diff_bits.compiled is None:
         sys.exit("bench_kernels needs numba (pip install 'submask[fast]'), and SUBMASK_NO_NUMBA unset")
 
-    rows = measure(module_at(args.baseline, "submask/build/kernels.py"), args.elements, args.repeats)
+    rows = measure(module_at(args.baseline, "submask/builder/kernels.py"), args.elements, args.repeats)
     body = "\n\n".join([
         (f"One chunk pair of {args.elements:,} elements per side per dtype, weights N(0, 0.02), the changed "
          "fraction moved by a relative step N(0, 1e-2); `kernels.fused_compare` with the ladder, on one core "

@@ -64,7 +64,7 @@ def synthetic(rows: int, cols: int, density: float, seed: int) -> Tensors:
 def minilm_masks(cache: Path) -> dict[str, Tensors]:
     """The RL-like and SFT-like MiniLM update masks, built into ``cache`` on first use."""
     import submask
-    from submask.build import build_mask
+    from submask.builder import build_mask
     from submask.examples import minilm
 
     masks = {}

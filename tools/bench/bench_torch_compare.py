@@ -4,7 +4,7 @@
 
 One bf16 chunk pair (torch tensors, as a device-resident build hands them over), 1%, 25% and 100% of the
 values moved by one ulp; the exact criterion with and without the tolerance ladder, and atol with it. The
-baseline is ``TorchBackend`` as ``submask/build/backends.py`` was at ``--baseline`` (loaded from git), timed
+baseline is ``TorchBackend`` as ``submask/builder/backends.py`` was at ``--baseline`` (loaded from git), timed
 alternately with today's on the same tensors; both must give the same bits and counts. The numpy path
 (``device="cpu"``) and a copy of both chunks are measured beside them. Runs on CUDA when there is one.
 """
@@ -19,8 +19,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from submask.build.backends import NumpyBackend, TorchBackend
-from submask.build.criteria import Criterion
+from submask.builder.backends import NumpyBackend, TorchBackend
+from submask.builder.criteria import Criterion
 from submask.checkpoints.dtypes import DTYPES
 
 from .baseline import module_at, time_alternately
@@ -73,7 +73,7 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    old, new = module_at(args.baseline, "submask/build/backends.py").TorchBackend(device), TorchBackend(device)
+    old, new = module_at(args.baseline, "submask/builder/backends.py").TorchBackend(device), TorchBackend(device)
     rows = []
     for density in DENSITIES:
         for row in measure(*chunk_pair(args.elements, density, device), old, new, args.repeats, sync):

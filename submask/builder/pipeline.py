@@ -104,7 +104,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
     (``org/name[@revision]``), a state dict or an ``nn.Module``. ``criterion`` is "exact" (bitwise), "atol"
-    or "rtol" (see ``submask.build.criteria``; by default the one whose tolerance is given, else exact).
+    or "rtol" (see ``submask.builder.criteria``; by default the one whose tolerance is given, else exact).
     ``include`` keeps tensors whose names match a glob (or a regex written ``"re:..."``), or any of several;
     ``intersect`` compares only the tensors both sides have with equal shape and comparable dtypes, instead of
     raising MismatchError. Tensors stored in two float dtypes (a bf16 base, an fp32 finetune) are compared by
@@ -116,7 +116,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     ``device`` is "auto", "cpu", "cuda[:N]" or a Backend. "auto" compares state dicts and modules whose
     tensors live on a GPU (or another torch device) there, with no copy to the host but the packed bits,
     mixed placements included; everything else, files included, on the CPU, which is faster for files
-    (``submask.build.backends`` says why). The backend used is recorded as ``stats["backend"]``.
+    (``submask.builder.backends`` says why). The backend used is recorded as ``stats["backend"]``.
     ``workers`` threads (default: CPU count) compare chunks of at most ``chunk_bytes`` per checkpoint.
     ``hub_api`` (an ``HfApi``) and ``cache_dir`` apply to Hub repo ids. With ``hash``, local checkpoint files
     are hashed (SHA-256, recorded in the provenance beside size and mtime; Hub files carry their LFS
