@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_INDEX ?=
 PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test lock
+.PHONY: demo test lint package lock
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -21,6 +21,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Linters CI runs: ruff (rules in pyproject.toml) and mypy --strict on submask/.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check submask tests tools
+	$(VENV)/bin/mypy
+
+# What `pip install submask` gets: build the wheel and sdist, install the wheel in a fresh venv, smoke test.
+package: $(STAMP)
+	PY=$(PY) bash tools/wheel_smoke.sh
 
 # Refresh constraints.txt: the newest versions pyproject.toml's ranges allow, resolved in a throwaway venv.
 lock:
