@@ -79,8 +79,13 @@ class Kernel:
         self.__doc__ = function.__doc__
         _KERNELS.append(self)
 
+    def __call__(self, *args: Any) -> Any:
+        """The plain Python loop (what another kernel's body calls; numba resolves it to the compiled one)."""
+        return self.function(*args)
+
     @property
-    def compiled(self) -> Callable[..., Any] | None:
+    def compiled(self) -> Any:
+        """The compiled loop, or None without numba (callers that checked ``numba_enabled`` call it directly)."""
         if self._compiled is _UNSET:
             if _small_jobs and not numba_started():  # see ``job``; decided again on the next use
                 return None

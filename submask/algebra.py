@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 from collections.abc import Sequence
 
 import numpy as np
 
 from .accel import Kernel, popcount
 from .align import aligned_names
-from .mask import M, TensorMask, check_same_shape, combine
-from .packed import BINARY_OPS, CHUNK_BYTES, apply_op  # noqa: F401  (re-exported: part of the algebra's face)
+from .mask import Mask, TensorMask, check_same_shape, combine
+from .packed import BINARY_OPS as BINARY_OPS  # re-exported: part of the algebra's face
+from .packed import CHUNK_BYTES, apply_op
+
+M = TypeVar("M", TensorMask, Mask)
 
 
 

@@ -21,8 +21,11 @@ SHOWN = 3  # examples named per kind of mismatch
 class HasShapes(Protocol):
     """A mask (``Mask`` or ``MaskFile``): tensor shapes and metadata, readable without decoding bits."""
 
-    shapes: Shapes
-    metadata: MaskMetadata
+    @property
+    def shapes(self) -> Shapes: ...
+
+    @property
+    def metadata(self) -> MaskMetadata: ...
 
 
 def mismatch(left_name: str, right_name: str, remedy: str, *, only_left: Sequence[str] = (),

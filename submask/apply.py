@@ -174,7 +174,7 @@ def _write_selected(handle: BinaryIO, tensor: TensorInfo, base: Source, finetune
             if not chunk.flags.writeable:  # a source may hand back a read-only view instead of the buffer
                 chunk = chunk.copy()
             np.copyto(chunk, take.read(tensor.name, start, stop, buffers[0]), where=chosen)
-        handle.write(memoryview(chunk))
+        handle.write(chunk.data)
         if progress is not None:
             progress(chunk.nbytes)
     return taken

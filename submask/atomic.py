@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, cast
 
 from .errors import OutputError
 
@@ -154,7 +154,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
                                              delete=False)
         try:
             with handle:
-                yield handle
+                yield cast(BinaryIO, handle)
                 handle.flush()
                 os.fchmod(handle.fileno(), _file_mode(target))
                 os.fsync(handle.fileno())
@@ -190,7 +190,7 @@ def scratch_file(directory: str | os.PathLike[str], target: str | os.PathLike[st
                                              delete=False)
     try:
         with writing(target), handle:  # closing flushes: a full disk may first show here
-            yield handle
+            yield cast(BinaryIO, handle)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(handle.name)

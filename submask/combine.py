@@ -19,7 +19,7 @@ from .built import BuiltMask
 from .compare import tensor_progress
 from .format import MaskFile, MaskWriter
 from .format.writer import check_mask_target
-from .io import open_mask
+from .io import open as open_mask_file
 from .metadata import combined_metadata
 from .packed import apply_op, popcount
 
@@ -34,7 +34,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
     """
     check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
-        files = [stack.enter_context(open_mask(path)) for path in inputs]
+        files = [stack.enter_context(open_mask_file(path)) for path in inputs]
         labels = [str(path) for path in inputs]
         names = aligned_names([f.shapes for f in files], common=common,
                               labels=labels)

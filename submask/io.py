@@ -30,7 +30,7 @@ from .format import MaskFile, MaskWriter, local_mask_path
 from .hub.paths import is_hub_url
 from .mask import Mask
 
-MaskLike = Union[Mask, MaskFile, str, os.PathLike]
+MaskLike = Union[Mask, MaskFile, str, "os.PathLike[str]"]
 """A mask in memory, an open .smask file, or the path or hf:// URL of one (read lazily, tensor by tensor)."""
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -80,7 +80,8 @@ def load_delta(path: str | os.PathLike[str], *, max_bits: int | None = None, **h
     local, source = _local(path, hub_options)
     with MaskFile(local, max_bits=max_bits) as mask_file:
         mask = mask_file.load()
-        values = {name: mask_file.values(name) for name, entry in mask_file.entries.items() if entry.values is not None}
+        values = {name: tensor_values for name, entry in mask_file.entries.items()
+                  if entry.values is not None and (tensor_values := mask_file.values(name)) is not None}
         checkpoint = mask_file.metadata.checkpoint
     if source is not None:
         mask.metadata.extra["source"] = source
@@ -102,7 +103,7 @@ def save(mask: Mask | Delta, path: str | os.PathLike[str], *, encoding: str | Ma
             writer.add(name, tensor, chosen, values=delta.values.get(name))
 
 
-def _local(path: str | os.PathLike[str], hub_options: dict[str, Any]) -> tuple[os.PathLike[str], dict | None]:
+def _local(path: str | os.PathLike[str], hub_options: dict[str, Any]) -> tuple[os.PathLike[str], dict[str, Any] | None]:
     """The local file to open for ``path`` and, for an hf:// URL, where it came from."""
     text = os.fspath(path)
     if is_hub_url(text):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 
@@ -27,20 +27,20 @@ class _SetOperators:
 
     __slots__ = ()
 
-    def __and__(self, other):  # type: ignore[no-untyped-def]
-        return combine("and", [self, other])
+    def __and__(self, other: Any) -> Any:
+        return combine("and", [cast(Any, self), other])
 
-    def __or__(self, other):  # type: ignore[no-untyped-def]
-        return combine("or", [self, other])
+    def __or__(self, other: Any) -> Any:
+        return combine("or", [cast(Any, self), other])
 
-    def __xor__(self, other):  # type: ignore[no-untyped-def]
-        return combine("xor", [self, other])
+    def __xor__(self, other: Any) -> Any:
+        return combine("xor", [cast(Any, self), other])
 
-    def __sub__(self, other):  # type: ignore[no-untyped-def]
-        return combine("diff", [self, other])
+    def __sub__(self, other: Any) -> Any:
+        return combine("diff", [cast(Any, self), other])
 
-    def __invert__(self):  # type: ignore[no-untyped-def]
-        return combine("not", [self])
+    def __invert__(self) -> Any:
+        return combine("not", [cast(Any, self)])
 
 
 class TensorMask(_SetOperators):
@@ -204,21 +204,29 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
         return f"Mask({len(self)} tensors, count={self.count}, numel={self.numel}, kind={self.metadata.kind!r})"
 
 
-M = TypeVar("M", TensorMask, Mask)
-
-
 def check_same_shape(a: TensorMask, b: TensorMask, name: str | None = None) -> None:
     if a.shape != b.shape:
         label = f"tensor {name!r}: " if name else ""
         raise MismatchError(f"{label}shapes differ ({a.shape} vs {b.shape}); these masks are for different models")
 
 
-def combine(op: str, masks: Sequence[M], *, common: bool = False) -> M:
+@overload
+def combine(op: str, masks: Sequence[TensorMask], *, common: bool = False) -> TensorMask: ...
+
+
+@overload
+def combine(op: str, masks: Sequence[Mask], *, common: bool = False) -> Mask: ...
+
+
+def combine(op: str, masks: Sequence[TensorMask] | Sequence[Mask], *, common: bool = False) -> TensorMask | Mask:
     """Apply ``op`` to TensorMasks or Masks; a Mask result keeps its inputs' provenance in its metadata."""
-    if all(isinstance(m, TensorMask) for m in masks):
-        for other in masks[1:]:
-            check_same_shape(masks[0], other)
-        return TensorMask(masks[0].shape, apply_op(op, [m.packed for m in masks], masks[0].numel))
+    tensor_masks = [m for m in masks if isinstance(m, TensorMask)]
+    if len(tensor_masks) == len(masks):
+        for other in tensor_masks[1:]:
+            check_same_shape(tensor_masks[0], other)
+        first = tensor_masks[0]
+        return TensorMask(first.shape, apply_op(op, [m.packed for m in tensor_masks], first.numel))
+    masks = cast(Sequence[Mask], masks)
     names = aligned_names([m.shapes for m in masks], common=common)
     tensors = {name: combine(op, [m[name] for m in masks]) for name in names}
     inputs = [{"provenance": m.metadata.provenance} for m in masks]

@@ -9,7 +9,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._version import __version__
 from .errors import FormatError, VersionError, where
@@ -204,7 +204,7 @@ def model_fingerprint(shapes: Mapping[str, Iterable[int]]) -> str:
 
 
 
-def combined_metadata(op: str, metadata: Sequence[MaskMetadata], inputs: Iterable[dict]) -> MaskMetadata:
+def combined_metadata(op: str, metadata: Sequence[MaskMetadata], inputs: Iterable[dict[str, Any]]) -> MaskMetadata:
     """Metadata of a combined mask: the inputs' kind if they agree (else "other"), their model if they
     agree, and provenance ``{"combined": {"op": op, "inputs": inputs}}``."""
     kinds = {m.kind for m in metadata}
@@ -214,12 +214,12 @@ def combined_metadata(op: str, metadata: Sequence[MaskMetadata], inputs: Iterabl
                         provenance={"combined": {"op": op, "inputs": list(inputs)}})
 
 
-def is_count(value: Any) -> bool:
+def is_count(value: Any) -> TypeGuard[int]:
     """A JSON integer >= 0 (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def is_bare_file_name(value: Any) -> bool:
+def is_bare_file_name(value: Any) -> TypeGuard[str]:
     """A file name without a directory: no '/' or '\\' (a path on Windows), not '', '.' or '..' (FORMAT.md §8)."""
     return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
 

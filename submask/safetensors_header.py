@@ -31,7 +31,7 @@ def header_length(head: bytes, size: int, fail: Fail) -> int:
                    "readers")
     if 8 + length > size:
         raise fail(f"has a header length of {length} bytes, larger than the file ({size} bytes)")
-    return length
+    return int(length)
 
 
 def parse_header(raw: bytes, fail: Fail) -> tuple[dict[str, str], dict[str, Any]]:

@@ -9,6 +9,7 @@ the bit layout: e4m3fn has bias 7, no infinities and NaN at S.1111.111; e5m2 has
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def dtype_named(name: str, where: str = "") -> DType:
 
 def dtype_of_array(dtype: object, where: str = "") -> DType:
     """The DType of a numpy dtype or torch dtype (``torch.bfloat16``, ``np.float32``, ml_dtypes' bfloat16)."""
-    name = str(dtype).removeprefix("torch.") if type(dtype).__module__.startswith("torch") else np.dtype(dtype).name
+    name = str(dtype).removeprefix("torch.") if type(dtype).__module__.startswith("torch") else np.dtype(cast(Any, dtype)).name
     try:
         return _BY_ARRAY_NAME[name]
     except KeyError:
@@ -119,4 +120,5 @@ def decode(raw: np.ndarray, dtype: DType) -> np.ndarray:
     table = decode_table(dtype)
     if table is not None:
         return table[raw]
+    assert dtype.numpy_name is not None  # every dtype without a numpy name has a decode table
     return raw.view(dtype.numpy_name).astype(np.float64)

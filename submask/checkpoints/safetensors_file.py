@@ -84,7 +84,7 @@ class SafetensorsFile:
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1]):
             raise self._corrupt(f"has invalid data_offsets {offsets!r} for tensor {name!r}")
-        dtype = dtype_named(entry.get("dtype"), at)
+        dtype = dtype_named(str(entry.get("dtype")), at)
         info = TensorInfo(name, dtype, tuple(shape))
         if offsets[1] - offsets[0] != info.nbytes:
             raise self._corrupt(f"gives tensor {name!r} ({dtype.name} {list(shape)}) {offsets[1] - offsets[0]} "
@@ -107,7 +107,7 @@ class SafetensorsFile:
         """Elements ``[start, stop)`` of tensor ``name`` (flat, C order) as raw unsigned ints, in ``buffer``."""
         dtype = self.tensors[name].dtype
         nbytes = (stop - start) * dtype.itemsize
-        view = memoryview(buffer)[:nbytes]
+        view = buffer.data[:nbytes]
         offset, done = self._offsets[name] + start * dtype.itemsize, 0
         while done < nbytes:
             got = os.preadv(self._fd, [view[done:]], offset + done)

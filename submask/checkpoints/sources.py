@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,8 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
 
+
+_S = TypeVar("_S", bound="Source")
 
 class Source:
     """A checkpoint to compare: ``label``, ``tensors``, ``provenance`` and lazy ``read``.
@@ -70,7 +72,7 @@ class Source:
     def close(self) -> None:
         """Release open files."""
 
-    def __enter__(self) -> "Source":
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,7 +217,8 @@ def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = 
     """A Hub model repo at ``revision`` (default branch if None), pinned to the commit it resolves to now."""
     from ..hub.remote import Remote
 
-    remote = Remote(repo, endpoint=api.endpoint if api else None, token=api.token if api else None,
+    token = api.token if api and isinstance(api.token, str) else None
+    remote = Remote(repo, endpoint=api.endpoint if api else None, token=token,
                     cache_dir=None if cache_dir is None else os.fspath(cache_dir))
     label = f"{repo}@{revision}" if revision else repo
     sha = remote.commit(revision)
@@ -235,14 +238,19 @@ def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = 
                                            tuple(t.shape)) for name, t in parsed.tensors.items()}
     tensors, shard_of = _assemble(label, headers, weight_map)
     files = {shard: {"size": siblings[shard].size,
-                     "sha256": siblings[shard].lfs.sha256 if siblings[shard].lfs else None} for shard in shards}
+                     "sha256": _lfs_sha256(siblings[shard])} for shard in shards}
     provenance = {"source": repo, "revision": sha, "requested_revision": revision, "files": files}
     return ShardedSource(label, tensors, shard_of, lambda shard: SafetensorsFile(download(shard)), provenance,
                          index=index)
 
 
+def _lfs_sha256(sibling: Any) -> str | None:
+    """The SHA-256 the Hub lists for an LFS file (None for a file kept in git)."""
+    return sibling.lfs.sha256 if sibling.lfs is not None else None
+
+
 def _layout(label: str, available: set[str],
-            read_index: Callable[[], bytes]) -> tuple[list[str], dict | None, bytes | None]:
+            read_index: Callable[[], bytes]) -> tuple[list[str], dict[str, str] | None, bytes | None]:
     """Which shards make up a checkpoint, its weight map and the index file's bytes (None without an index)."""
     if INDEX in available:
         index = read_index()
@@ -278,7 +286,8 @@ def _assemble(label: str, headers: dict[str, dict[str, TensorInfo]],
             raise SourceError(f"{label}: {INDEX} puts tensor {absent[0][0]!r} in {absent[0][1]}, which does not hold "
                               f"it ({len(absent)} such tensor(s)); the index and shards do not belong together")
         return {name: headers[shard][name] for name, shard in weight_map.items()}, dict(weight_map)
-    tensors, shard_of = {}, {}
+    tensors: dict[str, TensorInfo] = {}
+    shard_of: dict[str, str] = {}
     for shard, infos in headers.items():
         for name, info in infos.items():
             if name in shard_of:

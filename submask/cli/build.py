@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import click
 
 from ..builder import build_mask
+from ..metadata import CheckpointFile
 from ..builder.criteria import CRITERIA
 from ..format.reader import INDEX_SUFFIX, read_index
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
@@ -16,7 +18,13 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-class ByteSize(click.ParamType):
+if TYPE_CHECKING:  # ParamType is generic in click 8.5's types; older releases cannot subscript it at run time
+    _ParamType = click.ParamType[int]
+else:
+    _ParamType = click.ParamType
+
+
+class ByteSize(_ParamType):
     """A size such as 2GB, 500MB, 1GiB or 1048576 (bytes)."""
 
     name = "size"
@@ -104,7 +112,7 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
                    f"{', ...' if len(names) > 5 else ''}")
 
 
-def _delta_sizes(path: Path, checkpoint: list | None) -> dict[str, int | float | None]:
+def _delta_sizes(path: Path, checkpoint: list[CheckpointFile] | None) -> dict[str, int | float | None]:
     """The bytes written (a sharded delta: its shards and index) beside the finetuned files it rebuilds."""
     size = path.stat().st_size
     if path.name.endswith(INDEX_SUFFIX):

@@ -56,7 +56,7 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
     3% of its size, and raw, counted about 8x faster than zstd inflates and read in place, is kept when zstd
     saves less than RAW_MARGIN of it (FORMAT.md §5.4). Raw wins ties, then rice.
     """
-    candidates = [("raw", packed.tobytes(), {})]
+    candidates: list[tuple[str, bytes, dict[str, Any]]] = [("raw", packed.tobytes(), {})]
     minority = min(ones, numel - ones) / numel if numel else 0.0
     if minority < 0.2:
         candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))

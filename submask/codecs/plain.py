@@ -50,7 +50,7 @@ class ZstdCodec(Codec):
         import zstandard  # in each function: commands that never touch a zstd payload skip its import
 
         compressor = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
-        return compressor.compress(memoryview(packed)), {}
+        return compressor.compress(packed.data), {}
 
     def decode(self, payload: bytes, numel: int, out: np.ndarray | None = None) -> np.ndarray:
         import zstandard
@@ -87,7 +87,7 @@ class ZstdCodec(Codec):
             raise FormatError(f"zstd payload decoded to {size}{' or more' if extra else ''} bytes, {expected} expected")
 
 
-def check_frame(payload: bytes, expected: int) -> None:
+def check_frame(payload: bytes | memoryview, expected: int) -> None:
     """Check, without decompressing, that ``payload`` is exactly one zstd frame declaring ``expected`` bytes of
     content (§5.2; the value planes of §12 too); FormatError otherwise."""
     import zstandard
@@ -104,7 +104,7 @@ def check_frame(payload: bytes, expected: int) -> None:
                           "is allowed" if end < len(payload) else "zstd payload ends inside its frame")
 
 
-def _frame_end(payload: bytes) -> int:
+def _frame_end(payload: bytes | memoryview) -> int:
     """Where the zstd frame at the start of ``payload`` ends, from its block headers (RFC 8878 §3.1.1.2):
     without decompressing, so trailing bytes or a second frame are found before any work."""
     import zstandard

@@ -7,6 +7,7 @@ naming the file, and so that payloads are read one at a time with plain file rea
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -46,7 +47,7 @@ class Container:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self._file: BinaryIO = open(self.path, "rb")
+            self._file: io.BufferedReader = open(self.path, "rb")
         except FileNotFoundError:
             raise FormatError(f"{self.path}: no such file") from None
         except IsADirectoryError:
@@ -67,20 +68,22 @@ class Container:
 
     def read(self, name: str) -> bytes:
         """The payload bytes of one tensor."""
-        span = self.span(name)
-        return span.read(0, span.size)
+        return self._reader(name)(0, self.payload_size(name))
 
     def span(self, name: str) -> PayloadSpan:
         """One payload, read on demand (from any thread); FormatError if the file turns out shorter than its
         header says."""
-        start, end = self._spans[name]
+        return PayloadSpan(self.payload_size(name), self._reader(name))
+
+    def _reader(self, name: str) -> Callable[[int, int], bytes]:
+        start = self._spans[name][0]
 
         def read(offset: int, length: int) -> bytes:
             data = self._read_at(self._data_start + start + offset, length)
             self._check_read(name, len(data), length)
             return data
 
-        return PayloadSpan(end - start, read)
+        return read
 
     def read_into(self, name: str, out: memoryview) -> None:
         """Read the payload of one tensor into ``out`` (exactly ``payload_size(name)`` writable bytes), from any
@@ -179,9 +182,9 @@ def _parse_entry(name: str, entry: Any, path: Path) -> tuple[int, int]:
     offsets, shape = entry.get("data_offsets"), entry.get("shape")
     valid = (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)
              and offsets[0] <= offsets[1] and shape == [offsets[1] - offsets[0]])
-    if not valid:
+    if not valid or not isinstance(offsets, list):
         raise FormatError(f"{at}data_offsets {offsets!r} and shape {shape!r} are inconsistent; the file is corrupt")
-    return offsets[0], offsets[1]
+    return int(offsets[0]), int(offsets[1])
 
 
 def _check_contiguous(spans: dict[str, tuple[int, int]], data_size: int, path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import FormatError, where
 from ..metadata import SHARD_KEY, VALUES_EXTENSION, VALUES_MINOR, MaskMetadata, is_count
@@ -145,7 +145,7 @@ class ShardInfo:
         return cls(write_id, number, count)
 
 
-def is_write_id(value: Any) -> bool:
+def is_write_id(value: Any) -> TypeGuard[str]:
     """Whether ``value`` is a well-formed write id: 32 lowercase hex digits."""
     return isinstance(value, str) and _WRITE_ID_PATTERN.fullmatch(value) is not None
 

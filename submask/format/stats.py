@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 
 def stats_problems(stats: Mapping[str, Any]) -> list[str]:
@@ -36,7 +36,7 @@ def _is_counts(value: Any, length: int) -> bool:
     return isinstance(value, list) and len(value) == length and all(_is_count(v) for v in value)
 
 
-def _is_ladder(ladder: Any) -> bool:
+def _is_ladder(ladder: Any) -> TypeGuard[dict[str, Any]]:
     if not isinstance(ladder, dict) or not isinstance(ladder.get("atol"), list):
         return False
     atol, changed = ladder["atol"], ladder.get("changed")

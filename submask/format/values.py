@@ -64,7 +64,7 @@ class TensorValues:
         return self.data.size // self.itemsize
 
 
-def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BLOCK_VALUES) -> tuple[dict, bytes]:
+def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BLOCK_VALUES) -> tuple[dict[str, Any], bytes]:
     """Encode value bytes (uint8, a multiple of ``itemsize``) as ``planes``: returns (encoding JSON, payload)."""
     if type(block_values) is not int or not 1 <= block_values <= MAX_BLOCK_VALUES:
         raise UsageError(f"block_values must be an integer in [1, 2^26], got {block_values!r}")
@@ -244,7 +244,7 @@ def encode_tensor_values(name: str, values: TensorValues, ones: int,
         raise MismatchError(f"tensor {name!r}: {values.count} values of {values.dtype}, but its mask has {ones} set "
                             "positions")
     encoding, payload = encode_values(data, values.itemsize, **(config or {}))
-    crc = f"{zlib.crc32(data):08x}"
+    crc = f"{zlib.crc32(data.data):08x}"
     return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, data.size, crc), payload
 
 
@@ -253,7 +253,7 @@ def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object =
     """Decode a tensor's values and check them against their record (CRC-32 included)."""
     at = where(path, name)
     data = decode_values(payload, entry.encoding, count, _itemsize(entry, count, at), path=path, name=name)
-    _check_crc(entry, zlib.crc32(data), at)
+    _check_crc(entry, zlib.crc32(data.data), at)
     return TensorValues(entry.dtype, data)
 
 
@@ -268,7 +268,7 @@ def checked_pieces(entry: ValuesEntry, payload: Payload, count: int, path: objec
 def _crc_checked(entry: ValuesEntry, pieces: Iterator[np.ndarray], at: str) -> Iterator[np.ndarray]:
     crc = 0
     for piece in pieces:
-        crc = zlib.crc32(piece, crc)
+        crc = zlib.crc32(piece.data, crc)
         yield piece
     _check_crc(entry, crc, at)
 

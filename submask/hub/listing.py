@@ -65,7 +65,7 @@ def base_model(metadata: MaskMetadata) -> str | None:
     """
     base = metadata.provenance.get("base")
     source = base.get("source") if isinstance(base, dict) else None
-    if source:
+    if source and isinstance(base, dict):
         revision = base.get("revision")
         if revision:  # built from the Hub, pinned to a commit
             return f"{_public(str(source))}@{revision}"
@@ -120,8 +120,8 @@ def listings(remote: Remote, commit: str) -> MaskListings:
                                                  len(shards)))
     for path in (p for p in files if p.endswith(MASK_SUFFIX) and p not in in_shards):
         with _skip_damaged(found.problems, _url(remote, path, commit)):
-            metadata, entries = _parsed(remote_header(remote, path, files[path], commit), _url(remote, path, commit))
-            found.append(MaskListing.from_header(path, files[path], metadata, entries.values()))
+            metadata, by_name = _parsed(remote_header(remote, path, files[path], commit), _url(remote, path, commit))
+            found.append(MaskListing.from_header(path, files[path], metadata, by_name.values()))
     found.sort(key=lambda listing: listing.path)
     return found
 

@@ -81,7 +81,7 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
             if not create_pr:
                 raise
             info = None
-    if create_pr and (info is None or not info.pr_url):  # a server without pull requests commits to the branch
+    if info is None or (create_pr and not info.pr_url):  # a server without pull requests commits to the branch
         raise HubError(f"{repo_id}: asked for a pull request, but the Hub at {remote.url} opened none; the commit "
                        f"may have landed on {branch}: check the repo (revert it if unwanted)")
     return PushedMask(repo_id, path, info.oid, info.pr_revision or branch, tuple(d for d, _ in uploads),

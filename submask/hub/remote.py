@@ -63,7 +63,10 @@ class Remote:
         """The commit sha a branch, tag or sha names now (HubError for a path-like revision such as ``..``)."""
         check_revision(revision, self.repo_id)
         with self.errors(revision=revision):
-            return self.api.repo_info(self.repo_id, revision=revision, repo_type=self.repo_type).sha
+            sha = self.api.repo_info(self.repo_id, revision=revision, repo_type=self.repo_type).sha
+        if sha is None:
+            raise HubError(f"{self.repo_id}: the Hub at {self.url} named no commit for revision {revision!r}")
+        return sha
 
     def existing(self, paths: Iterable[str], commit: str) -> set[str]:
         """Which of ``paths`` are files at ``commit``."""
