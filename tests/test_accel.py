@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 import contextlib
 import os
 
@@ -122,8 +123,7 @@ def test_corrupt_rice_payloads_fail_alike(density: float) -> None:
     other = pack(bits(numel, 0.5, seed=4))
     rejected = 0
     for bad in corruptions(payload):
-        compiled, numpy = run_both(lambda: (codec_decode(bad, numel, config),
-                                                     RiceCodec().from_config(config).positions(bad, numel).tolist()))
+        compiled, numpy = run_both(partial(_decode_both_ways, bad, numel, config))
         if isinstance(numpy, str):  # the numpy path raised: so must the kernels, with the same message
             rejected += 1
             assert compiled == numpy
@@ -137,6 +137,11 @@ def test_corrupt_rice_payloads_fail_alike(density: float) -> None:
 
 def codec_decode(payload: bytes, numel: int, config: dict) -> list[int]:
     return RiceCodec().from_config(config).decode(payload, numel).tolist()
+
+
+def _decode_both_ways(payload: bytes, numel: int, config: dict) -> tuple[list[int], list[int]]:
+    """Decoded bits and listed positions of one payload."""
+    return codec_decode(payload, numel, config), RiceCodec().from_config(config).positions(payload, numel).tolist()
 
 
 @pytest.mark.parametrize("numel", [1, 77, 70_001])

@@ -11,6 +11,7 @@ same masks in the same run (the ratio column is encoding speed / numpy speed).
 
 from __future__ import annotations
 
+from functools import partial
 import argparse
 import contextlib
 import os
@@ -69,15 +70,15 @@ def speed_rows(numel: int, repeat: int) -> list[list[object]]:
     for density in SPEED_DENSITIES:
         packed = iid_mask(numel, density, seed=1)
         bools = np.unpackbits(packed).view(np.bool_)
-        numpy_pack = numel / best_time(lambda: np.packbits(bools), repeat) / 1e9
-        numpy_unpack = numel / best_time(lambda: np.unpackbits(packed), repeat) / 1e9
+        numpy_pack = numel / best_time(partial(np.packbits, bools), repeat) / 1e9
+        numpy_unpack = numel / best_time(partial(np.unpackbits, packed), repeat) / 1e9
         chosen = encode_auto(packed, numel, popcount(packed), (numel,))[0]
         for enc, compiled in [(enc, True) for enc in ENCODINGS] + [("rice", False)]:
             codec = get_codec(enc)
             with contextlib.nullcontext() if compiled else numba_disabled():
                 payload, config = codec.encode(packed, numel)
-                encode = numel / best_time(lambda: codec.encode(packed, numel), repeat) / 1e9
-                decode = numel / best_time(lambda: codec.configured(config).decode(payload, numel), repeat) / 1e9
+                encode = numel / best_time(partial(codec.encode, packed, numel), repeat) / 1e9
+                decode = numel / best_time(partial(codec.configured(config).decode, payload, numel), repeat) / 1e9
             label = enc + (" (auto)" if enc == chosen else "") + ("" if compiled else ", no numba")
             rows.append([f"{density:.1%}", label,
                          f"{encode:.2f}", f"{encode / numpy_pack:.2f}",

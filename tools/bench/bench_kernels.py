@@ -11,6 +11,7 @@ the same arrays; both must give the same bits and counts. Needs numba.
 
 from __future__ import annotations
 
+from functools import partial
 import argparse
 import sys
 
@@ -52,8 +53,8 @@ def measure(old: object, elements: int, repeats: int) -> list[list[str]]:
         for density in DENSITIES:
             a, b = chunk_pair(elements, density, dtype_name)
             for label, criterion in CRITERIA.items():
-                runs = {"baseline": lambda: old.fused_compare(a, b, dtype, criterion, True),
-                        "new": lambda: kernels.fused_compare(a, b, dtype, criterion, True)}
+                runs = {"baseline": partial(old.fused_compare, a, b, dtype, criterion, True),
+                        "new": partial(kernels.fused_compare, a, b, dtype, criterion, True)}
                 results = {name: run() for name, run in runs.items()}  # compiles both, checks they agree
                 assert results["new"][1:] == results["baseline"][1:]
                 assert np.array_equal(results["new"][0], results["baseline"][0])

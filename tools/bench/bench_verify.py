@@ -13,6 +13,7 @@ default encodings) are written once; then, from warm files, best of ``--repeat``
 
 from __future__ import annotations
 
+from functools import partial
 import argparse
 import os
 import shutil
@@ -62,10 +63,10 @@ def main() -> None:
             write_mask(a, density, args.bits, args.tensors, seed=2 * index)
             write_mask(b, density, args.bits, args.tensors, seed=2 * index + 1)
             submask.compare([a, b])  # warm: page cache, kernels
-            verified = best_time(lambda: submask.compare([a, b]), args.repeat)
-            unverified = best_time(lambda: submask.compare([a, b], verify=False), args.repeat)
-            loaded = best_time(lambda: submask.load(a), args.repeat)
-            decoded = best_time(lambda: decode_only(a), args.repeat)
+            verified = best_time(partial(submask.compare, [a, b]), args.repeat)
+            unverified = best_time(partial(submask.compare, [a, b], verify=False), args.repeat)
+            loaded = best_time(partial(submask.load, a), args.repeat)
+            decoded = best_time(partial(decode_only, a), args.repeat)
             with submask.open(a) as mask_file:
                 encodings = "/".join(sorted({e.encoding for e in mask_file.entries.values()}))
             rows.append([f"{density:.0%}", encodings, f"{verified * 1e3:.0f} ms", f"{unverified * 1e3:.0f} ms",
