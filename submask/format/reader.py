@@ -13,7 +13,9 @@ import numpy as np
 
 from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
+from ..limits import check_allocation
 from ..mask import Mask, TensorMask
+from ..packed import packed_nbytes
 from .container import Container, PayloadSpan
 from ..metadata import MaskMetadata, check_version, is_bare_file_name
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
@@ -137,7 +139,11 @@ class MaskFile:
         return decode_positions(self._entry(name), container.read(name), container.path)
 
     def load(self) -> Mask:
-        """Decode every tensor into an in-memory ``Mask`` (without values: a delta's mask, ``io.load_delta``)."""
+        """Decode every tensor into an in-memory ``Mask`` (without values: a delta's mask, ``io.load_delta``);
+        LimitError, before decoding, when all the tensors' bits together exceed the memory limit (``limits``)."""
+        bits = sum(entry.bits for entry in self.entries.values())
+        check_allocation(sum(packed_nbytes(entry.bits) for entry in self.entries.values()),
+                         f"{self.path}: the mask's {bits:,} bits")
         return Mask({name: self[name] for name in self.entries}, replace(self.metadata, checkpoint=None))
 
     @property
