@@ -85,7 +85,7 @@ def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, ove
                         f"not the base {values.label} was built against{_recorded_base(values)}; nothing was "
                         "written")
             with writing(out):
-                replace_dir(staging, out)
+                replace_dir(staging, out, overwrite)
         tensors = [info for _, infos in plan for info in infos]
         counts = values.mask.counts
     return AppliedModel(out, len(tensors), sum(info.numel for info in tensors),

@@ -69,10 +69,12 @@ def index_bytes(index: dict[str, Any]) -> bytes:
 
 
 def publish_sharded(target: Path, write_id: str | None, shards: Sequence[ShardWriter],
-                    make_index: Callable[[list[str]], dict[str, Any]]) -> list[Path]:
+                    make_index: Callable[[list[str]], dict[str, Any]], overwrite: bool = True) -> list[Path]:
     """Publish a sharded mask at ``target`` atomically; returns the shard paths, then the index path.
 
     ``shards[k]`` writes the bytes of shard k+1; ``make_index`` turns the chosen shard names into the index.
+    Without ``overwrite``, an index that another process published meanwhile is an OutputError (and this
+    write's shards are removed); nothing is replaced or deleted.
     """
     directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
@@ -85,11 +87,13 @@ def publish_sharded(target: Path, write_id: str | None, shards: Sequence[ShardWr
             with atomic_write(directory / name) as out:
                 write(out)
             written.append(directory / name)
-        with atomic_write(index_path) as out:  # the commit point
+        with atomic_write(index_path, overwrite) as out:  # the commit point
             out.write(index_bytes(make_index(names)))
     except BaseException:
         _remove(written)
         raise
+    if not overwrite:
+        return [*written, index_path]
     single = directory / target.name.removesuffix(INDEX_SUFFIX)
     _remove([directory / name for name in sorted(previous - set(names))] + ([single] if single.is_file() else []))
     return [*written, index_path]

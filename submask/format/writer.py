@@ -59,13 +59,15 @@ class MaskWriter:
     raises (Ctrl-C included), nothing is left under the final names. After the block, ``paths`` lists the
     files written (the shards, then the index) and ``index_path`` is the index, or None. ``write_id`` fixes
     the write id of a sharded mask (for reproducible files); by default each write draws a random one.
-    An existing ``path`` (or its index) is refused at construction with OutputError unless ``overwrite``;
+    An existing ``path`` (or its index) is refused at construction with OutputError unless ``overwrite``, and
+    so is, at the end, one that another process wrote meanwhile (this result is then not kept, ``atomic``);
     an OSError while writing (disk full) becomes an OutputError naming ``path``.
     """
 
     def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None,
                  write_id: str | None = None, overwrite: bool = False):
         self.path = check_mask_target(path, overwrite)
+        self.overwrite = overwrite
         check_writable(metadata, self.path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
@@ -148,7 +150,7 @@ class MaskWriter:
         metadata = replace(metadata, minor_version=max([metadata.minor_version,
                                                         *(get_codec(e).minor_version for e in encodings)]))
         if len(shards) == 1:
-            with atomic_write(self.path) as out:
+            with atomic_write(self.path, self.overwrite) as out:
                 _write_shard(out, metadata, shards[0])
             self.paths = [self.path]
             return
@@ -166,7 +168,7 @@ class MaskWriter:
                 "weight_map": {entry.name: name for name, shard in zip(names, shards) for entry in shard.entries},
             }
 
-        self.paths = publish_sharded(self.path, write_id, writers, index)
+        self.paths = publish_sharded(self.path, write_id, writers, index, self.overwrite)
         self.index_path = self.paths[-1]
 
 
