@@ -54,9 +54,10 @@ class CheckpointFile:
                               f"'text'}}, got {_short(obj)}; the file is corrupt")
         name, size, sha256 = obj.get("name"), obj.get("size"), obj.get("sha256")
         content = obj.get("header", obj.get("text"))
-        if not is_bare_file_name(name):
-            raise FormatError(f"{at}checkpoint file name {name!r} is not a bare file name (no '/' or '\\', not "
-                              "'.' or '..'); the file is corrupt or hostile")
+        problem = file_name_problem(name)
+        if problem:
+            raise FormatError(f"{at}checkpoint file name {_short(name)} {problem}: not a bare file name (FORMAT.md "
+                              "§8); the file is corrupt or hostile")
         if not (is_count(size) and isinstance(sha256, str) and _SHA256_PATTERN.fullmatch(sha256)
                 and isinstance(content, str)):
             raise FormatError(f"{at}checkpoint file {name!r} needs an integer 'size', a 'sha256' of 64 lowercase "
@@ -219,9 +220,32 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+MAX_FILE_NAME_BYTES = 255  # NAME_MAX of Linux and macOS file systems; NTFS allows 255 UTF-16 units
+
+
+def file_name_problem(value: Any) -> str | None:
+    """Why ``value`` is not a bare file name that every file system can hold safely (FORMAT.md §8: shard names
+    in an index, checkpoint file names), or None when it is one. Readers and writers both apply it."""
+    if not isinstance(value, str):
+        return "is not a string"
+    if value in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    if "/" in value or "\\" in value:
+        return "holds a '/' or '\\' (a path, not a file name)"
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
+        return "holds a NUL or another control character"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (not Unicode text)"
+    if size > MAX_FILE_NAME_BYTES:
+        return f"is {size} bytes long in UTF-8, more than {MAX_FILE_NAME_BYTES}"
+    return None
+
+
 def is_bare_file_name(value: Any) -> bool:
-    """A file name without a directory: no '/' or '\\' (a path on Windows), not '', '.' or '..' (FORMAT.md §8)."""
-    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+    """Whether ``value`` is a bare file name (``file_name_problem``)."""
+    return file_name_problem(value) is None
 
 
 def _short(value: Any) -> str:

@@ -17,7 +17,7 @@ from ..limits import check_allocation
 from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
 from .container import Container, PayloadSpan
-from ..metadata import MaskMetadata, check_version, is_bare_file_name
+from ..metadata import MaskMetadata, check_version, file_name_problem
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
 from .tensors import decode_positions, decode_tensor, verify_tensor
@@ -237,8 +237,13 @@ def read_index(path: Path) -> dict[str, Any]:
         raise FormatError(f"{at}index 'metadata.write_id' must be 32 lowercase hex digits, got "
                           f"{index['metadata']['write_id']!r}; the index is corrupt")
     weight_map = index.get("weight_map")
-    if not isinstance(weight_map, dict) or not all(is_bare_file_name(v) for v in weight_map.values()):
+    if not isinstance(weight_map, dict):
         raise FormatError(f"{at}'weight_map' must map tensor names to shard file names in the same directory")
+    for shard in weight_map.values():
+        problem = file_name_problem(shard)
+        if problem:
+            raise FormatError(f"{at}'weight_map' must map tensor names to shard file names in the same directory: "
+                              f"shard {shard!r} {problem} (FORMAT.md §8); the index is corrupt or hostile")
     return index
 
 

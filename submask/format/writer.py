@@ -22,10 +22,10 @@ from ..codecs import get_codec
 from ..errors import FormatError, MismatchError, OutputError, UsageError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
-from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata
+from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata, file_name_problem
 from .reader import INDEX_SUFFIX
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
-from .shards import new_write_id, publish_sharded
+from .shards import new_write_id, publish_sharded, shard_names
 from .stats import stats_problems
 from .tensors import encode_tensor
 from .values import VALUES_PREFIX, TensorValues, encode_tensor_values
@@ -68,6 +68,8 @@ class MaskWriter:
                  write_id: str | None = None, overwrite: bool = False):
         self.path = check_mask_target(path, overwrite)
         self.overwrite = overwrite
+        if max_shard_bytes is not None:
+            check_shard_names(self.path)
         check_writable(metadata, self.path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
@@ -205,6 +207,16 @@ def _free_values_name(name: str, taken: set[str]) -> str:
 def _shard_minor(metadata: MaskMetadata) -> int:
     """The minor version a shard and its index declare: at least the one that added the "shard" record."""
     return max(metadata.minor_version, SHARD_MINOR)
+
+
+def check_shard_names(target: Path) -> None:
+    """FormatError, before any work, when the shards of a mask saved at ``target`` would get names that a reader
+    refuses (FORMAT.md §8): a control character, or too long."""
+    longest = shard_names(target.name, "f" * 32, 1, lambda names: False)[0]
+    problem = file_name_problem(longest)
+    if problem:
+        raise FormatError(f"{target}: cannot write a sharded mask here: its shards would be named like {longest!r}, "
+                          f"which {problem} (FORMAT.md §8); choose another file name")
 
 
 def check_mask_target(path: str | os.PathLike[str], overwrite: bool = False, inputs: Iterable[object] = ()) -> Path:
