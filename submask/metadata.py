@@ -48,8 +48,7 @@ class CheckpointFile:
     @classmethod
     def from_json(cls, obj: Any, path: object = None) -> "CheckpointFile":
         at = where(path)
-        known = {"name", "size", "sha256", "header", "text"}
-        if not isinstance(obj, dict) or not known >= set(obj) or ("header" in obj) == ("text" in obj):
+        if not isinstance(obj, dict) or ("header" in obj) == ("text" in obj):  # other members: ignored (§7)
             raise FormatError(f"{at}each 'checkpoint' file must be {{'name', 'size', 'sha256', and 'header' or "
                               f"'text'}}, got {_short(obj)}; the file is corrupt")
         name, size, sha256 = obj.get("name"), obj.get("size"), obj.get("sha256")
@@ -67,7 +66,7 @@ class CheckpointFile:
 
 def parse_checkpoint(obj: Any, path: object = None) -> list[CheckpointFile]:
     """The files of a header's "checkpoint" member, names unique (FORMAT.md §12)."""
-    if not isinstance(obj, dict) or set(obj) != {"files"} or not isinstance(obj["files"], list):
+    if not isinstance(obj, dict) or not isinstance(obj.get("files"), list):  # other members: ignored (§7)
         raise FormatError(f"{where(path)}'checkpoint' must be {{'files': [...]}}, got {_short(obj)}; "
                           "the file is corrupt")
     files = [CheckpointFile.from_json(item, path) for item in obj["files"]]
@@ -97,8 +96,10 @@ class MaskMetadata:
 
     @property
     def declares_values(self) -> bool:
-        """Whether the header declares the "values" extension at version 1.2 or later, as values require."""
-        return self.minor_version >= VALUES_MINOR and any(ext["name"] == VALUES_EXTENSION for ext in self.extensions)
+        """Whether the header declares the "values" extension, must_understand, at version 1.2 or later, as values
+        and a checkpoint layout require (FORMAT.md §12: a skippable "values" extension does not count)."""
+        return self.minor_version >= VALUES_MINOR and any(ext["name"] == VALUES_EXTENSION and ext["must_understand"]
+                                                          for ext in self.extensions)
 
     def for_file(self, has_values: bool) -> "MaskMetadata":
         """The metadata as written to a file with or without values (FORMAT.md §7): with values or a checkpoint
@@ -171,7 +172,8 @@ class MaskMetadata:
         )
         if checkpoint is not None and not metadata.declares_values:
             raise FormatError(f"{at}a 'checkpoint' layout needs version 1.{VALUES_MINOR} or later and the "
-                              f"'{VALUES_EXTENSION}' extension declared; the file is corrupt")
+                              f"'{VALUES_EXTENSION}' extension declared with must_understand true; the file is "
+                              "corrupt")
         return metadata
 
 

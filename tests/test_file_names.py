@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_hostile import container
 
 import submask
 from submask import FormatError, Mask
 from submask.format.reader import INDEX_SUFFIX
 from submask.metadata import CheckpointFile, file_name_problem, is_bare_file_name
-from test_hostile import container
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 BAD_NAMES = ["model\x00.safetensors", "a\nb.json", "tab\there", "del\x7f", "c1\x85", "../x", "a/b", "a\\b", ".", "..",

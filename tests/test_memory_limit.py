@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_hostile import container
 
 import submask
 from submask import Delta, LimitError, Mask, UsageError
 from submask.format.values import TensorValues
 from submask.limits import ENV, memory_limit
 from submask.packed import crc32_of_run
-from test_hostile import container
 
 BITS = 1 << 33  # 1 GiB of packed bits
 LIMIT = "256M"
@@ -101,7 +101,7 @@ def test_cli_commands_refuse_a_bomb_in_one_line(tmp_path: Path, command: list[st
 def test_values_are_checked_against_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "delta.smask"
     mask = Mask.from_numpy({"w": np.ones(1 << 20, bool)}, kind="update")
-    submask.save(Delta(mask, {"w": TensorValues("F32", np.zeros(4 << 20, np.uint8))}), path)  # 4 MiB of values, a small file
+    submask.save(Delta(mask, {"w": TensorValues("F32", np.zeros(4 << 20, np.uint8))}), path)  # 4 MiB of values
     monkeypatch.setenv(ENV, "1M")  # the bits (128 KiB) fit, the values do not
     with pytest.raises(LimitError, match="values take 4,194,304 bytes"):
         submask.load_delta(path)

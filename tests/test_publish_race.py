@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from masks import random_mask
 from safetensors.numpy import save_file
 
 import submask
-from masks import random_mask
 
 WORKER = textwrap.dedent("""
     import sys, time
@@ -140,8 +140,9 @@ def test_exactly_one_of_two_model_folders_wins(tmp_path: Path) -> None:
 def test_two_cli_writers_of_one_path_never_both_succeed(tmp_path: Path) -> None:
     two_masks(tmp_path)
     target = tmp_path / "x.smask"
-    processes = [subprocess.Popen([sys.executable, "-m", "submask", "combine", "not", str(tmp_path / f"mask-{me}.smask"),
-                                   "-o", str(target)], stderr=subprocess.PIPE, text=True) for me in (1, 2)]
+    processes = [subprocess.Popen([sys.executable, "-m", "submask", "combine", "not",
+                                   str(tmp_path / f"mask-{me}.smask"), "-o", str(target)],
+                                  stderr=subprocess.PIPE, text=True) for me in (1, 2)]
     codes = sorted(process.wait(timeout=120) for process in processes)
     assert codes == [0, 1]
     assert not leftovers(tmp_path)

@@ -18,6 +18,7 @@ from ..mask import Mask, TensorMask
 from ..packed import packed_nbytes
 from .container import Container, PayloadSpan
 from ..metadata import MaskMetadata, check_version, file_name_problem
+from .layout import check_layout
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
 from .tensors import decode_positions, decode_tensor, verify_tensor
@@ -56,6 +57,7 @@ class MaskFile:
         container = Container(path)
         self._containers.append(container)
         metadata = MaskMetadata.from_json(container.header, path)
+        ShardInfo.from_header(container.header, path)  # a lone shard's record too (§6)
         entries = parse_tensor_entries(container.header.get("tensors"), metadata, path)
         if set(payload_names(entries)) != set(container.names):
             odd = sorted(set(payload_names(entries)) ^ set(container.names))[:3]
@@ -67,6 +69,10 @@ class MaskFile:
         if not self._containers[1:]:
             self.metadata = metadata
             self.entries: dict[str, TensorEntry] = {}
+        elif metadata.checkpoint != self.metadata.checkpoint:
+            raise FormatError(f"{where(path)}records another checkpoint layout than shard {self._containers[0].path}; "
+                              "every shard of a delta carries the same layout (FORMAT.md §12.3): the shards do not "
+                              "belong together")
         self.entries.update(entries)
         self._where.update({name: container for name in entries})
 
@@ -194,6 +200,13 @@ class MaskFile:
         claims.
         """
         found = [f"{self.path}: {problem}" for problem in stats_problems(self.metadata.stats)]
+        if self.metadata.checkpoint is not None:
+            held = {name: (entry.values.dtype, entry.shape) for name, entry in self.entries.items()
+                    if entry.values is not None}
+            try:
+                check_layout(self.metadata.checkpoint, held, str(self.path))
+            except SubmaskError as exc:
+                found.append(str(exc))
         for name, entry in self.entries.items():
             container = self._container(name)
             try:
