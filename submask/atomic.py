@@ -4,7 +4,8 @@ Without overwrite, publishing never replaces anything (``publish``): of two proc
 once, exactly one wins and the other refuses after its work, removing its own result. With overwrite, the last
 writer wins, whole or nothing.
 
-Every temp file or folder is named ``.TARGET.PID@HOST-BOOT.RANDOM.KIND`` (KIND: ``tmp``, ``part`` or ``old``),
+Every temp file or folder is named ``.TARGET.PID@HOST-BOOT.RANDOM.KIND`` (KIND: ``tmp``, ``part`` or ``old``;
+``pending`` for the note a sharded publish keeps of the files it is placing, ``format.shards``),
 so that a later run in the same folder recognises the leftovers of a process that was killed (kill -9,
 out of memory, power loss) and removes them: the owner is gone when the machine rebooted since, or when no
 process with that pid is alive. Temp files of other hosts (shared file systems) are left alone.
@@ -19,6 +20,7 @@ import functools
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -29,7 +31,7 @@ from typing import BinaryIO
 from .errors import OutputError
 
 _STALE_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{8})-(?P<boot>[0-9a-f]{8})\.[^.]+"
-                         r"\.(?:tmp|part|old)")
+                         r"\.(?P<kind>tmp|part|old|pending)")
 #: Remedies for the operating system errors a write meets, by errno.
 _REMEDIES = {
     errno.ENOSPC: "the disk is full; free some space or write elsewhere",
@@ -82,7 +84,7 @@ def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
             match = _STALE_NAME.fullmatch(entry.name)
-            if not match or match["host"] != _HOST or not _owner_gone(int(match["pid"]), match["boot"]):
+            if not match or match["kind"] == "pending" or not _is_stale(match):
                 continue
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
@@ -92,6 +94,29 @@ def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
                     path.unlink()
             removed.append(path)
     return removed
+
+
+def _is_stale(match: re.Match[str]) -> bool:
+    return match["host"] == _HOST and _owner_gone(int(match["pid"]), match["boot"])
+
+
+def stale_notes(directory: str | os.PathLike[str]) -> list[Path]:
+    """The ``pending`` notes in ``directory`` whose owner process on this host is gone (see ``new_note``)."""
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        return [Path(entry.path) for entry in entries
+                if (match := _STALE_NAME.fullmatch(entry.name)) and match["kind"] == "pending" and _is_stale(match)]
+    return []
+
+
+def new_note(target: Path, text: str) -> Path:
+    """Durably write ``text`` to a new ``pending`` note next to ``target``, named after this process, so that
+    a later run can tell, once this process is gone, what it was doing (``stale_notes``)."""
+    note = target.with_name(f"{temp_prefix(target)}{secrets.token_hex(4)}.pending")
+    with open(note, "x", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return note
 
 
 def output_error(target: str | os.PathLike[str], exc: OSError) -> OutputError:

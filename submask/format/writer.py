@@ -25,7 +25,7 @@ from .container import serialize_header, write_container
 from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata, file_name_problem
 from .reader import INDEX_SUFFIX
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
-from .shards import new_write_id, publish_sharded, shard_names
+from .shards import new_write_id, publish_sharded, remove_orphans, shard_names
 from .stats import stats_problems
 from .tensors import encode_tensor
 from .values import VALUES_PREFIX, TensorValues, encode_tensor_values
@@ -70,6 +70,8 @@ class MaskWriter:
         self.overwrite = overwrite
         if max_shard_bytes is not None:
             check_shard_names(self.path)
+        if self.path.parent.is_dir():
+            remove_orphans(self.path.parent)  # what a killed sharded publish left in this folder
         check_writable(metadata, self.path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
