@@ -18,7 +18,7 @@ def check_layout(files: Sequence[CheckpointFile], values: Mapping[str, tuple[str
     ``label``, unless every listed tensor has values of the listed dtype and shape and no tensor is listed by two
     files. Values of tensors no file lists are allowed: a rebuild leaves them out."""
     listed: dict[str, str] = {}
-    plan = []
+    plan: list[list[TensorInfo]] = []
     for file in files:
         if file.header is None:
             plan.append([])
