@@ -332,7 +332,7 @@ def _renameat2() -> Callable[..., int] | None:
     """libc's renameat2 (glibc 2.28 and later), or None."""
     try:
         function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not glibc 2.28+ (musl before 1.2.4, macOS, Windows)
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     function.restype = ctypes.c_int
