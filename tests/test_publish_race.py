@@ -146,3 +146,21 @@ def test_two_cli_writers_of_one_path_never_both_succeed(tmp_path: Path) -> None:
     codes = sorted(process.wait(timeout=120) for process in processes)
     assert codes == [0, 1]
     assert not leftovers(tmp_path)
+
+
+def test_each_no_replace_primitive_refuses_an_existing_target(tmp_path: Path) -> None:
+    from submask.atomic import _link_noreplace, _rename_noreplace, _renameat2
+
+    target = tmp_path / "x.smask"
+    target.write_bytes(b"first")
+    for publish in (_link_noreplace, _rename_noreplace) if _renameat2() else (_link_noreplace,):
+        source = tmp_path / ".x.smask.tmp"
+        source.write_bytes(b"second")
+        with pytest.raises(FileExistsError):
+            publish(source, target)
+        assert target.read_bytes() == b"first" and source.exists()
+        source.unlink()
+    source = tmp_path / ".y.tmp"
+    source.write_bytes(b"new")
+    _link_noreplace(source, tmp_path / "y.smask")
+    assert (tmp_path / "y.smask").read_bytes() == b"new" and not source.exists()
