@@ -87,7 +87,7 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
             with writing(out):
                 if Path(finetuned).is_dir():
                     _copy_side_files(Path(finetuned), staging)
-                replace_dir(staging, out)
+                replace_dir(staging, out, overwrite)
         numel = sum(t.numel for t in ft_src.tensors.values())
         return AppliedModel(out, len(ft_src.tensors), numel, taken)
 

@@ -1,6 +1,11 @@
-"""Atomic outputs: checked before the work, written to owned temp files, renamed over the target at the end.
+"""Atomic outputs: checked before the work, written to owned temp files, published under the target at the end.
 
-Every temp file or folder is named ``.TARGET.PID@HOST-BOOT.RANDOM.KIND`` (KIND: ``tmp``, ``part`` or ``old``),
+Without overwrite, publishing never replaces anything (``publish``): of two processes writing one new path at
+once, exactly one wins and the other refuses after its work, removing its own result. With overwrite, the last
+writer wins, whole or nothing.
+
+Every temp file or folder is named ``.TARGET.PID@HOST-BOOT.RANDOM.KIND`` (KIND: ``tmp``, ``part`` or ``old``;
+``pending`` for the note a sharded publish keeps of the files it is placing, ``format.shards``),
 so that a later run in the same folder recognises the leftovers of a process that was killed (kill -9,
 out of memory, power loss) and removes them: the owner is gone when the machine rebooted since, or when no
 process with that pid is alive. Temp files of other hosts (shared file systems) are left alone.
@@ -9,20 +14,24 @@ process with that pid is alive. Temp files of other hosts (shared file systems) 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, cast
+from typing import BinaryIO, cast
 
 from .errors import OutputError
 
 _STALE_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{8})-(?P<boot>[0-9a-f]{8})\.[^.]+"
-                         r"\.(?:tmp|part|old)")
+                         r"\.(?P<kind>tmp|part|old|pending)")
 #: Remedies for the operating system errors a write meets, by errno.
 _REMEDIES = {
     errno.ENOSPC: "the disk is full; free some space or write elsewhere",
@@ -75,7 +84,7 @@ def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
             match = _STALE_NAME.fullmatch(entry.name)
-            if not match or match["host"] != _HOST or not _owner_gone(int(match["pid"]), match["boot"]):
+            if not match or match["kind"] == "pending" or not _is_stale(match):
                 continue
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
@@ -85,6 +94,29 @@ def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
                     path.unlink()
             removed.append(path)
     return removed
+
+
+def _is_stale(match: re.Match[str]) -> bool:
+    return match["host"] == _HOST and _owner_gone(int(match["pid"]), match["boot"])
+
+
+def stale_notes(directory: str | os.PathLike[str]) -> list[Path]:
+    """The ``pending`` notes in ``directory`` whose owner process on this host is gone (see ``new_note``)."""
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        return [Path(entry.path) for entry in entries
+                if (match := _STALE_NAME.fullmatch(entry.name)) and match["kind"] == "pending" and _is_stale(match)]
+    return []
+
+
+def new_note(target: Path, text: str) -> Path:
+    """Durably write ``text`` to a new ``pending`` note next to ``target``, named after this process, so that
+    a later run can tell, once this process is gone, what it was doing (``stale_notes``)."""
+    note = target.with_name(f"{temp_prefix(target)}{secrets.token_hex(4)}.pending")
+    with open(note, "x", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return note
 
 
 def output_error(target: str | os.PathLike[str], exc: OSError) -> OutputError:
@@ -140,11 +172,12 @@ def check_target(path: str | os.PathLike[str], overwrite: bool = False, *, direc
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Yield a binary file that replaces ``path`` only if the block finishes without an exception.
+def atomic_write(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes ``path`` only if the block finishes without an exception.
 
     On any exception, KeyboardInterrupt included, the temp file is removed and ``path`` is untouched. An
-    OSError (disk full, permission denied) becomes an OutputError naming ``path``.
+    OSError (disk full, permission denied) becomes an OutputError naming ``path``; so does, without
+    ``overwrite``, a ``path`` that another process created meanwhile (``publish``).
     """
     target = Path(path)
     with writing(target):
@@ -158,7 +191,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
                 handle.flush()
                 os.fchmod(handle.fileno(), _file_mode(target))
                 os.fsync(handle.fileno())
-            os.replace(handle.name, target)
+            publish(Path(handle.name), target, overwrite)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(handle.name)
@@ -214,8 +247,13 @@ def staging_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def replace_dir(staging: Path, out: Path) -> None:
-    """Move ``staging`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+def replace_dir(staging: Path, out: Path, overwrite: bool = True) -> None:
+    """Move ``staging`` to ``out``. Without ``overwrite``, only where ``out`` is absent or an empty folder
+    (OutputError otherwise, ``staging`` is left to its owner); with it, an existing ``out`` is moved aside
+    first and removed after."""
+    if not overwrite:
+        publish(staging, out, overwrite=False)
+        return
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".old"))
@@ -223,3 +261,79 @@ def replace_dir(staging: Path, out: Path) -> None:
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def publish(source: Path, target: Path, overwrite: bool) -> None:
+    """Rename the finished temp file or folder ``source`` to ``target``, in one step.
+
+    With ``overwrite``, an existing file is replaced. Without it nothing is ever replaced: a file is published
+    by renameat2(RENAME_NOREPLACE) where the kernel and file system offer it, else by a hard link (which never
+    replaces) and the unlink of ``source``; a folder by rename(2), which replaces an empty folder only. A
+    ``target`` that another process created since ``check_target`` is an OutputError (``source`` stays, for
+    its owner to remove).
+    """
+    if overwrite:
+        os.replace(source, target)
+        return
+    try:
+        if source.is_dir():
+            os.rename(source, target)
+        elif not _rename_noreplace(source, target):
+            _link_noreplace(source, target)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+        raise _taken(target) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            raise _taken(target) from exc
+        raise
+
+
+def _taken(target: Path) -> OutputError:
+    return OutputError(target, "was written by another process while this one worked; this result was not kept "
+                               "(pass --overwrite (overwrite=True) to replace it, or choose another path)")
+
+
+_RENAME_NOREPLACE, _AT_FDCWD = 1, -100
+
+
+def _rename_noreplace(source: Path, target: Path) -> bool:
+    """renameat2(RENAME_NOREPLACE): True when done, False where this system cannot (then nothing happened);
+    FileExistsError when ``target`` exists."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # an old kernel, or a file system
+        return False
+    raise OSError(code, os.strerror(code), str(target))
+
+
+def _link_noreplace(source: Path, target: Path) -> None:
+    """Publish ``source`` at ``target`` by a hard link (never replaces); without hard links (some network and
+    FAT file systems), by a rename after a last look, which cannot exclude a writer that publishes in between."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from exc
+        os.rename(source, target)
+        return
+    os.unlink(source)
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2 (glibc 2.28 and later), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):  # not glibc 2.28+ (musl before 1.2.4, macOS, Windows)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function

@@ -20,8 +20,9 @@ from .compare import tensor_progress
 from .format import MaskFile, MaskWriter
 from .format.writer import check_mask_target
 from .io import open as open_mask_file
+from .limits import check_allocation
 from .metadata import combined_metadata
-from .packed import apply_op, popcount
+from .packed import apply_op, packed_nbytes, popcount
 
 
 def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
@@ -45,6 +46,9 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
         ones = numel = 0
         with MaskWriter(output, metadata, overwrite=overwrite) as writer:
             for name in tensor_progress(names, progress, f"submask {op}"):
+                nbytes = packed_nbytes(files[0].entries[name].bits)
+                check_allocation((len(files) + 1) * nbytes, f"{labels[0]}, tensor {name!r}: {len(files)} inputs and "
+                                 f"the result of {8 * nbytes:,} bits")
                 tensors = [f[name] for f in files]
                 packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)
                 ones += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones

@@ -4,11 +4,15 @@ Python turns SIGINT into KeyboardInterrupt wherever the main thread is; code tha
 compiler callbacks once did) can swallow it, and the command would finish with exit 0. The handler installed
 here also records the signal, so that the command line exits non-zero even when the exception was lost.
 Importing this module (``submask/__init__.py`` does so first) calls ``guard_startup``, which acts only when the
-process is the ``submask`` command itself: library users' signal handlers are left alone.
+process is the ``submask`` command itself: library users' signal handlers are left alone. Once the command is
+done (``hold``), the two signals are blocked in the main thread, a signal that arrives from then on is reported
+at exit, and after that last check they are ignored: Python's finalization would otherwise restore the default
+handlers, and a Ctrl-C at the very end would kill the process (status -2, no message).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -20,6 +24,8 @@ from typing import Any, NoReturn
 #: Exit status per signal: 128 + its number, as shells report a process killed by it.
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _received: list[int] = []
+_reported: list[int] = []  # the signal ``exit_interrupted`` reported, if any
+_command: list[bool] = []  # [True] once ``guard_startup`` found this process to be the submask command
 
 
 class Interrupted(KeyboardInterrupt):
@@ -58,6 +64,7 @@ def guard_startup() -> None:
     as_module = "-m" in argv[1:] and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["submask"]
     if as_module or Path(sys.argv[0] if sys.argv else "").stem == "submask":
         _install(_exit_now)
+        _command[:] = [True]
 
 
 def install() -> dict[int, Any]:
@@ -72,12 +79,52 @@ def restore(previous: dict[int, Any]) -> None:
 
 
 def pending() -> int | None:
-    """The first signal received since ``install``, even if its exception was caught and dropped."""
-    return _received[0] if _received else None
+    """The first signal received since ``install``, even if its exception was caught and dropped, or one that
+    arrived, blocked, since ``hold``."""
+    if _received:
+        return _received[0]
+    return _blocked()
+
+
+def _blocked() -> int | None:
+    if not _command or not hasattr(signal, "sigpending"):
+        return None
+    waiting = signal.sigpending()
+    return next((signum for signum in EXIT_CODES if signum in waiting), None)
+
+
+def hold() -> None:
+    """The command is done (or failed and is about to say so): from now on SIGINT and SIGTERM are blocked, and
+    one that arrives is reported when the process exits. Only in the submask command itself, on its main thread
+    (elsewhere nothing happens)."""
+    if (not _command or not hasattr(signal, "pthread_sigmask")
+            or threading.current_thread() is not threading.main_thread()):
+        return
+    if not signal.pthread_sigmask(signal.SIG_BLOCK, set(EXIT_CODES)) >= set(EXIT_CODES):
+        atexit.register(_last_check)  # registered last, so it runs first of the exit handlers
+
+
+def _last_check() -> None:
+    """At exit: report a signal that arrived after ``hold`` (blocked, or caught on another thread), else ignore
+    the two signals from now on (the interpreter's finalization keeps an ignored signal ignored)."""
+    signum = None if _reported else pending()
+    if signum is None:
+        for code in EXIT_CODES:
+            signal.signal(code, signal.SIG_IGN)
+    else:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stderr.write(message(signum) + "\n")
+        sys.stderr.flush()
+        os._exit(EXIT_CODES[signal.Signals(signum)])
 
 
 def exit_interrupted(signum: int) -> NoReturn:
     """Print the one line for ``signum`` and exit with its status."""
+    _reported.append(signum)
     sys.stderr.write(message(signum) + "\n")
     sys.exit(EXIT_CODES[signal.Signals(signum)])
 

@@ -28,6 +28,7 @@ from .delta import Delta
 from .errors import UsageError
 from .format import MaskFile, MaskWriter, local_mask_path
 from .hub.paths import is_hub_url
+from .limits import check_allocation
 from .mask import Mask
 
 MaskLike = Union[Mask, MaskFile, str, "os.PathLike[str]"]
@@ -80,6 +81,8 @@ def load_delta(path: str | os.PathLike[str], *, max_bits: int | None = None, **h
     local, source = _local(path, hub_options)
     with MaskFile(local, max_bits=max_bits) as mask_file:
         mask = mask_file.load()
+        check_allocation(sum(entry.values.size for entry in mask_file.entries.values() if entry.values is not None),
+                         f"{local}: the delta's values")
         values = {name: tensor_values for name, entry in mask_file.entries.items()
                   if entry.values is not None and (tensor_values := mask_file.values(name)) is not None}
         checkpoint = mask_file.metadata.checkpoint

@@ -48,15 +48,15 @@ class CheckpointFile:
     @classmethod
     def from_json(cls, obj: Any, path: object = None) -> "CheckpointFile":
         at = where(path)
-        known = {"name", "size", "sha256", "header", "text"}
-        if not isinstance(obj, dict) or not known >= set(obj) or ("header" in obj) == ("text" in obj):
+        if not isinstance(obj, dict) or ("header" in obj) == ("text" in obj):  # other members: ignored (§7)
             raise FormatError(f"{at}each 'checkpoint' file must be {{'name', 'size', 'sha256', and 'header' or "
                               f"'text'}}, got {_short(obj)}; the file is corrupt")
         name, size, sha256 = obj.get("name"), obj.get("size"), obj.get("sha256")
         content = obj.get("header", obj.get("text"))
-        if not is_bare_file_name(name):
-            raise FormatError(f"{at}checkpoint file name {name!r} is not a bare file name (no '/' or '\\', not "
-                              "'.' or '..'); the file is corrupt or hostile")
+        problem = file_name_problem(name)
+        if problem:
+            raise FormatError(f"{at}checkpoint file name {_short(name)} {problem}: not a bare file name (FORMAT.md "
+                              "§8); the file is corrupt or hostile")
         if not (is_count(size) and isinstance(sha256, str) and _SHA256_PATTERN.fullmatch(sha256)
                 and isinstance(content, str)):
             raise FormatError(f"{at}checkpoint file {name!r} needs an integer 'size', a 'sha256' of 64 lowercase "
@@ -66,7 +66,7 @@ class CheckpointFile:
 
 def parse_checkpoint(obj: Any, path: object = None) -> list[CheckpointFile]:
     """The files of a header's "checkpoint" member, names unique (FORMAT.md §12)."""
-    if not isinstance(obj, dict) or set(obj) != {"files"} or not isinstance(obj["files"], list):
+    if not isinstance(obj, dict) or not isinstance(obj.get("files"), list):  # other members: ignored (§7)
         raise FormatError(f"{where(path)}'checkpoint' must be {{'files': [...]}}, got {_short(obj)}; "
                           "the file is corrupt")
     files = [CheckpointFile.from_json(item, path) for item in obj["files"]]
@@ -96,8 +96,10 @@ class MaskMetadata:
 
     @property
     def declares_values(self) -> bool:
-        """Whether the header declares the "values" extension at version 1.2 or later, as values require."""
-        return self.minor_version >= VALUES_MINOR and any(ext["name"] == VALUES_EXTENSION for ext in self.extensions)
+        """Whether the header declares the "values" extension, must_understand, at version 1.2 or later, as values
+        and a checkpoint layout require (FORMAT.md §12: a skippable "values" extension does not count)."""
+        return self.minor_version >= VALUES_MINOR and any(ext["name"] == VALUES_EXTENSION and ext["must_understand"]
+                                                          for ext in self.extensions)
 
     def for_file(self, has_values: bool) -> "MaskMetadata":
         """The metadata as written to a file with or without values (FORMAT.md §7): with values or a checkpoint
@@ -170,7 +172,8 @@ class MaskMetadata:
         )
         if checkpoint is not None and not metadata.declares_values:
             raise FormatError(f"{at}a 'checkpoint' layout needs version 1.{VALUES_MINOR} or later and the "
-                              f"'{VALUES_EXTENSION}' extension declared; the file is corrupt")
+                              f"'{VALUES_EXTENSION}' extension declared with must_understand true; the file is "
+                              "corrupt")
         return metadata
 
 
@@ -219,9 +222,32 @@ def is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+MAX_FILE_NAME_BYTES = 255  # NAME_MAX of Linux and macOS file systems; NTFS allows 255 UTF-16 units
+
+
+def file_name_problem(value: Any) -> str | None:
+    """Why ``value`` is not a bare file name that every file system can hold safely (FORMAT.md §8: shard names
+    in an index, checkpoint file names), or None when it is one. Readers and writers both apply it."""
+    if not isinstance(value, str):
+        return "is not a string"
+    if value in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    if "/" in value or "\\" in value:
+        return "holds a '/' or '\\' (a path, not a file name)"
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
+        return "holds a NUL or another control character"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (not Unicode text)"
+    if size > MAX_FILE_NAME_BYTES:
+        return f"is {size} bytes long in UTF-8, more than {MAX_FILE_NAME_BYTES}"
+    return None
+
+
 def is_bare_file_name(value: Any) -> TypeGuard[str]:
-    """A file name without a directory: no '/' or '\\' (a path on Windows), not '', '.' or '..' (FORMAT.md §8)."""
-    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+    """Whether ``value`` is a bare file name (``file_name_problem``)."""
+    return file_name_problem(value) is None
 
 
 def _short(value: Any) -> str:

@@ -30,12 +30,12 @@ from .align import mismatch
 from .built import AppliedModel
 from .atomic import check_target, replace_dir, staging_dir, writing
 from .checkpoints.dtypes import DTYPES, DType, dtype_of_array
-from .checkpoints.layout import laid_out_tensors
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import CHUNK_ELEMENTS, Source, open_source
 from .delta import Delta
 from .errors import FormatError, MismatchError, UsageError
 from .format import MaskFile
+from .format.layout import check_layout
 from .io import load_delta, open as open_mask_file
 from .mask import TensorMask
 from .metadata import CheckpointFile
@@ -85,7 +85,7 @@ def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, ove
                         f"not the base {values.label} was built against{_recorded_base(values)}; nothing was "
                         "written")
             with writing(out):
-                replace_dir(staging, out)
+                replace_dir(staging, out, overwrite)
         tensors = [info for _, infos in plan for info in infos]
         counts = values.mask.counts
     return AppliedModel(out, len(tensors), sum(info.numel for info in tensors),
@@ -183,26 +183,9 @@ def _plan(values: _DeltaValues) -> list[tuple[CheckpointFile, list[TensorInfo]]]
         raise UsageError(f"{values.label}: holds no checkpoint layout (built without --values, or from a state "
                          "dict), so it cannot rebuild files; pass the finetuned checkpoint too: apply BASE "
                          "FINETUNED MASK -o DIR")
-    plan, shapes = [], values.mask.shapes  # once: a Mask builds the dict on each access
-    for file in values.checkpoint:
-        if file.header is None:
-            plan.append((file, []))
-            continue
-
-        def fail(problem: str, name: str = file.name) -> FormatError:
-            return FormatError(f"{values.label}: the recorded header of {name} {problem}; the delta is corrupt")
-
-        tensors = laid_out_tensors(file.header, file.size, fail)
-        for info in tensors:
-            if values.dtype(info.name) is None:
-                raise FormatError(f"{values.label}: {file.name} lists tensor {info.name!r}, which has no values "
-                                  "in the delta; the delta is corrupt (build it again with --values)")
-            if (values.dtype(info.name), shapes[info.name]) != (info.dtype.name, info.shape):
-                raise FormatError(f"{values.label}: tensor {info.name!r} is {values.dtype(info.name)} "
-                                  f"{list(shapes[info.name])} in the delta but {info.dtype.name} "
-                                  f"{list(info.shape)} in {file.name}; the delta is corrupt")
-        plan.append((file, tensors))
-    return plan
+    shapes = values.mask.shapes  # once: a Mask builds the dict on each access
+    held = {name: (dtype, shapes[name]) for name in shapes if (dtype := values.dtype(name)) is not None}
+    return list(zip(values.checkpoint, check_layout(values.checkpoint, held, values.label)))
 
 
 def _recorded_base(values: _DeltaValues) -> str:

@@ -21,6 +21,7 @@ from .codecs import IntersectionCounter, PositionsDecoder
 from .errors import ChecksumError, FormatError, where
 from .format.header import TensorEntry
 from .format.tensors import decode_tensor, entry_codec
+from .limits import check_allocation
 from .mask import TensorMask
 from .packed import packed_nbytes
 
@@ -74,6 +75,7 @@ def thread_buffer(index: Hashable, nbytes: int) -> np.ndarray:
 def reusable(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
     """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
     if key not in buffers or buffers[key].size < nbytes:
+        check_allocation(nbytes, f"{nbytes * 8:,} bits")
         buffers[key] = np.empty(nbytes, np.uint8)
     return buffers[key][:nbytes]
 

@@ -25,7 +25,8 @@ from submask.format.values import (
     read_values,
 )
 
-CHECKPOINT = [CheckpointFile("model.safetensors", 1234, "ab" * 32, header='{"w":{"dtype":"BF16"}}   '),
+W_HEADER = '{"w":{"dtype":"BF16","shape":[40,30],"data_offsets":[0,2400]}}   '  # what validate checks (§12.3)
+CHECKPOINT = [CheckpointFile("model.safetensors", 8 + len(W_HEADER) + 2400, "ab" * 32, header=W_HEADER),
               CheckpointFile("config.json", 20, "cd" * 32, text='{"hidden_size": 16}\n')]
 
 

@@ -266,6 +266,14 @@ def edited(path: Path, edit: Callable[[dict[str, Any], dict[str, bytes]], None],
     return put_together(header, payloads, **options)
 
 
+def repadded(data: bytes, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A container whose safetensors header JSON has ``before`` in front and ``after`` instead of its space
+    padding (FORMAT.md 2.2: only JSON whitespace may pad it)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    text = before + data[8:8 + length].rstrip(b" ") + after
+    return struct.pack("<Q", len(text)) + text + data[8 + length:]
+
+
 def header_edit(edit: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
     return lambda header, payloads: edit(header)
 
@@ -368,6 +376,15 @@ def write_invalid() -> None:
                       "NaN in a user field: not JSON"),
         "deep_nesting.smask": (edited(zstd, header_edit(lambda h: h.update(user={"x": nested(100)}))),
                                "FormatError", "a user field nested 100 levels deep (limit 64)"),
+        "nesting_65.smask": (edited(zstd, header_edit(lambda h: h.update(user={"x": nested(63)}))),
+                             "FormatError", "an array at depth 65, the header's object counting as depth 1 (1.2.1)"),
+        "header_nul_padding.smask": (repadded(edited(zstd, unchanged), after=b"\0" * 8), "FormatError",
+                                     "the safetensors header padded with NUL bytes, not JSON whitespace (1.2.1)"),
+        "header_bom.smask": (repadded(edited(zstd, unchanged), before=b"\xef\xbb\xbf", after=b" " * 5),
+                             "FormatError", "a UTF-8 byte-order mark before the safetensors header (1.2.1)"),
+        "shard_number_over_count.smask": (edited(zstd, header_edit(lambda h: h.update(
+            shard={"write_id": "ab" * 16, "number": 3, "count": 2}))), "FormatError",
+            "a lone file whose shard record says number 3 of 2 (1.2.1)"),
         "huge_integer.smask": (edited(zstd, header_edit(lambda h: h.update(user={"x": "HUGE"})),
                                       text=lambda t: t.replace('"HUGE"', "9" * 5000), sign=False),
                                "FormatError", "an integer of 5,000 digits"),
@@ -411,6 +428,9 @@ def write_invalid() -> None:
             "tensor sparse_1000 claims 10^12 bits; its zstd frame says 125 bytes"),
         "zstd_two_frames.smask": (edited(zstd, payload_edit("odd_61", lambda p: p.extend(second_frame))),
                                   "FormatError", "a second zstd frame after the first"),
+        "zstd_skippable_frame_first.smask": (edited(zstd, payload_edit("odd_61", lambda p: p.__setitem__(
+            slice(0, 0), struct.pack("<II", 0x184D2A50, 4) + b"skip"))), "FormatError",
+            "a skippable zstd frame before the data frame (1.2.1)"),
         "zstd_exceeds_memory.smask": (edited(zstd, lambda h, p: (
             h["tensors"]["odd_61"].update(shape=[2**53], bits=2**53), p.__setitem__("odd_61", huge_zstd_frame(2**50)))),
             "LimitError", "a frame consistent with 2^53 bits (1 PiB): refused before allocating"),
@@ -467,6 +487,8 @@ def write_invalid() -> None:
             example_codes, remainder_extra=1))), "FormatError", "a pad bit set after the remainder stream"),
         "rice_rows_trailing_byte.smask": (edited(rows, payload_edit(example, lambda p: p.extend(b"\0"))),
                                           "FormatError", "a byte after the remainder stream"),
+        "rice_rows_in_1_1.smask": (edited(rows, header_edit(lambda h: h.update(version="1.1"))), "FormatError",
+                                   "a rice-rows tensor in a file of version 1.1 (1.2.1)"),
         "rice_rows_exceeds_memory.smask": (edited(rows, tensor_edit(example, shape=[2**50, 8], bits=2**53)),
                                            "LimitError", ("a valid payload for 2^53 bits (its last rows empty): "
                                                           "refused before allocating 1 PiB")),
@@ -535,6 +557,11 @@ def invalid_values(deltas: Path) -> dict[str, tuple[bytes, str, str]]:
                                 "values in a file of version 1.1"),
         "checkpoint_name_with_slash.smask": (header_edit(lambda h: h["checkpoint"]["files"][1].update(
             name="../config.json")), "FormatError", "a checkpoint file named `../config.json`"),
+        "checkpoint_name_with_nul.smask": (header_edit(lambda h: h["checkpoint"]["files"][1].update(
+            name="config\0.json")), "FormatError", "a checkpoint file name with a NUL byte (1.2.1)"),
+        "values_must_understand_false.smask": (header_edit(lambda h: h.update(
+            extensions=[{"name": "values", "must_understand": False}])), "FormatError",
+            "values declared by a `values` extension with must_understand false (1.2.1)"),
     }
     return {file_name: (edited(deltas, edit), error, why) for file_name, (edit, error, why) in cases.items()}
 

@@ -22,14 +22,17 @@ class _Group(click.Group):
         try:
             return super().main(*args, **kwargs)
         finally:
+            interrupts.hold()  # in the submask command: no signal meets the interpreter's finalization
             interrupts.restore(previous)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             result = super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            interrupts.hold()
             raise
         except BaseException as exc:
+            interrupts.hold()
             signum = interrupts.pending()
             if signum is None and isinstance(exc, KeyboardInterrupt):
                 signum = getattr(exc, "signum", signal.SIGINT)
@@ -43,6 +46,7 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {message}", err=True)
             sys.exit(1)
+        interrupts.hold()
         signum = interrupts.pending()
         if signum is not None:  # interrupted, but the exception was swallowed on the way (numba did once)
             interrupts.exit_interrupted(signum)

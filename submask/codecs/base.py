@@ -11,15 +11,14 @@ it can do by its type, as zarr asks its codecs (``isinstance(codec, PositionsDec
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import FormatError, LimitError
+from ..errors import FormatError
+from ..limits import check_allocation
 from ..packed import packed_nbytes
 
 CHUNK_BYTES = 1 << 18  # packed bytes per piece of ``decode_chunks``: what validating costs in memory
@@ -100,18 +99,7 @@ class IntersectionCounter:
 
 def allocate_packed(numel: int) -> np.ndarray:
     """Room (uninitialised) for the packed bits of ``numel`` elements; LimitError rather than an allocation
-    larger than this machine's physical memory, which a hostile header could otherwise ask for."""
+    larger than the memory limit (``limits``), which a hostile header could otherwise ask for."""
     nbytes = packed_nbytes(numel)
-    if nbytes > physical_memory():
-        raise LimitError(f"{numel:,} bits take {nbytes:,} bytes, more than this machine's memory; if the file "
-                         "is not hostile, read it on a larger machine (`submask validate` checks it in any memory)")
+    check_allocation(nbytes, f"{numel:,} bits")
     return np.empty(nbytes, dtype=np.uint8)
-
-
-@functools.cache
-def physical_memory() -> int:
-    """Bytes of physical memory of this machine (unbounded where the platform does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 62

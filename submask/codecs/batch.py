@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..accel import Kernel, popcount
+from ..limits import check_allocation
 from .base import Codec
 from .plain import RawCodec
 from .rice import RiceCodec, rice_kernels_compiled
@@ -54,7 +55,9 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
     and is left where it is). Requires ``available()``."""
     sizes = (table[:, BITS] + 7) // 8
     if bits is None:
-        scratch = np.empty(int(sizes.max()) if sizes.size else 0, dtype=np.uint8)
+        largest = int(sizes.max()) if sizes.size else 0
+        check_allocation(largest, f"{8 * largest:,} bits")
+        scratch = np.empty(largest, dtype=np.uint8)
         bits_a, bits_b, keep = scratch, scratch, False
     else:
         (bits_a, bits_b), keep = bits, True

@@ -40,6 +40,9 @@ def _raw_bits(payload: bytes, numel: int) -> np.ndarray:
     return np.frombuffer(payload, dtype=np.uint8)
 
 
+SKIPPABLE_MAGIC = 0x184D2A50  # the 16 magic numbers of skippable zstd frames: 0x184D2A50 to 0x184D2A5F (RFC 8878)
+
+
 class ZstdCodec(Codec):
     """One zstd frame (with its content size) over the packed bytes."""
 
@@ -92,6 +95,10 @@ def check_frame(payload: bytes | memoryview, expected: int) -> None:
     content (§5.2; the value planes of §12 too); FormatError otherwise."""
     import zstandard
 
+    magic = int.from_bytes(bytes(payload[:4]), "little")
+    if magic & 0xFFFFFFF0 == SKIPPABLE_MAGIC:
+        raise FormatError(f"zstd payload starts with a skippable frame (magic {magic:#010x}), not with its data "
+                          "frame; exactly one frame, the data, is allowed")
     try:
         declared = zstandard.frame_content_size(payload)
         end = _frame_end(payload)

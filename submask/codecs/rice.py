@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
+from ..limits import check_allocation
 from ..packed import clear_padding, from_positions, packed_nbytes, popcount, set_positions
 from .base import CHUNK_BYTES, Codec, check_settings, IntersectionCounter, PositionsDecoder, Run, allocate_packed
 from .rice_kernels import COUNT, PACKED, POSITIONS, rice_block, rice_gaps, rice_write
@@ -208,7 +209,9 @@ def _decode_compiled(payload: bytes, numel: int, block_bits: int, mode: int, bit
         error = exc  # raised after the blocks before it, as the block-by-block numpy path would
     positions = _NO_POSITIONS
     if mode == POSITIONS:
-        positions = np.empty(sum(h[2] if h[0] else nbits - h[2] for _, nbits, _, h in blocks), dtype=np.int64)
+        listed = sum(h[2] if h[0] else nbits - h[2] for _, nbits, _, h in blocks)
+        check_allocation(8 * listed, f"{listed:,} set positions")
+        positions = np.empty(listed, dtype=np.int64)
     total = 0
     for start, nbits, offset, (value, k, count, unary_nbytes, data_start, _) in blocks:
         if mode == PACKED and not value:

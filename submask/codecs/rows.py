@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, LimitError
+from ..errors import FormatError
+from ..limits import check_allocation
 from ..packed import clear_padding, packed_nbytes
-from .base import (CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, check_settings,
-                   physical_memory)
+from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, check_settings
 from .rows_encode import encode_rows, row_counts, row_lengths
 from .rows_format import ALL_ROWS, BLOCK_BITS, COMPLEMENT, DELTA, HEADER, MAX_ROW_BITS, row_parameter
 from .rows_kernels import COUNT, PACKED, POSITIONS, ROW_TABLE, rows_kernel
@@ -158,8 +158,7 @@ class _Layout:
         if mode == POSITIONS or self._scratch.size < self.nonempty + min(self.row_bits, self.numel):
             ones, first = self._table(), 2
             if mode == POSITIONS:
-                if 8 * ones > physical_memory():
-                    raise LimitError(f"{ones:,} set positions take more than this machine's memory")
+                check_allocation(8 * ones, f"{ones:,} set positions")
                 positions = np.empty(ones, dtype=np.int64)
         result = self._call(mode, first, 2 + self.nonempty, positions, bits)
         return positions if mode == POSITIONS else result

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from ..codecs import CODECS
 from ..errors import FormatError, where
 from ..metadata import SHARD_KEY, VALUES_EXTENSION, VALUES_MINOR, MaskMetadata, is_count
 
@@ -163,6 +164,12 @@ def parse_tensor_entries(tensors: Any, metadata: MaskMetadata, path: object = No
                           "the file is corrupt")
     entries = {name: TensorEntry.from_json(name, entry, path) for name, entry in tensors.items()}
     _check_values_references(entries, metadata, path)
+    for name, entry in entries.items():
+        codec = CODECS.get(entry.encoding)
+        if codec is not None and codec.minor_version > metadata.minor_version:  # §7: "1.2 or later" is a rule
+            raise FormatError(f"{where(path, name)}encoding {entry.encoding!r} was added in version "
+                              f"1.{codec.minor_version}, but the file says version 1.{metadata.minor_version}; the "
+                              "file is corrupt")
     return entries
 
 
@@ -181,7 +188,7 @@ def _check_values_references(entries: dict[str, TensorEntry], metadata: MaskMeta
         at = where(path, name)
         if not metadata.declares_values:
             raise FormatError(f"{at}has values, but the header does not declare the '{VALUES_EXTENSION}' extension "
-                              f"at version 1.{VALUES_MINOR} or later; the file is corrupt")
+                              f"with must_understand true at version 1.{VALUES_MINOR} or later; the file is corrupt")
         target = entry.values.entry
         if target in entries:
             raise FormatError(f"{at}values entry {target!r} is also a tensor name; the file is corrupt")

@@ -13,9 +13,12 @@ import numpy as np
 
 from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
+from ..limits import check_allocation
 from ..mask import Mask, TensorMask
+from ..packed import packed_nbytes
 from .container import Container, PayloadSpan
-from ..metadata import MaskMetadata, check_version, is_bare_file_name
+from ..metadata import MaskMetadata, check_version, file_name_problem
+from .layout import check_layout
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
 from .tensors import decode_positions, decode_tensor, verify_tensor
@@ -54,6 +57,7 @@ class MaskFile:
         container = Container(path)
         self._containers.append(container)
         metadata = MaskMetadata.from_json(container.header, path)
+        ShardInfo.from_header(container.header, path)  # a lone shard's record too (§6)
         entries = parse_tensor_entries(container.header.get("tensors"), metadata, path)
         if set(payload_names(entries)) != set(container.names):
             odd = sorted(set(payload_names(entries)) ^ set(container.names))[:3]
@@ -65,6 +69,10 @@ class MaskFile:
         if not self._containers[1:]:
             self.metadata = metadata
             self.entries: dict[str, TensorEntry] = {}
+        elif metadata.checkpoint != self.metadata.checkpoint:
+            raise FormatError(f"{where(path)}records another checkpoint layout than shard {self._containers[0].path}; "
+                              "every shard of a delta carries the same layout (FORMAT.md §12.3): the shards do not "
+                              "belong together")
         self.entries.update(entries)
         self._where.update({name: container for name in entries})
 
@@ -137,7 +145,11 @@ class MaskFile:
         return decode_positions(self._entry(name), container.read(name), container.path)
 
     def load(self) -> Mask:
-        """Decode every tensor into an in-memory ``Mask`` (without values: a delta's mask, ``io.load_delta``)."""
+        """Decode every tensor into an in-memory ``Mask`` (without values: a delta's mask, ``io.load_delta``);
+        LimitError, before decoding, when all the tensors' bits together exceed the memory limit (``limits``)."""
+        bits = sum(entry.bits for entry in self.entries.values())
+        check_allocation(sum(packed_nbytes(entry.bits) for entry in self.entries.values()),
+                         f"{self.path}: the mask's {bits:,} bits")
         return Mask({name: self[name] for name in self.entries}, replace(self.metadata, checkpoint=None))
 
     @property
@@ -188,6 +200,13 @@ class MaskFile:
         claims.
         """
         found = [f"{self.path}: {problem}" for problem in stats_problems(self.metadata.stats)]
+        if self.metadata.checkpoint is not None:
+            held = {name: (entry.values.dtype, entry.shape) for name, entry in self.entries.items()
+                    if entry.values is not None}
+            try:
+                check_layout(self.metadata.checkpoint, held, str(self.path))
+            except SubmaskError as exc:
+                found.append(str(exc))
         for name, entry in self.entries.items():
             container = self._container(name)
             try:
@@ -231,8 +250,13 @@ def read_index(path: Path) -> dict[str, Any]:
         raise FormatError(f"{at}index 'metadata.write_id' must be 32 lowercase hex digits, got "
                           f"{index['metadata']['write_id']!r}; the index is corrupt")
     weight_map = index.get("weight_map")
-    if not isinstance(weight_map, dict) or not all(is_bare_file_name(v) for v in weight_map.values()):
+    if not isinstance(weight_map, dict):
         raise FormatError(f"{at}'weight_map' must map tensor names to shard file names in the same directory")
+    for shard in weight_map.values():
+        problem = file_name_problem(shard)
+        if problem:
+            raise FormatError(f"{at}'weight_map' must map tensor names to shard file names in the same directory: "
+                              f"shard {shard!r} {problem} (FORMAT.md §8); the index is corrupt or hostile")
     return index
 
 

@@ -43,7 +43,7 @@ def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None, *, ou
     (the one decode path of every reader; ``verify_crc=False`` skips only the CRC-32, for counting tools).
 
     ``out`` (``packed_nbytes(entry.bits)`` uint8 bytes) receives the bits instead of fresh memory. LimitError
-    when the payload is consistent with bits too many for this machine's memory.
+    when the payload is consistent with bits too many for the memory limit (``limits``).
     """
     at = where(path, entry.name)
     codec = entry_codec(entry, path)

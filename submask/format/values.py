@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs.base import physical_memory
 from ..codecs.plain import check_frame
-from ..errors import ChecksumError, FormatError, LimitError, MismatchError, UnknownEncodingError, UsageError, where
+from ..errors import ChecksumError, FormatError, MismatchError, UnknownEncodingError, UsageError, where
+from ..limits import check_allocation
 from .container import PayloadSpan, ReadAt
 from .header import DTYPE_SIZES, ValuesEntry
 
@@ -89,14 +89,12 @@ def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BL
 def decode_values(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int,
                   out: np.ndarray | None = None, path: object = None, name: str | None = None) -> np.ndarray:
     """Decode a values payload into its ``count * itemsize`` value bytes (``out`` when given); FormatError,
-    naming the file and tensor, on a damaged payload; LimitError when the bytes exceed this machine's memory."""
+    naming the file and tensor, on a damaged payload; LimitError when the bytes exceed the memory limit (``limits``; ``MaskFile.value_blocks`` reads them in pieces)."""
     at = where(path, name)
     source = _source(payload, encoding, count, itemsize, at)  # the payload's size is checked before allocating
     nbytes = count * itemsize
     if out is None:
-        if nbytes > physical_memory():
-            raise LimitError(f"{at}{count:,} values take {nbytes:,} bytes, more than this machine's memory; read "
-                             "them in pieces (MaskFile.value_blocks)")
+        check_allocation(nbytes, f"{at}{count:,} values")
         out = np.empty(nbytes, dtype=np.uint8)
     elif out.dtype != np.uint8 or out.shape != (nbytes,):
         raise UsageError(f"{at}out must be {nbytes} uint8 bytes, got {out.shape} of {out.dtype}")

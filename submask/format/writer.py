@@ -22,10 +22,10 @@ from ..codecs import get_codec
 from ..errors import FormatError, MismatchError, OutputError, UsageError
 from ..mask import TensorMask
 from .container import serialize_header, write_container
-from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata
+from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata, file_name_problem
 from .reader import INDEX_SUFFIX
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
-from .shards import new_write_id, publish_sharded
+from .shards import new_write_id, publish_sharded, remove_orphans, shard_names
 from .stats import stats_problems
 from .tensors import encode_tensor
 from .values import VALUES_PREFIX, TensorValues, encode_tensor_values
@@ -59,13 +59,19 @@ class MaskWriter:
     raises (Ctrl-C included), nothing is left under the final names. After the block, ``paths`` lists the
     files written (the shards, then the index) and ``index_path`` is the index, or None. ``write_id`` fixes
     the write id of a sharded mask (for reproducible files); by default each write draws a random one.
-    An existing ``path`` (or its index) is refused at construction with OutputError unless ``overwrite``;
+    An existing ``path`` (or its index) is refused at construction with OutputError unless ``overwrite``, and
+    so is, at the end, one that another process wrote meanwhile (this result is then not kept, ``atomic``);
     an OSError while writing (disk full) becomes an OutputError naming ``path``.
     """
 
     def __init__(self, path: str | os.PathLike[str], metadata: MaskMetadata, *, max_shard_bytes: int | None = None,
                  write_id: str | None = None, overwrite: bool = False):
         self.path = check_mask_target(path, overwrite)
+        self.overwrite = overwrite
+        if max_shard_bytes is not None:
+            check_shard_names(self.path)
+        if self.path.parent.is_dir():
+            remove_orphans(self.path.parent)  # what a killed sharded publish left in this folder
         check_writable(metadata, self.path)
         self.metadata = metadata
         self.max_shard_bytes = max_shard_bytes
@@ -148,7 +154,7 @@ class MaskWriter:
         metadata = replace(metadata, minor_version=max([metadata.minor_version,
                                                         *(get_codec(e).minor_version for e in encodings)]))
         if len(shards) == 1:
-            with atomic_write(self.path) as out:
+            with atomic_write(self.path, self.overwrite) as out:
                 _write_shard(out, metadata, shards[0])
             self.paths = [self.path]
             return
@@ -166,7 +172,7 @@ class MaskWriter:
                 "weight_map": {entry.name: name for name, shard in zip(names, shards) for entry in shard.entries},
             }
 
-        self.paths = publish_sharded(self.path, write_id, writers, index)
+        self.paths = publish_sharded(self.path, write_id, writers, index, self.overwrite)
         self.index_path = self.paths[-1]
 
 
@@ -203,6 +209,16 @@ def _free_values_name(name: str, taken: set[str]) -> str:
 def _shard_minor(metadata: MaskMetadata) -> int:
     """The minor version a shard and its index declare: at least the one that added the "shard" record."""
     return max(metadata.minor_version, SHARD_MINOR)
+
+
+def check_shard_names(target: Path) -> None:
+    """FormatError, before any work, when the shards of a mask saved at ``target`` would get names that a reader
+    refuses (FORMAT.md §8): a control character, or too long."""
+    longest = shard_names(target.name, "f" * 32, 1, lambda names: False)[0]
+    problem = file_name_problem(longest)
+    if problem:
+        raise FormatError(f"{target}: cannot write a sharded mask here: its shards would be named like {longest!r}, "
+                          f"which {problem} (FORMAT.md §8); choose another file name")
 
 
 def check_mask_target(path: str | os.PathLike[str], overwrite: bool = False, inputs: Iterable[object] = ()) -> Path:

@@ -134,6 +134,11 @@ class Remote:
                                "(someone else pushed); run it again", repo_id=self.repo_id, revision=revision) from None
             raise HubError(f"{self.repo_id}: the Hub at {self.url} refused the request: {_first_line(exc)}", repo_id=self.repo_id, revision=revision) from None
         except (errors.HTTPError, OSError) as exc:
+            if _cut_short(exc):
+                raise HubError(f"{self.repo_id}: the download of {path!r} from {self.url} was incomplete "
+                               f"({_first_line(exc)}); run the command again (the download resumes where it "
+                               "stopped); if it is cut short again, a proxy or the server is ending the transfer",
+                               repo_id=self.repo_id, revision=revision) from None
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> HubError:
@@ -153,6 +158,14 @@ def _read_slice(chunks: Iterable[bytes], skip: int, size: int) -> bytes:
         if len(data) == size:
             break
     return bytes(data)
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """Whether ``exc`` says a response body ended before its Content-Length (httpx's RemoteProtocolError, the
+    standard library's IncompleteRead, huggingface_hub's size check after a download)."""
+    text = str(exc)
+    return ("without sending complete message body" in text or "Consistency check failed" in text
+            or type(exc).__name__ == "IncompleteRead")
 
 
 def _first_line(exc: Any) -> str:
