@@ -30,6 +30,7 @@ from .checkpoints.sources import CHUNK_ELEMENTS, ShardedSource, Source, local_so
 from .errors import SourceError, UsageError
 from .io import MaskLike, open_mask
 from .mask import TensorMask
+from .names import Names, mapped
 from .packed import unpack
 from .rebuild import rebuild
 
@@ -42,7 +43,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 
 def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[str] | None = None, *,
                invert: bool = False, overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None) -> AppliedModel:
+               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
+               names: Names | None = None) -> AppliedModel:
     """Write a model dir whose weights are ``finetuned`` where ``mask`` is set and ``base`` elsewhere.
 
     Called with three arguments, ``apply_mask(base, delta, out_dir)``, it rebuilds the finetuned checkpoint
@@ -57,18 +59,25 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
     ``finetuned`` is a directory its other files (config, tokenizer, ...) too. Tensors the mask does not list take the base values.
     ``invert=True`` swaps the roles: finetuned values outside the mask, base values inside. The directory
     appears atomically, complete or not at all; an existing non-empty ``out_dir`` is replaced only with
-    ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written.
+    ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written. ``names``
+    (``submask.names.NameMap``) maps the checkpoints' tensor names to the mask's; the output keeps the
+    checkpoint's names.
     """
     if out_dir is None:
         if invert:
             raise UsageError("invert=True (--invert) needs the finetuned checkpoint and a mask; a delta rebuilds "
                              "the finetuned checkpoint only")
+        if names is not None:
+            raise UsageError("a delta rebuilds the checkpoint under the names it recorded; names= (--strip-prefix, "
+                             "--add-prefix, --rename) applies to a mask and two checkpoints only")
         return rebuild(base, finetuned, mask, overwrite=overwrite, progress=progress, hub_api=hub_api,
                        cache_dir=cache_dir)
     out = check_target(out_dir, overwrite, directory=True, inputs=[base, finetuned])
     with local_source(base) as base_src, local_source(finetuned) as ft_src, open_mask(mask) as masks:
         _check_pair(base_src, ft_src)
-        check_fit(masks, _info_shapes(ft_src), f"the finetuned model {ft_src.label}")
+        as_mask = mapped(ft_src.tensors, names, ft_src.label)
+        check_fit(masks, {as_mask[name]: info.shape for name, info in ft_src.tensors.items()},
+                  f"the finetuned model {ft_src.label}")
         shards = _shards(ft_src)
         buffers = (np.empty(CHUNK_ELEMENTS * 8, np.uint8), np.empty(CHUNK_ELEMENTS * 8, np.uint8))
         total = sum(info.nbytes for info in ft_src.tensors.values())
@@ -79,7 +88,7 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
                 with writing(out), open(staging / shard.path.name, "wb") as handle:
                     handle.write(shard.header)
                     for name in shard.names:
-                        bits = masks[name] if name in masks else None
+                        bits = masks[as_mask[name]] if as_mask[name] in masks else None
                         taken += _write_selected(handle, ft_src.tensors[name], base_src, ft_src, bits, invert,
                                                  buffers, report)
                     handle.flush()
@@ -111,21 +120,23 @@ def apply_to_state_dict(base_sd: Mapping[str, Any], finetuned_sd: Mapping[str, A
 
 
 def apply_to_module(module: "torch.nn.Module", finetuned_sd: Mapping[str, "torch.Tensor"], mask: MaskLike, *,
-                    invert: bool = False) -> None:
+                    invert: bool = False, names: Names | None = None) -> None:
     """Overwrite ``module``'s parameters and buffers in place with ``finetuned_sd`` where ``mask`` is set.
 
-    The module holds the base values; mask names are its parameter and buffer names. Finetuned values are
-    cast to each tensor's dtype and device (exact when the module's dtype is at least as wide). With
-    ``invert`` the finetuned values go outside the mask, and the state_dict tensors the mask does not list
-    are replaced whole. ``finetuned_sd`` must hold every tensor that gives at least one value; nothing is
-    changed unless it does.
+    The module holds the base values; ``names`` (``submask.names.NameMap``) maps its parameter and buffer
+    names to the mask's (default: the same names), as for a module wrapped by DDP or PEFT; ``finetuned_sd``
+    is keyed as the module is. Finetuned values are cast to each tensor's dtype and device (exact when the
+    module's dtype is at least as wide). With ``invert`` the finetuned values go outside the mask, and the
+    state_dict tensors the mask does not list are replaced whole. ``finetuned_sd`` must hold every tensor
+    that gives at least one value; nothing is changed unless it does.
     """
     import torch
 
     tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    as_mask = mapped(tensors, names, "the module")
     with open_mask(mask) as masks:
-        check_fit(masks, _shapes(tensors), "the module")
-        counts = masks.counts
+        check_fit(masks, {as_mask[name]: tuple(t.shape) for name, t in tensors.items()}, "the module")
+        counts = {name: masks.counts[key] for name, key in as_mask.items() if key in masks.counts}
         if invert:
             giving = [name for name in module.state_dict() if name not in counts]
             giving += [name for name, count in counts.items() if count < tensors[name].numel()]
@@ -138,11 +149,11 @@ def apply_to_module(module: "torch.nn.Module", finetuned_sd: Mapping[str, "torch
             for name in giving:
                 target = tensors[name]
                 finetuned = finetuned_sd[name].to(device=target.device, dtype=target.dtype)
-                if name not in masks:
+                if name not in counts:
                     target.copy_(finetuned)
                     continue
                 take, keep = (target, finetuned) if invert else (finetuned, target)
-                target.copy_(_select(masks[name], take, keep))
+                target.copy_(_select(masks[as_mask[name]], take, keep))
 
 
 def _select(bits: TensorMask, take: Any, keep: Any) -> Any:

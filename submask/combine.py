@@ -21,20 +21,23 @@ from .format import MaskFile, MaskWriter
 from .format.writer import check_mask_target
 from .io import open_mask
 from .metadata import combined_metadata
+from .names import Names
 from .packed import apply_op, popcount
 
 
 def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
-                  common: bool = False, progress: bool = False, overwrite: bool = False) -> BuiltMask:
+                  common: bool = False, progress: bool = False, overwrite: bool = False,
+                  names: Names | None = None) -> BuiltMask:
     """Write ``op`` ("and", "or", "xor", "diff", "not") of mask files to ``output``, tensor by tensor.
 
     The result's metadata records the operation and each input's path, content fingerprint and provenance.
     An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
-    Returns a ``BuiltMask`` whose ``path`` is the file written, with its counts.
+    Returns a ``BuiltMask`` whose ``path`` is the file written, with its counts. ``names``
+    (``submask.names.NameMap``) renames every input's tensors before they are lined up, and the result's.
     """
     check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
-        files = [stack.enter_context(open_mask(path)) for path in inputs]
+        files = [stack.enter_context(open_mask(path, names=names)) for path in inputs]
         labels = [str(path) for path in inputs]
         names = aligned_names([f.shapes for f in files], common=common,
                               labels=labels)

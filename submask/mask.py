@@ -7,7 +7,7 @@ arrays happen one tensor at a time, on request.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,6 +16,7 @@ import numpy as np
 from .align import aligned_names, check_model
 from .errors import MismatchError
 from .metadata import MaskMetadata, combined_metadata
+from .names import mapped
 from .packed import apply_op, clear_padding, from_positions, pack, packed_nbytes, popcount, set_positions, unpack
 
 if TYPE_CHECKING:
@@ -194,6 +195,15 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
     def counts(self) -> dict[str, int]:
         """Tensor name -> number of set elements."""
         return {name: mask.count for name, mask in self.tensors.items()}
+
+    def rename(self, names: "Callable[[str], str]") -> "Mask":
+        """The same tensors under the names ``names`` gives them (``submask.names.NameMap``, or any str -> str).
+
+        >>> list(Mask.from_numpy({"module.w": np.ones(2, bool)}).rename(lambda name: name.removeprefix("module.")))
+        ['w']
+        """
+        new_names = mapped(self.tensors, names, "the mask")
+        return Mask({new_names[name]: tensor for name, tensor in self.tensors.items()}, self.metadata)
 
     def check_model(self, shapes: Mapping[str, tuple[int, ...]], what: str = "the model") -> None:
         """Raise MismatchError unless every masked tensor exists in ``shapes`` with the same shape, and the

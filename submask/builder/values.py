@@ -24,14 +24,17 @@ from ..packed import popcount, unpack
 from .criteria import Criterion
 
 
-def check_values_build(criterion: Criterion, include: object) -> None:
-    """Values rebuild bytes only under the bitwise criterion, and only when every tensor is kept."""
+def check_values_build(criterion: Criterion, include: object, names: object = None) -> None:
+    """Values rebuild bytes only under the bitwise criterion, only when every tensor is kept under its own name."""
     if criterion.name != "exact":
         raise UsageError(f"values=True (--values) stores the finetuned values where they differ bitwise, so the "
                          f"criterion must be 'exact', not {criterion.name!r}: a tolerance would lose updates")
     if include is not None:
         raise UsageError("values=True (--values) records the whole finetuned checkpoint; include= (--include) "
                          "would leave tensors out: drop it")
+    if names is not None:
+        raise UsageError("values=True (--values) rebuilds the finetuned files under the names they hold; drop the "
+                         "name mapping (names=, --strip-prefix, --add-prefix, --rename)")
 
 
 def delta_tensors(base: Source, finetuned: Source) -> tuple[list[TensorInfo], list[str], dict[str, list[str]]]:

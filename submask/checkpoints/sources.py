@@ -19,6 +19,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from .. import strict_json
 from ..errors import SourceError
+from ..names import mapped
 from .dtypes import dtype_named, dtype_of_array
 from .safetensors_file import SafetensorsFile, TensorInfo
 
@@ -162,6 +164,31 @@ class StateDictSource(Source):
         import torch
 
         return value.detach().reshape(-1)[start:stop].view(getattr(torch, self.tensors[name].dtype.signed.name))
+
+
+class RenamedSource(Source):
+    """Another source's tensors under the names ``names`` gives them (``submask.names.NameMap``)."""
+
+    def __init__(self, inner: Source, names: Callable[[str], str]):
+        new_names = mapped(inner.tensors, names, inner.label)
+        self.inner, self._stored = inner, {new: name for name, new in new_names.items()}
+        self.label, self.provenance, self.resident = inner.label, inner.provenance, inner.resident
+        self.tensors = {new_names[name]: replace(info, name=new_names[name]) for name, info in inner.tensors.items()}
+
+    def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        return self.inner.read(self._stored[name], start, stop, buffer)
+
+    def read_tensor(self, name: str, start: int, stop: int) -> Any:
+        return self.inner.read_tensor(self._stored[name], start, stop)
+
+    def check_unchanged(self) -> None:
+        self.inner.check_unchanged()
+
+    def hash_files(self) -> None:
+        self.inner.hash_files()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:

@@ -10,6 +10,8 @@ import click
 from ..builder import build_mask
 from ..builder.criteria import CRITERIA
 from ..format.reader import INDEX_SUFFIX, read_index
+from ..names import NameMap
+from .names import names_option
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -52,13 +54,15 @@ class ByteSize(click.ParamType):
 @click.option("--hash", "hash_files", is_flag=True,
               help="Record the SHA-256 of local checkpoint files in the provenance (Hub files carry theirs); the "
                    "build then takes at least as long as hashing them.")
+@names_option("both checkpoints (and so of the mask)")
 @overwrite_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
           include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
-          no_ladder: bool, values: bool, hash_files: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
+          no_ladder: bool, values: bool, hash_files: bool, names: NameMap | None, overwrite: bool,
+          progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
     BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
@@ -68,7 +72,7 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
     built = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
                       intersect=intersect, device=device, workers=workers, max_shard_bytes=max_shard_size,
                       progress=show_progress(progress, quiet or as_json), ladder=not no_ladder, overwrite=overwrite,
-                      values=values, hash=hash_files)
+                      values=values, hash=hash_files, names=names)
     stats, path = built.stats, built.path
     numel = stats["numel"]
     ladder = stats.get("ladder", {})
