@@ -17,6 +17,7 @@ import numpy as np
 from ..accel import Kernel
 from ..checkpoints.layout import laid_out_tensors
 from ..checkpoints.safetensors_file import TensorInfo
+from ..checkpoints.pickled import PickleSource
 from ..checkpoints.sources import INDEX, ShardedSource, Source
 from ..errors import MismatchError, SourceError, UsageError
 from ..metadata import CheckpointFile
@@ -40,6 +41,11 @@ def check_values_build(criterion: Criterion, include: object, names: object = No
 def delta_tensors(base: Source, finetuned: Source) -> tuple[list[TensorInfo], list[str], dict[str, list[str]]]:
     """Every finetuned tensor in its order, the names stored whole (the base lacks them or holds them in
     another dtype or shape), and the base's tensors the finetuned checkpoint lacks (``skipped["base_only"]``)."""
+    if isinstance(finetuned, PickleSource):
+        raise SourceError(f"{finetuned.label}: a torch.save (pickle) checkpoint cannot be rebuilt byte for byte from "
+                          "its tensors, which a delta (values=True, --values) promises; save the finetuned model with "
+                          "safetensors first (save_pretrained(), or safetensors.torch.save_file(model.state_dict(), "
+                          "...)) and build the delta from that, or build without --values")
     if not finetuned.tensors:
         raise MismatchError(f"{finetuned.label} holds no tensor to store")
     whole = [name for name, info in finetuned.tensors.items() if base.tensors.get(name) != info]
