@@ -29,7 +29,7 @@ import numpy as np
 from ..built import BuiltMask, ChangeCounts
 from ..delta import Delta
 from ..align import mismatch
-from ..errors import MismatchError
+from ..errors import MismatchError, UsageError
 from ..format import MaskWriter
 from ..metadata import MaskMetadata, model_fingerprint
 from ..format.writer import check_mask_target
@@ -37,6 +37,7 @@ from ..format.values import TensorValues
 from ..packed import clear_padding, packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
+from .magnitude import criterion_json, parse_fraction, stream_top_k
 from .sinks import CountsSink, FileSink, MemorySink, Sink
 from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
 from ..checkpoints.dtypes import DTYPES, DType
@@ -101,7 +102,8 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                max_shard_bytes: int | None = None, progress: bool = False, ladder: bool = True,
                hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
                hash: bool = False, overwrite: bool = False, values: bool = False,
-               names: Names | None = None) -> BuiltMask:
+               names: Names | None = None, min_abs: float | None = None, top_k: float | str | None = None,
+               top_k_scope: str = "tensor") -> BuiltMask:
     """Build the update mask of ``finetuned`` against ``base``: a bit is set where the value changed.
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
@@ -131,6 +133,12 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     SHA-256 are recorded (local files are hashed as with ``hash``), so that ``apply_mask(base, delta, out)``
     rebuilds them byte for byte. Needs the exact criterion and every tensor (no ``include``).
 
+    Masks for merging: ``min_abs`` sets the bits where ``|w' - w| >= min_abs`` (criterion "min_abs");
+    ``top_k`` (a fraction such as 0.05 or "5%") sets the largest ``|w' - w|`` changes, that share of each
+    tensor (``top_k_scope="tensor"``) or of the whole model (``"global"``), ties broken by position
+    (``submask.builder.magnitude`` gives the rules, also recorded in the criterion). ``criterion=
+    "isclose_bf16"`` applies the RL-subnetworks paper's rule (``submask.builder.criteria``).
+
     ``names`` (``submask.names.NameMap``) maps both checkpoints' tensor names to the mask's (a DDP or PEFT
     checkpoint beside a plain one); ``include`` sees the mapped names. Not with ``values`` (a delta rebuilds
     files under the names they hold).
@@ -147,7 +155,10 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     """
     if out is not None:
         check_mask_target(out, overwrite, inputs=[base, finetuned])
-    chosen = Criterion.make(criterion, atol, rtol)
+    chosen = Criterion.make(criterion, atol, rtol, min_abs)
+    fraction = None if top_k is None else parse_fraction(top_k)
+    if fraction is not None and (values or chosen.name != "exact"):
+        raise UsageError("top_k (--top-k) is a criterion of its own: drop criterion, atol, rtol, min_abs and values")
     if values:
         check_values_build(chosen, include, names)
     with _opened(base, finetuned, device, hub_api, cache_dir, names) as (source_a, source_b, backend):
@@ -156,7 +167,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
         else:
             (infos, skipped), whole = match_tensors(source_a, source_b, include, intersect), []
         metadata = MaskMetadata(
-            kind="update", criterion=chosen.to_json(),
+            kind="update", criterion=criterion_json(fraction, top_k_scope) if fraction else chosen.to_json(),
             provenance={"base": source_a.provenance, "finetuned": source_b.provenance},
             model={"fingerprint": model_fingerprint({i.name: i.shape for i in infos}),
                    "dtypes": _dtype_summary(infos)})
@@ -168,7 +179,10 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b)
                       if hash or (values and source is source_b)]
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
-            metadata.stats = run.stream(infos, sink, whole if values else None)
+            if fraction is None:
+                metadata.stats = run.stream(infos, sink, whole if values else None)
+            else:
+                metadata.stats = stream_top_k(source_a, source_b, infos, fraction, top_k_scope, sink)
             for future in hashed:
                 future.result()
             if values:

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..accel import Kernel
 from ..checkpoints.layout import laid_out_tensors
-from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.pickled import PickleSource
+from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import INDEX, ShardedSource, Source
 from ..errors import MismatchError, SourceError, UsageError
 from ..metadata import CheckpointFile

@@ -105,23 +105,26 @@ def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
 
 
 @click.command()
-@click.argument("op", type=click.Choice([*BINARY_OPS, "not"]))
+@click.argument("op", type=click.Choice([*BINARY_OPS, "not", "vote"]))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Path of the combined mask to write.")
+@click.option("--at-least", type=click.IntRange(min=1), metavar="K",
+              help="vote: set a bit where at least K of the masks set it (1: union, all: intersection).")
 @_common
 @names_option("every input mask (and so of the result)")
 @overwrite_option
 @progress_option
 @json_option
 @_quiet
-def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, names: NameMap | None, overwrite: bool,
-            progress: bool | None, as_json: bool, quiet: bool) -> None:
-    """Combine masks tensor by tensor: and, or, xor, diff (first minus the others), not (of one mask).
+def combine(op: str, inputs: tuple[str, ...], output: str, at_least: int | None, common: bool, names: NameMap | None,
+            overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
+    """Combine masks tensor by tensor: and, or, xor, diff (first minus the others), not (of one mask), vote
+    (--at-least K of the masks: a consensus mask).
 
     The result records the operation and its inputs (path, fingerprint, provenance) in its metadata.
     """
     built = combine_files(op, list(inputs), output, common=common, progress=show_progress(progress, quiet or as_json),
-                          overwrite=overwrite, names=names)
+                          overwrite=overwrite, names=names, at_least=at_least)
     path, ones, numel, tensors, density = built.path, built.ones, built.numel, built.tensors, built.density
     if as_json:
         echo_json({"path": str(path), "op": op, "inputs": list(inputs), "tensors": tensors, "count": ones,
