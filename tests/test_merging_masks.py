@@ -150,3 +150,18 @@ def test_paper_rule_matches_torch_isclose(tmp_path: Path, device: str) -> None:
     assert not np.array_equal(by_atol, expected.numpy())  # the float64 tolerance is another rule
     assert built.metadata.criterion["name"] == "isclose_bf16" and built.metadata.criterion["atol"] == 1e-5
     assert "bf16" in built.metadata.criterion["rule"]
+
+
+def test_paper_rule_on_minilm(minilm_bf16) -> None:
+    """On a real bf16 finetune, isclose_bf16 equals torch.isclose on the bf16 deltas, tensor by tensor."""
+    built = submask.build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file, criterion="isclose_bf16")
+    by_atol = submask.build_mask(minilm_bf16.base_file, minilm_bf16.finetuned_file, atol=1e-5).mask
+    base = safetensors_torch.load_file(minilm_bf16.base_file)
+    finetuned = safetensors_torch.load_file(minilm_bf16.finetuned_file)
+    differ = 0
+    for name, value in base.items():
+        delta = finetuned[name] - value
+        expected = ~torch.isclose(delta, torch.zeros_like(delta), atol=1e-5)
+        assert np.array_equal(built.mask[name].to_numpy(), expected.numpy()), name
+        differ += int((built.mask[name].to_numpy() != by_atol[name].to_numpy()).sum())
+    print(f"isclose_bf16 vs atol=1e-5 on MiniLM bf16: {differ} of {built.numel} bits differ")
