@@ -95,6 +95,7 @@ def stream_top_k(base: Source, finetuned: Source, infos: list[TensorInfo], fract
         raise UsageError(f"top-k ranks differences of tensors stored in one dtype; {other[0]!r} (and "
                          f"{len(other) - 1} more) differ in dtype between base and finetuned: convert one side")
     stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
+    chosen_of: Iterator[tuple[TensorInfo, Any]]
     if scope == "tensor":
         chosen_of = ((info, select(keys(base, finetuned, info), math.floor(fraction * info.numel)))
                      for info in infos)

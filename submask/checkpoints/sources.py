@@ -228,7 +228,7 @@ def local_source(path: str | os.PathLike[str]) -> Source:
         check_supported(path)
         from .pickled import PickleSource, is_pickle
 
-        if is_pickle(path):
+        if path.is_file() and is_pickle(path):
             return PickleSource(str(path), path.parent, [path.name], None)
         root, shards, weight_map, index = path.parent, [path.name], None, None
     files: dict[str, SafetensorsFile] = {}
