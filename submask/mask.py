@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from .align import aligned_names, check_model
 from .errors import MismatchError
-from .metadata import MaskMetadata, combined_metadata
+from .metadata import MaskMetadata, combined_metadata, model_fingerprint
 from .names import mapped
 from .packed import apply_op, clear_padding, from_positions, pack, packed_nbytes, popcount, set_positions, unpack
 
@@ -203,7 +203,8 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
         ['w']
         """
         new_names = mapped(self.tensors, names, "the mask")
-        return Mask({new_names[name]: tensor for name, tensor in self.tensors.items()}, self.metadata)
+        tensors = {new_names[name]: tensor for name, tensor in self.tensors.items()}
+        return Mask(tensors, renamed_metadata(self.metadata, {name: t.shape for name, t in tensors.items()}))
 
     def check_model(self, shapes: Mapping[str, tuple[int, ...]], what: str = "the model") -> None:
         """Raise MismatchError unless every masked tensor exists in ``shapes`` with the same shape, and the
@@ -215,6 +216,13 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
 
 
 M = TypeVar("M", TensorMask, Mask)
+
+
+def renamed_metadata(metadata: MaskMetadata, shapes: Mapping[str, tuple[int, ...]]) -> MaskMetadata:
+    """``metadata`` for the same mask under other names: a recorded model fingerprint follows the names."""
+    if not (metadata.model or {}).get("fingerprint"):
+        return metadata
+    return replace(metadata, model={**(metadata.model or {}), "fingerprint": model_fingerprint(shapes)})
 
 
 def check_same_shape(a: TensorMask, b: TensorMask, name: str | None = None) -> None:

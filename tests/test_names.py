@@ -203,3 +203,19 @@ def test_values_build_refuses_names(tmp_path: Path) -> None:
     with pytest.raises(submask.UsageError, match="names"):
         submask.build_mask(tmp_path / "a.safetensors", tmp_path / "a.safetensors", values=True,
                            names=NameMap(add_prefix="x."))
+
+
+def test_renamed_mask_fingerprint_follows_the_names(tmp_path: Path) -> None:
+    shapes = {"module.w": (3, 2)}
+    mask = Mask.from_numpy({"module.w": np.ones((3, 2), bool)},
+                           model={"fingerprint": submask.model_fingerprint(shapes)})
+    submask.save(mask, tmp_path / "m.smask")
+    strip = NameMap(strip_prefix="module.")
+    from submask.align import check_model
+
+    with submask.open(tmp_path / "m.smask") as mask_file:
+        for renamed in (mask.rename(strip), mask_file.renamed(strip)):
+            check_model(renamed, {"w": (3, 2)})  # the recorded fingerprint was renamed with the tensors
+            with pytest.raises(MismatchError):
+                check_model(renamed, {"module.w": (3, 2)})
+            assert mask_file.metadata.model == mask.metadata.model  # the file's own metadata is untouched

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
-from ..mask import Mask, TensorMask
+from ..mask import Mask, TensorMask, renamed_metadata
 from .container import Container, PayloadSpan
 from ..names import mapped
 from ..metadata import MaskMetadata, check_version, is_bare_file_name
@@ -216,6 +216,7 @@ class MaskFile:
         for cached in ("shapes", "counts"):
             view.__dict__.pop(cached, None)
         view.entries = {new_names[name]: entry for name, entry in self.entries.items()}
+        view.metadata = renamed_metadata(self.metadata, view.shapes)
         view._where = {new_names[name]: _StoredNames(self._where[name], {new_names[name]: name})  # type: ignore[misc]
                        for name in self.entries}
         return view
