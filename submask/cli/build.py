@@ -66,13 +66,14 @@ class ByteSize(click.ParamType):
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
-          min_abs: float | None, top_k: str | None, global_top_k: bool, include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
+          min_abs: float | None, top_k: str | None, global_top_k: bool, include: tuple[str, ...], intersect: bool,
+          device: str, workers: int | None, max_shard_size: int | None,
           no_ladder: bool, values: bool, hash_files: bool, names: NameMap | None, overwrite: bool,
           progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
-    BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
-    repo ids org/name[@revision]. The density is the fraction of values that changed. With --values the
+    BASE and FINETUNED are .safetensors or torch.save (.bin, .pt) files, model directories of either (sharded
+    with an index or not) or Hub repo ids org/name[@revision]. The density is the fraction of values that changed. With --values the
     output is a delta, shown beside the size of the finetuned checkpoint it rebuilds.
     """
     if global_top_k and top_k is None:
