@@ -28,7 +28,8 @@ from .accel import Kernel, popcount
 from .align import aligned_names
 from .mask import Mask, TensorMask, check_same_shape, combine
 from .packed import BINARY_OPS as BINARY_OPS  # re-exported: part of the algebra's face
-from .packed import CHUNK_BYTES, apply_op
+from .packed import CHUNK_BYTES
+from .packed import apply_op as apply_op  # re-exported
 
 M = TypeVar("M", TensorMask, Mask)
 

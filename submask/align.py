@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .errors import MismatchError
 from .metadata import MaskMetadata, model_fingerprint
+from .names import hint
 
 Shapes = Mapping[str, tuple[int, ...]]
 SHOWN = 3  # examples named per kind of mismatch
@@ -31,7 +32,10 @@ class HasShapes(Protocol):
 def mismatch(left_name: str, right_name: str, remedy: str, *, only_left: Sequence[str] = (),
              only_right: Sequence[str] = (), different: Sequence[str] = ()) -> MismatchError:
     """The one way a mismatch is told: how many tensors only one side has and how many differ, a few of each
-    (``different`` as "name left vs right"), then what to do."""
+    (``different`` as "name left vs right"), then what to do, and the name mapping that fixes it when the two
+    sides' names differ by a prefix or segment (``names.hint``)."""
+    if only_left and only_right:
+        remedy += hint(only_left, only_right, right_name)
     problems = [f"{len(items)} {what}, e.g. {_examples(items)}" for what, items in (
         (f"missing from {right_name}", only_left), (f"missing from {left_name}", only_right),
         ("with other shapes or dtypes", different)) if items]
@@ -54,7 +58,8 @@ def check_same_tensors(left: Shapes, right: Shapes, left_name: str, right_name: 
     wrong = [f"{name} {tuple(left[name])} vs {tuple(right[name])}"
              for name in left if name in right and tuple(right[name]) != tuple(left[name])]
     if missing or wrong:
-        raise mismatch(left_name, right_name, remedy, only_left=missing, different=wrong)
+        fix = hint(left, right, right_name) if missing else ""
+        raise mismatch(left_name, right_name, remedy + fix, only_left=missing, different=wrong)
 
 
 def check_same_model(left: Shapes, right: Shapes, left_name: str, right_name: str) -> None:

@@ -26,10 +26,12 @@ from .align import check_fit, check_same_model, check_same_tensors, mismatch
 from .atomic import check_target, replace_dir, staging_dir, writing
 from .checkpoints.safetensors_file import TensorInfo
 from .built import AppliedModel
-from .checkpoints.sources import CHUNK_ELEMENTS, ShardedSource, Source, local_source
+from .checkpoints.pickled import PICKLE_INDEX, PickleSource, safetensors_shards
+from .checkpoints.sources import CHUNK_ELEMENTS, INDEX, ShardedSource, Source, local_source
 from .errors import SourceError, UsageError
 from .io import MaskLike, open_mask
 from .mask import TensorMask
+from .names import Names, mapped
 from .packed import unpack
 from .rebuild import rebuild
 
@@ -42,7 +44,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 
 def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[str] | None = None, *,
                invert: bool = False, overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None) -> AppliedModel:
+               hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
+               names: Names | None = None) -> AppliedModel:
     """Write a model dir whose weights are ``finetuned`` where ``mask`` is set and ``base`` elsewhere.
 
     Called with three arguments, ``apply_mask(base, delta, out_dir)``, it rebuilds the finetuned checkpoint
@@ -52,34 +55,44 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
     (config and tokenizer files are not part of a delta, so nothing vouches for them).
 
     With four arguments, ``base`` and ``finetuned`` are model dirs (sharded with an index, or not) or
-    ``.safetensors`` files with the same tensor names, shapes and dtypes. Each output shard is the finetuned
-    shard's header, byte for byte, followed by the selected values; the index is copied, and when
-    ``finetuned`` is a directory its other files (config, tokenizer, ...) too. Tensors the mask does not list take the base values.
+    ``.safetensors`` or ``torch.save`` (.bin, .pt) files with the same tensor names, shapes and dtypes. Each
+    output shard is the finetuned shard's header, byte for byte, followed by the selected values; the index is
+    copied, and when ``finetuned`` is a directory its other files (config, tokenizer, ...) too. A torch.save
+    finetuned checkpoint is written as safetensors (``pytorch_model-00001-of-00002.bin`` as
+    ``model-00001-of-00002.safetensors``, with a ``model.safetensors.index.json`` when sharded). Tensors the
+    mask does not list take the base values.
     ``invert=True`` swaps the roles: finetuned values outside the mask, base values inside. The directory
     appears atomically, complete or not at all; an existing non-empty ``out_dir`` is replaced only with
-    ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written.
+    ``overwrite=True``. ``progress(nbytes, total)`` is called as tensor bytes are written. ``names``
+    (``submask.names.NameMap``) maps the checkpoints' tensor names to the mask's; the output keeps the
+    checkpoint's names.
     """
     if out_dir is None:
         if invert:
             raise UsageError("invert=True (--invert) needs the finetuned checkpoint and a mask; a delta rebuilds "
                              "the finetuned checkpoint only")
+        if names is not None:
+            raise UsageError("a delta rebuilds the checkpoint under the names it recorded; names= (--strip-prefix, "
+                             "--add-prefix, --rename) applies to a mask and two checkpoints only")
         return rebuild(base, finetuned, mask, overwrite=overwrite, progress=progress, hub_api=hub_api,
                        cache_dir=cache_dir)
     out = check_target(out_dir, overwrite, directory=True, inputs=[base, finetuned])
     with local_source(base) as base_src, local_source(finetuned) as ft_src, open_mask(mask) as masks:
         _check_pair(base_src, ft_src)
-        check_fit(masks, _info_shapes(ft_src), f"the finetuned model {ft_src.label}")
-        shards = _shards(ft_src)
+        as_mask = mapped(ft_src.tensors, names, ft_src.label)
+        check_fit(masks, {as_mask[name]: info.shape for name, info in ft_src.tensors.items()},
+                  f"the finetuned model {ft_src.label}")
+        shards, index = _shards(ft_src)
         buffers = (np.empty(CHUNK_ELEMENTS * 8, np.uint8), np.empty(CHUNK_ELEMENTS * 8, np.uint8))
         total = sum(info.nbytes for info in ft_src.tensors.values())
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
         taken = 0
         with staging_dir(out) as staging:
             for shard in shards:
-                with writing(out), open(staging / shard.path.name, "wb") as handle:
+                with writing(out), open(staging / shard.name, "wb") as handle:
                     handle.write(shard.header)
                     for name in shard.names:
-                        bits = masks[name] if name in masks else None
+                        bits = masks[as_mask[name]] if as_mask[name] in masks else None
                         taken += _write_selected(handle, ft_src.tensors[name], base_src, ft_src, bits, invert,
                                                  buffers, report)
                     handle.flush()
@@ -87,6 +100,8 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
             with writing(out):
                 if Path(finetuned).is_dir():
                     _copy_side_files(Path(finetuned), staging)
+                if index is not None:
+                    (staging / INDEX).write_bytes(index)
                 replace_dir(staging, out, overwrite)
         numel = sum(t.numel for t in ft_src.tensors.values())
         return AppliedModel(out, len(ft_src.tensors), numel, taken)
@@ -111,21 +126,23 @@ def apply_to_state_dict(base_sd: Mapping[str, Any], finetuned_sd: Mapping[str, A
 
 
 def apply_to_module(module: "torch.nn.Module", finetuned_sd: Mapping[str, "torch.Tensor"], mask: MaskLike, *,
-                    invert: bool = False) -> None:
+                    invert: bool = False, names: Names | None = None) -> None:
     """Overwrite ``module``'s parameters and buffers in place with ``finetuned_sd`` where ``mask`` is set.
 
-    The module holds the base values; mask names are its parameter and buffer names. Finetuned values are
-    cast to each tensor's dtype and device (exact when the module's dtype is at least as wide). With
-    ``invert`` the finetuned values go outside the mask, and the state_dict tensors the mask does not list
-    are replaced whole. ``finetuned_sd`` must hold every tensor that gives at least one value; nothing is
-    changed unless it does.
+    The module holds the base values; ``names`` (``submask.names.NameMap``) maps its parameter and buffer
+    names to the mask's (default: the same names), as for a module wrapped by DDP or PEFT; ``finetuned_sd``
+    is keyed as the module is. Finetuned values are cast to each tensor's dtype and device (exact when the
+    module's dtype is at least as wide). With ``invert`` the finetuned values go outside the mask, and the
+    state_dict tensors the mask does not list are replaced whole. ``finetuned_sd`` must hold every tensor
+    that gives at least one value; nothing is changed unless it does.
     """
     import torch
 
     tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    as_mask = mapped(tensors, names, "the module")
     with open_mask(mask) as masks:
-        check_fit(masks, _shapes(tensors), "the module")
-        counts = masks.counts
+        check_fit(masks, {as_mask[name]: tuple(t.shape) for name, t in tensors.items()}, "the module")
+        counts = {name: masks.counts[key] for name, key in as_mask.items() if key in masks.counts}
         if invert:
             giving = [name for name in module.state_dict() if name not in counts]
             giving += [name for name, count in counts.items() if count < tensors[name].numel()]
@@ -138,11 +155,11 @@ def apply_to_module(module: "torch.nn.Module", finetuned_sd: Mapping[str, "torch
             for name in giving:
                 target = tensors[name]
                 finetuned = finetuned_sd[name].to(device=target.device, dtype=target.dtype)
-                if name not in masks:
+                if name not in counts:
                     target.copy_(finetuned)
                     continue
                 take, keep = (target, finetuned) if invert else (finetuned, target)
-                target.copy_(_select(masks[name], take, keep))
+                target.copy_(_select(masks[as_mask[name]], take, keep))
 
 
 def _select(bits: TensorMask, take: Any, keep: Any) -> Any:
@@ -182,15 +199,21 @@ def _write_selected(handle: BinaryIO, tensor: TensorInfo, base: Source, finetune
 
 @dataclass(frozen=True)
 class _Shard:
-    """One file of the finetuned checkpoint: its raw header (length prefix included), tensors in byte order."""
+    """One file to write: its name, its raw header (length prefix included) and its tensors in byte order."""
 
-    path: Path
+    name: str
     header: bytes
     names: list[str]
 
 
-def _shards(source: ShardedSource) -> list[_Shard]:
-    """The finetuned checkpoint's files as the source opened them, with their headers copied verbatim."""
+def _shards(source: Source) -> tuple[list[_Shard], bytes | None]:
+    """The files to write, as the finetuned checkpoint lays them out, and a safetensors index to write beside
+    them when the finetuned checkpoint is a sharded pickle (a safetensors one's index is copied as it is):
+    safetensors headers are copied verbatim; torch.save files become safetensors files of the same tensors."""
+    if isinstance(source, PickleSource):
+        shards, index = safetensors_shards(source)
+        return [_Shard(*shard) for shard in shards], index
+    assert isinstance(source, ShardedSource)
     shards = []
     for file_name in source.provenance["files"]:
         opened = source.file(file_name)
@@ -198,8 +221,8 @@ def _shards(source: ShardedSource) -> list[_Shard]:
         if unread:
             raise SourceError(f"{opened.path}: holds tensor(s) its index does not list (e.g. {unread[:3]}); "
                               f"fix the index or remove them so that the output can keep this shard's layout")
-        shards.append(_Shard(opened.path, opened.raw_header, opened.names_in_file_order))
-    return shards
+        shards.append(_Shard(opened.path.name, opened.raw_header, opened.names_in_file_order))
+    return shards, None
 
 
 def _info_shapes(source: Source) -> dict[str, tuple[int, ...]]:
@@ -220,7 +243,7 @@ def _copy_side_files(model_dir: Path, out: Path) -> None:
     for source in sorted(model_dir.rglob("*")):
         relative = source.relative_to(model_dir)
         if (any(part.startswith(".") for part in relative.parts) or not source.is_file()
-                or source.name.endswith(WEIGHT_SUFFIXES)):
+                or source.name.endswith(WEIGHT_SUFFIXES) or source.name == PICKLE_INDEX):
             continue
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, out / relative)

@@ -13,35 +13,52 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
+
 from .accel import job
 from .align import aligned_names
 from .built import BuiltMask
 from .compare import tensor_progress
+from .errors import UsageError
 from .format import MaskFile, MaskWriter
 from .format.writer import check_mask_target
-from .io import open as open_mask_file
+from .io import open_mask
 from .limits import check_allocation
 from .metadata import combined_metadata
-from .packed import apply_op, packed_nbytes, popcount
+from .names import Names
+from .packed import apply_op, clear_padding, packed_nbytes, popcount
+
+VOTE_BLOCK = 1 << 20  # bytes of packed bits counted at a time: 8 Mi positions, 16 MiB of votes
 
 
 def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
-                  common: bool = False, progress: bool = False, overwrite: bool = False) -> BuiltMask:
-    """Write ``op`` ("and", "or", "xor", "diff", "not") of mask files to ``output``, tensor by tensor.
+                  common: bool = False, progress: bool = False, overwrite: bool = False,
+                  names: Names | None = None, at_least: int | None = None) -> BuiltMask:
+    """Write ``op`` ("and", "or", "xor", "diff", "not", "vote") of mask files to ``output``, tensor by tensor.
+
+    "vote" sets a bit where at least ``at_least`` of the n inputs set it (TALL-masks' consensus: 1 is the union,
+    n the intersection), counted in the same single pass.
 
     The result's metadata records the operation and each input's path, content fingerprint and provenance.
     An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
-    Returns a ``BuiltMask`` whose ``path`` is the file written, with its counts.
+    Returns a ``BuiltMask`` whose ``path`` is the file written, with its counts. ``names``
+    (``submask.names.NameMap``) renames every input's tensors before they are lined up, and the result's.
     """
+    if (op == "vote") != (at_least is not None):
+        raise UsageError("at_least (--at-least K) goes with op 'vote', and 'vote' needs it")
+    if at_least is not None and not 1 <= at_least <= len(inputs):
+        raise UsageError(f"at_least must lie in [1, {len(inputs)}] for {len(inputs)} masks, got {at_least}")
     check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
-        files = [stack.enter_context(open_mask_file(path)) for path in inputs]
+        files = [stack.enter_context(open_mask(path, names=names)) for path in inputs]
         labels = [str(path) for path in inputs]
         names = aligned_names([f.shapes for f in files], common=common,
                               labels=labels)
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
+        if at_least is not None:
+            metadata.provenance["combined"]["at_least"] = at_least
         stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
         ones = numel = 0
         with MaskWriter(output, metadata, overwrite=overwrite) as writer:
@@ -50,10 +67,22 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
                 check_allocation((len(files) + 1) * nbytes, f"{labels[0]}, tensor {name!r}: {len(files)} inputs and "
                                  f"the result of {8 * nbytes:,} bits")
                 tensors = [f[name] for f in files]
-                packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)
+                packed = (vote([t.packed for t in tensors], tensors[0].numel, at_least) if at_least is not None
+                          else apply_op(op, [t.packed for t in tensors], tensors[0].numel))
                 ones += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones
                 numel += tensors[0].numel
     return BuiltMask(metadata, len(names), ones, numel, path=Path(output))
+
+
+def vote(packed: Sequence[np.ndarray], numel: int, at_least: int) -> np.ndarray:
+    """Packed bits set where at least ``at_least`` of the packed inputs are set, a block of bytes at a time."""
+    out = np.empty_like(packed[0])
+    for start in range(0, out.size, VOTE_BLOCK):
+        votes = np.zeros((min(VOTE_BLOCK, out.size - start)) * 8, dtype=np.uint16)
+        for bits in packed:
+            votes += np.unpackbits(bits[start:start + VOTE_BLOCK])
+        out[start:start + VOTE_BLOCK] = np.packbits(votes >= at_least)
+    return clear_padding(out, numel)
 
 
 def content_fingerprint(mask_file: MaskFile) -> str:

@@ -37,6 +37,7 @@ from .format import MaskFile
 from .format.header import TensorEntry
 from .format.tensors import entry_codec
 from .mask import Mask, TensorMask
+from .names import Names
 from .packed import crc32
 from .tensor_counts import compare_tensor, reusable, thread_buffer
 
@@ -99,7 +100,8 @@ class Comparison:
 
 
 def compare(masks: Sequence[MaskLike], *, by: str = "overall", common: bool = False,
-            progress: bool = False, workers: int | None = None, verify: bool = True) -> Comparison:
+            progress: bool = False, workers: int | None = None, verify: bool = True,
+            names: Names | None = None) -> Comparison:
     """Compare N masks pairwise in one pass: counts, intersections and chance baselines per group.
 
     ``masks`` are paths (opened lazily), open ``MaskFile`` objects or in-memory ``Mask`` objects. Tensors
@@ -107,9 +109,10 @@ def compare(masks: Sequence[MaskLike], *, by: str = "overall", common: bool = Fa
     (default: up to 4, one per core); memory stays bounded by ``2 * workers + 1`` chunks of consecutive
     tensors (about CHUNK_BITS elements over all masks, or one larger tensor). Every
     tensor's CRC-32 is checked unless ``verify`` is False (structure, pad bits and set-bit counts always are).
+    ``names`` (``submask.names.NameMap``) renames every mask's tensors before they are lined up.
     """
     with ExitStack() as stack:
-        sources = [_Source.of(mask, stack, index) for index, mask in enumerate(masks)]
+        sources = [_Source.of(mask, stack, index, names) for index, mask in enumerate(masks)]
         labels = [source.label for source in sources]
         names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
         stack.enter_context(job(len(sources) * sum(sources[0].numel(name) for name in names)))
@@ -135,10 +138,10 @@ class _Source:
         self._counts = mask.counts
 
     @classmethod
-    def of(cls, mask: MaskLike, stack: ExitStack, index: int = 0) -> "_Source":
+    def of(cls, mask: MaskLike, stack: ExitStack, index: int = 0, names: Names | None = None) -> "_Source":
         label = (f"mask {index + 1}" if isinstance(mask, Mask)
                  else str(mask.path) if isinstance(mask, MaskFile) else str(mask))
-        return cls(label, stack.enter_context(open_mask(mask)))
+        return cls(label, stack.enter_context(open_mask(mask, names=names)))
 
     def numel(self, name: str) -> int:
         return math.prod(self.shapes[name])

@@ -30,6 +30,7 @@ from .format import MaskFile, MaskWriter, local_mask_path
 from .hub.paths import is_hub_url
 from .limits import check_allocation
 from .mask import Mask
+from .names import Names
 
 MaskLike = Union[Mask, MaskFile, str, "os.PathLike[str]"]
 """A mask in memory, an open .smask file, or the path or hf:// URL of one (read lazily, tensor by tensor)."""
@@ -37,14 +38,22 @@ Shapes = Mapping[str, tuple[int, ...]]
 
 
 @contextlib.contextmanager
-def open_mask(mask: MaskLike, *, max_bits: int | None = None, **hub_options: Any) -> Iterator[Mask | MaskFile]:
+def open_mask(mask: MaskLike, *, max_bits: int | None = None, names: Names | None = None,
+              **hub_options: Any) -> Iterator[Mask | MaskFile]:
     """Yield ``mask`` as a name -> TensorMask mapping with ``shapes``, ``counts`` and ``metadata``; a path or
-    URL is opened lazily and closed when the block ends."""
+    URL is opened lazily and closed when the block ends. ``names`` (``submask.names.NameMap``) renames its
+    tensors."""
     if isinstance(mask, (Mask, MaskFile)):
-        yield mask
+        yield _renamed(mask, names)
         return
     with open(mask, max_bits=max_bits, **hub_options) as mask_file:
-        yield mask_file
+        yield _renamed(mask_file, names)
+
+
+def _renamed(mask: Mask | MaskFile, names: Names | None) -> Mask | MaskFile:
+    if names is None:
+        return mask
+    return mask.rename(names) if isinstance(mask, Mask) else mask.renamed(names)
 
 
 def open(path: str | os.PathLike[str], *, max_bits: int | None = None,  # noqa: A001 - as safetensors.safe_open

@@ -7,15 +7,16 @@ arrays happen one tensor at a time, on request.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 
 from .align import aligned_names, check_model
 from .errors import MismatchError
-from .metadata import MaskMetadata, combined_metadata
+from .metadata import MaskMetadata, combined_metadata, model_fingerprint
+from .names import mapped
 from .packed import apply_op, clear_padding, from_positions, pack, packed_nbytes, popcount, set_positions, unpack
 
 if TYPE_CHECKING:
@@ -195,6 +196,16 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
         """Tensor name -> number of set elements."""
         return {name: mask.count for name, mask in self.tensors.items()}
 
+    def rename(self, names: "Callable[[str], str]") -> "Mask":
+        """The same tensors under the names ``names`` gives them (``submask.names.NameMap``, or any str -> str).
+
+        >>> list(Mask.from_numpy({"module.w": np.ones(2, bool)}).rename(lambda name: name.removeprefix("module.")))
+        ['w']
+        """
+        new_names = mapped(self.tensors, names, "the mask")
+        tensors = {new_names[name]: tensor for name, tensor in self.tensors.items()}
+        return Mask(tensors, renamed_metadata(self.metadata, {name: t.shape for name, t in tensors.items()}))
+
     def check_model(self, shapes: Mapping[str, tuple[int, ...]], what: str = "the model") -> None:
         """Raise MismatchError unless every masked tensor exists in ``shapes`` with the same shape, and the
         recorded model fingerprint (if any) matches."""
@@ -202,6 +213,13 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
 
     def __repr__(self) -> str:
         return f"Mask({len(self)} tensors, count={self.count}, numel={self.numel}, kind={self.metadata.kind!r})"
+
+
+def renamed_metadata(metadata: MaskMetadata, shapes: Mapping[str, tuple[int, ...]]) -> MaskMetadata:
+    """``metadata`` for the same mask under other names: a recorded model fingerprint follows the names."""
+    if not (metadata.model or {}).get("fingerprint"):
+        return metadata
+    return replace(metadata, model={**(metadata.model or {}), "fingerprint": model_fingerprint(shapes)})
 
 
 def check_same_shape(a: TensorMask, b: TensorMask, name: str | None = None) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from ..built import BuiltMask, ChangeCounts
 from ..delta import Delta
 from ..align import mismatch
-from ..errors import MismatchError
+from ..errors import MismatchError, UsageError
 from ..format import MaskWriter
 from ..metadata import MaskMetadata, model_fingerprint
 from ..format.writer import check_mask_target
@@ -37,11 +37,13 @@ from ..format.values import TensorValues
 from ..packed import clear_padding, packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
+from .magnitude import criterion_json, parse_fraction, stream_top_k
 from .sinks import CountsSink, FileSink, MemorySink, Sink
 from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
 from ..checkpoints.dtypes import DTYPES, DType
 from ..checkpoints.safetensors_file import TensorInfo
-from ..checkpoints.sources import Source, open_source
+from ..checkpoints.sources import RenamedSource, Source, open_source
+from ..names import Names
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -99,7 +101,9 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                device: str | Backend = "auto", workers: int | None = None, chunk_bytes: int | None = None,
                max_shard_bytes: int | None = None, progress: bool = False, ladder: bool = True,
                hub_api: Any = None, cache_dir: str | os.PathLike[str] | None = None,
-               hash: bool = False, overwrite: bool = False, values: bool = False) -> BuiltMask:
+               hash: bool = False, overwrite: bool = False, values: bool = False,
+               names: Names | None = None, min_abs: float | None = None, top_k: float | str | None = None,
+               top_k_scope: str = "tensor") -> BuiltMask:
     """Build the update mask of ``finetuned`` against ``base``: a bit is set where the value changed.
 
     ``base`` and ``finetuned`` are each a .safetensors file, a model directory, a Hub repo id
@@ -129,6 +133,16 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     SHA-256 are recorded (local files are hashed as with ``hash``), so that ``apply_mask(base, delta, out)``
     rebuilds them byte for byte. Needs the exact criterion and every tensor (no ``include``).
 
+    Masks for merging: ``min_abs`` sets the bits where ``|w' - w| >= min_abs`` (criterion "min_abs");
+    ``top_k`` (a fraction such as 0.05 or "5%") sets the largest ``|w' - w|`` changes, that share of each
+    tensor (``top_k_scope="tensor"``) or of the whole model (``"global"``), ties broken by position
+    (``submask.builder.magnitude`` gives the rules, also recorded in the criterion). ``criterion=
+    "isclose_bf16"`` applies the RL-subnetworks paper's rule (``submask.builder.criteria``).
+
+    ``names`` (``submask.names.NameMap``) maps both checkpoints' tensor names to the mask's (a DDP or PEFT
+    checkpoint beside a plain one); ``include`` sees the mapped names. Not with ``values`` (a delta rebuilds
+    files under the names they hold).
+
     Returns a ``BuiltMask`` with the metadata (stats included) and counts, and the mask itself (``.mask``; with
     ``values`` also ``.delta``) when ``out`` is None. Otherwise the mask is streamed to ``out`` tensor by
     tensor (atomically: an error or Ctrl-C leaves no file), split into shards of ``max_shard_bytes`` if given,
@@ -141,16 +155,19 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
     """
     if out is not None:
         check_mask_target(out, overwrite, inputs=[base, finetuned])
-    chosen = Criterion.make(criterion, atol, rtol)
+    chosen = Criterion.make(criterion, atol, rtol, min_abs)
+    fraction = None if top_k is None else parse_fraction(top_k)
+    if fraction is not None and (values or chosen.name != "exact"):
+        raise UsageError("top_k (--top-k) is a criterion of its own: drop criterion, atol, rtol, min_abs and values")
     if values:
-        check_values_build(chosen, include)
-    with _opened(base, finetuned, device, hub_api, cache_dir) as (source_a, source_b, backend):
+        check_values_build(chosen, include, names)
+    with _opened(base, finetuned, device, hub_api, cache_dir, names) as (source_a, source_b, backend):
         if values:
             infos, whole, skipped = delta_tensors(source_a, source_b)
         else:
             (infos, skipped), whole = match_tensors(source_a, source_b, include, intersect), []
         metadata = MaskMetadata(
-            kind="update", criterion=chosen.to_json(),
+            kind="update", criterion=criterion_json(fraction, top_k_scope) if fraction else chosen.to_json(),
             provenance={"base": source_a.provenance, "finetuned": source_b.provenance},
             model={"fingerprint": model_fingerprint({i.name: i.shape for i in infos}),
                    "dtypes": _dtype_summary(infos)})
@@ -162,7 +179,10 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             hashed = [hasher.submit(source.hash_files) for source in (source_a, source_b)
                       if hash or (values and source is source_b)]
             run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress)
-            metadata.stats = run.stream(infos, sink, whole if values else None)
+            if fraction is None:
+                metadata.stats = run.stream(infos, sink, whole if values else None)
+            else:
+                metadata.stats = stream_top_k(source_a, source_b, infos, fraction, top_k_scope, sink)
             for future in hashed:
                 future.result()
             if values:
@@ -185,14 +205,15 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
 def count_changes(base: Any, finetuned: Any, *, criterion: str | None = None, atol: float | None = None,
                   rtol: float | None = None, include: Pattern | Sequence[Pattern] | None = None,
                   intersect: bool = False, device: str | Backend = "auto", workers: int | None = None,
-                  chunk_bytes: int | None = None, ladder: bool = True) -> ChangeCounts:
+                  chunk_bytes: int | None = None, ladder: bool = True,
+                  names: Names | None = None) -> ChangeCounts:
     """What ``build_mask(base, finetuned)`` would count, without the mask: per tensor, the elements and the
     changed ones, and (with ``ladder``) the changed ones at each tolerance of ``LADDER_ATOL``. No bits are
     kept, nor copied back from a GPU (``UpdateTracker.sparsity`` calls this during training). Arguments as
-    ``build_mask``'s.
+    ``build_mask``'s (``names`` included).
     """
     chosen = Criterion.make(criterion, atol, rtol)
-    with _opened(base, finetuned, device) as (source_a, source_b, backend):
+    with _opened(base, finetuned, device, names=names) as (source_a, source_b, backend):
         infos, _ = match_tensors(source_a, source_b, include, intersect)
         run = _Run(source_a, source_b, backend, chosen, ladder, workers, chunk_bytes, progress=False, bits=False)
         sink = CountsSink()
@@ -206,10 +227,13 @@ def count_changes(base: Any, finetuned: Any, *, criterion: str | None = None, at
 
 @contextmanager
 def _opened(base: Any, finetuned: Any, device: str | Backend, hub_api: Any = None,
-            cache_dir: str | os.PathLike[str] | None = None) -> Iterator[tuple[Source, Source, Backend]]:
-    """Both checkpoints opened, and the backend that compares them."""
+            cache_dir: str | os.PathLike[str] | None = None,
+            names: Names | None = None) -> Iterator[tuple[Source, Source, Backend]]:
+    """Both checkpoints opened (under the names ``names`` gives them), and the backend that compares them."""
     with open_source(base, api=hub_api, cache_dir=cache_dir) as source_a, \
             open_source(finetuned, api=hub_api, cache_dir=cache_dir) as source_b:
+        if names is not None:
+            source_a, source_b = RenamedSource(source_a, names), RenamedSource(source_b, names)
         yield source_a, source_b, select_backend(device, source_b.resident or source_a.resident)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..accel import Kernel
 from ..checkpoints.layout import laid_out_tensors
+from ..checkpoints.pickled import PickleSource
 from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import INDEX, ShardedSource, Source
 from ..errors import MismatchError, SourceError, UsageError
@@ -24,19 +25,27 @@ from ..packed import popcount, unpack
 from .criteria import Criterion
 
 
-def check_values_build(criterion: Criterion, include: object) -> None:
-    """Values rebuild bytes only under the bitwise criterion, and only when every tensor is kept."""
+def check_values_build(criterion: Criterion, include: object, names: object = None) -> None:
+    """Values rebuild bytes only under the bitwise criterion, only when every tensor is kept under its own name."""
     if criterion.name != "exact":
         raise UsageError(f"values=True (--values) stores the finetuned values where they differ bitwise, so the "
                          f"criterion must be 'exact', not {criterion.name!r}: a tolerance would lose updates")
     if include is not None:
         raise UsageError("values=True (--values) records the whole finetuned checkpoint; include= (--include) "
                          "would leave tensors out: drop it")
+    if names is not None:
+        raise UsageError("values=True (--values) rebuilds the finetuned files under the names they hold; drop the "
+                         "name mapping (names=, --strip-prefix, --add-prefix, --rename)")
 
 
 def delta_tensors(base: Source, finetuned: Source) -> tuple[list[TensorInfo], list[str], dict[str, list[str]]]:
     """Every finetuned tensor in its order, the names stored whole (the base lacks them or holds them in
     another dtype or shape), and the base's tensors the finetuned checkpoint lacks (``skipped["base_only"]``)."""
+    if isinstance(finetuned, PickleSource):
+        raise SourceError(f"{finetuned.label}: a torch.save (pickle) checkpoint cannot be rebuilt byte for byte from "
+                          "its tensors, which a delta (values=True, --values) promises; save the finetuned model with "
+                          "safetensors first (save_pretrained(), or safetensors.torch.save_file(model.state_dict(), "
+                          "...)) and build the delta from that, or build without --values")
     if not finetuned.tensors:
         raise MismatchError(f"{finetuned.label} holds no tensor to store")
     whole = [name for name, info in finetuned.tensors.items() if base.tensors.get(name) != info]

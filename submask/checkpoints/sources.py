@@ -3,10 +3,11 @@
 A source lists its tensors (name -> ``TensorInfo``) and reads any element range of one of them as raw
 unsigned integers. ``open_source`` accepts:
 
-- a ``.safetensors`` file;
+- a ``.safetensors`` file, or a ``torch.save`` file (``.bin``, ``.pt``: ``checkpoints.pickled``);
 - a model directory: ``model.safetensors.index.json`` with its shards (the index's weight map decides
   which shard holds which tensor; tensors in a shard but not in the map are ignored), or
-  ``model.safetensors``, or else every ``*.safetensors`` file in it;
+  ``model.safetensors``, or else every ``*.safetensors`` file in it; without safetensors files, the same
+  with ``pytorch_model.bin.index.json``, ``pytorch_model.bin`` or ``*.bin``/``*.pt`` files;
 - a Hub repo id ``org/name`` or ``org/name@revision``: headers are read with HTTP range requests, and each
   shard is downloaded through huggingface_hub's cache when the build first reads from it, at the commit
   sha the revision resolved to when the source was opened;
@@ -19,6 +20,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from .. import strict_json
 from ..errors import SourceError
+from ..names import mapped
 from .dtypes import dtype_named, dtype_of_array
 from .safetensors_file import SafetensorsFile, TensorInfo
 
@@ -166,6 +169,31 @@ class StateDictSource(Source):
         return value.detach().reshape(-1)[start:stop].view(getattr(torch, self.tensors[name].dtype.signed.name))
 
 
+class RenamedSource(Source):
+    """Another source's tensors under the names ``names`` gives them (``submask.names.NameMap``)."""
+
+    def __init__(self, inner: Source, names: Callable[[str], str]):
+        new_names = mapped(inner.tensors, names, inner.label)
+        self.inner, self._stored = inner, {new: name for name, new in new_names.items()}
+        self.label, self.provenance, self.resident = inner.label, inner.provenance, inner.resident
+        self.tensors = {new_names[name]: replace(info, name=new_names[name]) for name, info in inner.tensors.items()}
+
+    def read(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        return self.inner.read(self._stored[name], start, stop, buffer)
+
+    def read_tensor(self, name: str, start: int, stop: int) -> Any:
+        return self.inner.read_tensor(self._stored[name], start, stop)
+
+    def check_unchanged(self) -> None:
+        self.inner.check_unchanged()
+
+    def hash_files(self) -> None:
+        self.inner.hash_files()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:
     """A Source for a path, a Hub repo id (``org/name[@revision]``), a state dict, an ``nn.Module`` or a Source.
 
@@ -188,13 +216,22 @@ def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.Pa
                       "directory, a Hub repo id, a state dict or an nn.Module")
 
 
-def local_source(path: str | os.PathLike[str]) -> ShardedSource:
-    """A .safetensors file or a model directory (sharded with an index, or not)."""
+def local_source(path: str | os.PathLike[str]) -> Source:
+    """A .safetensors file, a ``torch.save`` file (.bin, .pt, .pth: ``checkpoints.pickled``) or a model directory
+    of either (sharded with an index, or not). Formats submask does not read (GGUF, ONNX, TensorFlow, Flax) are
+    named in the SourceError with the way out."""
     path = Path(path)
     if path.is_dir():
         root, available = path, {p.name for p in path.iterdir() if p.is_file()}
+        if not _has_safetensors(available):
+            return _pickled_dir(path, available)
         shards, weight_map, index = _layout(str(path), available, lambda: (path / INDEX).read_bytes())
     else:
+        check_supported(path)
+        from .pickled import PickleSource, is_pickle
+
+        if path.is_file() and is_pickle(path):
+            return PickleSource(str(path), path.parent, [path.name], None)
         root, shards, weight_map, index = path.parent, [path.name], None, None
     files: dict[str, SafetensorsFile] = {}
     try:
@@ -204,12 +241,51 @@ def local_source(path: str | os.PathLike[str]) -> ShardedSource:
         for opened in files.values():
             opened.close()
         raise
-    tensors, shard_of = _assemble(str(path), {shard: f.tensors for shard, f in files.items()}, weight_map)
+    tensors, shard_of = assemble(str(path), {shard: f.tensors for shard, f in files.items()}, weight_map)
     provenance = {"source": str(path), "revision": None,
                   "files": {shard: {"size": f.size, "mtime_ns": f.mtime_ns, "sha256": None}
                             for shard, f in files.items()}}
     # The shards are open already (their headers list the tensors), so the opener is never needed.
     return ShardedSource(str(path), tensors, shard_of, files.__getitem__, provenance, opened=files, index=index)
+
+
+#: Weight formats submask does not read, by file suffix: what they are and the way out.
+UNSUPPORTED = {
+    ".gguf": "a GGUF file (llama.cpp)", ".onnx": "an ONNX model", ".h5": "a TensorFlow/Keras checkpoint",
+    ".keras": "a Keras model", ".pb": "a TensorFlow graph", ".tflite": "a TensorFlow Lite model",
+    ".msgpack": "a Flax checkpoint",
+}
+WAY_OUT = ("submask reads safetensors and torch.save (.bin, .pt) checkpoints: load the model in PyTorch "
+           "(transformers' from_pretrained reads most formats) and save it with save_pretrained() or "
+           "safetensors.torch.save_file")
+
+
+def check_supported(path: Path) -> None:
+    """SourceError naming the format of a weights file submask cannot read, with the way out."""
+    kind = UNSUPPORTED.get(path.suffix.lower())
+    if kind is None and path.is_file():
+        with open(path, "rb") as handle:
+            kind = "a GGUF file (llama.cpp)" if handle.read(4) == b"GGUF" else None
+    if kind is not None:
+        raise SourceError(f"{path}: {kind}; {WAY_OUT}")
+
+
+def _has_safetensors(available: set[str]) -> bool:
+    return any(name.endswith(".safetensors") for name in available) or INDEX in available
+
+
+def _pickled_dir(path: Path, available: set[str]) -> Source:
+    """A model directory of ``torch.save`` files, or a SourceError that names what the directory holds."""
+    from .pickled import PICKLE_INDEX, PICKLE_SINGLE, PICKLE_SUFFIXES, PickleSource
+
+    if not any(name.endswith(PICKLE_SUFFIXES) or name == PICKLE_INDEX for name in available):
+        others = sorted(name for name in available if Path(name).suffix.lower() in UNSUPPORTED)
+        if others:
+            raise SourceError(f"{path}: holds {UNSUPPORTED[Path(others[0]).suffix.lower()]} ({others[0]}) but no "
+                              f"safetensors or torch.save weights; {WAY_OUT}")
+    shards, weight_map, _ = _layout(str(path), available, lambda: (path / PICKLE_INDEX).read_bytes(),
+                                    PICKLE_INDEX, PICKLE_SINGLE, PICKLE_SUFFIXES)
+    return PickleSource(str(path), path, shards, weight_map)
 
 
 def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = None,
@@ -236,7 +312,7 @@ def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = 
             parsed = remote.api.parse_safetensors_file_metadata(repo, shard, revision=sha)
         headers[shard] = {name: TensorInfo(name, dtype_named(t.dtype, f"{label}, {shard}, tensor {name!r}: "),
                                            tuple(t.shape)) for name, t in parsed.tensors.items()}
-    tensors, shard_of = _assemble(label, headers, weight_map)
+    tensors, shard_of = assemble(label, headers, weight_map)
     files = {shard: {"size": siblings[shard].size,
                      "sha256": _lfs_sha256(siblings[shard])} for shard in shards}
     provenance = {"source": repo, "revision": sha, "requested_revision": revision, "files": files}
@@ -249,42 +325,47 @@ def _lfs_sha256(sibling: Any) -> str | None:
     return sibling.lfs.sha256 if sibling.lfs is not None else None
 
 
-def _layout(label: str, available: set[str],
-            read_index: Callable[[], bytes]) -> tuple[list[str], dict[str, str] | None, bytes | None]:
-    """Which shards make up a checkpoint, its weight map and the index file's bytes (None without an index)."""
-    if INDEX in available:
+def _layout(label: str, available: set[str], read_index: Callable[[], bytes], index_name: str = INDEX,
+            single: str = SINGLE, suffixes: tuple[str, ...] = (".safetensors",)
+            ) -> tuple[list[str], dict[str, str] | None, bytes | None]:
+    """Which shards make up a checkpoint, its weight map and the index file's bytes (None without an index).
+
+    ``index_name``, ``single`` and ``suffixes`` name the files of the format looked for (safetensors by default).
+    """
+    if index_name in available:
         index = read_index()
         try:
             weight_map = strict_json.loads(index)["weight_map"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise SourceError(f"{label}: {INDEX} is not a valid index ({type(exc).__name__}: {exc}); "
+            raise SourceError(f"{label}: {index_name} is not a valid index ({type(exc).__name__}: {exc}); "
                               "it needs a 'weight_map' of tensor name -> shard file") from None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise SourceError(f"{label}: {INDEX} has no valid 'weight_map' (tensor name -> shard file)")
+            raise SourceError(f"{label}: {index_name} has no valid 'weight_map' (tensor name -> shard file)")
         shards = list(dict.fromkeys(weight_map.values()))
         missing = [shard for shard in shards if shard not in available]
         if missing:
-            raise SourceError(f"{label}: shard {missing[0]} listed in {INDEX} is missing"
+            raise SourceError(f"{label}: shard {missing[0]} listed in {index_name} is missing"
                               f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
                               "download every shard the index names")
         return shards, weight_map, index
-    if SINGLE in available:
-        return [SINGLE], None, None
-    shards = sorted(name for name in available if name.endswith(".safetensors"))
+    if single in available:
+        return [single], None, None
+    shards = sorted(name for name in available if name.endswith(suffixes))
     if not shards:
-        raise SourceError(f"{label}: no {INDEX}, {SINGLE} or other .safetensors file found; "
-                          "save the model with safetensors")
+        raise SourceError(f"{label}: no {INDEX}, {SINGLE} or other .safetensors file found (nor torch.save "
+                          "weights); save the model with safetensors")
     return shards, None, None
 
 
-def _assemble(label: str, headers: dict[str, dict[str, TensorInfo]],
-              weight_map: dict[str, str] | None) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+def assemble(label: str, headers: dict[str, dict[str, TensorInfo]], weight_map: dict[str, str] | None,
+             index_name: str = INDEX) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Tensors and the shard of each, from shard headers and the index's weight map (if any)."""
     if weight_map is not None:
         absent = [(name, shard) for name, shard in weight_map.items() if name not in headers[shard]]
         if absent:
-            raise SourceError(f"{label}: {INDEX} puts tensor {absent[0][0]!r} in {absent[0][1]}, which does not hold "
-                              f"it ({len(absent)} such tensor(s)); the index and shards do not belong together")
+            raise SourceError(f"{label}: {index_name} puts tensor {absent[0][0]!r} in {absent[0][1]}, which does "
+                              f"not hold it ({len(absent)} such tensor(s)); the index and shards do not belong "
+                              "together")
         return {name: headers[shard][name] for name, shard in weight_map.items()}, dict(weight_map)
     tensors: dict[str, TensorInfo] = {}
     shard_of: dict[str, str] = {}
@@ -292,6 +373,6 @@ def _assemble(label: str, headers: dict[str, dict[str, TensorInfo]],
         for name, info in infos.items():
             if name in shard_of:
                 raise SourceError(f"{label}: tensor {name!r} is in both {shard_of[name]} and {shard}; "
-                                  f"add a {INDEX} to say which one to use")
+                                  f"add a {index_name} to say which one to use")
             tensors[name], shard_of[name] = info, shard
     return tensors, shard_of

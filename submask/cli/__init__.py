@@ -4,7 +4,7 @@
 >>> submask compare rl.smask seed2.smask dpo.smask --by module   # doctest: +SKIP
 """
 
-from . import analysis, apply, build, demo, hub, inspect
+from . import analysis, apply, build, convert, demo, hub, inspect
 from .root import main
 
 COMMANDS = (
@@ -16,6 +16,7 @@ COMMANDS = (
     analysis.combine,           # and, or, xor, diff, not of mask files
     analysis.plot,              # density heatmaps and the overlap matrix
     apply.apply_command,        # a sparse-update model: base + mask * (finetuned - base)
+    convert.convert_command,    # masks from and for other tools' formats
     hub.push,                   # a mask next to a model on the Hub
     hub.pull,                   # a mask from the Hub, pinned to a commit
     hub.ls,                     # the masks in a Hub repo, from their headers

@@ -15,6 +15,8 @@ from ..breakdown import GROUP_BY
 from ..breakdown import density_breakdown
 from ..combine import combine_files
 from ..compare import compare
+from ..names import NameMap
+from .names import names_option
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
 _quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -54,10 +56,11 @@ def stats(path: str, by: str, as_json: bool) -> None:
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per pair and group (densities as fractions).")
 @_common
 @_no_verify
+@names_option("every mask")
 @progress_option
 @_quiet
 def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool, common: bool, no_verify: bool,
-                    progress: bool | None, quiet: bool) -> None:
+                    names: NameMap | None, progress: bool | None, quiet: bool) -> None:
     """Overlap and Jaccard of every pair of masks, against the values chance would give at their densities.
 
     overlap A->B is |A and B| / |A| (the share of A also in B). Each ratio names its baseline: "per-tensor"
@@ -68,7 +71,7 @@ def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other: choose one")
     result = compare(list(paths), by=by, common=common, progress=show_progress(progress, quiet),
-                     verify=not no_verify)
+                     verify=not no_verify, names=names)
     rows = [(group, result.labels[i], result.labels[j], result.pair(i, j, group))
             for group in result.groups for i, j in result.pairs()]
     if as_json:
@@ -102,22 +105,26 @@ def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
 
 
 @click.command()
-@click.argument("op", type=click.Choice([*BINARY_OPS, "not"]))
+@click.argument("op", type=click.Choice([*BINARY_OPS, "not", "vote"]))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Path of the combined mask to write.")
+@click.option("--at-least", type=click.IntRange(min=1), metavar="K",
+              help="vote: set a bit where at least K of the masks set it (1: union, all: intersection).")
 @_common
+@names_option("every input mask (and so of the result)")
 @overwrite_option
 @progress_option
 @json_option
 @_quiet
-def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, overwrite: bool, progress: bool | None,
-            as_json: bool, quiet: bool) -> None:
-    """Combine masks tensor by tensor: and, or, xor, diff (first minus the others), not (of one mask).
+def combine(op: str, inputs: tuple[str, ...], output: str, at_least: int | None, common: bool, names: NameMap | None,
+            overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
+    """Combine masks tensor by tensor: and, or, xor, diff (first minus the others), not (of one mask), vote
+    (--at-least K of the masks: a consensus mask).
 
     The result records the operation and its inputs (path, fingerprint, provenance) in its metadata.
     """
     built = combine_files(op, list(inputs), output, common=common, progress=show_progress(progress, quiet or as_json),
-                          overwrite=overwrite)
+                          overwrite=overwrite, names=names, at_least=at_least)
     path, ones, numel, tensors, density = built.path, built.ones, built.numel, built.tensors, built.density
     if as_json:
         echo_json({"path": str(path), "op": op, "inputs": list(inputs), "tensors": tensors, "count": ones,

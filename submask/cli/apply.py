@@ -7,6 +7,8 @@ import click
 
 from ..apply import apply_mask
 from ..errors import UsageError
+from ..names import NameMap
+from .names import names_option
 from .output import echo_json, json_option, overwrite_option, percent, progress_option, show_progress
 
 
@@ -17,12 +19,13 @@ from .output import echo_json, json_option, overwrite_option, percent, progress_
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Model directory to write (created atomically).")
 @click.option("--invert", is_flag=True, help="Keep the finetuned values OUTSIDE the mask (base values inside).")
+@names_option("the checkpoints, to the mask's")
 @overwrite_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, invert: bool, overwrite: bool,
-                  progress: bool | None, as_json: bool, quiet: bool) -> None:
+def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, invert: bool, names: NameMap | None,
+                  overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Write BASE + MASK * (FINETUNED - BASE) as a model dir: the finetuned model's tensor names, dtypes,
     shards and config/tokenizer files. BASE and FINETUNED are model dirs or .safetensors files; MASK is a
     .smask file (or sharded index).
@@ -43,7 +46,7 @@ def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, inv
             bar.update(nbytes)
 
         inputs = (finetuned, out_dir) if mask is None else (finetuned, mask, out_dir)
-        applied = apply_mask(base, *inputs, invert=invert, overwrite=overwrite, progress=report)
+        applied = apply_mask(base, *inputs, invert=invert, overwrite=overwrite, progress=report, names=names)
     share = applied.from_finetuned / applied.numel if applied.numel else 0.0
     if as_json:
         echo_json({"path": str(applied.path), "tensors": applied.tensors, "numel": applied.numel,

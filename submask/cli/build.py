@@ -12,6 +12,8 @@ from ..builder import build_mask
 from ..metadata import CheckpointFile
 from ..builder.criteria import CRITERIA
 from ..format.reader import INDEX_SUFFIX, read_index
+from ..names import NameMap
+from .names import names_option
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -44,9 +46,15 @@ class ByteSize(_ParamType):
 @click.argument("finetuned")
 @click.option("-o", "--output", required=True, help="The .smask file to write (checked before the work).")
 @click.option("--criterion", type=click.Choice(CRITERIA),
-              help="exact (bitwise), atol or rtol; default: the one whose tolerance is given, else exact.")
+              help="exact (bitwise), atol, rtol, min_abs, or isclose_bf16 (the RL-subnetworks paper's rule: "
+                   "torch.isclose(delta, 0, atol=1e-5 or --atol) on a bf16 delta); default: the one whose "
+                   "tolerance is given, else exact.")
 @click.option("--atol", type=float, help="Absolute tolerance: unchanged iff |w' - w| <= ATOL.")
 @click.option("--rtol", type=float, help="Relative tolerance: unchanged iff |w' - w| <= RTOL * max(|w|, |w'|).")
+@click.option("--min-abs", type=float, help="Magnitude mask: set iff |w' - w| >= MIN_ABS.")
+@click.option("--top-k", help="Magnitude mask: the largest |w' - w| changes, this share (0.05 or 5%) of each tensor "
+                              "(or of the model with --global); ties to the lower index.")
+@click.option("--global", "global_top_k", is_flag=True, help="--top-k over the whole model instead of per tensor.")
 @click.option("--include", multiple=True, help="Only tensors whose names match this glob ('re:...' for a regex); "
                                                "repeatable.")
 @click.option("--intersect", is_flag=True, help="Compare only the tensors both checkpoints have alike.")
@@ -60,23 +68,29 @@ class ByteSize(_ParamType):
 @click.option("--hash", "hash_files", is_flag=True,
               help="Record the SHA-256 of local checkpoint files in the provenance (Hub files carry theirs); the "
                    "build then takes at least as long as hashing them.")
+@names_option("both checkpoints (and so of the mask)")
 @overwrite_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
-          include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
-          no_ladder: bool, values: bool, hash_files: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
+          min_abs: float | None, top_k: str | None, global_top_k: bool, include: tuple[str, ...], intersect: bool,
+          device: str, workers: int | None, max_shard_size: int | None,
+          no_ladder: bool, values: bool, hash_files: bool, names: NameMap | None, overwrite: bool,
+          progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
-    BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
-    repo ids org/name[@revision]. The density is the fraction of values that changed. With --values the
+    BASE and FINETUNED are .safetensors or torch.save (.bin, .pt) files, model directories of either (sharded
+    with an index or not) or Hub repo ids org/name[@revision]. The density is the fraction of values that changed. With --values the
     output is a delta, shown beside the size of the finetuned checkpoint it rebuilds.
     """
+    if global_top_k and top_k is None:
+        raise click.UsageError("--global goes with --top-k")
     built = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,
                       intersect=intersect, device=device, workers=workers, max_shard_bytes=max_shard_size,
                       progress=show_progress(progress, quiet or as_json), ladder=not no_ladder, overwrite=overwrite,
-                      values=values, hash=hash_files)
+                      values=values, hash=hash_files, names=names, min_abs=min_abs, top_k=top_k,
+                      top_k_scope="global" if global_top_k else "tensor")
     stats, path = built.stats, built.path
     numel = stats["numel"]
     ladder = stats.get("ladder", {})

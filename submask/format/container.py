@@ -21,6 +21,7 @@ from .. import safetensors_header, strict_json
 from ..errors import FormatError, HeaderChecksumError, where
 from ..metadata import check_identity
 from ..safetensors_header import LENGTH, header_length
+from ..sniff import foreign_kind
 
 METADATA_KEY = "submask"
 DIGEST_KEY = "submask_sha256"  # the header checksum (FORMAT.md §2.1)
@@ -122,7 +123,15 @@ class Container:
 
 def _parse(file: BinaryIO, path: Path) -> tuple[Any, dict[str, tuple[int, int]], int]:
     size = os.fstat(file.fileno()).st_size
-    header_length = read_header_length(file.read(8), size, path)
+    start = file.read(8)
+    try:
+        header_length = read_header_length(start, size, path)
+    except FormatError:
+        kind = foreign_kind(start)
+        if kind is None:
+            raise
+        raise FormatError(f"{path}: {kind}, not a .smask mask; if it holds masks, convert it: "
+                          f"submask convert {path} -o MASK.smask") from None
     header, outer = parse_header(file.read(header_length), path)
     spans = {name: _parse_entry(name, entry, path) for name, entry in outer.items()}
     data_size = size - 8 - header_length
@@ -147,7 +156,8 @@ def parse_header(raw: bytes, path: object = None) -> tuple[Any, dict[str, Any]]:
     at = where(path)
     metadata, outer = safetensors_header.parse_header(raw, _failing(path))
     if METADATA_KEY not in metadata:
-        raise FormatError(f"{at}no 'submask' entry in the safetensors metadata: this is not a .smask file")
+        raise FormatError(f"{at}no 'submask' entry in the safetensors metadata: this is not a .smask file (a plain "
+                          "safetensors file of masks converts with: submask convert FILE -o MASK.smask)")
     text = metadata[METADATA_KEY]
     try:
         header = strict_json.loads(text)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Callable
 from functools import cached_property
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -14,10 +16,11 @@ import numpy as np
 from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
 from ..limits import check_allocation
-from ..mask import Mask, TensorMask
+from ..mask import Mask, TensorMask, renamed_metadata
+from ..metadata import MaskMetadata, check_version, file_name_problem
+from ..names import mapped
 from ..packed import packed_nbytes
 from .container import Container, PayloadSpan
-from ..metadata import MaskMetadata, check_version, file_name_problem
 from .layout import check_layout
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
@@ -221,6 +224,22 @@ class MaskFile:
     def _container(self, name: str) -> Container:
         return self._where[name]
 
+    def renamed(self, names: Callable[[str], str]) -> "MaskFile":
+        """This open file with its tensors under the names ``names`` gives them (``submask.names.NameMap``).
+
+        The view shares the open file (closing either closes both); entries keep their stored ``name``, so
+        messages name the tensor as the file holds it.
+        """
+        new_names = mapped(self.entries, names, str(self.path))
+        view = copy.copy(self)
+        for cached in ("shapes", "counts"):
+            view.__dict__.pop(cached, None)
+        view.entries = {new_names[name]: entry for name, entry in self.entries.items()}
+        view.metadata = renamed_metadata(self.metadata, view.shapes)
+        view._where = {new_names[name]: _StoredNames(self._where[name], {new_names[name]: name})  # type: ignore[misc]
+                       for name in self.entries}
+        return view
+
     def close(self) -> None:
         for container in self._containers:
             container.close()
@@ -230,6 +249,25 @@ class MaskFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StoredNames:
+    """A container read under mapped names: ``read(new)`` reads the payload stored as ``stored[new]``."""
+
+    def __init__(self, container: Container, stored: dict[str, str]):
+        self.container, self.stored, self.path = container, stored, container.path
+
+    def read(self, name: str) -> bytes:
+        return self.container.read(self.stored.get(name, name))
+
+    def read_into(self, name: str, out: memoryview) -> None:
+        self.container.read_into(self.stored.get(name, name), out)
+
+    def payload_size(self, name: str) -> int:
+        return self.container.payload_size(self.stored.get(name, name))
+
+    def span(self, name: str) -> PayloadSpan:
+        return self.container.span(self.stored.get(name, name))
 
 
 def read_index(path: Path) -> dict[str, Any]:
