@@ -15,6 +15,7 @@ from ..breakdown import GROUP_BY
 from ..breakdown import density_breakdown
 from ..combine import combine_files
 from ..compare import compare
+from .hub import hub_options
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
 _quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -35,6 +36,7 @@ _PAIR_LEGEND = ("A->B: overlap |A and B| / |A|.  x per-tensor: Jaccard / its cha
 @click.option("--by", type=click.Choice(["layer", "module", "tensor"]), default="layer", show_default=True,
               help="Group densities by layer index, module type or tensor.")
 @json_option
+@hub_options("path")
 def stats(path: str, by: str, as_json: bool) -> None:
     """Density (share of elements set) of a mask overall and per layer, module type or tensor (reads the header)."""
     groups = density_breakdown(path, by)
@@ -56,6 +58,7 @@ def stats(path: str, by: str, as_json: bool) -> None:
 @_no_verify
 @progress_option
 @_quiet
+@hub_options("paths")
 def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool, common: bool, no_verify: bool,
                     progress: bool | None, quiet: bool) -> None:
     """Overlap and Jaccard of every pair of masks, against the values chance would give at their densities.
@@ -110,6 +113,7 @@ def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
 @progress_option
 @json_option
 @_quiet
+@hub_options("inputs")
 def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, overwrite: bool, progress: bool | None,
             as_json: bool, quiet: bool) -> None:
     """Combine masks tensor by tensor: and, or, xor, diff (first minus the others), not (of one mask).
@@ -133,6 +137,7 @@ def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, overwri
 @_no_verify
 @progress_option
 @_quiet
+@hub_options("paths")
 def plot(paths: tuple[str, ...], directory: str, common: bool, no_verify: bool, progress: bool | None,
          quiet: bool) -> None:
     """Draw a density heatmap (layer x module type, one colour scale for all) per mask and, for two or more,

@@ -10,6 +10,7 @@ import click
 from ..builder import build_mask
 from ..builder.criteria import CRITERIA
 from ..format.reader import INDEX_SUFFIX, read_index
+from .hub import hub_options
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -56,13 +57,14 @@ class ByteSize(click.ParamType):
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@hub_options("base", "finetuned", bare=True)
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
           include: tuple[str, ...], intersect: bool, device: str, workers: int | None, max_shard_size: int | None,
           no_ladder: bool, values: bool, hash_files: bool, overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
     BASE and FINETUNED are .safetensors files, model directories (sharded with an index or not) or Hub
-    repo ids org/name[@revision]. The density is the fraction of values that changed. With --values the
+    models hf://org/name[@revision][/folder] (or org/name[@revision]). The density is the fraction of values that changed. With --values the
     output is a delta, shown beside the size of the finetuned checkpoint it rebuilds.
     """
     built = build_mask(base, finetuned, output, criterion=criterion, atol=atol, rtol=rtol, include=include or None,

@@ -9,12 +9,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import FormatError
+from ..errors import FormatError, HubError
 from ..format.container import parse_header, read_header_length
 from ..format.header import TensorEntry, parse_tensor_entries
-from ..metadata import MaskMetadata
 from ..format.reader import INDEX_SUFFIX, check_shards, read_index
-from .paths import HubPath
+from ..metadata import MaskMetadata
+from .paths import HubPath, hub_target
 from .remote import Remote
 
 MASK_SUFFIX = ".smask"
@@ -29,14 +29,14 @@ class MaskListing:
     size: int
     kind: str
     tensors: int
-    ones: int
-    bits: int
+    count: int
+    numel: int
     base_model: str | None
     shards: int = 1
 
     @property
     def density(self) -> float:
-        return self.ones / self.bits if self.bits else 0.0
+        return self.count / self.numel if self.numel else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "density": self.density}
@@ -88,18 +88,21 @@ def list_masks(repo_id: str, revision: str | None = None, *, repo_type: str = "m
                endpoint: str | None = None) -> MaskListings:
     """The masks in a repo at ``revision`` (default branch if None), read from their headers only.
 
-    A damaged mask does not stop the listing: it is left out and described in ``.problems``.
+    ``repo_id`` is ``ORG/NAME[@REVISION]`` or an ``hf://`` URL; a path in it lists only the masks in that folder.
+    A mask that cannot be read does not stop the listing: it is left out and described in ``.problems``.
 
     >>> [(m.path, m.density) for m in list_masks("org/model")]      # doctest: +SKIP
     [('masks/rl.smask', 0.042)]
     """
-    remote = Remote(repo_id, repo_type, endpoint, token)
-    return listings(remote, remote.commit(revision))
+    target = hub_target(repo_id, None, revision, repo_type)
+    remote = Remote(target.repo_id, target.repo_type, endpoint, token)
+    return listings(remote, remote.commit(target.revision), target.path)
 
 
-def listings(remote: Remote, commit: str) -> MaskListings:
-    """Every mask at ``commit``: single ``.smask`` files and sharded masks (by their index), sorted by path."""
-    files = remote.files(commit)
+def listings(remote: Remote, commit: str, folder: str = "") -> MaskListings:
+    """Every mask at ``commit`` (in ``folder``, if given): single ``.smask`` files and sharded masks (by their
+    index), sorted by path."""
+    files = {path: size for path, size in remote.files(commit).items() if path.startswith(folder + "/" if folder else "")}
     found, in_shards = MaskListings(), set()
     for index in (p for p in files if p.endswith(MASK_SUFFIX + INDEX_SUFFIX)):
         with _skip_damaged(found.problems, _url(remote, index, commit)):
@@ -128,10 +131,11 @@ def listings(remote: Remote, commit: str) -> MaskListings:
 
 @contextlib.contextmanager
 def _skip_damaged(problems: list[str], url: str) -> Iterator[None]:
-    """Note a damaged mask's FormatError in ``problems`` (naming its ``url``) and go on with the next mask."""
+    """Note why a mask cannot be read (damaged, or a file the repo lists but will not serve) in ``problems``,
+    naming its ``url``, and go on with the next mask."""
     try:
         yield
-    except FormatError as exc:
+    except (FormatError, HubError) as exc:
         message = str(exc) if str(exc).startswith(url) else f"{url}: {exc}"  # an index names its cached copy
         problems.append(f"{message} (left out)")
 

@@ -13,7 +13,7 @@ from ..format.reader import INDEX_SUFFIX, MaskFile, local_mask_path, read_index
 from ..format.shards import index_bytes, renamed_index, shard_names
 from .card import CARD_PATH, render_section, replace_section
 from .listing import MaskListing, listings, mask_files
-from .paths import HubPath, is_hub_url
+from .paths import HubPath, hub_target, is_hub_url
 from .remote import DEFAULT_BRANCH, Remote, huggingface_hub
 
 Uploads = list[tuple[str, "Path | bytes"]]  # (path in the repo, local file or content)
@@ -21,7 +21,8 @@ Uploads = list[tuple[str, "Path | bytes"]]  # (path in the repo, local file or c
 
 @dataclass(frozen=True)
 class PushedMask:
-    """The result of a push: the commit made, and the pull request it opened (if ``create_pr``)."""
+    """The result of a push: the commit made, the pull request it opened (if ``create_pr``), and ``problems``:
+    masks already in the repo that could not be read for the card (left out of it)."""
 
     repo_id: str
     path: str
@@ -30,6 +31,7 @@ class PushedMask:
     files: tuple[str, ...]
     pr_url: str | None = None
     repo_type: str = "model"
+    problems: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -43,6 +45,9 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
               repo_type: str = "model", token: str | None = None, endpoint: str | None = None) -> PushedMask:
     """Upload a local mask (single file or sharded) to ``path_in_repo`` (default ``masks/NAME``) in one commit.
 
+    ``repo_id`` is ``ORG/NAME``, ``ORG/NAME@BRANCH`` or an ``hf://`` URL, which may hold the path in the repo.
+    The path is refused (before any request) unless it is written as the Hub stores it (``paths.repo_path``).
+
     Refuses to replace an existing mask unless ``overwrite``. ``revision`` is the branch to commit to (default
     branch if None); ``create_pr`` opens a pull request against it instead. With ``update_card`` the same
     commit rewrites the masks section of README.md, keeping the rest of the card byte for byte. The local
@@ -52,8 +57,10 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
     """
     if is_hub_url(os.fspath(local_path)):
         raise HubError(f"{local_path}: push takes a local mask file, not an hf:// URL")
+    target = hub_target(repo_id, path_in_repo, revision, repo_type)
+    repo_id, revision, repo_type = target.repo_id, target.revision, target.repo_type
     local = local_mask_path(local_path)
-    path = (path_in_repo or f"masks/{local.name.removesuffix(INDEX_SUFFIX)}").strip("/").removesuffix(INDEX_SUFFIX)
+    path = (target.path or f"masks/{local.name}").removesuffix(INDEX_SUFFIX)
     remote = Remote(repo_id, repo_type, endpoint, token)
     if create_repo:
         with remote.errors():
@@ -63,13 +70,16 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
     replaced = mask_files(remote, path, head)
     if replaced and not overwrite:
         raise HubError(f"{repo_id}@{branch}: a mask already exists at {path!r} (commit {head}); pass --overwrite "
-                       "(overwrite=True) to replace it, or choose another --path")
+                       "(overwrite=True) to replace it, or push to another path")
     uploads, listing_of = _local_mask(local, path, lambda paths: bool(remote.existing(paths, head)))
     hub = huggingface_hub()
     operations = [hub.CommitOperationAdd(path_in_repo=dest, path_or_fileobj=src) for dest, src in uploads]
     operations += [hub.CommitOperationDelete(path_in_repo=stale) for stale in set(replaced) - {d for d, _ in uploads}]
+    problems: list[str] = []
     if update_card:
-        card = _card(remote, head, [m for m in listings(remote, head) if m.path != path] + [listing_of])
+        present = listings(remote, head)
+        problems = present.problems
+        card = _card(remote, head, [m for m in present if m.path != path] + [listing_of])
         if card is not None:
             operations.append(hub.CommitOperationAdd(path_in_repo=CARD_PATH, path_or_fileobj=card))
     message = commit_message or f"{'Update' if replaced else 'Add'} mask {path}"
@@ -85,7 +95,7 @@ def push_mask(local_path: str | os.PathLike[str], repo_id: str, path_in_repo: st
         raise HubError(f"{repo_id}: asked for a pull request, but the Hub at {remote.url} opened none; the commit "
                        f"may have landed on {branch}: check the repo (revert it if unwanted)")
     return PushedMask(repo_id, path, info.oid, info.pr_revision or branch, tuple(d for d, _ in uploads),
-                      info.pr_url, repo_type)
+                      info.pr_url, repo_type, tuple(problems))
 
 
 def _local_mask(local: Path, path: str, taken: Callable[[list[str]], bool]) -> tuple[Uploads, MaskListing]:
