@@ -1,4 +1,4 @@
-"""``submask stats``, ``compare``, ``combine`` and ``plot``."""
+"""``submask stats``, ``compare`` and ``combine``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from .. import open as open_mask
 from ..algebra import BINARY_OPS
 from ..breakdown import GROUP_BY
 from ..breakdown import density_breakdown
@@ -128,39 +127,3 @@ def combine(op: str, inputs: tuple[str, ...], output: str, common: bool, overwri
                    "numel": numel, "density": density})
     else:
         click.echo(f"wrote {path}: {tensors} tensors, {ones:,} of {numel:,} set (density {percent(density):.4g}%)")
-
-
-@click.command()
-@click.argument("paths", nargs=-1, required=True)
-@click.option("-o", "--output", "directory", required=True, help="Directory to write the PNGs into.")
-@_common
-@_no_verify
-@progress_option
-@_quiet
-@hub_options("paths")
-def plot(paths: tuple[str, ...], directory: str, common: bool, no_verify: bool, progress: bool | None,
-         quiet: bool) -> None:
-    """Draw a density heatmap (layer x module type, one colour scale for all) per mask and, for two or more,
-    the overlap matrix."""
-    from ..plot import density_scale, plot_density, plot_overlap
-
-    out = Path(directory)
-    counts = []
-    for path in paths:
-        with open_mask(path) as mask_file:
-            counts.append({name: (e.ones, e.bits) for name, e in mask_file.entries.items()})
-    vmax = density_scale(counts)
-    written = [plot_density(tensors, out / f"{stem}.density.png", title=f"{stem}: density", vmax=vmax)
-               for stem, tensors in zip(_stems(paths), counts)]
-    if len(paths) >= 2:
-        comparison = compare(list(paths), common=common, progress=show_progress(progress, quiet),
-                             verify=not no_verify)
-        written.append(plot_overlap(comparison, out / "overlap.png"))
-    for path in written:
-        click.echo(str(path))
-
-
-def _stems(paths: tuple[str, ...]) -> list[str]:
-    """PNG name stems: the masks' file names, numbered where two masks share one (a/rl.smask, b/rl.smask)."""
-    stems = [Path(path).name.removesuffix(".index.json").removesuffix(".smask") for path in paths]
-    return [f"{stem}-{i + 1}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
