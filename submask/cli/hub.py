@@ -87,22 +87,30 @@ _repo_type = click.option("--repo-type", type=click.Choice(["model", "dataset", 
 @click.option("--overwrite", is_flag=True, help="Replace a mask already at PATH.")
 @click.option("--no-card", is_flag=True, help="Leave README.md alone (default: update its masks section).")
 @click.option("--create-repo", is_flag=True, help="Create the repo first if it does not exist.")
+@click.option("--force", is_flag=True, help="Push even if the mask does not fit the safetensors weights in the repo.")
+@click.option("--base-model", metavar="ORG/NAME[@REV]",
+              help="The Hub model the mask describes, for the card (a mask built from the Hub records it).")
 @json_option
 @_repo_type
 @hub_options("repo", bare=True)
 def push(repo: str, file: str, path_in_repo: str | None, create_pr: bool, message: str | None, overwrite: bool,
-         no_card: bool, create_repo: bool, as_json: bool, repo_type: str) -> None:
+         no_card: bool, create_repo: bool, force: bool, base_model: str | None, as_json: bool, repo_type: str) -> None:
     """Upload mask FILE (or a sharded mask's index) to Hub repo REPO at PATH (default masks/FILENAME) in one commit.
 
-    The order is `hf upload`'s: REPO FILE [PATH]. REPO is ORG/NAME, or hf://ORG/NAME[@BRANCH][/PATH].
+    The order is `hf upload`'s: REPO FILE [PATH]. REPO is ORG/NAME, or hf://ORG/NAME[@BRANCH][/PATH]. The
+    mask must fit the repo's safetensors weights (names and shapes, read from their headers) unless --force.
+    The commit also updates the model card (masks table, base_model and a submask tag in its metadata) and
+    uploads the mask's density picture next to it, unless --no-card.
     """
     pushed = push_mask(file, repo, path_in_repo, create_pr=create_pr, commit_message=message, overwrite=overwrite,
-                       update_card=not no_card, create_repo=create_repo, repo_type=repo_type)
+                       update_card=not no_card, create_repo=create_repo, force=force, base_model=base_model,
+                       repo_type=repo_type)
     for problem in pushed.problems:
         click.echo(f"warning: {problem}", err=True)
     if as_json:
         echo_json({"repo": pushed.repo_id, "path": pushed.path, "revision": pushed.revision, "commit": pushed.commit,
-                   "files": list(pushed.files), "pr_url": pushed.pr_url, "url": pushed.url})
+                   "files": list(pushed.files), "picture": pushed.picture, "pr_url": pushed.pr_url, "url": pushed.url,
+                   "problems": list(pushed.problems)})
         return
     click.echo(f"pushed {pushed.path} to {pushed.repo_id}@{pushed.revision} (commit {pushed.commit})")
     if pushed.pr_url:
