@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import click
@@ -66,14 +67,14 @@ def plot(paths: tuple[str, ...], directory: str, kinds: tuple[str, ...], fmt: st
     planned: list[tuple[Path, Callable[[Path], Path]]] = []
     if "density" in chosen:
         vmax = density_scale(c for c, _ in headers) if shared_scale else None
-        planned += [(out / f"{stem}.density.{fmt}", lambda t, c=c, s=stem: plot_density(c, t, s, vmax=vmax))
+        planned += [(out / f"{stem}.density.{fmt}", partial(plot_density, c, title=stem, vmax=vmax))
                     for stem, (c, _) in zip(stems, headers)]
     if "layers" in chosen:
-        planned += [(out / f"{stem}.layers.{fmt}", lambda t, c=c, s=stem: plot_layers(c, t, s))
+        planned += [(out / f"{stem}.layers.{fmt}", partial(plot_layers, c, title=stem))
                     for stem, (c, _) in zip(stems, headers) if layer_densities(c)[0] or kinds]
     ladders = {stem: (rungs, sum(n for _, n in c.values())) for stem, (c, rungs) in zip(stems, headers) if rungs}
     if "ladder" in chosen and (ladders or kinds):
-        planned.append((out / f"ladder.{fmt}", lambda t: plot_ladder(ladders, t, "update density")))
+        planned.append((out / f"ladder.{fmt}", partial(plot_ladder, ladders, title="update density")))
     if "overlap" in chosen and (len(paths) >= 2 or kinds):
         if len(paths) < 2:
             raise click.UsageError("--kind overlap needs two masks or more")

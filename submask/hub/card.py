@@ -83,7 +83,7 @@ def replace_section(card: str | None, section: str, repo_id: str) -> str:
 def merge_metadata(card: str, base_model: str | None) -> str:
     """``card`` with ``base_model: ORG/NAME`` (when given and absent) and the ``submask`` tag (when absent) in its
     YAML front matter (created when missing); every other line is kept as it is."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # huggingface_hub depends on PyYAML
 
     match = _FRONT.match(card)
     block = match.group(1) if match else ""
