@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ Counts = Mapping[str, tuple[int, int]]  # tensor name -> (count, numel)
 _ABOVE = ("embeddings",)
 _BELOW = ("norm", "lm_head", "pooler")
 _NO_TENSOR = "no such tensor"
+#: (pattern, rank) of module types inside a block, most specific first: columns and lines in the order the block
+#: computes them (Llama, BERT, GPT-2 spellings); unknown types keep their first-seen order after these
+_MODULE_ORDER = tuple((re.compile(pattern), rank) for pattern, rank in (
+    (r"input_layernorm|ln_1|attention_norm", 0), (r"q_proj|query|q_lin|\bwq\b", 1), (r"k_proj|key|k_lin|\bwk\b", 2),
+    (r"v_proj|value|v_lin|\bwv\b", 3), (r"attention\.output\.LayerNorm|post_attention_layernorm|ln_2", 5),
+    (r"o_proj|attention\.output\.dense|out_proj|attn\.c_proj|\bwo\b", 4), (r"c_attn", 1),
+    (r"pre_feedforward|ffn_norm", 6), (r"gate_proj|\bw1\b", 7), (r"up_proj|intermediate|fc1|c_fc|\bw3\b", 8),
+    (r"output\.LayerNorm|post_feedforward", 10), (r"down_proj|output\.dense|fc2|mlp\.c_proj|\bw2\b", 9)))
 
 
 def _pyplot() -> Any:
@@ -65,7 +74,7 @@ def density_grid(counts: Counts) -> tuple[list[str], list[str], np.ndarray]:
     outside = [r for r in rows if not r.isdigit()]
     rows = ([r for r in _ABOVE if r in outside] + layers + [r for r in _BELOW if r in outside]
             + [r for r in outside if r not in _ABOVE + _BELOW])
-    modules = list(dict.fromkeys(module for (row, module) in sorted(cells, key=lambda c: rows.index(c[0])) if module))
+    modules = module_order(module for _, module in cells if module)
     grid = np.full((len(rows), max(len(modules), 1)), math.nan)
     for (row, module), (count, numel) in cells.items():
         value = count / numel if numel else math.nan
@@ -74,6 +83,14 @@ def density_grid(counts: Counts) -> tuple[list[str], list[str], np.ndarray]:
         else:
             grid[rows.index(row), :] = value
     return rows, modules, grid
+
+
+def module_order(modules: Iterable[str]) -> list[str]:
+    """Module types in the order a transformer block computes them (norm, q, k, v, o, norm, gate, up, down)."""
+    def rank(module: str) -> int:
+        return next((rank for pattern, rank in _MODULE_ORDER if pattern.search(module)), len(_MODULE_ORDER))
+
+    return sorted(dict.fromkeys(modules), key=rank)
 
 
 def density_scale(masks: Iterable[Counts]) -> float:
@@ -136,7 +153,7 @@ def layer_densities(counts: Counts) -> tuple[list[int], dict[str, list[float]]]:
             cell[0] += count
             cell[1] += numel
     layers = sorted({layer for layer, _ in cells})
-    modules = dict.fromkeys(module for _, module in sorted(cells, key=lambda c: c[0]))
+    modules = module_order(module for _, module in cells)
     return layers, {module: [cells[(layer, module)][0] / cells[(layer, module)][1]
                              if (layer, module) in cells and cells[(layer, module)][1] else math.nan
                              for layer in layers] for module in modules}
@@ -179,10 +196,11 @@ def plot_ladder(ladders: Mapping[str, tuple[Sequence[tuple[float, int]], int]], 
         raise UsageError("no mask holds a tolerance ladder (stats['ladder'], recorded by build): nothing to draw")
     tolerances = sorted({atol for rungs, _ in ladders.values() for atol, _ in rungs})
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, (rungs, numel) in ladders.items():
+    for k, (label, (rungs, numel)) in enumerate(ladders.items()):
         x = [tolerances.index(atol) for atol, _ in rungs]
         y = [percent_of(changed / numel) if numel else math.nan for _, changed in rungs]
-        ax.plot(x, y, marker="o", markersize=4, linewidth=1.6, label=label)
+        ax.plot(x, y, marker="osD^v<>"[k % 7], markersize=5 - k % 3, linewidth=1.6, label=label,
+                linestyle=("-", "--", ":", "-.")[k % 4])  # curves that coincide stay visible
     ax.set_xticks(range(len(tolerances)), ["exact" if atol == 0 else f"{atol:g}" for atol in tolerances])
     ax.set_xlabel("atol: a change of at most atol counts as unchanged")
     ax.set_ylabel("density (% of entries changed)")

@@ -36,8 +36,8 @@ def svg_text(path: Path) -> list[str]:
 def test_density_grid_is_in_model_order() -> None:
     rows, modules, grid = density_grid(COUNTS)
     assert rows == ["embeddings", "0", "1", "2", "norm", "lm_head"]
-    assert modules == ["self_attn.q_proj", "mlp.up_proj", "input_layernorm"]
-    assert grid[1].tolist() == [0.10, 0.11, 0.12] and np.isnan(grid[3, 1])
+    assert modules == ["input_layernorm", "self_attn.q_proj", "mlp.up_proj"]  # the order a block computes them
+    assert grid[1].tolist() == [0.12, 0.10, 0.11] and np.isnan(grid[3, 2])
     assert grid[0].tolist() == [0.01] * 3 and grid[5].tolist() == [0.17] * 3  # rows outside the layers span
 
 
