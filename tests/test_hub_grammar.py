@@ -159,3 +159,19 @@ def test_build_and_apply_take_hf_urls(hub_env: HubServer, hub_api: HfApi, hub_re
     code, _, err = run("apply", f"hf://{hub_repo}/base", delta, "-o", tmp_path / "model", "--revision", first)
     assert code == 0, err
     assert (tmp_path / "model" / "tuned.safetensors").read_bytes() == tuned.read_bytes()
+
+
+def test_validate_names_the_url_of_a_damaged_hub_mask(hub_env: HubServer, hub_api: HfApi, hub_repo: str,
+                                                      tmp_path: Path) -> None:
+    import submask
+
+    local = save(make_mask(1), tmp_path / "rl.smask")
+    data = bytearray(local.read_bytes())
+    with submask.open(local) as mask_file:
+        name = next(iter(mask_file.entries))
+        at = bytes(data).index(mask_file.payload(name))
+    data[at] ^= 0x01  # a payload bit: the header still parses, the tensor's checksum fails
+    hub_api.upload_file(path_or_fileobj=bytes(data), path_in_repo="masks/bad.smask", repo_id=hub_repo)
+    url = f"hf://{hub_repo}/masks/bad.smask"
+    code, _, err = run("validate", url)
+    assert code == 1 and f"hf://{hub_repo}/masks/bad.smask" in err and "snapshots" not in err

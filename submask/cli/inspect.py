@@ -12,6 +12,7 @@ from .. import open as open_mask
 from ..errors import SubmaskError
 from ..format.stats import ladder_rungs, stats_problems
 from ..hub.paths import is_hub_url
+from ..hub.pull import as_typed
 from .hub import hub_options
 from .output import echo_json, format_table, json_option, percent
 
@@ -133,6 +134,8 @@ def validate(path: str, as_json: bool) -> None:
     try:
         with open_mask(path) as mask_file:
             problems, tensors = mask_file.problems(), len(mask_file)
+            if is_hub_url(path):  # name the URL given, not the cache file
+                problems = [as_typed(problem, path, mask_file.path) for problem in problems]
     except SubmaskError as exc:
         problems, tensors = [str(exc)], 0
     if as_json:

@@ -101,12 +101,17 @@ def shown_as(url: str, local: Path) -> Iterator[None]:
     try:
         yield
     except SubmaskError as exc:
-        parts = local.parts
-        if "snapshots" in parts[:-1]:
-            root = str(Path(*parts[:parts.index("snapshots") + 2])) + os.sep
-            repo_url = parse_hub_url(url).repo_url + "/"
-            exc.args = tuple(arg.replace(root, repo_url) if isinstance(arg, str) else arg for arg in exc.args)
+        exc.args = tuple(as_typed(arg, url, local) if isinstance(arg, str) else arg for arg in exc.args)
         raise
+
+
+def as_typed(message: str, url: str, local: Path) -> str:
+    """``message`` with the cache folder of ``local`` (a file pulled for ``url``) written as ``url``'s repo."""
+    parts = Path(local).parts
+    if "snapshots" not in parts[:-1]:
+        return message
+    root = str(Path(*parts[:parts.index("snapshots") + 2])) + os.sep
+    return message.replace(root, parse_hub_url(url).repo_url + "/")
 
 
 def _verify(local: Path, url: str) -> None:
