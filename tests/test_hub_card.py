@@ -10,17 +10,16 @@ import pytest
 
 pytest.importorskip("huggingface_hub")
 
-from click.testing import CliRunner  # noqa: E402
-from huggingface_hub import HfApi  # noqa: E402
-from hub_server import HubServer  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
+from click.testing import CliRunner
+from hub_server import HubServer
+from huggingface_hub import HfApi
+from safetensors.numpy import save_file
 
-import submask  # noqa: E402
-from submask import MismatchError  # noqa: E402
-from submask.cli import main  # noqa: E402
-from submask.hub import push_mask  # noqa: E402
-from submask.hub.card import END, START, merge_metadata, render_section  # noqa: E402
-from submask.hub.listing import MaskListing  # noqa: E402
+import submask
+from submask.cli import main
+from submask.hub import push_mask
+from submask.hub.card import END, START, merge_metadata, render_section
+from submask.hub.listing import MaskListing
 
 
 def run(*args: object) -> tuple[int, str, str]:
@@ -86,10 +85,10 @@ def test_push_checks_the_repo_weights_from_headers(hub_env: HubServer, hub_api: 
     weights = [r for r in hub_env.requests if r.path.endswith("/model.safetensors")]
     assert weights and all(r.range is not None for r in weights if r.method == "GET")  # headers only
 
-    code, out, err = run("push", hub_repo, other, "--force")
+    code, _, err = run("push", hub_repo, other, "--force")
     assert code == 0 and "warning: " in err and "--force" in err
     fitting = weights_and_mask(tmp_path, dict(list(NAMES.items())[:1]))
-    code, out, err = run("push", hub_repo, fitting, "masks/fit.smask", "--base-model", "org/base@v1")
+    code, _out, err = run("push", hub_repo, fitting, "masks/fit.smask", "--base-model", "org/base@v1")
     assert (code, err) == (0, "")
 
 

@@ -10,15 +10,15 @@ import pytest
 
 pytest.importorskip("huggingface_hub")
 
-from click.testing import CliRunner  # noqa: E402
-from huggingface_hub import CommitOperationAdd, HfApi  # noqa: E402
-from hub_server import HubServer  # noqa: E402
-from test_hub import make_mask, save  # noqa: E402
+from click.testing import CliRunner
+from hub_server import HubServer
+from huggingface_hub import CommitOperationAdd, HfApi
+from test_hub import make_mask, save
 
-from submask import HubError  # noqa: E402
-from submask.cli import main  # noqa: E402
-from submask.hub import HubPath, list_masks, pull_mask, push_mask  # noqa: E402
-from submask.hub.paths import hub_target, parse_hub_ref, repo_path  # noqa: E402
+from submask import HubError
+from submask.cli import main
+from submask.hub import HubPath, list_masks, pull_mask, push_mask
+from submask.hub.paths import hub_target, parse_hub_ref, repo_path
 
 
 def run(*args: object) -> tuple[int, str, str]:
@@ -95,6 +95,8 @@ def test_push_pull_ls_take_hf_urls(hub_env: HubServer, hub_api: HfApi, hub_repo:
     assert (code, out) == (0, f"pushed runs/rl.smask to {hub_repo}@dev (commit {dev})\n")
     assert "runs/rl.smask" not in hub_api.list_repo_files(hub_repo)  # main untouched
 
+    code, _, err = run("push", local, hub_repo)  # the order before hf upload's
+    assert code == 2 and f"submask push {hub_repo} {local}" in err
     code, out, err = run("pull", f"hf://{hub_repo}@dev/runs/rl.smask")
     assert code == 0 and len(out.splitlines()) == 1 and Path(out.strip()).read_bytes() == local.read_bytes()
     assert err == f"commit {dev} ({hub_repo}@dev)\n"

@@ -11,13 +11,13 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from click.testing import CliRunner  # noqa: E402
+from click.testing import CliRunner
 
-import submask  # noqa: E402
-from submask import Mask  # noqa: E402
-from submask.cli import main  # noqa: E402
-from submask.compare import compare  # noqa: E402
-from submask.plot import density_grid, layer_densities, plot_density, plot_ladder, plot_layers, plot_overlap  # noqa: E402
+import submask
+from submask import Mask
+from submask.cli import main
+from submask.compare import compare
+from submask.plot import density_grid, layer_densities, plot_density, plot_ladder, plot_layers, plot_overlap
 
 COUNTS = {  # name -> (count, numel): a Llama-like model, lm_head and the final norm listed before the layers
     "lm_head.weight": (17, 100),

@@ -80,7 +80,7 @@ _repo_type = click.option("--repo-type", type=click.Choice(["model", "dataset", 
 
 @click.command()
 @click.argument("repo")
-@click.argument("file", type=click.Path(exists=True))
+@click.argument("file")
 @click.argument("path_in_repo", metavar="[PATH]", required=False)
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--message", "-m", help="Commit message.")
@@ -102,6 +102,8 @@ def push(repo: str, file: str, path_in_repo: str | None, create_pr: bool, messag
     The commit also updates the model card (masks table, base_model and a submask tag in its metadata) and
     uploads the mask's density picture next to it, unless --no-card.
     """
+    if Path(repo).is_file() and not Path(file).exists():
+        raise click.UsageError(f"push takes REPO FILE [PATH], in the order of `hf upload`: submask push {file} {repo}")
     pushed = push_mask(file, repo, path_in_repo, create_pr=create_pr, commit_message=message, overwrite=overwrite,
                        update_card=not no_card, create_repo=create_repo, force=force, base_model=base_model,
                        repo_type=repo_type)
