@@ -83,6 +83,7 @@ def test_ls_and_card_skip_an_entry_they_cannot_read(hub_env: HubServer, hub_api:
     code, out, err = run("ls", hub_repo, "--json")
     listed = json.loads(out)
     assert code == 0 and [m["path"] for m in listed["masks"]] == ["masks/good.smask"]
+    assert (listed["repo"], listed["revision"]) == (hub_repo, None)
     assert len(listed["problems"]) == 1 and "masks/./y.smask" in listed["problems"][0]
     assert "warning: " in err
 

@@ -150,7 +150,9 @@ def ls(repo: str, as_json: bool, repo_type: str) -> None:
     for problem in masks.problems:  # a mask that cannot be read is reported, the others still listed
         click.echo(f"warning: {problem}", err=True)
     if as_json:
-        echo_json({"masks": [m.to_json() for m in masks], "problems": masks.problems})
+        target = hub_target(repo)
+        echo_json({"repo": target.repo_id, "revision": target.revision, "masks": [m.to_json() for m in masks],
+                   "problems": masks.problems})
         return
     if not masks:
         shown = parse_hub_ref(repo).url if is_hub_url(repo) else repo
