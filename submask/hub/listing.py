@@ -116,8 +116,8 @@ def listings(remote: Remote, commit: str, folder: str = "") -> MaskListings:
                                                  len(shards)))
     for path in (p for p in files if p.endswith(MASK_SUFFIX) and p not in in_shards):
         with _skip_damaged(found.problems, _url(remote, path, commit)):
-            metadata, entries = _parsed(remote_header(remote, path, files[path], commit), _url(remote, path, commit))
-            found.append(MaskListing.from_header(path, files[path], metadata, entries.values()))
+            metadata, by_name = _parsed(remote_header(remote, path, files[path], commit), _url(remote, path, commit))
+            found.append(MaskListing.from_header(path, files[path], metadata, by_name.values()))
     found.sort(key=lambda listing: listing.path)
     return found
 
