@@ -22,6 +22,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Union
 
 from .delta import Delta
@@ -62,7 +63,9 @@ def open(path: str | os.PathLike[str], *, max_bits: int | None = None,  # noqa: 
 
     ``max_bits`` guards untrusted files: a mask of more bits in all raises LimitError before any decoding.
     """
-    return MaskFile(_local(path, hub_options)[0], max_bits=max_bits)
+    local = _local(path, hub_options)[0]
+    with _shown_as(path, local):
+        return MaskFile(local, max_bits=max_bits)
 
 
 def load(path: str | os.PathLike[str], *, max_bits: int | None = None, expect_model: Shapes | None = None,
@@ -73,7 +76,7 @@ def load(path: str | os.PathLike[str], *, max_bits: int | None = None, expect_mo
     ``expect_model`` (parameter name -> shape) checks that the mask fits that model (MismatchError otherwise).
     """
     local, source = _local(path, hub_options)
-    with MaskFile(local, max_bits=max_bits) as mask_file:
+    with _shown_as(path, local), MaskFile(local, max_bits=max_bits) as mask_file:
         mask = mask_file.load()
     if source is not None:
         mask.metadata.extra["source"] = source
@@ -88,7 +91,7 @@ def load_delta(path: str | os.PathLike[str], *, max_bits: int | None = None, **h
     A mask without values loads as a Delta with no values.
     """
     local, source = _local(path, hub_options)
-    with MaskFile(local, max_bits=max_bits) as mask_file:
+    with _shown_as(path, local), MaskFile(local, max_bits=max_bits) as mask_file:
         mask = mask_file.load()
         check_allocation(sum(entry.values.size for entry in mask_file.entries.values() if entry.values is not None),
                          f"{local}: the delta's values")
@@ -113,6 +116,15 @@ def save(mask: Mask | Delta, path: str | os.PathLike[str], *, encoding: str | Ma
         for name, tensor in delta.mask.items():
             chosen = encoding if isinstance(encoding, str) else encoding.get(name, "auto")
             writer.add(name, tensor, chosen, values=delta.values.get(name))
+
+
+def _shown_as(path: str | os.PathLike[str], local: os.PathLike[str]) -> contextlib.AbstractContextManager[None]:
+    """Errors about a mask pulled from an hf:// URL name that URL, not the cache file."""
+    if not is_hub_url(os.fspath(path)):
+        return contextlib.nullcontext()
+    from .hub.pull import shown_as
+
+    return shown_as(os.fspath(path), Path(local))
 
 
 def _local(path: str | os.PathLike[str], hub_options: dict[str, Any]) -> tuple[os.PathLike[str], dict[str, Any] | None]:

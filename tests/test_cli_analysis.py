@@ -117,9 +117,9 @@ def test_compare_and_plot_verify_crcs_unless_no_verify(files: tuple, tmp_path: P
     assert code == 1 and "damaged.smask" in err and "CRC-32" in err
     code, out, _ = invoke("compare", damaged, paths[1], "-q", "--no-verify", "--json")
     assert code == 0 and json.loads(out)["pairs"][0]["count_a"] == sum(a.sum() for a in files[1][0].values())
-    code, _, err = invoke("plot", damaged, paths[1], "-o", tmp_path / "plots", "-q")
+    code, _, err = invoke("plot", damaged, paths[1], "-o", tmp_path / "plots", "-q", "--kind", "overlap")
     assert code == 1 and "CRC-32" in err
-    assert invoke("plot", damaged, paths[1], "-o", tmp_path / "plots", "-q", "--no-verify")[0] == 0
+    assert invoke("plot", damaged, paths[1], "-o", tmp_path / "plots", "-q", "--no-verify", "--kind", "overlap")[0] == 0
 
 
 def test_combine_writes_mask_with_provenance(files: tuple, tmp_path: Path) -> None:
@@ -142,7 +142,8 @@ def test_plot_writes_png_heatmaps(files: tuple, tmp_path: Path) -> None:
     code, out, _ = invoke("plot", *paths, "-o", tmp_path / "plots", "-q")
     assert code == 0
     written = [Path(line) for line in out.splitlines()]
-    assert [p.name for p in written] == ["run0.density.png", "run1.density.png", "run2.density.png", "overlap.png"]
+    assert [p.name for p in written] == ["run0.density.png", "run1.density.png", "run2.density.png", "run0.layers.png",
+                                         "run1.layers.png", "run2.layers.png", "overlap.png"]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as image:
@@ -168,11 +169,14 @@ def test_plot_keeps_same_named_masks_apart_on_one_colour_scale(tmp_path: Path) -
         paths.append(tmp_path / folder / "rl.smask")
         paths[-1].parent.mkdir()
         submask.save(Mask.from_numpy({"model.layers.0.mlp.up_proj.weight": bits.reshape(40, 50)}), paths[-1])
-    code, out, _ = invoke("plot", *paths, "-o", tmp_path / "plots", "-q")
+    code, out, _ = invoke("plot", *paths, "-o", tmp_path / "plots", "-q", "--kind", "density", "--kind", "overlap")
     assert code == 0
     assert [Path(line).name for line in out.splitlines()] == ["rl-1.density.png", "rl-2.density.png", "overlap.png"]
     sparse, dense = (_dominant_colour(tmp_path / "plots" / f"rl-{i}.density.png") for i in (1, 2))
-    assert sparse != dense  # one scale: 10% and 40% get different colours (each on its own scale, both the top)
+    assert sparse == dense  # each mask on its own scale: both at the top of it
+    code, out, _ = invoke("plot", *paths, "-o", tmp_path / "shared", "-q", "--kind", "density", "--shared-scale")
+    sparse, dense = (_dominant_colour(tmp_path / "shared" / f"rl-{i}.density.png") for i in (1, 2))
+    assert code == 0 and sparse != dense  # one scale: 10% and 40% get different colours
 
 
 def test_info_is_readable_for_a_combined_mask(files: tuple, tmp_path: Path) -> None:

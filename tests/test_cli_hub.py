@@ -24,13 +24,13 @@ def run(*args: str) -> tuple[int, str, str]:
 
 def test_push_pull_ls_info(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tmp_path: Path) -> None:
     local = save(make_mask(1), tmp_path / "rl.smask")
-    code, out, _ = run("push", local, hub_repo, "--message", "Add RL mask")
+    code, out, _ = run("push", hub_repo, local, "--message", "Add RL mask")
     head = hub_api.model_info(hub_repo).sha
     assert (code, out) == (0, f"pushed masks/rl.smask to {hub_repo}@main (commit {head})\n")
     assert hub_api.list_repo_commits(hub_repo)[0].title == "Add RL mask"
 
-    code, out, _ = run("pull", hub_repo, "masks/rl.smask", "-o", tmp_path / "copy.smask")
-    assert (code, out) == (0, f"{tmp_path / 'copy.smask'}\ncommit {head} ({hub_repo}@main)\n")
+    code, out, err = run("pull", hub_repo, "masks/rl.smask", "-o", tmp_path / "copy.smask")
+    assert (code, out, err) == (0, f"{tmp_path / 'copy.smask'}\n", f"commit {head} ({hub_repo}@main)\n")
     assert (tmp_path / "copy.smask").read_bytes() == local.read_bytes()
 
     code, out, _ = run("ls", hub_repo)
@@ -40,7 +40,7 @@ def test_push_pull_ls_info(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tm
     assert row.split() == ["masks/rl.smask", str(local.stat().st_size), "update", "3",
                            f"{100 * make_mask(1).density:.4g}", "org/base-model"]
     code, out, _ = run("ls", hub_repo, "--json")
-    assert json.loads(out)[0]["ones"] == make_mask(1).count
+    assert json.loads(out)["masks"][0]["count"] == make_mask(1).count
 
     code, out, _ = run("info", f"hf://{hub_repo}@{head}/masks/rl.smask", "--json")
     assert (code, json.loads(out)["count"], json.loads(out)["tensors"]) == (0, make_mask(1).count, 3)
@@ -48,11 +48,11 @@ def test_push_pull_ls_info(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tm
 
 def test_overwrite_pr_and_no_card(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tmp_path: Path) -> None:
     local = save(make_mask(1), tmp_path / "rl.smask")
-    assert run("push", local, hub_repo, "--path", "m/rl.smask", "--no-card")[0] == 0
-    code, _, err = run("push", local, hub_repo, "--path", "m/rl.smask")
+    assert run("push", hub_repo, local, "m/rl.smask", "--no-card")[0] == 0
+    code, _, err = run("push", hub_repo, local, "m/rl.smask")
     assert code == 1 and err.startswith(f"error: {hub_repo}@main: a mask already exists at 'm/rl.smask'")
     assert "--overwrite" in err
-    code, out, _ = run("push", local, hub_repo, "--path", "m/rl.smask", "--overwrite", "--create-pr")
+    code, out, _ = run("push", hub_repo, local, "m/rl.smask", "--overwrite", "--create-pr")
     assert code == 0 and out.splitlines()[1].endswith("/discussions/1")
     assert hub_api.list_repo_files(hub_repo) == [".gitattributes", "m/rl.smask"]  # no README on main
     code, out, _ = run("pull", hub_repo, "m/rl.smask", "--revision", "refs/pr/1", "--json")
@@ -70,9 +70,9 @@ def test_explicit_endpoint_and_errors(hub_server: HubServer, hub_repo: str) -> N
 
 def test_bad_path_overwrite_policy_and_json(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tmp_path: Path) -> None:
     local = save(make_mask(1), tmp_path / "rl.smask")
-    code, _, err = run("push", local, hub_repo, "--path", "../x.smask")
+    code, _, err = run("push", hub_repo, local, "../x.smask")
     assert code == 1 and err.startswith("error: ") and "../x.smask" in err and len(err.splitlines()) == 1
-    code, out, _ = run("push", local, hub_repo, "--json")
+    code, out, _ = run("push", hub_repo, local, "--json")
     pushed = json.loads(out)
     assert code == 0 and (pushed["path"], pushed["commit"]) == ("masks/rl.smask", hub_api.model_info(hub_repo).sha)
     copy = tmp_path / "copy.smask"

@@ -48,5 +48,7 @@ def test_build_then_stats_compare_combine_plot(minilm_bf16, minilm_fp32, tmp_pat
 
     out = run("plot", bf16, fp32, "-o", tmp_path / "plots", "--quiet")
     pngs = sorted((tmp_path / "plots").glob("*.png"))
-    assert len(pngs) == 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert [p.name for p in pngs] == ["bf16.density.png", "bf16.layers.png", "fp32.density.png", "fp32.layers.png",
+                                      "ladder.png", "overlap.png"]  # two built masks: every figure applies
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert all(str(p) in out or p.name in out for p in pngs)

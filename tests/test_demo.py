@@ -100,6 +100,6 @@ def test_applied_model_and_restricted_run(demo_run: tuple[Path, str]) -> None:
 def test_plots_are_written(demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())
-    assert len(report["plots"]) == 5
+    assert len(report["plots"]) == 2 + 2 * len(report["runs"])
     for path in report["plots"]:
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -72,7 +72,7 @@ def test_ls_and_card_accept_200_answers_streaming_only_the_header(hub: dict, no_
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert [(m.path, m.size, m.tensors, m.ones) for m in listed] == [
+    assert [(m.path, m.size, m.tensors, m.count) for m in listed] == [
         ("masks/big.smask", big.stat().st_size, 1, bits.count), ("masks/small.smask", small.stat().st_size, 3,
                                                                   make_mask(1).count)]
     assert listed.problems == []
@@ -114,7 +114,7 @@ def test_end_marker_in_provenance_is_escaped_in_the_card(hub: dict, hub_api: HfA
     card = pull_readme(hub_api, hub_repo, tmp_path).decode()
     assert card.count(START) == 1 and card.count(END) == 1
     [row] = [line for line in card.splitlines() if line.startswith("| `masks/hostile.smask`")]
-    assert "| x &lt;!-- submask:end --> y \\| &lt;!-- submask:start --> z |" in row
+    assert "| not recorded (built from local files) |" in row  # a source that is no repo id is not shown
 
 
 def test_pull_of_a_damaged_mask_fails_and_writes_nothing(hub: dict, hub_server: HubServer, hub_api: HfApi,
@@ -202,11 +202,12 @@ def test_push_publishes_no_local_paths(hub: dict, hub_server: HubServer, hub_api
     push_mask(built, hub_repo, **hub)
     hub_api.upload_file(path_or_fileobj=built.read_bytes(), path_in_repo="masks/copy.smask", repo_id=hub_repo)
     card = pull_readme(hub_api, hub_repo, tmp_path).decode()
-    assert "| `masks/rl.smask` | update | base.safetensors |" in card and str(tmp_path) not in card
-    assert [m.base_model for m in list_masks(hub_repo, **hub)] == ["base.safetensors"] * 2
+    assert "| `masks/rl.smask` | update | not recorded (built from local files) |" in card
+    assert str(tmp_path) not in card and "None" not in card
+    assert [m.base_model for m in list_masks(hub_repo, **hub)] == [None] * 2
     result = cli(hub_server, tmp_path, "ls", hub_repo, "--json")
     assert result.returncode == 0 and str(tmp_path) not in result.stdout
-    assert [m["base_model"] for m in json.loads(result.stdout)] == ["base.safetensors"] * 2
+    assert [m["base_model"] for m in json.loads(result.stdout)["masks"]] == [None] * 2
 
     pinned = Mask.from_numpy({"w": np.eye(4, dtype=bool)},
                              provenance={"base": {"source": "org/base", "revision": "a" * 40}},
@@ -216,7 +217,7 @@ def test_push_publishes_no_local_paths(hub: dict, hub_server: HubServer, hub_api
     push_mask(save(unnamed, tmp_path / "unnamed.smask"), hub_repo, **hub)
     published = {m.path: m.base_model for m in list_masks(hub_repo, **hub)}
     assert published["masks/pinned.smask"] == f"org/base@{'a' * 40}"
-    assert published["masks/unnamed.smask"] == "run-7"
+    assert published["masks/unnamed.smask"] is None  # a model name is not the base model
 
 
 def test_max_bits_guards_hf_urls_before_any_decoding(hub: dict, hub_api: HfApi, hub_repo: str,

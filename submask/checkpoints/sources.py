@@ -8,7 +8,8 @@ unsigned integers. ``open_source`` accepts:
   which shard holds which tensor; tensors in a shard but not in the map are ignored), or
   ``model.safetensors``, or else every ``*.safetensors`` file in it; without safetensors files, the same
   with ``pytorch_model.bin.index.json``, ``pytorch_model.bin`` or ``*.bin``/``*.pt`` files;
-- a Hub repo id ``org/name`` or ``org/name@revision``: headers are read with HTTP range requests, and each
+- a Hub model ``hf://org/name[@revision][/folder or file.safetensors]`` (or the bare repo id
+  ``org/name[@revision]``): headers are read with HTTP range requests, and each
   shard is downloaded through huggingface_hub's cache when the build first reads from it, at the commit
   sha the revision resolved to when the source was opened;
 - a state dict (name -> torch tensor or numpy array) or an ``nn.Module`` (its ``state_dict()``).
@@ -195,19 +196,25 @@ class RenamedSource(Source):
 
 
 def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:
-    """A Source for a path, a Hub repo id (``org/name[@revision]``), a state dict, an ``nn.Module`` or a Source.
+    """A Source for a path, a Hub model (``hf://org/name[@revision][/path]`` or ``org/name[@revision]``), a state
+    dict, an ``nn.Module`` or a Source.
 
     ``api`` (an ``HfApi``, for its endpoint and token) and ``cache_dir`` apply to Hub repos only.
     """
     if isinstance(spec, Source):
         return spec
+    if isinstance(spec, str) and spec.startswith("hf://"):
+        from ..hub.paths import parse_hub_ref
+
+        target = parse_hub_ref(spec)
+        return hub_source(target.repo_id, target.revision, api=api, cache_dir=cache_dir, path=target.path)
     if isinstance(spec, (str, os.PathLike)):
         if Path(spec).exists():
             return local_source(spec)
         if isinstance(spec, str) and REPO_ID.match(spec):
             repo, _, revision = spec.partition("@")
             return hub_source(repo, revision or None, api=api, cache_dir=cache_dir)
-        raise SourceError(f"{spec}: no such file or directory (nor a Hub repo id 'org/name[@revision]')")
+        raise SourceError(f"{spec}: no such file or directory (nor a Hub model hf://org/name[@revision][/path])")
     if isinstance(spec, Mapping):
         return StateDictSource(spec)
     if callable(getattr(spec, "state_dict", None)):
@@ -289,33 +296,41 @@ def _pickled_dir(path: Path, available: set[str]) -> Source:
 
 
 def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = None,
-               cache_dir: str | os.PathLike[str] | None = None) -> ShardedSource:
-    """A Hub model repo at ``revision`` (default branch if None), pinned to the commit it resolves to now."""
+               cache_dir: str | os.PathLike[str] | None = None, path: str = "") -> ShardedSource:
+    """A Hub model repo at ``revision`` (default branch if None), pinned to the commit it resolves to now;
+    ``path`` names a folder in it holding the model, or one ``.safetensors`` file."""
+    from ..hub.paths import HubPath
     from ..hub.remote import Remote
 
     token = api.token if api and isinstance(api.token, str) else None
     remote = Remote(repo, endpoint=api.endpoint if api else None, token=token,
                     cache_dir=None if cache_dir is None else os.fspath(cache_dir))
-    label = f"{repo}@{revision}" if revision else repo
+    label = HubPath(repo, path, revision).url
     sha = remote.commit(revision)
     with remote.errors(revision=sha):
         info = remote.api.model_info(repo, revision=sha, files_metadata=True)
-    siblings = {s.rfilename: s for s in info.siblings or []}
+    single = path.rsplit("/", 1)[-1] if path.endswith(".safetensors") else None
+    prefix = (path[:-len(single)] if single else path + "/") if path else ""
+    siblings = {s.rfilename[len(prefix):]: s for s in info.siblings or [] if s.rfilename.startswith(prefix)}
 
     def download(filename: str) -> Path:
-        return remote.download(filename, sha)
+        return remote.download(prefix + filename, sha)
 
-    shards, weight_map, index = _layout(label, set(siblings), lambda: download(INDEX).read_bytes())
+    if single is not None and single not in siblings:
+        raise SourceError(f"{label}: no such file in the repo at commit {sha}")
+    shards, weight_map, index = ([single], None, None) if single else _layout(
+        label, set(siblings), lambda: download(INDEX).read_bytes())
     headers = {}
     for shard in shards:
-        with remote.errors(path=shard, revision=sha):
-            parsed = remote.api.parse_safetensors_file_metadata(repo, shard, revision=sha)
+        with remote.errors(path=prefix + shard, revision=sha):
+            parsed = remote.api.parse_safetensors_file_metadata(repo, prefix + shard, revision=sha)
         headers[shard] = {name: TensorInfo(name, dtype_named(t.dtype, f"{label}, {shard}, tensor {name!r}: "),
                                            tuple(t.shape)) for name, t in parsed.tensors.items()}
     tensors, shard_of = assemble(label, headers, weight_map)
     files = {shard: {"size": siblings[shard].size,
                      "sha256": _lfs_sha256(siblings[shard])} for shard in shards}
-    provenance = {"source": repo, "revision": sha, "requested_revision": revision, "files": files}
+    provenance = {"source": repo, "revision": sha, "requested_revision": revision, "files": files,
+                  **({"path": path} if path else {})}
     return ShardedSource(label, tensors, shard_of, lambda shard: SafetensorsFile(download(shard)), provenance,
                          index=index)
 

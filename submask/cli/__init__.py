@@ -4,7 +4,7 @@
 >>> submask compare rl.smask seed2.smask dpo.smask --by module   # doctest: +SKIP
 """
 
-from . import analysis, apply, build, convert, demo, hub, inspect
+from . import analysis, apply, build, convert, demo, hub, inspect, plot
 from .root import main
 
 COMMANDS = (
@@ -14,7 +14,7 @@ COMMANDS = (
     analysis.stats,             # densities per layer, module type or tensor
     analysis.compare_command,   # overlap and Jaccard of every pair, beside chance
     analysis.combine,           # and, or, xor, diff, not of mask files
-    analysis.plot,              # density heatmaps and the overlap matrix
+    plot.plot,                  # density heatmaps, per-layer lines, the tolerance ladder, the overlap matrix
     apply.apply_command,        # a sparse-update model: base + mask * (finetuned - base)
     convert.convert_command,    # masks from and for other tools' formats
     hub.push,                   # a mask next to a model on the Hub

@@ -1,4 +1,4 @@
-"""``submask stats``, ``compare``, ``combine`` and ``plot``."""
+"""``submask stats``, ``compare`` and ``combine``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
-from .. import open as open_mask
 from ..algebra import BINARY_OPS
 from ..breakdown import GROUP_BY
 from ..breakdown import density_breakdown
 from ..combine import combine_files
 from ..compare import compare
 from ..names import NameMap
+from .hub import hub_options
 from .names import names_option
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
@@ -37,6 +37,7 @@ _PAIR_LEGEND = ("A->B: overlap |A and B| / |A|.  x per-tensor: Jaccard / its cha
 @click.option("--by", type=click.Choice(["layer", "module", "tensor"]), default="layer", show_default=True,
               help="Group densities by layer index, module type or tensor.")
 @json_option
+@hub_options("path")
 def stats(path: str, by: str, as_json: bool) -> None:
     """Density (share of elements set) of a mask overall and per layer, module type or tensor (reads the header)."""
     groups = density_breakdown(path, by)
@@ -59,6 +60,7 @@ def stats(path: str, by: str, as_json: bool) -> None:
 @names_option("every mask")
 @progress_option
 @_quiet
+@hub_options("paths")
 def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool, common: bool, no_verify: bool,
                     names: NameMap | None, progress: bool | None, quiet: bool) -> None:
     """Overlap and Jaccard of every pair of masks, against the values chance would give at their densities.
@@ -116,6 +118,7 @@ def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
 @progress_option
 @json_option
 @_quiet
+@hub_options("inputs")
 def combine(op: str, inputs: tuple[str, ...], output: str, at_least: int | None, common: bool, names: NameMap | None,
             overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Combine masks tensor by tensor: and, or, xor, diff (first minus the others), not (of one mask), vote
@@ -131,38 +134,3 @@ def combine(op: str, inputs: tuple[str, ...], output: str, at_least: int | None,
                    "numel": numel, "density": density})
     else:
         click.echo(f"wrote {path}: {tensors} tensors, {ones:,} of {numel:,} set (density {percent(density):.4g}%)")
-
-
-@click.command()
-@click.argument("paths", nargs=-1, required=True)
-@click.option("-o", "--output", "directory", required=True, help="Directory to write the PNGs into.")
-@_common
-@_no_verify
-@progress_option
-@_quiet
-def plot(paths: tuple[str, ...], directory: str, common: bool, no_verify: bool, progress: bool | None,
-         quiet: bool) -> None:
-    """Draw a density heatmap (layer x module type, one colour scale for all) per mask and, for two or more,
-    the overlap matrix."""
-    from ..plot import density_scale, plot_density, plot_overlap
-
-    out = Path(directory)
-    counts = []
-    for path in paths:
-        with open_mask(path) as mask_file:
-            counts.append({name: (e.ones, e.bits) for name, e in mask_file.entries.items()})
-    vmax = density_scale(counts)
-    written = [plot_density(tensors, out / f"{stem}.density.png", title=f"{stem}: density", vmax=vmax)
-               for stem, tensors in zip(_stems(paths), counts)]
-    if len(paths) >= 2:
-        comparison = compare(list(paths), common=common, progress=show_progress(progress, quiet),
-                             verify=not no_verify)
-        written.append(plot_overlap(comparison, out / "overlap.png"))
-    for path in written:
-        click.echo(str(path))
-
-
-def _stems(paths: tuple[str, ...]) -> list[str]:
-    """PNG name stems: the masks' file names, numbered where two masks share one (a/rl.smask, b/rl.smask)."""
-    stems = [Path(path).name.removesuffix(".index.json").removesuffix(".smask") for path in paths]
-    return [f"{stem}-{i + 1}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]

@@ -8,6 +8,7 @@ import click
 from ..apply import apply_mask
 from ..errors import UsageError
 from ..names import NameMap
+from .hub import hub_options
 from .names import names_option
 from .output import echo_json, json_option, overwrite_option, percent, progress_option, show_progress
 
@@ -24,6 +25,7 @@ from .output import echo_json, json_option, overwrite_option, percent, progress_
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@hub_options("base", "finetuned", "mask", bare=True)
 def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, invert: bool, names: NameMap | None,
                   overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
     """Write BASE + MASK * (FINETUNED - BASE) as a model dir: the finetuned model's tensor names, dtypes,
@@ -33,7 +35,7 @@ def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, inv
     With two inputs, BASE DELTA (a mask built with --values), rebuild the finetuned checkpoint's weight
     files byte for byte, each checked against the SHA-256 the delta records; nothing else is written
     (config and tokenizer files are not part of a delta, so nothing vouches for them: copy them yourself).
-    BASE may also be a Hub repo id org/name[@revision] and DELTA an hf:// URL.
+    Any input may be on the Hub: hf://org/name[@revision][/path] (a model may also be org/name[@revision]).
     """
     from tqdm import tqdm  # here, not at import: every command line would pay for it
 

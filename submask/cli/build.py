@@ -13,6 +13,7 @@ from ..metadata import CheckpointFile
 from ..builder.criteria import CRITERIA
 from ..format.reader import INDEX_SUFFIX, read_index
 from ..names import NameMap
+from .hub import hub_options
 from .names import names_option
 from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
 
@@ -73,6 +74,7 @@ class ByteSize(_ParamType):
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@hub_options("base", "finetuned", bare=True)
 def build(base: str, finetuned: str, output: str, criterion: str | None, atol: float | None, rtol: float | None,
           min_abs: float | None, top_k: str | None, global_top_k: bool, include: tuple[str, ...], intersect: bool,
           device: str, workers: int | None, max_shard_size: int | None,
@@ -81,7 +83,7 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
     BASE and FINETUNED are .safetensors or torch.save (.bin, .pt) files, model directories of either (sharded
-    with an index or not) or Hub repo ids org/name[@revision]. The density is the fraction of values that changed. With --values the
+    with an index or not) or Hub models hf://org/name[@revision][/folder] (or org/name[@revision]). The density is the fraction of values that changed. With --values the
     output is a delta, shown beside the size of the finetuned checkpoint it rebuilds.
     """
     if global_top_k and top_k is None:

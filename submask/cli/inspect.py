@@ -11,12 +11,16 @@ import click
 from .. import open as open_mask
 from ..errors import SubmaskError
 from ..format.stats import ladder_rungs, stats_problems
+from ..hub.paths import is_hub_url
+from ..hub.pull import as_typed
+from .hub import hub_options
 from .output import echo_json, format_table, json_option, percent
 
 
 @click.command()
 @click.argument("path")
 @json_option
+@hub_options("path")
 def info(path: str, as_json: bool) -> None:
     """Summarise a mask and list its tensors (reads headers only)."""
     with open_mask(path) as mask_file:
@@ -33,7 +37,7 @@ def info(path: str, as_json: bool) -> None:
             for e in entries
         ]
         stored = sum(r["bytes"] for r in rows)
-        summary = {"path": str(mask_file.path), "kind": meta.kind, "tensors": len(rows), "count": ones,
+        summary = {"path": path if is_hub_url(path) else str(mask_file.path), "kind": meta.kind, "tensors": len(rows), "count": ones,
                    "numel": numel, "density": ones / numel if numel else 0.0,
                    "bits_per_param": 8 * stored / numel if numel else 0.0, "criterion": meta.criterion,
                    "provenance": meta.provenance, "model": meta.model, "creator": meta.creator, "user": meta.user}
@@ -124,11 +128,14 @@ def _short(value: object, limit: int = 60) -> str:
 @click.command()
 @click.argument("path")
 @json_option
+@hub_options("path")
 def validate(path: str, as_json: bool) -> None:
     """Decode every tensor and check every checksum; exit 1 on any problem."""
     try:
         with open_mask(path) as mask_file:
             problems, tensors = mask_file.problems(), len(mask_file)
+            if is_hub_url(path):  # name the URL given, not the cache file
+                problems = [as_typed(problem, path, mask_file.path) for problem in problems]
     except SubmaskError as exc:
         problems, tensors = [str(exc)], 0
     if as_json:

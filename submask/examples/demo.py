@@ -239,20 +239,21 @@ def _restricted_check(out: Path, run: Run, mask_path: Path, steps: int, progress
 
 
 def _plots(out: Path, masks: dict[str, Path], comparison: Any) -> list[str]:
-    from ..plot import density_scale, plot_density, plot_overlap
+    """The figures ``submask plot --shared-scale`` draws: overlap, tolerance ladder, density and per-layer density."""
+    from ..format.stats import ladder_rungs
+    from ..plot import density_scale, plot_density, plot_ladder, plot_layers, plot_overlap
 
-    paths = [plot_overlap(comparison, out / "plots" / "overlap.png")]
-    counts = {name: {n: (e.ones, e.bits) for n, e in _entries(path).items()} for name, path in masks.items()}
+    folder = out / "plots"
+    counts, ladders = {}, {}
+    for name, path in masks.items():
+        with open_mask(path) as mask_file:
+            counts[name] = {n: (e.ones, e.bits) for n, e in mask_file.entries.items()}
+            ladders[name] = (ladder_rungs(mask_file.metadata.stats) or [], sum(e.bits for e in mask_file.entries.values()))
+    paths = [plot_overlap(comparison, folder / "overlap.png"), plot_ladder(ladders, folder / "ladder.png", "update density")]
     vmax = density_scale(counts.values())
-    for name, with_counts in counts.items():
-        paths.append(plot_density(with_counts, out / "plots" / f"density_{name}.png", title=f"{name}: update density",
-                                  vmax=vmax))
+    paths += [plot_density(c, folder / f"density_{name}.png", title=name, vmax=vmax) for name, c in counts.items()]
+    paths += [plot_layers(c, folder / f"layers_{name}.png", title=name) for name, c in counts.items()]
     return [str(p) for p in paths]
-
-
-def _entries(path: Path) -> dict[str, Any]:
-    with open_mask(path) as mask_file:
-        return dict(mask_file.entries)
 
 
 def _finite(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Masks on the Hugging Face Hub: push, pull (pinned to a commit), list from headers, ``hf://`` paths.
+"""Masks on the Hugging Face Hub: push, pull (pinned to a commit), list from headers, one ``hf://`` grammar
+(``hf://[datasets/]ORG/NAME[@REVISION][/path]``).
 
 >>> push_mask("rl.smask", "org/model", "masks/rl.smask")                 # doctest: +SKIP
 >>> mask = submask.load("hf://org/model@v1.0/masks/rl.smask")           # doctest: +SKIP
@@ -12,9 +13,10 @@ argument, else ``HF_ENDPOINT`` read at call time, else huggingface_hub's default
 
 from .card import render_section, replace_section
 from .listing import MaskListing, MaskListings, list_masks
-from .paths import HubPath, parse_hub_url
+from .paths import HubPath, hub_target, parse_hub_ref, parse_hub_url
 from .pull import PulledMask, pull_mask, pull_url
 from .push import PushedMask, push_mask
+from .remote import hub_settings
 
 __all__ = [
     "HubPath",
@@ -22,7 +24,10 @@ __all__ = [
     "MaskListings",
     "PulledMask",
     "PushedMask",
+    "hub_settings",
+    "hub_target",
     "list_masks",
+    "parse_hub_ref",
     "parse_hub_url",
     "pull_mask",
     "pull_url",

@@ -9,34 +9,39 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import FormatError
+from ..errors import FormatError, HubError
 from ..format.container import parse_header, read_header_length
 from ..format.header import TensorEntry, parse_tensor_entries
-from ..metadata import MaskMetadata
 from ..format.reader import INDEX_SUFFIX, check_shards, read_index
-from .paths import HubPath
+from ..metadata import MaskMetadata
+from .paths import HubPath, hub_target
 from .remote import Remote
 
 MASK_SUFFIX = ".smask"
-_REPO_ID = re.compile(r"\w[\w.-]*/\w[\w.-]*(?:@[\w./-]+)?")  # ORG/NAME[@REVISION], as the Hub spells repo ids
+_REPO_ID = re.compile(r"\w[\w.-]*/\w[\w.-]*")  # ORG/NAME, as the Hub spells repo ids
 
 
 @dataclass(frozen=True)
 class MaskListing:
-    """A mask stored in a repo, summarised from its header(s): ``path`` is what ``pull_mask`` takes."""
+    """A mask stored in a repo, summarised from its header(s): ``path`` is what ``pull_mask`` takes.
+
+    ``base_model`` is the Hub model it was built against, ``ORG/NAME@COMMIT`` (None when built from local files);
+    ``delta`` says whether it carries values that rebuild the finetuned weights (FORMAT.md §12).
+    """
 
     path: str
     size: int
     kind: str
     tensors: int
-    ones: int
-    bits: int
+    count: int
+    numel: int
     base_model: str | None
     shards: int = 1
+    delta: bool = False
 
     @property
     def density(self) -> float:
-        return self.ones / self.bits if self.bits else 0.0
+        return self.count / self.numel if self.numel else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "density": self.density}
@@ -45,12 +50,13 @@ class MaskListing:
     def from_header(cls, path: str, size: int, metadata: MaskMetadata, entries: Iterable[TensorEntry],
                     shards: int = 1) -> MaskListing:
         entries = list(entries)
+        delta = metadata.checkpoint is not None or any(e.values is not None for e in entries)
         return cls(path, size, metadata.kind, len(entries), sum(e.ones for e in entries),
-                   sum(e.bits for e in entries), base_model(metadata), shards)
+                   sum(e.bits for e in entries), base_model(metadata), shards, delta)
 
 
 class MaskListings(list[MaskListing]):
-    """The masks found in a repo, and ``problems``: one line per damaged mask left out (the rest still listed)."""
+    """The masks found in a repo, and ``problems``: one line per mask left out (the rest still listed)."""
 
     def __init__(self, masks: Iterable[MaskListing] = (), problems: Iterable[str] = ()):
         super().__init__(masks)
@@ -58,48 +64,38 @@ class MaskListings(list[MaskListing]):
 
 
 def base_model(metadata: MaskMetadata) -> str | None:
-    """The model a mask was made against, as it may be published: never a local path.
-
-    A Hub repo id (with the commit a Hub build pinned), else the bare file or folder name of a local checkpoint;
-    the model's recorded name when no base is recorded.
-    """
+    """The Hub model a mask was built against: ``ORG/NAME@COMMIT`` for a build from the Hub, ``ORG/NAME`` for a
+    provenance that names a repo id without a revision, else None (a build from local files)."""
     base = metadata.provenance.get("base")
-    source = base.get("source") if isinstance(base, dict) else None
-    if source and isinstance(base, dict):
-        revision = base.get("revision")
-        if revision:  # built from the Hub, pinned to a commit
-            return f"{_public(str(source))}@{revision}"
-        # a local build records "revision": None, so even a relative "models/base" is a path, not a repo id
-        return _last_part(str(source)) if "revision" in base else _public(str(source))
-    name = (metadata.model or {}).get("name")
-    return None if name is None else _public(str(name))
-
-
-def _public(source: str) -> str:
-    """A Hub repo id as it is; a local path (absolute, ``~``, ``./``, deeper than ORG/NAME) as its last part."""
-    return source if _REPO_ID.fullmatch(source) else _last_part(source)
-
-
-def _last_part(path: str) -> str:
-    return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+    if not isinstance(base, dict):
+        return None
+    source, revision = base.get("source"), base.get("revision")
+    if not isinstance(source, str) or not _REPO_ID.fullmatch(source):
+        return None
+    if revision:
+        return f"{source}@{revision}"
+    return None if "revision" in base else source  # a local build records "revision": None
 
 
 def list_masks(repo_id: str, revision: str | None = None, *, repo_type: str = "model", token: str | None = None,
                endpoint: str | None = None) -> MaskListings:
     """The masks in a repo at ``revision`` (default branch if None), read from their headers only.
 
-    A damaged mask does not stop the listing: it is left out and described in ``.problems``.
+    ``repo_id`` is ``ORG/NAME[@REVISION]`` or an ``hf://`` URL; a path in it lists only the masks in that folder.
+    A mask that cannot be read does not stop the listing: it is left out and described in ``.problems``.
 
     >>> [(m.path, m.density) for m in list_masks("org/model")]      # doctest: +SKIP
     [('masks/rl.smask', 0.042)]
     """
-    remote = Remote(repo_id, repo_type, endpoint, token)
-    return listings(remote, remote.commit(revision))
+    target = hub_target(repo_id, None, revision, repo_type)
+    remote = Remote(target.repo_id, target.repo_type, endpoint, token)
+    return listings(remote, remote.commit(target.revision), target.path)
 
 
-def listings(remote: Remote, commit: str) -> MaskListings:
-    """Every mask at ``commit``: single ``.smask`` files and sharded masks (by their index), sorted by path."""
-    files = remote.files(commit)
+def listings(remote: Remote, commit: str, folder: str = "") -> MaskListings:
+    """Every mask at ``commit`` (in ``folder``, if given): single ``.smask`` files and sharded masks (by their
+    index), sorted by path."""
+    files = {path: size for path, size in remote.files(commit).items() if path.startswith(folder + "/" if folder else "")}
     found, in_shards = MaskListings(), set()
     for index in (p for p in files if p.endswith(MASK_SUFFIX + INDEX_SUFFIX)):
         with _skip_damaged(found.problems, _url(remote, index, commit)):
@@ -128,10 +124,11 @@ def listings(remote: Remote, commit: str) -> MaskListings:
 
 @contextlib.contextmanager
 def _skip_damaged(problems: list[str], url: str) -> Iterator[None]:
-    """Note a damaged mask's FormatError in ``problems`` (naming its ``url``) and go on with the next mask."""
+    """Note why a mask cannot be read (damaged, or a file the repo lists but will not serve) in ``problems``,
+    naming its ``url``, and go on with the next mask."""
     try:
         yield
-    except FormatError as exc:
+    except (FormatError, HubError) as exc:
         message = str(exc) if str(exc).startswith(url) else f"{url}: {exc}"  # an index names its cached copy
         problems.append(f"{message} (left out)")
 

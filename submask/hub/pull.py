@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..atomic import atomic_write
-from ..errors import FormatError, HubError
 from ..align import check_model
+from ..atomic import atomic_write
+from ..errors import FormatError, HubError, SubmaskError
 from ..format.reader import INDEX_SUFFIX, MaskFile, read_index
 from ..format.shards import publish_sharded, renamed_index
 from ..format.writer import check_mask_target
 from .listing import mask_files
-from .paths import HubPath, parse_hub_url
+from .paths import HubPath, hub_target, parse_hub_url
 from .remote import DEFAULT_BRANCH, Remote
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -45,10 +46,13 @@ class PulledMask:
         return HubPath(self.repo_id, self.path, self.commit, self.repo_type).url
 
 
-def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_path: str | os.PathLike[str] | None = None,
+def pull_mask(repo_id: str, path: str | None = None, *, revision: str | None = None, local_path: str | os.PathLike[str] | None = None,
               expect_model: Shapes | None = None, repo_type: str = "model", token: str | None = None,
               endpoint: str | None = None, overwrite: bool = False, verify: bool = True) -> PulledMask:
     """Download the mask at ``path`` (or its shards and index) at ``revision`` through huggingface_hub's cache.
+
+    ``repo_id`` is ``ORG/NAME``, ``ORG/NAME@REVISION`` or an ``hf://`` URL, which may hold the path (then
+    ``path`` is left out).
 
     The revision (branch, tag or sha; default branch if None) is resolved to a commit first and every file is
     fetched at that commit. ``local_path`` also copies the mask there (an existing file only with ``overwrite``,
@@ -62,8 +66,12 @@ def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_pat
     """
     if local_path is not None:
         check_mask_target(local_path, overwrite)
+    target = hub_target(repo_id, path, revision, repo_type)
+    if not target.path:
+        raise HubError(f"{repo_id}: name the mask to pull: a path in the repo (hf://ORG/NAME[@REVISION]/path)")
+    repo_id, revision, repo_type = target.repo_id, target.revision, target.repo_type
     remote = Remote(repo_id, repo_type, endpoint, token)
-    path = path.strip("/").removesuffix(INDEX_SUFFIX)
+    path = target.path.removesuffix(INDEX_SUFFIX)
     commit = remote.commit(revision)
     files = mask_files(remote, path, commit)
     if not files:
@@ -83,8 +91,27 @@ def pull_mask(repo_id: str, path: str, *, revision: str | None = None, local_pat
 
 def pull_url(url: str, **options: Any) -> PulledMask:
     """``pull_mask`` of an ``hf://`` mask URL (options: ``token``, ``endpoint``, ``local_path``, ...)."""
-    target = parse_hub_url(url)
-    return pull_mask(target.repo_id, target.path, revision=target.revision, repo_type=target.repo_type, **options)
+    parse_hub_url(url)  # a URL of a file, not of a repo
+    return pull_mask(url, **options)
+
+
+@contextlib.contextmanager
+def shown_as(url: str, local: Path) -> Iterator[None]:
+    """Errors raised in the block name the ``hf://`` URL the user gave, not huggingface_hub's cache path."""
+    try:
+        yield
+    except SubmaskError as exc:
+        exc.args = tuple(as_typed(arg, url, local) if isinstance(arg, str) else arg for arg in exc.args)
+        raise
+
+
+def as_typed(message: str, url: str, local: Path) -> str:
+    """``message`` with the cache folder of ``local`` (a file pulled for ``url``) written as ``url``'s repo."""
+    parts = Path(local).parts
+    if "snapshots" not in parts[:-1]:
+        return message
+    root = str(Path(*parts[:parts.index("snapshots") + 2])) + os.sep
+    return message.replace(root, parse_hub_url(url).repo_url + "/")
 
 
 def _verify(local: Path, url: str) -> None:

@@ -1,8 +1,9 @@
 """The one seam to huggingface_hub: a repo on an endpoint, pinned reads, ranged reads and typed errors.
 
 huggingface_hub is optional (``pip install 'submask[hub]'``); it is imported on first use. The endpoint is,
-in order: the ``endpoint`` argument, ``HF_ENDPOINT`` read at call time, huggingface_hub's default. The token
-is the ``token`` argument, else huggingface_hub's own lookup (``HF_TOKEN``, then the saved login).
+in order: the ``endpoint`` argument, the one ``hub_settings`` set, ``HF_ENDPOINT`` read at call time,
+huggingface_hub's default. The token is the ``token`` argument, the one ``hub_settings`` set, else
+huggingface_hub's own lookup (``HF_TOKEN``, then the saved login).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import importlib
 import os
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +26,20 @@ if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 DEFAULT_BRANCH = "main"
+_SETTINGS: ContextVar[tuple[str | None, str | None]] = ContextVar("hub_settings", default=(None, None))
+
+
+@contextlib.contextmanager
+def hub_settings(token: str | None = None, endpoint: str | None = None) -> Iterator[None]:
+    """Within the block, every Hub request made without its own ``token`` / ``endpoint`` uses these.
+
+    The command line sets them from ``--token`` / ``--endpoint`` once, for every Hub input of a command.
+    """
+    reset = _SETTINGS.set((token, endpoint))
+    try:
+        yield
+    finally:
+        _SETTINGS.reset(reset)
 
 
 def huggingface_hub() -> ModuleType:
@@ -36,8 +52,9 @@ def huggingface_hub() -> ModuleType:
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
-    """The Hub URL to talk to: ``endpoint``, else ``HF_ENDPOINT`` (read now), else huggingface_hub's default."""
-    chosen = endpoint or os.environ.get("HF_ENDPOINT") or huggingface_hub().constants.ENDPOINT
+    """The Hub URL to talk to: ``endpoint``, else ``hub_settings``'s, else ``HF_ENDPOINT`` (read now), else
+    huggingface_hub's default."""
+    chosen = endpoint or _SETTINGS.get()[1] or os.environ.get("HF_ENDPOINT") or huggingface_hub().constants.ENDPOINT
     return chosen.rstrip("/")
 
 
@@ -57,7 +74,12 @@ class Remote:
 
     @cached_property
     def api(self) -> HfApi:
-        return huggingface_hub().HfApi(endpoint=self.url, token=self.token)
+        return huggingface_hub().HfApi(endpoint=self.url, token=self.auth)
+
+    @cached_property
+    def auth(self) -> str | None:
+        """The token to send: ``token``, else ``hub_settings``'s, else None (huggingface_hub's own lookup)."""
+        return self.token or _SETTINGS.get()[0]
 
     def commit(self, revision: str | None) -> str:
         """The commit sha a branch, tag or sha names now (HubError for a path-like revision such as ``..``)."""
@@ -84,7 +106,7 @@ class Remote:
         """A file at ``commit``, through huggingface_hub's cache (no request when it is cached already)."""
         with self.errors(path=path, revision=commit):
             return Path(huggingface_hub().hf_hub_download(
-                self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url, token=self.token,
+                self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url, token=self.auth,
                 cache_dir=self.cache_dir))
 
     def read_range(self, path: str, commit: str, start: int, stop: int) -> bytes:
@@ -95,7 +117,7 @@ class Remote:
         """
         hub = huggingface_hub()
         url = hub.hf_hub_url(self.repo_id, path, revision=commit, repo_type=self.repo_type, endpoint=self.url)
-        headers = hub.utils.build_hf_headers(token=self.token, headers={"Range": f"bytes={start}-{stop - 1}"})
+        headers = hub.utils.build_hf_headers(token=self.auth, headers={"Range": f"bytes={start}-{stop - 1}"})
         with (self.errors(path=path, revision=commit),
               hub.utils.get_session().stream("GET", url, headers=headers) as response):
             hub.utils.hf_raise_for_status(response)
@@ -119,7 +141,7 @@ class Remote:
                            "a token (HF_TOKEN or --token) if it is private or gated", repo_id=self.repo_id, revision=revision) from None
         except errors.RevisionNotFoundError:
             raise HubError(f"{self.repo_id}: no branch, tag or commit {revision!r}; check the revision "
-                           "(`hf repo-refs` or HfApi.list_repo_refs lists them)", repo_id=self.repo_id, revision=revision) from None
+                           "(HfApi().list_repo_refs lists them)", repo_id=self.repo_id, revision=revision) from None
         except errors.LocalEntryNotFoundError as exc:  # not cached, and the Hub could not be asked
             raise self._unreachable(exc) from None
         except errors.EntryNotFoundError:
