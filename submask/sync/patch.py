@@ -1,0 +1,100 @@
+"""One step of a weight sync in memory: the entries that changed, their new values, and the fingerprints of the
+state it applies to and the state it produces.
+
+>>> patch = sync.diff()                          # sender, after optimizer.step()      # doctest: +SKIP
+>>> data = patch.to_bytes()                      # a .smask delta (FORMAT.md §13)      # doctest: +SKIP
+>>> submask.Patch.from_bytes(data).apply_to(model)   # receiver, in place            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import MismatchError
+from .state import content_digest, itemsize
+
+
+@dataclass(frozen=True)
+class PatchTensor:
+    """One tensor of a patch: its ``shape`` and safetensors ``dtype``, the flat ``positions`` that changed (int64,
+    ascending; None for every entry, in a snapshot) and their new ``values`` (raw little-endian bytes, uint8)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    positions: np.ndarray | None
+    values: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """How many entries the tensor's values hold."""
+        return self.values.size // itemsize(self.dtype)
+
+
+def digest_of(tensors: dict[str, PatchTensor]) -> str:
+    """The hash of a patch's tensors (``state.content_digest``)."""
+    return content_digest((name, t.dtype, t.shape, t.positions, t.values) for name, t in tensors.items())
+
+
+@dataclass(frozen=True)
+class Patch:
+    """The changes of one sync step (``WeightSync.diff``), or a whole state (``WeightSync.snapshot``).
+
+    ``parent`` is the fingerprint of the state the patch applies to (None for a snapshot: any state of the
+    model's layout), ``fingerprint`` that of the state it produces, ``step`` the sender's step count there, and
+    ``state`` (on a snapshot and every ``check_every`` steps) the full fingerprint of that state, which a
+    receiver checks after applying. ``tensors`` holds only the tensors with changes.
+    """
+
+    parent: str | None
+    fingerprint: str
+    step: int
+    tensors: dict[str, PatchTensor] = field(default_factory=dict)
+    state: str | None = None
+    model: str | None = None  # the model fingerprint (names and shapes, FORMAT.md §4.1) of the whole layout
+
+    def __post_init__(self) -> None:
+        for name, tensor in self.tensors.items():
+            numel = int(np.prod(tensor.shape))
+            expected = numel if tensor.positions is None else tensor.positions.size
+            if tensor.count != expected or tensor.values.size != expected * itemsize(tensor.dtype):
+                raise MismatchError(f"patch step {self.step}: tensor {name!r} has {tensor.values.size} value bytes "
+                                    f"of {tensor.dtype} for {expected} entries")
+
+    @property
+    def count(self) -> int:
+        """Entries the patch writes."""
+        return sum(tensor.count for tensor in self.tensors.values())
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.parent is None
+
+    def content_digest(self) -> str:
+        """The hash of the patch's content that its fingerprint chains onto its parent's."""
+        return digest_of(self.tensors)
+
+    def to_bytes(self) -> bytes:
+        """The patch as a .smask delta in memory (FORMAT.md §12, §13)."""
+        from .wire import patch_to_bytes
+
+        return patch_to_bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, *, source: object = None) -> Patch:
+        """Read a patch from ``to_bytes``'s output, checking every checksum and that its content hashes to its
+        fingerprint; FormatError (naming ``source``, e.g. the file it came from) when it does not."""
+        from .wire import patch_from_bytes
+
+        return patch_from_bytes(data, source)
+
+    def apply_to(self, target: Any) -> None:
+        """Write the patch's values in place into ``target`` (a module or state dict: pass the same object at every
+        step), after checking that ``target`` holds the patch's parent state; MismatchError, with nothing
+        written, for a patch of another state (out of order, applied twice, or after a receiver restart
+        without ``WeightSync.resume``)."""
+        from .receiver import apply_patch
+
+        apply_patch(self, target)
