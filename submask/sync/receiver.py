@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 _FINGERPRINTS: dict[int, tuple[weakref.ref[Any], str]] = {}
 
 
-def fingerprint_of(target: Any) -> str:
-    """The fingerprint of the state ``target`` holds: the last patch applied to it, else its full fingerprint."""
-    tensors = sync_tensors(target)
+def fingerprint_of(target: Any, tensors: dict[str, torch.Tensor] | None = None) -> str:
+    """The fingerprint of the state ``target`` holds (``tensors``: its ``sync_tensors`` when known): the last
+    patch applied to it, else its full fingerprint."""
+    tensors = sync_tensors(target) if tensors is None else tensors
     key = _key(tensors, target)
     known = _FINGERPRINTS.get(id(key))
     return known[1] if known is not None and known[0]() is key else state_fingerprint(tensors)
@@ -35,7 +36,7 @@ def apply_patch(patch: Patch, target: Any) -> None:
 
     tensors = sync_tensors(target)
     if patch.parent is not None:
-        current = fingerprint_of(target)
+        current = fingerprint_of(target, tensors)
         if current != patch.parent:
             raise MismatchError(f"patch for step {patch.step} applies to state {patch.parent[:19]}..., but the "
                                 f"receiver holds {current[:19]}...; nothing was written. Apply the patches in "
