@@ -72,7 +72,7 @@ def state_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     digest = hashlib.sha256(b"submask-sync-state\n")
     for name, tensor in tensors.items():
         digest.update(_line(name, dtype_name(tensor, name), tuple(tensor.shape), tensor.numel()))
-        digest.update(host_bytes(tensor))
+        digest.update(host_bytes(tensor).data)
     return PREFIX + digest.hexdigest()
 
 
@@ -83,8 +83,8 @@ def content_digest(entries: Iterable[tuple[str, str, tuple[int, ...], np.ndarray
         count = len(values) // itemsize(dtype)
         digest.update(_line(name, dtype, shape, count) + (b"*" if positions is None else b"+"))
         if positions is not None:
-            digest.update(np.ascontiguousarray(positions, dtype="<i8"))
-        digest.update(values)
+            digest.update(np.ascontiguousarray(positions, dtype="<i8").data)
+        digest.update(np.ascontiguousarray(values).data)
     return digest.hexdigest()
 
 

@@ -10,7 +10,7 @@ import io
 import math
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from ..codecs import get_codec
 from ..errors import FormatError, where
@@ -71,9 +71,10 @@ def patch_from_bytes(data: bytes | bytearray | memoryview, source: object = None
                               "not: the patch is corrupt")
         positions = None
         if parent is not None:
-            positions = decode_positions(entry, payloads[name], label)
+            payload = bytes(payloads[name])
+            positions = decode_positions(entry, payload, label)
             if positions is None:
-                positions = set_positions(decode_tensor(entry, payloads[name], label), entry.bits)
+                positions = set_positions(decode_tensor(entry, payload, label), entry.bits)
         values = decode_patch_values(entry.values, payloads[entry.values.entry], entry.ones, label, name)
         tensors[name] = PatchTensor(entry.shape, values.dtype, positions, values.data)
     model = (metadata.model or {}).get("fingerprint")
@@ -99,7 +100,7 @@ def _parse_record(record: Any, label: object) -> tuple[str | None, str, int, str
             or type(step) is not int or step < 0:
         raise FormatError(f"{at}'sync' must be {{'parent', 'fingerprint', 'step', 'state'}} with fingerprints "
                           f"'sha256:' + 64 hex digits (parent, state: or null) and a step >= 0, got {record!r}")
-    return parent, fingerprint, step, state
+    return cast("tuple[str | None, str, int, str | None]", (parent, fingerprint, step, state))
 
 
 def _is_fingerprint(value: Any) -> bool:
