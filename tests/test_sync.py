@@ -241,3 +241,50 @@ def test_gloo_broadcast_one_sender_two_receivers(tmp_path: Path) -> None:
     from submask.examples.sync_broadcast import tiny_model
 
     assert ranks[0]["fingerprint"] != state_fingerprint(sync_tensors(tiny_model()))  # the weights moved
+
+
+def test_a_values_coding_against_the_previous_values_plugs_in_at_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync.values is the one place that picks the coding: here the new values XOR the previous ones, in planes
+    under an id of their own. The receiver decodes them from its own weights after the parent check; a receiver
+    whose previous values differ gets values that fail the fingerprint, with nothing written."""
+    import zlib
+
+    import numpy as np
+
+    from submask.format.header import ValuesEntry
+    from submask.format.values import TensorValues, decode_values, encode_values
+    from submask.sync import values as coding
+
+    def encode(name: str, values: TensorValues, previous: Any) -> tuple[ValuesEntry, bytes]:
+        if previous is None:
+            return original_encode(name, values, previous)
+        encoding, payload = encode_values(values.data ^ previous, values.itemsize)
+        return ValuesEntry("~values/" + name, values.dtype, {**encoding, "id": "xor-planes"}, values.data.size,
+                           f"{zlib.crc32(values.data):08x}"), payload
+
+    def decode(entry: ValuesEntry, payload: Any, count: int, source: object, name: str) -> Any:
+        if entry.encoding["id"] != "xor-planes":
+            return original_decode(entry, payload, count, source, name)
+        planes = {**entry.encoding, "id": "planes"}
+        return lambda previous: TensorValues(entry.dtype, decode_values(payload, planes, count, 2) ^ previous)
+
+    original_encode, original_decode = coding.encode_patch_values, coding.decode_patch_values
+    monkeypatch.setattr(coding, "CODED_AGAINST_PREVIOUS", True)
+    monkeypatch.setattr(coding, "encode_patch_values", encode)
+    monkeypatch.setattr(coding, "decode_patch_values", decode)
+    trainer, receiver = Trainer(), tiny_llama()
+    for _ in range(3):
+        patch = shipped(trainer.step())
+        assert all(part.pending is not None for part in patch.tensors.values())
+        patch.apply_to(receiver)
+        assert differing(trainer.model, receiver) == 0
+    WeightSync.resume(receiver, trainer.sync.snapshot().to_bytes())  # a snapshot still codes the values alone
+    patch = shipped(trainer.step())
+    name = next(iter(patch.tensors))
+    with torch.no_grad():  # a previous value the sender did not have: the decoded values are not the sender's
+        sync_tensors(receiver)[name].view(-1)[int(patch.tensors[name].positions[0])] += 1
+    before = {key: value.clone() for key, value in receiver.state_dict().items()}
+    with pytest.raises(FormatError, match="does not hash to its fingerprint"):
+        patch.apply_to(receiver)
+    assert differing(receiver, before) == 0
+    assert np.array_equal(patch.tensors[name].values, np.zeros(0, np.uint8))

@@ -8,6 +8,8 @@ state it applies to and the state it produces.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,17 +22,23 @@ from .state import content_digest, itemsize
 @dataclass(frozen=True)
 class PatchTensor:
     """One tensor of a patch: its ``shape`` and safetensors ``dtype``, the flat ``positions`` that changed (int64,
-    ascending; None for every entry, in a snapshot) and their new ``values`` (raw little-endian bytes, uint8)."""
+    ascending; None for every entry, in a snapshot) and their new ``values`` (raw little-endian bytes, uint8).
+
+    ``previous`` holds the parent state's value bytes there, where the values coding uses them (``sync.values``);
+    ``pending``, in a patch just read, decodes ``values`` from the receiver's previous bytes (then ``values`` is
+    empty until ``apply_to``)."""
 
     shape: tuple[int, ...]
     dtype: str
     positions: np.ndarray | None
     values: np.ndarray
+    previous: np.ndarray | None = field(default=None, repr=False, compare=False)
+    pending: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def count(self) -> int:
-        """How many entries the tensor's values hold."""
-        return self.values.size // itemsize(self.dtype)
+        """How many entries the tensor writes."""
+        return math.prod(self.shape) if self.positions is None else self.positions.size
 
 
 def digest_of(tensors: dict[str, PatchTensor]) -> str:
@@ -57,11 +65,9 @@ class Patch:
 
     def __post_init__(self) -> None:
         for name, tensor in self.tensors.items():
-            numel = int(np.prod(tensor.shape))
-            expected = numel if tensor.positions is None else tensor.positions.size
-            if tensor.count != expected or tensor.values.size != expected * itemsize(tensor.dtype):
+            if tensor.pending is None and tensor.values.size != tensor.count * itemsize(tensor.dtype):
                 raise MismatchError(f"patch step {self.step}: tensor {name!r} has {tensor.values.size} value bytes "
-                                    f"of {tensor.dtype} for {expected} entries")
+                                    f"of {tensor.dtype} for {tensor.count} entries")
 
     @property
     def count(self) -> int:

@@ -8,11 +8,12 @@ a sender started from the same weights; any other receiver starts with ``WeightS
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MismatchError, UsageError
 from .patch import Patch
-from .state import dtype_name, state_fingerprint, sync_tensors
+from .state import bits, dtype_name, host_bytes, state_fingerprint, sync_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +43,7 @@ def apply_patch(patch: Patch, target: Any) -> None:
                                 f"receiver holds {current[:19]}...; nothing was written. Apply the patches in "
                                 "order, or resume from a snapshot (WeightSync.resume) and apply the patches after it")
     _check_fit(patch, tensors)
+    patch = _decoded(patch, tensors)
     with torch.no_grad():
         for name, part in patch.tensors.items():
             flat = tensors[name].detach().view(-1)
@@ -67,6 +69,28 @@ def resume(target: Any, snapshot: Patch | bytes | bytearray | memoryview) -> int
                          f"{patch.step}; apply it with patch.apply_to")
     apply_patch(patch, target)
     return patch.step
+
+
+def _decoded(patch: Patch, tensors: dict[str, torch.Tensor]) -> Patch:
+    """The patch with the values that are coded against the previous ones decoded from the receiver's own (read at
+    the changed positions) and its fingerprint checked, before anything is written."""
+    if not any(part.pending for part in patch.tensors.values()):
+        return patch
+    import torch
+
+    from .wire import check_chain
+
+    decoded = {}
+    for name, part in patch.tensors.items():
+        if part.pending is not None:
+            flat = bits(tensors[name]).view(-1)
+            at = None if part.positions is None else torch.from_numpy(part.positions).to(flat.device)
+            previous = host_bytes(flat if at is None else flat[at])
+            part = replace(part, values=part.pending(previous), pending=None)
+        decoded[name] = part
+    patch = replace(patch, tensors=decoded)
+    check_chain(patch, f"patch for step {patch.step}")
+    return patch
 
 
 def _check_fit(patch: Patch, tensors: dict[str, torch.Tensor]) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MismatchError, UsageError
 from ..metadata import model_fingerprint
+from . import values as coding
 from .patch import Patch, PatchTensor, digest_of
 from .receiver import resume
 from .state import bits, chained, dtype_name, host_bytes, state_fingerprint, sync_tensors
@@ -52,9 +53,10 @@ class WeightSync:
                 if not positions.numel():
                     continue
                 values = now[positions]
+                previous = host_bytes(then[positions]) if coding.CODED_AGAINST_PREVIOUS else None
                 then[positions] = values
                 changed[name] = PatchTensor(tuple(tensor.shape), self.dtypes[name],
-                                            positions.cpu().numpy(), host_bytes(values))
+                                            positions.cpu().numpy(), host_bytes(values), previous)
         self.step += 1
         parent, self.fingerprint = self.fingerprint, chained(self.fingerprint, digest_of(changed))
         due = self.check_every and self.step % self.check_every == 0

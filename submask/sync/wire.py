@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
+
+import numpy as np
 
 from ..codecs import get_codec
 from ..errors import FormatError, where
@@ -21,9 +24,9 @@ from ..format.values import TensorValues
 from ..mask import TensorMask
 from ..metadata import MaskMetadata
 from ..packed import from_positions, set_positions
+from . import values as coding
 from .patch import Patch, PatchTensor
 from .state import chained
-from .values import decode_patch_values, encode_patch_values
 
 SYNC_KEY = "sync"
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
@@ -37,7 +40,7 @@ def patch_to_bytes(patch: Patch) -> bytes:
         packed = (TensorMask.full(tensor.shape, True).packed if tensor.positions is None
                   else from_positions(tensor.positions, numel))
         entry, payload = encode_tensor(name, tensor.shape, packed, tensor.count)
-        record, values = encode_patch_values(name, TensorValues(tensor.dtype, tensor.values))
+        record, values = coding.encode_patch_values(name, TensorValues(tensor.dtype, tensor.values), tensor.previous)
         if record.entry in patch.tensors:
             raise FormatError(f"patch step {patch.step}: tensor {name!r}'s values would be stored under "
                               f"{record.entry!r}, another tensor's name; rename that tensor")
@@ -45,7 +48,8 @@ def patch_to_bytes(patch: Patch) -> bytes:
         payloads += [(name, payload), (record.entry, values)]
     metadata = MaskMetadata(criterion={"name": "exact"}, model=None if patch.model is None else
                             {"fingerprint": patch.model}, extra={SYNC_KEY: _record(patch)}).for_file(bool(entries))
-    minor = max([metadata.minor_version, *(get_codec(entry.encoding).minor_version for entry in entries.values())])
+    minor = max([metadata.minor_version, *(get_codec(entry.encoding).minor_version for entry in entries.values()),
+                 *(coding.values_minor(entry.values) for entry in entries.values() if entry.values is not None)])
     header = replace(metadata, minor_version=minor).to_json()
     header["tensors"] = {name: entry.to_json() for name, entry in entries.items()}
     out = io.BytesIO()
@@ -75,14 +79,27 @@ def patch_from_bytes(data: bytes | bytearray | memoryview, source: object = None
             positions = decode_positions(entry, payload, label)
             if positions is None:
                 positions = set_positions(decode_tensor(entry, payload, label), entry.bits)
-        values = decode_patch_values(entry.values, payloads[entry.values.entry], entry.ones, label, name)
-        tensors[name] = PatchTensor(entry.shape, values.dtype, positions, values.data)
+        values = coding.decode_patch_values(entry.values, payloads[entry.values.entry], entry.ones, label, name)
+        tensors[name] = (PatchTensor(entry.shape, values.dtype, positions, values.data)
+                         if isinstance(values, TensorValues) else
+                         PatchTensor(entry.shape, entry.values.dtype, positions, np.zeros(0, np.uint8),
+                                     pending=_raw(values)))
     model = (metadata.model or {}).get("fingerprint")
     patch = Patch(parent, fingerprint, step, tensors, state, model)
-    if parent is not None and chained(parent, patch.content_digest()) != fingerprint:
-        raise FormatError(f"{where(label)}the patch's content does not hash to its fingerprint; the patch is "
-                          "corrupt or was edited")
+    if not any(tensor.pending for tensor in tensors.values()):  # else once decoded, by apply_to
+        check_chain(patch, label)
     return patch
+
+
+def check_chain(patch: Patch, source: object = None) -> None:
+    """FormatError unless a patch's content and parent hash to its fingerprint (nothing to check in a snapshot)."""
+    if patch.parent is not None and chained(patch.parent, patch.content_digest()) != patch.fingerprint:
+        raise FormatError(f"{where(source)}the patch's content does not hash to its fingerprint; the patch is "
+                          "corrupt or was edited")
+
+
+def _raw(decode: Callable[[np.ndarray], TensorValues]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda previous: decode(previous).data
 
 
 def _record(patch: Patch) -> dict[str, Any]:
@@ -107,4 +124,4 @@ def _is_fingerprint(value: Any) -> bool:
     return isinstance(value, str) and _FINGERPRINT.fullmatch(value) is not None
 
 
-__all__ = ["SYNC_KEY", "patch_from_bytes", "patch_to_bytes"]
+__all__ = ["SYNC_KEY", "check_chain", "patch_from_bytes", "patch_to_bytes"]
