@@ -5,8 +5,9 @@ copies, bit for bit (README, "Syncing RL weights"; FORMAT.md §13).
 ``from_bytes``, ``apply_to``) and ``PatchFolder`` (a folder of step patches, the file transport).
 """
 
+from .content import PatchTensor
 from .folder import PatchFolder
-from .patch import Patch, PatchTensor
+from .patch import Patch
 from .sender import WeightSync
 
 __all__ = ["Patch", "PatchFolder", "PatchTensor", "WeightSync"]

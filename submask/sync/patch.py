@@ -8,42 +8,14 @@ state it applies to and the state it produces.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..errors import MismatchError
-from .state import content_digest, itemsize
-
-
-@dataclass(frozen=True)
-class PatchTensor:
-    """One tensor of a patch: its ``shape`` and safetensors ``dtype``, the flat ``positions`` that changed (int64,
-    ascending; None for every entry, in a snapshot) and their new ``values`` (raw little-endian bytes, uint8).
-
-    ``previous`` holds the parent state's value bytes there, where the values coding uses them (``sync.values``);
-    ``pending``, in a patch just read, decodes ``values`` from the receiver's previous bytes (then ``values`` is
-    empty until ``apply_to``)."""
-
-    shape: tuple[int, ...]
-    dtype: str
-    positions: np.ndarray | None
-    values: np.ndarray
-    previous: np.ndarray | None = field(default=None, repr=False, compare=False)
-    pending: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def count(self) -> int:
-        """How many entries the tensor writes."""
-        return math.prod(self.shape) if self.positions is None else self.positions.size
-
-
-def digest_of(tensors: dict[str, PatchTensor]) -> str:
-    """The hash of a patch's tensors (``state.content_digest``)."""
-    return content_digest((name, t.dtype, t.shape, t.positions, t.values) for name, t in tensors.items())
+from .content import PatchTensor, digest_of
+from .receiver import apply_patch
+from .state import itemsize
+from .wire import patch_from_bytes, patch_to_bytes
 
 
 @dataclass(frozen=True)
@@ -84,23 +56,17 @@ class Patch:
 
     def to_bytes(self) -> bytes:
         """The patch as a .smask delta in memory (FORMAT.md §12, §13)."""
-        from .wire import patch_to_bytes
-
         return patch_to_bytes(self)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, *, source: object = None) -> Patch:
         """Read a patch from ``to_bytes``'s output, checking every checksum and that its content hashes to its
         fingerprint; FormatError (naming ``source``, e.g. the file it came from) when it does not."""
-        from .wire import patch_from_bytes
-
-        return patch_from_bytes(data, source)
+        return cls(*patch_from_bytes(data, source))
 
     def apply_to(self, target: Any) -> None:
         """Write the patch's values in place into ``target`` (a module or state dict: pass the same object at every
         step), after checking that ``target`` holds the patch's parent state; MismatchError, with nothing
         written, for a patch of another state (out of order, applied twice, or after a receiver restart
         without ``WeightSync.resume``)."""
-        from .receiver import apply_patch
-
         apply_patch(self, target)

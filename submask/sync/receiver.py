@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MismatchError, UsageError
-from .patch import Patch
+from .content import PatchLike, PatchTensor, check_chain
 from .state import bits, dtype_name, host_bytes, state_fingerprint, sync_tensors
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def fingerprint_of(target: Any, tensors: dict[str, torch.Tensor] | None = None) 
     return known[1] if known is not None and known[0]() is key else state_fingerprint(tensors)
 
 
-def apply_patch(patch: Patch, target: Any) -> None:
+def apply_patch(patch: PatchLike, target: Any) -> None:
     """``Patch.apply_to``: check, write in place, check the full fingerprint where the patch carries one."""
     import torch
 
@@ -43,9 +43,9 @@ def apply_patch(patch: Patch, target: Any) -> None:
                                 f"receiver holds {current[:19]}...; nothing was written. Apply the patches in "
                                 "order, or resume from a snapshot (WeightSync.resume) and apply the patches after it")
     _check_fit(patch, tensors)
-    patch = _decoded(patch, tensors)
+    decoded = _decoded(patch, tensors)
     with torch.no_grad():
-        for name, part in patch.tensors.items():
+        for name, part in decoded.items():
             flat = tensors[name].detach().view(-1)
             values = torch.from_numpy(part.values).view(flat.dtype)
             if part.positions is None:
@@ -61,24 +61,12 @@ def apply_patch(patch: Patch, target: Any) -> None:
     _remember(key, patch.fingerprint)
 
 
-def resume(target: Any, snapshot: Patch | bytes | bytearray | memoryview) -> int:
-    """``WeightSync.resume``: write a snapshot into ``target`` in place; returns its step."""
-    patch = snapshot if isinstance(snapshot, Patch) else Patch.from_bytes(snapshot)
-    if not patch.is_snapshot:
-        raise UsageError(f"WeightSync.resume needs a snapshot (WeightSync.snapshot), got the patch for step "
-                         f"{patch.step}; apply it with patch.apply_to")
-    apply_patch(patch, target)
-    return patch.step
-
-
-def _decoded(patch: Patch, tensors: dict[str, torch.Tensor]) -> Patch:
-    """The patch with the values that are coded against the previous ones decoded from the receiver's own (read at
-    the changed positions) and its fingerprint checked, before anything is written."""
+def _decoded(patch: PatchLike, tensors: dict[str, torch.Tensor]) -> dict[str, PatchTensor]:
+    """The patch's tensors, those with values coded against the previous ones decoded from the receiver's own (read
+    at the changed positions) and the fingerprint then checked, before anything is written."""
     if not any(part.pending for part in patch.tensors.values()):
-        return patch
+        return patch.tensors
     import torch
-
-    from .wire import check_chain
 
     decoded = {}
     for name, part in patch.tensors.items():
@@ -88,16 +76,15 @@ def _decoded(patch: Patch, tensors: dict[str, torch.Tensor]) -> Patch:
             previous = host_bytes(flat if at is None else flat[at])
             part = replace(part, values=part.pending(previous), pending=None)
         decoded[name] = part
-    patch = replace(patch, tensors=decoded)
-    check_chain(patch, f"patch for step {patch.step}")
-    return patch
+    check_chain(patch.parent, patch.fingerprint, decoded, f"patch for step {patch.step}")
+    return decoded
 
 
-def _check_fit(patch: Patch, tensors: dict[str, torch.Tensor]) -> None:
+def _check_fit(patch: PatchLike, tensors: dict[str, torch.Tensor]) -> None:
     """Every tensor the patch writes exists with its shape and dtype (a snapshot: exactly the target's tensors),
     before anything is written."""
     names = set(patch.tensors)
-    if patch.is_snapshot and names != set(tensors):
+    if patch.parent is None and names != set(tensors):
         odd = sorted(names ^ set(tensors))[:3]
         raise MismatchError(f"the snapshot of step {patch.step} and the receiver hold different tensors (e.g. "
                             f"{odd}); build the receiver with the sender's model class and config")
@@ -129,4 +116,4 @@ def _key(tensors: dict[str, torch.Tensor], target: Any) -> torch.Tensor:
     return next(iter(tensors.values()))
 
 
-__all__ = ["apply_patch", "fingerprint_of", "resume"]
+__all__ = ["apply_patch", "fingerprint_of"]

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MismatchError, UsageError
 from ..metadata import model_fingerprint
 from . import values as coding
-from .patch import Patch, PatchTensor, digest_of
-from .receiver import resume
+from .content import PatchTensor, digest_of
+from .patch import Patch
+from .receiver import apply_patch
 from .state import bits, chained, dtype_name, host_bytes, state_fingerprint, sync_tensors
 
 if TYPE_CHECKING:
@@ -75,7 +76,12 @@ class WeightSync:
     def resume(target: Any, snapshot: Patch | bytes | bytearray | memoryview) -> int:
         """Receiver: overwrite ``target`` (module or state dict) in place with a snapshot (a Patch or its bytes) and
         check its full fingerprint; returns the snapshot's step, after which patches apply."""
-        return resume(target, snapshot)
+        patch = snapshot if isinstance(snapshot, Patch) else Patch.from_bytes(snapshot)
+        if not patch.is_snapshot:
+            raise UsageError(f"WeightSync.resume needs a snapshot (WeightSync.snapshot), got the patch for step "
+                             f"{patch.step}; apply it with patch.apply_to")
+        apply_patch(patch, target)
+        return patch.step
 
     def _current(self) -> dict[str, torch.Tensor]:
         """The model's tensors, checked against the reference's layout (the reference follows a device move)."""

@@ -25,14 +25,13 @@ from ..mask import TensorMask
 from ..metadata import MaskMetadata
 from ..packed import from_positions, set_positions
 from . import values as coding
-from .patch import Patch, PatchTensor
-from .state import chained
+from .content import PatchFields, PatchLike, PatchTensor, check_chain
 
 SYNC_KEY = "sync"
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def patch_to_bytes(patch: Patch) -> bytes:
+def patch_to_bytes(patch: PatchLike) -> bytes:
     """``Patch.to_bytes``."""
     entries, payloads = {}, []
     for name, tensor in patch.tensors.items():
@@ -58,7 +57,7 @@ def patch_to_bytes(patch: Patch) -> bytes:
     return out.getvalue()
 
 
-def patch_from_bytes(data: bytes | bytearray | memoryview, source: object = None) -> Patch:
+def patch_from_bytes(data: bytes | bytearray | memoryview, source: object = None) -> PatchFields:
     """``Patch.from_bytes``."""
     label = source if source is not None else "patch bytes"
     header, payloads = parse_bytes(data, label)
@@ -85,24 +84,16 @@ def patch_from_bytes(data: bytes | bytearray | memoryview, source: object = None
                          PatchTensor(entry.shape, entry.values.dtype, positions, np.zeros(0, np.uint8),
                                      pending=_raw(values)))
     model = (metadata.model or {}).get("fingerprint")
-    patch = Patch(parent, fingerprint, step, tensors, state, model)
     if not any(tensor.pending for tensor in tensors.values()):  # else once decoded, by apply_to
-        check_chain(patch, label)
-    return patch
-
-
-def check_chain(patch: Patch, source: object = None) -> None:
-    """FormatError unless a patch's content and parent hash to its fingerprint (nothing to check in a snapshot)."""
-    if patch.parent is not None and chained(patch.parent, patch.content_digest()) != patch.fingerprint:
-        raise FormatError(f"{where(source)}the patch's content does not hash to its fingerprint; the patch is "
-                          "corrupt or was edited")
+        check_chain(parent, fingerprint, tensors, label)
+    return PatchFields(parent, fingerprint, step, tensors, state, model)
 
 
 def _raw(decode: Callable[[np.ndarray], TensorValues]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda previous: decode(previous).data
 
 
-def _record(patch: Patch) -> dict[str, Any]:
+def _record(patch: PatchLike) -> dict[str, Any]:
     return {"parent": patch.parent, "fingerprint": patch.fingerprint, "step": patch.step, "state": patch.state}
 
 
@@ -124,4 +115,4 @@ def _is_fingerprint(value: Any) -> bool:
     return isinstance(value, str) and _FINGERPRINT.fullmatch(value) is not None
 
 
-__all__ = ["SYNC_KEY", "check_chain", "patch_from_bytes", "patch_to_bytes"]
+__all__ = ["SYNC_KEY", "patch_from_bytes", "patch_to_bytes"]

@@ -15,6 +15,7 @@ written. Times are per step, so every ratio pairs figures of the same step (medi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--restart", type=int, default=40, help="step after which the receiver restarts")
     parser.add_argument("--refuse", type=int, default=70, help="step whose patch is offered late")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--check-every", type=int, default=50, help="WeightSync's full check")
     parser.add_argument("--repeats", type=int, default=5, help="receivers timed side by side (best of)")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -113,7 +115,7 @@ def main() -> None:
     full_bytes = len(save(model.state_dict()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(1)
-    sync = submask.WeightSync(model)
+    sync = submask.WeightSync(model, check_every=args.check_every)
     rows: list[dict[str, float]] = []
     worst, refused, restarted, held = 0, False, False, None
     for step in range(1, args.steps + 1):
@@ -148,7 +150,7 @@ def main() -> None:
             worst = max(worst, differing_bits(model, receivers[0]))
         rows.append({"step": step, "density": patch.count / numel, "bytes": len(data), "peer": len(peer),
                      "train": train, "diff": diff, "encode": encode, "peer_time": peer_time, "decode": decode,
-                     "apply": apply, "copy": copy})
+                     "apply": apply, "copy": copy, "checked": float(patch.state is not None)})
     load_after = load_average()
     print(report(rows[args.warmup:], args, numel, full_bytes, worst, refused, restarted, load_before, load_after))
     if not args.no_write:
@@ -159,16 +161,21 @@ def main() -> None:
 
 def report(rows: list[dict[str, float]], args: argparse.Namespace, numel: int, full_bytes: int, worst: int,
            refused: bool, restarted: bool, load_before: list[str], load_after: list[str]) -> str:
-    def median(key: str) -> float:
-        return statistics.median(row[key] for row in rows)
+    regular = [row for row in rows if not row["checked"]]
+    checked = [row for row in rows if row["checked"]]
 
-    def ratio(top: str | tuple[str, ...], bottom: str) -> tuple[float, float]:
+    def median(key: str) -> float:  # times: over the steps without the full check
+        among = rows if key in ("density", "bytes", "peer") else regular
+        return statistics.median(row[key] for row in among)
+
+    def ratio(top: str | tuple[str, ...], bottom: str, among: list[dict[str, float]] = rows) -> tuple[float, float]:
         tops = (top,) if isinstance(top, str) else top
-        values = [sum(row[t] for t in tops) / row[bottom] for row in rows]
+        values = [sum(row[t] for t in tops) / row[bottom] for row in among] or [math.nan]
         return statistics.median(values), max(values)
 
     size, full = ratio("bytes", "peer"), [row["bytes"] / full_bytes for row in rows]
-    cost, apply = ratio(("diff", "encode"), "train"), ratio("apply", "copy")
+    cost, apply = ratio(("diff", "encode"), "train", regular), ratio("apply", "copy", regular)
+    checked_cost, checked_apply = ratio(("diff", "encode"), "train", checked), ratio("apply", "copy", checked)
     table = markdown_table(["figure", "median per step", "worst step", "goal"], [
         ["entries changed per step (update density)", f"{median('density'):.2%}",
          f"{max(row['density'] for row in rows):.2%}", "1-3%"],
@@ -186,9 +193,13 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, numel: int, f
         ["apply_to (ms)", f"{median('apply') * 1e3:.3f}", "", ""],
         ["plain in-place copy of the changed values (ms)", f"{median('copy') * 1e3:.3f}", "", ""],
         [f"apply_to / plain copy (best of {args.repeats} each)", f"{apply[0]:.2f}x", f"{apply[1]:.2f}x", "<= 2x"],
+        [f"steps with the full check ({len(checked)}, every {args.check_every}: the weights hashed on both sides): "
+         "(diff() + to_bytes()) / training step; apply_to / plain copy",
+         f"{checked_cost[0]:.3f}x; {checked_apply[0]:.1f}x", "", ""],
         ["entries differing, receiver vs trainer, after any step", "", str(worst), "0"],
     ])
-    return (f"{len(rows)} steps (after {args.warmup} warm-up steps) of a tiny Llama ({numel:,} bf16 parameters: "
+    return (f"{len(rows)} steps (after {args.warmup} warm-up steps; time ratios over the steps without the full "
+            f"check, which has a row of its own) of a tiny Llama ({numel:,} bf16 parameters: "
             f"hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}), AdamW lr {args.lr:g}, batch "
             f"{args.batch}x{args.seq}, torch threads {args.threads}. The receiver restarted after step "
             f"{args.restart} (other random weights, resumed from a snapshot: {'yes' if restarted else 'NO'}) and "
