@@ -127,9 +127,11 @@ def test_snapshot_is_the_last_synced_state_not_the_model_now() -> None:
     ids = torch.randint(0, VOCAB, (2, 16))
     trainer.model(input_ids=ids, labels=ids).loss.backward()
     trainer.optimizer.step()  # changed since the last diff
-    WeightSync.resume(receiver, trainer.sync.snapshot())
+    snapshot = trainer.sync.snapshot()
+    patch = trainer.sync.diff()  # the sender moves on; the snapshot keeps its state
+    WeightSync.resume(receiver, snapshot)
     assert differing(receiver, synced) == 0
-    trainer.sync.diff().apply_to(receiver)
+    patch.apply_to(receiver)
     assert differing(trainer.model, receiver) == 0
 
 

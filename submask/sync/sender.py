@@ -68,8 +68,8 @@ class WeightSync:
         """The last synced state whole (not the model's changes since), for a receiver that starts or restarts:
         ``WeightSync.resume(model, snapshot)``, then the patches of the later steps."""
         tensors = self._reference_tensors()
-        whole = {name: PatchTensor(tuple(tensor.shape), self.dtypes[name], None, host_bytes(tensor))
-                 for name, tensor in tensors.items()}
+        whole = {name: PatchTensor(tuple(tensor.shape), self.dtypes[name], None, host_bytes(tensor).copy())
+                 for name, tensor in tensors.items()}  # a copy: the reference moves on with the next diff
         return Patch(None, self.fingerprint, self.step, whole, state_fingerprint(tensors), self.layout)
 
     @staticmethod
