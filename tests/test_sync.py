@@ -290,3 +290,18 @@ def test_a_values_coding_against_the_previous_values_plugs_in_at_one_place(monke
         patch.apply_to(receiver)
     assert differing(receiver, before) == 0
     assert np.array_equal(patch.tensors[name].values, np.zeros(0, np.uint8))
+
+
+def test_patch_and_snapshot_headers_follow_the_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from submask.format.container import parse_bytes
+
+    schema = json.loads((Path(__file__).parents[1] / "spec" / "header.schema.json").read_text())
+    trainer = Trainer()
+    for patch in (trainer.step(), trainer.sync.snapshot()):
+        header, _ = parse_bytes(patch.to_bytes())
+        jsonschema.validate(header, schema)
+        assert header["sync"]["parent"] == patch.parent and header["version"] == "1.2"
+    header["sync"]["fingerprint"] = "sha256:0"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(header, schema)
