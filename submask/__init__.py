@@ -52,11 +52,14 @@ from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dic
 from .rebuild import apply_delta
 from .train import Restriction, restrict, unrestrict
 from .tracker import UpdateSparsity, UpdateTracker
+from .sync import Patch, PatchFolder, WeightSync
 
 __all__ = [
     "Comparison",
     "Counts",
     "PairStats",
+    "Patch",
+    "PatchFolder",
     "chance_jaccard",
     "combine_files",
     "compare",
@@ -101,6 +104,7 @@ __all__ = [
     "UpdateSparsity",
     "UpdateTracker",
     "VersionError",
+    "WeightSync",
     "__version__",
     "apply_delta",
     "apply_mask",

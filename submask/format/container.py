@@ -139,6 +139,18 @@ def _parse(file: BinaryIO, path: Path) -> tuple[Any, dict[str, tuple[int, int]],
     return header, spans, 8 + header_length
 
 
+def parse_bytes(data: bytes | bytearray | memoryview, path: object = None) -> tuple[Any, dict[str, memoryview]]:
+    """A whole .smask file in memory: (the submask header, each payload by name as a view of ``data``), with the
+    container checks of ``Container``; ``path`` names the data in errors."""
+    view = memoryview(data).cast("B")
+    length = read_header_length(bytes(view[:8]), len(view), path)
+    header, outer = parse_header(bytes(view[8 : 8 + length]), path)
+    spans = {name: _parse_entry(name, entry, path) for name, entry in outer.items()}
+    _check_contiguous(spans, len(view) - 8 - length, path)
+    start = 8 + length
+    return header, {name: view[start + begin : start + end] for name, (begin, end) in spans.items()}
+
+
 def read_header_length(head: bytes, size: int, path: object = None) -> int:
     """The header length from a file's first 8 bytes, checked against the file's ``size``.
 
@@ -185,7 +197,7 @@ def header_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _parse_entry(name: str, entry: Any, path: Path) -> tuple[int, int]:
+def _parse_entry(name: str, entry: Any, path: object) -> tuple[int, int]:
     at = where(path, name)
     if not isinstance(entry, dict) or entry.get("dtype") != "U8":
         raise FormatError(f"{at}every .smask payload must be a U8 safetensors entry, got {entry!r}")
@@ -197,7 +209,7 @@ def _parse_entry(name: str, entry: Any, path: Path) -> tuple[int, int]:
     return int(offsets[0]), int(offsets[1])
 
 
-def _check_contiguous(spans: dict[str, tuple[int, int]], data_size: int, path: Path) -> None:
+def _check_contiguous(spans: dict[str, tuple[int, int]], data_size: int, path: object) -> None:
     cursor = 0
     for start, end in sorted(spans.values()):
         if start != cursor:
