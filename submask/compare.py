@@ -36,6 +36,7 @@ from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
 from .format.tensors import entry_codec
+from .limits import check_allocation
 from .mask import Mask, TensorMask
 from .names import Names
 from .packed import crc32
@@ -275,6 +276,8 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
         table = np.array(chunk.table, np.int64)
         sizes = (table[:, 0] + 7) // 8
         kept = int(sizes.sum())
+        if verify:
+            check_allocation(2 * kept, f"{chunk.entries[0][2]}: the bits of {len(chunk.table)} tensors of two masks")
         bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if verify else None
         counts = batch.pair_counts(data_a, data_b, table, bits)
         counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes))

@@ -63,6 +63,7 @@ def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, st
         positions = _checked(at, lambda: codec.positions(payload, entry.bits))
         _check_count(at, positions.size, entry.ones)
         return _Operand(entry.bits, entry.ones, positions=positions)
+    check_allocation(packed_nbytes(entry.bits), f"{at}{entry.bits:,} bits")
     out = thread_buffer(index, packed_nbytes(entry.bits))
     return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path, out=out, verify_crc=verify))
 
@@ -75,7 +76,6 @@ def thread_buffer(index: Hashable, nbytes: int) -> np.ndarray:
 def reusable(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
     """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
     if key not in buffers or buffers[key].size < nbytes:
-        check_allocation(nbytes, f"{nbytes * 8:,} bits")
         buffers[key] = np.empty(nbytes, np.uint8)
     return buffers[key][:nbytes]
 

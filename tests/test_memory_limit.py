@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_hostile import container
+from test_hostile import container, rice_claiming
 
 import submask
 from submask import Delta, LimitError, Mask, UsageError
@@ -85,9 +85,10 @@ def test_load_counts_every_tensor_together(tmp_path: Path, monkeypatch: pytest.M
         submask.load(path)
 
 
+@pytest.mark.parametrize("bomb", ["zstd", "rice"])
 @pytest.mark.parametrize("command", [["combine", "not"], ["compare"]])
-def test_cli_commands_refuse_a_bomb_in_one_line(tmp_path: Path, command: list[str]) -> None:
-    path = zstd_bomb(tmp_path / "bomb.smask")
+def test_cli_commands_refuse_a_bomb_in_one_line(tmp_path: Path, command: list[str], bomb: str) -> None:
+    path = zstd_bomb(tmp_path / "bomb.smask") if bomb == "zstd" else rice_claiming(tmp_path / "bomb.smask", BITS)
     args = [*command, str(path)] + ([str(path)] if command == ["compare"] else [])
     args += ["-o", str(tmp_path / "out.smask")] if command[0] == "combine" else []
     result = subprocess.run([sys.executable, "-m", "submask", *args], capture_output=True, text=True, timeout=120,
