@@ -21,7 +21,7 @@ from .format import MaskFile, MaskWriter
 from .format.writer import check_mask_target
 from .io import open_mask
 from .metadata import combined_metadata
-from .packed import apply_op, popcount
+from .packed import apply_op, check_op, popcount
 
 
 def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
@@ -32,24 +32,25 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
     An existing ``output`` is refused (OutputError, before any work) unless ``overwrite``; so is an input.
     Returns a ``BuiltMask`` whose ``path`` is the file written, with its counts.
     """
+    check_op(op, len(inputs))
     check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
         files = [stack.enter_context(open_mask(path)) for path in inputs]
-        labels = [str(path) for path in inputs]
+        labels = [os.fspath(path) for path in inputs]
         names = aligned_names([f.shapes for f in files], common=common,
                               labels=labels)
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
         stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
-        ones = numel = 0
+        count = numel = 0
         with MaskWriter(output, metadata, overwrite=overwrite) as writer:
             for name in tensor_progress(names, progress, f"submask {op}"):
                 tensors = [f[name] for f in files]
                 packed = apply_op(op, [t.packed for t in tensors], tensors[0].numel)
-                ones += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones
+                count += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones
                 numel += tensors[0].numel
-    return BuiltMask(metadata, len(names), ones, numel, path=Path(output))
+    return BuiltMask(metadata, len(names), count, numel, path=Path(output))
 
 
 def content_fingerprint(mask_file: MaskFile) -> str:

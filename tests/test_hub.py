@@ -194,7 +194,7 @@ def test_lfs_sized_mask_and_ls_reads_headers_only(hub: dict, hub_server: HubServ
     assert [(m.path, m.size, m.kind, m.tensors, m.base_model) for m in listed] == [
         ("masks/big.smask", big.stat().st_size, "update", 1, None),
         ("masks/small.smask", small.stat().st_size, "update", 3, "org/base-model")]
-    assert listed[0].ones == random_bits.count and listed[0].bits == nbytes * 8
+    assert listed[0].count == random_bits.count and listed[0].numel == nbytes * 8
     assert listed[1].density == pytest.approx(make_mask(1).density)
     downloads = [r for r in hub_server.requests if "/resolve/" in r.path]
     assert downloads and all(r.range is not None and r.status == 206 for r in downloads)
@@ -216,7 +216,7 @@ def test_sharded_mask_push_pull_and_overwrite(hub: dict, hub_api: HfApi, hub_rep
     assert copied.local_path == tmp_path / "out" / "x.smask.index.json"
     assert submask.load(tmp_path / "out" / "x.smask").tensors == mask.tensors
     [listing] = list_masks(hub_repo, **hub)
-    assert (listing.path, listing.shards, listing.tensors, listing.ones) == ("masks/sharded.smask", 3, 6, mask.count)
+    assert (listing.path, listing.shards, listing.tensors, listing.count) == ("masks/sharded.smask", 3, 6, mask.count)
 
     smaller = make_mask(5, 0.3, {"layer0.w": (96, 64)})
     push_mask(save(smaller, tmp_path / "one.smask"), hub_repo, "masks/sharded.smask", overwrite=True, **hub)
@@ -295,7 +295,7 @@ def test_sharded_masks_pushed_to_one_folder_stay_apart(hub: dict, hub_api: HfApi
     for path, mask in (("masks/a.smask", a), ("masks/b.smask", b)):
         assert submask.load(pull_mask(hub_repo, path, **hub).local_path).tensors == mask.tensors
         assert submask.load(f"hf://{hub_repo}/{path}", **hub).tensors == mask.tensors
-    assert {m.path: m.ones for m in list_masks(hub_repo, **hub)} == {"masks/a.smask": a.count, "masks/b.smask": b.count}
+    assert {m.path: m.count for m in list_masks(hub_repo, **hub)} == {"masks/a.smask": a.count, "masks/b.smask": b.count}
 
     # the same mask pushed again over itself gets fresh names; the old ones go in the same commit
     again = push_mask(a_path, hub_repo, "masks/a.smask", overwrite=True, **hub)

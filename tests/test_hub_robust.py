@@ -72,7 +72,7 @@ def test_ls_and_card_accept_200_answers_streaming_only_the_header(hub: dict, no_
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert [(m.path, m.size, m.tensors, m.ones) for m in listed] == [
+    assert [(m.path, m.size, m.tensors, m.count) for m in listed] == [
         ("masks/big.smask", big.stat().st_size, 1, bits.count), ("masks/small.smask", small.stat().st_size, 3,
                                                                   make_mask(1).count)]
     assert listed.problems == []

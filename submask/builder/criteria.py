@@ -54,6 +54,12 @@ class Criterion:
         if name not in CRITERIA:
             raise UsageError(f"criterion must be one of {list(CRITERIA)}, got {name!r}")
         given = {"atol": atol, "rtol": rtol}
+        if atol is not None and rtol is not None:
+            raise UsageError("atol= (--atol) and rtol= (--rtol) are not combined: numpy's allclose rule "
+                             "|w' - w| <= atol + rtol * |w'| measures rtol against one side only, so it would make "
+                             "base and finetuned play different roles, while rtol here is symmetric "
+                             "(|w' - w| <= rtol * max(|w|, |w'|)); choose one criterion, or build one mask of each "
+                             "and combine them (`submask combine and`: changed under both)")
         extra = [key for key, value in given.items() if value is not None and key != name]
         if extra:
             raise UsageError(f"criterion {name!r} takes no {' or '.join(extra)}; pass only the tolerance of the "

@@ -18,7 +18,7 @@ END = "<!-- submask:end -->"
 def render_section(repo_id: str, masks: Sequence[MaskListing]) -> str:
     """The markdown section (markers included) listing ``masks``."""
     rows = [f"| `{_cell(m.path)}` | {_cell(m.kind)} | {_cell(m.base_model)} | {m.density:.4%} "
-            f"| {m.ones:,} / {m.bits:,} | {m.tensors} |" for m in masks]
+            f"| {m.count:,} / {m.numel:,} | {m.tensors} |" for m in masks]
     example = _cell(masks[0].path) if masks else "masks/NAME.smask"
     return "\n".join([
         START,

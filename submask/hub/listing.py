@@ -23,20 +23,22 @@ _REPO_ID = re.compile(r"\w[\w.-]*/\w[\w.-]*(?:@[\w./-]+)?")  # ORG/NAME[@REVISIO
 
 @dataclass(frozen=True)
 class MaskListing:
-    """A mask stored in a repo, summarised from its header(s): ``path`` is what ``pull_mask`` takes."""
+    """A mask stored in a repo, summarised from its header(s): ``path`` is what ``pull_mask`` takes; ``count``
+    of its ``numel`` entries are set."""
 
     path: str
     size: int
     kind: str
     tensors: int
-    ones: int
-    bits: int
+    count: int
+    numel: int
     base_model: str | None
     shards: int = 1
 
     @property
     def density(self) -> float:
-        return self.ones / self.bits if self.bits else 0.0
+        """count / numel; 0.0 over no entries."""
+        return self.count / self.numel if self.numel else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "density": self.density}
