@@ -32,7 +32,7 @@ from .format import MaskFile, MaskWriter, local_mask_path
 from .hub.paths import is_hub_url
 from .mask import Mask
 
-MaskLike = Mask | MaskFile | BuiltMask | str | os.PathLike
+MaskLike = Mask | MaskFile | BuiltMask | str | os.PathLike[str]
 """A mask in memory, an open .smask file, a built one, or the path or hf:// URL of one (read lazily)."""
 Shapes = Mapping[str, tuple[int, ...]]
 

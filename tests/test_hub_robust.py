@@ -206,7 +206,7 @@ def test_push_publishes_no_local_paths(hub: dict, hub_server: HubServer, hub_api
     assert [m.base_model for m in list_masks(hub_repo, **hub)] == ["base.safetensors"] * 2
     result = cli(hub_server, tmp_path, "ls", hub_repo, "--json")
     assert result.returncode == 0 and str(tmp_path) not in result.stdout
-    assert [m["base_model"] for m in json.loads(result.stdout)] == ["base.safetensors"] * 2
+    assert [m["base_model"] for m in json.loads(result.stdout)["masks"]] == ["base.safetensors"] * 2
 
     pinned = Mask.from_numpy({"w": np.eye(4, dtype=bool)},
                              provenance={"base": {"source": "org/base", "revision": "a" * 40}},

@@ -37,7 +37,7 @@ def quiet_hub_progress() -> None:
     """Turn off huggingface_hub's progress bars: its environment switch for a later import, its call if imported."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars
+        from huggingface_hub.utils.tqdm import disable_progress_bars
 
         disable_progress_bars()
 
