@@ -45,6 +45,8 @@ from .tensor_counts import compare_tensor, reusable, thread_buffer
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+#: A mask of a comparison: its index in ``labels``, its label, or its file name when that names one mask.
+MaskKey = int | str | os.PathLike[str]
 CHUNK_BITS = 1 << 24  # elements, summed over the masks, of the consecutive tensors one task compares
 
 
@@ -85,7 +87,7 @@ class Comparison:
     by: str
     groups: dict[str, GroupComparison] = field(default_factory=dict)
 
-    def pair(self, a: int | str, b: int | str, group: str = OVERALL) -> PairStats:
+    def pair(self, a: MaskKey, b: MaskKey, group: str = OVERALL) -> PairStats:
         """Stats of mask ``a`` (as A) against mask ``b`` (as B) over ``group``; each is an index into
         ``labels`` or a label (the path as given, or its file name when that names one mask).
 
@@ -96,7 +98,7 @@ class Comparison:
                              f"{', '.join(list(self.groups)[:8])}{', ...' if len(self.groups) > 8 else ''}")
         return self.groups[group].pair(self.index(a), self.index(b))
 
-    def index(self, mask: int | str) -> int:
+    def index(self, mask: MaskKey) -> int:
         """The position in ``labels`` of a mask given by index, label or unique file name (else UsageError)."""
         if isinstance(mask, int) and not isinstance(mask, bool):
             if -len(self.labels) <= mask < len(self.labels):
