@@ -1,5 +1,24 @@
 """submask: store, compare and share parameter-update masks.
 
+The API by task (count = set entries, numel = all entries, density = count / numel):
+
+- build:   ``build_mask(base, finetuned, out)`` -> ``BuiltMask``; ``count_changes`` (counts only);
+           ``combine_files(op, inputs, out)``; in memory ``Mask``, ``TensorMask``, ``Mask.from_numpy``.
+- compare: ``compare(masks, by=...)`` -> ``Comparison`` (``.pair("a.smask", "b.smask")`` -> ``PairStats``:
+           overlap, jaccard, ``chance_*`` stratified baseline, ``global_chance_*`` model-wide);
+           ``pair_stats``, ``overlap``, ``jaccard``, ``intersection``, ``union``, ``difference``,
+           ``symmetric_difference``, ``complement``; ``density_breakdown(mask, by=...)``.
+- apply:   ``apply_mask(base, finetuned, mask, out_dir)`` -> ``AppliedModel``; ``apply_to_state_dict``,
+           ``apply_to_module``; ``apply_delta`` (a delta built with ``values=True``).
+- train:   ``restrict(module, mask)`` / ``unrestrict``; ``UpdateTracker`` (update density while training);
+           ``submask.integrations.transformers`` for the Trainer.
+- Hub:     ``push_mask``, ``pull_mask``, ``list_masks``; ``hf://org/model[@rev]/path.smask`` wherever a path is.
+- format:  ``save``, ``load``, ``open`` / ``open_mask`` (lazy), ``load_delta``; ``MaskFile``, ``MaskWriter``,
+           ``MaskMetadata`` (FORMAT.md). Every error is a ``SubmaskError``.
+
+Wherever a mask is taken, a ``MaskLike`` is: a ``Mask``, an open ``MaskFile``, a ``BuiltMask``, or a path or
+hf:// URL.
+
 >>> import numpy as np, submask
 >>> mask = submask.Mask.from_numpy({"w": np.array([True, False, False, True])})
 >>> submask.save(mask, "w.smask")                                   # doctest: +SKIP

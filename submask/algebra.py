@@ -44,6 +44,8 @@ def ratio(numerator: float, denominator: float) -> float:
 def chance_jaccard(p: float, q: float) -> float:
     """Expected Jaccard index of independent random masks of densities ``p`` and ``q``: pq / (p + q - pq).
 
+    Over one tensor this is the (stratified) chance value; given two whole-model densities, the model-wide one.
+
     >>> round(chance_jaccard(0.2, 0.2), 4)
     0.1111
     """
@@ -70,9 +72,16 @@ class Counts:
 class PairStats:
     """How two masks A and B overlap over some tensors, with the values chance would give.
 
-    ``chance_intersection`` is the expected |A and B| for random masks with the same count *in each
-    tensor* (sum over tensors of count_a * count_b / numel): the stratified baseline. The model-wide
-    baseline (as in the RL-subnetworks paper) only uses the total densities.
+    Two chance baselines, both "random masks with the same number of set entries":
+
+    - ``chance_*`` (the default, **stratified**): each mask keeps its own count *in each tensor*; the expected
+      |A and B| is ``chance_intersection`` = sum over tensors of count_a * count_b / numel. A ratio of 1 means
+      the masks overlap no more than their per-tensor densities alone make them.
+    - ``global_chance_*`` (**model-wide**, the RL-subnetworks paper's App. E: "uniformly selecting the same
+      number of parameters" anywhere in the model): expected |A and B| = count_a * count_b / numel over all the
+      tensors, so the chance overlap A->B is B's density. It ignores that some tensors change far more than
+      others, so its ratios come out larger.
+
     Stats over disjoint groups of tensors add up with ``+``.
     """
 
@@ -121,48 +130,59 @@ class PairStats:
 
     @property
     def chance_overlap_a(self) -> float:
-        """Model-wide chance value of ``overlap_a``: B's density (nan when A is empty)."""
-        return self.density_b if self.count_a else math.nan
-
-    @property
-    def chance_overlap_b(self) -> float:
-        return self.density_a if self.count_b else math.nan
-
-    @property
-    def chance_jaccard(self) -> float:
-        """Model-wide chance Jaccard, pq / (p + q - pq) from the total densities."""
-        return chance_jaccard(self.density_a, self.density_b)
-
-    @property
-    def stratified_chance_overlap_a(self) -> float:
-        """Chance ``overlap_a`` when each tensor keeps its own densities."""
+        """Stratified chance value of ``overlap_a`` (each tensor keeps its own counts); nan when A is empty."""
         return ratio(self.chance_intersection, self.count_a)
 
     @property
-    def stratified_chance_overlap_b(self) -> float:
+    def chance_overlap_b(self) -> float:
+        """Stratified chance value of ``overlap_b``; nan when B is empty."""
         return ratio(self.chance_intersection, self.count_b)
 
     @property
-    def stratified_chance_jaccard(self) -> float:
-        """Chance Jaccard when each tensor keeps its own densities (ratio of the expected counts)."""
+    def chance_jaccard(self) -> float:
+        """Stratified chance Jaccard (the ratio of the expected counts)."""
         return ratio(self.chance_intersection, self.count_a + self.count_b - self.chance_intersection)
 
     @property
     def jaccard_ratio(self) -> float:
-        """``jaccard`` / model-wide ``chance_jaccard``: 1 is what chance gives, above 1 more overlap."""
+        """``jaccard`` / stratified ``chance_jaccard``: 1 is what chance gives, above 1 more overlap."""
         return ratio(self.jaccard, self.chance_jaccard)
 
     @property
-    def stratified_jaccard_ratio(self) -> float:
-        return ratio(self.jaccard, self.stratified_chance_jaccard)
+    def global_chance_intersection(self) -> float:
+        """Model-wide chance |A and B|: count_a * count_b / numel over all the tensors (the paper's baseline)."""
+        return self.count_a * self.count_b / self.numel if self.numel else 0.0
+
+    @property
+    def global_chance_overlap_a(self) -> float:
+        """Model-wide chance value of ``overlap_a``: B's density (the paper's O1,random = 1 - s2)."""
+        return self.density_b if self.count_a else math.nan
+
+    @property
+    def global_chance_overlap_b(self) -> float:
+        """Model-wide chance value of ``overlap_b``: A's density (the paper's O2,random = 1 - s1)."""
+        return self.density_a if self.count_b else math.nan
+
+    @property
+    def global_chance_jaccard(self) -> float:
+        """Model-wide chance Jaccard, pq / (p + q - pq) from the total densities."""
+        return chance_jaccard(self.density_a, self.density_b)
+
+    @property
+    def global_jaccard_ratio(self) -> float:
+        """``jaccard`` / ``global_chance_jaccard``."""
+        return ratio(self.jaccard, self.global_chance_jaccard)
 
     def as_dict(self) -> dict[str, float | int]:
-        """The counts and every derived metric, for JSON/CSV output."""
-        names = ("numel", "count_a", "count_b", "intersection", "union", "density_a", "density_b", "overlap_a",
-                 "overlap_b", "jaccard", "chance_overlap_a", "chance_overlap_b", "chance_jaccard", "jaccard_ratio",
-                 "chance_intersection", "stratified_chance_overlap_a", "stratified_chance_overlap_b",
-                 "stratified_chance_jaccard", "stratified_jaccard_ratio")
-        return {name: getattr(self, name) for name in names}
+        """The counts and every derived metric, for JSON/CSV output (``chance_*``: stratified)."""
+        return {name: getattr(self, name) for name in PAIR_FIELDS}
+
+
+#: The fields of ``PairStats.as_dict`` (every compare --json/--csv row), in order.
+PAIR_FIELDS = ("numel", "count_a", "count_b", "intersection", "union", "density_a", "density_b", "overlap_a",
+               "overlap_b", "jaccard", "chance_intersection", "chance_overlap_a", "chance_overlap_b",
+               "chance_jaccard", "jaccard_ratio", "global_chance_intersection", "global_chance_overlap_a",
+               "global_chance_overlap_b", "global_chance_jaccard", "global_jaccard_ratio")
 
 
 def intersection_count(a: M, b: M, *, common: bool = False) -> int:

@@ -7,7 +7,7 @@ rebuilds the finetuned checkpoint (``submask.rebuild``).
 ``apply_to_state_dict`` and ``apply_to_module`` do the same in memory (torch tensors or numpy arrays).
 
 >>> submask.apply_mask("base/", "finetuned/", "rl.smask", "sparse-update/")   # doctest: +SKIP
-AppliedModel(path=PosixPath('sparse-update'), tensors=291, numel=..., from_finetuned=...)
+AppliedModel(path=PosixPath('sparse-update'), tensors=291, numel=..., count=...)
 >>> submask.apply_mask("org/base@3f2c...", "hf://org/run/deltas/step-1000.smask", "step-1000/")  # doctest: +SKIP
 """
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import torch
 
 #: Files of a finetuned model dir that are weights, not copied next to the applied weights.
+#: The weights file of a model dir applied from single files: the name transformers' from_pretrained reads.
+SINGLE_FILE = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 
 
@@ -57,8 +59,9 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
     With four arguments, ``base`` and ``finetuned`` are model dirs (sharded with an index, or not) or
     ``.safetensors`` or ``torch.save`` (.bin, .pt) files with the same tensor names, shapes and dtypes. Each
     output shard is the finetuned shard's header, byte for byte, followed by the selected values; the index is
-    copied, and when ``finetuned`` is a directory its other files (config, tokenizer, ...) too. A torch.save
-    finetuned checkpoint is written as safetensors (``pytorch_model-00001-of-00002.bin`` as
+    copied, and when ``finetuned`` is a directory its other files (config, tokenizer, ...) too. From a single
+    ``.safetensors`` file, the output is ``model.safetensors``, the name ``from_pretrained`` looks for (add the
+    config). A torch.save finetuned checkpoint is written as safetensors (``pytorch_model-00001-of-00002.bin`` as
     ``model-00001-of-00002.safetensors``, with a ``model.safetensors.index.json`` when sharded). Tensors the
     mask does not list take the base values.
     ``invert=True`` swaps the roles: finetuned values outside the mask, base values inside. The directory
@@ -87,9 +90,10 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
         total = sum(info.nbytes for info in ft_src.tensors.values())
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
         taken = 0
+        single = Path(os.fspath(finetuned)).is_file() and len(shards) == 1
         with staging_dir(out) as staging:
             for shard in shards:
-                with writing(out), open(staging / shard.name, "wb") as handle:
+                with writing(out), open(staging / (SINGLE_FILE if single else shard.path.name), "wb") as handle:
                     handle.write(shard.header)
                     for name in shard.names:
                         bits = masks[as_mask[name]] if as_mask[name] in masks else None

@@ -2,7 +2,8 @@
 holds; the model dir written.
 
 ``build_mask`` and ``combine_files`` return a ``BuiltMask``, so a caller (the CLI included) never reopens a
-file it just wrote to learn its counts or stats; ``apply_mask`` returns an ``AppliedModel``.
+file it just wrote to learn its counts or stats; a ``BuiltMask`` is accepted wherever a mask is
+(``restrict(model, build_mask(a, b))``). ``apply_mask`` returns an ``AppliedModel``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class BuiltMask:
     """A mask just made: ``mask`` when kept in memory (``delta`` too, for a build with values), ``path`` when
-    written (a sharded mask's index), and in both cases its ``metadata`` and counts. A written one is
-    ``os.PathLike``: ``submask.load(built)`` reads it.
+    written (a sharded mask's index), and in both cases its ``metadata``, ``count`` (set entries) and ``numel``
+    (all entries). Every function that takes a mask takes it; a written one is also ``os.PathLike``.
 
     >>> built = submask.build_mask("base/", "rl/", "rl.smask")          # doctest: +SKIP
     >>> built.path, built.density, built.stats["ladder"]["atol"]        # doctest: +SKIP
+    >>> submask.restrict(model, built)                                  # doctest: +SKIP
     """
 
     metadata: MaskMetadata
     tensors: int
-    ones: int
+    count: int
     numel: int
     path: Path | None = None
     mask: Mask | None = None
@@ -45,12 +47,21 @@ class BuiltMask:
 
     @property
     def density(self) -> float:
-        """Fraction of elements set; 0.0 over no elements."""
-        return self.ones / self.numel if self.numel else 0.0
+        """count / numel; 0.0 over no elements."""
+        return self.count / self.numel if self.numel else 0.0
+
+    @property
+    def source(self) -> "Mask | Path":
+        """What to read: the mask in memory, else the file written."""
+        if self.mask is not None:
+            return self.mask
+        assert self.path is not None  # one of the two is always set
+        return self.path
 
     def __fspath__(self) -> str:
         if self.path is None:
-            raise UsageError("this mask was kept in memory (out=None), not written: use .mask")
+            raise UsageError("this mask was kept in memory (out=None), not written: pass the BuiltMask itself "
+                             "where a mask is taken, or write it with submask.save(built.mask, path)")
         return os.fspath(self.path)
 
 
@@ -68,9 +79,15 @@ class ChangeCounts:
 
 @dataclass(frozen=True)
 class AppliedModel:
-    """What ``apply_mask`` wrote: the model dir, and how many values came from the finetuned model (or delta)."""
+    """What ``apply_mask`` wrote: the model dir, its ``numel`` values, and the ``count`` of them taken from the
+    finetuned model (or the delta)."""
 
     path: Path
     tensors: int
     numel: int
-    from_finetuned: int
+    count: int
+
+    @property
+    def density(self) -> float:
+        """count / numel: the share of values taken from the finetuned model; 0.0 over no values."""
+        return self.count / self.numel if self.numel else 0.0

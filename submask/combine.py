@@ -26,7 +26,7 @@ from .io import open_mask
 from .limits import check_allocation
 from .metadata import combined_metadata
 from .names import Names
-from .packed import apply_op, clear_padding, packed_nbytes, popcount
+from .packed import apply_op, check_op, clear_padding, packed_nbytes, popcount
 
 VOTE_BLOCK = 1 << 20  # bytes of packed bits counted at a time: 8 Mi positions, 16 MiB of votes
 
@@ -48,10 +48,12 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
         raise UsageError("at_least (--at-least K) goes with op 'vote', and 'vote' needs it")
     if at_least is not None and not 1 <= at_least <= len(inputs):
         raise UsageError(f"at_least must lie in [1, {len(inputs)}] for {len(inputs)} masks, got {at_least}")
+    if op != "vote":
+        check_op(op, len(inputs))
     check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
         files = [stack.enter_context(open_mask(path, names=names)) for path in inputs]
-        labels = [str(path) for path in inputs]
+        labels = [os.fspath(path) for path in inputs]
         names = aligned_names([f.shapes for f in files], common=common,
                               labels=labels)
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
@@ -60,7 +62,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
         if at_least is not None:
             metadata.provenance["combined"]["at_least"] = at_least
         stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
-        ones = numel = 0
+        count = numel = 0
         with MaskWriter(output, metadata, overwrite=overwrite) as writer:
             for name in tensor_progress(names, progress, f"submask {op}"):
                 nbytes = packed_nbytes(files[0].entries[name].bits)
@@ -69,9 +71,9 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
                 tensors = [f[name] for f in files]
                 packed = (vote([t.packed for t in tensors], tensors[0].numel, at_least) if at_least is not None
                           else apply_op(op, [t.packed for t in tensors], tensors[0].numel))
-                ones += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones
+                count += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones
                 numel += tensors[0].numel
-    return BuiltMask(metadata, len(names), ones, numel, path=Path(output))
+    return BuiltMask(metadata, len(names), count, numel, path=Path(output))
 
 
 def vote(packed: Sequence[np.ndarray], numel: int, at_least: int) -> np.ndarray:

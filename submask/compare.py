@@ -8,7 +8,8 @@ way its two forms allow (``tensor_counts``).
 only the CRC-32, as FORMAT.md section 4.3 allows counting tools, and lets sparse "rice" tensors stay encoded.
 
 >>> result = compare(["seed1.smask", "seed2.smask", "dpo.smask"], by="layer")      # doctest: +SKIP
->>> result.pair(0, 1).jaccard, result.pair(0, 1).chance_jaccard                     # doctest: +SKIP
+>>> result.pair(0, 1).jaccard, result.pair(0, 1).chance_jaccard    # stratified chance  # doctest: +SKIP
+>>> result.pair("seed1.smask", "dpo.smask").global_jaccard_ratio    # model-wide chance   # doctest: +SKIP
 >>> result.matrix("overlap_a")            # row i, column j: |Mi and Mj| / |Mi|      # doctest: +SKIP
 """
 
@@ -27,11 +28,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .accel import job
-from .algebra import Counts, PairStats
+from .algebra import PAIR_FIELDS, Counts, PairStats
 from .align import aligned_names
 from .breakdown import OVERALL, group_of, sort_groups
+from .built import BuiltMask
 from .codecs import batch
-from .errors import SubmaskError
+from .errors import SubmaskError, UsageError
 from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
@@ -45,6 +47,8 @@ from .tensor_counts import compare_tensor, reusable, thread_buffer
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+#: A mask of a comparison: its index in ``labels``, its label, or its file name when that names one mask.
+MaskKey = int | str | os.PathLike[str]
 CHUNK_BITS = 1 << 24  # elements, summed over the masks, of the consecutive tensors one task compares
 
 
@@ -85,13 +89,40 @@ class Comparison:
     by: str
     groups: dict[str, GroupComparison] = field(default_factory=dict)
 
-    def pair(self, i: int, j: int, group: str = OVERALL) -> PairStats:
-        """Stats of mask ``i`` (as A) against mask ``j`` (as B) over ``group``."""
-        return self.groups[group].pair(i, j)
+    def pair(self, a: MaskKey, b: MaskKey, group: str = OVERALL) -> PairStats:
+        """Stats of mask ``a`` (as A) against mask ``b`` (as B) over ``group``; each is an index into
+        ``labels`` or a label (the path as given, or its file name when that names one mask).
+
+        >>> result.pair("rl.smask", "sft.smask").jaccard       # doctest: +SKIP
+        """
+        if group not in self.groups:
+            raise UsageError(f"no group {group!r} in this comparison (by={self.by!r}); groups: "
+                             f"{', '.join(list(self.groups)[:8])}{', ...' if len(self.groups) > 8 else ''}")
+        return self.groups[group].pair(self.index(a), self.index(b))
+
+    def index(self, mask: MaskKey) -> int:
+        """The position in ``labels`` of a mask given by index, label or unique file name (else UsageError)."""
+        if isinstance(mask, int) and not isinstance(mask, bool):
+            if -len(self.labels) <= mask < len(self.labels):
+                return mask % len(self.labels)
+            raise UsageError(f"mask index {mask} is out of range: this comparison has {len(self.labels)} masks")
+        if isinstance(mask, (str, os.PathLike)):
+            text = os.fspath(mask)
+            if text in self.labels:
+                return self.labels.index(text)
+            named = [i for i, label in enumerate(self.labels) if Path(label).name == text]
+            if len(named) == 1:
+                return named[0]
+            if len(named) > 1:
+                raise UsageError(f"{text!r} names {len(named)} masks of this comparison; give the path as passed "
+                                 "to compare")
+        raise UsageError(f"no mask {mask!r} in this comparison; masks: {', '.join(self.labels)}")
 
     def matrix(self, metric: str, group: str = OVERALL) -> np.ndarray:
         """N x N matrix of a ``PairStats`` attribute, row i = A, column j = B (e.g. "overlap_a", "jaccard")."""
         n = len(self.labels)
+        if not hasattr(PairStats, metric):
+            raise UsageError(f"no metric {metric!r}; PairStats has: {', '.join(PAIR_FIELDS)}")
         return np.array([[getattr(self.pair(i, j, group), metric) for j in range(n)] for i in range(n)], float)
 
     def pairs(self) -> Iterator[tuple[int, int]]:
@@ -140,8 +171,10 @@ class _Source:
 
     @classmethod
     def of(cls, mask: MaskLike, stack: ExitStack, index: int = 0, names: Names | None = None) -> "_Source":
+        if isinstance(mask, BuiltMask):
+            mask = mask.source
         label = (f"mask {index + 1}" if isinstance(mask, Mask)
-                 else str(mask.path) if isinstance(mask, MaskFile) else str(mask))
+                 else str(mask.path) if isinstance(mask, MaskFile) else os.fspath(mask))
         return cls(label, stack.enter_context(open_mask(mask, names=names)))
 
     def numel(self, name: str) -> int:

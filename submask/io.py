@@ -3,6 +3,7 @@
 ``open_mask`` (and ``open`` / ``load`` on top of it) accept, as zarr's ``make_store`` accepts store-likes:
 
 - a ``Mask`` (in memory; used as it is);
+- a ``BuiltMask`` (what ``build_mask`` and ``combine_files`` return): its mask in memory, else its file;
 - an open ``MaskFile`` (used as it is; the caller closes it);
 - the path of a ``.smask`` file, of a sharded mask's index ``NAME.smask.index.json``, or the path a sharded
   mask was saved under (``NAME.smask``, when only ``NAME.smask.index.json`` exists);
@@ -23,8 +24,9 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
+from .built import BuiltMask
 from .delta import Delta
 from .errors import UsageError
 from .format import MaskFile, MaskWriter, local_mask_path
@@ -33,8 +35,8 @@ from .limits import check_allocation
 from .mask import Mask
 from .names import Names
 
-MaskLike = Union[Mask, MaskFile, str, "os.PathLike[str]"]
-"""A mask in memory, an open .smask file, or the path or hf:// URL of one (read lazily, tensor by tensor)."""
+MaskLike = Mask | MaskFile | BuiltMask | str | os.PathLike[str]
+"""A mask in memory, an open .smask file, a built one, or the path or hf:// URL of one (read lazily)."""
 Shapes = Mapping[str, tuple[int, ...]]
 
 
@@ -44,6 +46,8 @@ def open_mask(mask: MaskLike, *, max_bits: int | None = None, names: Names | Non
     """Yield ``mask`` as a name -> TensorMask mapping with ``shapes``, ``counts`` and ``metadata``; a path or
     URL is opened lazily and closed when the block ends. ``names`` (``submask.names.NameMap``) renames its
     tensors."""
+    if isinstance(mask, BuiltMask):
+        mask = mask.source
     if isinstance(mask, (Mask, MaskFile)):
         yield _renamed(mask, names)
         return

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .errors import MismatchError
+from .errors import UsageError
 
 CHUNK_BYTES = 1 << 20  # unpack at most 8 Mi bits at a time to keep temporaries small
 SET_BITS = np.array([[i for i in range(8) if value >> (7 - i) & 1] + [0] * (8 - value.bit_count())
@@ -156,17 +156,23 @@ BINARY_OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+def check_op(op: str, inputs: int) -> None:
+    """UsageError unless ``op`` is an operation that takes ``inputs`` masks ("not": one, the others: two or more)."""
+    if op == "not":
+        if inputs != 1:
+            raise UsageError(f"'not' takes exactly one mask, got {inputs}")
+    elif op not in BINARY_OPS:
+        raise UsageError(f"unknown operation {op!r}; use one of {sorted([*BINARY_OPS, 'not'])}")
+    elif inputs < 2:
+        raise UsageError(f"{op!r} takes at least two masks, got {inputs}")
+
+
 def apply_op(op: str, packed: Sequence[np.ndarray], numel: int) -> np.ndarray:
     """Fold ``op`` ("and", "or", "xor", "diff": first minus all others, "not": of one input) over packed arrays."""
+    check_op(op, len(packed))
     if op == "not":
-        if len(packed) != 1:
-            raise MismatchError(f"'not' takes exactly one mask, got {len(packed)}")
         out = np.invert(packed[0])
     else:
-        if op not in BINARY_OPS:
-            raise MismatchError(f"unknown operation {op!r}; use one of {sorted([*BINARY_OPS, 'not'])}")
-        if len(packed) < 2:
-            raise MismatchError(f"{op!r} takes at least two masks, got {len(packed)}")
         out = BINARY_OPS[op](packed[0], packed[1])
         for more in packed[2:]:
             out = BINARY_OPS[op](out, more)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import submask
 from submask import Mask, MaskMetadata, MismatchError, TensorMask
 from submask.algebra import (
     PairStats,
@@ -50,11 +51,17 @@ def test_metrics_match_numpy_bools(p: float, q: float) -> None:
     assert stats.overlap_b == pytest.approx(both / flat_b.sum()) == overlap(b, a)
     assert stats.jaccard == pytest.approx(both / np.sum(flat_a | flat_b)) == jaccard(a, b)
     pa, pb = flat_a.mean(), flat_b.mean()
-    assert stats.chance_overlap_a == pytest.approx(pb)
-    assert stats.chance_jaccard == pytest.approx(pa * pb / (pa + pb - pa * pb))
-    assert stats.jaccard_ratio == pytest.approx(stats.jaccard / stats.chance_jaccard)
+    assert stats.global_chance_overlap_a == pytest.approx(pb)
+    assert stats.global_chance_jaccard == pytest.approx(pa * pb / (pa + pb - pa * pb))
+    assert stats.global_jaccard_ratio == pytest.approx(stats.jaccard / stats.global_chance_jaccard)
+    assert stats.global_chance_intersection == pytest.approx(flat_a.sum() * flat_b.sum() / flat_a.size)
     expected = sum(arrays_a[n].sum() * arrays_b[n].sum() / arrays_a[n].size for n in SHAPES if arrays_a[n].size)
     assert stats.chance_intersection == pytest.approx(expected)
+    # chance_* is the stratified baseline, built from the expected intersection
+    assert stats.chance_overlap_a == pytest.approx(expected / flat_a.sum())
+    assert stats.chance_overlap_b == pytest.approx(expected / flat_b.sum())
+    assert stats.chance_jaccard == pytest.approx(expected / (flat_a.sum() + flat_b.sum() - expected))
+    assert stats.jaccard_ratio == pytest.approx(stats.jaccard / stats.chance_jaccard)
     for op, reference in [(intersection, np.logical_and), (union, np.logical_or),
                           (symmetric_difference, np.logical_xor), (difference, lambda x, y: x & ~y)]:
         result = op(a, b)
@@ -109,8 +116,8 @@ def test_model_wide_chance_matches_monte_carlo() -> None:
         overlaps.append(both / count_a)
     stats = PairStats.of_counts(numel, count_a, count_b, 0)
     # the standard error of the means is about 3e-4 here; the closed form is exact to O(1/numel)
-    assert np.mean(overlaps) == pytest.approx(stats.chance_overlap_a, abs=2e-3)
-    assert np.mean(jaccards) == pytest.approx(stats.chance_jaccard, abs=2e-3)
+    assert np.mean(overlaps) == pytest.approx(stats.global_chance_overlap_a, abs=2e-3)
+    assert np.mean(jaccards) == pytest.approx(stats.global_chance_jaccard, abs=2e-3)
 
 
 def test_stratified_chance_matches_monte_carlo() -> None:
@@ -126,9 +133,9 @@ def test_stratified_chance_matches_monte_carlo() -> None:
         intersections.append(both)
         jaccards.append(both / (stats.count_a + stats.count_b - both))
     assert np.mean(intersections) == pytest.approx(stats.chance_intersection, rel=0.02)
-    assert np.mean(jaccards) == pytest.approx(stats.stratified_chance_jaccard, rel=0.02)
+    assert np.mean(jaccards) == pytest.approx(stats.chance_jaccard, rel=0.02)
     # A is dense where B is sparse and vice versa, so the model-wide baseline overstates chance here
-    assert stats.stratified_chance_jaccard < 0.5 * stats.chance_jaccard
+    assert stats.chance_jaccard < 0.5 * stats.global_chance_jaccard
 
 
 def test_chance_jaccard_formula() -> None:
@@ -144,11 +151,11 @@ def test_empty_full_and_zero_size_masks() -> None:
     half = TensorMask.from_numpy(np.arange(42).reshape(shape) % 2 == 0)
     stats = pair_stats(empty, half)
     assert stats.intersection == 0 and math.isnan(stats.overlap_a) and stats.overlap_b == 0.0
-    assert stats.jaccard == 0.0 and stats.chance_jaccard == 0.0
+    assert stats.jaccard == 0.0 and stats.chance_jaccard == 0.0 == stats.global_chance_jaccard
     assert math.isnan(pair_stats(empty, empty).jaccard)
     stats = pair_stats(full, half)
     assert stats.intersection == 21 and stats.overlap_a == 0.5 and stats.overlap_b == 1.0
-    assert stats.jaccard == 0.5 == stats.chance_jaccard and stats.jaccard_ratio == 1.0
+    assert stats.jaccard == 0.5 == stats.chance_jaccard and stats.jaccard_ratio == 1.0 == stats.global_jaccard_ratio
     assert ~full == empty and ~empty == full
     zero = TensorMask.from_numpy(np.zeros((0, 3), bool))
     stats = pair_stats(zero, zero)
@@ -184,7 +191,7 @@ def test_combine_folds_many_inputs_and_records_provenance() -> None:
                                                                                 for i in range(3)]}}
     mixed = Mask(masks[1].tensors, MaskMetadata(kind="pruning"))
     assert combine("or", [masks[0], mixed]).metadata.kind == "other"
-    with pytest.raises(MismatchError, match="exactly one"):
+    with pytest.raises(submask.UsageError, match="exactly one"):
         combine("not", masks[:2])
-    with pytest.raises(MismatchError, match="unknown operation"):
+    with pytest.raises(submask.UsageError, match="unknown operation"):
         combine("nand", masks[:2])

@@ -418,14 +418,14 @@ def test_build_returns_one_result_type_with_its_counts(tmp_path: Path) -> None:
     finetuned["w"][rng.random((40, 30)) < 0.2] += 1
     in_memory = build_mask(base, finetuned)
     assert isinstance(in_memory, submask.BuiltMask) and in_memory.path is None
-    assert in_memory.ones == in_memory.mask.count == in_memory.stats["changed"]
+    assert in_memory.count == in_memory.mask.count == in_memory.stats["changed"]
     assert (in_memory.tensors, in_memory.numel) == (2, 1207)
     with pytest.raises(submask.UsageError, match="kept in memory"):
         os.fspath(in_memory)
     written = build_mask(base, finetuned, tmp_path / "m.smask")
     assert written.mask is None and written.path == tmp_path / "m.smask" and os.fspath(written) == str(written.path)
-    assert (written.ones, written.numel, written.tensors) == (in_memory.ones, 1207, 2)
+    assert (written.count, written.numel, written.tensors) == (in_memory.count, 1207, 2)
     assert submask.load(written).tensors == in_memory.mask.tensors
     combined = submask.combine_files("not", [written], tmp_path / "not.smask")
-    assert (combined.ones, combined.numel, combined.tensors) == (1207 - written.ones, 1207, 2)
-    assert submask.load(combined).count == combined.ones
+    assert (combined.count, combined.numel, combined.tensors) == (1207 - written.count, 1207, 2)
+    assert submask.load(combined).count == combined.count

@@ -77,12 +77,14 @@ def test_compare_json_csv_and_table(files: tuple) -> None:
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 1
     assert int(rows[0]["intersection"]) == np.sum(flat[0] & flat[1])
-    assert float(rows[0]["chance_jaccard"]) == pytest.approx(
+    assert float(rows[0]["global_chance_jaccard"]) == pytest.approx(
         submask.chance_jaccard(flat[0].mean(), flat[1].mean()))
-    code, out, _ = invoke("compare", *paths, "--by", "layer", "-q")
+    stratified = submask.pair_stats(submask.load(paths[0]), submask.load(paths[1])).chance_jaccard
+    assert float(rows[0]["chance_jaccard"]) == pytest.approx(stratified)
+    code, out, _ = invoke("compare", *paths, "--by", "layer")
     assert code == 0
     header, _, row = out.splitlines()[:3]
-    assert header.split()[:6] == ["group", "A", "B", "|A", "and", "B|"] and "x per-tensor" in header
+    assert header.split()[:6] == ["group", "A", "B", "|A", "and", "B|"] and "x chance (stratified)" in header
     assert row.split()[:4] == ["all", "run0.smask", "run1.smask", str(np.sum(flat[0] & flat[1]))]
     assert max(len(line) for line in out.splitlines()) <= 120
     assert "stratified" in out and "--json or --csv" in out  # each ratio names its baseline
@@ -125,8 +127,10 @@ def test_compare_and_plot_verify_crcs_unless_no_verify(files: tuple, tmp_path: P
 def test_combine_writes_mask_with_provenance(files: tuple, tmp_path: Path) -> None:
     paths, arrays = files
     out_path = tmp_path / "both.smask"
-    code, out, _ = invoke("combine", "and", paths[0], paths[1], "-o", out_path, "-q")
+    code, out, _ = invoke("combine", "and", paths[0], paths[1], "-o", out_path)
     assert code == 0 and str(out_path) in out
+    code, out, _ = invoke("combine", "and", paths[0], paths[1], "-o", out_path, "-q", "--overwrite")
+    assert (code, out) == (0, "")  # -q: no progress bar and no summary
     result = submask.load(out_path)
     name = "model.layers.3.mlp.up_proj.weight"
     np.testing.assert_array_equal(result[name].to_numpy(), arrays[0][name] & arrays[1][name])
@@ -134,7 +138,7 @@ def test_combine_writes_mask_with_provenance(files: tuple, tmp_path: Path) -> No
     assert combined["op"] == "and" and [i["provenance"] for i in combined["inputs"]] == [{"seed": 0}, {"seed": 1}]
     assert all(i["fingerprint"].startswith("sha256:") for i in combined["inputs"])
     code, _, err = invoke("combine", "not", paths[0], paths[1], "-o", tmp_path / "x.smask")
-    assert code == 1 and "exactly one" in err and not (tmp_path / "x.smask").exists()
+    assert code == 2 and "exactly one" in err and not (tmp_path / "x.smask").exists()  # a usage error
 
 
 def test_plot_writes_png_heatmaps(files: tuple, tmp_path: Path) -> None:

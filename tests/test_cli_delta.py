@@ -44,7 +44,7 @@ def test_build_values_json_and_refusals(minilm_bf16, tmp_path: Path) -> None:
     summary = json.loads(result.output)
     assert summary["delta"]["size"] == (tmp_path / "d.smask").stat().st_size and summary["whole"] == []
     result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "e.smask"), "--atol", "1e-3"])
-    assert result.exit_code == 1 and "criterion must be 'exact'" in result.output
+    assert result.exit_code == 2 and "criterion must be 'exact'" in result.output  # a usage error
     assert not (tmp_path / "e.smask").exists()
 
 
@@ -74,7 +74,7 @@ def test_apply_base_delta_rebuilds_the_weights_only(minilm_bf16, delta, tmp_path
     assert (out / "model.safetensors").read_bytes() == minilm_bf16.finetuned_file.read_bytes()
     result = CliRunner().invoke(main, ["apply", str(minilm_bf16.base), str(path), "-o", str(tmp_path / "x"),
                                        "--invert"])
-    assert result.exit_code == 1 and "--invert needs FINETUNED and MASK" in result.output
+    assert result.exit_code == 2 and "--invert needs FINETUNED and MASK" in result.output
 
 
 def test_apply_two_inputs_refuses_a_mask_without_values(minilm_bf16, tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_apply_two_inputs_refuses_a_mask_without_values(minilm_bf16, tmp_path: P
     assert CliRunner().invoke(main, ["build", str(minilm_bf16.base), str(minilm_bf16.finetuned), "-o", str(mask),
                                      "-q"]).exit_code == 0
     result = CliRunner().invoke(main, ["apply", str(minilm_bf16.base), str(mask), "-o", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "holds no checkpoint layout" in result.output
+    assert result.exit_code == 2 and "holds no checkpoint layout" in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -40,7 +40,8 @@ def test_push_pull_ls_info(hub_env: HubServer, hub_api: HfApi, hub_repo: str, tm
     assert row.split() == ["masks/rl.smask", str(local.stat().st_size), "update", "3",
                            f"{100 * make_mask(1).density:.4g}", "org/base-model"]
     code, out, _ = run("ls", hub_repo, "--json")
-    assert json.loads(out)["masks"][0]["count"] == make_mask(1).count
+    listed = json.loads(out)
+    assert listed["masks"][0]["count"] == make_mask(1).count and listed["problems"] == []
 
     code, out, _ = run("info", f"hf://{hub_repo}@{head}/masks/rl.smask", "--json")
     assert (code, json.loads(out)["count"], json.loads(out)["tensors"]) == (0, make_mask(1).count, 3)

@@ -76,4 +76,4 @@ def test_info_shows_odd_stats_and_validate_reports_them(tmp_path: Path) -> None:
 def test_info_shows_the_ladder_in_either_documented_form() -> None:
     vectors = Path(__file__).resolve().parent.parent / "spec" / "vectors"
     info = CliRunner().invoke(main, ["info", str(vectors / "rich_metadata-1.1.smask")])  # "changed": [counts]
-    assert "changed at atol: 0: 40, 1e-08: 38, 1e-05: 30" in info.output
+    assert "count at atol: 0: 40, 1e-08: 38, 1e-05: 30" in info.output

@@ -25,7 +25,7 @@ def test_build_then_stats_compare_combine_plot(minilm_bf16, minilm_fp32, tmp_pat
     a, b = submask.load(bf16), submask.load(fp32)
 
     info = run("info", bf16)
-    assert f"changed at atol: 0: {a.count:,}," in info and "criterion: name=exact" in info
+    assert f"count at atol: 0: {a.count:,}," in info and "criterion: name=exact" in info
     assert f"base {minilm_bf16.base}" in info
 
     groups = json.loads(run("stats", bf16, "--by", "module", "--json"))["groups"]

@@ -78,8 +78,8 @@ def test_build_json_and_overwrite(minilm_bf16, tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout)
     mask = submask.load(out)
-    assert (summary["path"], summary["changed"], summary["numel"]) == (str(out), mask.count, mask.numel)
-    assert summary["density"] == pytest.approx(mask.density) and summary["ladder"][0]["changed"] == mask.count
+    assert (summary["path"], summary["count"], summary["numel"]) == (str(out), mask.count, mask.numel)
+    assert summary["density"] == pytest.approx(mask.density) and summary["ladder"][0]["count"] == mask.count
     assert first.stderr == ""  # stderr is not a terminal: no progress bar unless --progress
     assert_one_line_error(cli("build", minilm_bf16.base, minilm_bf16.finetuned, "-o", out), "exists")
     again = cli("build", minilm_bf16.base, minilm_bf16.finetuned, "-o", out, "--overwrite", "--progress")
@@ -121,7 +121,7 @@ def test_apply_json_and_output_mode_follows_the_umask(minilm_bf16, tmp_path: Pat
     result = cli("apply", minilm_bf16.base, minilm_bf16.finetuned, mask, "-o", out, "--json", umask=0o022)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["from_finetuned"] == submask.load(mask).count and report["path"] == str(out)
+    assert report["count"] == submask.load(mask).count and report["path"] == str(out)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755  # as mkdir makes it, not mkdtemp's 0700
     assert_one_line_error(cli("apply", minilm_bf16.base, minilm_bf16.finetuned, mask, "-o", out), "not empty")
 

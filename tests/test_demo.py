@@ -35,15 +35,16 @@ def test_report_counts_match_the_masks(demo_run: tuple[Path, str]) -> None:
     assert set(report["runs"]) == {"rl_seed1", "rl_seed2", "rl_data_b", "sft"}
     for name, run in report["runs"].items():
         arrays = bools(run["mask"])
-        changed = sum(int(a.sum()) for a in arrays.values())
-        assert run["changed"] == changed
-        assert run["update_sparsity"] == pytest.approx(1 - changed / sum(a.size for a in arrays.values()))
-        assert f"{run['update_sparsity']:.1%}" in output
-        assert run["ladder"]["changed"][0] == changed  # rung 0 is the exact criterion
-        assert run["ladder"]["changed"] == sorted(run["ladder"]["changed"], reverse=True)
+        count = sum(int(a.sum()) for a in arrays.values())
+        assert (run["count"], run["numel"]) == (count, sum(a.size for a in arrays.values()))
+        assert run["density"] == pytest.approx(count / run["numel"])
+        assert f"{run['density']:.1%}" in output
+        assert run["ladder"]["count"][0] == count  # rung 0 is the exact criterion
+        assert run["ladder"]["count"] == sorted(run["ladder"]["count"], reverse=True)
     # bf16 with a small learning rate leaves most values bit-identical; the large learning rate does not
-    assert report["runs"]["rl_seed1"]["update_sparsity"] > 0.8
-    assert report["runs"]["sft"]["update_sparsity"] < report["runs"]["rl_seed1"]["update_sparsity"]
+    assert report["runs"]["rl_seed1"]["density"] < 0.2
+    assert report["runs"]["sft"]["density"] > report["runs"]["rl_seed1"]["density"]
+    assert "update density" in output and "sparsity" not in output.replace("sparsity is 1 - ", "")
 
 
 def test_report_overlaps_match_a_numpy_recomputation(demo_run: tuple[Path, str]) -> None:
@@ -58,13 +59,14 @@ def test_report_overlaps_match_a_numpy_recomputation(demo_run: tuple[Path, str])
         assert pair["jaccard"] == pytest.approx(both / int((a | b).sum()))
         assert pair["overlap_a"] == pytest.approx(both / int(a.sum()))
         p, q = a.mean(), b.mean()
-        assert pair["chance_jaccard"] == pytest.approx(p * q / (p + q - p * q))
+        assert pair["global_chance_jaccard"] == pytest.approx(p * q / (p + q - p * q))
 
 
 def test_printed_ratios_name_their_baseline_stratified_first(demo_run: tuple[Path, str]) -> None:
     out, output = demo_run
     report = json.loads((out / "report.json").read_text())
-    assert set(report["baselines"]) == {"stratified", "model_wide"}
+    assert set(report["baselines"]) == {"chance", "global_chance"}
+    assert report["baselines"]["chance"].startswith("stratified")
     masks = {name: bools(run["mask"]) for name, run in report["runs"].items()}
     for pair in report["pairs"]:
         a, b = masks[pair["a"]], masks[pair["b"]]
@@ -78,10 +80,11 @@ def test_printed_ratios_name_their_baseline_stratified_first(demo_run: tuple[Pat
         p, q = count_a / numel, count_b / numel
         model_wide = jaccard / (p * q / (p + q - p * q))
         assert pair["chance_intersection"] == pytest.approx(expected)
-        assert pair["stratified_jaccard_ratio"] == pytest.approx(stratified)
-        assert pair["jaccard_ratio"] == pytest.approx(model_wide)
+        assert pair["jaccard_ratio"] == pytest.approx(stratified)
+        assert pair["chance_overlap_a"] == pytest.approx(expected / count_a)
+        assert pair["global_jaccard_ratio"] == pytest.approx(model_wide)
         [line] = [row for row in output.splitlines() if f"{pair['a']} vs {pair['b']} " in row]
-        assert line.endswith(f"{stratified:.3g}x stratified chance, {model_wide:.3g}x model-wide chance")
+        assert line.endswith(f"{stratified:.3g}x stratified chance, {model_wide:.3g}x global chance")
         assert f"[{expected / count_a:.3f}]" in line  # the bracketed overlap baseline is the stratified one
     assert "x chance" not in output  # no ratio without its baseline
 
@@ -90,10 +93,10 @@ def test_applied_model_and_restricted_run(demo_run: tuple[Path, str]) -> None:
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())
     assert report["apply"]["weights_bit_identical"] is True and report["apply"]["max_abs_diff"] == 0.0
-    assert report["apply"]["values_from_finetuned"] == report["runs"]["rl_seed1"]["changed"]
+    assert report["apply"]["count"] == report["runs"]["rl_seed1"]["count"]
     restricted = report["restricted"]
     assert restricted["outside_bit_identical"] is True
-    assert restricted["masked"] == report["runs"]["rl_seed1"]["changed"]
+    assert restricted["masked"] == report["runs"]["rl_seed1"]["count"]
     assert 0.5 < restricted["masked_equal_fraction"] <= 1.0
 
 
@@ -102,4 +105,27 @@ def test_plots_are_written(demo_run: tuple[Path, str]) -> None:
     report = json.loads((out / "report.json").read_text())
     assert len(report["plots"]) == 2 + 2 * len(report["runs"])
     for path in report["plots"]:
+        assert Path(path).parent.parent == out  # the report names the published folder, not the staging one
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in out.parent.iterdir()] == ["out"]  # no staging folder left next to it
+
+
+def test_interrupted_demo_leaves_no_folder(tmp_path: Path) -> None:
+    """Interrupted after the four finetuning runs (tens of MB written), the demo leaves nothing behind."""
+    from submask.examples.demo import run_demo
+
+    def echo(line: str) -> None:
+        if line.startswith("\n2."):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "out", steps=1, progress=False, echo=echo)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_a_demo_folder(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("precious")
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "home"), "--overwrite", "-q"])
+    assert result.exit_code == 1 and "thesis.tex" in result.output
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"

@@ -69,6 +69,12 @@ class Criterion:
             raise UsageError(f"criterion must be one of {list(CRITERIA)}, got {name!r}")
         if name == "isclose_bf16" and atol is None:
             atol = PAPER_ATOL
+        if atol is not None and rtol is not None:
+            raise UsageError("atol= (--atol) and rtol= (--rtol) are not combined: numpy's allclose rule "
+                             "|w' - w| <= atol + rtol * |w'| measures rtol against one side only, so it would make "
+                             "base and finetuned play different roles, while rtol here is symmetric "
+                             "(|w' - w| <= rtol * max(|w|, |w'|)); choose one criterion, or build one mask of each "
+                             "and combine them (`submask combine and`: changed under both)")
         given = {"atol": atol, "rtol": rtol, "min_abs": min_abs}
         takes = {"atol": "atol", "rtol": "rtol", "min_abs": "min_abs", "isclose_bf16": "atol"}.get(name)
         extra = [key for key, value in given.items() if value is not None and key != takes]

@@ -194,7 +194,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
                 metadata.criterion["cross_dtype"] = "float64 values"
             if skipped:
                 metadata.stats["skipped"] = skipped
-    counts = {"metadata": metadata, "tensors": len(infos), "ones": metadata.stats["changed"],
+    counts = {"metadata": metadata, "tensors": len(infos), "count": metadata.stats["changed"],
               "numel": metadata.stats["numel"]}
     if isinstance(sink, MemorySink):
         delta = Delta(sink.mask, sink.values, metadata.checkpoint) if values else None

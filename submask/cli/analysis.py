@@ -17,19 +17,28 @@ from ..compare import compare
 from ..names import NameMap
 from .hub import hub_options
 from .names import names_option
-from .output import echo_json, format_table, json_option, overwrite_option, percent, progress_option, show_progress
+from .output import (
+    echo_json,
+    format_table,
+    json_option,
+    overwrite_option,
+    percent,
+    progress_option,
+    quiet_option,
+    show_progress,
+)
 
-_quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 _common = click.option("--common", is_flag=True, help="Use only the tensors all masks have (else they must match).")
 _no_verify = click.option("--no-verify", "no_verify", is_flag=True,
                           help="Skip the CRC-32 of each tensor (faster; counts and structure are still checked).")
 
 # (column title, PairStats attribute) of the compare table; --json and --csv give every field
 _PAIR_COLUMNS = (("|A and B|", "intersection"), ("A->B", "overlap_a"), ("B->A", "overlap_b"), ("Jaccard", "jaccard"),
-                 ("x per-tensor", "stratified_jaccard_ratio"), ("x model-wide", "jaccard_ratio"))
-_PAIR_LEGEND = ("A->B: overlap |A and B| / |A|.  x per-tensor: Jaccard / its chance value at each tensor's densities\n"
-                "(stratified).  x model-wide: Jaccard / its chance value at the whole-model densities.\n"
-                "--json or --csv give every value, chance values included.")
+                 ("x chance (stratified)", "jaccard_ratio"), ("x chance (global)", "global_jaccard_ratio"))
+_PAIR_LEGEND = ("A->B: overlap |A and B| / |A|.  x chance (stratified): Jaccard / its chance value when each mask\n"
+                "keeps its own count in every tensor.  x chance (global): Jaccard / its chance value at the\n"
+                "whole-model densities (the paper's baseline).  --json or --csv give every value: chance_* fields\n"
+                "are stratified, global_chance_* model-wide.")
 
 
 @click.command()
@@ -38,12 +47,15 @@ _PAIR_LEGEND = ("A->B: overlap |A and B| / |A|.  x per-tensor: Jaccard / its cha
               help="Group densities by layer index, module type or tensor.")
 @json_option
 @hub_options("path")
-def stats(path: str, by: str, as_json: bool) -> None:
+@quiet_option
+def stats(path: str, by: str, as_json: bool, quiet: bool) -> None:
     """Density (share of elements set) of a mask overall and per layer, module type or tensor (reads the header)."""
     groups = density_breakdown(path, by)
     if as_json:
         echo_json({"path": path, "by": by, "groups": {g: {"count": c.count, "numel": c.numel, "density": c.density}
                                                       for g, c in groups.items()}})
+        return
+    if quiet:
         return
     click.echo(format_table([by, "count", "numel", "density %"],
                             [[group, c.count, c.numel, percent(c.density)] for group, c in groups.items()]))
@@ -59,14 +71,15 @@ def stats(path: str, by: str, as_json: bool) -> None:
 @_no_verify
 @names_option("every mask")
 @progress_option
-@_quiet
+@quiet_option
 @hub_options("paths")
 def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool, common: bool, no_verify: bool,
                     names: NameMap | None, progress: bool | None, quiet: bool) -> None:
     """Overlap and Jaccard of every pair of masks, against the values chance would give at their densities.
 
-    overlap A->B is |A and B| / |A| (the share of A also in B). Each ratio names its baseline: "per-tensor"
-    chance keeps each tensor's own densities (stratified), "model-wide" chance uses the total densities.
+    overlap A->B is |A and B| / |A| (the share of A also in B). Each ratio names its baseline: "stratified"
+    chance keeps each mask's count in every tensor (the chance_* fields of --json and --csv); "global" chance
+    uses the whole-model densities, as the RL-subnetworks paper does (the global_chance_* fields).
     """
     if len(paths) < 2:
         raise click.UsageError("compare needs at least two masks")
@@ -76,6 +89,8 @@ def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool
                      verify=not no_verify, names=names)
     rows = [(group, result.labels[i], result.labels[j], result.pair(i, j, group))
             for group in result.groups for i, j in result.pairs()]
+    if quiet and not as_json:
+        return
     if as_json:
         echo_json({"masks": result.labels, "by": by, "pairs": [{"group": g, "a": a, "b": b, **_defined(s.as_dict())}
                                                                for g, a, b, s in rows]})
@@ -117,7 +132,7 @@ def _defined(values: dict[str, float | int]) -> dict[str, float | int | None]:
 @overwrite_option
 @progress_option
 @json_option
-@_quiet
+@quiet_option
 @hub_options("inputs")
 def combine(op: str, inputs: tuple[str, ...], output: str, at_least: int | None, common: bool, names: NameMap | None,
             overwrite: bool, progress: bool | None, as_json: bool, quiet: bool) -> None:
@@ -128,9 +143,9 @@ def combine(op: str, inputs: tuple[str, ...], output: str, at_least: int | None,
     """
     built = combine_files(op, list(inputs), output, common=common, progress=show_progress(progress, quiet or as_json),
                           overwrite=overwrite, names=names, at_least=at_least)
-    path, ones, numel, tensors, density = built.path, built.ones, built.numel, built.tensors, built.density
+    path, count, numel, tensors, density = built.path, built.count, built.numel, built.tensors, built.density
     if as_json:
-        echo_json({"path": str(path), "op": op, "inputs": list(inputs), "tensors": tensors, "count": ones,
+        echo_json({"path": str(path), "op": op, "inputs": list(inputs), "tensors": tensors, "count": count,
                    "numel": numel, "density": density})
-    else:
-        click.echo(f"wrote {path}: {tensors} tensors, {ones:,} of {numel:,} set (density {percent(density):.4g}%)")
+    elif not quiet:
+        click.echo(f"wrote {path}: {tensors} tensors, {count:,} of {numel:,} set (density {percent(density):.4g}%)")

@@ -49,16 +49,16 @@ def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, inv
 
         inputs = (finetuned, out_dir) if mask is None else (finetuned, mask, out_dir)
         applied = apply_mask(base, *inputs, invert=invert, overwrite=overwrite, progress=report, names=names)
-    share = applied.from_finetuned / applied.numel if applied.numel else 0.0
+    share = applied.density
     if as_json:
-        echo_json({"path": str(applied.path), "tensors": applied.tensors, "numel": applied.numel,
-                   "from_finetuned": applied.from_finetuned, "density": share, "rebuilt": mask is None})
+        echo_json({"path": str(applied.path), "tensors": applied.tensors, "count": applied.count,
+                   "numel": applied.numel, "density": share, "rebuilt": mask is None})
     elif quiet:
         return
     elif mask is None:
-        click.echo(f"rebuilt {applied.path}: {applied.tensors} tensors, {applied.from_finetuned:,} of "
+        click.echo(f"rebuilt {applied.path}: {applied.tensors} tensors, {applied.count:,} of "
                    f"{applied.numel:,} values from the delta ({percent(share):.4g}%); every file matches its "
                    "recorded SHA-256 (weights only: copy config and tokenizer files from the finetuned model)")
     else:
-        click.echo(f"wrote {applied.path}: {applied.tensors} tensors, {applied.from_finetuned:,} of "
+        click.echo(f"wrote {applied.path}: {applied.tensors} tensors, {applied.count:,} of "
                    f"{applied.numel:,} values from the finetuned model ({percent(share):.4g}%)")

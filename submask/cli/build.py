@@ -96,10 +96,10 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
     stats, path = built.stats, built.path
     numel = stats["numel"]
     ladder = stats.get("ladder", {})
-    rungs = [{"atol": tol, "changed": count, "density": count / numel if numel else 0.0}
+    rungs = [{"atol": tol, "count": count, "density": count / numel if numel else 0.0}
              for tol, count in zip(ladder.get("atol", []), ladder.get("changed", {}).get("__all__", []))]
-    summary = {"path": str(path), "tensors": len(stats["dtypes"]), "changed": stats["changed"], "numel": numel,
-               "density": stats["changed"] / numel if numel else 0.0, "ladder": rungs,
+    summary = {"path": str(path), "tensors": built.tensors, "count": built.count, "numel": numel,
+               "density": built.density, "ladder": rungs,
                "skipped": stats.get("skipped", {})}
     if values:
         summary["delta"] = _delta_sizes(built.path, built.metadata.checkpoint)  # type: ignore[arg-type]
@@ -109,11 +109,11 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
         return
     if quiet:
         return
-    click.echo(f"wrote {path}: {summary['tensors']} tensors, {stats['changed']:,} of {numel:,} values changed "
+    click.echo(f"wrote {path}: {summary['tensors']} tensors, {built.count:,} of {numel:,} values changed "
                f"(density {percent(summary['density']):.4g}%)")
     if rungs:
-        click.echo(format_table(["atol", "changed", "density %"],
-                                [["exact" if r["atol"] == 0 else f"{r['atol']:g}", r["changed"], percent(r["density"])]
+        click.echo(format_table(["atol", "count", "density %"],
+                                [["exact" if r["atol"] == 0 else f"{r['atol']:g}", r["count"], percent(r["density"])]
                                  for r in rungs]))
     if values:
         delta, whole = summary["delta"], summary["whole"]

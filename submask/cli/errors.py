@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 
@@ -21,12 +22,15 @@ _READ_REMEDIES = {
     errno.ENOTDIR: "a part of the path is not a directory; check the path",
 }
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+#: The library's messages name a Python argument and its option together ("overwrite=True (--overwrite)" or
+#: "--common (common=True)"); on the command line only the option is said.
+_PYTHON_AND_OPTION = re.compile(r"\b[A-Za-z_][\w.]*=\w* \((--[\w-]+)\)|(--[\w-]+) \([A-Za-z_][\w.]*=\w*\)")
 
 
 def render(exc: BaseException) -> str | None:
     """The one-line message for an error the command line knows (without "error: "), or None for a bug."""
     if isinstance(exc, SubmaskError):
-        return str(exc)
+        return speak_cli(str(exc))
     hub_errors = sys.modules.get("huggingface_hub.errors")
     if hub_errors is not None and isinstance(exc, hub_errors.HFValidationError):
         return f"invalid Hub argument: {_first_line(exc)}"
@@ -38,6 +42,11 @@ def render(exc: BaseException) -> str | None:
         reason = _READ_REMEDIES.get(exc.errno or 0, exc.strerror or str(exc))
         return f"{exc.filename}: {reason}" if exc.filename else reason
     return None
+
+
+def speak_cli(message: str) -> str:
+    """``message`` with each "python=value (--option)" pair said as the option alone."""
+    return _PYTHON_AND_OPTION.sub(lambda m: m.group(1) or m.group(2), message)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import click
 from ..hub import list_masks, pull_mask, push_mask
 from ..hub.paths import hub_target, is_hub_url, parse_hub_ref
 from ..hub.remote import hub_settings
-from .output import echo_json, format_table, json_option, overwrite_option, percent
+from .output import echo_json, format_table, json_option, overwrite_option, percent, quiet_option
 
 _BARE_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(?:@\S+)?")
 _FILE_SUFFIXES = (".smask", ".json", ".safetensors")  # local files, never a repo id
@@ -92,9 +92,11 @@ _repo_type = click.option("--repo-type", type=click.Choice(["model", "dataset", 
               help="The Hub model the mask describes, for the card (a mask built from the Hub records it).")
 @json_option
 @_repo_type
+@quiet_option
 @hub_options("repo", bare=True)
 def push(repo: str, file: str, path_in_repo: str | None, create_pr: bool, message: str | None, overwrite: bool,
-         no_card: bool, create_repo: bool, force: bool, base_model: str | None, as_json: bool, repo_type: str) -> None:
+         no_card: bool, create_repo: bool, force: bool, base_model: str | None, as_json: bool, repo_type: str,
+         quiet: bool) -> None:
     """Upload mask FILE (or a sharded mask's index) to Hub repo REPO at PATH (default masks/FILENAME) in one commit.
 
     The order is `hf upload`'s: REPO FILE [PATH]. REPO is ORG/NAME, or hf://ORG/NAME[@BRANCH][/PATH]. The
@@ -114,6 +116,8 @@ def push(repo: str, file: str, path_in_repo: str | None, create_pr: bool, messag
                    "files": list(pushed.files), "picture": pushed.picture, "pr_url": pushed.pr_url, "url": pushed.url,
                    "problems": list(pushed.problems)})
         return
+    if quiet:
+        return
     click.echo(f"pushed {pushed.path} to {pushed.repo_id}@{pushed.revision} (commit {pushed.commit})")
     if pushed.pr_url:
         click.echo(f"pull request: {pushed.pr_url}")
@@ -126,8 +130,10 @@ def push(repo: str, file: str, path_in_repo: str | None, create_pr: bool, messag
 @overwrite_option
 @json_option
 @_repo_type
+@quiet_option
 @hub_options("repo", bare=True)
-def pull(repo: str, path: str | None, output: str | None, overwrite: bool, as_json: bool, repo_type: str) -> None:
+def pull(repo: str, path: str | None, output: str | None, overwrite: bool, as_json: bool, repo_type: str,
+         quiet: bool) -> None:
     """Download a mask: hf://ORG/NAME[@REVISION]/PATH, or REPO PATH. Prints only its local path (the commit it
     came from goes to stderr), so $(submask pull ...) is the file."""
     pulled = pull_mask(repo, path, local_path=output, repo_type=repo_type, overwrite=overwrite)
@@ -135,16 +141,18 @@ def pull(repo: str, path: str | None, output: str | None, overwrite: bool, as_js
         echo_json({"local_path": str(pulled.local_path), **pulled.source, "revision": pulled.revision,
                    "url": pulled.url})
         return
-    click.echo(str(pulled.local_path))
-    click.echo(f"commit {pulled.commit} ({pulled.repo_id}@{pulled.revision})", err=True)
+    click.echo(str(pulled.local_path))  # even with -q: it is the command's answer
+    if not quiet:
+        click.echo(f"commit {pulled.commit} ({pulled.repo_id}@{pulled.revision})", err=True)
 
 
 @click.command(name="ls")
 @click.argument("repo")
 @json_option
 @_repo_type
+@quiet_option
 @hub_options("repo", bare=True)
-def ls(repo: str, as_json: bool, repo_type: str) -> None:
+def ls(repo: str, as_json: bool, repo_type: str, quiet: bool) -> None:
     """List the masks in Hub repo REPO (ORG/NAME, or hf://ORG/NAME[@REVISION][/FOLDER]), reading only headers."""
     masks = list_masks(repo, repo_type=repo_type)
     for problem in masks.problems:  # a mask that cannot be read is reported, the others still listed
@@ -153,6 +161,8 @@ def ls(repo: str, as_json: bool, repo_type: str) -> None:
         target = hub_target(repo)
         echo_json({"repo": target.repo_id, "revision": target.revision, "masks": [m.to_json() for m in masks],
                    "problems": masks.problems})
+        return
+    if quiet:
         return
     if not masks:
         shown = parse_hub_ref(repo).url if is_hub_url(repo) else repo

@@ -14,14 +14,15 @@ from ..format.stats import ladder_rungs, stats_problems
 from ..hub.paths import is_hub_url
 from ..hub.pull import as_typed
 from .hub import hub_options
-from .output import echo_json, format_table, json_option, percent
+from .output import echo_json, format_table, json_option, percent, quiet_option
 
 
 @click.command()
 @click.argument("path")
 @json_option
 @hub_options("path")
-def info(path: str, as_json: bool) -> None:
+@quiet_option
+def info(path: str, as_json: bool, quiet: bool) -> None:
     """Summarise a mask and list its tensors (reads headers only)."""
     with open_mask(path) as mask_file:
         meta = mask_file.metadata
@@ -48,6 +49,8 @@ def info(path: str, as_json: bool) -> None:
     if as_json:
         echo_json({**summary, "stats": meta.stats, "tensor_list": rows})
         return
+    if quiet:
+        return
     click.echo(f"{summary['path']}: {meta.kind} mask, {len(rows)} tensors, {ones:,} of {numel:,} set "
                f"(density {percent(summary['density']):.4g}%), {summary['bits_per_param']:.4f} bits/param stored")
     if "values" in summary:
@@ -65,7 +68,7 @@ def info(path: str, as_json: bool) -> None:
             click.echo(f"{key}: {_describe(key, summary[key])}")
     rungs = ladder_rungs(meta.stats)
     if rungs:
-        click.echo("changed at atol: " + ", ".join(f"{atol:g}: {changed:,}" for atol, changed in rungs))
+        click.echo("count at atol: " + ", ".join(f"{atol:g}: {count:,}" for atol, count in rungs))
     for problem in stats_problems(meta.stats):
         click.echo(f"warning: {problem} (not shown; `submask validate` reports it)")
     values_column = ["values bytes"] if "values" in summary else []
@@ -129,7 +132,8 @@ def _short(value: object, limit: int = 60) -> str:
 @click.argument("path")
 @json_option
 @hub_options("path")
-def validate(path: str, as_json: bool) -> None:
+@quiet_option
+def validate(path: str, as_json: bool, quiet: bool) -> None:
     """Decode every tensor and check every checksum; exit 1 on any problem."""
     try:
         with open_mask(path) as mask_file:
@@ -143,7 +147,7 @@ def validate(path: str, as_json: bool) -> None:
     else:
         for problem in problems:
             click.echo(f"error: {problem}", err=True)
-        if not problems:
+        if not problems and not quiet:
             click.echo(f"{path}: OK ({tensors} tensors, every checksum verified)")
     if problems:
         sys.exit(1)

@@ -7,6 +7,7 @@ fractions (0-1) in --json and --csv under the key "density".
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,13 +19,27 @@ json_option = click.option("--json", "as_json", is_flag=True,
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the output if it exists (else refused).")
 progress_option = click.option("--progress/--no-progress", default=None,
                                help="Show progress bars  [default: only when stderr is a terminal].")
+quiet_option = click.option("-q", "--quiet", is_flag=True,
+                            help="No progress bars and no report on stdout (--json still prints; errors still go "
+                                 "to stderr; the exit status says how it went).")
 
 
 def show_progress(progress: bool | None, quiet: bool = False) -> bool:
-    """Progress bars go to stderr: by default only when it is a terminal, never into redirected logs."""
-    if quiet:
-        return False
-    return sys.stderr.isatty() if progress is None else progress
+    """Progress bars go to stderr: by default only when it is a terminal, never into redirected logs; when
+    they are off, huggingface_hub's are too."""
+    shown = False if quiet else sys.stderr.isatty() if progress is None else progress
+    if not shown:
+        quiet_hub_progress()
+    return shown
+
+
+def quiet_hub_progress() -> None:
+    """Turn off huggingface_hub's progress bars: its environment switch for a later import, its call if imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils.tqdm import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def echo_json(data: Any) -> None:

@@ -11,13 +11,18 @@ import click
 
 from .. import interrupts
 from .._version import __version__
+from ..errors import UsageError
 from .errors import render
+from .output import quiet_hub_progress
 
 
 class _Group(click.Group):
-    """Known errors become one line and exit 1; SIGINT/SIGTERM one line and exit 130/143; no tracebacks."""
+    """Known errors become one line and exit 1 (2 for a usage error, as click's own); SIGINT/SIGTERM one line and
+    exit 130/143; no tracebacks."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not sys.stderr.isatty():  # huggingface_hub's progress bars too go only to a terminal
+            quiet_hub_progress()
         previous = interrupts.install()
         try:
             return super().main(*args, **kwargs)
@@ -45,7 +50,7 @@ class _Group(click.Group):
             if message is None:
                 raise
             click.echo(f"error: {message}", err=True)
-            sys.exit(1)
+            sys.exit(2 if isinstance(exc, UsageError) else 1)
         interrupts.hold()
         signum = interrupts.pending()
         if signum is not None:  # interrupted, but the exception was swallowed on the way (numba did once)

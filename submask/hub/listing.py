@@ -23,7 +23,8 @@ _REPO_ID = re.compile(r"\w[\w.-]*/\w[\w.-]*")  # ORG/NAME, as the Hub spells rep
 
 @dataclass(frozen=True)
 class MaskListing:
-    """A mask stored in a repo, summarised from its header(s): ``path`` is what ``pull_mask`` takes.
+    """A mask stored in a repo, summarised from its header(s): ``path`` is what ``pull_mask`` takes; ``count``
+    of its ``numel`` entries are set.
 
     ``base_model`` is the Hub model it was built against, ``ORG/NAME@COMMIT`` (None when built from local files);
     ``delta`` says whether it carries values that rebuild the finetuned weights (FORMAT.md §12).
@@ -41,6 +42,7 @@ class MaskListing:
 
     @property
     def density(self) -> float:
+        """count / numel; 0.0 over no entries."""
         return self.count / self.numel if self.numel else 0.0
 
     def to_json(self) -> dict[str, Any]:

@@ -141,7 +141,8 @@ class Remote:
                            "a token (HF_TOKEN or --token) if it is private or gated", repo_id=self.repo_id, revision=revision) from None
         except errors.RevisionNotFoundError:
             raise HubError(f"{self.repo_id}: no branch, tag or commit {revision!r}; check the revision "
-                           "(HfApi().list_repo_refs lists them)", repo_id=self.repo_id, revision=revision) from None
+                           f"(`hf repos tag list {self.repo_id}` lists its tags; HfApi.list_repo_refs its branches "
+                           "too)", repo_id=self.repo_id, revision=revision) from None
         except errors.LocalEntryNotFoundError as exc:  # not cached, and the Hub could not be asked
             raise self._unreachable(exc) from None
         except errors.EntryNotFoundError:
