@@ -15,6 +15,7 @@ from the one piece of the base it reads anyway.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,10 +23,9 @@ import numpy as np
 
 from ..codecs.plain import check_frame
 from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageError
-from .header import DTYPE_SIZES
+from .header import DIFF_PLANES, DTYPE_SIZES
 from .values import RECORD_HEADER, STORED, ZSTD, Payload, _reader
 
-DIFF_PLANES = "diff-planes"
 BLOCK_ELEMENTS = 1 << 22  # the writers' block: a rebuild reads the base this many elements at a time
 MAX_BLOCK_ELEMENTS = 1 << 24
 ZSTD_LEVEL = 3
@@ -43,7 +43,8 @@ def encode_against(new: np.ndarray, base: np.ndarray, dtype: str, *,
     new_bits, base_bits = _bits(new, dtype, "new"), _bits(base, dtype, "base")
     if new_bits.shape != base_bits.shape:
         raise UsageError(f"new and base must hold as many values, got {new_bits.size} and {base_bits.size}")
-    return encode_blocks(new_bits, base_bits, dtype, block_counts(new_bits.size, block_elements), block_elements)
+    counts = block_counts(new_bits.size, block_elements)
+    return encode_blocks(new_bits, base_bits, dtype, counts, block_elements)[:2]
 
 
 def decode_against(encoding: dict[str, Any], payload: Payload, base: np.ndarray, dtype: str,
@@ -54,7 +55,8 @@ def decode_against(encoding: dict[str, Any], payload: Payload, base: np.ndarray,
     base_bits = _bits(base, dtype, "base")
     out = np.empty_like(base_bits)
     done = 0
-    for differences in iter_blocks(payload, dtype, block_counts(base_bits.size, block_elements), at):
+    counts = block_counts(base_bits.size, block_elements)
+    for differences in iter_blocks(payload, dtype, block_elements, base_bits.size, counts, at):
         count = differences.size // DTYPE_SIZES[dtype]
         out[done : done + count] = apply_block(differences, base_bits[done : done + count], dtype)
         done += count
@@ -77,42 +79,42 @@ def block_counts(numel: int, block_elements: int, packed: np.ndarray | None = No
 
 
 def encode_blocks(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, counts: list[int],
-                  block_elements: int) -> tuple[dict[str, Any], bytes]:
-    """Code the values (unsigned ints of the itemsize) block by block, ``counts[k]`` in block ``k``."""
+                  block_elements: int) -> tuple[dict[str, Any], bytes, int]:
+    """Code the values (unsigned ints of the itemsize) block by block, ``counts[k]`` in block ``k``: (encoding
+    JSON, payload, CRC-32 of the stored differences)."""
     if sum(counts) != new_bits.size:
         raise UsageError(f"blocks of {sum(counts)} values in all, for {new_bits.size} values")
     import zstandard  # here: commands that never write values skip its import
 
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-    records, done = [], 0
+    records, done, crc = [], 0, 0
     for count in counts:
-        records.append(_encode_block(new_bits[done : done + count], base_bits[done : done + count], dtype,
-                                     compressor))
+        record, crc = _encode_block(new_bits[done : done + count], base_bits[done : done + count], dtype,
+                                    compressor, crc)
+        records.append(record)
         done += count
-    return {"id": DIFF_PLANES, "block_elements": block_elements}, b"".join(records)
+    return {"id": DIFF_PLANES, "block_elements": block_elements}, b"".join(records), crc
 
 
-def iter_blocks(payload: Payload, dtype: str, counts: list[int] | tuple[int, int, int],
+def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, counts: list[int] | None = None,
                 at: str = "") -> Iterator[np.ndarray]:
     """The payload's blocks in order, each the zigzagged differences as stored (uint8, exponent order): what
-    the CRC-32 covers and what ``apply_block`` turns into values. Every record is checked before it is used.
-    ``counts``: each block's values, or (blocks, values in all, most in one block) when the mask is not at
-    hand (validation); FormatError when the payload disagrees."""
+    the CRC-32 covers and what ``apply_block`` turns into values. Every record is checked before it is used;
+    FormatError unless the blocks hold ``count`` values in all, at most ``block_elements`` each, and, with
+    ``counts`` (from the mask), exactly ``counts[k]`` in block ``k``."""
     import zstandard
 
     itemsize = DTYPE_SIZES[dtype]
     size, read = _reader(payload)
-    blocks, total, most = (len(counts), sum(counts), max(counts, default=0)) if isinstance(counts, list) else counts
-    offset = done = 0
-    for index in range(blocks):
+    offset = done = index = 0
+    while offset < size if counts is None else index < len(counts):
         if offset + BLOCK_HEADER > size:
-            raise FormatError(f"{at}diff-planes payload ends before block {index} of {blocks}; the file is corrupt")
+            raise FormatError(f"{at}diff-planes payload ends before block {index}; the file is corrupt")
         values = int.from_bytes(read(offset, BLOCK_HEADER), "little")
-        expected = counts[index] if isinstance(counts, list) else None
-        if values != expected and (expected is not None or values > most or done + values > total):
-            raise FormatError(f"{at}diff-planes block {index} holds {values} values, "
-                              f"{expected if expected is not None else f'at most {min(most, total - done)}'} "
-                              "expected; the file is corrupt")
+        if values > min(block_elements, count - done) or (counts is not None and values != counts[index]):
+            expected = counts[index] if counts is not None else f"at most {min(block_elements, count - done)}"
+            raise FormatError(f"{at}diff-planes block {index} holds {values} values, {expected} expected; the file "
+                              "is corrupt")
         offset += BLOCK_HEADER
         out = np.empty((values, itemsize), dtype=np.uint8)
         for plane in range(itemsize):
@@ -124,13 +126,29 @@ def iter_blocks(payload: Payload, dtype: str, counts: list[int] | tuple[int, int
                 out[:, plane] = np.frombuffer(zstandard.ZstdDecompressor().decompress(data), dtype=np.uint8)
             except (zstandard.ZstdError, ValueError) as exc:
                 raise FormatError(f"{at}a zstd difference plane is corrupt ({exc})") from None
-        done += values
+        done, index = done + values, index + 1
         yield out.reshape(-1)
-    if done != total:
-        raise FormatError(f"{at}diff-planes blocks hold {done} values, {total} expected; the file is corrupt")
+    if done != count:
+        raise FormatError(f"{at}diff-planes blocks hold {done} values, {count} expected; the file is corrupt")
     if offset != size:
         raise FormatError(f"{at}diff-planes payload holds {size - offset} bytes after its last block; the file is "
                           "corrupt")
+
+
+def plane_methods(payload: Payload, itemsize: int, at: str = "") -> list[set[str]]:
+    """Per plane, the methods its blocks use ("stored", "zstd"); checks the records, decodes nothing."""
+    size, read = _reader(payload)
+    seen: list[set[str]] = [set() for _ in range(itemsize)]
+    offset = 0
+    while offset < size:
+        if offset + BLOCK_HEADER > size:
+            raise FormatError(f"{at}diff-planes payload ends inside a block header; the file is corrupt")
+        values = int.from_bytes(read(offset, BLOCK_HEADER), "little")
+        offset += BLOCK_HEADER
+        for plane in range(itemsize):
+            offset, method, _ = _plane_record(read, size, offset, values, at)
+            seen[plane].add("stored" if method == STORED else "zstd")
+    return seen
 
 
 def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> np.ndarray:
@@ -164,7 +182,8 @@ def block_elements_of(encoding: dict[str, Any], at: str = "") -> int:
 
 # -- the transform ------------------------------------------------------------------------------------------------
 
-def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compressor: Any) -> bytes:
+def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compressor: Any,
+                  crc: int) -> tuple[bytes, int]:
     itemsize = new_bits.itemsize
     with np.errstate(over="ignore"):
         difference = (_to_ordered(new_bits, dtype) - _to_ordered(base_bits, dtype)).view(SIGNED[itemsize])
@@ -173,13 +192,14 @@ def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compr
     if order is not None:
         zigzag = zigzag[order]
     columns = zigzag.view(np.uint8).reshape(-1, itemsize)
+    crc = zlib.crc32(columns, crc)
     records = [new_bits.size.to_bytes(BLOCK_HEADER, "little")]
     for plane in range(itemsize):
         raw = np.ascontiguousarray(columns[:, plane]).tobytes()
         packed = compressor.compress(raw)
         method, data = (ZSTD, packed) if len(packed) < len(raw) else (STORED, raw)
         records += [bytes([method]), len(data).to_bytes(4, "little"), data]
-    return b"".join(records)
+    return b"".join(records), crc
 
 
 def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
