@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FormatError, where
-from ..metadata import (DIFF_EXTENSION, DIFF_MINOR, SHARD_KEY, VALUES_EXTENSION, VALUES_MINOR, MaskMetadata,
-                        is_count)
+from ..metadata import DIFF_EXTENSION, DIFF_MINOR, SHARD_KEY, VALUES_EXTENSION, VALUES_MINOR, MaskMetadata, is_count
 
 MAX_TENSORS = 1_000_000
 MAX_NDIM = 64
