@@ -276,6 +276,7 @@ def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object =
     itemsize = _itemsize(entry, count, at)
     if is_diff(entry) and count:
         if base is None or counts is None:
+            verify_values(entry, payload, count, path, name)  # a damaged payload says so first
             raise UsageError(f"{at}the values are coded against the base checkpoint (diff-planes): read them with "
                              "it, e.g. submask.apply_delta(base_state_dict, delta) or "
                              "submask.load_delta(delta, base=base_state_dict)")
