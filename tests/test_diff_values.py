@@ -130,3 +130,10 @@ def test_a_build_codes_against_the_base_and_rebuilds_byte_for_byte(dtype: torch.
     assert hashlib.sha256(rebuilt).hexdigest() == hashlib.sha256(expected).hexdigest()
     applied = submask.apply_delta(base, delta)
     assert all(torch.equal(applied[n].view(torch.uint8), finetuned[n].view(torch.uint8)) for n in base)
+
+
+def test_format_md_worked_example() -> None:
+    """FORMAT.md §12.4: BF16 0x3C00 -> 0x3C01 and 0xBC00 -> 0xBBFF, one block, both planes stored."""
+    encoding, payload = encode_against(np.array([0x3C01, 0xBBFF], np.uint16), np.array([0x3C00, 0xBC00], np.uint16),
+                                       "BF16")
+    assert payload.hex() == "02000000" + "00020000000202" + "00020000000000"
