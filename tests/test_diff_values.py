@@ -137,3 +137,22 @@ def test_format_md_worked_example() -> None:
     encoding, payload = encode_against(np.array([0x3C01, 0xBBFF], np.uint16), np.array([0x3C00, 0xBC00], np.uint16),
                                        "BF16")
     assert payload.hex() == "02000000" + "00020000000202" + "00020000000000"
+
+
+@pytest.mark.parametrize("dtype, numpy_dtype", [("BF16", np.uint16), ("F16", np.float16), ("F32", np.float32),
+                                                ("I16", np.int16), ("F8_E4M3", np.uint8)])
+def test_compiled_and_numpy_transforms_write_the_same_bytes(dtype: str, numpy_dtype: type,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from submask.format import diffs
+
+    rng = np.random.default_rng(5)
+    raw = RAW[np.dtype(numpy_dtype).itemsize]
+    base = rng.integers(0, np.iinfo(raw).max, 20000, dtype=raw, endpoint=True)
+    new = base.copy()
+    moved = rng.random(base.size) < 0.4
+    new[moved] = rng.integers(0, np.iinfo(raw).max, int(moved.sum()), dtype=raw, endpoint=True)
+    compiled = encode_against(new, base, dtype, block_elements=4096)
+    for kernel in (diffs._encode_kernel, diffs._decode_kernel):
+        monkeypatch.setattr(kernel, "_compiled", None)
+    assert encode_against(new, base, dtype, block_elements=4096) == compiled
+    assert decode_against(*compiled, base, dtype).tobytes() == new.tobytes()

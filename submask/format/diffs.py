@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..accel import Kernel
 from ..codecs.plain import check_frame
 from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageError
 from .header import DIFF_PLANES, DTYPE_SIZES
@@ -159,6 +160,11 @@ def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> n
     base_bits = base_bits.view(unsigned)
     if zigzag.size != base_bits.size:
         raise MismatchError(f"a block of {zigzag.size} differences against {base_bits.size} base values")
+    kernel = _decode_kernel.compiled if itemsize <= 4 else None
+    if kernel is not None:
+        out = np.empty_like(base_bits)
+        kernel(zigzag, base_bits, out, *_kernel_args(dtype, itemsize))
+        return out
     one = unsigned(1)
     with np.errstate(over="ignore"):
         difference = (zigzag >> one) ^ (-(zigzag & one).view(signed)).view(unsigned)
@@ -185,12 +191,17 @@ def block_elements_of(encoding: dict[str, Any], at: str = "") -> int:
 def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compressor: Any,
                   crc: int) -> tuple[bytes, int]:
     itemsize = new_bits.itemsize
-    with np.errstate(over="ignore"):
-        difference = (_to_ordered(new_bits, dtype) - _to_ordered(base_bits, dtype)).view(SIGNED[itemsize])
-    zigzag = ((difference << 1) ^ (difference >> (8 * itemsize - 1))).view(UNSIGNED[itemsize])
-    order = _order(base_bits, dtype)
-    if order is not None:
-        zigzag = zigzag[order]
+    kernel = _encode_kernel.compiled if itemsize <= 4 else None
+    if kernel is not None:
+        zigzag = np.empty_like(new_bits)
+        kernel(new_bits, base_bits, zigzag, *_kernel_args(dtype, itemsize))
+    else:
+        with np.errstate(over="ignore"):
+            difference = (_to_ordered(new_bits, dtype) - _to_ordered(base_bits, dtype)).view(SIGNED[itemsize])
+        zigzag = ((difference << 1) ^ (difference >> (8 * itemsize - 1))).view(UNSIGNED[itemsize])
+        order = _order(base_bits, dtype)
+        if order is not None:
+            zigzag = zigzag[order]
     columns = zigzag.view(np.uint8).reshape(-1, itemsize)
     crc = zlib.crc32(columns, crc)
     records = [new_bits.size.to_bytes(BLOCK_HEADER, "little")]
@@ -210,6 +221,68 @@ def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
     exponent_bits = 8 * base_bits.itemsize - 1 - mantissa
     key = (base_bits >> base_bits.dtype.type(mantissa)) & base_bits.dtype.type((1 << exponent_bits) - 1)
     return np.argsort(key.astype(np.uint16 if exponent_bits > 8 else np.uint8), kind="stable")
+
+
+def _kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
+    """(mantissa bits or -1 for integers, exponent bits, value bits, a slot per exponent) for the kernels."""
+    mantissa = MANTISSA_BITS.get(dtype, -1)
+    exponent_bits = 8 * itemsize - 1 - mantissa if mantissa >= 0 else 0
+    return mantissa, exponent_bits, 8 * itemsize, np.zeros(1 << exponent_bits, np.int64)
+
+
+@Kernel
+def _encode_kernel(new, base, out, mantissa, exponent_bits, bits, slots):  # pragma: no cover - compiled by numba
+    """``_encode_block``'s transform in one pass (values of at most 32 bits): each zigzagged difference goes
+    to its place in the stable exponent order (a counting sort: ``slots`` counts, then places)."""
+    full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
+    if mantissa >= 0:
+        for i in range(base.size):
+            slots[(np.int64(base[i]) >> mantissa) & exponents] += 1
+        total = 0
+        for k in range(slots.size):
+            count = slots[k]
+            slots[k] = total
+            total += count
+    for i in range(base.size):
+        b, v = np.int64(base[i]), np.int64(new[i])
+        j = i
+        if mantissa >= 0:
+            key = (b >> mantissa) & exponents
+            j = slots[key]
+            slots[key] = j + 1
+            b = (~b & full) if b & sign else b | sign
+            v = (~v & full) if v & sign else v | sign
+        difference = (v - b) & full
+        if difference & sign:
+            difference -= full + 1
+        out[j] = ((difference << 1) ^ (difference >> 63)) & full
+
+
+@Kernel
+def _decode_kernel(zigzag, base, out, mantissa, exponent_bits, bits, slots):  # pragma: no cover - compiled by numba
+    """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``."""
+    full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
+    if mantissa >= 0:
+        for i in range(base.size):
+            slots[(np.int64(base[i]) >> mantissa) & exponents] += 1
+        total = 0
+        for k in range(slots.size):
+            count = slots[k]
+            slots[k] = total
+            total += count
+    for i in range(base.size):
+        b = np.int64(base[i])
+        j = i
+        if mantissa >= 0:
+            key = (b >> mantissa) & exponents
+            j = slots[key]
+            slots[key] = j + 1
+            b = (~b & full) if b & sign else b | sign
+        z = np.int64(zigzag[j])
+        value = (b + ((z >> 1) ^ -(z & 1))) & full
+        if mantissa >= 0:
+            value = value ^ sign if value & sign else ~value & full
+        out[i] = value
 
 
 def _to_ordered(bits: np.ndarray, dtype: str) -> np.ndarray:
