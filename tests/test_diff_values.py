@@ -70,24 +70,20 @@ def test_the_vector_decodes_with_its_base_and_re_encodes_byte_for_byte(tmp_path:
     for name, content in LISTED.items():
         np.testing.assert_array_equal(delta.mask[name].to_indices(), np.array(content["ones_at"], dtype=np.int64))
         assert delta.values[name].data.tobytes().hex() == content["values"]["hex"], name
-    with submask.open(VECTOR) as mask_file:
+    with submask.open(VECTOR) as mask_file, MaskWriter(tmp_path / VECTOR.name, mask_file.metadata) as writer:
         assert mask_file.metadata.minor_version == 3 and mask_file.problems() == []
         assert mask_file.value_planes("bf16_weights")[1] == "zstd"
-        with MaskWriter(tmp_path / VECTOR.name, mask_file.metadata, write_id=mask_file.metadata.extra.get("write_id"),
-                        ) as writer:
-            for name, entry in mask_file.entries.items():
-                values = submask.TensorValues(entry.values.dtype, delta.values[name].data,
-                                              np.frombuffer(bytes.fromhex(LISTED[name]["values"]["base_hex"]),
-                                                            np.uint8).copy())
-                settings = {k: v for k, v in entry.values.encoding.items() if k != "id"}
-                writer.add(name, mask_file[name], entry.encoding, entry.config, values=values, values_config=settings)
+        for name, entry in mask_file.entries.items():
+            base = np.frombuffer(bytes.fromhex(LISTED[name]["values"]["base_hex"]), np.uint8).copy()
+            values = submask.TensorValues(entry.values.dtype, delta.values[name].data, base)
+            settings = {k: v for k, v in entry.values.encoding.items() if k != "id"}
+            writer.add(name, mask_file[name], entry.encoding, entry.config, values=values, values_config=settings)
     assert (tmp_path / VECTOR.name).read_bytes() == VECTOR.read_bytes()
 
 
 def test_without_the_base_the_values_are_refused_after_their_checks() -> None:
-    with submask.open(VECTOR) as mask_file:
-        with pytest.raises(errors.UsageError, match="coded against the base"):
-            mask_file.values("f32_blocks")
+    with submask.open(VECTOR) as mask_file, pytest.raises(errors.UsageError, match="coded against the base"):
+        mask_file.values("f32_blocks")
     with pytest.raises(errors.UsageError, match="load_delta"):
         submask.load_delta(VECTOR)
 
@@ -134,7 +130,7 @@ def test_a_build_codes_against_the_base_and_rebuilds_byte_for_byte(dtype: torch.
 
 def test_format_md_worked_example() -> None:
     """FORMAT.md §12.4: BF16 0x3C00 -> 0x3C01 and 0xBC00 -> 0xBBFF, one block, both planes stored."""
-    encoding, payload = encode_against(np.array([0x3C01, 0xBBFF], np.uint16), np.array([0x3C00, 0xBC00], np.uint16),
+    _, payload = encode_against(np.array([0x3C01, 0xBBFF], np.uint16), np.array([0x3C00, 0xBC00], np.uint16),
                                        "BF16")
     assert payload.hex() == "02000000" + "00020000000202" + "00020000000000"
 
