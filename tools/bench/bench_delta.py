@@ -139,7 +139,7 @@ def main() -> None:
             "fine dtype (fp16/fp32 SGD): its differences are close to noise. Measured once on these pairs, the "
             "order-0 entropy of the delta's byte planes, given the base's exponent, is 0.81 (F16 sgd rows) and "
             "0.94 (F32 sgd tensors) of the best peer, so no coder of planes reaches 0.80 there; grouping by "
-            "row and column scale instead gained nothing. The peers were ~0.96-1.0x of each other there.\n\n"
+            "row and column scale instead gained nothing.\n\n"
             + markdown_table(["pair", "changed", "MiB", "delta", "(a) zstd -19 XOR", "(b) zipnn delta",
                               "(c) zipnn", "vs best", "rebuilt (sha256)"], rows))
     if not args.no_write:
