@@ -297,16 +297,22 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
             header = file.header.encode("utf-8")
             emit(LENGTH.pack(len(header)) + header)
             buffers = itertools.cycle([np.empty(CHUNK_ELEMENTS * 8, np.uint8) for _ in range(IN_FLIGHT + 1)])
+            coded = {info.name: values.differences(info.name) for info in tensors}
+            # one stream of every coded tensor's blocks, decoded ahead across tensors
+            blocks = _ahead(itertools.chain.from_iterable(found[1] for found in coded.values() if found), decoder)
             for info in tensors:
-                differences = values.differences(info.name)
+                differences = coded[info.name]
                 if differences is not None:
-                    chunks = _diff_chunks(info, values.bits(info.name), _ahead(differences[1], decoder), base,
-                                          buffers, differences[0], values.label)
+                    chunks = _diff_chunks(info, values.bits(info.name), blocks, base, buffers, differences[0],
+                                          values.label)
                 else:
                     stream = _ValueStream(_ahead(values.blocks(info.name), decoder), values.label, info.name)
                     chunks = _tensor_chunks(info, values.bits(info.name), stream, base, buffers)
                 for chunk in chunks:
                     emit(chunk)
+            if next(blocks, None) is not None:  # also runs the last tensor's end checks (CRC-32)
+                raise FormatError(f"{values.label}: {file.name}: more difference blocks than its tensors' elements "
+                                  "take; the delta is corrupt")
         while pending:
             pending.popleft().result()
     return digest.hexdigest()
@@ -343,7 +349,8 @@ def _diff_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, blocks: Iterat
                  buffers: Iterator[np.ndarray], block_elements: int, label: str) -> Iterator[np.ndarray]:
     """One tensor's bytes from values coded against the base (FORMAT.md §12.4): block ``k`` holds the values of
     elements ``[k * block_elements, (k + 1) * block_elements)``, so each is decoded from the base's chunk of
-    those elements, which then takes the values at the set positions."""
+    those elements, which then takes the values at the set positions. ``blocks`` is shared by the file's
+    tensors: this one takes its own blocks from it."""
     positions = bits if isinstance(bits, np.ndarray) else None
     raw, done = info.dtype.raw, 0
     for start in range(0, info.numel, block_elements):
@@ -371,9 +378,6 @@ def _diff_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, blocks: Iterat
         else:
             chunk[where] = new
         yield chunk
-    if next(blocks, None) is not None:
-        raise FormatError(f"{label}, tensor {info.name!r}: more difference blocks than its elements take; the "
-                          "delta is corrupt")
 
 
 def _scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> None:
