@@ -20,16 +20,20 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .built import BuiltMask
 from .delta import Delta
-from .errors import UsageError
+from .errors import MismatchError, UsageError
 from .format import MaskFile, MaskWriter, local_mask_path
+from .format.values import is_diff
 from .hub.paths import is_hub_url
 from .limits import check_allocation
 from .mask import Mask
@@ -89,22 +93,40 @@ def load(path: str | os.PathLike[str], *, max_bits: int | None = None, expect_mo
     return mask
 
 
-def load_delta(path: str | os.PathLike[str], *, max_bits: int | None = None, **hub_options: Any) -> Delta:
+def load_delta(path: str | os.PathLike[str], *, max_bits: int | None = None, base: Mapping[str, Any] | None = None,
+               **hub_options: Any) -> Delta:
     """Read a delta (a mask with values, FORMAT.md §12) into memory, verifying every checksum; options as ``load``.
 
-    A mask without values loads as a Delta with no values.
+    A mask without values loads as a Delta with no values. Values coded against the base (format 1.3,
+    FORMAT.md §12.4) need ``base``, the base state dict (numpy arrays or torch tensors by name).
     """
     local, source = _local(path, hub_options)
     with _shown_as(path, local), MaskFile(local, max_bits=max_bits) as mask_file:
         mask = mask_file.load()
         check_allocation(sum(entry.values.size for entry in mask_file.entries.values() if entry.values is not None),
                          f"{local}: the delta's values")
-        values = {name: tensor_values for name, entry in mask_file.entries.items()
-                  if entry.values is not None and (tensor_values := mask_file.values(name)) is not None}
+        values = {name: mask_file.values(name, _base_values(base, name, mask[name], entry.values))
+                  for name, entry in mask_file.entries.items() if entry.values is not None}
         checkpoint = mask_file.metadata.checkpoint
     if source is not None:
         mask.metadata.extra["source"] = source
     return Delta(mask, values, checkpoint)
+
+
+def _base_values(base: Mapping[str, Any] | None, name: str, bits: Any, entry: Any) -> np.ndarray | None:
+    """The base's value bytes at a tensor's set positions, when its values are coded against the base."""
+    if base is None or not is_diff(entry):
+        return None
+    value = base.get(name)
+    if value is None or math.prod(getattr(value, "shape", ())) != bits.numel:
+        raise MismatchError(f"the base lacks tensor {name!r} of shape {list(bits.shape)}, which the delta codes "
+                            "against it; pass the base the delta was built against")
+    if not isinstance(value, np.ndarray):  # a torch tensor: its bytes, whatever its dtype (bf16 too)
+        import torch
+
+        value = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8).reshape(bits.numel, -1)
+    return np.ascontiguousarray(raw[bits.to_numpy().reshape(-1)]).reshape(-1)
 
 
 def save(mask: Mask | Delta, path: str | os.PathLike[str], *, encoding: str | Mapping[str, str] = "auto",

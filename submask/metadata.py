@@ -18,8 +18,10 @@ FORMAT_NAME = "submask"
 MAJOR, MINOR = 1, 1  # 1.1 added the header checksum (FORMAT.md §2.1): writers write it unless a file needs 1.2
 VALUES_MINOR = 2  # 1.2 added values and the checkpoint layout (FORMAT.md §12)
 VALUES_EXTENSION = "values"  # declared, must_understand, by every file with values or a checkpoint layout
+DIFF_MINOR = 3  # 1.3 added values coded against the base (FORMAT.md §12.4)
+DIFF_EXTENSION = "diff-values"  # declared, must_understand, by every file with values coded against the base
 MASK_KINDS = ("update", "pruning", "supermask", "other")  # a reader keeps any other string, read as "other" (§4)
-KNOWN_EXTENSIONS: frozenset[str] = frozenset({VALUES_EXTENSION})
+KNOWN_EXTENSIONS: frozenset[str] = frozenset({VALUES_EXTENSION, DIFF_EXTENSION})
 SHARD_KEY = "shard"  # a record of the file, not of the mask: parsed by format.header.ShardInfo, never kept in extra
 CHECKPOINT_KEY = "checkpoint"
 
@@ -101,14 +103,23 @@ class MaskMetadata:
         return self.minor_version >= VALUES_MINOR and any(ext["name"] == VALUES_EXTENSION and ext["must_understand"]
                                                           for ext in self.extensions)
 
-    def for_file(self, has_values: bool) -> "MaskMetadata":
+    @property
+    def declares_differences(self) -> bool:
+        """Whether the header declares the "diff-values" extension at version 1.3 or later (FORMAT.md §12.4)."""
+        return self.minor_version >= DIFF_MINOR and any(ext["name"] == DIFF_EXTENSION for ext in self.extensions)
+
+    def for_file(self, has_values: bool, differences: bool = False) -> "MaskMetadata":
         """The metadata as written to a file with or without values (FORMAT.md §7): with values or a checkpoint
-        layout, version 1.2 or later and the "values" extension declared; without, the extension dropped."""
-        extensions = [ext for ext in self.extensions if ext.get("name") != VALUES_EXTENSION]
+        layout, version 1.2 or later and the "values" extension declared; with values coded against the base
+        (``differences``), 1.3 or later and "diff-values" declared too; without, the extensions dropped."""
+        extensions = [ext for ext in self.extensions if ext.get("name") not in (VALUES_EXTENSION, DIFF_EXTENSION)]
         if not (has_values or self.checkpoint is not None):
             return replace(self, extensions=extensions)
-        return replace(self, minor_version=max(self.minor_version, VALUES_MINOR),
-                       extensions=[*extensions, {"name": VALUES_EXTENSION, "must_understand": True}])
+        extensions.append({"name": VALUES_EXTENSION, "must_understand": True})
+        if not differences:
+            return replace(self, minor_version=max(self.minor_version, VALUES_MINOR), extensions=extensions)
+        return replace(self, minor_version=max(self.minor_version, DIFF_MINOR),
+                       extensions=[*extensions, {"name": DIFF_EXTENSION, "must_understand": True}])
 
     def to_json(self) -> dict[str, Any]:
         """The header object without its "tensors" member."""

@@ -39,6 +39,9 @@ from .format.layout import check_layout
 from .io import load_delta, open as open_mask_file
 from .mask import TensorMask
 from .metadata import CheckpointFile
+from .builder.values import chunk_values
+from .format.diffs import apply_block
+from .format.values import is_diff
 from .packed import popcount, unpack
 from .safetensors_header import LENGTH
 
@@ -104,7 +107,7 @@ def apply_delta(base: Mapping[str, Any], delta: Delta | str | os.PathLike[str]) 
     """
     label = "the delta" if isinstance(delta, Delta) else os.fspath(delta)
     if not isinstance(delta, Delta):
-        delta = load_delta(delta)
+        delta = load_delta(delta, base=base)
     bare = [name for name in delta.mask if name not in delta.values]
     if bare:
         raise UsageError(f"{label}: {len(bare)} tensor(s) carry no values (e.g. {bare[:3]}); build it with "
@@ -161,6 +164,20 @@ class _DeltaValues:
                 return positions
         return self.mask[name]
 
+    def coded_against_base(self, name: str) -> bool:
+        """Whether tensor ``name``'s values are coded against the base (which must then hold it)."""
+        if isinstance(self.source, Delta):
+            return False
+        entry = self.source.entries[name].values
+        return entry is not None and is_diff(entry)
+
+    def differences(self, name: str) -> tuple[int, Iterator[np.ndarray]] | None:
+        """Tensor ``name``'s values when coded against the base: (block_elements, the blocks of stored
+        differences, CRC-32 checked at the end); None when they are stored as they are."""
+        if isinstance(self.source, Delta):
+            return None
+        return self.source.difference_blocks(name)
+
     def blocks(self, name: str) -> Iterator[np.ndarray]:
         """Tensor ``name``'s value bytes, a block at a time (checked against their CRC-32 at the end)."""
         if isinstance(self.source, Delta):
@@ -215,7 +232,8 @@ def _check_base(values: _DeltaValues, base: Source | _Shapes) -> None:
     """MismatchError unless ``base`` holds, in the delta's dtype and shape, every tensor the delta only
     partly stores (the tensors it stores whole need nothing from the base)."""
     shapes, tensors = values.mask.shapes, base.tensors  # once: a Mask builds the dict on each access
-    needed = [name for name, count in values.mask.counts.items() if count < math.prod(shapes[name])]
+    needed = [name for name, count in values.mask.counts.items()
+              if count < math.prod(shapes[name]) or values.coded_against_base(name)]
     missing = [name for name in needed if name not in tensors]
     different = [f"{name} {values.dtype(name)} {list(shapes[name])} vs {tensors[name].dtype.name} "
                  f"{list(tensors[name].shape)}" for name in needed if name in tensors
@@ -262,10 +280,22 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
             header = file.header.encode("utf-8")
             emit(LENGTH.pack(len(header)) + header)
             buffers = itertools.cycle([np.empty(CHUNK_ELEMENTS * 8, np.uint8) for _ in range(IN_FLIGHT + 1)])
+            coded = {info.name: values.differences(info.name) for info in tensors}
+            # one stream of every coded tensor's blocks, decoded ahead across tensors
+            blocks = _ahead(itertools.chain.from_iterable(found[1] for found in coded.values() if found), decoder)
             for info in tensors:
-                stream = _ValueStream(_ahead(values.blocks(info.name), decoder), values.label, info.name)
-                for chunk in _tensor_chunks(info, values.bits(info.name), stream, base, buffers):
+                differences = coded[info.name]
+                if differences is not None:
+                    chunks = _diff_chunks(info, values.bits(info.name), blocks, base, buffers, differences[0],
+                                          values.label)
+                else:
+                    stream = _ValueStream(_ahead(values.blocks(info.name), decoder), values.label, info.name)
+                    chunks = _tensor_chunks(info, values.bits(info.name), stream, base, buffers)
+                for chunk in chunks:
                     emit(chunk)
+            if next(blocks, None) is not None:  # also runs the last tensor's end checks (CRC-32)
+                raise FormatError(f"{values.label}: {file.name}: more difference blocks than its tensors' elements "
+                                  "take; the delta is corrupt")
         while pending:
             pending.popleft().result()
     return digest.hexdigest()
@@ -296,6 +326,41 @@ def _tensor_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, stream: "_Va
             done = end
         yield chunk
     stream.finish()
+
+
+def _diff_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, blocks: Iterator[np.ndarray], base: Source,
+                 buffers: Iterator[np.ndarray], block_elements: int, label: str) -> Iterator[np.ndarray]:
+    """One tensor's bytes from values coded against the base (FORMAT.md §12.4): block ``k`` holds the values of
+    elements ``[k * block_elements, (k + 1) * block_elements)``, so each is decoded from the base's chunk of
+    those elements, which then takes the values at the set positions. ``blocks`` is shared by the file's
+    tensors: this one takes its own blocks from it."""
+    positions = bits if isinstance(bits, np.ndarray) else None
+    raw, done = info.dtype.raw, 0
+    for start in range(0, info.numel, block_elements):
+        stop = min(start + block_elements, info.numel)
+        buffer = next(buffers)
+        if buffer.size < (stop - start) * info.dtype.itemsize:  # a writer's block larger than the default
+            buffer = np.empty((stop - start) * info.dtype.itemsize, np.uint8)
+        chunk = base.read(info.name, start, stop, buffer)
+        if not chunk.flags.writeable:
+            chunk = chunk.copy()
+        if positions is None:
+            packed = bits.packed[start // 8: (stop + 7) // 8]
+            taken = chunk_values(chunk, packed).view(raw)
+        else:
+            end = done + int(np.searchsorted(positions[done:], stop))
+            where, done = positions[done:end] - start, end
+            taken = chunk[where]
+        block = next(blocks, None)
+        if block is None or block.size != taken.nbytes:
+            raise FormatError(f"{label}, tensor {info.name!r}: a block of {0 if block is None else block.size} "
+                              f"difference bytes for {taken.size} set positions; the delta is corrupt")
+        new = apply_block(block, taken, info.dtype.name).view(raw)
+        if positions is None:
+            _scatter_into(chunk, packed, new)
+        else:
+            chunk[where] = new
+        yield chunk
 
 
 def _scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> None:

@@ -206,6 +206,43 @@ def write_values_vector(name: str) -> None:
     (VECTORS / f"{name}.json").write_text(json.dumps(content, indent=1) + "\n")
 
 
+def diff_tensors() -> list[tuple[str, np.ndarray, str, np.ndarray, np.ndarray, dict[str, Any] | None]]:
+    """(name, mask bools, dtype, value bytes, base value bytes, settings): values coded against the base."""
+    rng = np.random.default_rng(21)
+    weights = bits((20, 30), 0.3, 22)
+    base16 = (rng.normal(0, 0.02, int(weights.sum())).astype(np.float32).view(np.uint32) >> 16).astype("<u2")
+    moved = np.where(rng.random(base16.size) < 0.5, base16 + rng.integers(1, 3, base16.size),
+                     base16 - rng.integers(1, 3, base16.size)).astype("<u2")  # 1-2 ulps, either way
+    blocks = bits((100,), 0.5, 23)
+    blocks[16:32] = False  # a block without values
+    base32 = rng.normal(0, 1, int(blocks.sum())).astype("<f4")
+    new32 = (base32 - rng.normal(0, 1e-3, base32.size)).astype("<f4")
+    new32[:3], base32[:3] = [-0.0, np.inf, 1.0], [0.0, 3.0, -1.0]  # sign changes, an infinity
+    ints = np.arange(-6, 6, dtype="<i8")
+    return [
+        ("f32_blocks", blocks, "F32", new32.view(np.uint8), base32.view(np.uint8), {"block_elements": 16}),
+        ("bf16_weights", weights, "BF16", moved.view(np.uint8), base16.view(np.uint8), None),
+        ("i64_full", np.ones((3, 4), bool), "I64", (ints * 7).view(np.uint8), ints.view(np.uint8), None),
+        ("no_values", np.zeros(10, bool), "F16", np.zeros(0, np.uint8), np.zeros(0, np.uint8), None),
+    ]
+
+
+def write_diff_vector(name: str) -> None:
+    """A delta of version 1.3: values coded against the base (FORMAT.md §12.4) in several dtypes and blocks;
+    NAME.json lists each tensor's base and finetuned values at its set positions as hex."""
+    tensors = diff_tensors()
+    metadata = MaskMetadata(kind="update", criterion={"name": "exact"}, creator=CREATOR)
+    with MaskWriter(VECTORS / f"{name}.smask", metadata, write_id=WRITE_IDS[0], overwrite=True) as writer:
+        for tensor_name, array, dtype, data, base, config in tensors:
+            writer.add(tensor_name, TensorMask.from_numpy(array), "auto", values=TensorValues(dtype, data, base),
+                       values_config=config)
+    content = {"tensors": {tensor_name: {"shape": list(array.shape), "ones_at": np.flatnonzero(array).tolist(),
+                                         "values": {"dtype": dtype, "hex": data.tobytes().hex(),
+                                                    "base_hex": base.tobytes().hex()}}
+                           for tensor_name, array, dtype, data, base, _ in tensors}}
+    (VECTORS / f"{name}.json").write_text(json.dumps(content, indent=1) + "\n")
+
+
 def write_vector(name: str, tensors: list, metadata: MaskMetadata | None = None,
                  max_shard_bytes: int | None = None, minor: int = MINOR) -> None:
     metadata = metadata or MaskMetadata(kind="other", creator=CREATOR)
@@ -563,7 +600,42 @@ def invalid_values(deltas: Path) -> dict[str, tuple[bytes, str, str]]:
             extensions=[{"name": "values", "must_understand": False}])), "FormatError",
             "values declared by a `values` extension with must_understand false (1.2.1)"),
     }
-    return {file_name: (edited(deltas, edit), error, why) for file_name, (edit, error, why) in cases.items()}
+    cases.update(invalid_diffs())
+    return {file_name: (edited(VECTORS / "diff-values-1.3.smask" if file_name.startswith("diff_") else deltas, edit),
+                        error, why) for file_name, (edit, error, why) in cases.items()}
+
+
+def invalid_diffs() -> dict[str, tuple[Callable[[dict[str, Any], dict[str, bytes]], None], str, str]]:
+    """Damaged copies of the 1.3 delta vector (FORMAT.md §12.4), each in its first tensor: without the base, a
+    reader checks a tensor's differences, then refuses to go on (so later tensors are never reached)."""
+    def payload(name: str, change: Callable[[bytearray], None]) -> Callable[[dict[str, Any], dict[str, bytes]], None]:
+        def edit(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+            data = bytearray(payloads[f"~values/{name}"])
+            change(data)
+            payloads[f"~values/{name}"] = bytes(data)
+        return edit
+
+    def undeclared(header: dict[str, Any], payloads: dict[str, bytes]) -> None:
+        header["extensions"] = [ext for ext in header["extensions"] if ext["name"] != "diff-values"]
+
+    def count(value: int) -> Callable[[bytearray], None]:
+        return lambda data: data.__setitem__(slice(0, 4), struct.pack("<I", value))
+
+    return {
+        "diff_not_declared.smask": (undeclared, "FormatError",
+                                    "diff-planes values without the `diff-values` extension declared"),
+        "diff_in_1_2.smask": (header_edit(lambda h: h.update(version="1.2")), "FormatError",
+                              "diff-planes values in a file of version 1.2"),
+        "diff_bad_crc.smask": (lambda h, p: h["tensors"]["f32_blocks"]["values"].update(crc32="00000000"),
+                               "ChecksumError", "differences of f32_blocks with a wrong crc32"),
+        "diff_block_over_elements.smask": (payload("f32_blocks", count(17)), "FormatError",
+                                           "a block of f32_blocks claiming 17 values, more than block_elements 16"),
+        "diff_trailing_bytes.smask": (payload("f32_blocks", lambda data: data.extend(b"\0")), "FormatError",
+                                      "a byte after the last block of f32_blocks"),
+        "diff_block_elements_odd.smask": (lambda h, p: h["tensors"]["f32_blocks"]["values"].update(
+            encoding={"id": "diff-planes", "block_elements": 12}), "FormatError",
+            "block_elements 12, not a multiple of 8"),
+    }
 
 
 INVALID_README = """# Invalid vectors
@@ -665,6 +737,7 @@ def main() -> None:
     remove_sharded(VECTORS / "sharded.smask")  # a new write never reuses names: clear the old one first
     write_vector("sharded", sharded_tensors(), max_shard_bytes=32)
     write_values_vector("values-1.2")
+    write_diff_vector("diff-values-1.3")
     write_invalid()
     write_invalid_shards()
     print(f"wrote vectors to {VECTORS}")

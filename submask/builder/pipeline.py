@@ -70,6 +70,7 @@ class _TensorJob:
     bits: bool = True  # keep the packed bits (False: counts only, ``count_changes``)
     packed: np.ndarray = field(init=False)
     pieces: list[np.ndarray | None] = field(init=False)
+    base_pieces: list[np.ndarray | None] = field(init=False)  # the base's values there (not when ``whole``)
     ones: int = 0
     ladder: np.ndarray = field(default_factory=lambda: np.zeros(len(LADDER_ATOL), dtype=np.int64))
 
@@ -79,20 +80,26 @@ class _TensorJob:
             self.packed.fill(0xFF)
             clear_padding(self.packed, self.info.numel)
         self.pieces = [None] * len(self.chunks) if self.values else []
+        self.base_pieces = [None] * len(self.chunks) if self.values and not self.whole else []
 
     def take_values(self) -> TensorValues | None:
         """The tensor's value bytes, joined from its chunks (which are released)."""
         if not self.values:
             return None
-        data = self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces or [np.empty(0, np.uint8)])
+        data, base = _joined(self.pieces), _joined(self.base_pieces) if self.base_pieces else None
         self.pieces.clear()
-        return TensorValues(self.finetuned_dtype.name, data)
+        self.base_pieces.clear()
+        return TensorValues(self.finetuned_dtype.name, data, base)
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
         itemsize = max(self.info.dtype.itemsize, self.finetuned_dtype.itemsize)
         numel, step = self.info.numel, chunk_elements(self.chunk_bytes, itemsize)
         return [(start, min(start + step, numel)) for start in range(0, numel, step)]
+
+
+def _joined(pieces: list[Any]) -> np.ndarray:
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces or [np.empty(0, np.uint8)])
 
 
 def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = None, *,
@@ -379,7 +386,7 @@ class _Run:
             count = stop - start
             return count, [count] * len(LADDER_ATOL) if self.ladder else None, count * job.info.dtype.itemsize
         a, b = (self._read(side, job.info.name, start, stop) for side in range(2))
-        dtype = job.info.dtype
+        base, dtype = a, job.info.dtype
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder, bits=job.bits)
@@ -387,6 +394,7 @@ class _Run:
             job.packed[start // 8: start // 8 + result.packed.size] = result.packed
         if job.values:
             job.pieces[k] = chunk_values(b, result.packed)
+            job.base_pieces[k] = chunk_values(base, result.packed)
         return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)
 
     def check_unchanged(self) -> None:

@@ -6,6 +6,7 @@ thread (``pipeline``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -89,7 +90,7 @@ class FileSink:
         entry, payload = encode_tensor(name, shape, packed, ones)
         if values is None:
             return entry, payload, None
-        record, values_payload = encode_tensor_values(name, values, ones)
+        record, values_payload = encode_tensor_values(name, values, ones, packed=packed, numel=math.prod(shape))
         return replace(entry, values=record), payload, values_payload
 
     def commit(self, prepared: tuple[TensorEntry, bytes, bytes | None]) -> None:

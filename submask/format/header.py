@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 
 from ..codecs import CODECS
 from ..errors import FormatError, where
-from ..metadata import SHARD_KEY, VALUES_EXTENSION, VALUES_MINOR, MaskMetadata, is_count
+from ..metadata import DIFF_EXTENSION, DIFF_MINOR, SHARD_KEY, VALUES_EXTENSION, VALUES_MINOR, MaskMetadata, is_count
 
 MAX_TENSORS = 1_000_000
 MAX_NDIM = 64
@@ -23,6 +23,7 @@ RESERVED_NAMES = ("", "__metadata__")  # tensor names the safetensors container 
 SHARD_MINOR = 1  # the minor version that added the "shard" record (FORMAT.md section 6)
 _WRITE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 #: itemsize of each safetensors dtype a values record may hold (FORMAT.md §12)
+DIFF_PLANES = "diff-planes"  # the values encoding coded against the base (§12.4)
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
@@ -189,6 +190,9 @@ def _check_values_references(entries: dict[str, TensorEntry], metadata: MaskMeta
         if not metadata.declares_values:
             raise FormatError(f"{at}has values, but the header does not declare the '{VALUES_EXTENSION}' extension "
                               f"with must_understand true at version 1.{VALUES_MINOR} or later; the file is corrupt")
+        if entry.values.encoding.get("id") == DIFF_PLANES and not metadata.declares_differences:
+            raise FormatError(f"{at}has values coded against the base, but the header does not declare the "
+                              f"'{DIFF_EXTENSION}' extension at version 1.{DIFF_MINOR} or later; the file is corrupt")
         target = entry.values.entry
         if target in entries:
             raise FormatError(f"{at}values entry {target!r} is also a tensor name; the file is corrupt")

@@ -25,7 +25,9 @@ from .layout import check_layout
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
 from .tensors import decode_positions, decode_tensor, verify_tensor
-from .values import TensorValues, checked_pieces, plane_methods, read_values, verify_values
+from .diffs import block_counts, block_elements_of
+from .values import (TensorValues, checked_pieces, difference_blocks, is_diff, plane_methods, read_values,
+                     verify_values)
 
 INDEX_SUFFIX = ".index.json"
 Shard = TypeVar("Shard")
@@ -160,16 +162,33 @@ class MaskFile:
         """Whether any tensor carries values: the file is a delta (FORMAT.md §12)."""
         return any(entry.values is not None for entry in self.entries.values())
 
-    def values(self, name: str) -> TensorValues | None:
-        """Decode and verify one tensor's values (None when it has none)."""
+    def values(self, name: str, base: np.ndarray | None = None) -> TensorValues | None:
+        """Decode and verify one tensor's values (None when it has none). Values coded against the base
+        (``diff-planes``) need ``base``: the base's value bytes at the tensor's set positions (uint8)."""
         found = self._values_of(name)
-        return None if found is None else read_values(*found)
+        if found is None:
+            return None
+        counts = None
+        if base is not None and is_diff(found[0]):
+            entry = self._entry(name)
+            counts = block_counts(entry.bits, block_elements_of(found[0].encoding, where(found[3], name)),
+                                  self[name].packed)
+        return read_values(*found, base=base, counts=counts)
 
     def value_blocks(self, name: str) -> Iterator[np.ndarray]:
         """One tensor's value bytes in consecutive pieces of bounded size (``format.values.iter_value_blocks``); the
         CRC-32 is checked once the last piece is taken. Nothing for a tensor without values."""
         found = self._values_of(name)
         return iter(()) if found is None else checked_pieces(*found)
+
+    def difference_blocks(self, name: str) -> tuple[int, Iterator[np.ndarray]] | None:
+        """For a tensor whose values are coded against the base (``diff-planes``, FORMAT.md §12.4): its
+        block_elements and its blocks of stored differences (``format.diffs.iter_blocks``, CRC-32 checked once
+        the last is taken); None otherwise."""
+        found = self._values_of(name)
+        if found is None or not is_diff(found[0]):
+            return None
+        return block_elements_of(found[0].encoding, where(found[3], name)), difference_blocks(*found)
 
     def values_size(self, name: str) -> int:
         """Bytes of one tensor's values payload as stored (0 without values)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,10 +40,12 @@ Payload = bytes | bytearray | memoryview | PayloadSpan
 @dataclass(frozen=True)
 class TensorValues:
     """The values of one tensor at its set positions: a safetensors ``dtype`` name and the value bytes
-    (uint8, ``count * itemsize`` of them, in the mask's bit order)."""
+    (uint8, ``count * itemsize`` of them, in the mask's bit order); ``base``, when given, the base's value bytes
+    at the same positions: a writer then codes the values against them (``diff-planes``, FORMAT.md §12.4)."""
 
     dtype: str
     data: np.ndarray
+    base: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         itemsize = DTYPE_SIZES.get(self.dtype)
@@ -53,6 +55,10 @@ class TensorValues:
                 or self.data.size % itemsize:
             raise UsageError(f"values must be a 1-D uint8 array of whole {itemsize}-byte {self.dtype} values, got "
                              f"{getattr(self.data, 'shape', None)} of {getattr(self.data, 'dtype', type(self.data))}")
+        if self.base is not None and (not isinstance(self.base, np.ndarray) or self.base.dtype != np.uint8
+                                      or self.base.shape != self.data.shape):
+            raise UsageError(f"base values must be uint8 of the values' shape {self.data.shape}, got "
+                             f"{getattr(self.base, 'shape', None)} of {getattr(self.base, 'dtype', type(self.base))}")
 
     @property
     def itemsize(self) -> int:
@@ -232,35 +238,92 @@ def _block_values(encoding: dict[str, Any], at: str) -> int:
 
 # --- checked against the header's values record (size, dtype, CRC-32) ---
 
-def encode_tensor_values(name: str, values: TensorValues, ones: int,
-                         config: dict[str, Any] | None = None) -> tuple[ValuesEntry, bytes]:
-    """Encode a tensor's values for a file: (its values record, payload). ``config`` may set ``block_values``.
+def encode_tensor_values(name: str, values: TensorValues, ones: int, config: dict[str, Any] | None = None,
+                         packed: np.ndarray | None = None, numel: int | None = None) -> tuple[ValuesEntry, bytes]:
+    """Encode a tensor's values for a file: (its values record, payload). ``config`` may set ``block_values``
+    (``planes``) or ``block_elements`` (``diff-planes``, chosen when ``values.base`` is given: it also needs the
+    tensor's ``packed`` mask bits and ``numel``).
 
     The record's ``entry`` is the writers' first choice, ``"~values/" + name``; the writer settles it."""
     data = values.data
     if values.count != ones:
         raise MismatchError(f"tensor {name!r}: {values.count} values of {values.dtype}, but its mask has {ones} set "
                             "positions")
-    encoding, payload = encode_values(data, values.itemsize, **(config or {}))
-    crc = f"{zlib.crc32(data.data):08x}"
-    return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, data.size, crc), payload
+    if values.base is None:
+        encoding, payload = encode_values(data, values.itemsize, **(config or {}))
+        crc = zlib.crc32(data.data)
+    else:
+        if packed is None or numel is None:
+            raise UsageError(f"tensor {name!r}: values coded against the base need the mask's packed bits and numel")
+        from . import diffs
+
+        block_elements = (config or {}).get("block_elements", diffs.BLOCK_ELEMENTS)
+        counts = diffs.block_counts(numel, block_elements, packed)
+        unsigned = diffs.UNSIGNED[values.itemsize]
+        encoding, payload, crc = diffs.encode_blocks(data.view(unsigned), values.base.view(unsigned), values.dtype,
+                                                     counts, block_elements)
+    return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, data.size, f"{crc:08x}"), payload
 
 
-def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
-                name: str | None = None) -> TensorValues:
-    """Decode a tensor's values and check them against their record (CRC-32 included)."""
+def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None, name: str | None = None,
+                base: np.ndarray | None = None, counts: list[int] | None = None) -> TensorValues:
+    """Decode a tensor's values and check them against their record (CRC-32 included). Values coded against
+    the base need ``base``, the base's value bytes at the set positions (uint8), and ``counts``, the set
+    positions in each block (``diffs.block_counts`` of the mask)."""
     at = where(path, name)
-    data = decode_values(payload, entry.encoding, count, _itemsize(entry, count, at), path=path, name=name)
+    itemsize = _itemsize(entry, count, at)
+    if is_diff(entry) and count:
+        if base is None or counts is None:
+            verify_values(entry, payload, count, path, name)  # a damaged payload says so first
+            raise UsageError(f"{at}the values are coded against the base checkpoint (diff-planes): read them with "
+                             "it, e.g. submask.apply_delta(base_state_dict, delta) or "
+                             "submask.load_delta(delta, base=base_state_dict)")
+        from .diffs import apply_block
+
+        if base.dtype != np.uint8 or base.size != entry.size:
+            raise MismatchError(f"{at}{base.size} bytes of base values for {entry.size} bytes of values")
+        data, done = np.empty(entry.size, dtype=np.uint8), 0
+        for block in difference_blocks(entry, payload, count, path, name, counts):
+            data[done : done + block.size] = apply_block(block, base[done : done + block.size], entry.dtype).view(
+                np.uint8)
+            done += block.size
+        return TensorValues(entry.dtype, data)
+    if is_diff(entry):  # no values: nothing needs the base
+        verify_values(entry, payload, count, path, name)
+        return TensorValues(entry.dtype, np.empty(0, np.uint8))
+    data = decode_values(payload, entry.encoding, count, itemsize, path=path, name=name)
     _check_crc(entry, zlib.crc32(data.data), at)
     return TensorValues(entry.dtype, data)
+
+
+def is_diff(entry: ValuesEntry) -> bool:
+    """Whether a tensor's values are coded against the base (``diff-planes``, FORMAT.md §12.4)."""
+    from .diffs import DIFF_PLANES
+
+    return entry.encoding.get("id") == DIFF_PLANES
+
+
+def difference_blocks(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
+                      name: str | None = None, counts: list[int] | None = None) -> Iterator[np.ndarray]:
+    """The stored differences of a ``diff-planes`` tensor block by block (``diffs.iter_blocks``; ``counts``
+    from the mask when at hand); the CRC-32 is checked once the last block has been taken."""
+    from . import diffs
+
+    at = where(path, name)
+    _itemsize(entry, count, at)
+    block_elements = diffs.block_elements_of(entry.encoding, at)
+    return _crc_checked(entry, diffs.iter_blocks(payload, entry.dtype, block_elements, count, counts, at), at)
 
 
 def checked_pieces(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
                    name: str | None = None) -> Iterator[np.ndarray]:
     """``iter_value_blocks`` of a tensor's values; the CRC-32 is checked once the last piece has been taken."""
     at = where(path, name)
-    pieces = iter_value_blocks(payload, entry.encoding, count, _itemsize(entry, count, at), path, name)
-    return _crc_checked(entry, pieces, at)
+    itemsize = _itemsize(entry, count, at)
+    if is_diff(entry):
+        raise UsageError(f"{at}the values are coded against the base checkpoint (diff-planes): rebuild them with "
+                         "it (submask apply BASE DELTA -o DIR)")
+    return _crc_checked(entry, iter_value_blocks(payload, entry.encoding, count, itemsize, path, name), at)
 
 
 def _crc_checked(entry: ValuesEntry, pieces: Iterator[np.ndarray], at: str) -> Iterator[np.ndarray]:
@@ -273,8 +336,10 @@ def _crc_checked(entry: ValuesEntry, pieces: Iterator[np.ndarray], at: str) -> I
 
 def verify_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None,
                   name: str | None = None) -> None:
-    """Every check of ``read_values``, in bounded memory (what ``submask validate`` runs)."""
-    for _ in checked_pieces(entry, payload, count, path, name):
+    """Every check of ``read_values``, in bounded memory (what ``submask validate`` runs); for values coded
+    against the base, every check that needs no base (records, sizes, the CRC-32 of the differences)."""
+    pieces = (difference_blocks if is_diff(entry) else checked_pieces)(entry, payload, count, path, name)
+    for _ in pieces:
         pass
 
 
@@ -300,7 +365,14 @@ def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object
     """Per plane (byte 0 first), how its blocks are stored: "stored", "zstd" or "mixed" (what ``info`` shows;
     [] for no values). Checks the records, decodes nothing; FormatError on a damaged payload."""
     at = where(path, name)
-    itemsize, block_values = _itemsize(entry, count, at), _block_values(entry.encoding, at)
+    itemsize = _itemsize(entry, count, at)
+    if is_diff(entry):
+        from . import diffs
+
+        diffs.block_elements_of(entry.encoding, at)
+        seen = diffs.plane_methods(payload, itemsize, at)
+        return [methods.pop() if len(methods) == 1 else "mixed" for methods in seen] if count else []
+    block_values = _block_values(entry.encoding, at)
     size, read = _reader(payload)
     seen: list[set[str]] = [set() for _ in range(itemsize)]
     offset = 0

@@ -6,6 +6,7 @@ at a time; the final file(s) appear under their names only once everything is wr
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -28,7 +29,7 @@ from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload
 from .shards import new_write_id, publish_sharded, remove_orphans, shard_names
 from .stats import stats_problems
 from .tensors import encode_tensor
-from .values import VALUES_PREFIX, TensorValues, encode_tensor_values
+from .values import VALUES_PREFIX, TensorValues, encode_tensor_values, is_diff
 
 
 @dataclass
@@ -103,7 +104,7 @@ class MaskWriter:
         entry, payload = encode_tensor(name, shape, packed, ones, encoding, config)
         if values is None:
             return self.add_encoded(entry, payload)
-        record, values_payload = encode_tensor_values(name, values, ones, values_config)
+        record, values_payload = encode_tensor_values(name, values, ones, values_config, packed, math.prod(shape))
         return self.add_encoded(replace(entry, values=record), payload, values_payload)
 
     def add_encoded(self, entry: TensorEntry, payload: bytes, values_payload: bytes | None = None) -> TensorEntry:
@@ -148,7 +149,8 @@ class MaskWriter:
             shard.entries = [replace(e, values=replace(e.values, entry=_free_values_name(e.name, taken)))
                              if e.values is not None else e for e in shard.entries]
         check_writable(self.metadata, self.path)  # again: the metadata may have changed since (a build's stats)
-        metadata = self.metadata.for_file(any(e.values for s in shards for e in s.entries))
+        values = [e.values for s in shards for e in s.entries if e.values is not None]
+        metadata = self.metadata.for_file(bool(values), differences=any(map(is_diff, values)))
         encodings = {entry.encoding for shard in shards for entry in shard.entries}
         # a file declares at least the minor version that added each encoding it uses (§7)
         metadata = replace(metadata, minor_version=max([metadata.minor_version,

@@ -1,0 +1,337 @@
+"""Values coded against the base (FORMAT.md §12.4, encoding ``diff-planes``, version 1.3).
+
+Each value is stored as its difference from the base value at the same position: floats (sign and magnitude)
+are mapped to unsigned integers in value order, integers are taken as they are, the difference modulo
+2^bits is zigzagged (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...), so a move of a few ulps is a small number whatever
+the sign and exponent. Within a block the differences are ordered by the base value's exponent (stable): the
+exponent predicts how many low bits a move of a given size flips, so like sizes sit together. They are then
+cut into byte planes, each stored or one zstd frame, as ``planes`` does. A block holds the values of a range of
+``block_elements`` elements of the tensor (those at set positions of its mask), so a rebuild decodes a block
+from the one piece of the base it reads anyway.
+
+``encode_against`` / ``decode_against`` are the doors for arrays (a delta's values, a sync step's tensor);
+``iter_blocks`` walks a payload without the base (what validation checks).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..accel import Kernel
+from ..codecs.plain import check_frame
+from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageError
+from .header import DIFF_PLANES, DTYPE_SIZES
+from .values import RECORD_HEADER, STORED, ZSTD, Payload, _reader
+
+BLOCK_ELEMENTS = 1 << 22  # the writers' block: a rebuild reads the base this many elements at a time
+MAX_BLOCK_ELEMENTS = 1 << 24
+ZSTD_LEVEL = 3
+BLOCK_HEADER = 4  # u32 LE: the block's values
+MANTISSA_BITS = {"F8_E4M3": 3, "F8_E5M2": 2, "F16": 10, "BF16": 7, "F32": 23, "F64": 52}
+UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def encode_against(new: np.ndarray, base: np.ndarray, dtype: str, *,
+                   block_elements: int = BLOCK_ELEMENTS) -> tuple[dict[str, Any], bytes]:
+    """Code ``new`` against ``base`` (arrays of one shape whose items are ``dtype`` values, a safetensors
+    dtype name such as "BF16": any numpy dtype of that itemsize, e.g. uint16 for bf16): returns (the
+    encoding JSON ``{"id": "diff-planes", "block_elements": ...}``, payload). Equal values cost almost nothing."""
+    new_bits, base_bits = _bits(new, dtype, "new"), _bits(base, dtype, "base")
+    if new_bits.shape != base_bits.shape:
+        raise UsageError(f"new and base must hold as many values, got {new_bits.size} and {base_bits.size}")
+    counts = block_counts(new_bits.size, block_elements)
+    return encode_blocks(new_bits, base_bits, dtype, counts, block_elements)[:2]
+
+
+def decode_against(encoding: dict[str, Any], payload: Payload, base: np.ndarray, dtype: str,
+                   at: str = "") -> np.ndarray:
+    """The values ``encode_against`` coded: an array like ``base`` (its dtype and shape). FormatError when the
+    payload is damaged or was coded for another number of values."""
+    block_elements = block_elements_of(encoding, at)
+    base_bits = _bits(base, dtype, "base")
+    out = np.empty_like(base_bits)
+    done = 0
+    counts = block_counts(base_bits.size, block_elements)
+    for differences in iter_blocks(payload, dtype, block_elements, base_bits.size, counts, at):
+        count = differences.size // DTYPE_SIZES[dtype]
+        out[done : done + count] = apply_block(differences, base_bits[done : done + count], dtype)
+        done += count
+    return out.view(base.dtype).reshape(base.shape)
+
+
+def block_counts(numel: int, block_elements: int, packed: np.ndarray | None = None) -> list[int]:
+    """The values of each block of a tensor of ``numel`` elements: the set bits of ``packed`` (its mask, MSB
+    first) in each range of ``block_elements`` elements, or every element without a mask."""
+    if type(block_elements) is not int or not 1 <= block_elements <= MAX_BLOCK_ELEMENTS:
+        raise UsageError(f"block_elements must be an integer in [1, 2^24], got {block_elements!r}")
+    starts = range(0, numel, block_elements)
+    if packed is None:
+        return [min(block_elements, numel - start) for start in starts]
+    from ..packed import popcount
+
+    if block_elements % 8:
+        raise UsageError(f"block_elements must be a multiple of 8 with a mask, got {block_elements}")
+    return [popcount(packed[start // 8 : (start + block_elements) // 8]) for start in starts]
+
+
+def encode_blocks(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, counts: list[int],
+                  block_elements: int) -> tuple[dict[str, Any], bytes, int]:
+    """Code the values (unsigned ints of the itemsize) block by block, ``counts[k]`` in block ``k``: (encoding
+    JSON, payload, CRC-32 of the stored differences)."""
+    if sum(counts) != new_bits.size:
+        raise UsageError(f"blocks of {sum(counts)} values in all, for {new_bits.size} values")
+    import zstandard  # here: commands that never write values skip its import
+
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    records, done, crc = [], 0, 0
+    for count in counts:
+        record, crc = _encode_block(new_bits[done : done + count], base_bits[done : done + count], dtype,
+                                    compressor, crc)
+        records.append(record)
+        done += count
+    return {"id": DIFF_PLANES, "block_elements": block_elements}, b"".join(records), crc
+
+
+def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, counts: list[int] | None = None,
+                at: str = "") -> Iterator[np.ndarray]:
+    """The payload's blocks in order, each the zigzagged differences as stored (uint8, exponent order): what
+    the CRC-32 covers and what ``apply_block`` turns into values. Every record is checked before it is used;
+    FormatError unless the blocks hold ``count`` values in all, at most ``block_elements`` each, and, with
+    ``counts`` (from the mask), exactly ``counts[k]`` in block ``k``."""
+    import zstandard
+
+    itemsize = DTYPE_SIZES[dtype]
+    size, read = _reader(payload)
+    offset = done = index = 0
+    while offset < size if counts is None else index < len(counts):
+        if offset + BLOCK_HEADER > size:
+            raise FormatError(f"{at}diff-planes payload ends before block {index}; the file is corrupt")
+        values = int.from_bytes(read(offset, BLOCK_HEADER), "little")
+        if values > min(block_elements, count - done) or (counts is not None and values != counts[index]):
+            expected = counts[index] if counts is not None else f"at most {min(block_elements, count - done)}"
+            raise FormatError(f"{at}diff-planes block {index} holds {values} values, {expected} expected; the file "
+                              "is corrupt")
+        offset += BLOCK_HEADER
+        out = np.empty((values, itemsize), dtype=np.uint8)
+        for plane in range(itemsize):
+            offset, method, data = _plane_record(read, size, offset, values, at)
+            if method == STORED:
+                out[:, plane] = np.frombuffer(data, dtype=np.uint8)
+                continue
+            try:
+                out[:, plane] = np.frombuffer(zstandard.ZstdDecompressor().decompress(data), dtype=np.uint8)
+            except (zstandard.ZstdError, ValueError) as exc:
+                raise FormatError(f"{at}a zstd difference plane is corrupt ({exc})") from None
+        done, index = done + values, index + 1
+        yield out.reshape(-1)
+    if done != count:
+        raise FormatError(f"{at}diff-planes blocks hold {done} values, {count} expected; the file is corrupt")
+    if offset != size:
+        raise FormatError(f"{at}diff-planes payload holds {size - offset} bytes after its last block; the file is "
+                          "corrupt")
+
+
+def plane_methods(payload: Payload, itemsize: int, at: str = "") -> list[set[str]]:
+    """Per plane, the methods its blocks use ("stored", "zstd"); checks the records, decodes nothing."""
+    size, read = _reader(payload)
+    seen: list[set[str]] = [set() for _ in range(itemsize)]
+    offset = 0
+    while offset < size:
+        if offset + BLOCK_HEADER > size:
+            raise FormatError(f"{at}diff-planes payload ends inside a block header; the file is corrupt")
+        values = int.from_bytes(read(offset, BLOCK_HEADER), "little")
+        offset += BLOCK_HEADER
+        for plane in range(itemsize):
+            offset, method, _ = _plane_record(read, size, offset, values, at)
+            seen[plane].add("stored" if method == STORED else "zstd")
+    return seen
+
+
+def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> np.ndarray:
+    """One block's values (unsigned ints of the itemsize) from its stored differences and the base's values."""
+    itemsize = DTYPE_SIZES[dtype]
+    unsigned, signed = UNSIGNED[itemsize], SIGNED[itemsize]
+    zigzag = differences.view(unsigned)
+    base_bits = base_bits.view(unsigned)
+    if zigzag.size != base_bits.size:
+        raise MismatchError(f"a block of {zigzag.size} differences against {base_bits.size} base values")
+    kernel = _decode_kernel.compiled if itemsize <= 4 else None
+    if kernel is not None:
+        out = np.empty_like(base_bits)
+        kernel(zigzag, base_bits, out, *_kernel_args(dtype, itemsize))
+        return out
+    one = unsigned(1)
+    with np.errstate(over="ignore"):
+        difference = (zigzag >> one) ^ (-(zigzag & one).view(signed)).view(unsigned)
+        order = _order(base_bits, dtype)
+        if order is not None:
+            difference[order] = difference.copy()
+        return _from_ordered(_to_ordered(base_bits, dtype) + difference, dtype)
+
+
+def block_elements_of(encoding: dict[str, Any], at: str = "") -> int:
+    """The ``block_elements`` setting of a diff-planes encoding JSON; FormatError when malformed."""
+    if encoding.get("id") != DIFF_PLANES:
+        raise UnknownEncodingError(f"{at}values encoding {encoding.get('id')!r} is not {DIFF_PLANES!r}")
+    block_elements = encoding.get("block_elements")
+    if set(encoding) != {"id", "block_elements"} or type(block_elements) is not int \
+            or not 1 <= block_elements <= MAX_BLOCK_ELEMENTS or block_elements % 8:
+        raise FormatError(f"{at}values encoding must be {{'id': 'diff-planes', 'block_elements': a multiple of 8 "
+                          f"in [8, 2^24]}}, got {encoding!r}; the file is corrupt")
+    return block_elements
+
+
+# -- the transform ------------------------------------------------------------------------------------------------
+
+def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compressor: Any,
+                  crc: int) -> tuple[bytes, int]:
+    itemsize = new_bits.itemsize
+    kernel = _encode_kernel.compiled if itemsize <= 4 else None
+    if kernel is not None:
+        zigzag = np.empty_like(new_bits)
+        kernel(new_bits, base_bits, zigzag, *_kernel_args(dtype, itemsize))
+    else:
+        with np.errstate(over="ignore"):
+            difference = (_to_ordered(new_bits, dtype) - _to_ordered(base_bits, dtype)).view(SIGNED[itemsize])
+        zigzag = ((difference << 1) ^ (difference >> (8 * itemsize - 1))).view(UNSIGNED[itemsize])
+        order = _order(base_bits, dtype)
+        if order is not None:
+            zigzag = zigzag[order]
+    columns = zigzag.view(np.uint8).reshape(-1, itemsize)
+    crc = zlib.crc32(columns, crc)
+    records = [new_bits.size.to_bytes(BLOCK_HEADER, "little")]
+    for plane in range(itemsize):
+        raw = np.ascontiguousarray(columns[:, plane]).tobytes()
+        packed = compressor.compress(raw)
+        method, data = (ZSTD, packed) if len(packed) < len(raw) else (STORED, raw)
+        records += [bytes([method]), len(data).to_bytes(4, "little"), data]
+    return b"".join(records), crc
+
+
+def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
+    """The stable order of a block by the base values' exponent (None for integers: no reordering)."""
+    mantissa = MANTISSA_BITS.get(dtype)
+    if mantissa is None:
+        return None
+    exponent_bits = 8 * base_bits.itemsize - 1 - mantissa
+    key = (base_bits >> base_bits.dtype.type(mantissa)) & base_bits.dtype.type((1 << exponent_bits) - 1)
+    return np.argsort(key.astype(np.uint16 if exponent_bits > 8 else np.uint8), kind="stable")
+
+
+def _kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
+    """(mantissa bits or -1 for integers, exponent bits, value bits, a slot per exponent) for the kernels."""
+    mantissa = MANTISSA_BITS.get(dtype, -1)
+    exponent_bits = 8 * itemsize - 1 - mantissa if mantissa >= 0 else 0
+    return mantissa, exponent_bits, 8 * itemsize, np.zeros(1 << exponent_bits, np.int64)
+
+
+@Kernel
+def _encode_kernel(new, base, out, mantissa, exponent_bits, bits, slots):  # pragma: no cover - compiled by numba
+    """``_encode_block``'s transform in one pass (values of at most 32 bits): each zigzagged difference goes
+    to its place in the stable exponent order (a counting sort: ``slots`` counts, then places)."""
+    full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
+    if mantissa >= 0:
+        for i in range(base.size):
+            slots[(np.int64(base[i]) >> mantissa) & exponents] += 1
+        total = 0
+        for k in range(slots.size):
+            count = slots[k]
+            slots[k] = total
+            total += count
+    for i in range(base.size):
+        b, v = np.int64(base[i]), np.int64(new[i])
+        j = i
+        if mantissa >= 0:
+            key = (b >> mantissa) & exponents
+            j = slots[key]
+            slots[key] = j + 1
+            b = (~b & full) if b & sign else b | sign
+            v = (~v & full) if v & sign else v | sign
+        difference = (v - b) & full
+        if difference & sign:
+            difference -= full + 1
+        out[j] = ((difference << 1) ^ (difference >> 63)) & full
+
+
+@Kernel
+def _decode_kernel(zigzag, base, out, mantissa, exponent_bits, bits, slots):  # pragma: no cover - compiled by numba
+    """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``."""
+    full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
+    if mantissa >= 0:
+        for i in range(base.size):
+            slots[(np.int64(base[i]) >> mantissa) & exponents] += 1
+        total = 0
+        for k in range(slots.size):
+            count = slots[k]
+            slots[k] = total
+            total += count
+    for i in range(base.size):
+        b = np.int64(base[i])
+        j = i
+        if mantissa >= 0:
+            key = (b >> mantissa) & exponents
+            j = slots[key]
+            slots[key] = j + 1
+            b = (~b & full) if b & sign else b | sign
+        z = np.int64(zigzag[j])
+        value = (b + ((z >> 1) ^ -(z & 1))) & full
+        if mantissa >= 0:
+            value = value ^ sign if value & sign else ~value & full
+        out[i] = value
+
+
+def _to_ordered(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Floats' bits as unsigned ints in the order of their values (-0 just below +0); integers as they are."""
+    if dtype not in MANTISSA_BITS:
+        return bits
+    sign = bits.dtype.type(1 << (8 * bits.itemsize - 1))
+    return np.where(bits & sign, ~bits, bits | sign)
+
+
+def _from_ordered(ordered: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype not in MANTISSA_BITS:
+        return ordered
+    sign = ordered.dtype.type(1 << (8 * ordered.itemsize - 1))
+    return np.where(ordered & sign, ordered ^ sign, ~ordered)
+
+
+def _bits(array: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    itemsize = DTYPE_SIZES.get(dtype)
+    if itemsize is None:
+        raise UsageError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPE_SIZES)})")
+    if not isinstance(array, np.ndarray) or array.dtype.itemsize != itemsize:
+        raise UsageError(f"{what} must be a numpy array of {itemsize}-byte items for {dtype}, got "
+                         f"{getattr(array, 'dtype', type(array))}")
+    return np.ascontiguousarray(array).reshape(-1).view(UNSIGNED[itemsize])
+
+
+def _plane_record(read: Any, size: int, offset: int, values: int, at: str) -> tuple[int, int, Any]:
+    """(where the next record begins, method, data) of the plane record at ``offset``, checked."""
+    if offset + RECORD_HEADER > size:
+        raise FormatError(f"{at}diff-planes payload ends inside a plane record header at byte {offset}; the file "
+                          "is corrupt")
+    header = read(offset, RECORD_HEADER)
+    method, length = header[0], int.from_bytes(header[1:], "little")
+    end = offset + RECORD_HEADER + length
+    if end > size:
+        raise FormatError(f"{at}a difference plane of {length} bytes at byte {offset} runs past the payload's "
+                          f"{size} bytes; the file is corrupt")
+    data = read(offset + RECORD_HEADER, length)
+    if method == STORED:
+        if length != values:
+            raise FormatError(f"{at}a stored difference plane holds {length} bytes, {values} expected; the file "
+                              "is corrupt")
+    elif method == ZSTD:
+        try:
+            check_frame(data, values)
+        except FormatError as exc:
+            raise FormatError(f"{at}difference plane at byte {offset}: {exc}; the file is corrupt") from None
+    else:
+        raise FormatError(f"{at}difference plane method {method} at byte {offset} is neither 0 (stored) nor 1 "
+                          "(zstd); the file is corrupt")
+    return end, method, data
