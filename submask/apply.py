@@ -93,7 +93,7 @@ def apply_mask(base: Any, finetuned: Any, mask: Any, out_dir: str | os.PathLike[
         single = Path(os.fspath(finetuned)).is_file() and len(shards) == 1
         with staging_dir(out) as staging:
             for shard in shards:
-                with writing(out), open(staging / (SINGLE_FILE if single else shard.path.name), "wb") as handle:
+                with writing(out), open(staging / (SINGLE_FILE if single else shard.name), "wb") as handle:
                     handle.write(shard.header)
                     for name in shard.names:
                         bits = masks[as_mask[name]] if as_mask[name] in masks else None

@@ -90,6 +90,8 @@ def test_local_commands_match_their_schemas(checkpoints: Path) -> None:
                       "-o", root / "sparse")
     assert (applied["count"], applied["rebuilt"]) == (built["count"], False)
     assert json_of("apply", root / "base.safetensors", root / "rl.delta.smask", "-o", root / "rebuilt")["rebuilt"]
+    converted = json_of("convert", root / "rl.smask", "-o", root / "rl.npz")
+    assert (converted["from"], converted["to"], converted["count"]) == ("smask", "npz", built["count"])
     assert seen == set(JSON_COMMANDS) - {"push", "pull", "ls"}
 
 
@@ -97,7 +99,7 @@ def test_hub_commands_match_their_schemas(checkpoints: Path, hub_env: Any, hub_r
     mask = checkpoints / "rl.smask"
     if not mask.exists():
         run("build", checkpoints / "base.safetensors", checkpoints / "rl.safetensors", "-o", mask)
-    pushed = check("push", run("push", mask, hub_repo, "--path", "masks/rl.smask", "--json"))
+    pushed = check("push", run("push", hub_repo, mask, "masks/rl.smask", "--json"))
     pulled = check("pull", run("pull", hub_repo, "masks/rl.smask", "--json"))
     assert pulled["commit"] == pushed["commit"]
     listed = check("ls", run("ls", hub_repo, "--json"))

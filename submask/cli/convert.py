@@ -8,7 +8,7 @@ from ..convert import FORMATS, convert
 from ..convert.writers import DTYPES, WRITERS
 from ..names import NameMap
 from .names import names_option
-from .output import echo_json, json_option, overwrite_option, percent
+from .output import echo_json, json_option, overwrite_option, percent, quiet_option
 
 
 @click.command("convert")
@@ -25,8 +25,10 @@ from .output import echo_json, json_option, overwrite_option, percent
 @names_option("the input")
 @overwrite_option
 @json_option
+@quiet_option
 def convert_command(source_path: str, output: str, source: str | None, target: str | None, like: str | None,
-                    key: str | None, dtype: str, names: NameMap | None, overwrite: bool, as_json: bool) -> None:
+                    key: str | None, dtype: str, names: NameMap | None, overwrite: bool, as_json: bool,
+                    quiet: bool) -> None:
     """Convert a mask between formats: IN is a .smask, a safetensors file of bool or 0/1 tensors, a torch.save
     dict of 0/1 tensors (loaded with weights_only), an .npz of 0/1 arrays, a TALL-masks packed vector (.npy,
     or one of an .npz/torch dict with --key; needs --like) or a PEFT SHiRA adapter (needs --like). Values
@@ -40,7 +42,8 @@ def convert_command(source_path: str, output: str, source: str | None, target: s
         echo_json({"path": output, "from": done.source, "to": done.target, "tensors": done.tensors,
                    "count": done.count, "numel": done.numel, "density": density, "dropped": done.dropped})
         return
-    click.echo(f"wrote {output} ({done.target}) from {source_path} ({done.source}): {done.tensors} tensors, "
-               f"{done.count:,} of {done.numel:,} set (density {percent(density):.4g}%)")
-    for what in done.dropped:
-        click.echo(f"not kept by the {done.target} format: {what}")
+    if not quiet:
+        click.echo(f"wrote {output} ({done.target}) from {source_path} ({done.source}): {done.tensors} tensors, "
+                   f"{done.count:,} of {done.numel:,} set (density {percent(density):.4g}%)")
+    for what in done.dropped:  # a loss is said even with -q
+        click.echo(f"not kept by the {done.target} format: {what}", err=quiet)
