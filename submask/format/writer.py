@@ -21,8 +21,9 @@ from ..atomic import atomic_write, check_target, scratch_file, writing
 from ..codecs import get_codec
 from ..errors import FormatError, MismatchError, OutputError, UsageError
 from ..mask import TensorMask
+from ..packed import crc32_update
 from .container import serialize_header, write_container
-from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata
+from ..metadata import FORMAT_NAME, MAJOR, PAYLOAD_CRC_MINOR, SHARD_KEY, MaskMetadata
 from .reader import INDEX_SUFFIX
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
 from .shards import new_write_id, publish_sharded
@@ -112,6 +113,7 @@ class MaskWriter:
                               "reserves it); rename the tensor")
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
+        entry = replace(entry, payload_crc32=f"{crc32_update(payload):08x}")
         payloads = (payload,) if values_payload is None else (payload, values_payload)
         shard = self._shard_for(sum(map(len, payloads)))
         with writing(self.path):
@@ -177,7 +179,8 @@ def _write_shard(out: BinaryIO, metadata: MaskMetadata, shard: _Shard, record: S
         minor = _shard_minor(metadata)
         header["version"] = f"{MAJOR}.{minor}"
         header[SHARD_KEY] = record.to_json()
-    header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
+    header["tensors"] = {entry.name: (entry if minor >= PAYLOAD_CRC_MINOR else replace(entry, payload_crc32=None))
+                         .to_json() for entry in shard.entries}
     write_container(out, header, shard.payloads(), shard.data, minor)
 
 
