@@ -35,7 +35,7 @@ from .errors import SubmaskError
 from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
-from .format.tensors import entry_codec
+from .format.tensors import entry_codec, payload_verified
 from .mask import Mask, TensorMask
 from .packed import crc32
 from .tensor_counts import compare_tensor, reusable, thread_buffer
@@ -263,7 +263,7 @@ def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
 
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
     """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call (which keeps
-    their bits when ``verify``, for their CRC-32s), and any whose payload, counts or CRC-32 fail its checks
+    their bits when ``verify`` and a payload has no CRC-32 of its own, for their CRC-32s), and any whose payload, counts or CRC-32 fail its checks
     again by ``compare_tensor``, which raises the error that says why."""
     counted: Iterator = iter(())
     bits = None
@@ -272,20 +272,28 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
         table = np.array(chunk.table, np.int64)
         sizes = (table[:, 0] + 7) // 8
         kept = int(sizes.sum())
-        bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if verify else None
+        # a payload that matches its CRC-32 (format 1.3) needs no CRC-32 of its bits: when every one does, the
+        # kernel counts without keeping the bits
+        checked = [tuple(verify and payload_verified(entry, data[row[start] : row[start + 1]])
+                         for entry, data, start in ((entries[0], data_a, batch.START_A),
+                                                    (entries[1], data_b, batch.START_B)))
+                   for entries, row in zip(chunk.entries, chunk.table)]
+        keep = verify and not all(all(sides) for sides in checked)
+        bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if keep else None
         counts = batch.pair_counts(data_a, data_b, table, bits)
-        counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes))
+        counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes, checked))
     out = []
     for reads in chunk.reads:
         if reads is not None:
             out.append(compare_tensor(reads, verify))
             continue
-        (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row, at, size = next(counted)
+        (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row, at, size, checked_sides = next(counted)
         sound = hits >= 0 and (ones_a, ones_b) == (entry_a.ones, entry_b.ones)
-        if sound and bits is not None:
-            sound = all(crc32(_kept_bits(row, side, data, kept[at : at + size])) == entry.crc32
-                        for side, (entry, data, kept) in enumerate(((entry_a, data_a, bits[0]),
-                                                                    (entry_b, data_b, bits[1]))))
+        if sound and verify:  # each side: its payload's CRC-32 checked above, or its kept bits' here
+            sound = all(ok or (bits is not None and entry.payload_crc32 is None
+                               and crc32(_kept_bits(row, side, data, kept_bits[at : at + size])) == entry.crc32)
+                        for side, (ok, entry, data, kept_bits) in enumerate(zip(checked_sides, (entry_a, entry_b),
+                                                                           (data_a, data_b), bits or (None, None))))
         if not sound:
             reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a),
                      (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]

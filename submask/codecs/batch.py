@@ -14,6 +14,8 @@ the error that names the problem.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..accel import Kernel, popcount
@@ -26,6 +28,10 @@ RAW, RICE = 0, 1  # a payload's kind in the table of ``pair_counts``
 #: columns of the table: per tensor its bits, then per mask (A, B) its kind, payload offset, end and rice block bits
 BITS, KIND_A, START_A, END_A, BLOCK_A, KIND_B, START_B, END_B, BLOCK_B = range(9)
 _NO_POSITIONS = np.zeros(0, dtype=np.int64)
+CLEAR = 3  # a mode of ``_rice_pass`` beside rice_kernels' POSITIONS, PACKED and COUNT
+#: a rice payload this many times smaller than its packed bits is cleared by decoding it again (a few ns per
+#: listed position) rather than by filling its bytes (about 0.1 ns each)
+SPARSE_RATIO = 32
 
 
 def batch_kind(codec: Codec) -> int | None:
@@ -54,13 +60,25 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
     and is left where it is). Requires ``available()``."""
     sizes = (table[:, BITS] + 7) // 8
     if bits is None:
-        scratch = np.empty(int(sizes.max()) if sizes.size else 0, dtype=np.uint8)
+        scratch = _zeroed(int(sizes.max()) if sizes.size else 0)
         bits_a, bits_b, keep = scratch, scratch, False
     else:
         (bits_a, bits_b), keep = bits, True
     out = np.empty((table.shape[0], 3), dtype=np.int64)
     _pair_counts.compiled(data_a, data_b, table, bits_a, bits_b, keep, _NO_POSITIONS, out)
     return out
+
+
+def _zeroed(nbytes: int) -> np.ndarray:
+    """This thread's scratch for the first mask's bits: all zero between calls (the kernel clears what it sets),
+    so a sparse tensor costs its set bits, not a fill of its bytes."""
+    scratch = getattr(_scratch, "bits", None)
+    if scratch is None or scratch.size < nbytes:
+        scratch = _scratch.bits = np.zeros(nbytes, np.uint8)
+    return scratch[:nbytes]
+
+
+_scratch = threading.local()
 
 
 @Kernel
@@ -81,11 +99,19 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
                 continue
             packed = data_a[start : start + nbytes]
             ones_a = _raw_ones(packed, bits)
-        else:
+        elif keep:
             packed = bits_a[first : first + nbytes]
             ones_a = _decode(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, packed,
                              no_positions)
+        else:  # bits_a is all zero: set A's bits, count, then clear them (CLEAR) or the whole span
+            packed = bits_a[:nbytes]
+            ones_a = _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, PACKED,
+                                packed, no_positions)[1]
+            if bits % 8 and nbytes:  # a block listing zeros set its pad bits too
+                packed[-1] &= (0xFF << (8 - bits % 8)) & 0xFF
         if ones_a < 0:
+            if not keep and table[row, KIND_A] != RAW:
+                packed[:] = 0
             continue
         if table[row, KIND_B] == RAW:
             start = table[row, START_B]
@@ -104,6 +130,12 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
                                       COUNT, packed, no_positions)
         if ones_b >= 0:
             out[row, 0], out[row, 1], out[row, 2] = hits, ones_a, ones_b
+        if not keep and table[row, KIND_A] != RAW:
+            if (table[row, END_A] - table[row, START_A]) * SPARSE_RATIO < nbytes:  # re-decoding costs less
+                _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, CLEAR,
+                           packed, no_positions)
+            else:
+                packed[:] = 0
 
 
 @Kernel
@@ -138,6 +170,13 @@ def _rice_pass(data, start, end, block_bits, bits, mode, packed, no_positions): 
             return -1, -1
         if mode == PACKED and not value:
             packed[base // 8 : (base + nbits + 7) // 8] = 0xFF
+        if mode == CLEAR:  # undo PACKED on a checked payload: clear a block's listed bits, or its whole span
+            if value:
+                rice_block(data, offset + 12, unary_nbytes, count, k, nbits, 0, PACKED, base, no_positions, packed)
+            else:
+                packed[base // 8 : (base + nbits + 7) // 8] = 0
+            offset = block_end
+            continue
         done = rice_block(data, offset + 12, unary_nbytes, count, k, nbits, value, mode, base, no_positions, packed)
         if done < 0:
             return -1, -1

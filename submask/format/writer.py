@@ -104,7 +104,8 @@ class MaskWriter:
     def add_encoded(self, entry: TensorEntry, payload: bytes, values_payload: bytes | None = None) -> TensorEntry:
         """Append a tensor already encoded by ``format.tensors.encode_tensor`` (e.g. on another thread), with
         ``values_payload`` from ``format.values.encode_tensor_values`` when ``entry.values`` is set. The name
-        of the values entry is settled when the file is written (``entry.values.entry`` is a first choice)."""
+        of the values entry is settled when the file is written (``entry.values.entry`` is a first choice); the
+        payload's CRC-32 (format 1.3) is computed here unless the entry has it."""
         name = entry.name
         if (entry.values is None) != (values_payload is None):
             raise UsageError(f"{self.path}: tensor {name!r}: pass values_payload exactly when entry.values is set")
@@ -113,7 +114,8 @@ class MaskWriter:
                               "reserves it); rename the tensor")
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
-        entry = replace(entry, payload_crc32=f"{crc32_update(payload):08x}")
+        if entry.payload_crc32 is None:
+            entry = replace(entry, payload_crc32=f"{crc32_update(payload):08x}")
         payloads = (payload,) if values_payload is None else (payload, values_payload)
         shard = self._shard_for(sum(map(len, payloads)))
         with writing(self.path):
