@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..accel import Kernel, leading_zeros
+from ..accel import Kernel
 from ..packed import POPCOUNT8, SET_BITS
 
 # The kernels move bit-plane bytes to and from 8 remainders at a time, as the 8 bytes ("lanes") of one int64:
