@@ -14,7 +14,7 @@ import numpy as np
 from .. import strict_json
 from ..errors import FormatError, LimitError, SubmaskError, where
 from ..mask import Mask, TensorMask
-from .container import Container, PayloadSpan
+from .container import Container, PayloadSpan, remember
 from ..metadata import MaskMetadata, check_version, is_bare_file_name
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
@@ -22,6 +22,9 @@ from .tensors import decode_positions, decode_tensor, verify_tensor
 from .values import TensorValues, checked_pieces, plane_methods, read_values, verify_values
 
 INDEX_SUFFIX = ".index.json"
+#: tensor entries parsed and checked in this process, by container identity (``container._PARSED``)
+_ENTRIES: dict[tuple[int, bytes], dict[str, TensorEntry]] = {}
+_ENTRIES_MAX = 64
 Shard = TypeVar("Shard")
 
 
@@ -54,10 +57,13 @@ class MaskFile:
         container = Container(path)
         self._containers.append(container)
         metadata = MaskMetadata.from_json(container.header, path)
-        entries = parse_tensor_entries(container.header.get("tensors"), metadata, path)
-        if set(payload_names(entries)) != set(container.names):
-            odd = sorted(set(payload_names(entries)) ^ set(container.names))[:3]
-            raise FormatError(f"{where(path)}header entries and payloads differ (e.g. {odd}); the file is corrupt")
+        entries = _ENTRIES.get(container.identity)  # checked on the same header bytes before
+        if entries is None:
+            entries = parse_tensor_entries(container.header.get("tensors"), metadata, path)
+            if set(payload_names(entries)) != set(container.names):
+                odd = sorted(set(payload_names(entries)) ^ set(container.names))[:3]
+                raise FormatError(f"{where(path)}header entries and payloads differ (e.g. {odd}); the file is corrupt")
+            remember(_ENTRIES, container.identity, entries, _ENTRIES_MAX)
         if expected is not None and set(entries) != expected:
             odd = sorted(set(entries) ^ expected)[:3]
             raise FormatError(f"{where(path)}shard holds other tensors than its index lists (e.g. {odd}); "
