@@ -159,14 +159,14 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
     """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads,
     a chunk of consecutive tensors (CHUNK_BITS) per task."""
     workers = workers or min(4, os.cpu_count() or 1)
-    batched = len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources) and batch.available()
+    batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
     rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
 
     def work(name: str) -> int:
         return len(sources) * sources[0].numel(name)
 
     def read(chunk: list[str], slot: int) -> _Chunk:
-        room = (lambda side, nbytes: reusable(rooms, (slot, side), nbytes)) if batched else None
+        room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
         return _read_chunk(sources, chunk, room)
 
     chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
@@ -207,25 +207,26 @@ def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[s
 @dataclass
 class _Chunk:
     """What the tasks of one chunk need: per tensor the reads for ``compare_tensor``, or (for tensors counted
-    by ``batch.pair_counts``) None and a row of ``table`` over the payloads read into ``data``."""
+    by ``batch``'s kernels) None, its entries and a row of ``table`` over the payloads read into ``data``."""
 
     reads: list[list | None]
-    entries: list[tuple[TensorEntry, TensorEntry, Path, Path]] = field(default_factory=list)
+    entries: list[tuple[TensorEntry, ...]] = field(default_factory=list)
     table: list[list[int]] = field(default_factory=list)
-    data: tuple[np.ndarray, np.ndarray] | None = None
+    data: np.ndarray | None = None
+    paths: list[Path] = field(default_factory=list)
 
 
 def _read_chunk(sources: list[_Source], names: list[str],
-                room: Callable[[int, int], np.ndarray] | None) -> _Chunk:
-    """Read one chunk's payloads (file handles are not shared across threads); with ``room`` (two mask files,
-    compiled kernels), tensors whose two encodings ``batch`` reads go into one buffer per mask, ``room(side,
-    nbytes)``."""
+                room: Callable[[int], np.ndarray] | None) -> _Chunk:
+    """Read one chunk's payloads (file handles are not shared across threads); with ``room`` (mask files,
+    compiled kernels), tensors whose encodings ``batch`` reads go into one buffer, ``room(nbytes)``, each row of
+    the table holding the tensor's bits, then per mask its kind, payload start and end, and rice block bits."""
     if room is None:
         return _Chunk([[source.read(name) for source in sources] for name in names])
     files: list[MaskFile] = [source.mask for source in sources]  # type: ignore[misc]
-    chunk = _Chunk([])
+    chunk = _Chunk([], paths=[file.path for file in files])
     rows: list[tuple[str, list[int]]] = []
-    offsets = [0, 0]
+    offset = 0
     for name in names:
         kinds = [_batch_kind(file, name) for file in files]
         if None in kinds:
@@ -233,19 +234,18 @@ def _read_chunk(sources: list[_Source], names: list[str],
             continue
         chunk.reads.append(None)
         row = [files[0].entries[name].bits]
-        for side, file in enumerate(files):
+        for (kind, block_bits), file in zip(kinds, files):  # type: ignore[misc]
             size = file.payload_size(name)
-            row += [kinds[side][0], offsets[side], offsets[side] + size, kinds[side][1]]
-            offsets[side] += size
+            row += [kind, offset, offset + size, block_bits]
+            offset += size
         rows.append((name, row))
     if rows:
-        data = (room(0, offsets[0]), room(1, offsets[1]))
+        data = chunk.data = room(offset)
         for name, row in rows:
-            for side, (file, start, end) in enumerate(((files[0], row[2], row[3]), (files[1], row[6], row[7]))):
-                file.payload_into(name, memoryview(data[side][start:end]))
-            chunk.entries.append((files[0].entries[name], files[1].entries[name], files[0].path, files[1].path))
+            for side, file in enumerate(files):
+                file.payload_into(name, memoryview(data[row[2 + 4 * side] : row[3 + 4 * side]]))
+            chunk.entries.append(tuple(file.entries[name] for file in files))
             chunk.table.append(row)
-        chunk.data = data
     return chunk
 
 
@@ -262,44 +262,44 @@ def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
 
 
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
-    """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call (which keeps
-    their bits when ``verify`` and a payload has no CRC-32 of its own, for their CRC-32s), and any whose payload, counts or CRC-32 fail its checks
-    again by ``compare_tensor``, which raises the error that says why."""
+    """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call, and any whose
+    payload, counts or CRC-32 fail its checks again by ``compare_tensor``, which raises the error that says why.
+    With ``verify``, a payload that matches its own CRC-32 (format 1.3) needs no CRC-32 of its bits; two masks'
+    kernel keeps the bits of the others for theirs, the N-mask kernel leaves them to ``compare_tensor``."""
     counted: Iterator = iter(())
-    bits = None
+    data, bits, n = chunk.data, None, len(chunk.paths)
     if chunk.table:
-        data_a, data_b = chunk.data  # type: ignore[misc]
+        assert data is not None
         table = np.array(chunk.table, np.int64)
         sizes = (table[:, 0] + 7) // 8
         kept = int(sizes.sum())
-        # a payload that matches its CRC-32 (format 1.3) needs no CRC-32 of its bits: when every one does, the
-        # kernel counts without keeping the bits
-        checked = [tuple(verify and payload_verified(entry, data[row[start] : row[start + 1]])
-                         for entry, data, start in ((entries[0], data_a, batch.START_A),
-                                                    (entries[1], data_b, batch.START_B)))
-                   for entries, row in zip(chunk.entries, chunk.table)]
-        keep = verify and not all(all(sides) for sides in checked)
-        bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if keep else None
-        counts = batch.pair_counts(data_a, data_b, table, bits)
-        counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes, checked))
+        checked = [tuple(verify and payload_verified(entry, data[row[2 + 4 * side] : row[3 + 4 * side]])
+                         for side, entry in enumerate(entries)) for entries, row in zip(chunk.entries, chunk.table)]
+        if n == 2:
+            keep = verify and not all(all(sides) for sides in checked)
+            bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if keep else None
+            counts = [np.array([[ones_a, hits], [hits, ones_b]], np.int64)
+                      for hits, ones_a, ones_b in batch.pair_counts(data, data, table, bits).tolist()]
+        else:
+            counts = list(batch.group_counts(data, table, n))
+        counted = iter(zip(counts, chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes, checked))
     out = []
     for reads in chunk.reads:
         if reads is not None:
             out.append(compare_tensor(reads, verify))
             continue
-        (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row, at, size, checked_sides = next(counted)
-        sound = hits >= 0 and (ones_a, ones_b) == (entry_a.ones, entry_b.ones)
+        matrix, entries, row, at, size, checked_sides = next(counted)
+        sound = matrix[0, 0] >= 0 and all(matrix[side, side] == entry.ones for side, entry in enumerate(entries))
         if sound and verify:  # each side: its payload's CRC-32 checked above, or its kept bits' here
             sound = all(ok or (bits is not None and entry.payload_crc32 is None
-                               and crc32(_kept_bits(row, side, data, kept_bits[at : at + size])) == entry.crc32)
-                        for side, (ok, entry, data, kept_bits) in enumerate(zip(checked_sides, (entry_a, entry_b),
-                                                                           (data_a, data_b), bits or (None, None))))
+                               and crc32(_kept_bits(row, side, data, bits[side][at : at + size])) == entry.crc32)
+                        for side, (ok, entry) in enumerate(zip(checked_sides, entries)))
         if not sound:
-            reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a),
-                     (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]
+            reads = [(entry, bytes(data[row[2 + 4 * side] : row[3 + 4 * side]]), path)  # type: ignore[index]
+                     for side, (entry, path) in enumerate(zip(entries, chunk.paths))]
             out.append(compare_tensor(reads, verify))
             continue
-        out.append(np.array([[ones_a, hits], [hits, ones_b]], np.int64))
+        out.append(matrix)
     return out
 
 

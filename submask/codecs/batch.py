@@ -48,7 +48,7 @@ def batch_block_bits(codec: Codec) -> int:
 
 def available() -> bool:
     """True when the kernel runs compiled here (without numba every tensor takes the per-tensor path)."""
-    return rice_kernels_compiled() and _pair_counts.compiled is not None
+    return rice_kernels_compiled() and _pair_counts.compiled is not None and _group_counts.compiled is not None
 
 
 def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
@@ -67,6 +67,49 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
     out = np.empty((table.shape[0], 3), dtype=np.int64)
     _pair_counts.compiled(data_a, data_b, table, bits_a, bits_b, keep, _NO_POSITIONS, out)
     return out
+
+
+def group_counts(data: np.ndarray, table: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``table`` (int64: a tensor's bits, then per mask its kind, start and end in the uint8 array
+    ``data``, and rice block bits): the n x n matrix of |Mi and Mj|, counts on its diagonal, or all -1 where a
+    payload is malformed. Each tensor of each mask is decoded once; every pair is counted over its bits.
+    Requires ``available()``."""
+    sizes = (table[:, BITS] + 7) // 8
+    width = int(sizes.max()) if sizes.size else 0
+    scratch = getattr(_scratch, "group", None)
+    if scratch is None or scratch.shape[0] < n or scratch.shape[1] < width:
+        scratch = _scratch.group = np.empty((n, width), np.uint8)
+    out = np.empty((table.shape[0], n, n), dtype=np.int64)
+    _group_counts.compiled(data, table, n, scratch, _NO_POSITIONS, out)
+    return out
+
+
+@Kernel
+def _group_counts(data, table, n, scratch, no_positions, out):  # pragma: no cover - numba
+    """``group_counts`` into ``out``, each mask's tensor decoded into its row of ``scratch``."""
+    for row in range(table.shape[0]):
+        bits = table[row, BITS]
+        nbytes = (bits + 7) // 8
+        sound = True
+        for side in range(n):
+            kind, start, end = table[row, KIND_A + 4 * side], table[row, START_A + 4 * side], table[row, END_A + 4 * side]
+            packed = scratch[side, :nbytes]
+            if kind == RAW:
+                ones = _raw_ones(data[start:end], bits) if end - start == nbytes else -1
+                if ones >= 0:
+                    packed[:] = data[start:end]
+            else:
+                ones = _decode(data, start, end, table[row, BLOCK_A + 4 * side], bits, packed, no_positions)
+            if ones < 0:
+                sound = False
+                break
+            out[row, side, side] = ones
+        if not sound:
+            out[row] = -1
+            continue
+        for i in range(n):
+            for j in range(i + 1, n):
+                out[row, i, j] = out[row, j, i] = _and_ones(scratch[i, :nbytes], scratch[j, :nbytes])
 
 
 def _zeroed(nbytes: int) -> np.ndarray:
