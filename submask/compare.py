@@ -43,7 +43,7 @@ from .tensor_counts import compare_tensor, reusable, thread_buffer
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-CHUNK_BITS = 1 << 24  # elements, summed over the masks, of the consecutive tensors one task compares
+CHUNK_BITS = 1 << 26  # elements, summed over the masks, of the consecutive tensors one task compares
 
 
 @dataclass
@@ -59,13 +59,14 @@ class GroupComparison:
     def empty(cls, n: int) -> "GroupComparison":
         return cls(0, np.zeros(n, np.int64), np.zeros((n, n), np.int64), np.zeros((n, n), np.float64))
 
-    def add(self, numel: int, intersections: np.ndarray) -> None:
-        counts = np.diagonal(intersections)
-        self.numel += numel
-        self.counts += counts
-        self.intersections += intersections
-        if numel:
-            self.chance_intersections += np.outer(counts, counts) / numel
+    def add(self, numels: np.ndarray, intersections: np.ndarray) -> None:
+        """Add tensors: their element counts (k) and N x N intersections (k x N x N)."""
+        counts = np.diagonal(intersections, axis1=1, axis2=2).astype(np.float64)
+        self.numel += int(numels.sum())
+        self.counts += np.diagonal(intersections, axis1=1, axis2=2).sum(axis=0)
+        self.intersections += intersections.sum(axis=0)
+        shares = counts / np.maximum(numels, 1)[:, None]  # an empty tensor adds no chance intersections
+        self.chance_intersections += np.einsum("ki,kj->ij", shares, counts)
 
     def pair(self, i: int, j: int) -> PairStats:
         return PairStats(self.numel, int(self.counts[i]), int(self.counts[j]), int(self.intersections[i, j]),
@@ -114,10 +115,16 @@ def compare(masks: Sequence[MaskLike], *, by: str = "overall", common: bool = Fa
         names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
         stack.enter_context(job(len(sources) * sum(sources[0].numel(name) for name in names)))
         result = Comparison(labels, by)
-        for name, intersections in _per_tensor(sources, names, progress, workers, verify):
-            numel = sources[0].numel(name)
-            for group in dict.fromkeys((OVERALL, group_of(name, by))):
-                result.groups.setdefault(group, GroupComparison.empty(len(sources))).add(numel, intersections)
+        for chunk, intersections in _per_chunk(sources, names, progress, workers, verify):
+            numels = np.array([sources[0].numel(name) for name in chunk], np.int64)
+            stacked = np.array(intersections, np.int64).reshape(len(chunk), len(sources), len(sources))
+            members: dict[str, list[int]] = {OVERALL: list(range(len(chunk)))}
+            for index, name in enumerate(chunk):
+                if (group := group_of(name, by)) != OVERALL:
+                    members.setdefault(group, []).append(index)
+            for group, indices in members.items():
+                result.groups.setdefault(group, GroupComparison.empty(len(sources))).add(numels[indices],
+                                                                                        stacked[indices])
     if not result.groups:
         result.groups[OVERALL] = GroupComparison.empty(len(labels))
     order = [OVERALL] + sort_groups([g for g in result.groups if g != OVERALL], by)
@@ -154,10 +161,10 @@ class _Source:
         return mask[name]
 
 
-def _per_tensor(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
-                verify: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads,
-    a chunk of consecutive tensors (CHUNK_BITS) per task."""
+def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
+               verify: bool) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """(names, their N x N intersections) per chunk of consecutive tensors (CHUNK_BITS), in order; reads here,
+    decodes and counts on worker threads, a chunk per task."""
     workers = workers or min(4, os.cpu_count() or 1)
     batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
     rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
@@ -172,7 +179,7 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
     chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
     if workers == 1 or sum(map(work, names)) <= CHUNK_BITS:  # one task: no threads to start
         for chunk in chunks:
-            yield from zip(chunk, _compare_chunk(read(chunk, 0), verify))
+            yield chunk, _compare_chunk(read(chunk, 0), verify)
         return
     from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of a command's start
 
@@ -181,13 +188,11 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
         for index, chunk in enumerate(chunks):  # a slot is free again once its chunk's task has finished
             pending.append((chunk, pool.submit(_compare_chunk, read(chunk, index % (2 * workers + 1)), verify)))
             if len(pending) >= 2 * workers:
-                yield from _finished(*pending.popleft())
+                chunk, future = pending.popleft()
+                yield chunk, future.result()
         while pending:
-            yield from _finished(*pending.popleft())
-
-
-def _finished(chunk: list[str], future: Future) -> Iterator[tuple[str, np.ndarray]]:
-    return zip(chunk, future.result())
+            chunk, future = pending.popleft()
+            yield chunk, future.result()
 
 
 def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[str]]:
@@ -250,15 +255,21 @@ def _read_chunk(sources: list[_Source], names: list[str],
 
 
 def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
-    """(kind, rice block bits) of a tensor that ``batch.pair_counts`` reads, or None (also for a bad encoding:
-    the per-tensor path reports it)."""
+    """(kind, rice block bits) of a tensor that ``batch``'s kernels read, or None (also for a bad encoding: the
+    per-tensor path reports it); worked out once per encoding and settings."""
     entry = file.entries[name]
-    try:
-        codec = entry_codec(entry, file.path)
-    except SubmaskError:
-        return None
-    kind = batch.batch_kind(codec)
-    return None if kind is None else (kind, batch.batch_block_bits(codec))
+    key = (entry.encoding, repr(sorted(entry.config.items())))
+    if key not in _KINDS:
+        try:
+            codec = entry_codec(entry, file.path)
+        except SubmaskError:
+            return None
+        kind = batch.batch_kind(codec)
+        _KINDS[key] = None if kind is None else (kind, batch.batch_block_bits(codec))
+    return _KINDS[key]
+
+
+_KINDS: dict[tuple, tuple[int, int] | None] = {}
 
 
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:

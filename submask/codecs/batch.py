@@ -92,7 +92,8 @@ def _group_counts(data, table, n, scratch, no_positions, out):  # pragma: no cov
         nbytes = (bits + 7) // 8
         sound = True
         for side in range(n):
-            kind, start, end = table[row, KIND_A + 4 * side], table[row, START_A + 4 * side], table[row, END_A + 4 * side]
+            kind, start = table[row, KIND_A + 4 * side], table[row, START_A + 4 * side]
+            end = table[row, END_A + 4 * side]
             packed = scratch[side, :nbytes]
             if kind == RAW:
                 ones = _raw_ones(data[start:end], bits) if end - start == nbytes else -1
@@ -107,9 +108,32 @@ def _group_counts(data, table, n, scratch, no_positions, out):  # pragma: no cov
         if not sound:
             out[row] = -1
             continue
+        _all_pairs(scratch, nbytes, out[row])
+
+
+@Kernel
+def _all_pairs(scratch, nbytes, out):  # pragma: no cover - compiled by numba
+    """|row i and row j| of the first ``nbytes`` of every pair of rows of ``scratch`` into ``out`` (the diagonal
+    left alone), a cache-sized block of every row at a time."""
+    n = scratch.shape[0]
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] = 0
+    words = nbytes // 8
+    for first in range(0, words, 512):
+        last = min(first + 512, words)
         for i in range(n):
+            wi = scratch[i, : 8 * words].view(np.uint64)
             for j in range(i + 1, n):
-                out[row, i, j] = out[row, j, i] = _and_ones(scratch[i, :nbytes], scratch[j, :nbytes])
+                wj = scratch[j, : 8 * words].view(np.uint64)
+                total = 0
+                for index in range(first, last):
+                    total += popcount(wi[index] & wj[index])
+                out[i, j] += total
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] += _and_ones(scratch[i, 8 * words : nbytes], scratch[j, 8 * words : nbytes])
+            out[j, i] = out[i, j]
 
 
 def _zeroed(nbytes: int) -> np.ndarray:
