@@ -188,11 +188,11 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
         for index, chunk in enumerate(chunks):  # a slot is free again once its chunk's task has finished
             pending.append((chunk, pool.submit(_compare_chunk, read(chunk, index % (2 * workers + 1)), verify)))
             if len(pending) >= 2 * workers:
-                chunk, future = pending.popleft()
-                yield chunk, future.result()
+                done, future = pending.popleft()
+                yield done, future.result()
         while pending:
-            chunk, future = pending.popleft()
-            yield chunk, future.result()
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[str]]:

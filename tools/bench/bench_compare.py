@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -76,17 +77,27 @@ def run_roaring64(files: list[dict[str, Path]]) -> list[tuple[int, int, int]]:
     return [(len(a), len(b), a.intersection_cardinality(b)) for a, b in itertools.combinations(maps, 2)]
 
 
-def side_by_side(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Best seconds of each run over ``repeat`` rounds in which they take turns; asserts they all agree."""
+def side_by_side(runs: dict[str, Callable[[], object]], repeat: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall seconds and best CPU seconds (this process's threads and its finished children) of each run
+    over ``repeat`` rounds in which they take turns; asserts they all agree. CPU time is what a run costs
+    whatever else the machine runs; wall time is what it takes under that load."""
     times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     results: dict[str, object] = {}
     for _ in range(repeat):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             results[name] = run()
             times[name] = min(times.get(name, float("inf")), time.perf_counter() - start)
+            cpu[name] = min(cpu.get(name, float("inf")), cpu_seconds() - start_cpu)
     assert len({repr(r) for r in results.values()}) == 1, results
-    return times
+    return times, cpu
+
+
+def cpu_seconds() -> float:
+    """User + system seconds of this process (all threads) and of its finished children."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def ms(seconds: float) -> str:
@@ -102,11 +113,12 @@ def speed_row(label: str, files: list[dict[str, Path]], repeat: int, tensors: in
         runs["numpy"] = lambda: run_numpy(files, tensors)
     if cli:
         runs["cli"] = lambda: run_cli(files)
-    t = side_by_side(runs, repeat)
+    t, c = side_by_side(runs, repeat)
     row = [label, ms(t["api"]), ms(t["1 thread"]), ms(t["roaring"]), f"**{t['roaring'] / t['api']:.2f}x**",
-           f"{t['roaring'] / t['1 thread']:.2f}x",
+           f"{t['roaring'] / t['1 thread']:.2f}x", f"{c['roaring'] / c['1 thread']:.2f}x",
            f"{t['numpy'] / t['api']:.1f}x" if "numpy" in t else "-",
-           f"{t['cli'] - t['api']:+.2f} s" if "cli" in t else "-", f"{os.getloadavg()[0]:.1f}"]
+           f"{t['cli'] - t['api']:+.2f} s / {c['cli'] - c['api']:+.2f} s" if "cli" in t else "-",
+           f"{os.getloadavg()[0]:.1f}"]
     print(row, flush=True)
     return row
 
@@ -194,14 +206,17 @@ def main() -> None:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     headers = ["masks", "submask", "submask 1 thread", "pyroaring", "pyroaring / submask",
-               "pyroaring / submask 1 thread", "numpy bool / submask", "CLI - API", "load after"]
+               "pyroaring / submask 1 thread", "same, CPU time", "numpy bool / submask", "CLI - API (wall / CPU)",
+               "load after"]
     body = "\n\n".join([
         "End to end from warm files: each contender reads its own files and returns |A|, |B| and |A and B| of "
         "every pair (all agree exactly). submask: `submask.compare` with every check on (the default: a format "
         "1.3 payload's own CRC-32, structure, pad bits and counts), default threads (one per core) and one; "
         "pyroaring: `BitMap.deserialize` of each file, `len`, `intersection_cardinality` (BitMap64 for 7B); "
         "numpy bool: memory-mapped packed `.npy`, `unpackbits`, `logical_and`, `count_nonzero`. *CLI - API*: "
-        "a `python -m submask compare --json -q` process less the API call. Best of "
+        "a `python -m submask compare --json -q` process less the API call, in wall time and in CPU time (the "
+        "process's user + system seconds less the API call's). *CPU time*: best user + system seconds of one "
+        "thread each, which the machine's load does not inflate as it does wall time. Best of "
         f"{args.repeat} rounds in which the contenders take turns (7B: {max(2, args.repeat // 2)}); ratios above "
         f"1 mean submask is faster. Load average {load_before:.1f} at the start (the machine's "
         f"{os.cpu_count()} cores are shared with other jobs: above the core count every column is slowed and "
