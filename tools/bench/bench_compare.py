@@ -2,7 +2,7 @@
 
 Speed (issue 26's goals): two independent iid masks per density and size (``--bits``, ``--tensors`` each), eight
 masks all pairs, and a Llama-2-7B-shaped pair (291 tensors, 6.7B parameters; ``--llama``), each written as
-``.smask`` (``submask.save``'s defaults), a serialized pyroaring ``BitMap`` (``BitMap64`` for 7B) and packed
+``.smask`` (``submask.save``'s defaults), a serialized pyroaring ``BitMap`` (per tensor for 7B) and packed
 ``.npy``. Every contender returns |A|, |B| and |A and B| from its own files (warm page cache); the contenders take
 turns within each round and the best of ``--repeat`` rounds is kept, so that other jobs slow them alike.
 submask runs with every check on (``verify=True``, the default: a 1.3 payload's CRC-32 or the bits' CRC-32,
@@ -50,31 +50,48 @@ def llama_7b_shapes() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def write_llama(root: Path, label: str, density: float, seed: int) -> dict[str, Path]:
-    """An iid mask of Llama-2-7B's shapes as .smask and a pyroaring BitMap64. Each shape draws two random
-    tensors that its layers take in turn (drawing 6.7B numbers would dominate the run; counting does not care)."""
+    """An iid mask of Llama-2-7B's shapes as .smask and as pyroaring BitMaps, one per tensor (each under 2^32
+    elements) in one file: per tensor its serialized size (8 bytes, little-endian), then the bitmap. Each shape
+    draws two random tensors that its layers take in turn (drawing 6.7B numbers would dominate the run; counting
+    does not care)."""
     import pyroaring
 
+    paths = {"submask": root / f"{label}.smask", "roaring": root / f"{label}.roaring"}
+    if all(path.exists() for path in paths.values()):  # written by an earlier run into the same --dir
+        return paths
     rng = np.random.default_rng(seed)
     pool: dict[tuple[int, ...], list[np.ndarray]] = {}
-    paths = {"submask": root / f"{label}.smask", "roaring": root / f"{label}.roaring"}
-    roaring, offset = pyroaring.BitMap64(), 0
-    with MaskWriter(paths["submask"], MaskMetadata(kind="other"), overwrite=True) as writer:
+    with MaskWriter(paths["submask"], MaskMetadata(kind="other"), overwrite=True) as writer, \
+            open(paths["roaring"], "wb") as roaring:
         for index, (name, shape) in enumerate(llama_7b_shapes()):
             if shape not in pool:
                 pool[shape] = [rng.random(shape, dtype=np.float32) < density for _ in range(2)]
             bools = pool[shape][index % 2]
             writer.add(name, TensorMask.from_numpy(bools))
-            roaring.update(np.flatnonzero(bools).astype(np.uint64) + np.uint64(offset))
-            offset += bools.size
-    paths["roaring"].write_bytes(roaring.serialize())
+            data = pyroaring.BitMap(np.flatnonzero(bools).astype(np.uint32)).serialize()
+            roaring.write(len(data).to_bytes(8, "little") + data)
     return paths
 
 
-def run_roaring64(files: list[dict[str, Path]]) -> list[tuple[int, int, int]]:
+def run_roaring_tensors(files: list[dict[str, Path]]) -> list[tuple[int, int, int]]:
+    """pyroaring on ``write_llama``'s files: each tensor's bitmaps deserialized, counted and intersected."""
     import pyroaring
 
-    maps = [pyroaring.BitMap64.deserialize(f["roaring"].read_bytes()) for f in files]
-    return [(len(a), len(b), a.intersection_cardinality(b)) for a, b in itertools.combinations(maps, 2)]
+    blobs = [memoryview(f["roaring"].read_bytes()) for f in files]
+    counts = [0] * len(files)
+    both = dict.fromkeys(itertools.combinations(range(len(files)), 2), 0)
+    cursors = [0] * len(files)  # each file's next bitmap
+    while cursors[0] < len(blobs[0]):
+        maps = []
+        for index, blob in enumerate(blobs):
+            at = cursors[index]
+            size = int.from_bytes(blob[at : at + 8], "little")
+            maps.append(pyroaring.BitMap.deserialize(blob[at + 8 : at + 8 + size]))
+            counts[index] += len(maps[-1])
+            cursors[index] = at + 8 + size
+        for i, j in both:
+            both[i, j] += maps[i].intersection_cardinality(maps[j])
+    return [(counts[i], counts[j], both[i, j]) for i, j in both]
 
 
 def side_by_side(runs: dict[str, Callable[[], object]], repeat: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -169,7 +186,9 @@ def main() -> None:
     parser.add_argument("--llama", default="0.05,0.2", help="densities of the 7B-shaped pairs ('' to skip)")
     parser.add_argument("--size-bits", type=int, default=22, help="log2 parameters of the size masks")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after); "
+                        "the 7B-shaped masks written there are kept and reused by a later run")
+    parser.add_argument("--section", default="compare", help="the BENCHMARKS.md section to write")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="bench_compare."))
@@ -178,7 +197,7 @@ def main() -> None:
     try:
         warm_up(scratch)
         batch.available()  # starts numba's kernels, as any compare of 2^30 elements or more does in a process
-        for bits in (int(b) for b in args.bits.split(",")):
+        for bits in (int(b) for b in args.bits.split(",") if b):
             tensors = args.tensors_per_2_28 << max(0, bits - 28)
             for index, density in enumerate(float(d) for d in args.densities.split(",")):
                 root = scratch / f"pair{bits}-{index}"
@@ -187,21 +206,23 @@ def main() -> None:
                 pairs.append(speed_row(f"2^{bits} ({tensors} tensors), {density:.1%}", files, args.repeat, tensors,
                                        cli=bits == 28 and density == 0.05))
                 shutil.rmtree(root)
-        root = scratch / "n-way"
-        root.mkdir(exist_ok=True)
-        files = [write_mask(root, f"m{i}", args.n_way_density, args.n_way_bits, 64, seed=900 + i)
-                 for i in range(args.n_way)]
-        others.append(speed_row(f"{args.n_way} x 2^{args.n_way_bits} at {args.n_way_density:.0%}, "
-                                f"{args.n_way * (args.n_way - 1) // 2} pairs", files, args.repeat, 64, cli=True))
-        shutil.rmtree(root)
+        if args.n_way > 2:
+            root = scratch / "n-way"
+            root.mkdir(exist_ok=True)
+            files = [write_mask(root, f"m{i}", args.n_way_density, args.n_way_bits, 64, seed=900 + i)
+                     for i in range(args.n_way)]
+            others.append(speed_row(f"{args.n_way} x 2^{args.n_way_bits} at {args.n_way_density:.0%}, "
+                                    f"{args.n_way * (args.n_way - 1) // 2} pairs", files, args.repeat, 64, cli=True))
+            shutil.rmtree(root)
         for index, density in enumerate(float(d) for d in args.llama.split(",") if d):
             root = scratch / f"llama{index}"
             root.mkdir(exist_ok=True)
             files = [write_llama(root, f"m{i}", density, seed=700 + 10 * index + i) for i in range(2)]
             others.append(speed_row(f"Llama-2-7B shapes (291 tensors, 6.7B), {density:.0%}", files,
-                                    max(2, args.repeat // 2), None, cli=True, roaring=run_roaring64))
-            shutil.rmtree(root)
-        sizes = size_rows(scratch, 1 << args.size_bits)
+                                    max(2, args.repeat // 2), None, cli=True, roaring=run_roaring_tensors))
+            if args.dir is None:
+                shutil.rmtree(root)
+        sizes = size_rows(scratch, 1 << args.size_bits) if args.size_bits else []
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -212,7 +233,7 @@ def main() -> None:
         "End to end from warm files: each contender reads its own files and returns |A|, |B| and |A and B| of "
         "every pair (all agree exactly). submask: `submask.compare` with every check on (the default: a format "
         "1.3 payload's own CRC-32, structure, pad bits and counts), default threads (one per core) and one; "
-        "pyroaring: `BitMap.deserialize` of each file, `len`, `intersection_cardinality` (BitMap64 for 7B); "
+        "pyroaring: `BitMap.deserialize` of each file, `len`, `intersection_cardinality` (7B: one 32-bit BitMap per tensor, in one file); "
         "numpy bool: memory-mapped packed `.npy`, `unpackbits`, `logical_and`, `count_nonzero`. *CLI - API*: "
         "a `python -m submask compare --json -q` process less the API call, in wall time and in CPU time (the "
         "process's user + system seconds less the API call's). *CPU time*: best user + system seconds of one "
@@ -222,13 +243,14 @@ def main() -> None:
         f"{os.cpu_count()} cores are shared with other jobs: above the core count every column is slowed and "
         "noisy, threads most).",
         markdown_table(headers, pairs + others),
-        f"**Size** of the `.smask` file (header included) of masks of 2^{args.size_bits} parameters "
-        "(`submask.save`'s default encodings) against its bound, against packbits + zstd -19 of the same bits, "
-        "and in bits per parameter:",
-        markdown_table(["mask", "bound", ".smask / bound", ".smask / zstd -19", "bits/param"], sizes),
+        *([] if not sizes else [
+            f"**Size** of the `.smask` file (header included) of masks of 2^{args.size_bits} parameters "
+            "(`submask.save`'s default encodings) against its bound, against packbits + zstd -19 of the same bits, "
+            "and in bits per parameter:",
+            markdown_table(["mask", "bound", ".smask / bound", ".smask / zstd -19", "bits/param"], sizes)]),
     ])
     print(body)
-    write_section("compare", "Comparing masks from files against pyroaring, and sizes against their bounds", body)
+    write_section(args.section, "Comparing masks from files against pyroaring, and sizes against their bounds", body)
 
 
 if __name__ == "__main__":
