@@ -43,7 +43,8 @@ from .tensor_counts import compare_tensor, reusable, thread_buffer
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-CHUNK_BITS = 1 << 26  # elements, summed over the masks, of the consecutive tensors one task compares
+CHUNK_BITS = 1 << 26  # work (``_Source.work``), summed over the masks, of the consecutive tensors one task compares
+SPARSE_WORK = 64  # elements whose decoding costs about what a byte of a sparse payload's does
 
 
 @dataclass
@@ -150,6 +151,14 @@ class _Source:
     def numel(self, name: str) -> int:
         return math.prod(self.shapes[name])
 
+    def work(self, name: str) -> int:
+        """Decoding and counting cost of a tensor, in elements: its numel, or less for a sparse payload (a payload
+        byte costs about as much as SPARSE_WORK elements), so that sparse masks take few, large tasks."""
+        numel = self.numel(name)
+        if isinstance(self.mask, MaskFile):
+            return min(numel, SPARSE_WORK * self.mask.payload_size(name))
+        return numel
+
     def count(self, name: str) -> int:
         return self._counts[name]
 
@@ -163,14 +172,14 @@ class _Source:
 
 def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
                verify: bool) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    """(names, their N x N intersections) per chunk of consecutive tensors (CHUNK_BITS), in order; reads here,
-    decodes and counts on worker threads, a chunk per task."""
+    """(names, their N x N intersections) per chunk of consecutive tensors (CHUNK_BITS of work), in order; reads
+    here, decodes and counts on worker threads, a chunk per task (one task, no threads, for little work)."""
     workers = workers or min(4, os.cpu_count() or 1)
     batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
     rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
 
     def work(name: str) -> int:
-        return len(sources) * sources[0].numel(name)
+        return sum(source.work(name) for source in sources)
 
     def read(chunk: list[str], slot: int) -> _Chunk:
         room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
