@@ -215,7 +215,7 @@ def main() -> None:
                                     f"{args.n_way * (args.n_way - 1) // 2} pairs", files, args.repeat, 64, cli=True))
             shutil.rmtree(root)
         for index, density in enumerate(float(d) for d in args.llama.split(",") if d):
-            root = scratch / f"llama{index}"
+            root = scratch / f"llama-{density:g}"
             root.mkdir(exist_ok=True)
             files = [write_llama(root, f"m{i}", density, seed=700 + 10 * index + i) for i in range(2)]
             others.append(speed_row(f"Llama-2-7B shapes (291 tensors, 6.7B), {density:.0%}", files,
