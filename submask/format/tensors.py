@@ -54,13 +54,13 @@ def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None, *, ou
     return packed
 
 
-def payload_verified(entry: TensorEntry, payload: bytes | memoryview | np.ndarray) -> bool:
+def payload_verified(entry: TensorEntry, payload: bytes | np.ndarray) -> bool:
     """Whether the entry has a payload CRC-32 (FORMAT.md §4.5, 1.3) and the payload matches it: then a tool that
     only counts may skip the CRC-32 of the decoded bits (§4.3), at a cost that follows the payload's size."""
     return entry.payload_crc32 is not None and f"{crc32_update(payload):08x}" == entry.payload_crc32
 
 
-def check_payload(entry: TensorEntry, payload: bytes | memoryview | np.ndarray, at: str) -> None:
+def check_payload(entry: TensorEntry, payload: bytes | np.ndarray, at: str) -> None:
     """Raise ChecksumError when the payload does not match the entry's payload CRC-32 (if it has one)."""
     if entry.payload_crc32 is not None and not payload_verified(entry, payload):
         raise ChecksumError(f"{at}CRC-32 of the payload is {crc32_update(payload):08x}, header says "
