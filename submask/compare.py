@@ -37,7 +37,7 @@ from .errors import SubmaskError, UsageError
 from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
-from .format.tensors import entry_codec
+from .format.tensors import entry_codec, payload_verified
 from .limits import check_allocation
 from .mask import Mask, TensorMask
 from .names import Names
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 #: A mask of a comparison: its index in ``labels``, its label, or its file name when that names one mask.
 MaskKey = int | str | os.PathLike[str]
-CHUNK_BITS = 1 << 24  # elements, summed over the masks, of the consecutive tensors one task compares
+CHUNK_BITS = 1 << 26  # work (``_Source.work``), summed over the masks, of the consecutive tensors one task compares
+SPARSE_WORK = 64  # elements whose decoding costs about what a byte of a sparse payload's does
 
 
 @dataclass
@@ -65,13 +66,14 @@ class GroupComparison:
     def empty(cls, n: int) -> "GroupComparison":
         return cls(0, np.zeros(n, np.int64), np.zeros((n, n), np.int64), np.zeros((n, n), np.float64))
 
-    def add(self, numel: int, intersections: np.ndarray) -> None:
-        counts = np.diagonal(intersections)
-        self.numel += numel
-        self.counts += counts
-        self.intersections += intersections
-        if numel:
-            self.chance_intersections += np.outer(counts, counts) / numel
+    def add(self, numels: np.ndarray, intersections: np.ndarray) -> None:
+        """Add tensors: their element counts (k) and N x N intersections (k x N x N)."""
+        counts = np.diagonal(intersections, axis1=1, axis2=2).astype(np.float64)
+        self.numel += int(numels.sum())
+        self.counts += np.diagonal(intersections, axis1=1, axis2=2).sum(axis=0)
+        self.intersections += intersections.sum(axis=0)
+        shares = counts / np.maximum(numels, 1)[:, None]  # an empty tensor adds no chance intersections
+        self.chance_intersections += np.einsum("ki,kj->ij", shares, counts)
 
     def pair(self, i: int, j: int) -> PairStats:
         return PairStats(self.numel, int(self.counts[i]), int(self.counts[j]), int(self.intersections[i, j]),
@@ -149,10 +151,16 @@ def compare(masks: Sequence[MaskLike], *, by: str = "overall", common: bool = Fa
         names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
         stack.enter_context(job(len(sources) * sum(sources[0].numel(name) for name in names)))
         result = Comparison(labels, by)
-        for name, intersections in _per_tensor(sources, names, progress, workers, verify):
-            numel = sources[0].numel(name)
-            for group in dict.fromkeys((OVERALL, group_of(name, by))):
-                result.groups.setdefault(group, GroupComparison.empty(len(sources))).add(numel, intersections)
+        for chunk, intersections in _per_chunk(sources, names, progress, workers, verify):
+            numels = np.array([sources[0].numel(name) for name in chunk], np.int64)
+            stacked = np.array(intersections, np.int64).reshape(len(chunk), len(sources), len(sources))
+            members: dict[str, list[int]] = {OVERALL: list(range(len(chunk)))}
+            for index, name in enumerate(chunk):
+                if (group := group_of(name, by)) != OVERALL:
+                    members.setdefault(group, []).append(index)
+            for group, indices in members.items():
+                result.groups.setdefault(group, GroupComparison.empty(len(sources))).add(numels[indices],
+                                                                                        stacked[indices])
     if not result.groups:
         result.groups[OVERALL] = GroupComparison.empty(len(labels))
     order = [OVERALL] + sort_groups([g for g in result.groups if g != OVERALL], by)
@@ -180,6 +188,14 @@ class _Source:
     def numel(self, name: str) -> int:
         return math.prod(self.shapes[name])
 
+    def work(self, name: str) -> int:
+        """Decoding and counting cost of a tensor, in elements: its numel, or less for a sparse payload (a payload
+        byte costs about as much as SPARSE_WORK elements), so that sparse masks take few, large tasks."""
+        numel = self.numel(name)
+        if isinstance(self.mask, MaskFile):
+            return min(numel, SPARSE_WORK * self.mask.payload_size(name))
+        return numel
+
     def count(self, name: str) -> int:
         return self._counts[name]
 
@@ -191,25 +207,25 @@ class _Source:
         return mask[name]
 
 
-def _per_tensor(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
-                verify: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, N x N intersections) per tensor, in order; reads here, decodes and counts on worker threads,
-    a chunk of consecutive tensors (CHUNK_BITS) per task."""
+def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
+               verify: bool) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """(names, their N x N intersections) per chunk of consecutive tensors (CHUNK_BITS of work), in order; reads
+    here, decodes and counts on worker threads, a chunk per task (one task, no threads, for little work)."""
     workers = workers or min(4, os.cpu_count() or 1)
-    batched = len(sources) == 2 and all(isinstance(s.mask, MaskFile) for s in sources) and batch.available()
+    batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
     rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
 
     def work(name: str) -> int:
-        return len(sources) * sources[0].numel(name)
+        return sum(source.work(name) for source in sources)
 
     def read(chunk: list[str], slot: int) -> _Chunk:
-        room = (lambda side, nbytes: reusable(rooms, (slot, side), nbytes)) if batched else None
+        room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
         return _read_chunk(sources, chunk, room)
 
     chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
     if workers == 1 or sum(map(work, names)) <= CHUNK_BITS:  # one task: no threads to start
         for chunk in chunks:
-            yield from zip(chunk, _compare_chunk(read(chunk, 0), verify))
+            yield chunk, _compare_chunk(read(chunk, 0), verify)
         return
     from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of a command's start
 
@@ -218,13 +234,11 @@ def _per_tensor(sources: list[_Source], names: list[str], progress: bool, worker
         for index, chunk in enumerate(chunks):  # a slot is free again once its chunk's task has finished
             pending.append((chunk, pool.submit(_compare_chunk, read(chunk, index % (2 * workers + 1)), verify)))
             if len(pending) >= 2 * workers:
-                yield from _finished(*pending.popleft())
+                done, future = pending.popleft()
+                yield done, future.result()
         while pending:
-            yield from _finished(*pending.popleft())
-
-
-def _finished(chunk: list[str], future: Future) -> Iterator[tuple[str, np.ndarray]]:
-    return zip(chunk, future.result())
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[str]]:
@@ -244,25 +258,26 @@ def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[s
 @dataclass
 class _Chunk:
     """What the tasks of one chunk need: per tensor the reads for ``compare_tensor``, or (for tensors counted
-    by ``batch.pair_counts``) None and a row of ``table`` over the payloads read into ``data``."""
+    by ``batch``'s kernels) None, its entries and a row of ``table`` over the payloads read into ``data``."""
 
     reads: list[list | None]
-    entries: list[tuple[TensorEntry, TensorEntry, Path, Path]] = field(default_factory=list)
+    entries: list[tuple[TensorEntry, ...]] = field(default_factory=list)
     table: list[list[int]] = field(default_factory=list)
-    data: tuple[np.ndarray, np.ndarray] | None = None
+    data: np.ndarray | None = None
+    paths: list[Path] = field(default_factory=list)
 
 
 def _read_chunk(sources: list[_Source], names: list[str],
-                room: Callable[[int, int], np.ndarray] | None) -> _Chunk:
-    """Read one chunk's payloads (file handles are not shared across threads); with ``room`` (two mask files,
-    compiled kernels), tensors whose two encodings ``batch`` reads go into one buffer per mask, ``room(side,
-    nbytes)``."""
+                room: Callable[[int], np.ndarray] | None) -> _Chunk:
+    """Read one chunk's payloads (file handles are not shared across threads); with ``room`` (mask files,
+    compiled kernels), tensors whose encodings ``batch`` reads go into one buffer, ``room(nbytes)``, each row of
+    the table holding the tensor's bits, then per mask its kind, payload start and end, and rice block bits."""
     if room is None:
         return _Chunk([[source.read(name) for source in sources] for name in names])
     files: list[MaskFile] = [source.mask for source in sources]  # type: ignore[misc]
-    chunk = _Chunk([])
+    chunk = _Chunk([], paths=[file.path for file in files])
     rows: list[tuple[str, list[int]]] = []
-    offsets = [0, 0]
+    offset = 0
     for name in names:
         kinds = [_batch_kind(file, name) for file in files]
         if None in kinds:
@@ -270,67 +285,80 @@ def _read_chunk(sources: list[_Source], names: list[str],
             continue
         chunk.reads.append(None)
         row = [files[0].entries[name].bits]
-        for side, file in enumerate(files):
+        for (kind, block_bits), file in zip(kinds, files):  # type: ignore[misc]
             size = file.payload_size(name)
-            row += [kinds[side][0], offsets[side], offsets[side] + size, kinds[side][1]]
-            offsets[side] += size
+            row += [kind, offset, offset + size, block_bits]
+            offset += size
         rows.append((name, row))
     if rows:
-        data = (room(0, offsets[0]), room(1, offsets[1]))
+        data = chunk.data = room(offset)
         for name, row in rows:
-            for side, (file, start, end) in enumerate(((files[0], row[2], row[3]), (files[1], row[6], row[7]))):
-                file.payload_into(name, memoryview(data[side][start:end]))
-            chunk.entries.append((files[0].entries[name], files[1].entries[name], files[0].path, files[1].path))
+            for side, file in enumerate(files):
+                file.payload_into(name, memoryview(data[row[2 + 4 * side] : row[3 + 4 * side]]))
+            chunk.entries.append(tuple(file.entries[name] for file in files))
             chunk.table.append(row)
-        chunk.data = data
     return chunk
 
 
 def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
-    """(kind, rice block bits) of a tensor that ``batch.pair_counts`` reads, or None (also for a bad encoding:
-    the per-tensor path reports it)."""
+    """(kind, rice block bits) of a tensor that ``batch``'s kernels read, or None (also for a bad encoding: the
+    per-tensor path reports it); worked out once per encoding and settings."""
     entry = file.entries[name]
-    try:
-        codec = entry_codec(entry, file.path)
-    except SubmaskError:
-        return None
-    kind = batch.batch_kind(codec)
-    return None if kind is None else (kind, batch.batch_block_bits(codec))
+    key = (entry.encoding, repr(sorted(entry.config.items())))
+    if key not in _KINDS:
+        try:
+            codec = entry_codec(entry, file.path)
+        except SubmaskError:
+            return None
+        kind = batch.batch_kind(codec)
+        _KINDS[key] = None if kind is None else (kind, batch.batch_block_bits(codec))
+    return _KINDS[key]
+
+
+_KINDS: dict[tuple, tuple[int, int] | None] = {}
 
 
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
-    """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call (which keeps
-    their bits when ``verify``, for their CRC-32s), and any whose payload, counts or CRC-32 fail its checks
-    again by ``compare_tensor``, which raises the error that says why."""
+    """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call, and any whose
+    payload, counts or CRC-32 fail its checks again by ``compare_tensor``, which raises the error that says why.
+    With ``verify``, a payload that matches its own CRC-32 (format 1.3) needs no CRC-32 of its bits; two masks'
+    kernel keeps the bits of the others for theirs, the N-mask kernel leaves them to ``compare_tensor``."""
     counted: Iterator = iter(())
-    bits = None
+    data, bits, n = chunk.data, None, len(chunk.paths)
     if chunk.table:
-        data_a, data_b = chunk.data  # type: ignore[misc]
+        assert data is not None
         table = np.array(chunk.table, np.int64)
         sizes = (table[:, 0] + 7) // 8
         kept = int(sizes.sum())
-        if verify:
-            check_allocation(2 * kept, f"{chunk.entries[0][2]}: the bits of {len(chunk.table)} tensors of two masks")
-        bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if verify else None
-        counts = batch.pair_counts(data_a, data_b, table, bits)
-        counted = iter(zip(counts.tolist(), chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes))
+        checked = [tuple(verify and payload_verified(entry, data[row[2 + 4 * side] : row[3 + 4 * side]])
+                         for side, entry in enumerate(entries)) for entries, row in zip(chunk.entries, chunk.table)]
+        if n == 2:
+            keep = verify and not all(all(sides) for sides in checked)
+            if keep:
+                check_allocation(2 * kept, f"the bits of {len(chunk.table)} tensors of two masks")
+            bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if keep else None
+            counts = [np.array([[ones_a, hits], [hits, ones_b]], np.int64)
+                      for hits, ones_a, ones_b in batch.pair_counts(data, data, table, bits).tolist()]
+        else:
+            counts = list(batch.group_counts(data, table, n))
+        counted = iter(zip(counts, chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes, checked))
     out = []
     for reads in chunk.reads:
         if reads is not None:
             out.append(compare_tensor(reads, verify))
             continue
-        (hits, ones_a, ones_b), (entry_a, entry_b, path_a, path_b), row, at, size = next(counted)
-        sound = hits >= 0 and (ones_a, ones_b) == (entry_a.ones, entry_b.ones)
-        if sound and bits is not None:
-            sound = all(crc32(_kept_bits(row, side, data, kept[at : at + size])) == entry.crc32
-                        for side, (entry, data, kept) in enumerate(((entry_a, data_a, bits[0]),
-                                                                    (entry_b, data_b, bits[1]))))
+        matrix, entries, row, at, size, checked_sides = next(counted)
+        sound = matrix[0, 0] >= 0 and all(matrix[side, side] == entry.ones for side, entry in enumerate(entries))
+        if sound and verify:  # each side: its payload's CRC-32 checked above, or its kept bits' here
+            sound = all(ok or (bits is not None and entry.payload_crc32 is None
+                               and crc32(_kept_bits(row, side, data, bits[side][at : at + size])) == entry.crc32)
+                        for side, (ok, entry) in enumerate(zip(checked_sides, entries)))
         if not sound:
-            reads = [(entry_a, bytes(data_a[row[2] : row[3]]), path_a),
-                     (entry_b, bytes(data_b[row[6] : row[7]]), path_b)]
+            reads = [(entry, bytes(data[row[2 + 4 * side] : row[3 + 4 * side]]), path)  # type: ignore[index]
+                     for side, (entry, path) in enumerate(zip(entries, chunk.paths))]
             out.append(compare_tensor(reads, verify))
             continue
-        out.append(np.array([[ones_a, hits], [hits, ones_b]], np.int64))
+        out.append(matrix)
     return out
 
 

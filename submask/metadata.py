@@ -17,6 +17,7 @@ from .errors import FormatError, VersionError, where
 FORMAT_NAME = "submask"
 MAJOR, MINOR = 1, 1  # 1.1 added the header checksum (FORMAT.md §2.1): writers write it unless a file needs 1.2
 VALUES_MINOR = 2  # 1.2 added values and the checkpoint layout (FORMAT.md §12)
+PAYLOAD_CRC_MINOR = 3  # 1.3 added each tensor's payload CRC-32 (FORMAT.md §4.5): writers of new files write it
 VALUES_EXTENSION = "values"  # declared, must_understand, by every file with values or a checkpoint layout
 DIFF_MINOR = 3  # 1.3 added values coded against the base (FORMAT.md §12.4)
 DIFF_EXTENSION = "diff-values"  # declared, must_understand, by every file with values coded against the base
@@ -92,7 +93,7 @@ class MaskMetadata:
     stats: dict[str, Any] = field(default_factory=dict)
     extensions: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    minor_version: int = field(default=MINOR, compare=False)  # the file's own when read, so that a rewrite
+    minor_version: int = field(default=PAYLOAD_CRC_MINOR, compare=False)  # the file's own when read, so that a rewrite
     #   keeps it (§7); it says how the file is written, not what the mask is, so equal masks may differ in it
     checkpoint: list[CheckpointFile] | None = None  # the layout a delta rebuilds (§12)
 

@@ -20,7 +20,7 @@ from .algebra import packed_intersection_count, pair_intersection_counts
 from .codecs import IntersectionCounter, PositionsDecoder
 from .errors import ChecksumError, FormatError, where
 from .format.header import TensorEntry
-from .format.tensors import decode_tensor, entry_codec
+from .format.tensors import decode_tensor, entry_codec, payload_verified
 from .limits import check_allocation
 from .mask import TensorMask
 from .packed import packed_nbytes
@@ -49,10 +49,12 @@ def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, st
             verify: bool) -> _Operand:
     """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a payload whose
     codec counts intersections is left encoded when ``streamed``, and one whose codec lists positions is
-    decoded to positions when sparse; with it, every tensor is decoded to packed bits and fully checked."""
+    decoded to positions when sparse; with it, a payload that matches its own CRC-32 (format 1.3) is taken so
+    too, and any other is decoded to packed bits and fully checked."""
     if isinstance(read, TensorMask):
         return _Operand(read.numel, read.count, packed=read.packed)
     entry, payload, path = read
+    verify = verify and not payload_verified(entry, payload)  # a payload CRC-32 that matches stands for the bits'
     at = where(path, entry.name)
     codec = entry_codec(entry, path)
     streaming = isinstance(codec, IntersectionCounter) and codec.streams()

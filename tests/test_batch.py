@@ -98,7 +98,7 @@ def test_compare_counts_two_files_raw_and_rice_in_one_call(tmp_path: Path) -> No
     with submask.open(paths[0]) as one, submask.open(paths[1]) as two:
         encodings = [(one.entries[n].encoding, two.entries[n].encoding) for n in shapes]
         sources = [compare_module._Source(str(p), f) for p, f in zip(paths, (one, two))]
-        chunk = compare_module._read_chunk(sources, list(shapes), lambda side, nbytes: np.empty(nbytes, np.uint8))
+        chunk = compare_module._read_chunk(sources, list(shapes), lambda nbytes: np.empty(nbytes, np.uint8))
     assert encodings == [("rice", "zstd"), ("raw", "rice"), ("zstd", "zstd"), ("raw", "raw")]
     batched = [reads is None for reads in chunk.reads]
     assert batched == ["zstd" not in pair for pair in encodings] and len(chunk.table) == sum(batched)
@@ -107,3 +107,17 @@ def test_compare_counts_two_files_raw_and_rice_in_one_call(tmp_path: Path) -> No
         stats = result.pair(0, 1, name)
         expected = (arrays[0][name].sum(), arrays[1][name].sum(), np.sum(arrays[0][name] & arrays[1][name]))
         assert (stats.count_a, stats.count_b, stats.intersection) == expected
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_group_counts_of_several_files_match_numpy(tmp_path: Path, verify: bool) -> None:
+    rng = np.random.default_rng(11)
+    shapes = {"w": (97, 31), "v": (64, 64), "u": (5,)}
+    arrays = [{name: rng.random(shape) < density for name, shape in shapes.items()} for density in (0.01, 0.3, 0.6, 0.05)]
+    paths = [tmp_path / f"m{i}.smask" for i in range(len(arrays))]
+    for path, bools in zip(paths, arrays):
+        submask.save(submask.Mask.from_numpy(bools), path)
+    result = submask.compare(paths, by="tensor", verify=verify)
+    for i, j in itertools.combinations(range(len(paths)), 2):
+        for name in shapes:
+            assert result.pair(i, j, name).intersection == np.sum(arrays[i][name] & arrays[j][name])

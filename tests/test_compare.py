@@ -3,6 +3,8 @@ positions fast path of the rice codec."""
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,14 +131,15 @@ def test_corrupt_sparse_payload_is_reported_with_file_and_tensor(masks: tuple, t
 
 def damaged_copy(bools: np.ndarray, path: Path, encoding: str) -> np.ndarray:
     """Write ``bools``' header entry over the payload of ``bools`` with one set bit moved: same popcount, other
-    CRC-32 (what a payload bit flip that keeps the count gives). Returns the bits the payload holds."""
+    CRC-32 (what a payload bit flip that keeps the count gives), and the payload CRC-32 (format 1.3) of the
+    original payload. Returns the bits the payload holds."""
     moved = bools.copy()
     moved.flat[np.flatnonzero(bools)[0]] = False
     moved.flat[np.flatnonzero(~bools)[-1]] = True
-    entry, _ = encode_tensor("w", bools.shape, pack(bools), int(bools.sum()), encoding)
+    entry, original = encode_tensor("w", bools.shape, pack(bools), int(bools.sum()), encoding)
     _, payload = encode_tensor("w", moved.shape, pack(moved), int(moved.sum()), encoding)
     with MaskWriter(path, MaskMetadata()) as writer:
-        writer.add_encoded(entry, payload)
+        writer.add_encoded(replace(entry, payload_crc32=f"{zlib.crc32(original):08x}"), payload)
     return moved
 
 

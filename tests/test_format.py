@@ -79,7 +79,7 @@ def test_file_is_a_plain_safetensors_file(tmp_path: Path) -> None:
     with safe_open(tmp_path / "m.smask", framework="numpy") as f:
         text, digest = f.metadata()["submask"], f.metadata()["submask_sha256"]
     header = json.loads(text)
-    assert header["format"] == "submask" and header["version"] == "1.1"
+    assert header["format"] == "submask" and header["version"] == "1.3"  # 1.3: payload CRC-32s (§4.5)
     assert digest == hashlib.sha256(text.encode("utf-8")).hexdigest()  # the 1.1 header checksum, FORMAT.md §2.1
     assert header["tensors"]["odd"]["bits"] == 105
 

@@ -129,14 +129,18 @@ def test_row_structured_masks_code_near_their_per_row_bound(cols: int, density: 
 def test_a_file_using_rice_rows_is_version_1_2_and_others_stay_1_1(tmp_path) -> None:
     rows = row_structured(512, 384, 0.05, seed=1)
     iid = np.random.default_rng(2).random(4096) < 0.3
-    submask.save(submask.Mask.from_numpy({"w": rows, "b": iid}), tmp_path / "rows.smask")
-    submask.save(submask.Mask.from_numpy({"b": iid}), tmp_path / "iid.smask")
+    old = {"minor_version": 1}  # as a rewrite of a 1.1 file (new files are 1.3: payload CRC-32s)
+    submask.save(submask.Mask.from_numpy({"w": rows, "b": iid}, **old), tmp_path / "rows.smask")
+    submask.save(submask.Mask.from_numpy({"b": iid}, **old), tmp_path / "iid.smask")
+    submask.save(submask.Mask.from_numpy({"w": rows}), tmp_path / "new.smask")
     with submask.open(tmp_path / "rows.smask") as mask_file:
         assert mask_file.entries["w"].encoding == "rice-rows"
         assert mask_file.metadata.minor_version == 2
         np.testing.assert_array_equal(mask_file["w"].to_numpy(), rows)
     with submask.open(tmp_path / "iid.smask") as mask_file:
         assert mask_file.metadata.minor_version == 1
+    with submask.open(tmp_path / "new.smask") as mask_file:
+        assert mask_file.metadata.minor_version == 3 and mask_file.entries["w"].payload_crc32 is not None
 
 
 def test_settings_are_validated() -> None:

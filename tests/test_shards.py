@@ -39,7 +39,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def test_shards_are_named_after_the_target_and_the_write(tmp_path: Path) -> None:
     index = save_sharded(make_mask(1), tmp_path / "rl.smask")
     write_id = index["metadata"]["write_id"]
-    assert len(write_id) == 32 and index["metadata"]["version"] == "1.1"
+    assert len(write_id) == 32 and index["metadata"]["version"] == "1.3"
     shards = list(dict.fromkeys(index["weight_map"].values()))
     assert shards == [f"rl-{write_id[:8]}-{k:05d}-of-00006.smask" for k in range(1, 7)]
     with submask.open(tmp_path / "rl.smask") as mask_file:
@@ -49,7 +49,7 @@ def test_shards_are_named_after_the_target_and_the_write(tmp_path: Path) -> None
         with submask.open(tmp_path / shard) as one:
             header = one._containers[0].header
         assert header["shard"] == {"write_id": write_id, "number": number, "count": 6}
-        assert header["version"] == "1.1" and list(header)[-2:] == ["shard", "tensors"]
+        assert header["version"] == "1.3" and list(header)[-2:] == ["shard", "tensors"]
 
 
 def test_two_sharded_masks_in_one_directory_stay_apart(tmp_path: Path) -> None:

@@ -163,24 +163,24 @@ def test_a_delta_round_trips_through_a_file(tmp_path: Path) -> None:
     assert mask.metadata.checkpoint is None and mask.count == original.mask.count
 
 
-def test_a_delta_declares_version_1_2_and_the_extension(tmp_path: Path) -> None:
+def test_a_delta_declares_version_1_3_and_the_extension(tmp_path: Path) -> None:
     submask.save(delta(), tmp_path / "d.smask")
     outer = header_of(tmp_path / "d.smask")
     header = json.loads(outer.pop("__metadata__")["submask"])
-    assert header["version"] == "1.2"
+    assert header["version"] == "1.3"
     assert header["extensions"] == [{"name": "values", "must_understand": True}]
     assert list(header)[-2:] == ["checkpoint", "tensors"]
     assert header["tensors"]["w"]["values"]["entry"] == "~values/w"
-    assert list(header["tensors"]["w"]) == ["shape", "bits", "ones", "encoding", "crc32", "values"]
+    assert list(header["tensors"]["w"]) == ["shape", "bits", "ones", "encoding", "crc32", "values", "payload_crc32"]
     # payloads: each tensor's mask, then its values
     assert list(outer) == ["w", "~values/w", "b", "~values/b", "none", "~values/none"]
     assert outer["~values/none"]["shape"] == [0]
 
 
-def test_a_mask_without_values_stays_version_1_1(tmp_path: Path) -> None:
+def test_a_mask_without_values_declares_no_extension(tmp_path: Path) -> None:
     submask.save(delta().mask, tmp_path / "m.smask")
     header = json.loads(header_of(tmp_path / "m.smask")["__metadata__"]["submask"])
-    assert header["version"] == "1.1" and header["extensions"] == [] and "checkpoint" not in header
+    assert header["version"] == "1.3" and header["extensions"] == [] and "checkpoint" not in header
     assert submask.load_delta(tmp_path / "m.smask").values == {}
 
 
@@ -250,7 +250,7 @@ def test_a_sharded_delta_keeps_each_tensors_values_in_its_shard(tmp_path: Path) 
     original = delta()
     submask.save(original, tmp_path / "d.smask", max_shard_bytes=16)
     index = json.loads((tmp_path / "d.smask.index.json").read_text())
-    assert index["metadata"]["version"] == "1.2" and len(set(index["weight_map"].values())) == 3
+    assert index["metadata"]["version"] == "1.3" and len(set(index["weight_map"].values())) == 3
     loaded = submask.load_delta(tmp_path / "d.smask")
     assert loaded.checkpoint == CHECKPOINT
     for name, values in original.values.items():

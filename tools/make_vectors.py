@@ -25,7 +25,7 @@ import zstandard
 import submask
 from submask import CheckpointFile, MaskMetadata, MaskWriter, TensorMask, TensorValues
 from submask.codecs import RiceRowsCodec
-from submask.metadata import MINOR
+from submask.metadata import MINOR, PAYLOAD_CRC_MINOR
 from submask.safetensors_header import MAX_HEADER_BYTES
 
 ROWS_MINOR = RiceRowsCodec.minor_version
@@ -194,7 +194,7 @@ def write_values_vector(name: str) -> None:
     NAME.json lists each tensor's values as dtype and hex bytes beside its set bits."""
     tensors = values_tensors()
     metadata = MaskMetadata(kind="update", criterion={"name": "exact"}, creator=CREATOR,
-                            checkpoint=values_checkpoint(tensors))
+                            checkpoint=values_checkpoint(tensors), minor_version=MINOR)  # 1.2, as values need
     with MaskWriter(VECTORS / f"{name}.smask", metadata, overwrite=True) as writer:
         for tensor_name, array, dtype, data, config in tensors:
             writer.add(tensor_name, TensorMask.from_numpy(array), "auto", values=TensorValues(dtype, data),
@@ -357,6 +357,7 @@ def write_invalid() -> None:
     zstd, rice, raw = (VECTORS / f"{name}-1.1.smask" for name in ("zstd", "rice", "raw"))
     deltas = VECTORS / "values-1.2.smask"
     rows = VECTORS / "rice-rows-1.2.smask"
+    rice_1_3 = VECTORS / f"rice-1.{PAYLOAD_CRC_MINOR}.smask"
     example = "worked_example_3x8"
     # the worked example's codes (FORMAT.md 5.5): rows 0 and 1, counts 1 and 7, one listed position each
     example_codes = [(0, 0), (0, 0), (0, 1), (6, 1), (1, 2), (6, 2)]
@@ -475,6 +476,10 @@ def write_invalid() -> None:
                             "raw payload one byte shorter than ceil(bits/8)"),
         "raw_pad_bits_set.smask": (edited(raw, payload_edit("odd_3x5x7", flip(13, 0x01))), "ChecksumError",
                                    "a pad bit set after the 105 bits of odd_3x5x7"),
+        "payload_crc_mismatch.smask": (edited(rice_1_3, tensor_edit("blocks_of_128", payload_crc32="00000000")),
+                                       "ChecksumError", "a 1.3 payload CRC-32 that does not match the payload"),
+        "payload_crc_not_hex.smask": (edited(rice_1_3, tensor_edit("blocks_of_128", payload_crc32="CBF43926")),
+                                      "FormatError", "a 1.3 payload CRC-32 that is not 8 lowercase hex digits"),
         "rice_value_2.smask": (edited(rice, payload_edit("blocks_of_128", set_byte(0, 2))), "FormatError",
                                "a block header with value 2"),
         "rice_k_32.smask": (edited(rice, payload_edit("blocks_of_128", set_byte(1, 32))), "FormatError",
@@ -683,7 +688,7 @@ def write_invalid_shards() -> None:
     scratch = invalid / "scratch"
     for label, write_id, seed in (("m", WRITE_IDS[0], 20), ("again", WRITE_IDS[1], 30), ("other", WRITE_IDS[1], 40)):
         target = scratch / label / "m.smask" if label != "other" else scratch / label / "other.smask"
-        with MaskWriter(target, MaskMetadata(kind="other", creator=CREATOR), max_shard_bytes=32,
+        with MaskWriter(target, MaskMetadata(kind="other", creator=CREATOR, minor_version=MINOR), max_shard_bytes=32,
                         write_id=write_id) as writer:
             for tensor_name, array, encoding, config in sharded_tensors(seed):
                 writer.add(tensor_name, TensorMask.from_numpy(array), encoding, config)
@@ -734,6 +739,7 @@ def main() -> None:
         write_vector(f"rice{suffix}", rice_tensors(), minor=minor)
         write_vector(f"rich_metadata{suffix}", rich_tensors(), rich_metadata(), minor=minor)
     write_vector(f"rice-rows-1.{ROWS_MINOR}", rice_rows_tensors(), minor=ROWS_MINOR)  # new in 1.2: no older copy
+    write_vector(f"rice-1.{PAYLOAD_CRC_MINOR}", rice_tensors(), minor=PAYLOAD_CRC_MINOR)  # payload CRC-32s (§4.5)
     remove_sharded(VECTORS / "sharded.smask")  # a new write never reuses names: clear the old one first
     write_vector("sharded", sharded_tensors(), max_shard_bytes=32)
     write_values_vector("values-1.2")

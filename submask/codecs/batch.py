@@ -14,6 +14,8 @@ the error that names the problem.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..accel import Kernel, popcount
@@ -27,6 +29,10 @@ RAW, RICE = 0, 1  # a payload's kind in the table of ``pair_counts``
 #: columns of the table: per tensor its bits, then per mask (A, B) its kind, payload offset, end and rice block bits
 BITS, KIND_A, START_A, END_A, BLOCK_A, KIND_B, START_B, END_B, BLOCK_B = range(9)
 _NO_POSITIONS = np.zeros(0, dtype=np.int64)
+CLEAR = 3  # a mode of ``_rice_pass`` beside rice_kernels' POSITIONS, PACKED and COUNT
+#: a rice payload this many times smaller than its packed bits is cleared by decoding it again (a few ns per
+#: listed position) rather than by filling its bytes (about 0.1 ns each)
+SPARSE_RATIO = 32
 
 
 def batch_kind(codec: Codec) -> int | None:
@@ -43,7 +49,7 @@ def batch_block_bits(codec: Codec) -> int:
 
 def available() -> bool:
     """True when the kernel runs compiled here (without numba every tensor takes the per-tensor path)."""
-    return rice_kernels_compiled() and _pair_counts.compiled is not None
+    return rice_kernels_compiled() and _pair_counts.compiled is not None and _group_counts.compiled is not None
 
 
 def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
@@ -57,13 +63,92 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
     if bits is None:
         largest = int(sizes.max()) if sizes.size else 0
         check_allocation(largest, f"{8 * largest:,} bits")
-        scratch = np.empty(largest, dtype=np.uint8)
+        scratch = _zeroed(largest)
         bits_a, bits_b, keep = scratch, scratch, False
     else:
         (bits_a, bits_b), keep = bits, True
     out = np.empty((table.shape[0], 3), dtype=np.int64)
     _pair_counts.compiled(data_a, data_b, table, bits_a, bits_b, keep, _NO_POSITIONS, out)
     return out
+
+
+def group_counts(data: np.ndarray, table: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``table`` (int64: a tensor's bits, then per mask its kind, start and end in the uint8 array
+    ``data``, and rice block bits): the n x n matrix of |Mi and Mj|, counts on its diagonal, or all -1 where a
+    payload is malformed. Each tensor of each mask is decoded once; every pair is counted over its bits.
+    Requires ``available()``."""
+    sizes = (table[:, BITS] + 7) // 8
+    width = int(sizes.max()) if sizes.size else 0
+    scratch = getattr(_scratch, "group", None)
+    if scratch is None or scratch.shape[0] < n or scratch.shape[1] < width:
+        scratch = _scratch.group = np.empty((n, width), np.uint8)
+    out = np.empty((table.shape[0], n, n), dtype=np.int64)
+    _group_counts.compiled(data, table, n, scratch, _NO_POSITIONS, out)
+    return out
+
+
+@Kernel
+def _group_counts(data, table, n, scratch, no_positions, out):  # pragma: no cover - numba
+    """``group_counts`` into ``out``, each mask's tensor decoded into its row of ``scratch``."""
+    for row in range(table.shape[0]):
+        bits = table[row, BITS]
+        nbytes = (bits + 7) // 8
+        sound = True
+        for side in range(n):
+            kind, start = table[row, KIND_A + 4 * side], table[row, START_A + 4 * side]
+            end = table[row, END_A + 4 * side]
+            packed = scratch[side, :nbytes]
+            if kind == RAW:
+                ones = _raw_ones(data[start:end], bits) if end - start == nbytes else -1
+                if ones >= 0:
+                    packed[:] = data[start:end]
+            else:
+                ones = _decode(data, start, end, table[row, BLOCK_A + 4 * side], bits, packed, no_positions)
+            if ones < 0:
+                sound = False
+                break
+            out[row, side, side] = ones
+        if not sound:
+            out[row] = -1
+            continue
+        _all_pairs(scratch, nbytes, out[row])
+
+
+@Kernel
+def _all_pairs(scratch, nbytes, out):  # pragma: no cover - compiled by numba
+    """|row i and row j| of the first ``nbytes`` of every pair of rows of ``scratch`` into ``out`` (the diagonal
+    left alone), a cache-sized block of every row at a time."""
+    n = scratch.shape[0]
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] = 0
+    words = nbytes // 8
+    for first in range(0, words, 512):
+        last = min(first + 512, words)
+        for i in range(n):
+            wi = scratch[i, : 8 * words].view(np.uint64)
+            for j in range(i + 1, n):
+                wj = scratch[j, : 8 * words].view(np.uint64)
+                total = 0
+                for index in range(first, last):
+                    total += popcount(wi[index] & wj[index])
+                out[i, j] += total
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] += _and_ones(scratch[i, 8 * words : nbytes], scratch[j, 8 * words : nbytes])
+            out[j, i] = out[i, j]
+
+
+def _zeroed(nbytes: int) -> np.ndarray:
+    """This thread's scratch for the first mask's bits: all zero between calls (the kernel clears what it sets),
+    so a sparse tensor costs its set bits, not a fill of its bytes."""
+    scratch = getattr(_scratch, "bits", None)
+    if scratch is None or scratch.size < nbytes:
+        scratch = _scratch.bits = np.zeros(nbytes, np.uint8)
+    return scratch[:nbytes]
+
+
+_scratch = threading.local()
 
 
 @Kernel
@@ -84,11 +169,19 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
                 continue
             packed = data_a[start : start + nbytes]
             ones_a = _raw_ones(packed, bits)
-        else:
+        elif keep:
             packed = bits_a[first : first + nbytes]
             ones_a = _decode(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, packed,
                              no_positions)
+        else:  # bits_a is all zero: set A's bits, count, then clear them (CLEAR) or the whole span
+            packed = bits_a[:nbytes]
+            ones_a = _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, PACKED,
+                                packed, no_positions)[1]
+            if bits % 8 and nbytes:  # a block listing zeros set its pad bits too
+                packed[-1] &= (0xFF << (8 - bits % 8)) & 0xFF
         if ones_a < 0:
+            if not keep and table[row, KIND_A] != RAW:
+                packed[:] = 0
             continue
         if table[row, KIND_B] == RAW:
             start = table[row, START_B]
@@ -107,6 +200,12 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
                                       COUNT, packed, no_positions)
         if ones_b >= 0:
             out[row, 0], out[row, 1], out[row, 2] = hits, ones_a, ones_b
+        if not keep and table[row, KIND_A] != RAW:
+            if (table[row, END_A] - table[row, START_A]) * SPARSE_RATIO < nbytes:  # re-decoding costs less
+                _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, CLEAR,
+                           packed, no_positions)
+            else:
+                packed[:] = 0
 
 
 @Kernel
@@ -141,6 +240,13 @@ def _rice_pass(data, start, end, block_bits, bits, mode, packed, no_positions): 
             return -1, -1
         if mode == PACKED and not value:
             packed[base // 8 : (base + nbits + 7) // 8] = 0xFF
+        if mode == CLEAR:  # undo PACKED on a checked payload: clear a block's listed bits, or its whole span
+            if value:
+                rice_block(data, offset + 12, unary_nbytes, count, k, nbits, 0, PACKED, base, no_positions, packed)
+            else:
+                packed[base // 8 : (base + nbits + 7) // 8] = 0
+            offset = block_end
+            continue
         done = rice_block(data, offset + 12, unary_nbytes, count, k, nbits, value, mode, base, no_positions, packed)
         if done < 0:
             return -1, -1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..accel import Kernel, leading_zeros
+from ..accel import Kernel
 from ..packed import POPCOUNT8, SET_BITS
 
 # The kernels move bit-plane bytes to and from 8 remainders at a time, as the 8 bytes ("lanes") of one int64:
@@ -105,7 +105,7 @@ def rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base,
     planes = start + unary_nbytes
     stop = start + unary_nbytes
     limit = nbits >> k
-    listed = np.empty(_CHUNK + 64, dtype=np.int64)
+    listed = np.empty(_CHUNK + 72, dtype=np.int64)  # a word's 64 terminators, and 8 candidates
     low_words = np.empty((_CHUNK + 64) // 8, dtype=np.int64)  # 8 remainders' bits 0-7, one per byte
     high_words = np.empty_like(low_words)  # their bits 8-15
     low_bytes, high_bytes = low_words.view(np.uint8), high_words.view(np.uint8)  # byte i: lane i (numba's
@@ -114,21 +114,12 @@ def rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base,
     found = j = done = low_sum = 0
     previous = base - 1  # the last listed flat index (POSITIONS of a value 0 block)
     for offset in range(start, stop, 8):
-        word = 0  # the next 64 unary bits, the first in bit 63
-        if offset + 8 <= stop:
-            for index in range(offset, offset + 8):
-                word = (word << 8) | payload[index]
-        else:
-            for index in range(offset, stop):
-                word = (word << 8) | payload[index]
-            word <<= 8 * (offset + 8 - stop)
-        used = 8 * (offset - start)  # unary bit index of the word's bit 63
-        while word != 0:
-            zeros = leading_zeros(word)
-            word = (word << zeros) << 1
-            listed[found] = used + zeros
-            used += zeros + 1
-            found += 1
+        for index in range(offset, min(offset + 8, stop)):  # a byte's terminators from tables, branch-free:
+            byte = payload[index]                            # 8 candidates written, its popcount of them kept
+            used = 8 * (index - start)
+            for i in range(8):
+                listed[found + i] = used + SET_BITS[byte, i]
+            found += POPCOUNT8[byte]
         if found < _CHUNK and offset + 8 < stop:
             continue
         if j + found > count:

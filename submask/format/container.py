@@ -54,7 +54,7 @@ class Container:
         except IsADirectoryError:
             raise FormatError(f"{self.path}: is a directory, expected a .smask file") from None
         try:
-            self.header, self._spans, self._data_start = _parse(self._file, self.path)
+            self.header, self._spans, self._data_start, self.identity = _parse(self._file, self.path)
         except BaseException:
             self._file.close()
             raise
@@ -121,7 +121,15 @@ class Container:
         self._file.close()
 
 
-def _parse(file: BinaryIO, path: Path) -> tuple[Any, dict[str, tuple[int, int]], int]:
+#: containers parsed and checked in this process, by (file size, header bytes): the same bytes parse and check
+#: the same way, so a file opened again (compare in a loop, a server) costs a read and a lookup
+_PARSED: dict[tuple[int, bytes], tuple[Any, dict[str, tuple[int, int]], int]] = {}
+_PARSED_MAX = 64
+
+
+def _parse(file: BinaryIO, path: Path) -> tuple[Any, dict[str, tuple[int, int]], int, tuple[int, bytes]]:
+    """(submask header, payload spans, payload area offset, identity): every check of §2 made on the header
+    bytes read now, or found made on the same bytes in a file of the same size before (``_PARSED``)."""
     size = os.fstat(file.fileno()).st_size
     start = file.read(8)
     try:
@@ -132,11 +140,23 @@ def _parse(file: BinaryIO, path: Path) -> tuple[Any, dict[str, tuple[int, int]],
             raise
         raise FormatError(f"{path}: {kind}, not a .smask mask; if it holds masks, convert it: "
                           f"submask convert {path} -o MASK.smask") from None
-    header, outer = parse_header(file.read(header_length), path)
+    raw = file.read(header_length)
+    identity = (size, raw)
+    if (parsed := _PARSED.get(identity)) is not None:
+        return (*parsed, identity)
+    header, outer = parse_header(raw, path)
     spans = {name: _parse_entry(name, entry, path) for name, entry in outer.items()}
     data_size = size - 8 - header_length
     _check_contiguous(spans, data_size, path)
-    return header, spans, 8 + header_length
+    remember(_PARSED, identity, (header, spans, 8 + header_length), _PARSED_MAX)
+    return header, spans, 8 + header_length, identity
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """``cache[key] = value``, dropping the oldest entry beyond ``limit``."""
+    if len(cache) >= limit:
+        cache.pop(next(iter(cache)), None)
+    cache[key] = value
 
 
 def parse_bytes(data: bytes | bytearray | memoryview, path: object = None) -> tuple[Any, dict[str, memoryview]]:

@@ -76,6 +76,7 @@ class TensorEntry:
     config: dict[str, Any]
     crc32: str
     values: ValuesEntry | None = None  # the tensor's values, in a delta (FORMAT.md §12)
+    payload_crc32: str | None = None  # CRC-32 of the payload as stored (FORMAT.md §4.5, since 1.3)
 
     @property
     def bits(self) -> int:
@@ -91,6 +92,8 @@ class TensorEntry:
         }
         if self.values is not None:
             entry["values"] = self.values.to_json()
+        if self.payload_crc32 is not None:
+            entry["payload_crc32"] = self.payload_crc32
         return entry
 
     @classmethod
@@ -117,7 +120,10 @@ class TensorEntry:
             raise FormatError(f"{at}'crc32' must be 8 lowercase hex digits, got {crc!r}")
         config = {key: value for key, value in encoding.items() if key != "id"}
         values = ValuesEntry.from_json(obj["values"], ones, at) if "values" in obj else None
-        return cls(name, tuple(shape), ones, encoding["id"], config, crc, values)
+        payload_crc = obj.get("payload_crc32")
+        if payload_crc is not None and (not isinstance(payload_crc, str) or not _CRC_PATTERN.fullmatch(payload_crc)):
+            raise FormatError(f"{at}'payload_crc32' must be 8 lowercase hex digits, got {payload_crc!r}")
+        return cls(name, tuple(shape), ones, encoding["id"], config, crc, values, payload_crc)
 
 
 @dataclass(frozen=True)

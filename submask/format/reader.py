@@ -20,7 +20,7 @@ from ..mask import Mask, TensorMask, renamed_metadata
 from ..metadata import MaskMetadata, check_version, file_name_problem
 from ..names import mapped
 from ..packed import packed_nbytes
-from .container import Container, PayloadSpan
+from .container import Container, PayloadSpan, remember
 from .layout import check_layout
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
 from .stats import stats_problems
@@ -30,6 +30,9 @@ from .values import (TensorValues, checked_pieces, difference_blocks, is_diff, p
                      verify_values)
 
 INDEX_SUFFIX = ".index.json"
+#: tensor entries parsed and checked in this process, by container identity (``container._PARSED``)
+_ENTRIES: dict[tuple[int, bytes], dict[str, TensorEntry]] = {}
+_ENTRIES_MAX = 64
 Shard = TypeVar("Shard")
 
 
@@ -63,10 +66,13 @@ class MaskFile:
         self._containers.append(container)
         metadata = MaskMetadata.from_json(container.header, path)
         ShardInfo.from_header(container.header, path)  # a lone shard's record too (§6)
-        entries = parse_tensor_entries(container.header.get("tensors"), metadata, path)
-        if set(payload_names(entries)) != set(container.names):
-            odd = sorted(set(payload_names(entries)) ^ set(container.names))[:3]
-            raise FormatError(f"{where(path)}header entries and payloads differ (e.g. {odd}); the file is corrupt")
+        entries = _ENTRIES.get(container.identity)  # checked on the same header bytes before
+        if entries is None:
+            entries = parse_tensor_entries(container.header.get("tensors"), metadata, path)
+            if set(payload_names(entries)) != set(container.names):
+                odd = sorted(set(payload_names(entries)) ^ set(container.names))[:3]
+                raise FormatError(f"{where(path)}header entries and payloads differ (e.g. {odd}); the file is corrupt")
+            remember(_ENTRIES, container.identity, entries, _ENTRIES_MAX)
         if expected is not None and set(entries) != expected:
             odd = sorted(set(entries) ^ expected)[:3]
             raise FormatError(f"{where(path)}shard holds other tensors than its index lists (e.g. {odd}); "

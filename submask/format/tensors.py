@@ -49,7 +49,22 @@ def decode_tensor(entry: TensorEntry, payload: bytes, path: object = None, *, ou
     codec = entry_codec(entry, path)
     packed = _decoded(at, lambda: codec.decode(payload, entry.bits, out))
     check_decoded(entry, packed, at, verify_crc=verify_crc)
+    if verify_crc:
+        check_payload(entry, payload, at)
     return packed
+
+
+def payload_verified(entry: TensorEntry, payload: bytes | np.ndarray) -> bool:
+    """Whether the entry has a payload CRC-32 (FORMAT.md §4.5, 1.3) and the payload matches it: then a tool that
+    only counts may skip the CRC-32 of the decoded bits (§4.3), at a cost that follows the payload's size."""
+    return entry.payload_crc32 is not None and f"{crc32_update(payload):08x}" == entry.payload_crc32
+
+
+def check_payload(entry: TensorEntry, payload: bytes | np.ndarray, at: str) -> None:
+    """Raise ChecksumError when the payload does not match the entry's payload CRC-32 (if it has one)."""
+    if entry.payload_crc32 is not None and not payload_verified(entry, payload):
+        raise ChecksumError(f"{at}CRC-32 of the payload is {crc32_update(payload):08x}, header says "
+                            f"{entry.payload_crc32}; the file is corrupt: download or rebuild it")
 
 
 def decode_positions(entry: TensorEntry, payload: bytes, path: object = None) -> np.ndarray | None:
@@ -68,6 +83,7 @@ def decode_positions(entry: TensorEntry, payload: bytes, path: object = None) ->
         crc = crc32_update(from_positions(within - start, min(window, entry.bits - start)), crc)
     pad_clear = not positions.size or positions[-1] < entry.bits
     _check_bits(entry, pad_clear, f"{crc:08x}", positions.size, at)
+    check_payload(entry, payload, at)
     return positions
 
 
@@ -112,6 +128,7 @@ def verify_tensor(entry: TensorEntry, payload: bytes, path: object = None) -> No
     except FormatError as exc:
         raise FormatError(f"{at}{exc}; the file is corrupt") from None
     _check_bits(entry, padding_is_clear(last, entry.bits), f"{crc:08x}", ones, at)
+    check_payload(entry, payload, at)
 
 
 def entry_codec(entry: TensorEntry, path: object = None) -> Codec:

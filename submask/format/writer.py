@@ -22,8 +22,9 @@ from ..atomic import atomic_write, check_target, scratch_file, writing
 from ..codecs import get_codec
 from ..errors import FormatError, MismatchError, OutputError, UsageError
 from ..mask import TensorMask
+from ..packed import crc32_update
 from .container import serialize_header, write_container
-from ..metadata import FORMAT_NAME, MAJOR, SHARD_KEY, MaskMetadata, file_name_problem
+from ..metadata import FORMAT_NAME, MAJOR, PAYLOAD_CRC_MINOR, SHARD_KEY, MaskMetadata, file_name_problem
 from .reader import INDEX_SUFFIX
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
 from .shards import new_write_id, publish_sharded, remove_orphans, shard_names
@@ -110,7 +111,8 @@ class MaskWriter:
     def add_encoded(self, entry: TensorEntry, payload: bytes, values_payload: bytes | None = None) -> TensorEntry:
         """Append a tensor already encoded by ``format.tensors.encode_tensor`` (e.g. on another thread), with
         ``values_payload`` from ``format.values.encode_tensor_values`` when ``entry.values`` is set. The name
-        of the values entry is settled when the file is written (``entry.values.entry`` is a first choice)."""
+        of the values entry is settled when the file is written (``entry.values.entry`` is a first choice); the
+        payload's CRC-32 (format 1.3) is computed here unless the entry has it."""
         name = entry.name
         if (entry.values is None) != (values_payload is None):
             raise UsageError(f"{self.path}: tensor {name!r}: pass values_payload exactly when entry.values is set")
@@ -119,6 +121,8 @@ class MaskWriter:
                               "reserves it); rename the tensor")
         if name in self._names:
             raise MismatchError(f"{self.path}: tensor {name!r} was already added")
+        if entry.payload_crc32 is None:
+            entry = replace(entry, payload_crc32=f"{crc32_update(payload):08x}")
         payloads = (payload,) if values_payload is None else (payload, values_payload)
         shard = self._shard_for(sum(map(len, payloads)))
         with writing(self.path):
@@ -185,7 +189,8 @@ def _write_shard(out: BinaryIO, metadata: MaskMetadata, shard: _Shard, record: S
         minor = _shard_minor(metadata)
         header["version"] = f"{MAJOR}.{minor}"
         header[SHARD_KEY] = record.to_json()
-    header["tensors"] = {entry.name: entry.to_json() for entry in shard.entries}
+    header["tensors"] = {entry.name: (entry if minor >= PAYLOAD_CRC_MINOR else replace(entry, payload_crc32=None))
+                         .to_json() for entry in shard.entries}
     write_container(out, header, shard.payloads(), shard.data, minor)
 
 
