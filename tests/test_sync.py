@@ -161,10 +161,14 @@ def test_a_receiver_changed_outside_the_sync_fails_the_full_check() -> None:
 
 
 def test_patch_bytes_are_a_delta_that_submask_reads(tmp_path: Path) -> None:
-    patch = Trainer().step()
+    trainer = Trainer()
+    before = {name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()}
+    patch = trainer.step()
     path = tmp_path / "step.smask"
     path.write_bytes(patch.to_bytes())
-    delta = submask.load_delta(path)
+    with pytest.raises(submask.UsageError, match="coded against the base"):  # values coded against the parent's
+        submask.load_delta(path)
+    delta = submask.load_delta(path, base=before)
     assert {name: t.count for name, t in delta.mask.items()} == {name: t.count for name, t in patch.tensors.items()}
     assert delta.mask.metadata.extra["sync"]["fingerprint"] == patch.fingerprint
     name, part = next(iter(patch.tensors.items()))
@@ -182,8 +186,11 @@ def test_damaged_or_foreign_bytes_are_refused() -> None:
     with pytest.raises(FormatError):
         Patch.from_bytes(bytes(data))
     forged = Patch(patch.parent, patch.parent or "", patch.step, patch.tensors, model=patch.model)  # wrong child
+    receiver = tiny_llama()  # at the parent state: values coded against it are decoded, then the chain checked
+    untouched = {name: tensor.clone() for name, tensor in receiver.state_dict().items()}
     with pytest.raises(FormatError, match="does not hash to its fingerprint"):
-        Patch.from_bytes(forged.to_bytes())
+        Patch.from_bytes(forged.to_bytes()).apply_to(receiver)
+    assert differing(receiver, untouched) == 0
     plain = submask.Delta(submask.Mask({"w": submask.TensorMask.full((4,), True)}))
     with pytest.raises(FormatError, match="not a sync patch"):
         Patch.from_bytes(_saved(plain))
@@ -245,42 +252,28 @@ def test_gloo_broadcast_one_sender_two_receivers(tmp_path: Path) -> None:
     assert ranks[0]["fingerprint"] != state_fingerprint(sync_tensors(tiny_model()))  # the weights moved
 
 
-def test_a_values_coding_against_the_previous_values_plugs_in_at_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    """sync.values is the one place that picks the coding: here the new values XOR the previous ones, in planes
-    under an id of their own. The receiver decodes them from its own weights after the parent check; a receiver
-    whose previous values differ gets values that fail the fingerprint, with nothing written."""
-    import zlib
-
+def test_values_are_coded_against_the_receivers_previous_values() -> None:
+    """A patch codes its values against the parent state's (diff-planes): the receiver decodes them from its own
+    weights after the parent check; a receiver whose previous values differ gets values that fail the
+    fingerprint, with nothing written. A snapshot codes the values alone."""
     import numpy as np
 
-    from submask.format.header import ValuesEntry
-    from submask.format.values import TensorValues, decode_values, encode_values
-    from submask.sync import values as coding
+    from submask.format.container import parse_bytes
 
-    def encode(name: str, values: TensorValues, previous: Any) -> tuple[ValuesEntry, bytes]:
-        if previous is None:
-            return original_encode(name, values, previous)
-        encoding, payload = encode_values(values.data ^ previous, values.itemsize)
-        return ValuesEntry("~values/" + name, values.dtype, {**encoding, "id": "xor-planes"}, values.data.size,
-                           f"{zlib.crc32(values.data):08x}"), payload
+    def encodings(data: bytes) -> set[str]:
+        return {t["values"]["encoding"]["id"] for t in parse_bytes(data, "patch")[0]["tensors"].values()}
 
-    def decode(entry: ValuesEntry, payload: Any, count: int, source: object, name: str) -> Any:
-        if entry.encoding["id"] != "xor-planes":
-            return original_decode(entry, payload, count, source, name)
-        planes = {**entry.encoding, "id": "planes"}
-        return lambda previous: TensorValues(entry.dtype, decode_values(payload, planes, count, 2) ^ previous)
-
-    original_encode, original_decode = coding.encode_patch_values, coding.decode_patch_values
-    monkeypatch.setattr(coding, "CODED_AGAINST_PREVIOUS", True)
-    monkeypatch.setattr(coding, "encode_patch_values", encode)
-    monkeypatch.setattr(coding, "decode_patch_values", decode)
     trainer, receiver = Trainer(), tiny_llama()
     for _ in range(3):
-        patch = shipped(trainer.step())
+        data = trainer.step().to_bytes()
+        assert encodings(data) == {"diff-planes"}
+        patch = Patch.from_bytes(data)
         assert all(part.pending is not None for part in patch.tensors.values())
         patch.apply_to(receiver)
         assert differing(trainer.model, receiver) == 0
-    WeightSync.resume(receiver, trainer.sync.snapshot().to_bytes())  # a snapshot still codes the values alone
+    snapshot = trainer.sync.snapshot().to_bytes()
+    assert encodings(snapshot) == {"planes"}  # nothing to code against
+    WeightSync.resume(receiver, snapshot)
     patch = shipped(trainer.step())
     name = next(iter(patch.tensors))
     with torch.no_grad():  # a previous value the sender did not have: the decoded values are not the sender's
@@ -301,7 +294,7 @@ def test_patch_and_snapshot_headers_follow_the_schema() -> None:
     for patch in (trainer.step(), trainer.sync.snapshot()):
         header, _ = parse_bytes(patch.to_bytes())
         jsonschema.validate(header, schema)
-        assert header["sync"]["parent"] == patch.parent and header["version"] == "1.2"
+        assert header["sync"]["parent"] == patch.parent and header["version"] == "1.3"
     header["sync"]["fingerprint"] = "sha256:0"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(header, schema)

@@ -1,10 +1,9 @@
 """How a patch's values are coded: the one place that picks the values encoding of FORMAT.md §12.
 
-Today the 1.2 ``planes`` encoding of the new values alone. A coding against the previous values (those of the
-parent state at the same positions: the sender gathers them in ``diff`` when ``CODED_AGAINST_PREVIOUS`` is set,
-the receiver reads them from its own weights in ``apply_to``, after the parent check and before writing) is a
-change to this module only: set the flag, code ``previous`` in ``encode_patch_values``, and have
-``decode_patch_values`` return a function of the receiver's previous value bytes for such an encoding.
+A patch codes each changed tensor's new values against the previous ones (the parent state's values at the
+same positions): ``diff-planes`` (§12.4), where a move of a few ulps costs a few bits. The sender gathers the
+previous values in ``diff``; the receiver reads them from its own weights in ``apply_to``, after the parent check
+and before writing. A snapshot has nothing to code against and stores its values in ``planes`` (§12.2).
 """
 
 from __future__ import annotations
@@ -13,29 +12,42 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..format.diffs import block_counts, block_elements_of
 from ..format.header import ValuesEntry
-from ..format.values import Payload, TensorValues, encode_tensor_values, read_values
-from ..metadata import VALUES_MINOR
+from ..format.values import Payload, TensorValues, encode_tensor_values, is_diff, read_values, verify_values
+from ..metadata import DIFF_MINOR, VALUES_MINOR
 
 #: whether ``encode_patch_values`` is given the previous values (costs the sender a gather per changed tensor)
-CODED_AGAINST_PREVIOUS = False
+CODED_AGAINST_PREVIOUS = True
 
 #: the values of a tensor, or how to get them from the receiver's previous value bytes at the same positions
 Decoded = TensorValues | Callable[[np.ndarray], TensorValues]
 
 
-def encode_patch_values(name: str, values: TensorValues, previous: np.ndarray | None) -> tuple[ValuesEntry, bytes]:
+def encode_patch_values(name: str, values: TensorValues, previous: np.ndarray | None, packed: np.ndarray | None,
+                        numel: int) -> tuple[ValuesEntry, bytes]:
     """A tensor's new values, encoded: (its values record, payload). ``previous``: the parent state's value bytes
-    at the same positions, when ``CODED_AGAINST_PREVIOUS`` (None otherwise, and in a snapshot)."""
-    return encode_tensor_values(name, values, values.count)
+    at the same positions (None in a snapshot); ``packed``: the patch's mask bits of the tensor (None: all set)."""
+    if previous is None:
+        return encode_tensor_values(name, values, values.count)
+    against = TensorValues(values.dtype, values.data, previous)
+    return encode_tensor_values(name, against, values.count, packed=packed, numel=numel)
 
 
-def decode_patch_values(entry: ValuesEntry, payload: Payload, count: int, source: object, name: str) -> Decoded:
-    """A tensor's new values from their record and payload, every check made (CRC-32 included), or for an
-    encoding against the previous values, the function of those that decodes and checks them."""
-    return read_values(entry, payload, count, source, name)
+def decode_patch_values(entry: ValuesEntry, payload: Payload, count: int, source: object, name: str,
+                        positions: np.ndarray | None, numel: int) -> Decoded:
+    """A tensor's new values from their record and payload, every check made (CRC-32 included), or for values
+    coded against the previous ones, the function of those that decodes and checks them. ``positions``: the
+    tensor's set positions in the patch (None: all)."""
+    if not is_diff(entry):
+        return read_values(entry, payload, count, source, name)
+    verify_values(entry, payload, count, source, name)  # damage is found on arrival, before any parent check
+    block = block_elements_of(entry.encoding, f"{source}, tensor {name!r}: ")
+    counts = (block_counts(numel, block) if positions is None
+              else np.bincount(positions // block, minlength=-(-numel // block)).tolist())
+    return lambda previous: read_values(entry, payload, count, source, name, base=previous, counts=counts)
 
 
 def values_minor(entry: ValuesEntry) -> int:
     """The format minor version that a file with this values record declares at least."""
-    return VALUES_MINOR
+    return DIFF_MINOR if is_diff(entry) else VALUES_MINOR

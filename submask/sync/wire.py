@@ -20,7 +20,7 @@ from ..errors import FormatError, where
 from ..format.container import parse_bytes, write_container
 from ..format.header import parse_tensor_entries, payload_names
 from ..format.tensors import decode_positions, decode_tensor, encode_tensor
-from ..format.values import TensorValues
+from ..format.values import TensorValues, is_diff
 from ..mask import TensorMask
 from ..metadata import MaskMetadata
 from ..packed import from_positions, set_positions
@@ -39,14 +39,16 @@ def patch_to_bytes(patch: PatchLike) -> bytes:
         packed = (TensorMask.full(tensor.shape, True).packed if tensor.positions is None
                   else from_positions(tensor.positions, numel))
         entry, payload = encode_tensor(name, tensor.shape, packed, tensor.count)
-        record, values = coding.encode_patch_values(name, TensorValues(tensor.dtype, tensor.values), tensor.previous)
+        record, values = coding.encode_patch_values(name, TensorValues(tensor.dtype, tensor.values), tensor.previous,
+                                                    None if tensor.positions is None else packed, numel)
         if record.entry in patch.tensors:
             raise FormatError(f"patch step {patch.step}: tensor {name!r}'s values would be stored under "
                               f"{record.entry!r}, another tensor's name; rename that tensor")
         entries[name] = replace(entry, values=record)
         payloads += [(name, payload), (record.entry, values)]
     metadata = MaskMetadata(criterion={"name": "exact"}, model=None if patch.model is None else
-                            {"fingerprint": patch.model}, extra={SYNC_KEY: _record(patch)}).for_file(bool(entries))
+                            {"fingerprint": patch.model}, extra={SYNC_KEY: _record(patch)}).for_file(
+        bool(entries), differences=any(e.values is not None and is_diff(e.values) for e in entries.values()))
     minor = max([metadata.minor_version, *(get_codec(entry.encoding).minor_version for entry in entries.values()),
                  *(coding.values_minor(entry.values) for entry in entries.values() if entry.values is not None)])
     header = replace(metadata, minor_version=minor).to_json()
@@ -78,7 +80,8 @@ def patch_from_bytes(data: bytes | bytearray | memoryview, source: object = None
             positions = decode_positions(entry, payload, label)
             if positions is None:
                 positions = set_positions(decode_tensor(entry, payload, label), entry.bits)
-        values = coding.decode_patch_values(entry.values, payloads[entry.values.entry], entry.ones, label, name)
+        values = coding.decode_patch_values(entry.values, payloads[entry.values.entry], entry.ones, label, name,
+                                            positions, entry.bits)
         tensors[name] = (PatchTensor(entry.shape, values.dtype, positions, values.data)
                          if isinstance(values, TensorValues) else
                          PatchTensor(entry.shape, entry.values.dtype, positions, np.zeros(0, np.uint8),
