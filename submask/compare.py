@@ -123,7 +123,7 @@ class Comparison:
     def matrix(self, metric: str, group: str = OVERALL) -> np.ndarray:
         """N x N matrix of a ``PairStats`` attribute, row i = A, column j = B (e.g. "overlap_a", "jaccard")."""
         n = len(self.labels)
-        if not hasattr(PairStats, metric):
+        if metric not in PAIR_FIELDS:
             raise UsageError(f"no metric {metric!r}; PairStats has: {', '.join(PAIR_FIELDS)}")
         return np.array([[getattr(self.pair(i, j, group), metric) for j in range(n)] for i in range(n)], float)
 
