@@ -561,11 +561,11 @@ def test_a_shard_unpacks_only_its_slice_of_the_mask() -> None:
     indexes of their masked entries) start at any bit offset."""
     import numpy as np
 
-    from submask.train import _indices_in_range, _packed_range
+    from submask.train.entry import indices_in_range, packed_range
 
     bits = TensorMask.from_numpy(np.random.default_rng(0).random((7, 11)) < 0.4)
     flat = bits.to_numpy().reshape(-1)
     for start, count in [(0, 77), (0, 33), (11, 22), (33, 44), (66, 11), (77, 0), (5, 3)]:
-        got = np.unpackbits(_packed_range(bits, start, count))[:count].astype(bool)
+        got = np.unpackbits(packed_range(bits, start, count))[:count].astype(bool)
         assert np.array_equal(got, flat[start:start + count]), (start, count)
-        assert np.array_equal(_indices_in_range(bits, start, count), np.flatnonzero(flat[start:start + count]))
+        assert np.array_equal(indices_in_range(bits, start, count), np.flatnonzero(flat[start:start + count]))
