@@ -24,7 +24,7 @@ class Entry:
         entries outside the mask free to move: a new parameter object took its place, or ``model.to()``
         swapped its tensor (``torch.utils.swap_tensors``), which drops gradient hooks. (The usual
         ``model.to()``, which gives the same parameter new data, is followed.)"""
-        if self.owner._parameters.get(self.attribute) is not self.parameter:
+        if self.current is not self.parameter:
             how = "it was replaced by another parameter (e.g. load_state_dict(assign=True))"
         elif self.parameter._cdata != self._hooked:
             how = ("model.to() swapped its tensor, dropping the gradient hooks (DTensor parameters, or "
@@ -33,6 +33,15 @@ class Entry:
             return
         raise UsageError(f"{self.attribute!r} of {type(self.owner).__name__} is no longer the tensor restrict() "
                          f"hooked: {how}. Call submask.unrestrict(model) before that change and restrict() after it")
+
+    @property
+    def current(self) -> torch.nn.Parameter | None:
+        """The parameter the module holds at this entry's place now (another one if it was replaced)."""
+        return self.owner._parameters.get(self.attribute)
+
+    def gather(self) -> None:
+        """Before an optimizer step that updates this parameter: refuse one that would break the guarantee."""
+        self.check_attached()
 
     @property
     def trainable(self) -> torch.nn.Parameter:

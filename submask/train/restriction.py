@@ -11,7 +11,7 @@ from ..align import check_fit, describe
 from ..errors import MismatchError, UsageError
 from ..io import MaskLike, open_mask
 from .dense import DenseEntry
-from .distributed import ddp_ignore
+from .distributed import data_parallel_group, ddp_ignore, smallest_for_ddp
 from .entry import Entry
 from .sparse import SparseEntry
 
@@ -34,11 +34,11 @@ class Restriction:
         self._restricted: list[Entry] = []
         self._frozen: list[torch.nn.Parameter] = []  # parameters with an empty mask: requires_grad switched off
         self._hooks: list[Any] = []
-        if mode == "sparse":  # whoever builds the optimizer (a Trainer too), its steps must reach the weights
-            from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        # whoever builds the optimizer (a Trainer too) and whenever: its steps keep the mask
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-            self._hooks += [register_optimizer_step_pre_hook(self._before_step),
-                            register_optimizer_step_post_hook(self._after_step)]
+        self._hooks += [register_optimizer_step_pre_hook(self._before_step),
+                        register_optimizer_step_post_hook(self._after_step)]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The module's trainable parameters now: what to give the optimizer (sparse: the masked values)."""
@@ -46,34 +46,49 @@ class Restriction:
         return [p for p in self.module.parameters() if p.requires_grad and id(p) not in weights]
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Reset entries outside the mask after each ``optimizer.step()`` (dense mode; sparse needs nothing),
-        and refuse a step if a restricted parameter was replaced or swapped (``Entry.check_attached``)."""
-        if self.mode == "dense":
-            self._hooks += [optimizer.register_step_pre_hook(lambda *_: self._check_attached()),
-                            optimizer.register_step_post_hook(lambda *_: self.restore())]
+        """Check ``optimizer`` now rather than at its first step (``_check_optimizer``). Not needed for the
+        guarantee: every optimizer's steps keep the mask (global optimizer step hooks)."""
+        self._check_optimizer(optimizer)
 
     def restore(self) -> None:
         """Dense: reset every entry outside the mask to its starting value. Sparse: write the masked values
-        held by a step into the weights and release them (done after each optimizer step that updates them)."""
+        held by a step into the weights and release them. Done after each optimizer step that updates them;
+        call it yourself after changing parameters by hand."""
         for entry in self._restricted:
             entry.restore()
-        self._check_attached()
-
-    def _check_attached(self) -> None:
         for entry in self._restricted:
             entry.check_attached()
 
-    def _stepped(self, optimizer: torch.optim.Optimizer) -> list[SparseEntry]:
-        """The sparse entries whose values ``optimizer`` updates."""
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> list[Entry]:
+        """The restricted parameters ``optimizer`` updates. Raise UsageError where one of its steps would move
+        entries outside the mask: a restricted parameter replaced or swapped (``Entry.check_attached``), a
+        parameter frozen by ``restrict`` that has a gradient again, or (sparse) a weight held without its values
+        (the optimizer was built before ``restrict``, so it would train nothing there)."""
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        return [entry for entry in self._restricted if isinstance(entry, SparseEntry) and id(entry.values) in held]
+        stepped = []
+        for entry in self._restricted:
+            if id(entry.trainable) in held or id(entry.current) in held:
+                entry.check_attached()
+                stepped.append(entry)
+            if isinstance(entry, SparseEntry) and id(entry.parameter) in held and id(entry.values) not in held:
+                raise UsageError(f"{type(optimizer).__name__} holds {entry.attribute!r} of "
+                                 f"{type(entry.owner).__name__} but not its masked values: it was built before "
+                                 "restrict(mode='sparse'). Build the optimizer after restrict(), from "
+                                 "restriction.parameters() (a Trainer: restrict before building it)")
+        for parameter in self._frozen:
+            if id(parameter) in held and parameter.grad is not None:
+                raise UsageError(f"{type(optimizer).__name__} would step a parameter of shape "
+                                 f"{list(parameter.shape)} that restrict() froze (its mask is empty or it is not "
+                                 "listed), but it has a gradient: something made it trainable again. Leave "
+                                 "requires_grad as restrict() set it, or pass missing='train' for unlisted ones")
+        return stepped
 
     def _before_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        for entry in self._stepped(optimizer):
+        for entry in self._check_optimizer(optimizer):
             entry.gather()
 
     def _after_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        for entry in self._stepped(optimizer):
+        for entry in self._check_optimizer(optimizer):
             entry.restore()
 
     def remove(self) -> None:
@@ -114,10 +129,11 @@ def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
     not trained; a mask built from a checkpoint lists them). A name that is neither, or a shape that differs,
     raises MismatchError. See the module docstring for the two modes and ``missing``.
 
-    Under ``DistributedDataParallel``, dense mode needs nothing; sparse mode needs the ``process_group``
-    (e.g. ``torch.distributed.group.WORLD``) and ``restrict`` before wrapping: DDP is told to leave the
-    restricted weights and their values alone, and each values gradient is averaged over the group as
-    backward produces it (density-sized communication; with ``no_sync`` accumulation, once per backward).
+    Under ``DistributedDataParallel``, dense mode needs nothing; sparse mode needs ``restrict`` before
+    wrapping, and averages the values' gradients over ``process_group`` (default: the default group, when
+    ``torch.distributed`` is initialised with several ranks; pass a group of one rank to train alone). DDP is
+    told to leave the restricted weights and their values alone (where that would leave DDP nothing, the
+    smallest restricted parameter is restricted in dense mode instead).
     Under FSDP2, ``restrict`` after ``fully_shard`` (both modes, no ``process_group``): sparse mode runs one
     collective per restricted parameter here (the longest rank's count of masked entries), so every rank
     must call it.
@@ -133,6 +149,7 @@ def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
     if mode == "sparse" and optimizer is not None:
         raise UsageError("sparse mode replaces the masked parameters by their masked values: create the "
                            "optimizer after restrict(), from restriction.parameters(), and do not pass it here")
+    group = data_parallel_group(module, process_group) if mode == "sparse" else None
     aliases: dict[int, list[str]] = {}  # tied weights: one parameter, several names
     for name, parameter in module.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(parameter), []).append(name)
@@ -148,6 +165,7 @@ def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
                                 f"{absent[:3]}; pass missing='freeze' or missing='train' to accept that")
         restriction = Restriction(module, mode)
         try:
+            partly: dict[str, TensorMask] = {}
             for name, parameter in parameters.items():
                 if not parameter.requires_grad:  # frozen by the caller: stays so
                     continue
@@ -155,12 +173,16 @@ def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
                 if (bits is None and missing == "freeze") or (bits is not None and bits.count == 0):
                     restriction._frozen.append(_freeze(parameter))
                 elif bits is not None and bits.count < bits.numel:
-                    restriction._restricted.append(_restrict_one(module, name, parameter, bits, mode, process_group))
+                    partly[name] = bits
+            dense = smallest_for_ddp(parameters, partly) if group is not None else None
+            for name, bits in partly.items():
+                entry_mode: Mode = "dense" if name == dense else mode
+                restriction._restricted.append(_restrict_one(module, name, parameters[name], bits, entry_mode, group))
         except BaseException:  # e.g. a corrupt tensor in a .smask file: leave the module as it was
             restriction.remove()
             raise
-    if process_group is not None:
-        ddp_ignore(module, restriction._restricted)
+    if group is not None:
+        ddp_ignore(module, [entry for entry in restriction._restricted if isinstance(entry, SparseEntry)])
     setattr(module, _ATTRIBUTE, restriction)
     if optimizer is not None:
         restriction.attach(optimizer)
