@@ -51,7 +51,7 @@ from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_
 from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
 from .rebuild import apply_delta
 from .train import Restriction, restrict, unrestrict
-from .tracker import UpdateSparsity, UpdateTracker
+from .tracker import UpdateDensity, UpdateTracker
 
 __all__ = [
     "Comparison",
@@ -98,7 +98,7 @@ __all__ = [
     "TensorValues",
     "UnknownEncodingError",
     "UsageError",
-    "UpdateSparsity",
+    "UpdateDensity",
     "UpdateTracker",
     "VersionError",
     "__version__",
