@@ -5,11 +5,13 @@ See docs/restriction.md for how each mode keeps the guarantee and what it costs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..align import check_fit, describe
 from ..errors import MismatchError, UsageError
 from ..io import MaskLike, open_mask
+from ..wrappers import adapter_parameters, names_for
 from .dense import DenseEntry
 from .distributed import data_parallel_group, ddp_ignore, smallest_for_ddp
 from .entry import Entry
@@ -121,13 +123,15 @@ class Restriction:
 
 
 def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
-             optimizer: torch.optim.Optimizer | None = None, missing: Missing = "freeze",
-             process_group: Any = None) -> Restriction:
+             optimizer: torch.optim.Optimizer | None = None, missing: Missing | None = None,
+             process_group: Any = None, names: Callable[[str], str] | None = None) -> Restriction:
     """Restrict training of ``module`` to ``mask`` (a Mask, MaskFile or .smask path) and return the handle.
 
-    Mask names are ``module.named_parameters()`` names; names of buffers are accepted and ignored (buffers are
-    not trained; a mask built from a checkpoint lists them). A name that is neither, or a shape that differs,
-    raises MismatchError. See the module docstring for the two modes and ``missing``.
+    Mask names are ``module.named_parameters()`` names, or what ``names`` maps them to (a PEFT model's map to
+    its base model's names by default: ``submask.wrappers``); names of buffers are accepted and ignored
+    (buffers are not trained; a mask built from a checkpoint lists them). A name that is neither, or a shape
+    that differs, raises MismatchError. Parameters the mask does not list follow ``missing``: ``"freeze"``,
+    ``"train"`` or ``"error"``; by default they are frozen, except a PEFT model's adapters, which train.
 
     Under ``DistributedDataParallel``, dense mode needs nothing; sparse mode needs ``restrict`` before
     wrapping, and averages the values' gradients over ``process_group`` (default: the default group, when
@@ -140,7 +144,7 @@ def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
     """
     if mode not in ("dense", "sparse"):
         raise UsageError(f"mode must be 'dense' or 'sparse', got {mode!r}")
-    if missing not in ("freeze", "train", "error"):
+    if missing not in (None, "freeze", "train", "error"):
         raise UsageError(f"missing must be 'freeze', 'train' or 'error', got {missing!r}")
     if getattr(module, _ATTRIBUTE, None) is not None:
         raise UsageError("this module is already restricted to a mask; call submask.unrestrict(module) first")
@@ -150,15 +154,19 @@ def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
         raise UsageError("sparse mode replaces the masked parameters by their masked values: create the "
                            "optimizer after restrict(), from restriction.parameters(), and do not pass it here")
     group = data_parallel_group(module, process_group) if mode == "sparse" else None
-    aliases: dict[int, list[str]] = {}  # tied weights: one parameter, several names
+    names = names_for(module, names)
+    adapters = adapter_parameters(module) if missing is None else set()
+    rename = (lambda name: name) if names is None else names
+    aliases: dict[int, list[str]] = {}  # tied weights: one parameter, several names (the mask's)
     for name, parameter in module.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(parameter), []).append(name)
+        aliases.setdefault(id(parameter), []).append(rename(name))
     parameters = dict(module.named_parameters())
     with open_mask(mask) as masks:
         # a mask built from a checkpoint also lists its buffers (e.g. position ids): they fit, and stay as they are
-        tensors = {**dict(module.named_buffers(remove_duplicate=False)),
-                   **dict(module.named_parameters(remove_duplicate=False))}
-        check_fit(masks, {name: tuple(t.shape) for name, t in tensors.items()}, "the module's parameters and buffers")
+        tensors = {rename(name): tuple(t.shape) for named in (module.named_buffers(remove_duplicate=False),
+                                                              module.named_parameters(remove_duplicate=False))
+                   for name, t in named}
+        check_fit(masks, tensors, "the module's parameters and buffers")
         absent = [name for name, p in parameters.items() if not any(alias in masks for alias in aliases[id(p)])]
         if absent and missing == "error":
             raise MismatchError(f"{describe(masks)} does not list {len(absent)} parameter(s) of the module, e.g. "
@@ -170,7 +178,8 @@ def restrict(module: torch.nn.Module, mask: MaskLike, *, mode: Mode = "dense",
                 if not parameter.requires_grad:  # frozen by the caller: stays so
                     continue
                 bits = _mask_of(masks, aliases[id(parameter)])
-                if (bits is None and missing == "freeze") or (bits is not None and bits.count == 0):
+                unlisted = missing or ("train" if id(parameter) in adapters else "freeze")
+                if (bits is None and unlisted == "freeze") or (bits is not None and bits.count == 0):
                     restriction._frozen.append(_freeze(parameter))
                 elif bits is not None and bits.count < bits.numel:
                     partly[name] = bits
