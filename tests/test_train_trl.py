@@ -38,8 +38,9 @@ def build(which: str, model: Any, out: Path) -> Any:
         return trl.SFTTrainer(model=model, args=trl.SFTConfig(**common, max_length=16), train_dataset=data,
                               processing_class=tokenizer)
     if which == "dpo":
-        data = datasets.Dataset.from_list([{"prompt": "is the cat good ?", "chosen": "yes", "rejected": "no"},
-                                           {"prompt": "where did the dog go ?", "chosen": "on a mat", "rejected": "bad"}])
+        pairs = [("is the cat good ?", "yes", "no"), ("where did the dog go ?", "on a mat", "bad")]
+        data = datasets.Dataset.from_list([{"prompt": prompt, "chosen": chosen, "rejected": rejected}
+                                           for prompt, chosen, rejected in pairs])
         return trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, max_length=16), train_dataset=data,
                               processing_class=tokenizer)
     data = datasets.Dataset.from_list([{"prompt": "is the cat good ?"}, {"prompt": "where did the dog go ?"}])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +36,14 @@ def ddp_ignore(module: torch.nn.Module, entries: Iterable[Entry]) -> None:
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
 
 
+DEFAULT_GROUP = "default process group, once initialised"  # restrict ran in a launched process before init
+
+
 def data_parallel_group(module: torch.nn.Module, process_group: Any) -> Any:
     """The group over which sparse mode averages the values' gradients: ``process_group``, else the default
-    group when torch.distributed is initialised with several ranks and the parameters are not FSDP2's shards
-    (which reduce their gradients themselves); None otherwise."""
+    group when torch.distributed is initialised with several ranks, or ``DEFAULT_GROUP`` when it is not yet but
+    the process was launched as one of several (``WORLD_SIZE``, as torchrun and accelerate set it: a Trainer
+    initialises it later); None otherwise, and for FSDP2's shards (which reduce their gradients themselves)."""
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(module, DistributedDataParallel):
@@ -47,13 +52,40 @@ def data_parallel_group(module: torch.nn.Module, process_group: Any) -> Any:
                          "accelerate wraps it for you when training starts)")
     if process_group is not None:
         return process_group
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
-        return None
     if any(is_sharded(parameter) for parameter in module.parameters()):
         return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD if dist.get_world_size() > 1 else None
+    return DEFAULT_GROUP if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
+def resolved(group: Any) -> Any:
+    """``group``, with ``DEFAULT_GROUP`` replaced by the default group (refused if still not initialised)."""
+    if group is not DEFAULT_GROUP:
+        return group
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise UsageError(f"this process was launched as one of {os.environ.get('WORLD_SIZE')} (WORLD_SIZE), but "
+                         "torch.distributed is still not initialised at the first backward: initialise it (or build "
+                         "the TrainingArguments) before training, or pass restrict(process_group=...)")
     return dist.group.WORLD
+
+
+def check_in_step(entries: Iterable[Any]) -> None:
+    """Refuse a step of sparse ``entries`` whose ranks would drift apart: torch.distributed runs several ranks,
+    but ``restrict`` ran before it was initialised, outside a launcher, so the values' gradients are not averaged."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for entry in entries:
+        if entry.group is None and entry.mesh is None:
+            raise UsageError(f"torch.distributed runs {dist.get_world_size()} ranks, but restrict(mode='sparse') "
+                             "ran before it was initialised, so the ranks would drift apart: call restrict() after "
+                             "init_process_group, or pass process_group")
 
 
 def smallest_for_ddp(parameters: dict[str, torch.nn.Parameter], partly: dict[str, TensorMask]) -> str | None:

@@ -13,7 +13,7 @@ from ..errors import MismatchError, UsageError
 from ..io import MaskLike, open_mask
 from ..wrappers import adapter_parameters, names_for
 from .dense import DenseEntry
-from .distributed import data_parallel_group, ddp_ignore, smallest_for_ddp
+from .distributed import check_in_step, data_parallel_group, ddp_ignore, smallest_for_ddp
 from .entry import Entry
 from .sparse import SparseEntry
 
@@ -86,7 +86,9 @@ class Restriction:
         return stepped
 
     def _before_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        for entry in self._check_optimizer(optimizer):
+        stepped = self._check_optimizer(optimizer)
+        check_in_step(entry for entry in stepped if isinstance(entry, SparseEntry))
+        for entry in stepped:
             entry.gather()
 
     def _after_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..sharding import local_shard
-from .distributed import longest
+from .distributed import longest, resolved
 from .entry import Entry, indices_in_range
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class SparseEntry(Entry):
         if self.group is not None:  # data parallel: average the density-sized gradient, not the weight's
             import torch.distributed as dist
 
+            self.group = resolved(self.group)
             dist.all_reduce(grad, group=self.group)
             grad.div_(dist.get_world_size(self.group))
         if self.values.grad is None:
