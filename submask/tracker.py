@@ -207,8 +207,13 @@ def _local_references(reference: dict[str, Any], current: dict[str, Any]) -> dic
 
 
 def _mesh(current: dict[str, Any]) -> Any:
-    """The device mesh the sharded parameters are sharded over."""
-    return next(value.device_mesh for value in current.values() if is_sharded(value))
+    """The device mesh the sharded parameters are sharded over (1-D: HSDP's 2-D meshes are refused)."""
+    mesh = next(value.device_mesh for value in current.values() if is_sharded(value))
+    if mesh.ndim != 1:
+        raise UsageError("UpdateTracker follows FSDP2 parameters sharded over a 1-D mesh, not HSDP's "
+                         f"{mesh.ndim}-D mesh: track with reference=... on a model gathered from the shards, or "
+                         "shard the model with FSDP2 over one mesh dimension")
+    return mesh
 
 
 def _first_rank(current: dict[str, Any]) -> bool:

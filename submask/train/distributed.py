@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..sharding import is_sharded
+from ..sharding import is_sharded, shard_mesh_dim
 
 if TYPE_CHECKING:
     import torch
@@ -16,13 +16,15 @@ if TYPE_CHECKING:
     from .entry import Entry
 
 
-def longest(count: int, mesh: Any) -> int:
-    """The largest ``count`` over the ranks of ``mesh`` (a 1-D device mesh): one collective per parameter."""
+def longest(count: int, parameter: Any) -> int:
+    """The largest ``count`` over the ranks that hold shards of the sharded ``parameter`` (its mesh dimension
+    of shards): one collective per parameter."""
     import torch
     import torch.distributed as dist
 
+    mesh = parameter.device_mesh
     counts = torch.tensor([count], device=mesh.device_type)
-    dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=mesh.get_group())
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=mesh.get_group(shard_mesh_dim(parameter)))
     return int(counts.item())
 
 

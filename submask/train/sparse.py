@@ -38,12 +38,13 @@ class SparseEntry(Entry):
         self.group = group
         local, start = local_shard(parameter)
         self.mesh = getattr(parameter, "device_mesh", None)  # a DTensor's
+        self.placements = getattr(parameter, "placements", None)  # HSDP: replicated over one mesh dimension
         if self.mesh is not None and group is not None:
             raise UsageError(f"{attribute!r} of {type(owner).__name__} is sharded (FSDP2), which reduces its "
                                "gradients itself: do not pass process_group (it is for DistributedDataParallel)")
         index = torch.from_numpy(indices_in_range(bits, start, local.numel())).to(parameter.device)
         self.index = index.int() if local.numel() < 2**31 else index  # int32 halves it
-        self.width = self.index.numel() if self.mesh is None else longest(self.index.numel(), self.mesh)
+        self.width = self.index.numel() if self.mesh is None else longest(self.index.numel(), parameter)
         self.values = torch.nn.Parameter(self._as_values(self._pick(local)))
         self._release()  # between steps the weight holds the only copy of the masked entries
         owner.register_parameter(attribute + VALUES, self.values)
@@ -78,9 +79,9 @@ class SparseEntry(Entry):
         """``local`` as this rank's part of ``values`` (or of their gradient): a DTensor under FSDP2."""
         if self.mesh is None:
             return local
-        from torch.distributed.tensor import DTensor, Shard
+        from torch.distributed.tensor import DTensor
 
-        return DTensor.from_local(local, self.mesh, (Shard(0),), run_check=False)
+        return DTensor.from_local(local, self.mesh, self.placements, run_check=False)
 
     def _gather(self, parameter: torch.Tensor) -> None:
         """Reduce the weight's full gradient (under FSDP2: its reduce-scattered shard) to the masked entries at
