@@ -70,7 +70,7 @@ from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_
 from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
 from .rebuild import apply_delta
 from .train import Restriction, restrict, unrestrict
-from .tracker import UpdateSparsity, UpdateTracker
+from .tracker import UpdateDensity, UpdateTracker
 from .sync import Patch, PatchFolder, WeightSync
 
 __all__ = [
@@ -120,7 +120,7 @@ __all__ = [
     "TensorValues",
     "UnknownEncodingError",
     "UsageError",
-    "UpdateSparsity",
+    "UpdateDensity",
     "UpdateTracker",
     "VersionError",
     "WeightSync",

@@ -1,4 +1,4 @@
-"""``count_changes``: a build's counts without its mask (what ``UpdateTracker.sparsity`` uses during training)."""
+"""``count_changes``: a build's counts without its mask (what ``UpdateTracker.density`` uses during training)."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def test_counts_keep_no_bits() -> None:
     assert peaks["count"] < numel // 8 // 3, peaks  # the 1 MiB chunk buffers of both sides, and such
 
 
-def test_tracker_sparsity_from_counts_equals_the_masks(tmp_path: Path) -> None:
-    """``sparsity()`` counts without a mask and gives what the mask gives; module fractions follow the
+def test_tracker_density_from_counts_equals_the_masks(tmp_path: Path) -> None:
+    """``density()`` counts without a mask and gives what the mask gives; module fractions follow the
     criterion (here atol), as the overall fraction does."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
@@ -69,13 +69,13 @@ def test_tracker_sparsity_from_counts_equals_the_masks(tmp_path: Path) -> None:
     with torch.no_grad():
         model[0].weight[:4] += 1e-4  # within the tolerance: unchanged under atol, changed bitwise
         model[2].weight[:2] += 1.0
-    sparsity = tracker.sparsity()
-    assert sparsity == submask.UpdateSparsity.of(tracker.mask())
-    assert sparsity.modules["0"] == 1.0 and sparsity.ladder[0.0] < 1.0
-    assert sparsity.modules["2"] == pytest.approx(1 - 2 * 32 / (8 * 32 + 8))
+    density = tracker.density()
+    assert density == submask.UpdateDensity.of(tracker.mask())
+    assert density.modules["0"] == 0.0 and density.ladder[0.0] > 0.0
+    assert density.modules["2"] == pytest.approx(2 * 32 / (8 * 32 + 8))
     numel = sum(p.numel() for p in model.parameters())
-    assert sparsity.overall == pytest.approx(1 - 2 * 32 / numel)
-    np.testing.assert_allclose(sparsity.tensors["2.weight"], 1 - 2 * 32 / 256)
+    assert density.overall == pytest.approx(2 * 32 / numel)
+    np.testing.assert_allclose(density.tensors["2.weight"], 2 * 32 / 256)
 
 
 def test_tensors_without_values_are_refused() -> None:
@@ -84,7 +84,7 @@ def test_tensors_without_values_are_refused() -> None:
     model = torch.nn.Linear(3, 3, device="meta")
     empty, real = {"w": torch.zeros(4, device="meta")}, {"w": torch.zeros(4)}
     runs = [lambda: submask.build_mask(model, model), lambda: count_changes(empty, real),
-            lambda: submask.UpdateTracker(model).sparsity()]
+            lambda: submask.UpdateTracker(model).density()]
     for run in runs:
         with pytest.raises(submask.SourceError, match=r"tensor '(weight|w)' is on the meta device.*load the weights"):
             run()

@@ -1,4 +1,4 @@
-"""UpdateTracker and UpdateSparsityCallback on real MiniLM training (CPU) and a real transformers Trainer."""
+"""UpdateTracker and UpdateDensityCallback on real MiniLM training (CPU) and a real transformers Trainer."""
 
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ def _changed(model: "torch.nn.Module", start: dict[str, "torch.Tensor"], atol: f
             else (value.detach() != start[name]).numpy() for name, value in model.named_parameters()}
 
 
-def test_tracker_mask_and_sparsity_on_minilm(minilm_bf16, tmp_path: Path) -> None:
+def test_tracker_mask_and_density_on_minilm(minilm_bf16, tmp_path: Path) -> None:
     model = _classifier(minilm_bf16)
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_bf16.base, local_files_only=True)
     start = {name: value.detach().clone() for name, value in model.named_parameters()}
     tracker = UpdateTracker(model)
-    assert tracker.sparsity().overall == 1.0 and tracker.mask().count == 0
+    assert tracker.density().overall == 0.0 and tracker.mask().count == 0
     _train(model, tokenizer, steps=2)
 
     mask = tracker.mask()
@@ -53,22 +53,22 @@ def test_tracker_mask_and_sparsity_on_minilm(minilm_bf16, tmp_path: Path) -> Non
     assert list(mask) == list(expected)
     for name, bits in expected.items():
         np.testing.assert_array_equal(mask[name].to_numpy(), bits, err_msg=name)
-    sparsity = tracker.sparsity()
+    density = tracker.density()
     numel = sum(bits.size for bits in expected.values())
     changed = sum(int(bits.sum()) for bits in expected.values())
-    assert 0 < changed < numel and sparsity.overall == pytest.approx(1 - changed / numel)
+    assert 0 < changed < numel and density.overall == pytest.approx(changed / numel)
     query = [name for name in expected if locate(name).module == "attention.self.query"]
     assert len(query) == 12  # weight and bias of 6 layers
-    assert sparsity.modules["attention.self.query"] == pytest.approx(
-        1 - sum(int(expected[n].sum()) for n in query) / sum(expected[n].size for n in query))
+    assert density.modules["attention.self.query"] == pytest.approx(
+        sum(int(expected[n].sum()) for n in query) / sum(expected[n].size for n in query))
     for atol in LADDER_ATOL[1:]:
         moved = sum(int(bits.sum()) for bits in _changed(model, start, atol).values())
-        assert sparsity.ladder[atol] == pytest.approx(1 - moved / numel)
-    assert sparsity.ladder[1e-4] > sparsity.ladder[0.0]
-    logs = sparsity.as_logs()
-    assert logs["update_sparsity"] == sparsity.overall
-    assert logs["update_sparsity/attention.self.query"] == sparsity.modules["attention.self.query"]
-    assert "update_sparsity@atol=1e-05" in logs and "update_sparsity@atol=0" not in logs
+        assert density.ladder[atol] == pytest.approx(moved / numel)
+    assert density.ladder[1e-4] < density.ladder[0.0]
+    logs = density.as_logs()
+    assert logs["update_density"] == density.overall
+    assert logs["update_density/attention.self.query"] == density.modules["attention.self.query"]
+    assert "update_density@atol=1e-05" in logs and "update_density@atol=0" not in logs
 
     path = tracker.save(tmp_path / "step-2.smask")
     assert dict(submask.load(path)) == dict(mask)
@@ -103,9 +103,9 @@ class _Reporter(transformers.TrainerCallback):
         self.seen.append(dict(logs or {}))
 
 
-def test_trainer_logs_update_sparsity_and_writes_masks(minilm_bf16, tmp_path: Path) -> None:
+def test_trainer_logs_update_density_and_writes_masks(minilm_bf16, tmp_path: Path) -> None:
     pytest.importorskip("accelerate")  # the Trainer needs it
-    from submask.integrations import UpdateSparsityCallback
+    from submask.integrations import UpdateDensityCallback
 
     model = _classifier(minilm_bf16)
     start = {name: value.detach().clone() for name, value in model.named_parameters()}
@@ -119,26 +119,26 @@ def test_trainer_logs_update_sparsity_and_writes_masks(minilm_bf16, tmp_path: Pa
         disable_tqdm=True)
     reporter = _Reporter()
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[reporter])
-    UpdateSparsityCallback(log_every=2).attach(trainer)
+    UpdateDensityCallback(log_every=2).attach(trainer)
     trainer.train()
 
-    logged = [entry for entry in trainer.state.log_history if "update_sparsity" in entry]
+    logged = [entry for entry in trainer.state.log_history if "update_density" in entry]
     assert [entry["step"] for entry in logged] == [2, 4]
-    assert [entry["update_sparsity"] for entry in reporter.seen if "update_sparsity" in entry] == \
-        [entry["update_sparsity"] for entry in logged]
-    assert 0 < logged[-1]["update_sparsity"] < 1
-    assert logged[-1]["update_sparsity@atol=0.0001"] >= logged[-1]["update_sparsity"]
-    assert "update_sparsity/attention.self.query" in logged[-1]
+    assert [entry["update_density"] for entry in reporter.seen if "update_density" in entry] == \
+        [entry["update_density"] for entry in logged]
+    assert 0 < logged[-1]["update_density"] < 1
+    assert logged[-1]["update_density@atol=0.0001"] <= logged[-1]["update_density"]
+    assert "update_density/attention.self.query" in logged[-1]
 
     for step in (2, 4):
         assert (tmp_path / f"checkpoint-{step}" / "update.smask").is_file()
     final = submask.load(tmp_path / "checkpoint-4" / "update.smask")
     expected = _changed(model, start)
     assert final.count == sum(int(bits.sum()) for bits in expected.values()) > 0
-    assert 1 - final.density == pytest.approx(logged[-1]["update_sparsity"])
+    assert final.density == pytest.approx(logged[-1]["update_density"])
     assert 0 < submask.load(tmp_path / "checkpoint-2" / "update.smask").count != final.count
     with pytest.raises(SubmaskError, match="log_every"):
-        UpdateSparsityCallback(log_every=0)
+        UpdateDensityCallback(log_every=0)
 
 
 def test_the_trackers_copy_follows_a_model_converted_after_it() -> None:
@@ -206,4 +206,4 @@ def test_tracker_of_a_restricted_model_sees_its_weights_not_the_restriction(mode
     for name in mask:
         changed = mask[name].to_numpy()
         assert changed.any() and not (changed & ~allowed[name].to_numpy()).any(), name
-    assert set(tracker.sparsity().as_logs()) >= {"update_sparsity", "update_sparsity/0", "update_sparsity/1"}
+    assert set(tracker.density().as_logs()) >= {"update_density", "update_density/0", "update_density/1"}

@@ -1,10 +1,10 @@
-"""Run by tests/test_tracker_distributed.py: 2 gloo processes track the update sparsity of a model sharded by
+"""Run by tests/test_tracker_distributed.py: 2 gloo processes track the update density of a model sharded by
 FSDP2's fully_shard.
 
     python tests/tracker_fsdp_worker.py OUT_DIR PORT
 
 Each rank moves some entries of its own shards (and of a parameter left unsharded, the same on both ranks),
-then writes OUT_DIR/rank{N}.json: the sparsity the tracker reports (its own copy as reference, and a full,
+then writes OUT_DIR/rank{N}.json: the density the tracker reports (its own copy as reference, and a full,
 unsharded state dict as reference) beside that of the full parameters built directly, whether its gathered
 mask (and the file save() and the Trainer callback wrote) equals the full parameters' mask.
 """
@@ -49,13 +49,13 @@ def worker(rank: int, out: str, port: int) -> None:
     tracker.save(saved)  # every rank calls it; the first writes
     dist.barrier()
     try:  # a full reference of another shape is refused on every rank, before any collective
-        submask.UpdateTracker(model, reference={**start, "0.weight": start["0.weight"][:5]}).sparsity()
+        submask.UpdateTracker(model, reference={**start, "0.weight": start["0.weight"][:5]}).density()
         wrong_reference = ""
     except submask.MismatchError as error:
         wrong_reference = str(error)
     report = {"callback": _callback_saves(tracker, out, rank), "wrong_reference": wrong_reference,
-              "tracker": dataclasses.asdict(tracker.sparsity()), "given": dataclasses.asdict(given.sparsity()),
-              "expected": dataclasses.asdict(submask.UpdateSparsity.of(built)), "sharded": tracker.sharded,
+              "tracker": dataclasses.asdict(tracker.density()), "given": dataclasses.asdict(given.density()),
+              "expected": dataclasses.asdict(submask.UpdateDensity.of(built)), "sharded": tracker.sharded,
               "mask_equal": dict(mask) == dict(built), "stats_equal": mask.metadata.stats == built.metadata.stats,
               "model_equal": mask.metadata.model == built.metadata.model,
               "saved_equal": dict(submask.load(saved)) == dict(built), "count": mask.count}
@@ -64,12 +64,12 @@ def worker(rank: int, out: str, port: int) -> None:
 
 
 def _callback_saves(tracker: object, out: str, rank: int) -> list[str]:
-    """What UpdateSparsityCallback's on_save writes for a sharded model (every rank calls it, as a Trainer does)."""
+    """What UpdateDensityCallback's on_save writes for a sharded model (every rank calls it, as a Trainer does)."""
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from submask.integrations import UpdateSparsityCallback
+    from submask.integrations import UpdateDensityCallback
 
-    callback = UpdateSparsityCallback(log_every=1)
+    callback = UpdateDensityCallback(log_every=1)
     callback.tracker = tracker
     folder = Path(out, "callback")
     (folder / "checkpoint-3").mkdir(parents=True, exist_ok=True)  # the Trainer saved the checkpoint there

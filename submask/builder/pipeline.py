@@ -216,7 +216,7 @@ def count_changes(base: Any, finetuned: Any, *, criterion: str | None = None, at
                   names: Names | None = None) -> ChangeCounts:
     """What ``build_mask(base, finetuned)`` would count, without the mask: per tensor, the elements and the
     changed ones, and (with ``ladder``) the changed ones at each tolerance of ``LADDER_ATOL``. No bits are
-    kept, nor copied back from a GPU (``UpdateTracker.sparsity`` calls this during training). Arguments as
+    kept, nor copied back from a GPU (``UpdateTracker.density`` calls this during training). Arguments as
     ``build_mask``'s (``names`` included).
     """
     chosen = Criterion.make(criterion, atol, rtol)

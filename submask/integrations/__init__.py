@@ -1,8 +1,8 @@
 """Integrations with training frameworks; each imports its framework only when used.
 
 ``submask.integrations.SubmaskCallback`` (or ``submask.integrations.transformers.SubmaskCallback``) is the
-transformers ``Trainer`` callback that restricts training to a mask, ``UpdateSparsityCallback`` the one that
-logs update sparsity and writes update masks into checkpoints; transformers is imported on first access.
+transformers ``Trainer`` callback that restricts training to a mask, ``UpdateDensityCallback`` the one that
+logs update density and writes update masks into checkpoints; transformers is imported on first access.
 """
 
 from __future__ import annotations
@@ -18,4 +18,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SubmaskCallback", "UpdateSparsityCallback"]
+__all__ = ["SubmaskCallback", "UpdateDensityCallback"]

@@ -8,20 +8,22 @@
 The restriction starts when the Trainer is built (``on_init_end``), before it creates its optimizer, so in
 sparse mode the optimizer holds the masked values (the Trainer builds it from ``model.parameters()``, where
 they are registered; the weights never get a gradient, so it skips them) and clips their gradients; when the
-callback is added later, it starts at ``on_train_begin`` (dense mode only: sparse mode then raises). In dense
-mode the entries outside the mask are reset after every optimizer step (``on_optimizer_step``); in sparse
-mode the values are written into the weights after each step. Checkpoints, during training and after it,
+callback is added later, it starts at ``on_train_begin`` (dense mode only: sparse mode then raises). The
+restriction keeps the mask at every optimizer step by itself (``submask.restrict`` before building the Trainer
+works as well). Checkpoints, during training and after it,
 hold the model's own parameter names; at the end of training the restriction is removed.
 
-``UpdateSparsityCallback`` follows update sparsity over training (``submask.UpdateTracker``): every
-``log_every`` steps it logs the fraction of unchanged values, overall, per module type and along the
-tolerance ladder, to the trainer's loggers, and writes the update mask into each checkpoint (for a model
-sharded by FSDP2, every rank compares its shards and the first rank writes the gathered mask).
+``UpdateDensityCallback`` follows update density over training (``submask.UpdateTracker``): every
+``log_every`` steps it logs the fraction of changed values, overall, per module type and along the
+tolerance ladder, to the trainer's loggers, and writes the update mask into each checkpoint and, at the end
+of training, next to the final model (for a model sharded by FSDP2, every rank compares its shards and the
+first rank writes the gathered mask).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
@@ -55,39 +57,37 @@ class SubmaskCallback(TrainerCallback):
                        **kwargs: Any) -> None:
         self._start(model, optimizer)
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        restriction = restriction_of(model)
-        if restriction is not None:
-            restriction.restore()
-
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         restriction = restriction_of(model)
         if restriction is not None:
             restriction.remove()
 
 
-class UpdateSparsityCallback(TrainerCallback):
-    """Log update sparsity every ``log_every`` steps and write ``mask_name`` into each checkpoint (unless None).
+class UpdateDensityCallback(TrainerCallback):
+    """Log update density every ``log_every`` steps; write ``mask_name`` (unless None) into each checkpoint and,
+    at the end of training, into ``args.output_dir``, where ``trainer.save_model()`` writes the final model.
 
     The reference is ``reference`` (a module or state dict the trainer already holds: no copy) or else the
     model's parameters when training starts (one copy, on the model's device). ``criterion``/``atol``/``rtol``
-    are those of ``build_mask``. The values go to the logs as ``update_sparsity``,
-    ``update_sparsity/<module type>`` and ``update_sparsity@atol=<tolerance>``; built-in reporters
-    (``report_to``) see them when this callback comes before them, as ``attach`` arranges:
+    are those of ``build_mask``; ``names`` maps the model's parameter names to the mask's (``UpdateTracker``).
+    The values go to the logs as ``update_density``, ``update_density/<module type>`` and
+    ``update_density@atol=<tolerance>`` (the paper's "update sparsity" is 1 - ``update_density``); built-in
+    reporters (``report_to``) see them when this callback comes before them, as ``attach`` arranges:
 
-    >>> UpdateSparsityCallback(log_every=50).attach(trainer)                                 # doctest: +SKIP
+    >>> UpdateDensityCallback(log_every=50).attach(trainer)                                 # doctest: +SKIP
     """
 
     def __init__(self, log_every: int = 50, mask_name: str | None = "update.smask", reference: Any = None,
-                 criterion: str | None = None, atol: float | None = None, rtol: float | None = None):
+                 criterion: str | None = None, atol: float | None = None, rtol: float | None = None,
+                 names: Callable[[str], str] | None = None):
         if log_every < 1:
-            raise UsageError(f"UpdateSparsityCallback log_every must be >= 1, got {log_every}")
+            raise UsageError(f"UpdateDensityCallback log_every must be >= 1, got {log_every}")
         self.log_every, self.mask_name, self.reference = log_every, mask_name, reference
-        self._criterion = {"criterion": criterion, "atol": atol, "rtol": rtol}
+        self._criterion: dict[str, Any] = {"criterion": criterion, "atol": atol, "rtol": rtol, "names": names}
         self.tracker: UpdateTracker | None = None
         self._pending: dict[str, float] = {}
 
-    def attach(self, trainer: Any) -> "UpdateSparsityCallback":
+    def attach(self, trainer: Any) -> UpdateDensityCallback:
         """Add this callback to ``trainer`` ahead of its reporters, so they log what it adds."""
         trainer.callback_handler.callbacks.insert(0, self)
         return self
@@ -98,7 +98,7 @@ class UpdateSparsityCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.tracker is not None and state.global_step % self.log_every == 0:
-            self._pending = self.tracker.sparsity().as_logs()
+            self._pending = self.tracker.density().as_logs()
             control.should_log = True
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
@@ -110,8 +110,16 @@ class UpdateSparsityCallback(TrainerCallback):
             self._pending = {}
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._write(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", state)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._write(args.output_dir, "", state)
+
+    def _write(self, output_dir: str, folder: str, state: Any) -> None:
+        """Write the update mask into ``output_dir/folder``; sharded, every rank gathers and the first writes."""
         if self.tracker is None or self.mask_name is None:
             return
-        if self.tracker.sharded or state.is_world_process_zero:  # sharded: every rank gathers, the first writes
-            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            self.tracker.save(os.path.join(checkpoint, self.mask_name))
+        if self.tracker.sharded or state.is_world_process_zero:
+            directory = os.path.join(output_dir, folder)
+            os.makedirs(directory, exist_ok=True)
+            self.tracker.save(os.path.join(directory, self.mask_name), overwrite=True)

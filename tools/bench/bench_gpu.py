@@ -7,7 +7,7 @@ Three parts, each against a baseline measured in the same run (issue 13):
   tensors beside the numpy path and a CPU tensor copy;
 - files, hot and cold: the CPU backend, the CUDA backend, ``auto`` and (without CUDA) the torch backend on
   the CPU, beside the raw read of both files and, with CUDA, a pinned and a pageable host-to-device copy;
-- tracker: ``UpdateTracker.sparsity()`` on a Llama-shaped model built from a transformers config, per call
+- tracker: ``UpdateTracker.density()`` on a Llama-shaped model built from a transformers config, per call
   and as a share of training step time at one call every 50 steps.
 
     python -m tools.bench.bench_gpu [--resident-gb 28] [--file-gb 2] [--llama-layers 8] [--no-write]
@@ -166,10 +166,10 @@ def bench_tracker(cuda: bool, layers: int, hidden: int, steps: int = 5, every: i
 
     step_time = best_of(step, steps, sync)
     mask_time = best_of(tracker.mask, 3, sync)
-    call_time = best_of(tracker.sparsity, 3, sync)
+    call_time = best_of(tracker.density, 3, sync)
     params = sum(p.numel() for p in model.parameters())
     print(f"tracker: {params / 1e6:.0f}M params, step {step_time * 1e3:.1f} ms, mask() {mask_time * 1e3:.1f} ms, "
-          f"sparsity() {call_time * 1e3:.1f} ms, {call_time / every / step_time:.2%} of step time at N={every}",
+          f"density() {call_time * 1e3:.1f} ms, {call_time / every / step_time:.2%} of step time at N={every}",
           flush=True)
     return [[(f"Llama {layers} layers, hidden {hidden} ({params / 1e6:.0f}M params, {str(dtype)[6:]}, "
              f"batch {tuple(batch.shape)}, {device})"),
@@ -210,9 +210,9 @@ def main() -> None:
          "the page cache, cold after posix_fadvise(DONTNEED); ratio against the raw read of both files."),
         markdown_table(["files", "hot GB/s", "hot ratio", "cold GB/s", "cold ratio"], files),
         ("Tracker: `UpdateTracker(model)` after AdamW steps of one batch: `mask()` (the update mask, bits back on "
-         "the host) and `sparsity()` (per-tensor, per-module and ladder fractions from `count_changes`: counts "
-         "only); best of 3 calls and of 5 steps. The share is sparsity()'s at one call every 50 steps."),
-        markdown_table(["model", "step (ms)", "mask() (ms)", "sparsity() (ms)", "share of step time at N=50"],
+         "the host) and `density()` (per-tensor, per-module and ladder fractions from `count_changes`: counts "
+         "only); best of 3 calls and of 5 steps. The share is density()'s at one call every 50 steps."),
+        markdown_table(["model", "step (ms)", "mask() (ms)", "density() (ms)", "share of step time at N=50"],
                        tracker),
     ])
     print(body)

@@ -10,6 +10,9 @@ Step time is the fastest of ``--steps`` steps after one warm-up step (of one mic
 optimizer state, so that the measured steps hold all of it).
 
     .venv/bin/python -m tools.bench.bench_train [--hidden 256 --layers 2 --vocab 8000 --steps 1] [--device cuda]
+
+``--interleave R`` instead times steps only: unrestricted, dense and sparse (20%) side by side in one process,
+R rounds of one step each in rotating order, medians and ratios to unrestricted (printed, not written).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ DENSITIES = (0.05, 0.20, 0.30)
 CHUNK = 1 << 20  # mask bits drawn per call: keeps the mask's own transient memory small
 
 
-def build_model(args: argparse.Namespace) -> "torch.nn.Module":
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
     import torch
     import transformers
 
@@ -47,7 +50,7 @@ def build_model(args: argparse.Namespace) -> "torch.nn.Module":
     return transformers.LlamaForCausalLM(config).to(args.device)
 
 
-def random_mask(model: "torch.nn.Module", density: float) -> "submask.Mask":
+def random_mask(model: torch.nn.Module, density: float) -> submask.Mask:
     """Each entry set with probability ``density``, drawn and packed in chunks (never a full bool tensor)."""
     from submask import Mask, TensorMask
 
@@ -109,6 +112,40 @@ def run_one(args: argparse.Namespace) -> dict[str, float]:
             "overhead": restriction.overhead_bytes if restriction else 0}
 
 
+def interleaved(args: argparse.Namespace, density: float = 0.20) -> dict[str, float]:
+    """Median step time of unrestricted, dense and sparse training at ``density``, measured side by side in this
+    process: three copies of the model, one step of each per round (the order rotating), ``args.interleave``
+    rounds after a warm-up round."""
+    import torch
+
+    import submask
+
+    runs = {}
+    for mode in ("unrestricted", "dense", "sparse"):
+        model = build_model(args)
+        restriction = None if mode == "unrestricted" else submask.restrict(model, random_mask(model, density),
+                                                                           mode=mode)
+        parameters = restriction.parameters() if restriction else list(model.parameters())
+        runs[mode] = (model, parameters, torch.optim.AdamW(parameters, lr=1e-4, weight_decay=0.1))
+    tokens = torch.randint(0, args.vocab, (args.micro, args.batch, args.seq), device=args.device)
+    times: dict[str, list[float]] = {mode: [] for mode in runs}
+    order = list(runs)
+    for round_ in range(args.interleave + 1):
+        for mode in order[round_ % 3:] + order[:round_ % 3]:
+            model, parameters, optimizer = runs[mode]
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            for micro in tokens:
+                (model(input_ids=micro, labels=micro).loss / args.micro).backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if round_:  # the first round creates the optimizer state
+                times[mode].append(time.perf_counter() - start)
+    return {mode: float(np.median(values)) for mode, values in times.items()}
+
+
 def spawn(args: argparse.Namespace, mode: str, density: float) -> dict[str, float]:
     """Run one configuration in a fresh interpreter and return its figures."""
     command = [sys.executable, "-m", "tools.bench.bench_train", "--one", mode, "--density", str(density)]
@@ -133,7 +170,17 @@ def main() -> None:
     parser.add_argument("--one", choices=["unrestricted", "dense", "sparse"], help=argparse.SUPPRESS)
     parser.add_argument("--density", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--interleave", type=int, default=0,
+                        help="only time steps: this many interleaved rounds of the three modes at 20%% density")
     args = parser.parse_args()
+    if args.interleave:
+        load = os.getloadavg()[0]
+        medians = interleaved(args)
+        print(f"interleaved step medians at 20% density, {args.interleave} rounds, load {load:.1f} -> "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: " + ", ".join(
+                  f"{mode} {value * 1e3:,.0f} ms ({value / medians['unrestricted']:.3f}x)"
+                  for mode, value in medians.items()))
+        return
     if args.one:
         args.mode = args.one
         print(json.dumps(run_one(args)))
