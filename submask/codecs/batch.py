@@ -83,7 +83,7 @@ def group_counts(data: np.ndarray, table: np.ndarray, n: int) -> np.ndarray:
     if scratch is None or scratch.shape[0] < n or scratch.shape[1] < width:
         scratch = _scratch.group = np.empty((n, width), np.uint8)
     out = np.empty((table.shape[0], n, n), dtype=np.int64)
-    _group_counts.compiled(data, table, n, scratch, _NO_POSITIONS, out)
+    _group_counts.compiled(data, table, n, scratch[:n], _NO_POSITIONS, out)  # exactly n rows: the kernel pairs them all
     return out
 
 
