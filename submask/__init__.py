@@ -28,25 +28,6 @@ array([ True, False, False,  True])
 
 from . import interrupts as _interrupts  # noqa: F401  (first: as `submask`, a Ctrl-C while importing is one line)
 from ._version import __version__
-from .errors import (
-    ChecksumError,
-    FormatError,
-    HeaderChecksumError,
-    HubError,
-    LimitError,
-    OutputError,
-    MismatchError,
-    SourceError,
-    SubmaskError,
-    UnknownEncodingError,
-    UsageError,
-    VersionError,
-)
-from .metadata import CheckpointFile, MaskMetadata, model_fingerprint
-from .format import MaskFile, MaskWriter, TensorEntry, TensorValues
-from .io import MaskLike, load, load_delta, open, open_mask, save
-from .mask import Mask, TensorMask
-from .delta import Delta
 from .algebra import (
     Counts,
     PairStats,
@@ -61,17 +42,36 @@ from .algebra import (
     symmetric_difference,
     union,
 )
-from .compare import Comparison, compare
-from .combine import combine_files
+from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
 from .breakdown import density_breakdown
 from .builder import build_mask, count_changes
 from .built import BuiltMask
+from .combine import combine_files
+from .compare import Comparison, compare
+from .delta import Delta
+from .errors import (
+    ChecksumError,
+    FormatError,
+    HeaderChecksumError,
+    HubError,
+    LimitError,
+    MismatchError,
+    OutputError,
+    SourceError,
+    SubmaskError,
+    UnknownEncodingError,
+    UsageError,
+    VersionError,
+)
+from .format import MaskFile, MaskWriter, TensorEntry, TensorValues
 from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
-from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
+from .io import MaskLike, load, load_delta, open, open_mask, save
+from .mask import Mask, TensorMask
+from .metadata import CheckpointFile, MaskMetadata, model_fingerprint
 from .rebuild import apply_delta
-from .train import Restriction, restrict, unrestrict
-from .tracker import UpdateDensity, UpdateTracker
 from .sync import Patch, PatchFolder, WeightSync
+from .tracker import UpdateDensity, UpdateTracker
+from .train import Restriction, restrict, unrestrict
 
 __all__ = [
     "Comparison",

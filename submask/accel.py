@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 _UNSET: Any = object()
-_KERNELS: list["Kernel"] = []
+_KERNELS: list[Kernel] = []
 
 #: elements (summed over every mask an operation reads) from which starting numba pays for itself: the
 #: numpy paths compare a few 1e9 elements a second, numba takes about a second to start (BENCHMARKS.md)

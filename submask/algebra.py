@@ -18,9 +18,9 @@ value at density 0) are ``nan``, never 0, so that "no overlap" and "nothing to o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class Counts:
         """Fraction set; 0.0 over no elements."""
         return self.count / self.numel if self.numel else 0.0
 
-    def __add__(self, other: "Counts") -> "Counts":
+    def __add__(self, other: Counts) -> Counts:
         return Counts(self.numel + other.numel, self.count + other.count)
 
 
@@ -92,11 +92,11 @@ class PairStats:
     chance_intersection: float
 
     @classmethod
-    def of_counts(cls, numel: int, count_a: int, count_b: int, intersection: int) -> "PairStats":
+    def of_counts(cls, numel: int, count_a: int, count_b: int, intersection: int) -> PairStats:
         """Stats of one tensor (the stratified baseline of one tensor is its model-wide baseline)."""
         return cls(numel, count_a, count_b, intersection, count_a * count_b / numel if numel else 0.0)
 
-    def __add__(self, other: "PairStats") -> "PairStats":
+    def __add__(self, other: PairStats) -> PairStats:
         return PairStats(self.numel + other.numel, self.count_a + other.count_a, self.count_b + other.count_b,
                          self.intersection + other.intersection,
                          self.chance_intersection + other.chance_intersection)

@@ -24,9 +24,9 @@ import numpy as np
 
 from .align import check_fit, check_same_model, check_same_tensors, mismatch
 from .atomic import check_target, replace_dir, staging_dir, writing
-from .checkpoints.safetensors_file import TensorInfo
 from .built import AppliedModel
 from .checkpoints.pickled import PICKLE_INDEX, PickleSource, safetensors_shards
+from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import CHUNK_ELEMENTS, INDEX, ShardedSource, Source, local_source
 from .errors import SourceError, UsageError
 from .io import MaskLike, open_mask
@@ -129,7 +129,7 @@ def apply_to_state_dict(base_sd: Mapping[str, Any], finetuned_sd: Mapping[str, A
     return result
 
 
-def apply_to_module(module: "torch.nn.Module", finetuned_sd: Mapping[str, "torch.Tensor"], mask: MaskLike, *,
+def apply_to_module(module: torch.nn.Module, finetuned_sd: Mapping[str, torch.Tensor], mask: MaskLike, *,
                     invert: bool = False, names: Names | None = None) -> None:
     """Overwrite ``module``'s parameters and buffers in place with ``finetuned_sd`` where ``mask`` is set.
 

@@ -38,7 +38,7 @@ class BuiltMask:
     numel: int
     path: Path | None = None
     mask: Mask | None = None
-    delta: "Delta | None" = None
+    delta: Delta | None = None
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -51,7 +51,7 @@ class BuiltMask:
         return self.count / self.numel if self.numel else 0.0
 
     @property
-    def source(self) -> "Mask | Path":
+    def source(self) -> Mask | Path:
         """What to read: the mask in memory, else the file written."""
         if self.mask is not None:
             return self.mask

@@ -34,10 +34,10 @@ from .breakdown import OVERALL, group_of, sort_groups
 from .built import BuiltMask
 from .codecs import batch
 from .errors import SubmaskError, UsageError
-from .io import MaskLike, open_mask
 from .format import MaskFile
 from .format.header import TensorEntry
 from .format.tensors import entry_codec, payload_verified
+from .io import MaskLike, open_mask
 from .limits import check_allocation
 from .mask import Mask, TensorMask
 from .names import Names
@@ -63,7 +63,7 @@ class GroupComparison:
     chance_intersections: np.ndarray
 
     @classmethod
-    def empty(cls, n: int) -> "GroupComparison":
+    def empty(cls, n: int) -> GroupComparison:
         return cls(0, np.zeros(n, np.int64), np.zeros((n, n), np.int64), np.zeros((n, n), np.float64))
 
     def add(self, numels: np.ndarray, intersections: np.ndarray) -> None:
@@ -178,7 +178,7 @@ class _Source:
         self._counts = mask.counts
 
     @classmethod
-    def of(cls, mask: MaskLike, stack: ExitStack, index: int = 0, names: Names | None = None) -> "_Source":
+    def of(cls, mask: MaskLike, stack: ExitStack, index: int = 0, names: Names | None = None) -> _Source:
         if isinstance(mask, BuiltMask):
             mask = mask.source
         label = (f"mask {index + 1}" if isinstance(mask, Mask)
@@ -199,7 +199,7 @@ class _Source:
     def count(self, name: str) -> int:
         return self._counts[name]
 
-    def read(self, name: str) -> "tuple[TensorEntry, bytes, Path] | TensorMask":
+    def read(self, name: str) -> tuple[TensorEntry, bytes, Path] | TensorMask:
         """What ``_decode`` needs, read in the calling thread (file handles are not shared across threads)."""
         mask = self.mask
         if isinstance(mask, MaskFile):

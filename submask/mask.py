@@ -80,18 +80,18 @@ class TensorMask(_SetOperators):
         return self.count / self.numel if self.numel else 0.0
 
     @classmethod
-    def from_numpy(cls, array: np.ndarray) -> "TensorMask":
+    def from_numpy(cls, array: np.ndarray) -> TensorMask:
         """From a boolean (or 0/1) array of any shape."""
         array = np.asarray(array)
         return cls(array.shape, pack(array))
 
     @classmethod
-    def from_torch(cls, tensor: "torch.Tensor") -> "TensorMask":
+    def from_torch(cls, tensor: torch.Tensor) -> TensorMask:
         """From a torch tensor (nonzero = set), on any device."""
         return cls.from_numpy((tensor != 0).detach().cpu().numpy())
 
     @classmethod
-    def from_indices(cls, indices: np.ndarray, shape: tuple[int, ...]) -> "TensorMask":
+    def from_indices(cls, indices: np.ndarray, shape: tuple[int, ...]) -> TensorMask:
         """From flat (C order) indices of the set elements."""
         numel = math.prod(shape)
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -100,7 +100,7 @@ class TensorMask(_SetOperators):
         return cls(tuple(shape), from_positions(indices, numel))
 
     @classmethod
-    def full(cls, shape: tuple[int, ...], value: bool = False) -> "TensorMask":
+    def full(cls, shape: tuple[int, ...], value: bool = False) -> TensorMask:
         """A mask with every element set (``value=True``) or none."""
         numel = math.prod(shape)
         packed = np.full(packed_nbytes(numel), 0xFF if value else 0, dtype=np.uint8)
@@ -110,7 +110,7 @@ class TensorMask(_SetOperators):
         """A bool array of this mask's shape."""
         return unpack(self.packed, self.numel).reshape(self.shape)
 
-    def to_torch(self, device: "str | torch.device | None" = None) -> "torch.Tensor":
+    def to_torch(self, device: str | torch.device | None = None) -> torch.Tensor:
         """A torch bool tensor of this mask's shape."""
         import torch
 
@@ -176,19 +176,19 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
         return {name: mask.shape for name, mask in self.tensors.items()}
 
     @classmethod
-    def from_numpy(cls, arrays: Mapping[str, np.ndarray], **metadata: Any) -> "Mask":
+    def from_numpy(cls, arrays: Mapping[str, np.ndarray], **metadata: Any) -> Mask:
         """From a mapping of names to boolean arrays; keyword arguments fill ``MaskMetadata``."""
         return cls({name: TensorMask.from_numpy(array) for name, array in arrays.items()}, MaskMetadata(**metadata))
 
     @classmethod
-    def from_torch(cls, tensors: Mapping[str, "torch.Tensor"], **metadata: Any) -> "Mask":
+    def from_torch(cls, tensors: Mapping[str, torch.Tensor], **metadata: Any) -> Mask:
         """From a mapping of names to torch tensors (nonzero = set)."""
         return cls({name: TensorMask.from_torch(t) for name, t in tensors.items()}, MaskMetadata(**metadata))
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         return {name: mask.to_numpy() for name, mask in self.tensors.items()}
 
-    def to_torch(self, device: "str | torch.device | None" = None) -> dict[str, "torch.Tensor"]:
+    def to_torch(self, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
         return {name: mask.to_torch(device) for name, mask in self.tensors.items()}
 
     @property
@@ -196,7 +196,7 @@ class Mask(_SetOperators, Mapping[str, TensorMask]):
         """Tensor name -> number of set elements."""
         return {name: mask.count for name, mask in self.tensors.items()}
 
-    def rename(self, names: "Callable[[str], str]") -> "Mask":
+    def rename(self, names: Callable[[str], str]) -> Mask:
         """The same tensors under the names ``names`` gives them (``submask.names.NameMap``, or any str -> str).
 
         >>> list(Mask.from_numpy({"module.w": np.ones(2, bool)}).rename(lambda name: name.removeprefix("module.")))

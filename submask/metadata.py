@@ -49,7 +49,7 @@ class CheckpointFile:
         return {"name": self.name, "size": self.size, "sha256": self.sha256, **content}
 
     @classmethod
-    def from_json(cls, obj: Any, path: object = None) -> "CheckpointFile":
+    def from_json(cls, obj: Any, path: object = None) -> CheckpointFile:
         at = where(path)
         if not isinstance(obj, dict) or ("header" in obj) == ("text" in obj):  # other members: ignored (§7)
             raise FormatError(f"{at}each 'checkpoint' file must be {{'name', 'size', 'sha256', and 'header' or "
@@ -109,7 +109,7 @@ class MaskMetadata:
         """Whether the header declares the "diff-values" extension at version 1.3 or later (FORMAT.md §12.4)."""
         return self.minor_version >= DIFF_MINOR and any(ext["name"] == DIFF_EXTENSION for ext in self.extensions)
 
-    def for_file(self, has_values: bool, differences: bool = False) -> "MaskMetadata":
+    def for_file(self, has_values: bool, differences: bool = False) -> MaskMetadata:
         """The metadata as written to a file with or without values (FORMAT.md §7): with values or a checkpoint
         layout, version 1.2 or later and the "values" extension declared; with values coded against the base
         (``differences``), 1.3 or later and "diff-values" declared too; without, the extensions dropped."""
@@ -142,7 +142,7 @@ class MaskMetadata:
         return header
 
     @classmethod
-    def from_json(cls, header: Any, path: object = None) -> "MaskMetadata":
+    def from_json(cls, header: Any, path: object = None) -> MaskMetadata:
         at = where(path)
         minor = check_identity(header, path)
         extensions = header.get("extensions", [])

@@ -27,21 +27,22 @@ import numpy as np
 
 from .accel import Kernel, job
 from .align import mismatch
-from .built import AppliedModel
 from .atomic import check_target, replace_dir, staging_dir, writing
+from .builder.values import chunk_values
+from .built import AppliedModel
 from .checkpoints.dtypes import DTYPES, DType, dtype_of_array
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import CHUNK_ELEMENTS, Source, open_source
 from .delta import Delta
 from .errors import FormatError, MismatchError, UsageError
 from .format import MaskFile
+from .format.diffs import apply_block
 from .format.layout import check_layout
-from .io import load_delta, open as open_mask_file
+from .format.values import is_diff
+from .io import load_delta
+from .io import open as open_mask_file
 from .mask import TensorMask
 from .metadata import CheckpointFile
-from .builder.values import chunk_values
-from .format.diffs import apply_block
-from .format.values import is_diff
 from .packed import popcount, unpack
 from .safetensors_header import LENGTH
 
@@ -301,7 +302,7 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
     return digest.hexdigest()
 
 
-def _tensor_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, stream: "_ValueStream", base: Source,
+def _tensor_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, stream: _ValueStream, base: Source,
                    buffers: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """One tensor's bytes, chunk by chunk: the values alone when every bit is set, else the base's chunk (read
     into the next of ``buffers``) with the values at the set positions (``bits``: packed, or the positions)."""

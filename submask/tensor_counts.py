@@ -45,7 +45,7 @@ class _Operand:
     streamed: tuple[IntersectionCounter, bytes, str] | None = None
 
 
-def _decode(read: "tuple[TensorEntry, bytes, Path] | TensorMask", index: int, streamed: bool,
+def _decode(read: tuple[TensorEntry, bytes, Path] | TensorMask, index: int, streamed: bool,
             verify: bool) -> _Operand:
     """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a payload whose
     codec counts intersections is left encoded when ``streamed``, and one whose codec lists positions is

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from functools import partial
 import contextlib
 import os
+from functools import partial
 
 import numpy as np
 import pytest

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from masks import random_bools
 
 import submask
 from submask import Mask, MaskMetadata, MismatchError, TensorMask
@@ -27,7 +28,6 @@ from submask.algebra import (
     union,
 )
 from submask.packed import padding_is_clear
-from masks import random_bools
 
 SHAPES = {"a.weight": (37, 41), "b.weight": (1000,), "c.bias": (3, 5, 7), "empty": (0, 4)}
 

@@ -19,12 +19,12 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def bits_of(tensor: "torch.Tensor") -> "torch.Tensor":
+def bits_of(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's raw bits as a signed integer tensor of its width (so bf16 values compare bitwise)."""
     return tensor.contiguous().view(INT_VIEW[tensor.element_size()])
 
 
-def load(path: Path) -> dict[str, "torch.Tensor"]:
+def load(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a model dir (sharded or not) or a .safetensors file."""
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     return {name: t for f in files for name, t in safetensors_torch.load_file(f).items()}

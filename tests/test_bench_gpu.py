@@ -14,9 +14,8 @@ pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.bench.baseline import revision_available  # noqa: E402
-
 from submask.accel import numba_enabled  # noqa: E402
+from tools.bench.baseline import revision_available  # noqa: E402
 
 
 def test_bench_gpu_prints_its_three_tables_and_writes_nothing(tmp_path: Path) -> None:

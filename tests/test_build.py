@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import os
+import struct
 from pathlib import Path
 
 import numpy as np

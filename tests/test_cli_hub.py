@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("huggingface_hub")
 
 from click.testing import CliRunner  # noqa: E402
-from huggingface_hub import HfApi  # noqa: E402
 from hub_server import HubServer  # noqa: E402
+from huggingface_hub import HfApi  # noqa: E402
 from test_hub import make_mask, save  # noqa: E402
 
 from submask.cli import main  # noqa: E402

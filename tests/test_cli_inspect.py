@@ -7,14 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-import submask
 from click.testing import CliRunner
-
-from submask import Mask
-from submask.cli import main
 from masks import random_mask
 from test_bad_input import edit_header
+
+import submask
+from submask import Mask
+from submask.cli import main
 
 
 def make_mask(path: Path) -> Mask:

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from masks import random_mask
 
 import submask
 from submask import Mask, OutputError
 from submask.atomic import remove_stale
-from masks import random_mask
 
 CLOSED_ENDPOINT = "http://127.0.0.1:9"  # nothing listens: a test that reached the network would fail
 

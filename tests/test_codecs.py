@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from masks import random_bools
 
+from submask import packed as packed_module
 from submask.codecs import RAW_MARGIN, RiceCodec, binary_entropy_bits, encode_auto, get_codec
 from submask.errors import FormatError, UnknownEncodingError
-from submask import packed as packed_module
 from submask.packed import crc32, crc32_update, pack, popcount, unpack
-from masks import random_bools
 
 ENCODINGS = ["raw", "zstd", "rice", "rice-rows"]
 

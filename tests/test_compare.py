@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from masks import random_bools
 
 import submask
 from submask import ChecksumError, FormatError, Mask, MaskMetadata, MaskWriter, MismatchError
 from submask.accel import numba_disabled, numba_enabled
-from submask.breakdown import group_of
+from submask.breakdown import density_breakdown, group_of
 from submask.codecs import RiceCodec, rice_kernels_compiled
-from submask.breakdown import density_breakdown
 from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
-from masks import random_bools
 
 # sizes and densities that take every route: rice positions (sparse, across several 2^22 windows), rice
 # with zeros coded (dense), zstd, raw, empty and full tensors, and a zero-size tensor

@@ -22,11 +22,11 @@ INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 INDEX = "model.safetensors.index.json"
 
 
-def bits_of(tensor: "torch.Tensor") -> "torch.Tensor":
+def bits_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous().view(INT_VIEW[tensor.element_size()])
 
 
-def load(path: Path) -> dict[str, "torch.Tensor"]:
+def load(path: Path) -> dict[str, torch.Tensor]:
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     return {name: t for f in files for name, t in safetensors_torch.load_file(f).items()}
 

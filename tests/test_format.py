@@ -69,8 +69,8 @@ def test_open_decodes_only_the_tensor_asked_for(tmp_path: Path) -> None:
 
 
 def test_file_is_a_plain_safetensors_file(tmp_path: Path) -> None:
-    from safetensors.numpy import load_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file
 
     submask.save(sample_mask(), tmp_path / "m.smask")
     tensors = load_file(tmp_path / "m.smask")

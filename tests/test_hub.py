@@ -11,15 +11,15 @@ import pytest
 
 pytest.importorskip("huggingface_hub")
 
-from huggingface_hub import HfApi  # noqa: E402
 from hub_server import HubError as ServerError  # noqa: E402
 from hub_server import HubServer  # noqa: E402
+from huggingface_hub import HfApi  # noqa: E402
+from masks import random_mask  # noqa: E402
 
 import submask  # noqa: E402
 from submask import HubError, Mask, MismatchError, TensorMask, model_fingerprint  # noqa: E402
 from submask.hub import HubPath, list_masks, parse_hub_url, pull_mask, push_mask  # noqa: E402
 from submask.hub.card import END, START, replace_section  # noqa: E402
-from masks import random_mask  # noqa: E402
 
 SHAPES = {"encoder.w": (64, 48), "encoder.b": (48,), "head.w": (10, 48)}
 

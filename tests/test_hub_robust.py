@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("huggingface_hub")
 
-from huggingface_hub import HfApi  # noqa: E402
 from hub_server import HubServer  # noqa: E402
+from huggingface_hub import HfApi  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 from test_hub import make_mask, pull_readme, save  # noqa: E402
 

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("huggingface_hub")
 
+from hub_server import LFS_THRESHOLD, HubServer  # noqa: E402
 from huggingface_hub import (  # noqa: E402
     CommitOperationAdd,
     CommitOperationDelete,
@@ -27,7 +28,6 @@ from huggingface_hub.errors import (  # noqa: E402
 )
 from huggingface_hub.file_download import get_hf_file_metadata  # noqa: E402
 from huggingface_hub.utils import get_session  # noqa: E402
-from hub_server import LFS_THRESHOLD, HubServer  # noqa: E402
 
 BIG = LFS_THRESHOLD + 123  # just over the size from which the server asks for LFS
 

@@ -28,7 +28,7 @@ class Tiny(torch.nn.Module):
         self.v = torch.nn.Linear(6, 6)
         self.out = torch.nn.Linear(6, 3)
 
-    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.q(x) + self.v(x))
 
 
@@ -41,7 +41,7 @@ class PolicyWithValueHead(torch.nn.Module):
         self.v_head = torch.nn.Linear(3, 1)
 
 
-def finetuned_state(model: torch.nn.Module, seed: int = 1) -> dict[str, "torch.Tensor"]:
+def finetuned_state(model: torch.nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
     """The model's state dict with about half of each tensor's values changed."""
     generator = torch.Generator().manual_seed(seed)
     return {name: torch.where(torch.rand(t.shape, generator=generator) < 0.5, t + 1, t)

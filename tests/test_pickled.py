@@ -18,14 +18,14 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_bert(seed: int) -> "transformers.BertModel":
+def tiny_bert(seed: int) -> transformers.BertModel:
     torch.manual_seed(seed)
     config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=16)
     return transformers.BertModel(config)
 
 
-def finetune(model: "torch.nn.Module", seed: int) -> None:
+def finetune(model: torch.nn.Module, seed: int) -> None:
     """Change about a third of the values of every float tensor, in place."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from masks import random_mask
 
 import submask
 from submask import FormatError, Mask
-from masks import random_mask
 
 SHAPES = {f"layer{i}.w": (96, 64) for i in range(6)}
 

@@ -20,13 +20,13 @@ SENTENCES = ["Boil the pasta in salted water.", "The telescope revealed rings ar
              "Sort the list before searching it.", "Let the dough rest for an hour."]
 
 
-def _classifier(minilm_bf16) -> "torch.nn.Module":
+def _classifier(minilm_bf16) -> torch.nn.Module:
     return transformers.AutoModelForSequenceClassification.from_pretrained(
         minilm_bf16.base, local_files_only=True, dtype=torch.float32, num_labels=2, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0)
 
 
-def _train(model: "torch.nn.Module", tokenizer, steps: int, lr: float = 1e-4) -> None:
+def _train(model: torch.nn.Module, tokenizer, steps: int, lr: float = 1e-4) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # SGD: only parameters with a gradient move
     encoded = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     for _ in range(steps):
@@ -35,7 +35,7 @@ def _train(model: "torch.nn.Module", tokenizer, steps: int, lr: float = 1e-4) ->
         optimizer.zero_grad()
 
 
-def _changed(model: "torch.nn.Module", start: dict[str, "torch.Tensor"], atol: float = 0.0) -> dict[str, np.ndarray]:
+def _changed(model: torch.nn.Module, start: dict[str, torch.Tensor], atol: float = 0.0) -> dict[str, np.ndarray]:
     return {name: ((value.detach() - start[name]).abs() > atol).numpy() if atol
             else (value.detach() != start[name]).numpy() for name, value in model.named_parameters()}
 

@@ -20,7 +20,7 @@ STEPS = 3
 FROZEN = "embeddings.word_embeddings.weight"
 
 
-def bits_of(tensor: "torch.Tensor") -> "torch.Tensor":
+def bits_of(tensor: torch.Tensor) -> torch.Tensor:
     integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
     return tensor.detach().contiguous().view(integer)
 
@@ -63,7 +63,7 @@ def batch(minilm_bf16):
     return tokenizer(SENTENCES, padding=True, return_tensors="pt")
 
 
-def loss_of(model, batch) -> "torch.Tensor":
+def loss_of(model, batch) -> torch.Tensor:
     out = model(**batch)
     return out.last_hidden_state.pow(2).mean() + out.pooler_output.pow(2).mean()  # every parameter gets a gradient
 
@@ -75,7 +75,7 @@ def train(model, batch, optimizer) -> None:
         optimizer.step()
 
 
-def adamw(parameters) -> "torch.optim.Optimizer":
+def adamw(parameters) -> torch.optim.Optimizer:
     return torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.1)
 
 
@@ -90,7 +90,7 @@ def assert_unmasked_unchanged(state: dict, start: dict, mask: Mask) -> int:
     return moved
 
 
-def trained(base_model, batch, mask, mode: str) -> tuple[dict, "torch.optim.Optimizer", list[str]]:
+def trained(base_model, batch, mask, mode: str) -> tuple[dict, torch.optim.Optimizer, list[str]]:
     """Train a copy of ``base_model`` restricted to ``mask``; return its state after unrestrict, the
     optimizer and the parameter names seen while restricted."""
     model = copy.deepcopy(base_model)
@@ -166,7 +166,7 @@ def test_dense_mode_keeps_the_mask_under_an_optimizer_it_was_not_given(base_mode
     restriction.remove()
 
 
-def small_model() -> "torch.nn.Module":
+def small_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
 
@@ -267,7 +267,7 @@ def test_mask_built_from_the_checkpoint_restricts_the_module_loaded_from_it(mini
         submask.restrict(model, Mask({"embeddings.position_ids": TensorMask.full((1, 7), True)}))
 
 
-def tied_model() -> "torch.nn.Module":
+def tied_model() -> torch.nn.Module:
     model = torch.nn.ModuleDict({"a": small_model()[0], "b": torch.nn.Linear(6, 4)})
     model["b"].weight = model["a"].weight
     return model
@@ -405,7 +405,7 @@ def test_sparse_mode_keeps_no_full_gradient_and_checkpoints_load_as_usual(tmp_pa
     assert list(model.state_dict()) == keys and torch.equal(model[0].weight, saved["0.weight"])
 
 
-def classifier(minilm_bf16, update_mask) -> tuple["torch.nn.Module", Mask]:
+def classifier(minilm_bf16, update_mask) -> tuple[torch.nn.Module, Mask]:
     """MiniLM with a classification head (no dropout), and the update mask under the head model's names."""
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         minilm_bf16.base, local_files_only=True, dtype=torch.float32, num_labels=2, hidden_dropout_prob=0.0,

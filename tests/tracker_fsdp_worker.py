@@ -23,8 +23,9 @@ import torch.multiprocessing as mp
 
 
 def worker(rank: int, out: str, port: int) -> None:
-    import submask
     from torch.distributed.fsdp import fully_shard
+
+    import submask
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -28,7 +28,7 @@ SENTENCES = ["Boil the pasta in salted water.", "The telescope revealed rings ar
 FROZEN = "embeddings.word_embeddings.weight"
 
 
-def seeded_mask(model: torch.nn.Module) -> "submask.Mask":
+def seeded_mask(model: torch.nn.Module) -> submask.Mask:
     """The same mask on every rank: weights random 30%, biases and norms full (DDP syncs those), word
     embeddings left out (frozen)."""
     from submask import Mask, TensorMask

@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoints.dtypes import DType, decode
 from ..errors import UsageError
 from ..packed import popcount
 from .criteria import LADDER_ATOL, Criterion, ladder_changed, unchanged_within
-from ..checkpoints.dtypes import DType, decode
 from .kernels import fused_compare
-
 
 DECODE_BLOCK = 1 << 16  # elements decoded at a time for tolerances and the ladder: temporaries stay in cache
 

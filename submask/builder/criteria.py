@@ -59,7 +59,7 @@ class Criterion:
 
     @classmethod
     def make(cls, name: str | None = None, atol: float | None = None, rtol: float | None = None,
-             min_abs: float | None = None) -> "Criterion":
+             min_abs: float | None = None) -> Criterion:
         """Validate; with no ``name``, the criterion is the one whose tolerance is given (exact if none).
         ``isclose_bf16`` takes ``atol`` (default 1e-5); ``min_abs`` its threshold."""
         if name is None:

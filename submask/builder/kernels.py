@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..accel import Kernel
-from .criteria import LADDER_ATOL, Criterion
 from ..checkpoints.dtypes import DType, decode_table
+from .criteria import LADDER_ATOL, Criterion
 
 BLOCK = 1 << 14  # elements judged before they are packed: the 0/1 scratch stays in L1
 _RUNGS = np.array(LADDER_ATOL[1:], dtype=np.float64)

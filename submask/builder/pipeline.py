@@ -26,24 +26,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..built import BuiltMask, ChangeCounts
-from ..delta import Delta
 from ..align import mismatch
+from ..built import BuiltMask, ChangeCounts
+from ..checkpoints.dtypes import DTYPES, DType
+from ..checkpoints.safetensors_file import TensorInfo
+from ..checkpoints.sources import RenamedSource, Source, open_source
+from ..delta import Delta
 from ..errors import MismatchError, UsageError
 from ..format import MaskWriter
-from ..metadata import MaskMetadata, model_fingerprint
-from ..format.writer import check_mask_target
 from ..format.values import TensorValues
+from ..format.writer import check_mask_target
+from ..metadata import MaskMetadata, model_fingerprint
+from ..names import Names
 from ..packed import clear_padding, packed_nbytes
 from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
 from .magnitude import criterion_json, parse_fraction, stream_top_k
 from .sinks import CountsSink, FileSink, MemorySink, Sink
 from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
-from ..checkpoints.dtypes import DTYPES, DType
-from ..checkpoints.safetensors_file import TensorInfo
-from ..checkpoints.sources import RenamedSource, Source, open_source
-from ..names import Names
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -314,6 +314,7 @@ class _Run:
         With ``whole`` (the names stored whole) each tensor's changed values go to the sink too.
         """
         from concurrent.futures import ThreadPoolExecutor  # as tqdm: here, not at import
+
         from tqdm import tqdm  # here, not at import: every command line would pay for it
 
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}

@@ -37,7 +37,7 @@ class _InMemory:
 
     inline = True
 
-    def __enter__(self) -> "_InMemory":
+    def __enter__(self) -> _InMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,7 +96,7 @@ class FileSink:
     def commit(self, prepared: tuple[TensorEntry, bytes, bytes | None]) -> None:
         self.writer.add_encoded(*prepared)
 
-    def __enter__(self) -> "FileSink":
+    def __enter__(self) -> FileSink:
         self.writer.__enter__()
         return self
 

@@ -150,7 +150,7 @@ class SafetensorsFile:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

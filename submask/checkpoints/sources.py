@@ -195,7 +195,7 @@ class RenamedSource(Source):
         self.inner.close()
 
 
-def open_source(spec: Any, *, api: "HfApi | None" = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:
+def open_source(spec: Any, *, api: HfApi | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Source:
     """A Source for a path, a Hub model (``hf://org/name[@revision][/path]`` or ``org/name[@revision]``), a state
     dict, an ``nn.Module`` or a Source.
 
@@ -295,7 +295,7 @@ def _pickled_dir(path: Path, available: set[str]) -> Source:
     return PickleSource(str(path), path, shards, weight_map)
 
 
-def hub_source(repo: str, revision: str | None = None, *, api: "HfApi | None" = None,
+def hub_source(repo: str, revision: str | None = None, *, api: HfApi | None = None,
                cache_dir: str | os.PathLike[str] | None = None, path: str = "") -> ShardedSource:
     """A Hub model repo at ``revision`` (default branch if None), pinned to the commit it resolves to now;
     ``path`` names a folder in it holding the model, or one ``.safetensors`` file."""

@@ -10,8 +10,7 @@ from pathlib import Path
 import click
 
 from ..algebra import BINARY_OPS
-from ..breakdown import GROUP_BY
-from ..breakdown import density_breakdown
+from ..breakdown import GROUP_BY, density_breakdown
 from ..combine import combine_files
 from ..compare import compare
 from ..names import NameMap

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..builder import build_mask
-from ..metadata import CheckpointFile
 from ..builder.criteria import CRITERIA
 from ..format.reader import INDEX_SUFFIX, read_index
+from ..metadata import CheckpointFile
 from ..names import NameMap
 from .hub import hub_options
 from .names import names_option

@@ -60,18 +60,18 @@ class Codec:
         the payload rather than ``numel``, whatever a header claims. Raise FormatError as ``decode``."""
         raise NotImplementedError
 
-    def configured(self, config: dict[str, Any]) -> "Codec":
+    def configured(self, config: dict[str, Any]) -> Codec:
         """This codec with the settings of ``config`` (as stored in a header) instead of the defaults; a
         reader's config must hold every setting (``from_config``), a writer's may leave some to the defaults."""
         if config:
             raise FormatError(f"encoding {self.id!r} takes no settings, got {config!r}")
         return self
 
-    def for_shape(self, shape: tuple[int, ...]) -> "Codec":
+    def for_shape(self, shape: tuple[int, ...]) -> Codec:
         """This codec with the settings a writer uses for a tensor of this shape (most codecs ignore it)."""
         return self
 
-    def from_config(self, config: dict[str, Any]) -> "Codec":
+    def from_config(self, config: dict[str, Any]) -> Codec:
         """The codec that decodes a payload whose header stores ``config``: every setting present, none unknown."""
         return self.configured(config)
 

@@ -15,9 +15,8 @@ import numpy as np
 from ..errors import FormatError
 from ..limits import check_allocation
 from ..packed import clear_padding, from_positions, packed_nbytes, popcount, set_positions
-from .base import CHUNK_BYTES, Codec, check_settings, IntersectionCounter, PositionsDecoder, Run, allocate_packed
+from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, check_settings
 from .rice_kernels import COUNT, PACKED, POSITIONS, rice_block, rice_gaps, rice_write
-
 
 _BLOCK_HEADER = struct.Struct("<BBHII")  # coded value, k, reserved, position count, unary bytes
 LONG_GAP = 1 << 17  # bits without a listed position that ``decode_chunks`` passes over as one Run
@@ -35,11 +34,11 @@ class RiceCodec(Codec, PositionsDecoder, IntersectionCounter):
     def __init__(self, block_bits: int = 1 << 22):
         self.block_bits = _check_block_bits(block_bits)
 
-    def configured(self, config: dict[str, Any]) -> "RiceCodec":
+    def configured(self, config: dict[str, Any]) -> RiceCodec:
         check_settings(self.id, config, "block_bits")
         return RiceCodec(config.get("block_bits", self.block_bits))
 
-    def from_config(self, config: dict[str, Any]) -> "RiceCodec":
+    def from_config(self, config: dict[str, Any]) -> RiceCodec:
         _check_block_bits(config.get("block_bits"))  # a reader needs the block size the writer used
         return self.configured(config)
 

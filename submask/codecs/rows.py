@@ -35,15 +35,15 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
     def __init__(self, row_bits: int = BLOCK_BITS):
         self.row_bits = _check_row_bits(row_bits)
 
-    def configured(self, config: dict[str, Any]) -> "RiceRowsCodec":
+    def configured(self, config: dict[str, Any]) -> RiceRowsCodec:
         check_settings(self.id, config, "row_bits")
         return RiceRowsCodec(config.get("row_bits", self.row_bits))
 
-    def from_config(self, config: dict[str, Any]) -> "RiceRowsCodec":
+    def from_config(self, config: dict[str, Any]) -> RiceRowsCodec:
         _check_row_bits(config.get("row_bits"))  # a reader needs the row length the writer used
         return self.configured(config)
 
-    def for_shape(self, shape: tuple[int, ...]) -> "RiceRowsCodec":
+    def for_shape(self, shape: tuple[int, ...]) -> RiceRowsCodec:
         """The writer's rows for a tensor: its last dimension, unless it is a 1-D tensor or that dimension is
         below 64 or above MAX_ROW_BITS (then blocks of BLOCK_BITS)."""
         last = shape[-1] if len(shape) >= 2 else 0
@@ -117,7 +117,7 @@ _NO_POSITIONS = np.zeros(0, dtype=np.int64)
 SCRATCH_ENTRIES = 1 << 16  # int64s a decode allocates up front for any row's codes: 512 KiB
 
 
-def unpack_piece(piece: np.ndarray, start: int, layout: "_Layout") -> np.ndarray:
+def unpack_piece(piece: np.ndarray, start: int, layout: _Layout) -> np.ndarray:
     """The bools of a packed piece starting at flat index ``start``, cut at the tensor's end."""
     return np.unpackbits(piece, count=min(8 * piece.size, layout.numel - start)).view(np.bool_)
 

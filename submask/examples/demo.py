@@ -29,14 +29,14 @@ import numpy as np
 from ..algebra import Counts
 from ..apply import apply_mask
 from ..atomic import atomic_write, check_target, replace_dir, staging_dir
-from ..builder import build_mask
 from ..breakdown import density_breakdown
+from ..builder import build_mask
 from ..compare import compare
 from ..errors import OutputError
-from . import minilm
 from ..io import load
 from ..io import open as open_mask
 from ..mask import Mask
+from . import minilm
 
 SMALL_LR = 1e-5
 LARGE_LR = 3e-4

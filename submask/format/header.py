@@ -44,7 +44,7 @@ class ValuesEntry:
                 "crc32": self.crc32}
 
     @classmethod
-    def from_json(cls, obj: Any, ones: int, at: str) -> "ValuesEntry":
+    def from_json(cls, obj: Any, ones: int, at: str) -> ValuesEntry:
         """Parse and check a "values" member; an unknown dtype or encoding id is left for the tensor's reader
         to refuse (for that tensor only)."""
         if not isinstance(obj, dict):
@@ -97,7 +97,7 @@ class TensorEntry:
         return entry
 
     @classmethod
-    def from_json(cls, name: str, obj: Any, path: object = None) -> "TensorEntry":
+    def from_json(cls, name: str, obj: Any, path: object = None) -> TensorEntry:
         at = where(path, name)
         if not isinstance(obj, dict):
             raise FormatError(f"{at}tensor entry must be a JSON object; the file is corrupt")
@@ -138,7 +138,7 @@ class ShardInfo:
         return {"write_id": self.write_id, "number": self.number, "count": self.count}
 
     @classmethod
-    def from_header(cls, header: dict[str, Any], path: object = None) -> "ShardInfo | None":
+    def from_header(cls, header: dict[str, Any], path: object = None) -> ShardInfo | None:
         """The record in a submask header, None when it has none (a single file, or a 1.0 shard)."""
         obj = header.get(SHARD_KEY)
         if obj is None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
-from functools import cached_property
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,13 +20,12 @@ from ..metadata import MaskMetadata, check_version, file_name_problem
 from ..names import mapped
 from ..packed import packed_nbytes
 from .container import Container, PayloadSpan, remember
-from .layout import check_layout
+from .diffs import block_counts, block_elements_of
 from .header import ShardInfo, TensorEntry, ValuesEntry, is_write_id, parse_tensor_entries, payload_names
+from .layout import check_layout
 from .stats import stats_problems
 from .tensors import decode_positions, decode_tensor, verify_tensor
-from .diffs import block_counts, block_elements_of
-from .values import (TensorValues, checked_pieces, difference_blocks, is_diff, plane_methods, read_values,
-                     verify_values)
+from .values import TensorValues, checked_pieces, difference_blocks, is_diff, plane_methods, read_values, verify_values
 
 INDEX_SUFFIX = ".index.json"
 #: tensor entries parsed and checked in this process, by container identity (``container._PARSED``)
@@ -249,7 +247,7 @@ class MaskFile:
     def _container(self, name: str) -> Container:
         return self._where[name]
 
-    def renamed(self, names: Callable[[str], str]) -> "MaskFile":
+    def renamed(self, names: Callable[[str], str]) -> MaskFile:
         """This open file with its tensors under the names ``names`` gives them (``submask.names.NameMap``).
 
         The view shares the open file (closing either closes both); entries keep their stored ``name``, so
@@ -269,7 +267,7 @@ class MaskFile:
         for container in self._containers:
             container.close()
 
-    def __enter__(self) -> "MaskFile":
+    def __enter__(self) -> MaskFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

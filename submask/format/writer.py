@@ -22,11 +22,11 @@ from ..atomic import atomic_write, check_target, scratch_file, writing
 from ..codecs import get_codec
 from ..errors import FormatError, MismatchError, OutputError, UsageError
 from ..mask import TensorMask
+from ..metadata import FORMAT_NAME, MAJOR, PAYLOAD_CRC_MINOR, SHARD_KEY, MaskMetadata, file_name_problem
 from ..packed import crc32_update
 from .container import serialize_header, write_container
-from ..metadata import FORMAT_NAME, MAJOR, PAYLOAD_CRC_MINOR, SHARD_KEY, MaskMetadata, file_name_problem
-from .reader import INDEX_SUFFIX
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
+from .reader import INDEX_SUFFIX
 from .shards import new_write_id, publish_sharded, remove_orphans, shard_names
 from .stats import stats_problems
 from .tensors import encode_tensor
@@ -84,7 +84,7 @@ class MaskWriter:
         self.paths: list[Path] = []
         self.index_path: Path | None = None
 
-    def __enter__(self) -> "MaskWriter":
+    def __enter__(self) -> MaskWriter:
         return self
 
     def add(self, name: str, mask: TensorMask, encoding: str = "auto", config: dict[str, Any] | None = None, *,

@@ -30,8 +30,8 @@ READ_BLOCK = 16 * 2**20
 
 def write_pair(root: Path, tensors: int, width: int, density: float) -> Mask:
     """Write base.safetensors and finetuned.safetensors (bf16) under ``root``; return the update mask."""
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     rng = np.random.default_rng(0)
     base, finetuned, masks = {}, {}, {}

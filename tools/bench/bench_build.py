@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.bench.report import markdown_table, write_section
-
+from submask.accel import numba_disabled, numba_state
 from submask.builder import build_mask
 from submask.builder.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
-from submask.accel import numba_disabled, numba_state
 from submask.checkpoints.safetensors_file import SafetensorsFile
+from tools.bench.report import markdown_table, write_section
 
 MIB = 1 << 20
 PIECE = 64 * MIB  # bytes generated and written at a time

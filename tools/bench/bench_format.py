@@ -11,11 +11,11 @@ same masks in the same run (the ratio column is encoding speed / numpy speed).
 
 from __future__ import annotations
 
-from functools import partial
 import argparse
 import contextlib
 import os
 import time
+from functools import partial
 
 import numpy as np
 

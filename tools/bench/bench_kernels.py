@@ -11,9 +11,9 @@ the same arrays; both must give the same bits and counts. Needs numba.
 
 from __future__ import annotations
 
-from functools import partial
 import argparse
 import sys
+from functools import partial
 
 import numpy as np
 

@@ -13,11 +13,11 @@ default encodings) are written once; then, from warm files, best of ``--repeat``
 
 from __future__ import annotations
 
-from functools import partial
 import argparse
 import os
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
