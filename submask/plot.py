@@ -125,7 +125,8 @@ def plot_density(counts: Counts, path: str | os.PathLike[str], title: str = "", 
             if math.isnan(value) or (spans and j != (grid.shape[1] - 1) // 2):
                 continue
             ax.text(j + (0.5 if spans and grid.shape[1] % 2 == 0 else 0), i, _percent_text(percent_of(value)),
-                    ha="center", va="center", fontsize=size, color="white" if percent_of(value) < 0.6 * top else "black")
+                    ha="center", va="center", fontsize=size,
+                    color="white" if percent_of(value) < 0.6 * top else "black")
     for edge in ([layered[0] - 0.5] if layered and layered[0] > 0 else []) + (
             [layered[-1] + 0.5] if layered and layered[-1] < len(rows) - 1 else []):
         ax.axhline(edge, color="white", linewidth=2)

@@ -18,7 +18,8 @@ from submask import ChecksumError, FormatError, Mask, SubmaskError, UnknownEncod
 
 def write_sample(path: Path, encoding: str = "auto") -> Path:
     rng = np.random.default_rng(0)
-    submask.save(Mask.from_numpy({"a": rng.random((5, 7)) < 0.3, "b": rng.random(40) < 0.02, "s": np.array(True)}), path, encoding=encoding)
+    arrays = {"a": rng.random((5, 7)) < 0.3, "b": rng.random(40) < 0.02, "s": np.array(True)}
+    submask.save(Mask.from_numpy(arrays), path, encoding=encoding)
     return path
 
 

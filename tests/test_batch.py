@@ -113,7 +113,8 @@ def test_compare_counts_two_files_raw_and_rice_in_one_call(tmp_path: Path) -> No
 def test_group_counts_of_several_files_match_numpy(tmp_path: Path, verify: bool) -> None:
     rng = np.random.default_rng(11)
     shapes = {"w": (97, 31), "v": (64, 64), "u": (5,)}
-    arrays = [{name: rng.random(shape) < density for name, shape in shapes.items()} for density in (0.01, 0.3, 0.6, 0.05)]
+    arrays = [{name: rng.random(shape) < density for name, shape in shapes.items()}
+              for density in (0.01, 0.3, 0.6, 0.05)]
     paths = [tmp_path / f"m{i}.smask" for i in range(len(arrays))]
     for path, bools in zip(paths, arrays):
         submask.save(submask.Mask.from_numpy(bools), path)

@@ -26,7 +26,8 @@ def test_bench_gpu_prints_its_three_tables_and_writes_nothing(tmp_path: Path) ->
          "--dir", str(tmp_path / "bench")],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    for header in ("| resident diff | GB/s | ratio to copy |", "| files | hot GB/s | hot ratio | cold GB/s | cold ratio |",
+    for header in ("| resident diff | GB/s | ratio to copy |",
+                   "| files | hot GB/s | hot ratio | cold GB/s | cold ratio |",
                    "| model | step (ms) | mask() (ms) | density() (ms) | share of step time at N=50 |"):
         assert header in run.stdout
     for row in ("| copy of both on cpu (baseline) | ", "| build, torch backend (CPU tensors) | ",

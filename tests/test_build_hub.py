@@ -49,8 +49,9 @@ def test_cli_build_from_hub(hub_pair, hub_api: HfApi, tmp_path: Path) -> None:
     repo, first, second = hub_pair
     out = tmp_path / "hub.smask"
     env = {**os.environ, "HF_ENDPOINT": hub_api.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-c", "from submask.cli import main; main()", "build", f"{repo}@{first}", f"{repo}@{second}",
-                             "-o", str(out), "-q"], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", "from submask.cli import main; main()", "build",
+                             f"{repo}@{first}", f"{repo}@{second}", "-o", str(out), "-q"],
+                            env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert submask.load(out).metadata.provenance["finetuned"]["revision"] == second
 

@@ -53,7 +53,8 @@ def test_info_shows_values_size_dtypes_planes_and_files(delta) -> None:
     result = CliRunner().invoke(main, ["info", str(path)])
     assert result.exit_code == 0, result.output
     assert re.search(r"values: [\d,]+ bytes stored for [\d,]+ bytes of values \(2 dtype\(s\)\); planes per dtype, "
-                     r"byte 0 first: .*BF16 \(103 tensor\(s\)\): (stored|mixed), (zstd|mixed)", result.output), result.output
+                     r"byte 0 first: .*BF16 \(103 tensor\(s\)\): (stored|mixed), (zstd|mixed)",
+                     result.output), result.output
     assert "rebuilds 1 file(s)" in result.output and "model.safetensors" in result.output
     summary = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).output)
     values = [t["values"] for t in summary["tensor_list"]]

@@ -140,7 +140,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(minilm_bf16, tmp_path: Path)
     assert list(out.iterdir()) == []
     save = textwrap.dedent(f"""
         import numpy as np, submask
-        submask.save(submask.Mask.from_numpy({{"w": np.random.default_rng(0).random(100_000) < 0.5}}), {str(out / "w.smask")!r})
+        submask.save(submask.Mask.from_numpy({{"w": np.random.default_rng(0).random(100_000) < 0.5}}),
+                     {str(out / "w.smask")!r})
     """)
     result = subprocess.run([sys.executable, "-c", save], capture_output=True, text=True,
                             preexec_fn=lambda: (signal.signal(signal.SIGXFSZ, signal.SIG_IGN),

@@ -33,7 +33,7 @@ def test_report_counts_match_the_masks(demo_run: tuple[Path, str]) -> None:
     out, output = demo_run
     report = json.loads((out / "report.json").read_text())
     assert set(report["runs"]) == {"rl_seed1", "rl_seed2", "rl_data_b", "sft"}
-    for name, run in report["runs"].items():
+    for run in report["runs"].values():
         arrays = bools(run["mask"])
         count = sum(int(a.sum()) for a in arrays.values())
         assert (run["count"], run["numel"]) == (count, sum(a.size for a in arrays.values()))

@@ -32,7 +32,8 @@ def run(*args: object) -> tuple[int, str, str]:
     ("---\nlicense: mit\n---\n# m\n", "---\nlicense: mit\nbase_model: org/base\ntags:\n- submask\n---\n# m\n"),
     ("---\r\ntags:\r\n  - rl\r\n  - grpo\r\nlicense: mit\r\n---\r\n",
      "---\r\ntags:\r\n  - rl\r\n  - grpo\r\n  - submask\r\nlicense: mit\r\nbase_model: org/base\r\n---\r\n"),
-    ("---\ntags: [rl, grpo]\nbase_model: other/model\n---\n", "---\ntags: [rl, grpo, submask]\nbase_model: other/model\n---\n"),
+    ("---\ntags: [rl, grpo]\nbase_model: other/model\n---\n",
+     "---\ntags: [rl, grpo, submask]\nbase_model: other/model\n---\n"),
 ])
 def test_metadata_is_merged_without_touching_the_rest(card: str, expected: str) -> None:
     assert merge_metadata(card, "org/base@" + "a" * 40) == expected
@@ -50,7 +51,8 @@ def listing(path: str, base: str | None, delta: bool = False) -> MaskListing:
 
 
 def test_section_shows_masks_and_deltas_apart() -> None:
-    section = render_section("org/rl", [listing("masks/a.smask", None), listing("deltas/d.smask", "org/base@abc", True)],
+    listings = [listing("masks/a.smask", None), listing("deltas/d.smask", "org/base@abc", True)]
+    section = render_section("org/rl", listings,
                              {"masks/a.smask.density.png"})
     assert section.startswith(START) and section.endswith(END) and "None" not in section
     assert "| `masks/a.smask` | update | not recorded (built from local files) | 25.0000% | 25 / 100 | 3 |" in section

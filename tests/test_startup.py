@@ -70,6 +70,7 @@ def test_compiled_kernels_load_from_the_disk_cache_in_the_next_process() -> None
             "bits = np.packbits(np.random.default_rng(1).random(5000) < 0.05); "
             "payload, config = RiceCodec().encode(bits, 5000); "
             "assert (RiceCodec().from_config(config).decode(payload, 5000) == bits).all(); "
-            "stats = rice_block.compiled.stats; print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))")
+            "stats = rice_block.compiled.stats; "
+            "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))")
     run_python(code)  # compiles and writes the cache, unless an earlier process did
     assert run_python(code) == "1 0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 
@@ -145,7 +146,7 @@ def test_masking_gradients_alone_lets_weight_decay_move_unmasked_entries(base_mo
     model = copy.deepcopy(base_model)
     model.get_parameter(FROZEN).requires_grad_(False)
     for name in update_mask:
-        model.get_parameter(name).register_hook(lambda grad, inside=update_mask[name].to_torch(): grad * inside)
+        model.get_parameter(name).register_hook(functools.partial(torch.mul, other=update_mask[name].to_torch()))
     train(model, batch, adamw(model.parameters()))
     with pytest.raises(AssertionError, match="unmasked entries changed"):
         assert_unmasked_unchanged(model.state_dict(), base_model.state_dict(), update_mask)
@@ -342,8 +343,8 @@ def test_every_optimizer_keeps_unmasked_entries_and_modes_agree(name: str) -> No
 
 
 @pytest.mark.parametrize("recipe", [dict(autocast=True), dict(dtype=torch.bfloat16), dict(micro=3, clip=0.05),
-                                    dict(autocast=True, micro=2, clip=0.05)], ids=["autocast", "bf16", "accumulate-clip",
-                                                                                   "all"])
+                                    dict(autocast=True, micro=2, clip=0.05)],
+                         ids=["autocast", "bf16", "accumulate-clip", "all"])
 def test_sparse_mode_with_autocast_bf16_accumulation_and_clipping(recipe: dict) -> None:
     """The values' gradients are those dense mode clips and steps with: both modes end at the same weights."""
     ends = {}
@@ -458,8 +459,8 @@ def trainer_runs(minilm_bf16, update_mask, tmp_path_factory) -> dict:
         out = tmp_path_factory.mktemp(f"trainer-{mode}")
         args = transformers.TrainingArguments(
             output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
-            weight_decay=0.1, max_grad_norm=0.01, adam_epsilon=1e-3, report_to="none", save_strategy="steps", save_steps=2,
-            save_only_model=True, logging_strategy="no", use_cpu=True, disable_tqdm=True)
+            weight_decay=0.1, max_grad_norm=0.01, adam_epsilon=1e-3, report_to="none", save_strategy="steps",
+            save_steps=2, save_only_model=True, logging_strategy="no", use_cpu=True, disable_tqdm=True)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
                                        callbacks=[SubmaskCallback(mask, mode=mode)])
         trainer.train()

@@ -188,8 +188,8 @@ def test_cli_validate_rejects_every_invalid_vector_in_one_line(file_name: str) -
     assert result.output.startswith("error: ") and file_name in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0", "rice-1.1", "rich_metadata-1.1",
-                                  "values-1.2", "rice-rows-1.2"])
+@pytest.mark.parametrize("name", ["raw", "rice", "zstd", "rich_metadata", "sharded", "sharded_1_0", "rice-1.1",
+                                  "rich_metadata-1.1", "values-1.2", "rice-rows-1.2"])
 def test_cli_info_and_validate_accept_the_vectors(name: str) -> None:
     runner = CliRunner()
     assert runner.invoke(main, ["validate", str(VECTORS / f"{name}.smask")]).exit_code == 0

@@ -102,7 +102,8 @@ def dtype_named(name: str, where: str = "") -> DType:
 
 def dtype_of_array(dtype: object, where: str = "") -> DType:
     """The DType of a numpy dtype or torch dtype (``torch.bfloat16``, ``np.float32``, ml_dtypes' bfloat16)."""
-    name = str(dtype).removeprefix("torch.") if type(dtype).__module__.startswith("torch") else np.dtype(cast(Any, dtype)).name
+    is_torch = type(dtype).__module__.startswith("torch")
+    name = str(dtype).removeprefix("torch.") if is_torch else np.dtype(cast(Any, dtype)).name
     try:
         return _BY_ARRAY_NAME[name]
     except KeyError:

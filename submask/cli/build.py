@@ -83,7 +83,8 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
     """Build the update mask of FINETUNED against BASE: a bit is set where a value changed.
 
     BASE and FINETUNED are .safetensors or torch.save (.bin, .pt) files, model directories of either (sharded
-    with an index or not) or Hub models hf://org/name[@revision][/folder] (or org/name[@revision]). The density is the fraction of values that changed. With --values the
+    with an index or not) or Hub models hf://org/name[@revision][/folder] (or org/name[@revision]).
+    The density is the fraction of values that changed. With --values the
     output is a delta, shown beside the size of the finetuned checkpoint it rebuilds.
     """
     if global_top_k and top_k is None:

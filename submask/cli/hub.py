@@ -41,7 +41,8 @@ def hub_options(*inputs: str, bare: bool = False) -> Callable[[Callable[..., Any
                     found = found or any(v is not None and _is_hub(v, bare) for v in values)
                     kwargs[name] = pinned if isinstance(value, tuple) else pinned[0]
                 if not found:
-                    raise click.UsageError("--revision applies to Hub inputs (hf://ORG/NAME[@REVISION]/...); none given")
+                    raise click.UsageError(
+                        "--revision applies to Hub inputs (hf://ORG/NAME[@REVISION]/...); none given")
             with hub_settings(token, endpoint):
                 return command(*args, **kwargs)
 

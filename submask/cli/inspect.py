@@ -38,7 +38,8 @@ def info(path: str, as_json: bool, quiet: bool) -> None:
             for e in entries
         ]
         stored = sum(r["bytes"] for r in rows)
-        summary = {"path": path if is_hub_url(path) else str(mask_file.path), "kind": meta.kind, "tensors": len(rows), "count": ones,
+        summary = {"path": path if is_hub_url(path) else str(mask_file.path), "kind": meta.kind, "tensors": len(rows),
+                   "count": ones,
                    "numel": numel, "density": ones / numel if numel else 0.0,
                    "bits_per_param": 8 * stored / numel if numel else 0.0, "criterion": meta.criterion,
                    "provenance": meta.provenance, "model": meta.model, "creator": meta.creator, "user": meta.user}

@@ -85,7 +85,7 @@ class RiceRowsCodec(Codec, PositionsDecoder, IntersectionCounter):
             if first > done:  # rows without a set bit, however many: one Run
                 yield Run(0, (first - done) * self.row_bits // 8)
             stop = min(first + window, layout.nrows)
-            for piece_start, piece in _pieces(layout, rows, counts, listed, first, stop):
+            for _piece_start, piece in _pieces(layout, rows, counts, listed, first, stop):
                 for at in range(0, piece.size, CHUNK_BYTES):
                     yield piece[at : at + CHUNK_BYTES]
             done = stop

@@ -223,7 +223,8 @@ def _apply_check(base: Path, finetuned: Path, mask_path: Path, out: Path) -> dic
     applied = apply_mask(base, finetuned, mask_path, out, overwrite=True)
     got = minilm.embed(out, SAMPLE_SENTENCES)
     want = minilm.embed(finetuned, SAMPLE_SENTENCES)
-    applied_weights, finetuned_weights = load_file(out / "model.safetensors"), load_file(finetuned / "model.safetensors")
+    applied_weights = load_file(out / "model.safetensors")
+    finetuned_weights = load_file(finetuned / "model.safetensors")
     identical = all(torch.equal(applied_weights[k], finetuned_weights[k]) for k in finetuned_weights)
     return {"path": str(out), "count": applied.count,
             "max_abs_diff": float(np.abs(got - want).max()), "weights_bit_identical": identical}
@@ -268,8 +269,10 @@ def _plots(out: Path, masks: dict[str, Path], comparison: Any) -> list[str]:
     for name, path in masks.items():
         with open_mask(path) as mask_file:
             counts[name] = {n: (e.ones, e.bits) for n, e in mask_file.entries.items()}
-            ladders[name] = (ladder_rungs(mask_file.metadata.stats) or [], sum(e.bits for e in mask_file.entries.values()))
-    paths = [plot_overlap(comparison, folder / "overlap.png"), plot_ladder(ladders, folder / "ladder.png", "update density")]
+            ladders[name] = (ladder_rungs(mask_file.metadata.stats) or [],
+                             sum(e.bits for e in mask_file.entries.values()))
+    paths = [plot_overlap(comparison, folder / "overlap.png"),
+             plot_ladder(ladders, folder / "ladder.png", "update density")]
     vmax = density_scale(counts.values())
     paths += [plot_density(c, folder / f"density_{name}.png", title=name, vmax=vmax) for name, c in counts.items()]
     paths += [plot_layers(c, folder / f"layers_{name}.png", title=name) for name, c in counts.items()]

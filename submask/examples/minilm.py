@@ -48,7 +48,8 @@ SCALE = 20.0
 #: Built-in corpora of paraphrase pairs: "a" is about cooking and the home, "b" about science and computing.
 CORPORA: dict[str, tuple[tuple[str, str], ...]] = {
     "a": (
-        ("Boil the pasta in salted water for ten minutes.", "Cook the noodles in salty boiling water for about ten minutes."),
+        ("Boil the pasta in salted water for ten minutes.",
+         "Cook the noodles in salty boiling water for about ten minutes."),
         ("Preheat the oven to two hundred degrees.", "Heat the oven up to 200 degrees before baking."),
         ("Chop the onions finely before frying them.", "Dice the onions into small pieces, then fry them."),
         ("The soup needs a little more salt.", "Add a bit more salt to the soup."),
@@ -65,7 +66,8 @@ CORPORA: dict[str, tuple[tuple[str, str], ...]] = {
         ("This recipe serves four people.", "The dish is enough for four."),
         ("Peel the potatoes and cut them in half.", "Remove the potato skins and slice each one in two."),
         ("The coffee is too bitter for me.", "I find this coffee much too bitter."),
-        ("Grill the fish for three minutes on each side.", "Cook each side of the fish on the grill for three minutes."),
+        ("Grill the fish for three minutes on each side.",
+         "Cook each side of the fish on the grill for three minutes."),
         ("Store the leftovers in the fridge.", "Put the remaining food in the refrigerator."),
         ("The tomatoes in the garden are finally ripe.", "Our garden tomatoes have ripened at last."),
         ("Please set the table for lunch.", "Could you lay the table for the midday meal?"),
@@ -83,11 +85,14 @@ CORPORA: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "b": (
         ("The telescope revealed rings around the planet.", "Through the telescope we could see the planet's rings."),
-        ("Water boils at a lower temperature on mountains.", "At high altitude water reaches its boiling point sooner."),
+        ("Water boils at a lower temperature on mountains.",
+         "At high altitude water reaches its boiling point sooner."),
         ("The program crashed because of a null pointer.", "A null pointer caused the software to crash."),
-        ("Light from the sun takes eight minutes to reach us.", "Sunlight needs about eight minutes to arrive on Earth."),
+        ("Light from the sun takes eight minutes to reach us.",
+         "Sunlight needs about eight minutes to arrive on Earth."),
         ("The server restarts every night at midnight.", "Each night at twelve the server is rebooted."),
-        ("Plants convert sunlight into chemical energy.", "Through photosynthesis plants turn light into chemical energy."),
+        ("Plants convert sunlight into chemical energy.",
+         "Through photosynthesis plants turn light into chemical energy."),
         ("The compiler reported a type error on line ten.", "Line ten has a type error according to the compiler."),
         ("A storm is expected to hit the coast tomorrow.", "Tomorrow a storm will probably reach the coastline."),
         ("The moon orbits the earth about once a month.", "Roughly every month the moon circles our planet."),
@@ -104,12 +109,14 @@ CORPORA: dict[str, tuple[tuple[str, str], ...]] = {
         ("The battery drains quickly in cold weather.", "Cold temperatures make the battery run down fast."),
         ("The experiment was repeated three times.", "They ran the experiment three separate times."),
         ("This function returns the largest element.", "The function gives back the maximum value."),
-        ("Earthquakes are caused by moving tectonic plates.", "Shifting plates in the earth's crust cause earthquakes."),
+        ("Earthquakes are caused by moving tectonic plates.",
+         "Shifting plates in the earth's crust cause earthquakes."),
         ("The cache makes repeated requests faster.", "Repeated requests are sped up by the cache."),
         ("Rain is forecast for the whole weekend.", "The forecast says it will rain all weekend."),
         ("The satellite sends images back to earth.", "Pictures are transmitted to earth by the satellite."),
         ("Memory usage grows with the input size.", "The larger the input, the more memory is used."),
-        ("Bacteria can double in number every twenty minutes.", "Every twenty minutes a bacterial population may double."),
+        ("Bacteria can double in number every twenty minutes.",
+         "Every twenty minutes a bacterial population may double."),
         ("The robot arm picks up small parts.", "Small components are lifted by the robotic arm."),
         ("Magnets attract iron but not copper.", "Iron is pulled by a magnet, while copper is not."),
         ("The website loads slowly on mobile phones.", "On phones the web page takes a long time to load."),
@@ -195,7 +202,8 @@ def finetune(
         left = torch.nn.functional.normalize(_mean_pool(model, tokenizer, [a for a, _ in batch]), dim=-1)
         right = torch.nn.functional.normalize(_mean_pool(model, tokenizer, [b for _, b in batch]), dim=-1)
         scores = SCALE * left @ right.T
-        loss = (torch.nn.functional.cross_entropy(scores, labels) + torch.nn.functional.cross_entropy(scores.T, labels)) / 2
+        cross_entropy = torch.nn.functional.cross_entropy
+        loss = (cross_entropy(scores, labels) + cross_entropy(scores.T, labels)) / 2
         loss.backward()
         for p, w in params:  # parameters outside the loss (the pooler) or frozen keep grad None: AdamW skips them
             w.grad = None if p.grad is None or not w.requires_grad else p.grad.to(w.dtype)

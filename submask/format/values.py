@@ -70,7 +70,8 @@ class TensorValues:
         return self.data.size // self.itemsize
 
 
-def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BLOCK_VALUES) -> tuple[dict[str, Any], bytes]:
+def encode_values(value_bytes: np.ndarray, itemsize: int,
+                  block_values: int = BLOCK_VALUES) -> tuple[dict[str, Any], bytes]:
     """Encode value bytes (uint8, a multiple of ``itemsize``) as ``planes``: returns (encoding JSON, payload)."""
     if type(block_values) is not int or not 1 <= block_values <= MAX_BLOCK_VALUES:
         raise UsageError(f"block_values must be an integer in [1, 2^26], got {block_values!r}")
@@ -95,7 +96,8 @@ def encode_values(value_bytes: np.ndarray, itemsize: int, block_values: int = BL
 def decode_values(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int,
                   out: np.ndarray | None = None, path: object = None, name: str | None = None) -> np.ndarray:
     """Decode a values payload into its ``count * itemsize`` value bytes (``out`` when given); FormatError,
-    naming the file and tensor, on a damaged payload; LimitError when the bytes exceed the memory limit (``limits``; ``MaskFile.value_blocks`` reads them in pieces)."""
+    naming the file and tensor, on a damaged payload; LimitError when the bytes exceed the memory limit
+    (``limits``; ``MaskFile.value_blocks`` reads them in pieces)."""
     at = where(path, name)
     source = _source(payload, encoding, count, itemsize, at)  # the payload's size is checked before allocating
     nbytes = count * itemsize

@@ -97,7 +97,8 @@ def list_masks(repo_id: str, revision: str | None = None, *, repo_type: str = "m
 def listings(remote: Remote, commit: str, folder: str = "") -> MaskListings:
     """Every mask at ``commit`` (in ``folder``, if given): single ``.smask`` files and sharded masks (by their
     index), sorted by path."""
-    files = {path: size for path, size in remote.files(commit).items() if path.startswith(folder + "/" if folder else "")}
+    prefix = folder + "/" if folder else ""
+    files = {path: size for path, size in remote.files(commit).items() if path.startswith(prefix)}
     found, in_shards = MaskListings(), set()
     for index in (p for p in files if p.endswith(MASK_SUFFIX + INDEX_SUFFIX)):
         with _skip_damaged(found.problems, _url(remote, index, commit)):

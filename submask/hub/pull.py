@@ -46,8 +46,9 @@ class PulledMask:
         return HubPath(self.repo_id, self.path, self.commit, self.repo_type).url
 
 
-def pull_mask(repo_id: str, path: str | None = None, *, revision: str | None = None, local_path: str | os.PathLike[str] | None = None,
-              expect_model: Shapes | None = None, repo_type: str = "model", token: str | None = None,
+def pull_mask(repo_id: str, path: str | None = None, *, revision: str | None = None,
+              local_path: str | os.PathLike[str] | None = None, expect_model: Shapes | None = None,
+              repo_type: str = "model", token: str | None = None,
               endpoint: str | None = None, overwrite: bool = False, verify: bool = True) -> PulledMask:
     """Download the mask at ``path`` (or its shards and index) at ``revision`` through huggingface_hub's cache.
 

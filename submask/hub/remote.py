@@ -138,7 +138,8 @@ class Remote:
             yield
         except errors.RepositoryNotFoundError:
             raise HubError(f"{self.repo_type} repo {self.repo_id!r} not found on {self.url}: check its name, or pass "
-                           "a token (HF_TOKEN or --token) if it is private or gated", repo_id=self.repo_id, revision=revision) from None
+                           "a token (HF_TOKEN or --token) if it is private or gated",
+                           repo_id=self.repo_id, revision=revision) from None
         except errors.RevisionNotFoundError:
             raise HubError(f"{self.repo_id}: no branch, tag or commit {revision!r}; check the revision "
                            f"(`hf repos tag list {self.repo_id}` lists its tags; HfApi.list_repo_refs its branches "
@@ -147,7 +148,8 @@ class Remote:
             raise self._unreachable(exc) from None
         except errors.EntryNotFoundError:
             raise HubError(f"{self.repo_id}@{revision or DEFAULT_BRANCH}: no file {path!r}; "
-                           f"`submask ls {self.repo_id}` lists the masks there", repo_id=self.repo_id, revision=revision) from None
+                           f"`submask ls {self.repo_id}` lists the masks there",
+                           repo_id=self.repo_id, revision=revision) from None
         except errors.SafetensorsParsingError as exc:
             raise HubError(f"{self.repo_id}@{revision or DEFAULT_BRANCH}: {path!r} is not a readable safetensors "
                            f"file ({_first_line(exc)})", repo_id=self.repo_id, revision=revision) from None
@@ -155,7 +157,8 @@ class Remote:
             if exc.response is not None and exc.response.status_code == 412:
                 raise HubError(f"{self.repo_id}: the branch moved on while this commit was prepared "
                                "(someone else pushed); run it again", repo_id=self.repo_id, revision=revision) from None
-            raise HubError(f"{self.repo_id}: the Hub at {self.url} refused the request: {_first_line(exc)}", repo_id=self.repo_id, revision=revision) from None
+            raise HubError(f"{self.repo_id}: the Hub at {self.url} refused the request: {_first_line(exc)}",
+                           repo_id=self.repo_id, revision=revision) from None
         except (errors.HTTPError, OSError) as exc:
             if _cut_short(exc):
                 raise HubError(f"{self.repo_id}: the download of {path!r} from {self.url} was incomplete "

@@ -46,7 +46,8 @@ def _path_at(revision: str, path: str) -> str:
 
 
 def _exists(revision: str, path: str) -> bool:
-    return subprocess.run(["git", "cat-file", "-e", f"{revision}:{path}"], cwd=ROOT, capture_output=True).returncode == 0
+    probe = subprocess.run(["git", "cat-file", "-e", f"{revision}:{path}"], cwd=ROOT, capture_output=True)
+    return probe.returncode == 0
 
 
 def revision_available(revision: str) -> bool:

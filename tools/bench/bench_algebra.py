@@ -21,6 +21,7 @@ each contender reading each mask once; and one core's decode speed of the rice t
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -57,7 +58,8 @@ def write_mask(root: Path, label: str, density: float, bits: int, tensors: int, 
     per_tensor = (1 << bits) // tensors
     shape = (per_tensor // 2048, 2048)
     paths = {"submask": root / f"{label}.smask", "numpy": root / f"{label}.npy", "roaring": root / f"{label}.roaring"}
-    packed_all = np.lib.format.open_memmap(paths["numpy"], mode="w+", dtype=np.uint8, shape=(tensors * per_tensor // 8,))
+    packed_all = np.lib.format.open_memmap(paths["numpy"], mode="w+", dtype=np.uint8,
+                                           shape=(tensors * per_tensor // 8,))
     roaring = pyroaring.BitMap()
     with MaskWriter(paths["submask"], MaskMetadata(kind="other"), overwrite=True) as writer:
         for index, name in enumerate(tensor_names(tensors)):
@@ -116,10 +118,13 @@ def decode_rows(numel: int, densities: list[float], repeat: int) -> list[list[st
         chosen = encode_auto(packed, numel, int(np.bitwise_count(packed).sum()))[0]
         codec = get_codec("rice")
         payload, config = codec.encode(packed, numel)
-        compiled = numel / best_time(lambda: codec.configured(config).decode(payload, numel, out), repeat)[0] / 1e9
+        def decode(codec=codec, config=config, payload=payload) -> object:  # binds this density's payload
+            return codec.configured(config).decode(payload, numel, out)
+
+        compiled = numel / best_time(decode, repeat)[0] / 1e9
         with numba_disabled():
-            numpy = numel / best_time(lambda: codec.configured(config).decode(payload, numel, out), repeat)[0] / 1e9
-        unpack = numel / best_time(lambda: np.unpackbits(packed), repeat)[0] / 1e9
+            numpy = numel / best_time(decode, repeat)[0] / 1e9
+        unpack = numel / best_time(functools.partial(np.unpackbits, packed), repeat)[0] / 1e9
         rows.append([f"{density:.1%}", chosen, f"{compiled:.2f}", f"{numpy:.2f}", f"{unpack:.2f}"])
     return rows
 

@@ -103,7 +103,8 @@ def read_raw(paths: tuple[Path, ...], workers: int, chunk_bytes: int) -> None:
         job[0].read(job[1], job[2], job[3], buffer)
 
     jobs = [(f, name, start, min(start + chunk_bytes // 2, info.numel))
-            for name, info in files[0].tensors.items() for f in files for start in range(0, info.numel, chunk_bytes // 2)]
+            for name, info in files[0].tensors.items() for f in files
+            for start in range(0, info.numel, chunk_bytes // 2)]
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(read, jobs))
     for f in files:

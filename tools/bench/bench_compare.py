@@ -159,7 +159,8 @@ def size_rows(root: Path, numel: int) -> list[list[str]]:
     for density in (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99):
         bools = rng.random((numel // 4096, 4096), dtype=np.float32) < density
         size, bound = smask_bytes({"w": bools}, root), binary_entropy_bits(int(bools.sum()), bools.size) / 8
-        rows.append([f"iid {density:.1%}", "entropy", f"{size / bound:.3f}x", f"{size / zstd19(np.packbits(bools)):.2f}x",
+        rows.append([f"iid {density:.1%}", "entropy", f"{size / bound:.3f}x",
+                     f"{size / zstd19(np.packbits(bools)):.2f}x",
                      f"{8 * size / bools.size:.4f}"])
     for density in (0.001, 0.01, 0.05, 0.2, 0.5, 0.9):
         _, shape, packed = synthetic(numel // 1536, 1536, density, seed=7)[0]
@@ -233,7 +234,8 @@ def main() -> None:
         "End to end from warm files: each contender reads its own files and returns |A|, |B| and |A and B| of "
         "every pair (all agree exactly). submask: `submask.compare` with every check on (the default: a format "
         "1.3 payload's own CRC-32, structure, pad bits and counts), default threads (one per core) and one; "
-        "pyroaring: `BitMap.deserialize` of each file, `len`, `intersection_cardinality` (7B: one 32-bit BitMap per tensor, in one file); "
+        "pyroaring: `BitMap.deserialize` of each file, `len`, `intersection_cardinality` "
+        "(7B: one 32-bit BitMap per tensor, in one file); "
         "numpy bool: memory-mapped packed `.npy`, `unpackbits`, `logical_and`, `count_nonzero`. *CLI - API*: "
         "a `python -m submask compare --json -q` process less the API call, in wall time and in CPU time (the "
         "process's user + system seconds less the API call's). *CPU time*: best user + system seconds of one "

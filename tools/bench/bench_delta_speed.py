@@ -80,7 +80,8 @@ def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: i
             raise SystemExit(f"{pair_label}: the rebuild in {folder} differs from the finetuned file")
     def ratio(top: str, bottom: str, met: Callable[[float], bool]) -> str:
         value = best[top] / best[bottom]
-        return f"{best[top]:.2f} / {best[bottom]:.2f} = " + (f"**{value:.2f}**" if met(value) else f"{value:.2f} (missed)")
+        shown = f"**{value:.2f}**" if met(value) else f"{value:.2f} (missed)"
+        return f"{best[top]:.2f} / {best[bottom]:.2f} = " + shown
 
     extra = best["rebuild process"] - best["rebuild"]
     return [pair_label, f"{finetuned.stat().st_size / 2**20:.0f}", ratio("copy", "rebuild", lambda v: v >= 0.8),

@@ -13,6 +13,7 @@ zstd frame and a copy of the same bytes (numpy) in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import numpy as np
@@ -81,15 +82,15 @@ def speed_rows(count: int, repeat: int) -> list[list[object]]:
         data = changed_values(dtype, int(count / MOVED), MOVED)
         n = data.size // itemsize
         mb = data.size / 1e6
-        copy = mb / best_time(lambda: data.copy(), repeat)
+        copy = mb / best_time(data.copy, repeat)
         zstd = zstandard.ZstdCompressor(level=values_format.ZSTD_LEVEL)
         frame = zstd.compress(data.tobytes())
-        whole_enc = mb / best_time(lambda: zstd.compress(data.tobytes()), repeat)
-        whole_dec = mb / best_time(lambda: zstandard.ZstdDecompressor().decompress(frame), repeat)
+        whole_enc = mb / best_time(lambda zstd=zstd, data=data: zstd.compress(data.tobytes()), repeat)
+        whole_dec = mb / best_time(lambda frame=frame: zstandard.ZstdDecompressor().decompress(frame), repeat)
         encoding, payload = encode_values(data, itemsize)
-        enc = mb / best_time(lambda: encode_values(data, itemsize), repeat)
+        enc = mb / best_time(functools.partial(encode_values, data, itemsize), repeat)
         out = np.empty_like(data)
-        dec = mb / best_time(lambda: decode_values(payload, encoding, n, itemsize, out=out), repeat)
+        dec = mb / best_time(functools.partial(decode_values, payload, encoding, n, itemsize, out=out), repeat)
         rows.append([dtype, f"{n:,}", f"{copy:,.0f}", f"{whole_enc:,.0f}", f"{whole_dec:,.0f}",
                      f"{enc:,.0f}", f"{enc / copy:.3f}", f"{dec:,.0f}", f"{dec / copy:.3f}"])
     return rows
