@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -52,19 +53,20 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
         check_op(op, len(inputs))
     check_mask_target(output, overwrite, inputs=inputs)
     with ExitStack() as stack:
-        files = [stack.enter_context(open_mask(path, names=names)) for path in inputs]
+        # a path always opens as a MaskFile (open_mask yields a Mask only for a Mask passed in)
+        files = [cast(MaskFile, stack.enter_context(open_mask(path, names=names))) for path in inputs]
         labels = [os.fspath(path) for path in inputs]
-        names = aligned_names([f.shapes for f in files], common=common,
-                              labels=labels)
+        tensor_names = aligned_names([f.shapes for f in files], common=common,
+                                     labels=labels)
         described = [{"path": label, "fingerprint": content_fingerprint(f), "provenance": f.metadata.provenance}
                      for label, f in zip(labels, files)]
         metadata = combined_metadata(op, [f.metadata for f in files], described)
         if at_least is not None:
             metadata.provenance["combined"]["at_least"] = at_least
-        stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in names)))
+        stack.enter_context(job(len(files) * sum(files[0].entries[name].bits for name in tensor_names)))
         count = numel = 0
         with MaskWriter(output, metadata, overwrite=overwrite) as writer:
-            for name in tensor_progress(names, progress, f"submask {op}"):
+            for name in tensor_progress(tensor_names, progress, f"submask {op}"):
                 nbytes = packed_nbytes(files[0].entries[name].bits)
                 check_allocation((len(files) + 1) * nbytes, f"{labels[0]}, tensor {name!r}: {len(files)} inputs and "
                                  f"the result of {8 * nbytes:,} bits")
@@ -73,7 +75,7 @@ def combine_files(op: str, inputs: Sequence[str | os.PathLike[str]], output: str
                           else apply_op(op, [t.packed for t in tensors], tensors[0].numel))
                 count += writer.add_packed(name, tensors[0].shape, packed, popcount(packed)).ones
                 numel += tensors[0].numel
-    return BuiltMask(metadata, len(names), count, numel, path=Path(output))
+    return BuiltMask(metadata, len(tensor_names), count, numel, path=Path(output))
 
 
 def vote(packed: Sequence[np.ndarray], numel: int, at_least: int) -> np.ndarray:

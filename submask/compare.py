@@ -42,7 +42,7 @@ from .limits import check_allocation
 from .mask import Mask, TensorMask
 from .names import Names
 from .packed import crc32
-from .tensor_counts import compare_tensor, reusable, thread_buffer
+from .tensor_counts import Read, compare_tensor, reusable, thread_buffer
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -148,10 +148,10 @@ def compare(masks: Sequence[MaskLike], *, by: str = "overall", common: bool = Fa
     with ExitStack() as stack:
         sources = [_Source.of(mask, stack, index, names) for index, mask in enumerate(masks)]
         labels = [source.label for source in sources]
-        names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
-        stack.enter_context(job(len(sources) * sum(sources[0].numel(name) for name in names)))
+        tensor_names = aligned_names([s.shapes for s in sources], common=common, labels=labels)
+        stack.enter_context(job(len(sources) * sum(sources[0].numel(name) for name in tensor_names)))
         result = Comparison(labels, by)
-        for chunk, intersections in _per_chunk(sources, names, progress, workers, verify):
+        for chunk, intersections in _per_chunk(sources, tensor_names, progress, workers, verify):
             numels = np.array([sources[0].numel(name) for name in chunk], np.int64)
             stacked = np.array(intersections, np.int64).reshape(len(chunk), len(sources), len(sources))
             members: dict[str, list[int]] = {OVERALL: list(range(len(chunk)))}
@@ -229,7 +229,7 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
         return
     from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of a command's start
 
-    pending: deque[tuple[list[str], Future]] = deque()
+    pending: deque[tuple[list[str], Future[list[np.ndarray]]]] = deque()
     with ThreadPoolExecutor(workers) as pool:
         for index, chunk in enumerate(chunks):  # a slot is free again once its chunk's task has finished
             pending.append((chunk, pool.submit(_compare_chunk, read(chunk, index % (2 * workers + 1)), verify)))
@@ -260,7 +260,7 @@ class _Chunk:
     """What the tasks of one chunk need: per tensor the reads for ``compare_tensor``, or (for tensors counted
     by ``batch``'s kernels) None, its entries and a row of ``table`` over the payloads read into ``data``."""
 
-    reads: list[list | None]
+    reads: list[list[Read] | None]
     entries: list[tuple[TensorEntry, ...]] = field(default_factory=list)
     table: list[list[int]] = field(default_factory=list)
     data: np.ndarray | None = None
@@ -294,7 +294,7 @@ def _read_chunk(sources: list[_Source], names: list[str],
         data = chunk.data = room(offset)
         for name, row in rows:
             for side, file in enumerate(files):
-                file.payload_into(name, memoryview(data[row[2 + 4 * side] : row[3 + 4 * side]]))
+                file.payload_into(name, data[row[2 + 4 * side] : row[3 + 4 * side]].data)
             chunk.entries.append(tuple(file.entries[name] for file in files))
             chunk.table.append(row)
     return chunk
@@ -315,7 +315,7 @@ def _batch_kind(file: MaskFile, name: str) -> tuple[int, int] | None:
     return _KINDS[key]
 
 
-_KINDS: dict[tuple, tuple[int, int] | None] = {}
+_KINDS: dict[tuple[str, str], tuple[int, int] | None] = {}
 
 
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
@@ -323,7 +323,7 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
     payload, counts or CRC-32 fail its checks again by ``compare_tensor``, which raises the error that says why.
     With ``verify``, a payload that matches its own CRC-32 (format 1.3) needs no CRC-32 of its bits; two masks'
     kernel keeps the bits of the others for theirs, the N-mask kernel leaves them to ``compare_tensor``."""
-    counted: Iterator = iter(())
+    counted: Iterator[tuple[np.ndarray, tuple[TensorEntry, ...], list[int], int, int, tuple[bool, ...]]] = iter(())
     data, bits, n = chunk.data, None, len(chunk.paths)
     if chunk.table:
         assert data is not None
@@ -348,13 +348,14 @@ def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
             out.append(compare_tensor(reads, verify))
             continue
         matrix, entries, row, at, size, checked_sides = next(counted)
+        assert data is not None  # counted yields only for a chunk whose payloads were read into data
         sound = matrix[0, 0] >= 0 and all(matrix[side, side] == entry.ones for side, entry in enumerate(entries))
         if sound and verify:  # each side: its payload's CRC-32 checked above, or its kept bits' here
             sound = all(ok or (bits is not None and entry.payload_crc32 is None
                                and crc32(_kept_bits(row, side, data, bits[side][at : at + size])) == entry.crc32)
                         for side, (ok, entry) in enumerate(zip(checked_sides, entries)))
         if not sound:
-            reads = [(entry, bytes(data[row[2 + 4 * side] : row[3 + 4 * side]]), path)  # type: ignore[index]
+            reads = [(entry, bytes(data[row[2 + 4 * side] : row[3 + 4 * side]]), path)
                      for side, (entry, path) in enumerate(zip(entries, chunk.paths))]
             out.append(compare_tensor(reads, verify))
             continue

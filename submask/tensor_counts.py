@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar, cast
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .mask import TensorMask
 from .packed import packed_nbytes
 
 T = TypeVar("T")
+
+#: what ``compare_tensor`` takes per mask: a file's entry, payload and path, or an in-memory tensor
+Read: TypeAlias = "tuple[TensorEntry, bytes, Path] | TensorMask"
 
 #: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
 #: (measured crossover)
@@ -45,7 +48,7 @@ class _Operand:
     streamed: tuple[IntersectionCounter, bytes, str] | None = None
 
 
-def _decode(read: tuple[TensorEntry, bytes, Path] | TensorMask, index: int, streamed: bool,
+def _decode(read: Read, index: int, streamed: bool,
             verify: bool) -> _Operand:
     """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a payload whose
     codec counts intersections is left encoded when ``streamed``, and one whose codec lists positions is
@@ -57,9 +60,10 @@ def _decode(read: tuple[TensorEntry, bytes, Path] | TensorMask, index: int, stre
     verify = verify and not payload_verified(entry, payload)  # a payload CRC-32 that matches stands for the bits'
     at = where(path, entry.name)
     codec = entry_codec(entry, path)
-    streaming = isinstance(codec, IntersectionCounter) and codec.streams()
-    if not verify and streamed and streaming:
-        return _Operand(entry.bits, entry.ones, streamed=(codec, payload, at))
+    counter = codec if isinstance(codec, IntersectionCounter) and codec.streams() else None
+    streaming = counter is not None
+    if not verify and streamed and counter is not None:
+        return _Operand(entry.bits, entry.ones, streamed=(counter, payload, at))
     if (not verify and not streaming and isinstance(codec, PositionsDecoder)
             and entry.ones <= entry.bits * POSITIONS_MAX_DENSITY):
         positions = _checked(at, lambda: codec.positions(payload, entry.bits))
@@ -94,14 +98,15 @@ def _check_count(at: str, decoded: int, expected: int) -> None:
         raise ChecksumError(f"{at}decoded {decoded} set bits, header says {expected}; the file is corrupt")
 
 
-def compare_tensor(reads: list, verify: bool) -> np.ndarray:
+def compare_tensor(reads: list[Read], verify: bool) -> np.ndarray:
     """N x N intersection counts of one tensor's masks (counts on the diagonal)."""
     n = len(reads)
     # two masks: the second streams its payload against the first's bits; more: each is decoded once and
     # every pair is counted in one pass over their bits (a streamed one would be decoded again for each pair)
     operands = [_decode(read, index, n == 2 and index == 1, verify) for index, read in enumerate(reads)]
-    if n > 2 and all(operand.packed is not None for operand in operands):
-        return pair_intersection_counts([operand.packed for operand in operands])
+    packed = [operand.packed for operand in operands if operand.packed is not None]
+    if n > 2 and len(packed) == n:
+        return pair_intersection_counts(packed)
     out = np.zeros((n, n), np.int64)
     for i in range(n):
         out[i, i] = operands[i].count
@@ -117,17 +122,22 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
         return 0
     if x.count == x.numel or y.count == y.numel:
         return min(x.count, y.count)
-    if y.streamed is not None and x.packed is not None:  # only the last operand is left encoded
+    x_packed = x.packed
+    if y.streamed is not None and x_packed is not None:  # only the last operand is left encoded
         codec, payload, at = y.streamed
-        hits, ones = _checked(at, lambda: codec.intersection_count(payload, y.numel, x.packed))
+        # a codec is left streamed only when it streams(), and then intersection_count gives a count
+        hits, ones = cast(tuple[int, int], _checked(at, lambda: codec.intersection_count(payload, y.numel, x_packed)))
         _check_count(at, ones, y.count)
         return hits
     if x.positions is not None and y.positions is not None:
         return _common_positions(x.positions, y.positions, x.numel)
     if x.positions is not None or y.positions is not None:
         sparse, dense = (x, y) if x.positions is not None else (y, x)
-        return _gather_count(dense.packed, sparse.positions)
-    return packed_intersection_count(x.packed, y.packed)
+        # the operand without positions holds packed bits (only the second of two is left streamed, and that
+        # against packed bits, above)
+        return _gather_count(cast(np.ndarray, dense.packed), cast(np.ndarray, sparse.positions))
+    # neither has positions and neither is streamed (see above): both hold packed bits
+    return packed_intersection_count(cast(np.ndarray, x.packed), cast(np.ndarray, y.packed))
 
 
 _tables = threading.local()  # per thread: a bool table for positions, decode buffers

@@ -19,14 +19,14 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from .breakdown import locate
 from .builder import build_mask, count_changes
 from .builder.criteria import LADDER_ATOL
-from .built import ChangeCounts
+from .built import BuiltMask, ChangeCounts
 from .errors import MismatchError, UsageError
 from .mask import Mask, TensorMask
 from .metadata import model_fingerprint
@@ -92,6 +92,14 @@ class UpdateDensity:
         return logs
 
 
+class _Criterion(TypedDict):
+    """The change criterion a tracker passes on to ``build_mask`` and ``count_changes``."""
+
+    criterion: str | None
+    atol: float | None
+    rtol: float | None
+
+
 class UpdateTracker:
     """The update mask of ``model``'s parameters against ``reference`` (default: a copy of the parameters
     now, on their device, which follows the model if it is moved or converted later), computed on demand on
@@ -105,7 +113,8 @@ class UpdateTracker:
 
     def __init__(self, model: Any, reference: Any = None, *, criterion: str | None = None,
                  atol: float | None = None, rtol: float | None = None, names: Callable[[str], str] | None = None):
-        self.model, self._criterion = model, {"criterion": criterion, "atol": atol, "rtol": rtol}
+        self.model = model
+        self._criterion: _Criterion = {"criterion": criterion, "atol": atol, "rtol": rtol}
         self._names = names_for(model, names)
         self._owns_reference = reference is None
         if reference is None:
@@ -165,7 +174,7 @@ class UpdateTracker:
         FSDP2 every rank gets the whole mask: each rank's bits are gathered (the packed bits of the model, one
         bit per parameter, on every rank)."""
         reference, current, sharded = self._pair()
-        mask = build_mask(reference, current, **self._criterion).mask
+        mask = _kept(build_mask(reference, current, **self._criterion))
         return mask if sharded is None else _gathered(mask, sharded)
 
     def density(self) -> UpdateDensity:
@@ -181,8 +190,10 @@ class UpdateTracker:
         writes the gathered mask."""
         reference, current, sharded = self._pair()
         if sharded is None:
-            return build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path
-        gathered = _gathered(build_mask(reference, current, **self._criterion).mask, sharded)
+            written = build_mask(reference, current, path, overwrite=overwrite, **self._criterion).path
+            assert written is not None  # build_mask with an output path returns the path written
+            return written
+        gathered = _gathered(_kept(build_mask(reference, current, **self._criterion)), sharded)
         if _first_rank(sharded):
             from .io import save
 
@@ -219,6 +230,12 @@ def _mesh(current: dict[str, Any]) -> Any:
 def _first_rank(current: dict[str, Any]) -> bool:
     """Whether this process is the first rank of the sharded parameters' mesh."""
     return _mesh(current).get_local_rank() == 0
+
+
+def _kept(built: BuiltMask) -> Mask:
+    """The in-memory mask of a build made without an output path."""
+    assert built.mask is not None  # build_mask without an output path keeps the mask in memory
+    return built.mask
 
 
 def _gathered(local: Mask, current: dict[str, Any]) -> Mask:

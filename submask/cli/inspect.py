@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -29,7 +30,7 @@ def info(path: str, as_json: bool, quiet: bool) -> None:
         entries = mask_file.entries.values()
         numel = sum(e.bits for e in entries)
         ones = sum(e.ones for e in entries)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"name": e.name, "shape": list(e.shape), "count": e.ones, "numel": e.bits,
              "density": e.ones / e.bits if e.bits else 0.0, "encoding": e.encoding,
              "bytes": mask_file.payload_size(e.name)}
@@ -38,11 +39,11 @@ def info(path: str, as_json: bool, quiet: bool) -> None:
             for e in entries
         ]
         stored = sum(r["bytes"] for r in rows)
-        summary = {"path": path if is_hub_url(path) else str(mask_file.path), "kind": meta.kind, "tensors": len(rows),
-                   "count": ones,
-                   "numel": numel, "density": ones / numel if numel else 0.0,
-                   "bits_per_param": 8 * stored / numel if numel else 0.0, "criterion": meta.criterion,
-                   "provenance": meta.provenance, "model": meta.model, "creator": meta.creator, "user": meta.user}
+        summary: dict[str, Any] = {
+            "path": path if is_hub_url(path) else str(mask_file.path), "kind": meta.kind, "tensors": len(rows),
+            "count": ones, "numel": numel, "density": ones / numel if numel else 0.0,
+            "bits_per_param": 8 * stored / numel if numel else 0.0, "criterion": meta.criterion,
+            "provenance": meta.provenance, "model": meta.model, "creator": meta.creator, "user": meta.user}
         if mask_file.has_values:
             summary["values"] = _values_summary([r["values"] for r in rows if "values" in r])
         if meta.checkpoint is not None:
@@ -79,7 +80,7 @@ def info(path: str, as_json: bool, quiet: bool) -> None:
                              for r in rows]))
 
 
-def _values_summary(values: list[dict]) -> dict:
+def _values_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
     """Values of every tensor: bytes stored and decoded, tensors per dtype, and per dtype how each byte plane is
     stored ("stored", "zstd", or "mixed" when tensors or blocks differ)."""
     dtypes: dict[str, int] = {}
