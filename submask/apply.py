@@ -215,8 +215,8 @@ def _shards(source: Source) -> tuple[list[_Shard], bytes | None]:
     them when the finetuned checkpoint is a sharded pickle (a safetensors one's index is copied as it is):
     safetensors headers are copied verbatim; torch.save files become safetensors files of the same tensors."""
     if isinstance(source, PickleSource):
-        shards, index = safetensors_shards(source)
-        return [_Shard(*shard) for shard in shards], index
+        pickled, index = safetensors_shards(source)
+        return [_Shard(*shard) for shard in pickled], index
     assert isinstance(source, ShardedSource)
     shards = []
     for file_name in source.provenance["files"]:

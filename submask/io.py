@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .built import BuiltMask
 from .delta import Delta
 from .errors import MismatchError, UsageError
 from .format import MaskFile, MaskWriter, local_mask_path
-from .format.values import is_diff
+from .format.values import TensorValues, is_diff
 from .hub.paths import is_hub_url
 from .limits import check_allocation
 from .mask import Mask
@@ -105,7 +105,8 @@ def load_delta(path: str | os.PathLike[str], *, max_bits: int | None = None, bas
         mask = mask_file.load()
         check_allocation(sum(entry.values.size for entry in mask_file.entries.values() if entry.values is not None),
                          f"{local}: the delta's values")
-        values = {name: mask_file.values(name, _base_values(base, name, mask[name], entry.values))
+        # a tensor with a values entry decodes to values (None is only for a tensor without)
+        values = {name: cast(TensorValues, mask_file.values(name, _base_values(base, name, mask[name], entry.values)))
                   for name, entry in mask_file.entries.items() if entry.values is not None}
         checkpoint = mask_file.metadata.checkpoint
     if source is not None:

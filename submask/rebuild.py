@@ -21,7 +21,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 IN_FLIGHT = 2  # chunks being hashed and written while the next is filled in
 POSITIONS_MAX = CHUNK_ELEMENTS  # a tensor with at most this many set bits (32 MiB of positions) is scattered by them
 POSITIONS_MAX_DENSITY = 1 / 2  # ... when at most this dense: denser, packed bits win (measured crossover ~0.6)
-DeltaLike = Delta | MaskFile | str | os.PathLike
+DeltaLike = Delta | MaskFile | str | os.PathLike[str]
 """A delta in memory, an open .smask file with values, or the path or hf:// URL of one."""
 
 
@@ -158,9 +158,11 @@ class _DeltaValues:
     def bits(self, name: str) -> TensorMask | np.ndarray:
         """Tensor ``name``'s mask, verified: its set positions (int64, ascending) where the file lists them and
         they are few (scattering by them is far cheaper than by the bits), else its packed bits."""
-        entry = self.source.entries[name] if isinstance(self.source, MaskFile) else None
-        if entry is not None and entry.ones <= min(POSITIONS_MAX, entry.bits * POSITIONS_MAX_DENSITY):
-            positions = self.source.positions(name)
+        source = self.source if isinstance(self.source, MaskFile) else None
+        entry = source.entries[name] if source is not None else None
+        if source is not None and entry is not None and entry.ones <= min(POSITIONS_MAX,
+                                                                           entry.bits * POSITIONS_MAX_DENSITY):
+            positions = source.positions(name)
             if positions is not None:
                 return positions
         return self.mask[name]
@@ -265,7 +267,7 @@ def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo
 
     with ThreadPoolExecutor(1, "submask-rebuild-write") as writer, \
             ThreadPoolExecutor(1, "submask-rebuild-values") as decoder:
-        pending: deque[Future] = deque()
+        pending: deque[Future[None]] = deque()
 
         def emit(data: Any) -> None:
             view = memoryview(data).cast("B")
@@ -308,7 +310,7 @@ def _tensor_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, stream: _Val
     into the next of ``buffers``) with the values at the set positions (``bits``: packed, or the positions)."""
     positions = bits if isinstance(bits, np.ndarray) else None
     itemsize = info.dtype.itemsize
-    whole = (bits.count if positions is None else positions.size) == info.numel
+    whole = (bits.size if isinstance(bits, np.ndarray) else bits.count) == info.numel
     done = 0  # set positions before this chunk
     for start in range(0, info.numel, CHUNK_ELEMENTS):
         stop = min(start + CHUNK_ELEMENTS, info.numel)
@@ -319,7 +321,7 @@ def _tensor_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, stream: _Val
         if not chunk.flags.writeable:  # a source may hand back a read-only view instead of the buffer
             chunk = chunk.copy()
         if positions is None:
-            packed = bits.packed[start // 8: (stop + 7) // 8]
+            packed = cast(TensorMask, bits).packed[start // 8: (stop + 7) // 8]  # not positions: a TensorMask
             _scatter_into(chunk, packed, stream.take(popcount(packed) * itemsize).view(info.dtype.raw))
         else:
             end = done + int(np.searchsorted(positions[done:], stop))
@@ -346,7 +348,7 @@ def _diff_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, blocks: Iterat
         if not chunk.flags.writeable:
             chunk = chunk.copy()
         if positions is None:
-            packed = bits.packed[start // 8: (stop + 7) // 8]
+            packed = cast(TensorMask, bits).packed[start // 8: (stop + 7) // 8]  # not positions: a TensorMask
             taken = chunk_values(chunk, packed).view(raw)
         else:
             end = done + int(np.searchsorted(positions[done:], stop))
@@ -407,9 +409,10 @@ class _ValueStream:
         parts = []
         while nbytes:
             if not self._rest.size:
-                self._rest = next(self._blocks, None)
-                if self._rest is None:
+                block = next(self._blocks, None)
+                if block is None:
                     raise FormatError(f"{self._at}fewer values than set bits; the delta is corrupt")
+                self._rest = block
             parts.append(self._rest[:nbytes])
             self._rest, nbytes = self._rest[nbytes:], nbytes - parts[-1].size
         return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else self._rest[:0]

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -198,6 +198,7 @@ def build_mask(base: Any, finetuned: Any, out: str | os.PathLike[str] | None = N
             run.check_unchanged()  # before the mask is committed: never a mask of a changed file
             metadata.stats["backend"] = backend.name
             if "cross_dtype" in metadata.stats:
+                assert metadata.criterion is not None  # set when the metadata was made, above
                 metadata.criterion["cross_dtype"] = "float64 values"
             if skipped:
                 metadata.stats["skipped"] = skipped
@@ -319,8 +320,8 @@ class _Run:
 
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
         ladders: dict[str, list[int]] = {}
-        pending: deque[tuple[_TensorJob, Future, bool]] = deque()
-        writes: deque[Future] = deque()
+        pending: deque[tuple[_TensorJob, Future[tuple[int, list[int] | None, int]], bool]] = deque()
+        writes: deque[Future[None]] = deque()
         finetuned, stored_whole = self.sources[1].tensors, set(whole or ())
         bar = tqdm(total=sum(i.numel * finetuned[i.name].dtype.itemsize + (0 if i.name in stored_whole else i.nbytes)
                              for i in infos), unit="B",
@@ -392,7 +393,8 @@ class _Run:
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
         result = self.backend.compare(a, b, dtype, self.criterion, self.ladder, bits=job.bits)
         if job.bits:
-            job.packed[start // 8: start // 8 + result.packed.size] = result.packed
+            packed = cast(np.ndarray, result.packed)  # compare gives packed bits when asked for them (bits=True)
+            job.packed[start // 8: start // 8 + packed.size] = packed
         if job.values:
             job.pieces[k] = chunk_values(b, result.packed)
             job.base_pieces[k] = chunk_values(base, result.packed)

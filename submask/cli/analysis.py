@@ -101,10 +101,10 @@ def compare_command(paths: tuple[str, ...], by: str, as_json: bool, as_csv: bool
         writer.writerows([g, a, b, *s.as_dict().values()] for g, a, b, s in rows)
         click.echo(buffer.getvalue(), nl=False)
     else:
-        names = short_labels(result.labels)
+        shown = short_labels(result.labels)
         grouped = ["group"] if by != "overall" else []
         click.echo(format_table([*grouped, "A", "B", *(title for title, _ in _PAIR_COLUMNS)],
-                                [[*([g] if grouped else []), names[a], names[b],
+                                [[*([g] if grouped else []), shown[a], shown[b],
                                   *(getattr(s, attr) for _, attr in _PAIR_COLUMNS)] for g, a, b, s in rows]))
         click.echo(_PAIR_LEGEND)
 

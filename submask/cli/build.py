@@ -124,9 +124,9 @@ def build(base: str, finetuned: str, output: str, criterion: str | None, atol: f
         if whole:
             click.echo(f"stored whole (not in the base alike): {len(whole)} tensor(s): {', '.join(whole[:5])}"
                        f"{', ...' if len(whole) > 5 else ''}")
-    for kind, names in summary["skipped"].items():
-        click.echo(f"skipped {len(names)} tensor(s), {kind.replace('_', ' ')}: {', '.join(names[:5])}"
-                   f"{', ...' if len(names) > 5 else ''}")
+    for kind, skipped in summary["skipped"].items():
+        click.echo(f"skipped {len(skipped)} tensor(s), {kind.replace('_', ' ')}: {', '.join(skipped[:5])}"
+                   f"{', ...' if len(skipped) > 5 else ''}")
 
 
 def _delta_sizes(path: Path, checkpoint: list[CheckpointFile] | None) -> dict[str, int | float | None]:

@@ -61,7 +61,7 @@ def run(rank: int, world: int, port: int, steps: int, out: str) -> None:
         if rank == 0:
             ids = torch.randint(0, VOCAB, (8, 4), generator=tokens)
             loss = torch.nn.functional.cross_entropy(model(ids).float().view(-1, VOCAB), ids.roll(1).view(-1))
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             patch = sync.diff()
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=29512)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    spawn(run, args=(args.world, args.port, args.steps, args.out), nprocs=args.world)  # type: ignore[no-untyped-call]
+    spawn(run, args=(args.world, args.port, args.steps, args.out), nprocs=args.world)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compr
         if order is not None:
             zigzag = zigzag[order]
     columns = zigzag.view(np.uint8).reshape(-1, itemsize)
-    crc = zlib.crc32(columns, crc)
+    crc = zlib.crc32(columns.data, crc)
     records = [new_bits.size.to_bytes(BLOCK_HEADER, "little")]
     for plane in range(itemsize):
         raw = np.ascontiguousarray(columns[:, plane]).tobytes()
@@ -231,7 +231,8 @@ def _kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
 
 
 @Kernel
-def _encode_kernel(new, base, out, mantissa, exponent_bits, bits, slots):  # pragma: no cover - compiled by numba
+def _encode_kernel(new: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
+                   slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """``_encode_block``'s transform in one pass (values of at most 32 bits): each zigzagged difference goes
     to its place in the stable exponent order (a counting sort: ``slots`` counts, then places)."""
     full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
@@ -259,7 +260,8 @@ def _encode_kernel(new, base, out, mantissa, exponent_bits, bits, slots):  # pra
 
 
 @Kernel
-def _decode_kernel(zigzag, base, out, mantissa, exponent_bits, bits, slots):  # pragma: no cover - compiled by numba
+def _decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
+                   slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``."""
     full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
     if mantissa >= 0:

@@ -23,7 +23,7 @@ from ..codecs.plain import check_frame
 from ..errors import ChecksumError, FormatError, MismatchError, UnknownEncodingError, UsageError, where
 from ..limits import check_allocation
 from .container import PayloadSpan, ReadAt
-from .header import DTYPE_SIZES, ValuesEntry
+from .header import DIFF_PLANES, DTYPE_SIZES, ValuesEntry
 
 PLANES = "planes"
 BLOCK_VALUES = 1 << 20  # the writers' block: planes of 1 MiB, compressed as well as larger ones
@@ -300,8 +300,6 @@ def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object =
 
 def is_diff(entry: ValuesEntry) -> bool:
     """Whether a tensor's values are coded against the base (``diff-planes``, FORMAT.md §12.4)."""
-    from .diffs import DIFF_PLANES
-
     return entry.encoding.get("id") == DIFF_PLANES
 
 
@@ -372,8 +370,8 @@ def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object
         from . import diffs
 
         diffs.block_elements_of(entry.encoding, at)
-        seen = diffs.plane_methods(payload, itemsize, at)
-        return [methods.pop() if len(methods) == 1 else "mixed" for methods in seen] if count else []
+        planes = diffs.plane_methods(payload, itemsize, at)
+        return [methods.pop() if len(methods) == 1 else "mixed" for methods in planes] if count else []
     block_values = _block_values(entry.encoding, at)
     size, read = _reader(payload)
     seen: list[set[str]] = [set() for _ in range(itemsize)]
