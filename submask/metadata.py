@@ -60,8 +60,8 @@ class CheckpointFile:
         if problem:
             raise FormatError(f"{at}checkpoint file name {_short(name)} {problem}: not a bare file name (FORMAT.md "
                               "§8); the file is corrupt or hostile")
-        if not (is_count(size) and isinstance(sha256, str) and _SHA256_PATTERN.fullmatch(sha256)
-                and isinstance(content, str)):
+        if not (isinstance(name, str) and is_count(size) and isinstance(sha256, str)
+                and _SHA256_PATTERN.fullmatch(sha256) and isinstance(content, str)):
             raise FormatError(f"{at}checkpoint file {name!r} needs an integer 'size', a 'sha256' of 64 lowercase "
                               "hex digits and a string 'header' or 'text'; the file is corrupt")
         return cls(name, size, sha256, obj.get("header"), obj.get("text"))

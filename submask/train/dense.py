@@ -25,7 +25,8 @@ class DenseEntry(Entry):
         self.frozen = local.clone()
         packed = packed_range(bits, start, local.numel())
         self.packed = torch.from_numpy(packed).to(parameter.device)  # 1 bit per entry, unpacked on use
-        self.hook = parameter.register_post_accumulate_grad_hook(self._zero_outside)
+        # torch leaves register_post_accumulate_grad_hook unannotated
+        self.hook = parameter.register_post_accumulate_grad_hook(self._zero_outside)  # type: ignore[no-untyped-call]
 
     def _local(self) -> torch.Tensor:
         """The entries held here, where the parameter is now; the starting values and the packed mask follow

@@ -35,7 +35,8 @@ def ddp_ignore(module: torch.nn.Module, entries: Iterable[Entry]) -> None:
 
     tensors = {id(t) for e in entries for t in (e.parameter, e.trainable)}
     names = [name for name, p in module.named_parameters(remove_duplicate=False) if id(p) in tensors]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+    # torch leaves this function unannotated
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)  # type: ignore[no-untyped-call]
 
 
 DEFAULT_GROUP = "default process group, once initialised"  # restrict ran in a launched process before init

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import UsageError
 from ..sharding import local_shard
@@ -12,6 +12,7 @@ from .entry import Entry, indices_in_range
 
 if TYPE_CHECKING:
     import torch
+    from torch.distributed.tensor import DTensor
 
     from ..mask import TensorMask
 
@@ -48,9 +49,12 @@ class SparseEntry(Entry):
         self.values = torch.nn.Parameter(self._as_values(self._pick(local)))
         self._release()  # between steps the weight holds the only copy of the masked entries
         owner.register_parameter(attribute + VALUES, self.values)
-        self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),
-                        owner.register_state_dict_post_hook(functools.partial(self._drop_values)),  # torch tags it
-                        owner.register_load_state_dict_post_hook(self._values_not_missing)]
+        # torch leaves these hook registrars unannotated (no-untyped-call)
+        self.handles = [parameter.register_post_accumulate_grad_hook(self._gather),  # type: ignore[no-untyped-call]
+                        owner.register_state_dict_post_hook(  # type: ignore[no-untyped-call]
+                            functools.partial(self._drop_values)),  # torch tags it
+                        owner.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+                            self._values_not_missing)]
 
     def _local(self) -> torch.Tensor:
         """This rank's entries of the weight, where the weight is now (``model.to(...)`` after ``restrict``
@@ -100,7 +104,7 @@ class SparseEntry(Entry):
         else:
             self.values.grad.add_(grad)  # gradient accumulation over several backwards
 
-    def _drop_values(self, module: Any, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    def _drop_values(self, module: Any, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
         state_dict.pop(prefix + self.attribute + VALUES, None)  # checkpoints hold the module's own names
 
     def _values_not_missing(self, module: Any, incompatible: Any) -> None:
@@ -114,7 +118,8 @@ class SparseEntry(Entry):
     def _local_values(self) -> torch.Tensor:
         """The tensor that holds this rank's values (all of them outside FSDP2): its ``data`` is swapped."""
         # a DTensor parameter's to_local() is a fresh view: swapping its data would leave the DTensor's alone
-        return self.values if self.mesh is None else self.values._local_tensor
+        # with a mesh (FSDP2) the values parameter is a DTensor
+        return self.values if self.mesh is None else cast("DTensor", self.values)._local_tensor
 
     def _release(self) -> None:
         """Drop the values' data, keeping their shape and identity (the optimizer keys on them): until the next
