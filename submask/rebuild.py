@@ -158,13 +158,13 @@ class _DeltaValues:
     def bits(self, name: str) -> TensorMask | np.ndarray:
         """Tensor ``name``'s mask, verified: its set positions (int64, ascending) where the file lists them and
         they are few (scattering by them is far cheaper than by the bits), else its packed bits."""
-        source = self.source if isinstance(self.source, MaskFile) else None
-        entry = source.entries[name] if source is not None else None
-        if source is not None and entry is not None and entry.ones <= min(POSITIONS_MAX,
-                                                                           entry.bits * POSITIONS_MAX_DENSITY):
-            positions = source.positions(name)
-            if positions is not None:
-                return positions
+        source = self.source
+        if isinstance(source, MaskFile):
+            entry = source.entries[name]
+            if entry.ones <= min(POSITIONS_MAX, entry.bits * POSITIONS_MAX_DENSITY):
+                positions = source.positions(name)
+                if positions is not None:
+                    return positions
         return self.mask[name]
 
     def coded_against_base(self, name: str) -> bool:

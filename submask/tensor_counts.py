@@ -48,8 +48,7 @@ class _Operand:
     streamed: tuple[IntersectionCounter, bytes, str] | None = None
 
 
-def _decode(read: Read, index: int, streamed: bool,
-            verify: bool) -> _Operand:
+def _decode(read: Read, index: int, streamed: bool, verify: bool) -> _Operand:
     """One tensor's operand, decoded into this thread's buffer ``index``. Without ``verify``, a payload whose
     codec counts intersections is left encoded when ``streamed``, and one whose codec lists positions is
     decoded to positions when sparse; with it, a payload that matches its own CRC-32 (format 1.3) is taken so
