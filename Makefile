@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_INDEX ?=
 PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: demo test lint package lock
+.PHONY: demo test test-slow lint package lock
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/submask demo -o submask-demo --overwrite
 
+# The test suite without the tests marked slow (multi-process training, TRL, the demo); test-slow runs those.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 # Linters CI runs: ruff (rules in pyproject.toml) and mypy --strict on submask/.
 lint: $(STAMP)

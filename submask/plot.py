@@ -194,7 +194,7 @@ def plot_ladder(ladders: Mapping[str, tuple[Sequence[tuple[float, int]], int]], 
     """
     plt = _pyplot()
     if not ladders:
-        raise SubmaskError("no mask holds a tolerance ladder (stats['ladder'], recorded by build): nothing to draw")
+        raise UsageError("no mask holds a tolerance ladder (stats['ladder'], recorded by build): nothing to draw")
     tolerances = sorted({atol for rungs, _ in ladders.values() for atol, _ in rungs})
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for k, (label, (rungs, numel)) in enumerate(ladders.items()):

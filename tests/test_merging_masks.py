@@ -122,7 +122,7 @@ def test_vote(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="at_least"):
         submask.combine_files("vote", paths, tmp_path / "bad.smask", at_least=5)
     run = CliRunner().invoke(main, ["combine", "vote", *paths, "-o", str(tmp_path / "bad.smask")])
-    assert run.exit_code == 1 and not (tmp_path / "bad.smask").exists()
+    assert run.exit_code == 2 and not (tmp_path / "bad.smask").exists()  # a usage error
 
 
 @pytest.mark.parametrize("device", ["cpu-numpy", "cpu-torch"])

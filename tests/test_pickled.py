@@ -61,7 +61,7 @@ def test_sharded_bin_builds_the_safetensors_mask(pairs: dict[str, Path], tmp_pat
     run = CliRunner().invoke(main, ["build", str(pairs["base_bin"]), str(pairs["ft_bin"]), "-o",
                                     str(tmp_path / "m.smask"), "--json"])
     assert run.exit_code == 0, run.output
-    assert submask.load(tmp_path / "m.smask").count == submask.build_mask(pairs["base_st"], pairs["ft_st"]).ones
+    assert submask.load(tmp_path / "m.smask").count == submask.build_mask(pairs["base_st"], pairs["ft_st"]).count
 
 
 def test_single_files_zip_and_legacy(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_single_files_zip_and_legacy(tmp_path: Path) -> None:
     assert mask["w"].to_indices().tolist() == [6] and mask["b"].to_indices().tolist() == [1, 3]
     # a Lightning-style checkpoint keeps its weights under "state_dict"
     torch.save({"state_dict": finetuned, "epoch": 3}, tmp_path / "ft.ckpt")
-    assert submask.build_mask(tmp_path / "base.pt", tmp_path / "ft.ckpt").ones == 3
+    assert submask.build_mask(tmp_path / "base.pt", tmp_path / "ft.ckpt").count == 3
 
 
 def test_apply_writes_safetensors(pairs: dict[str, Path], tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # several processes or a whole demo run: `make test-slow` (CI runs it)
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 distributed = pytest.importorskip("torch.distributed")

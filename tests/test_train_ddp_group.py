@@ -18,6 +18,8 @@ if not distributed.is_available() or not distributed.is_gloo_available():
     pytest.skip("needs torch.distributed with the gloo backend", allow_module_level=True)
 from test_train_distributed import free_port  # noqa: E402
 
+pytestmark = pytest.mark.slow  # several processes or a whole demo run: `make test-slow` (CI runs it)
+
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import SourceError
+from .base import WAY_OUT, Source, StateDictSource, assemble, check_supported
 from .safetensors_file import TensorInfo
-from .sources import WAY_OUT, Source, StateDictSource, assemble, check_supported
 
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"

@@ -11,6 +11,7 @@ import click
 from .. import open as open_mask
 from ..atomic import check_target
 from ..compare import compare
+from ..errors import SubmaskError
 from ..format.stats import ladder_rungs
 from ..plot import (
     FORMATS,
@@ -74,6 +75,8 @@ def plot(paths: tuple[str, ...], directory: str, kinds: tuple[str, ...], fmt: st
                     for stem, (c, _) in zip(stems, headers) if layer_densities(c)[0] or kinds]
     ladders = {stem: (rungs, sum(n for _, n in c.values())) for stem, (c, rungs) in zip(stems, headers) if rungs}
     if "ladder" in chosen and (ladders or kinds):
+        if not ladders:  # the masks lack it: an error of the input files (exit 1), not of the command line
+            raise SubmaskError("no mask holds a tolerance ladder (stats['ladder'], recorded by build): nothing to draw")
         planned.append((out / f"ladder.{fmt}", partial(plot_ladder, ladders, title="update density")))
     if "overlap" in chosen and (len(paths) >= 2 or kinds):
         if len(paths) < 2:

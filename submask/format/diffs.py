@@ -25,7 +25,7 @@ from ..accel import Kernel
 from ..codecs.plain import check_frame
 from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageError
 from .header import DIFF_PLANES, DTYPE_SIZES
-from .values import RECORD_HEADER, STORED, ZSTD, Payload, _reader
+from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
 
 BLOCK_ELEMENTS = 1 << 22  # the writers' block: a rebuild reads the base this many elements at a time
 MAX_BLOCK_ELEMENTS = 1 << 24
@@ -106,7 +106,7 @@ def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, c
     import zstandard
 
     itemsize = DTYPE_SIZES[dtype]
-    size, read = _reader(payload)
+    size, read = payload_reader(payload)
     offset = done = index = 0
     while offset < size if counts is None else index < len(counts):
         if offset + BLOCK_HEADER > size:
@@ -138,7 +138,7 @@ def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, c
 
 def plane_methods(payload: Payload, itemsize: int, at: str = "") -> list[set[str]]:
     """Per plane, the methods its blocks use ("stored", "zstd"); checks the records, decodes nothing."""
-    size, read = _reader(payload)
+    size, read = payload_reader(payload)
     seen: list[set[str]] = [set() for _ in range(itemsize)]
     offset = 0
     while offset < size:

@@ -22,19 +22,17 @@ import numpy as np
 from ..codecs.plain import check_frame
 from ..errors import ChecksumError, FormatError, MismatchError, UnknownEncodingError, UsageError, where
 from ..limits import check_allocation
-from .container import PayloadSpan, ReadAt
+from .container import ReadAt
 from .header import DIFF_PLANES, DTYPE_SIZES, ValuesEntry
+from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
 
 PLANES = "planes"
 BLOCK_VALUES = 1 << 20  # the writers' block: planes of 1 MiB, compressed as well as larger ones
 MAX_BLOCK_VALUES = 1 << 26
 ZSTD_LEVEL = 1  # smaller than levels 3 and 9 on value planes, and 3x faster (tools/bench/bench_values.py)
 PIECE_VALUES = 1 << 18  # values per piece of ``iter_value_blocks``: what streaming holds, per byte of itemsize
-STORED, ZSTD = 0, 1
-RECORD_HEADER = 5  # u8 method, u32 LE length
 
 VALUES_PREFIX = "~values/"  # writers name a tensor's values entry "~values/" + its name (then ~2, ~3, ...)
-Payload = bytes | bytearray | memoryview | PayloadSpan
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,7 @@ def iter_value_blocks(payload: Payload, encoding: dict[str, Any], count: int, it
 def _source(payload: Payload, encoding: dict[str, Any], count: int, itemsize: int, at: str) -> tuple[ReadAt, int, int]:
     """(positional reads, size, block_values) of a payload with room for the records ``count`` values need."""
     block_values = _block_values(encoding, at)
-    size, read = _reader(payload)
+    size, read = payload_reader(payload)
     full, last = divmod(count, block_values)
     least = itemsize * (full * _least_record(block_values) + (_least_record(last) if last else 0))
     if size < least:
@@ -216,14 +214,6 @@ def _plane_bytes(reader: Any, first: int, length: int, at: str) -> np.ndarray:
     if got != length:
         raise FormatError(f"{at}a zstd value plane ends after {first + got} bytes; the file is corrupt")
     return buffer
-
-
-def _reader(payload: Payload) -> tuple[int, ReadAt]:
-    """(size, positional reads) of a payload in a file or in memory."""
-    if isinstance(payload, PayloadSpan):
-        return payload.size, payload.read
-    view = memoryview(payload).cast("B")
-    return len(view), lambda offset, length: view[offset : offset + length]
 
 
 def _block_values(encoding: dict[str, Any], at: str) -> int:
@@ -373,7 +363,7 @@ def plane_methods(entry: ValuesEntry, payload: Payload, count: int, path: object
         planes = diffs.plane_methods(payload, itemsize, at)
         return [methods.pop() if len(methods) == 1 else "mixed" for methods in planes] if count else []
     block_values = _block_values(entry.encoding, at)
-    size, read = _reader(payload)
+    size, read = payload_reader(payload)
     seen: list[set[str]] = [set() for _ in range(itemsize)]
     offset = 0
     for start in range(0, count, block_values):

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..format.diffs import block_counts, block_elements_of
 from ..format.header import ValuesEntry
-from ..format.values import Payload, TensorValues, encode_tensor_values, is_diff, read_values, verify_values
+from ..format.payloads import Payload
+from ..format.values import TensorValues, encode_tensor_values, is_diff, read_values, verify_values
 from ..metadata import DIFF_MINOR, VALUES_MINOR
 
 #: whether ``encode_patch_values`` is given the previous values (costs the sender a gather per changed tensor)
