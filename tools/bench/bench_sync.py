@@ -26,15 +26,11 @@ import submask
 from .report import markdown_table, write_section
 
 NOTES = """
-Reading it: every goal holds at the median step; the worst timed step (apply_to 2.6x a plain copy, diff() +
-to_bytes() 0.048x of a step) is noise at this load (about 18 runnable jobs on 2 cores, operations of about 1 ms).
-The full-check steps (here every 50 steps; the default is 100) hash the whole state on both sides, which is what
-the fingerprint chain saves on every other step: hashing all 5 MB costs the receiver about 30 plain copies of a
-step's changes, and on a real model a pass over every weight per step would dwarf the patch itself. Of a patch's
-bytes (2.7 per changed entry at the median step), the values take about 1.4 per bf16 value (the 1.2 `planes`
-encoding), the masks and the header the rest; coding the values against the previous ones (the deltas
-branch's `diff-planes`, not used here) took 0.26-0.40 bytes per value on this model's first steps (a separate run
-of `encode_against`). The first steps change the most entries (AdamW's first updates are its largest).
+Reading it: a patch codes its values against the receiver's previous ones (`diff-planes`, FORMAT.md §12.4), so
+`apply_to` decodes the differences from the receiver's own weights before writing them: that decoding is what it
+pays over the plain copy, which writes values it is handed. The full-check steps (every `--check-every` steps)
+hash the whole state on both sides, which is what the fingerprint chain saves on every other step. The first
+steps change the most entries (AdamW's first updates are its largest).
 """
 
 
@@ -138,7 +134,7 @@ def main() -> None:
         peer, peer_time = timed(peer_patch, patch)
         received, decode = timed(submask.Patch.from_bytes, data)
         if step == args.refuse:  # hold this step's patch back: the next one comes first
-            held = received
+            held = (received, patch)  # as received, and as sent (whose values the plain copy writes)
             continue
         if held is not None:
             try:
@@ -146,8 +142,8 @@ def main() -> None:
             except submask.MismatchError:
                 refused = differing_bits(receivers[0], plains[0]) == 0  # nothing was written
             for receiver, plain in zip(receivers, plains):
-                held.apply_to(receiver)
-                plain_copy(plain, held)
+                held[0].apply_to(receiver)
+                plain_copy(plain, held[1])
             held = None
         applies, copies = [], []
         for receiver, plain in zip(receivers, plains):  # interleaved, best of the repeats
