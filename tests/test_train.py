@@ -512,6 +512,36 @@ def test_converting_the_model_after_restrict_keeps_the_guarantee(mode: str, dtyp
     assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7
 
 
+def test_dense_mode_clears_gradients_and_restores_starting_bits_whatever_the_values() -> None:
+    """Outside the mask a gradient is cleared to +0.0 even where it is NaN, and a step restores each starting
+    value bit for bit: -0.0, infinities, a NaN payload and a subnormal too."""
+    model = small_model()
+    nan = torch.tensor([0x7FC00123], dtype=torch.int32).view(torch.float32)  # a NaN with a payload
+    with torch.no_grad():
+        model[0].weight.view(-1)[[1, 2, 3, 4, 6]] = torch.cat([torch.tensor([-0.0, float("inf"), -float("inf"),
+                                                                            1e-45]), nan])
+    start = {name: value.clone() for name, value in model.state_dict().items()}
+    restriction = submask.restrict(model, small_mask(), mode="dense")
+    optimizer = torch.optim.AdamW(restriction.parameters(), lr=0.1, weight_decay=0.1)
+    model(torch.randn(3, 6)).square().sum().backward()  # NaN everywhere: the weights hold inf and NaN
+    grad, outside = model[0].weight.grad, ~small_mask()["0.weight"].to_torch()
+    assert bool(grad[~outside].isnan().all()) and bool((bits_of(grad)[outside] == 0).all())
+    optimizer.step()
+    restriction.remove()
+    assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7  # the masked ones: NaN now
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules:UserWarning")
+def test_dense_mode_refuses_entries_wider_than_8_bytes() -> None:
+    """Dense mode clears and restores entries as integers of their size: complex128 is refused, with the way out."""
+    model = torch.nn.Linear(2, 2).to(torch.complex128)
+    mask = Mask({"weight": TensorMask.from_indices([0], (2, 2)), "bias": TensorMask.full((2,), True)})
+    with pytest.raises(submask.UsageError, match=r"complex128: use restrict\(\.\.\., mode='sparse'\)"):
+        submask.restrict(model, mask, mode="dense")
+    assert submask.train.restriction_of(model) is None and model.weight.requires_grad
+    submask.restrict(model, mask, mode="sparse").remove()
+
+
 @pytest.mark.parametrize("change", ["swap", "assign"])
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_a_parameter_swapped_or_replaced_after_restrict_is_refused(mode: str, change: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import UsageError
 from ..sharding import local_shard
 from .entry import Entry, packed_range
 
@@ -14,49 +15,47 @@ if TYPE_CHECKING:
 
 
 class DenseEntry(Entry):
-    """Keeps a copy of the parameter's starting values (its rank's shard under FSDP2) and 1 bit per entry."""
+    """Keeps the parameter's starting values outside the mask (its rank's shard under FSDP2) and 1 byte of mask
+    per entry, so that zeroing a gradient and resetting the entries are each one pass of bitwise operations."""
 
     def __init__(self, owner: torch.nn.Module, attribute: str, parameter: torch.nn.Parameter,
                  bits: TensorMask):
+        import numpy as np
         import torch
 
         super().__init__(owner, attribute, parameter)
         local, start = local_shard(parameter)
-        self.frozen = local.clone()
-        packed = packed_range(bits, start, local.numel())
-        self.packed = torch.from_numpy(packed).to(parameter.device)  # 1 bit per entry, unpacked on use
+        as_bits(local)  # refuse an element size the bitwise operations cannot view, before keeping anything
+        inside = np.unpackbits(packed_range(bits, start, local.numel()), count=local.numel())  # 0 or 1
+        # all bits set inside the mask, none outside: AND keeps an entry's bits or clears them to +0.0
+        self.keep = torch.from_numpy(inside).view(torch.int8).neg_().view(local.shape).to(parameter.device)
+        self.frozen = local.clone()  # the starting values outside the mask, +0.0 inside (their bits cleared)
+        as_bits(self.frozen).bitwise_and_(self.keep.bitwise_not())
         # torch leaves register_post_accumulate_grad_hook unannotated
         self.hook = parameter.register_post_accumulate_grad_hook(self._zero_outside)  # type: ignore[no-untyped-call]
 
     def _local(self) -> torch.Tensor:
-        """The entries held here, where the parameter is now; the starting values and the packed mask follow
-        it there (``model.to("cuda")`` or ``.half()`` after ``restrict`` gives the parameter new storage)."""
+        """The entries held here, where the parameter is now; the starting values and the mask follow it
+        there (``model.to("cuda")`` or ``.half()`` after ``restrict`` gives the parameter new storage)."""
         local = local_shard(self.parameter)[0]
         if self.frozen.device != local.device or self.frozen.dtype != local.dtype:
-            self.frozen = self.frozen.to(local.device, local.dtype)  # converted as the parameter was
-            self.packed = self.packed.to(local.device)
+            self.frozen = self.frozen.to(local.device, local.dtype)  # converted as the parameter was (+0.0 stays)
+            self.keep = self.keep.to(local.device)
         return local
 
     def _zero_outside(self, parameter: torch.Tensor) -> None:
-        """Zero the accumulated gradient outside the mask, in place (no second gradient-sized tensor)."""
+        """Zero the accumulated gradient outside the mask, in place (bits cleared: +0.0, NaN and inf too)."""
+        self._local()  # the mask follows the parameter to its device
         grad, _ = local_shard(parameter.grad)  # type: ignore[arg-type]
-        grad.masked_fill_(self.inside(self._local()).logical_not_(), 0)
-
-    def inside(self, local: torch.Tensor) -> torch.Tensor:
-        """The mask of the entries held here (``local``, from ``_local``), a bool tensor (transient: one
-        parameter at a time)."""
-        import torch
-
-        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.packed.device)  # most significant first
-        bits = (self.packed.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:local.numel()]
-        return bits.view(torch.bool).view(local.shape)  # 0/1 bytes read as bool: no second copy
+        as_bits(grad).bitwise_and_(self.keep)
 
     def restore(self) -> None:
         import torch
 
         with torch.no_grad():
-            local = self._local()
-            torch.where(self.inside(local), local, self.frozen, out=local)
+            local = as_bits(self._local())
+            local.bitwise_and_(self.keep)  # the trained entries inside the mask, +0.0 outside
+            local.bitwise_or_(as_bits(self.frozen))  # the starting values outside, bit for bit
 
     def remove(self) -> None:
         self.restore()
@@ -64,4 +63,15 @@ class DenseEntry(Entry):
 
     @property
     def overhead_bytes(self) -> int:
-        return self.frozen.nbytes + self.packed.nbytes
+        return self.frozen.nbytes + self.keep.nbytes
+
+
+def as_bits(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s storage read as signed integers of its element size (a view: writes go to ``tensor``)."""
+    import torch
+
+    integers = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    if tensor.element_size() not in integers:
+        raise UsageError(f"dense mode restricts parameters of 1 to 8 bytes per entry, not {tensor.dtype}: "
+                         "use restrict(..., mode='sparse') for this model")
+    return tensor.view(integers[tensor.element_size()])
