@@ -531,6 +531,19 @@ def test_dense_mode_clears_gradients_and_restores_starting_bits_whatever_the_val
     assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7  # the masked ones: NaN now
 
 
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64])
+def test_keeping_bits_in_chunks_matches_one_operation(dtype) -> None:
+    """Dense mode's AND through a reused buffer (CPU, more than one chunk, a partial last one) is the plain AND."""
+    from submask.train.dense import CHUNK, keep_only
+
+    generator = torch.Generator().manual_seed(0)
+    keep = (torch.rand(2 * CHUNK + 5, generator=generator) < 0.3).to(torch.int8).neg_()
+    bits = torch.randint(-2**15, 2**15, (2 * CHUNK + 5,), generator=generator, dtype=dtype)
+    expected = bits & keep.to(dtype)
+    keep_only(bits, keep)
+    assert torch.equal(bits, expected) and bool((bits[keep == 0] == 0).all()) and bool((bits != 0).any())
+
+
 @pytest.mark.filterwarnings("ignore:Complex modules:UserWarning")
 def test_dense_mode_refuses_entries_wider_than_8_bytes() -> None:
     """Dense mode clears and restores entries as integers of their size: complex128 is refused, with the way out."""

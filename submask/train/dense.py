@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -12,6 +13,12 @@ if TYPE_CHECKING:
     import torch
 
     from ..mask import TensorMask
+
+#: Entries widened per pass on the CPU: the mask's bytes become integers of the entries' size in a buffer
+#: reused by every parameter (1 MiB for float32), where a whole widened mask would be a fresh allocation
+#: (page faults) in every backward.
+CHUNK = 1 << 18
+_buffers = threading.local()  # per thread: CPU backward runs in the caller's thread
 
 
 class DenseEntry(Entry):
@@ -47,14 +54,14 @@ class DenseEntry(Entry):
         """Zero the accumulated gradient outside the mask, in place (bits cleared: +0.0, NaN and inf too)."""
         self._local()  # the mask follows the parameter to its device
         grad, _ = local_shard(parameter.grad)  # type: ignore[arg-type]
-        as_bits(grad).bitwise_and_(self.keep)
+        keep_only(as_bits(grad), self.keep)
 
     def restore(self) -> None:
         import torch
 
         with torch.no_grad():
             local = as_bits(self._local())
-            local.bitwise_and_(self.keep)  # the trained entries inside the mask, +0.0 outside
+            keep_only(local, self.keep)  # the trained entries inside the mask, +0.0 outside
             local.bitwise_or_(as_bits(self.frozen))  # the starting values outside, bit for bit
 
     def remove(self) -> None:
@@ -75,3 +82,23 @@ def as_bits(tensor: torch.Tensor) -> torch.Tensor:
         raise UsageError(f"dense mode restricts parameters of 1 to 8 bytes per entry, not {tensor.dtype}: "
                          "use restrict(..., mode='sparse') for this model")
     return tensor.view(integers[tensor.element_size()])
+
+
+def keep_only(bits: torch.Tensor, keep: torch.Tensor) -> None:
+    """``bits &= keep`` in place, ``keep`` (int8: -1 or 0) widened to ``bits``'s integers. On the CPU a
+    contiguous tensor is done in chunks through a reused buffer; elsewhere torch widens it in the operation."""
+    import torch
+
+    if bits.device.type != "cpu" or not bits.is_contiguous() or bits.numel() <= CHUNK:
+        bits.bitwise_and_(keep)
+        return
+    buffer = getattr(_buffers, str(bits.dtype), None)
+    if buffer is None:
+        buffer = torch.empty(CHUNK, dtype=bits.dtype)
+        setattr(_buffers, str(bits.dtype), buffer)
+    flat, keep = bits.view(-1), keep.reshape(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        stop = min(start + CHUNK, flat.numel())
+        widened = buffer[:stop - start]
+        widened.copy_(keep[start:stop])
+        flat[start:stop].bitwise_and_(widened)

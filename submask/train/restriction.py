@@ -114,7 +114,7 @@ class Restriction:
     @property
     def overhead_bytes(self) -> int:
         """Memory the restriction adds to the model besides what is trained: dense, the starting values and
-        the packed masks (1 bit per entry) of partly masked parameters; sparse, the indexes of masked entries
+        the masks (1 byte per entry) of partly masked parameters; sparse, the indexes of masked entries
         (int32). Sparse mode's ``values`` are the trained parameters themselves (density x the weights, held
         only during optimizer steps)."""
         return sum(entry.overhead_bytes for entry in self._restricted)
