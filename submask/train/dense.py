@@ -23,7 +23,7 @@ _buffers = threading.local()  # per thread: CPU backward runs in the caller's th
 
 class DenseEntry(Entry):
     """Keeps the parameter's starting values outside the mask (its rank's shard under FSDP2) and 1 byte of mask
-    per entry, so that zeroing a gradient and resetting the entries are each one pass of bitwise operations."""
+    per entry: zeroing a gradient is one bitwise AND, resetting the entries an AND and an OR."""
 
     def __init__(self, owner: torch.nn.Module, attribute: str, parameter: torch.nn.Parameter,
                  bits: TensorMask):
