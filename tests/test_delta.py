@@ -228,7 +228,7 @@ def test_compiled_gather_and_scatter_match_numpy(density: float, dtype: type) ->
     boolean indexing, with and without numba; sizes not a multiple of 8 included."""
     from submask.accel import numba_disabled
     from submask.builder.values import chunk_values
-    from submask.rebuild import _scatter_into
+    from submask.rebuild_kernels import scatter_into as _scatter_into
 
     rng = np.random.default_rng(int(density * 100))
     numel = 8 * 1021 + 5
