@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from .rebuild import _DeltaValues
 
 IN_FLIGHT = 2  # chunks being hashed and written while the next is filled in
-AHEAD = 2  # items (a tensor's mask, a block of values) the decoder keeps ready
+# Items the decoder keeps ready: while a tensor's last block is worked on, its end, the next tensor's mask and
+# that tensor's first block are prepared (at most this many blocks of values are held ahead).
+AHEAD = 3
 _END = None  # after a tensor's blocks in the decoder's stream
 
 
