@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -64,25 +64,44 @@ def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, ove
         _check_base(values, source)
         total = sum(file.size for file, _ in plan)
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
-        with job(sum(info.numel for _, infos in plan for info in infos)), staging_dir(out) as staging:
+        from concurrent.futures import ThreadPoolExecutor  # here, not at import: it imports logging
+
+        with job(sum(info.numel for _, infos in plan for info in infos)), staging_dir(out) as staging, \
+                ThreadPoolExecutor(1, "submask-rebuild-fsync") as syncer:
+            synced = []  # each file's fsync runs while the next file is rebuilt
             for file, tensors in plan:
-                with writing(out), open(staging / file.name, "wb") as handle:
-                    digest = write_file(handle, file, tensors, values, source, report)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                size = (staging / file.name).stat().st_size
+                with writing(out):
+                    handle = open(staging / file.name, "wb")  # closed by _synced, or below on failure
+                try:
+                    with writing(out):
+                        digest = write_file(handle, file, tensors, values, source, report)
+                        handle.flush()
+                    size = os.fstat(handle.fileno()).st_size
+                except BaseException:
+                    handle.close()
+                    raise
                 if (size, digest) != (file.size, file.sha256):
+                    handle.close()
                     raise MismatchError(
                         f"{out / file.name}: the rebuilt file does not match the delta ({size} bytes, SHA-256 "
                         f"{digest[:16]}..., recorded {file.size} bytes, {file.sha256[:16]}...): {source.label} is "
                         f"not the base {values.label} was built against{_recorded_base(values)}; nothing was "
                         "written")
+                synced.append(syncer.submit(_synced, handle))
             with writing(out):
+                for done in synced:
+                    done.result()
                 replace_dir(staging, out, overwrite)
         tensors = [info for _, infos in plan for info in infos]
         counts = values.mask.counts
     return AppliedModel(out, len(tensors), sum(info.numel for info in tensors),
                         sum(counts[info.name] for info in tensors))
+
+
+def _synced(handle: BinaryIO) -> None:
+    """fsync a written file, then close it (closed even when fsync fails)."""
+    with handle:
+        os.fsync(handle.fileno())
 
 
 def apply_delta(base: Mapping[str, Any], delta: Delta | str | os.PathLike[str]) -> dict[str, Any]:
