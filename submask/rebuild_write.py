@@ -1,6 +1,6 @@
 """Writing one rebuilt safetensors file: the base's bytes with the delta's values put in, hashed as written.
 
-Four threads share the work (hashlib, zstd, zlib, file I/O and the compiled kernels release the GIL): the
+Four threads share the work (hashlib, zstd, CRC-32, file I/O and the compiled kernels release the GIL): the
 *decoder* decodes each tensor's mask and its blocks of values a few items ahead; the caller's thread reads
 the base a chunk at a time into a reused buffer and puts the new values in place (``rebuild_kernels``); the
 *hasher* feeds each finished chunk to SHA-256 and the *writer* writes it. ``IN_FLIGHT + 1`` buffers rotate:
