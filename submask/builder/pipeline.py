@@ -34,6 +34,7 @@ from ..checkpoints.sources import RenamedSource, Source, open_source
 from ..delta import Delta
 from ..errors import MismatchError, UsageError
 from ..format import MaskWriter
+from ..format.diffs import Differences
 from ..format.values import TensorValues
 from ..format.writer import check_mask_target
 from ..metadata import MaskMetadata, model_fingerprint
@@ -67,6 +68,7 @@ class _TensorJob:
     chunk_bytes: int
     values: bool = False  # keep the changed values, chunk by chunk (``pieces``, in chunk order)
     whole: bool = False  # every element is stored: the finetuned side alone is read
+    coded: bool = False  # values taken as differences in the compare pass (``pieces``, ``base_pieces``: keys)
     bits: bool = True  # keep the packed bits (False: counts only, ``count_changes``)
     packed: np.ndarray = field(init=False)
     pieces: list[np.ndarray | None] = field(init=False)
@@ -82,14 +84,19 @@ class _TensorJob:
         self.pieces = [None] * len(self.chunks) if self.values else []
         self.base_pieces = [None] * len(self.chunks) if self.values and not self.whole else []
 
-    def take_values(self) -> TensorValues | None:
-        """The tensor's value bytes, joined from its chunks (which are released)."""
+    def take_values(self) -> TensorValues | Differences | None:
+        """The tensor's value bytes, joined from its chunks, or its differences (the chunks are released)."""
         if not self.values:
             return None
-        data, base = _joined(self.pieces), _joined(self.base_pieces) if self.base_pieces else None
-        self.pieces.clear()
-        self.base_pieces.clear()
-        return TensorValues(self.finetuned_dtype.name, data, base)
+        values: TensorValues | Differences
+        if self.coded:
+            pieces, keys = cast(list[np.ndarray], self.pieces), cast(list[np.ndarray], self.base_pieces)
+            values = Differences(self.finetuned_dtype.name, pieces, keys)
+        else:
+            values = TensorValues(self.finetuned_dtype.name, _joined(self.pieces),
+                                  _joined(self.base_pieces) if self.base_pieces else None)
+        self.pieces, self.base_pieces = [], []
+        return values
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -360,6 +367,7 @@ class _Run:
             for info in infos:
                 job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes, values=whole is not None,
                                  whole=info.name in stored_whole, bits=self.bits)
+                job.coded = job.values and not job.whole and sink.takes_differences and self.backend.codes(info.dtype)
                 chunks = job.chunks
                 if not chunks:
                     finish(job)
@@ -388,6 +396,10 @@ class _Run:
             count = stop - start
             return count, [count] * len(LADDER_ATOL) if self.ladder else None, count * job.info.dtype.itemsize
         a, b = (self._read(side, job.info.name, start, stop) for side in range(2))
+        if job.coded:  # same dtype: a tensor of a delta whose dtype changed is stored whole
+            result, job.pieces[k], job.base_pieces[k] = self.backend.compare_coded(a, b, job.info.dtype, self.ladder)
+            job.packed[start // 8: start // 8 + cast(np.ndarray, result.packed).size] = result.packed
+            return result.ones, result.ladder, (stop - start) * 2 * job.info.dtype.itemsize
         base, dtype = a, job.info.dtype
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
