@@ -31,10 +31,9 @@ from ..checkpoints.dtypes import DType, decode
 from ..errors import UsageError
 from ..packed import popcount
 from .criteria import LADDER_ATOL, Criterion, ladder_changed, unchanged_within
-from .kernels import coding_kernel, fused_compare
+from .kernels import fused_compare
 
 DECODE_BLOCK = 1 << 16  # elements decoded at a time for tolerances and the ladder: temporaries stay in cache
-_EXACT = Criterion.make("exact")
 
 
 @dataclass
@@ -58,16 +57,6 @@ class Backend:
                 ladder: bool, bits: bool = True) -> ChunkResult:
         """Compare one chunk of both sides; with ``bits`` False only the counts are needed (a backend may
         still return the packed bits when they cost nothing extra)."""
-        raise NotImplementedError
-
-    def codes(self, dtype: DType) -> bool:
-        """Whether ``compare_coded`` takes a delta's differences of ``dtype`` in the compare pass."""
-        return False
-
-    def compare_coded(self, a: np.ndarray, b: np.ndarray, dtype: DType,
-                      ladder: bool) -> tuple[ChunkResult, np.ndarray, np.ndarray]:
-        """``compare`` under the exact criterion, and the changed elements' stored differences from the base ``a``
-        and the base's exponent fields (``format.diffs.zigzag_kernel``), for dtypes this backend ``codes``."""
         raise NotImplementedError
 
     def staging(self, nbytes: int) -> np.ndarray:
@@ -117,19 +106,6 @@ class NumpyBackend(Backend):
                     block[where[unchanged_within(x, y, criterion, np)]] = False
         packed = np.packbits(changed)
         return ChunkResult(packed, popcount(packed), counts)
-
-    def codes(self, dtype: DType) -> bool:
-        return coding_kernel(dtype)
-
-    def compare_coded(self, a: np.ndarray, b: np.ndarray, dtype: DType,
-                      ladder: bool) -> tuple[ChunkResult, np.ndarray, np.ndarray]:
-        buffers = getattr(self._local, "coded", None)
-        if buffers is None or buffers[0].size <= a.size or buffers[0].dtype != a.dtype:
-            buffers = self._local.coded = (np.empty(a.size + 1, a.dtype), np.empty(a.size + 1, np.uint8))
-        fused = fused_compare(a, b, dtype, _EXACT, ladder, buffers)
-        assert fused is not None  # ``codes`` said the kernel takes this dtype
-        packed, ones, counts = fused
-        return ChunkResult(packed, ones, counts), buffers[0][:ones].copy(), buffers[1][:ones].copy()
 
     def widen(self, raw: np.ndarray, dtype: DType) -> np.ndarray:
         with np.errstate(invalid="ignore"):  # signalling NaNs

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..accel import Kernel
 from ..checkpoints.dtypes import DType, decode_table
-from ..format.diffs import MANTISSA_BITS, zigzag_of
 from .criteria import LADDER_ATOL, Criterion
 
 BLOCK = 1 << 14  # elements judged before they are packed: the 0/1 scratch stays in L1
@@ -33,11 +32,8 @@ def _half_value(code):  # pragma: no cover - compiled by numba (inlined into dif
 
 
 @Kernel
-def diff_bits(a, b, single, table, half, above, rtol, rungs, packed, counts, zigzag, keys,
-              mantissa):  # pragma: no cover
-    """Set bit i of ``packed`` (MSB first) where element i changed; add ladder counts to ``counts``; with
-    ``zigzag``, store the changed elements' differences and ``keys`` as ``diffs.zigzag_kernel`` does (a delta's
-    values, taken in the same pass; ``mantissa``: the dtype's mantissa bits).
+def diff_bits(a, b, single, table, half, above, rtol, rungs, packed, counts):  # pragma: no cover
+    """Set bit i of ``packed`` (MSB first) where element i changed; add ladder counts to ``counts``.
 
     ``a``, ``b``: raw unsigned ints. Values: ``table[a]`` if ``table`` is given, else ``a`` is float32 if
     ``single`` is given, fp16 if ``half`` is given, else bf16. The criterion: ``above``:
@@ -50,7 +46,6 @@ def diff_bits(a, b, single, table, half, above, rtol, rungs, packed, counts, zig
     scratch = np.zeros(BLOCK, dtype=np.uint8)
     words = scratch.view(np.uint64)
     ones = c0 = c1 = c2 = c3 = c4 = c5 = 0
-    width, exponents = 8 * a.itemsize, (1 << (8 * a.itemsize - 1 - mantissa)) - 1
     for start in range(0, n, BLOCK):
         stop = min(start + BLOCK, n)
         for i in range(start, stop):
@@ -80,21 +75,14 @@ def diff_bits(a, b, single, table, half, above, rtol, rungs, packed, counts, zig
             if rtol is not None:
                 differ = differ and not (delta <= rtol * max(abs(x), abs(y)) and delta - delta == 0)
             scratch[i - start] = differ
-        if zigzag is not None:  # branch-free, as set elements are as good as random: store, move on if set
-            for i in range(start, stop):
-                x0 = np.int64(a[i])
-                zigzag[ones] = zigzag_of(np.int64(b[i]), x0, mantissa, width)
-                keys[ones] = (x0 >> mantissa) & exponents
-                ones += scratch[i - start]
         size = stop - start
         for i in range(size, (size + 7) // 8 * 8):
             scratch[i] = 0
         for j in range((size + 7) // 8):
             word = words[j]  # 8 bytes of 0/1, first element lowest: gather them into one byte, first as MSB
             packed[start // 8 + j] = (word * np.uint64(0x8040201008040201)) >> np.uint64(56)
-        if zigzag is None:
-            for i in range(size):
-                ones += scratch[i]
+        for i in range(size):
+            ones += scratch[i]
     counts[0] += c0
     counts[1] += c1
     counts[2] += c2
@@ -104,37 +92,26 @@ def diff_bits(a, b, single, table, half, above, rtol, rungs, packed, counts, zig
     return ones
 
 
-def fused_compare(a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion, ladder: bool,
-                  coded: tuple[np.ndarray, np.ndarray] | None = None,
-                  ) -> tuple[np.ndarray, int, list[int] | None] | None:
-    """Packed changed-bits of a chunk, their count and ladder counts (or None) in one compiled pass; with
-    ``coded`` (arrays of at least ``a.size + 1`` differences and uint8 keys, exact criterion), the changed
-    elements' differences from the base ``a`` go there too (``coding_kernel`` says for which chunks).
+def fused_compare(a: np.ndarray, b: np.ndarray, dtype: DType, criterion: Criterion,
+                  ladder: bool) -> tuple[np.ndarray, int, list[int] | None] | None:
+    """Packed changed-bits of a chunk, their count and ladder counts (or None) in one compiled pass.
 
-    None when no compiled kernel is available, for an exact build without the ladder and without ``coded``
-    (numpy's compare and packbits are as fast), or for values the kernel does not decode (integers, bool and
-    F64: rare in checkpoints, so not worth their compile time); the caller then runs its numpy path.
+    None when no compiled kernel is available, for an exact build without the ladder (numpy's compare and
+    packbits are as fast), or for values the kernel does not decode (integers, bool and F64: rare in
+    checkpoints, so not worth their compile time); the caller then runs its numpy path.
     """
     kernel = diff_bits.compiled
-    if kernel is None or not (ladder or criterion.name != "exact" or coded) or dtype.kind != "float" \
-            or dtype.name == "F64":
+    if kernel is None or not (ladder or criterion.name != "exact") or dtype.kind != "float" or dtype.name == "F64":
         return None
     if criterion.name not in ("exact", "atol", "rtol"):  # the kernel knows these; numpy runs the others
         return None
     table = decode_table(dtype) if dtype.name.startswith("F8") else None
-    above = None if criterion.name == "rtol" or (coded and not ladder) else -1  # None: bytes differ, no decoding
+    above = None if criterion.name == "rtol" else -1
     if criterion.name == "atol":
         above = int(np.array(criterion.atol, dtype=np.float64).view(np.int64))
     packed = np.empty((a.size + 7) // 8, dtype=np.uint8)
     counts = np.zeros(len(LADDER_ATOL), dtype=np.int64)
-    zigzag, keys = coded if coded is not None else (None, None)
     ones = kernel(a, b, True if dtype.name == "F32" else None, table, True if dtype.name == "F16" else None, above,
-                  criterion.rtol, _RUNGS if ladder else None, packed, counts, zigzag, keys,
-                  MANTISSA_BITS.get(dtype.name, 0))
+                  criterion.rtol,
+                  _RUNGS if ladder else None, packed, counts)
     return packed, int(ones), counts.tolist() if ladder else None
-
-
-def coding_kernel(dtype: DType) -> bool:
-    """Whether ``fused_compare`` takes a delta's differences of ``dtype`` in its pass (floats of at most 32 bits,
-    with numba)."""
-    return dtype.kind == "float" and dtype.itemsize <= 4 and diff_bits.compiled is not None

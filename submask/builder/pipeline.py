@@ -44,7 +44,14 @@ from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
 from .magnitude import criterion_json, parse_fraction, stream_top_k
 from .sinks import CountsSink, FileSink, MemorySink, Sink
-from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
+from .values import (
+    check_values_build,
+    chunk_differences,
+    chunk_values,
+    delta_tensors,
+    record_checkpoint,
+    takes_differences,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -68,7 +75,7 @@ class _TensorJob:
     chunk_bytes: int
     values: bool = False  # keep the changed values, chunk by chunk (``pieces``, in chunk order)
     whole: bool = False  # every element is stored: the finetuned side alone is read
-    coded: bool = False  # values taken as differences in the compare pass (``pieces``, ``base_pieces``: keys)
+    coded: bool = False  # values kept as differences (``pieces``; ``base_pieces``: their keys), see ``values``
     bits: bool = True  # keep the packed bits (False: counts only, ``count_changes``)
     packed: np.ndarray = field(init=False)
     pieces: list[np.ndarray | None] = field(init=False)
@@ -367,7 +374,8 @@ class _Run:
             for info in infos:
                 job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes, values=whole is not None,
                                  whole=info.name in stored_whole, bits=self.bits)
-                job.coded = job.values and not job.whole and sink.takes_differences and self.backend.codes(info.dtype)
+                job.coded = job.values and not job.whole and sink.takes_differences \
+                    and not self.backend.takes_tensors and takes_differences(info.dtype)
                 chunks = job.chunks
                 if not chunks:
                     finish(job)
@@ -396,10 +404,6 @@ class _Run:
             count = stop - start
             return count, [count] * len(LADDER_ATOL) if self.ladder else None, count * job.info.dtype.itemsize
         a, b = (self._read(side, job.info.name, start, stop) for side in range(2))
-        if job.coded:  # same dtype: a tensor of a delta whose dtype changed is stored whole
-            result, job.pieces[k], job.base_pieces[k] = self.backend.compare_coded(a, b, job.info.dtype, self.ladder)
-            job.packed[start // 8: start // 8 + cast(np.ndarray, result.packed).size] = result.packed
-            return result.ones, result.ladder, (stop - start) * 2 * job.info.dtype.itemsize
         base, dtype = a, job.info.dtype
         if job.finetuned_dtype != dtype:  # by value: float64 bits are equal iff the values are the same
             a, b, dtype = self.backend.widen(a, dtype), self.backend.widen(b, job.finetuned_dtype), FLOAT64
@@ -407,7 +411,10 @@ class _Run:
         if job.bits:
             packed = cast(np.ndarray, result.packed)  # compare gives packed bits when asked for them (bits=True)
             job.packed[start // 8: start // 8 + packed.size] = packed
-        if job.values:
+        if job.coded:  # the same dtype on both sides: a delta stores a tensor whole when its dtype changed
+            job.pieces[k], job.base_pieces[k] = chunk_differences(base, b, cast(np.ndarray, result.packed), dtype,
+                                                                  self._buffers)
+        elif job.values:
             job.pieces[k] = chunk_values(b, result.packed)
             job.base_pieces[k] = chunk_values(base, result.packed)
         return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)

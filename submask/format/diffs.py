@@ -15,6 +15,7 @@ from the one piece of the base it reads anyway.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,7 @@ def encode_blocks(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, count
     kernel = zigzag_kernel.compiled if new_bits.itemsize <= 4 else None
     if kernel is not None:
         zigzag, keys = np.empty_like(new_bits), np.empty(new_bits.size, np.uint8)
-        kernel(new_bits, base_bits, zigzag, keys, *_kernel_args(dtype, new_bits.itemsize)[:3])
+        kernel(new_bits, base_bits, zigzag, keys, *kernel_args(dtype, new_bits.itemsize)[:3])
         return encode_differences([zigzag], [keys], dtype, counts, block_elements)
     planes, records, done, crc = _Planes(), [], 0, 0
     for count in counts:
@@ -135,10 +136,10 @@ def encode_differences(zigzag: list[np.ndarray], keys: list[np.ndarray], dtype: 
     planes, records, crc, pieces = _Planes(), [], 0, _Pieces(zigzag, keys)
     for count in counts:
         block, block_keys = pieces.take(count)
-        if ordered:
+        if ordered:  # a stable counting sort by the exponent field
             slots = np.zeros(256, dtype=np.int64)
-            for piece in block_keys:
-                _count_keys.compiled(piece, slots)
+            for piece_keys in block_keys:
+                _count_keys.compiled(piece_keys, slots)
             slots = np.cumsum(slots) - slots
             sorted_block = np.empty(count, dtype=UNSIGNED[itemsize])
             for piece, piece_keys in zip(block, block_keys):
@@ -175,19 +176,26 @@ class _Pieces:
 
 class _Planes:
     """A block's record: its count, then each plane stored or as one zstd frame, whichever is shorter. Planes of
-    at least ``FAST_PLANE`` bytes take zstd level 1, smaller ones level 3 (``ZSTD_LEVELS``)."""
+    at least ``FAST_PLANE`` bytes take zstd level 1, smaller ones level 3 (``ZSTD_LEVELS``). Each thread keeps
+    its compressors: a new one costs as much as coding a plane of a few MiB."""
+
+    _local = threading.local()
 
     def __init__(self) -> None:
-        import zstandard  # here: commands that never write values skip its import
+        compressors = getattr(self._local, "compressors", None)
+        if compressors is None:
+            import zstandard  # here: commands that never write values skip its import
 
-        self.compressors = [zstandard.ZstdCompressor(level=level, write_content_size=True) for level in ZSTD_LEVELS]
+            compressors = self._local.compressors = [zstandard.ZstdCompressor(level=level, write_content_size=True)
+                                                     for level in ZSTD_LEVELS]
+        self.compressors = compressors
 
     def record(self, planes: np.ndarray) -> bytes:
         """The record of a block whose planes are the rows of ``planes`` (uint8, itemsize x count)."""
-        records = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
+        records: list[bytes | np.ndarray] = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
         for raw in planes:
             packed = self.compressors[raw.size >= FAST_PLANE].compress(raw)
-            method, data = (ZSTD, packed) if len(packed) < raw.size else (STORED, raw.tobytes())
+            method, data = (ZSTD, packed) if len(packed) < raw.size else (STORED, raw)
             records += [bytes([method]), len(data).to_bytes(4, "little"), data]
         return b"".join(records)
 
@@ -258,7 +266,7 @@ def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> n
     kernel = _decode_kernel.compiled if itemsize <= 4 else None
     if kernel is not None:
         out = np.empty_like(base_bits)
-        kernel(zigzag, base_bits, out, *_kernel_args(dtype, itemsize))
+        kernel(zigzag, base_bits, out, *kernel_args(dtype, itemsize))
         return out
     one = unsigned(1)
     with np.errstate(over="ignore"):
@@ -303,7 +311,7 @@ def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
     return np.argsort(key.astype(np.uint16 if exponent_bits > 8 else np.uint8), kind="stable")
 
 
-def _kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
+def kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
     """(mantissa bits or -1 for integers, exponent bits, value bits, a slot per exponent) for the kernels."""
     mantissa = MANTISSA_BITS.get(dtype, -1)
     exponent_bits = 8 * itemsize - 1 - mantissa if mantissa >= 0 else 0
@@ -336,9 +344,9 @@ def zigzag_kernel(new: np.ndarray, base: np.ndarray, zigzag: np.ndarray, keys: n
 
 
 @Kernel
-def _count_keys(keys: np.ndarray, slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+def _count_keys(keys: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     for key in keys:
-        slots[key] += 1
+        counts[key] += 1
 
 
 @Kernel
