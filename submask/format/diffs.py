@@ -192,10 +192,10 @@ class _Planes:
 
     def record(self, planes: np.ndarray) -> bytes:
         """The record of a block whose planes are the rows of ``planes`` (uint8, itemsize x count)."""
-        records: list[bytes | np.ndarray] = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
+        records: list[bytes | memoryview] = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
         for raw in planes:
             packed = self.compressors[raw.size >= FAST_PLANE].compress(raw)
-            method, data = (ZSTD, packed) if len(packed) < raw.size else (STORED, raw)
+            method, data = (ZSTD, packed) if len(packed) < raw.size else (STORED, raw.data)
             records += [bytes([method]), len(data).to_bytes(4, "little"), data]
         return b"".join(records)
 
