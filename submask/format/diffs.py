@@ -31,11 +31,7 @@ from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
 
 BLOCK_ELEMENTS = 1 << 22  # the writers' block: a rebuild reads the base this many elements at a time
 MAX_BLOCK_ELEMENTS = 1 << 24
-# zstd level 1 codes the planes of real differences smaller than level 3, at 2-3x the speed (BENCHMARKS.md "Deltas:
-# size"); planes under FAST_PLANE bytes keep level 3, as earlier writers coded them (spec/vectors re-encode byte for
-# byte), at no cost worth counting.
-ZSTD_LEVELS = (3, 1)
-FAST_PLANE = 1 << 16
+ZSTD_LEVEL = 3  # level 1 is 2-3x faster and smaller on most bench pairs, but larger on MiniLM bf16 (0.0323 vs 0.0320)
 BLOCK_HEADER = 4  # u32 LE: the block's values
 MANTISSA_BITS = {"F8_E4M3": 3, "F8_E5M2": 2, "F16": 10, "BF16": 7, "F32": 23, "F64": 52}
 UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -175,26 +171,24 @@ class _Pieces:
 
 
 class _Planes:
-    """A block's record: its count, then each plane stored or as one zstd frame, whichever is shorter. Planes of
-    at least ``FAST_PLANE`` bytes take zstd level 1, smaller ones level 3 (``ZSTD_LEVELS``). Each thread keeps
-    its compressors: a new one costs as much as coding a plane of a few MiB."""
+    """A block's record: its count, then each plane stored or as one zstd frame, whichever is shorter. Each thread
+    keeps its compressor: a new one costs as much as coding a plane of a few MiB."""
 
     _local = threading.local()
 
     def __init__(self) -> None:
-        compressors = getattr(self._local, "compressors", None)
-        if compressors is None:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
             import zstandard  # here: commands that never write values skip its import
 
-            compressors = self._local.compressors = [zstandard.ZstdCompressor(level=level, write_content_size=True)
-                                                     for level in ZSTD_LEVELS]
-        self.compressors = compressors
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        self.compressor = compressor
 
     def record(self, planes: np.ndarray) -> bytes:
         """The record of a block whose planes are the rows of ``planes`` (uint8, itemsize x count)."""
         records: list[bytes | memoryview] = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
         for raw in planes:
-            packed = self.compressors[raw.size >= FAST_PLANE].compress(raw)
+            packed = self.compressor.compress(raw)
             method, data = (ZSTD, packed) if len(packed) < raw.size else (STORED, raw.data)
             records += [bytes([method]), len(data).to_bytes(4, "little"), data]
         return b"".join(records)
