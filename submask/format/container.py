@@ -266,7 +266,22 @@ def write_container(out: BinaryIO, header: dict[str, Any], payloads: Sequence[tu
     encoded += b" " * (-len(encoded) % 8)  # pad to 8 bytes, as safetensors writers do
     out.write(LENGTH.pack(len(encoded)))
     out.write(encoded)
-    data.seek(0)
+    _copy_all(data, out)
+
+
+def _copy_all(data: BinaryIO, out: BinaryIO) -> None:
+    """Append all of ``data`` to ``out``: in the kernel where both are files (``os.copy_file_range``: no pass
+    through Python's buffers, which cost a build with values ~1 ms a MiB), else through a buffer."""
+    done = 0
+    data.flush()
+    out.flush()
+    try:
+        source, target, size = data.fileno(), out.fileno(), os.fstat(data.fileno()).st_size
+        while done < size and (copied := os.copy_file_range(source, target, size - done, done)):
+            done += copied
+    except (OSError, AttributeError):  # not files (io.UnsupportedOperation), or no copy_file_range here
+        pass
+    data.seek(done)
     shutil.copyfileobj(data, out, 1 << 20)
 
 
