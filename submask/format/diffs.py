@@ -160,10 +160,10 @@ def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> n
     base_bits = base_bits.view(unsigned)
     if zigzag.size != base_bits.size:
         raise MismatchError(f"a block of {zigzag.size} differences against {base_bits.size} base values")
-    kernel = _decode_kernel.compiled if itemsize <= 4 else None
+    kernel = decode_kernel.compiled if itemsize <= 4 else None
     if kernel is not None:
         out = np.empty_like(base_bits)
-        kernel(zigzag, base_bits, out, *_kernel_args(dtype, itemsize))
+        kernel(zigzag, base_bits, out, *kernel_args(dtype, itemsize))
         return out
     one = unsigned(1)
     with np.errstate(over="ignore"):
@@ -194,7 +194,7 @@ def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compr
     kernel = _encode_kernel.compiled if itemsize <= 4 else None
     if kernel is not None:
         zigzag = np.empty_like(new_bits)
-        kernel(new_bits, base_bits, zigzag, *_kernel_args(dtype, itemsize))
+        kernel(new_bits, base_bits, zigzag, *kernel_args(dtype, itemsize))
     else:
         with np.errstate(over="ignore"):
             difference = (_to_ordered(new_bits, dtype) - _to_ordered(base_bits, dtype)).view(SIGNED[itemsize])
@@ -223,7 +223,7 @@ def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
     return np.argsort(key.astype(np.uint16 if exponent_bits > 8 else np.uint8), kind="stable")
 
 
-def _kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
+def kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
     """(mantissa bits or -1 for integers, exponent bits, value bits, a slot per exponent) for the kernels."""
     mantissa = MANTISSA_BITS.get(dtype, -1)
     exponent_bits = 8 * itemsize - 1 - mantissa if mantissa >= 0 else 0
@@ -260,7 +260,7 @@ def _encode_kernel(new: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa:
 
 
 @Kernel
-def _decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
+def decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
                    slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``."""
     full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
