@@ -12,9 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from submask import Patch, UsageError  # noqa: E402
 from submask.accel import numba_disabled  # noqa: E402
 from submask.format.values import TensorValues, encode_tensor_values  # noqa: E402
 from submask.packed import from_positions  # noqa: E402
+from submask.sync import PatchTensor  # noqa: E402
 from submask.sync.kernels import decode_at, host_view, write_at  # noqa: E402
 from submask.sync.state import bits  # noqa: E402
 from submask.sync.values import Differences, decode_patch_values  # noqa: E402
@@ -70,3 +72,12 @@ def test_a_view_is_the_tensors_memory() -> None:
     assert view is not None and view.dtype == np.uint16 and view.size == 8
     view[3] = 0x3F80  # bf16 1.0
     assert tensor[3].item() == 1.0
+
+
+@pytest.mark.parametrize("positions", [[3, 1], [2, 2], [-1, 2], [2, 8], np.array([1, 2], np.int32)])
+def test_a_patch_whose_positions_would_write_outside_the_tensor_or_out_of_order_is_refused(positions: Any) -> None:
+    values = np.zeros(2 * len(positions), np.uint8)
+    tensor = PatchTensor((2, 4), "BF16", np.asarray(positions, getattr(positions, "dtype", np.int64)), values)
+    with pytest.raises(UsageError, match="ascending order below its 8 entries"):
+        Patch("sha256:" + "0" * 64, "sha256:" + "1" * 64, 1, {"w": tensor})
+    Patch("sha256:" + "0" * 64, "sha256:" + "1" * 64, 1, {"w": PatchTensor((2, 4), "BF16", np.array([0, 7]), values)})

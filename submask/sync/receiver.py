@@ -71,7 +71,7 @@ def _decoded(patch: PatchLike, tensors: dict[str, torch.Tensor],
 
 def _check_fit(patch: PatchLike, tensors: dict[str, torch.Tensor]) -> None:
     """Every tensor the patch writes exists with its shape and dtype (a snapshot: exactly the target's tensors),
-    before anything is written."""
+    before anything is written (``Patch`` checked that its positions lie within that shape, in order)."""
     names = set(patch.tensors)
     if patch.parent is None and names != set(tensors):
         odd = sorted(names ^ set(tensors))[:3]
@@ -87,10 +87,6 @@ def _check_fit(patch: PatchLike, tensors: dict[str, torch.Tensor]) -> None:
                                 "the receiver to the sender's dtype")
         if not tensor.is_contiguous():
             raise UsageError(f"weight sync writes in place: tensor {name!r} of the receiver is not contiguous")
-        if part.positions is not None and part.positions.size and not (
-                0 <= part.positions[0] and part.positions[-1] < tensor.numel()):
-            raise MismatchError(f"patch for step {patch.step}: tensor {name!r} has positions outside its "
-                                f"{tensor.numel()} entries")
 
 
 def _remember(key: torch.Tensor, fingerprint: str) -> None:
