@@ -107,6 +107,7 @@ def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, c
 
     itemsize = DTYPE_SIZES[dtype]
     size, read = payload_reader(payload)
+    decompressor = zstandard.ZstdDecompressor()
     offset = done = index = 0
     while offset < size if counts is None else index < len(counts):
         if offset + BLOCK_HEADER > size:
@@ -124,7 +125,7 @@ def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, c
                 out[:, plane] = np.frombuffer(data, dtype=np.uint8)
                 continue
             try:
-                out[:, plane] = np.frombuffer(zstandard.ZstdDecompressor().decompress(data), dtype=np.uint8)
+                out[:, plane] = np.frombuffer(decompressor.decompress(data), dtype=np.uint8)
             except (zstandard.ZstdError, ValueError) as exc:
                 raise FormatError(f"{at}a zstd difference plane is corrupt ({exc})") from None
         done, index = done + values, index + 1
@@ -152,17 +153,19 @@ def plane_methods(payload: Payload, itemsize: int, at: str = "") -> list[set[str
     return seen
 
 
-def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> np.ndarray:
-    """One block's values (unsigned ints of the itemsize) from its stored differences and the base's values."""
+def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """One block's values (unsigned ints of the itemsize) from its stored differences and the base's values;
+    written into ``out`` when given (which may be ``base_bits`` itself: decoded in place)."""
     itemsize = DTYPE_SIZES[dtype]
     unsigned, signed = UNSIGNED[itemsize], SIGNED[itemsize]
     zigzag = differences.view(unsigned)
     base_bits = base_bits.view(unsigned)
     if zigzag.size != base_bits.size:
         raise MismatchError(f"a block of {zigzag.size} differences against {base_bits.size} base values")
+    out = np.empty_like(base_bits) if out is None else out.view(unsigned)
     kernel = decode_kernel.compiled if itemsize <= 4 else None
     if kernel is not None:
-        out = np.empty_like(base_bits)
         kernel(zigzag, base_bits, out, *kernel_args(dtype, itemsize))
         return out
     one = unsigned(1)
@@ -171,7 +174,8 @@ def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> n
         order = _order(base_bits, dtype)
         if order is not None:
             difference[order] = difference.copy()
-        return _from_ordered(_to_ordered(base_bits, dtype) + difference, dtype)
+        out[:] = _from_ordered(_to_ordered(base_bits, dtype) + difference, dtype)
+        return out
 
 
 def block_elements_of(encoding: dict[str, Any], at: str = "") -> int:
@@ -262,7 +266,8 @@ def _encode_kernel(new: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa:
 @Kernel
 def decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
                    slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``."""
+    """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``; ``out`` may be
+    ``base`` (each value is read before it is written)."""
     full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
     if mantissa >= 0:
         for i in range(base.size):

@@ -12,7 +12,6 @@ claiming 2^40 values costs nothing; ``iter_value_blocks`` decodes in pieces of a
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 from ..codecs.plain import check_frame
 from ..errors import ChecksumError, FormatError, MismatchError, UnknownEncodingError, UsageError, where
 from ..limits import check_allocation
+from ..packed import crc32_update
 from .container import ReadAt
 from .header import DIFF_PLANES, DTYPE_SIZES, ValuesEntry
 from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
@@ -243,7 +243,7 @@ def encode_tensor_values(name: str, values: TensorValues, ones: int, config: dic
                             "positions")
     if values.base is None:
         encoding, payload = encode_values(data, values.itemsize, **(config or {}))
-        crc = zlib.crc32(data.data)
+        crc = crc32_update(data)
     else:
         if packed is None or numel is None:
             raise UsageError(f"tensor {name!r}: values coded against the base need the mask's packed bits and numel")
@@ -284,7 +284,7 @@ def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object =
         verify_values(entry, payload, count, path, name)
         return TensorValues(entry.dtype, np.empty(0, np.uint8))
     data = decode_values(payload, entry.encoding, count, itemsize, path=path, name=name)
-    _check_crc(entry, zlib.crc32(data.data), at)
+    _check_crc(entry, crc32_update(data), at)
     return TensorValues(entry.dtype, data)
 
 
@@ -319,7 +319,7 @@ def checked_pieces(entry: ValuesEntry, payload: Payload, count: int, path: objec
 def _crc_checked(entry: ValuesEntry, pieces: Iterator[np.ndarray], at: str) -> Iterator[np.ndarray]:
     crc = 0
     for piece in pieces:
-        crc = zlib.crc32(piece.data, crc)
+        crc = crc32_update(piece, crc)
         yield piece
     _check_crc(entry, crc, at)
 

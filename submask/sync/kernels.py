@@ -49,8 +49,8 @@ def decode_at(tensor: torch.Tensor, view: np.ndarray | None, positions: np.ndarr
                 host_bytes(bits(tensor).view(-1)[torch.from_numpy(at).to(tensor.device)]).view(unsigned))
     done = 0
     for count in differences.counts.tolist():
-        out[done : done + count] = apply_block(stored[done : done + count], previous[done : done + count],
-                                               differences.dtype)
+        apply_block(stored[done : done + count], previous[done : done + count], differences.dtype,
+                    out[done : done + count])
         done += count
     return out.view(np.uint8)
 
