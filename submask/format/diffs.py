@@ -261,7 +261,7 @@ def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str,
     if zigzag.size != base_bits.size:
         raise MismatchError(f"a block of {zigzag.size} differences against {base_bits.size} base values")
     out = np.empty_like(base_bits) if out is None else out.view(unsigned)
-    kernel = _decode_kernel.compiled if itemsize <= 4 else None
+    kernel = decode_kernel.compiled if itemsize <= 4 else None
     if kernel is not None:
         kernel(zigzag, base_bits, out, *kernel_args(dtype, itemsize))
         return out
@@ -367,7 +367,7 @@ def _split_planes(values: np.ndarray, planes: np.ndarray) -> None:  # pragma: no
 
 
 @Kernel
-def _decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
+def decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
                    slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``; ``out`` may be
     ``base`` (each value is read before it is written)."""
