@@ -270,33 +270,37 @@ class _Chunk:
 def _read_chunk(sources: list[_Source], names: list[str],
                 room: Callable[[int], np.ndarray] | None) -> _Chunk:
     """Read one chunk's payloads (file handles are not shared across threads); with ``room`` (mask files,
-    compiled kernels), tensors whose encodings ``batch`` reads go into one buffer, ``room(nbytes)``, each row of
-    the table holding the tensor's bits, then per mask its kind, payload start and end, and rice block bits."""
+    compiled kernels), tensors whose encodings ``batch`` reads go into one buffer, ``room(nbytes)``, each file's
+    back to back (one read for a run of consecutive tensors), each row of the table holding the tensor's bits,
+    then per mask its kind, payload start and end, and rice block bits."""
     if room is None:
         return _Chunk([[source.read(name) for source in sources] for name in names])
     files: list[MaskFile] = [source.mask for source in sources]  # type: ignore[misc]
     chunk = _Chunk([], paths=[file.path for file in files])
-    rows: list[tuple[str, list[int]]] = []
-    offset = 0
+    batched: list[tuple[str, list[tuple[int, int]]]] = []
     for name in names:
-        kinds = [_batch_kind(file, name) for file in files]
-        if None in kinds:
+        found = [_batch_kind(file, name) for file in files]
+        kinds = [kind for kind in found if kind is not None]
+        if len(kinds) < len(found):
             chunk.reads.append([source.read(name) for source in sources])
             continue
         chunk.reads.append(None)
-        row = [files[0].entries[name].bits]
-        for (kind, block_bits), file in zip(kinds, files):  # type: ignore[misc]
+        batched.append((name, kinds))
+    if not batched:
+        return chunk
+    rows = [[files[0].entries[name].bits] for name, _ in batched]
+    offset = 0
+    for side, file in enumerate(files):
+        for row, (name, kinds) in zip(rows, batched):
             size = file.payload_size(name)
-            row += [kind, offset, offset + size, block_bits]
+            row += [kinds[side][0], offset, offset + size, kinds[side][1]]
             offset += size
-        rows.append((name, row))
-    if rows:
-        data = chunk.data = room(offset)
-        for name, row in rows:
-            for side, file in enumerate(files):
-                file.payload_into(name, data[row[2 + 4 * side] : row[3 + 4 * side]].data)
-            chunk.entries.append(tuple(file.entries[name] for file in files))
-            chunk.table.append(row)
+    data = chunk.data = room(offset)
+    for side, file in enumerate(files):
+        start, end = rows[0][2 + 4 * side], rows[-1][3 + 4 * side]
+        file.payloads_into([name for name, _ in batched], data[start:end].data)
+    chunk.entries = [tuple(file.entries[name] for file in files) for name, _ in batched]
+    chunk.table = rows
     return chunk
 
 
