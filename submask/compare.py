@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 MaskKey = int | str | os.PathLike[str]
 CHUNK_BITS = 1 << 26  # work (``_Source.work``), summed over the masks, of the consecutive tensors one task compares
 SPARSE_WORK = 64  # elements whose decoding costs about what a byte of a sparse payload's does
+SPLIT_WORK = 1 << 24  # less work (about 2 ms on one core) is one task in the calling thread, more is split
 
 
 @dataclass
@@ -222,8 +223,10 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
         room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
         return _read_chunk(sources, chunk, room)
 
-    chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
-    if workers == 1 or sum(map(work, names)) <= CHUNK_BITS:  # one task: no threads to start
+    total = sum(map(work, names))
+    # at least a task per worker where the work pays for starting threads (sparse masks: a few ms in all)
+    chunks = _chunks(tensor_progress(names, progress, "comparing"), work, min(CHUNK_BITS, -(-total // workers)))
+    if workers == 1 or total <= SPLIT_WORK:  # one task: no threads to start
         for chunk in chunks:
             yield chunk, _compare_chunk(read(chunk, 0), verify)
         return
@@ -241,14 +244,14 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
             yield done, future.result()
 
 
-def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[str]]:
-    """Consecutive names in runs of about CHUNK_BITS elements of ``work`` (one task: a few tensors, or one
+def _chunks(names: Iterator[str], work: Callable[[str], int], size: int) -> Iterator[list[str]]:
+    """Consecutive names in runs of about ``size`` elements of ``work`` (one task: a few tensors, or one
     large one)."""
     chunk, bits = [], 0
     for name in names:
         chunk.append(name)
         bits += work(name)
-        if bits >= CHUNK_BITS:
+        if bits >= size:
             yield chunk
             chunk, bits = [], 0
     if chunk:

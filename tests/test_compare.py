@@ -3,6 +3,7 @@ positions fast path of the rice codec."""
 
 from __future__ import annotations
 
+import importlib
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
+
+compare_module = importlib.import_module("submask.compare")
 
 # sizes and densities that take every route: rice positions (sparse, across several 2^22 windows), rice
 # with zeros coded (dense), zstd, raw, empty and full tensors, and a zero-size tensor
@@ -100,6 +103,25 @@ def test_in_memory_masks_and_worker_counts_agree_with_files(masks: tuple) -> Non
     matrix = from_files.matrix("overlap_a")
     assert matrix[0, 1] == pytest.approx(from_files.pair(0, 1).intersection / from_files.pair(0, 1).count_a)
     assert np.allclose(np.diagonal(matrix), 1.0)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_work_split_across_threads_gives_the_same_counts(masks: tuple, monkeypatch: pytest.MonkeyPatch,
+                                                         count: int) -> None:
+    paths = masks[0][:count]
+    alone = compare(paths, by="tensor", workers=1)
+    monkeypatch.setattr(compare_module, "SPLIT_WORK", 0)  # these masks are small: split them all the same
+    tasks, real = [], compare_module._compare_chunk
+
+    def counted(chunk: object, verify: bool) -> list[np.ndarray]:
+        tasks.append(chunk)
+        return real(chunk, verify)
+
+    monkeypatch.setattr(compare_module, "_compare_chunk", counted)
+    split = compare(paths, by="tensor", workers=2)
+    assert len(tasks) >= 2  # one task per worker at least
+    for group in alone.groups:
+        np.testing.assert_array_equal(alone.groups[group].intersections, split.groups[group].intersections)
 
 
 def test_compare_mismatch_and_common(masks: tuple, tmp_path: Path) -> None:
