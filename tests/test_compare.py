@@ -23,6 +23,7 @@ from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
+from submask.tensor_counts import _Operand, _pair_count
 
 compare_module = importlib.import_module("submask.compare")
 
@@ -228,3 +229,15 @@ def test_decode_positions_rejects_bad_payloads() -> None:
         RiceCodec().from_config(config).positions(payload[:-3], bools.size)
     with pytest.raises(FormatError, match="block_bits"):
         RiceCodec().from_config({"block_bits": 7}).positions(payload, bools.size)
+
+
+def test_a_streamed_operand_counts_against_a_positions_operand() -> None:
+    """``tensor_counts._pair_count`` of two operands as ``_decode`` can leave them when the first's codec lists
+    positions but does not stream and the second's streams: positions against a payload left encoded."""
+    rng = np.random.default_rng(4)
+    numel = 70_001
+    a, b = rng.random(numel) < 0.01, rng.random(numel) < 0.03
+    payload_b, _ = RiceCodec().encode(pack(b), numel)
+    first = _Operand(numel, int(a.sum()), positions=np.flatnonzero(a))
+    second = _Operand(numel, int(b.sum()), streamed=(RiceCodec(), payload_b, "b.smask, tensor 'w': "))
+    assert _pair_count(first, second) == int(np.sum(a & b))
