@@ -216,16 +216,16 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
     batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
     rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
 
-    def work(name: str) -> int:
-        return sum(source.work(name) for source in sources)
+    works = {name: sum(source.work(name) for source in sources) for name in names}
 
     def read(chunk: list[str], slot: int) -> _Chunk:
         room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
         return _read_chunk(sources, chunk, room)
 
-    total = sum(map(work, names))
+    total = sum(works.values())
     # at least a task per worker where the work pays for starting threads (sparse masks: a few ms in all)
-    chunks = _chunks(tensor_progress(names, progress, "comparing"), work, min(CHUNK_BITS, -(-total // workers)))
+    chunks = _chunks(tensor_progress(names, progress, "comparing"), works.__getitem__,
+                     min(CHUNK_BITS, -(-total // workers)))
     if workers == 1 or total <= SPLIT_WORK:  # one task: no threads to start
         for chunk in chunks:
             yield chunk, _compare_chunk(read(chunk, 0), verify)
