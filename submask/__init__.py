@@ -28,12 +28,12 @@ array([ True, False, False,  True])
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
 
 from . import interrupts as _interrupts  # noqa: F401  (first: as `submask`, a Ctrl-C while importing is one line)
+from ._lazy import lazy_names
 from ._version import __version__
 from .errors import (
     ChecksumError,
@@ -72,9 +72,8 @@ _HOMES = {
     "tracker": "UpdateDensity UpdateTracker",
     "train": "Restriction restrict unrestrict",
 }
-_LAZY = {name: module for module, names in _HOMES.items() for name in names.split()}
 
-if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
+if TYPE_CHECKING:  # the real imports, for type checkers and IDEs (an unknown name stays an error for them)
     from .algebra import (
         Counts,
         PairStats,
@@ -177,22 +176,8 @@ __all__ = [
     "unrestrict",
 ]
 
-
-if not TYPE_CHECKING:  # type checkers see the imports above; an unknown name stays an error for them
-
-    def __getattr__(name: str) -> object:
-        """Import a public name's module on first use and keep the name here (``submask.X``, ``from submask
-        import X``)."""
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module 'submask' has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_names(__name__, _HOMES)
 
 
 class _Package(types.ModuleType):
