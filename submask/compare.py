@@ -34,7 +34,7 @@ from .breakdown import OVERALL, group_of, sort_groups
 from .built import BuiltMask
 from .codecs import batch
 from .errors import SubmaskError, UsageError
-from .format.reader import MaskFile
+from .format import MaskFile
 from .format.header import TensorEntry
 from .format.tensors import entry_codec, payload_verified
 from .io import MaskLike, open_mask

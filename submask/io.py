@@ -32,7 +32,7 @@ import numpy as np
 from .built import BuiltMask
 from .delta import Delta
 from .errors import MismatchError, UsageError
-from .format.reader import MaskFile, local_mask_path
+from .format import MaskFile, local_mask_path
 from .format.values import TensorValues, is_diff
 from .hub.paths import is_hub_url
 from .limits import check_allocation
