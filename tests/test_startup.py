@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,62 @@ def test_compiled_kernels_load_from_the_disk_cache_in_the_next_process() -> None
             "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))")
     run_python(code)  # compiles and writes the cache, unless an earlier process did
     assert run_python(code) == "1 0"
+
+
+# -- what a process imports (the lazy package and command line) -------------------------------------------------
+
+#: never imported by ``import submask`` nor by a command on small local masks
+HEAVY = ("torch", "huggingface_hub", "numba", "tqdm", "transformers", "safetensors")
+
+
+def imported_by(*args: str, cwd: Path | None = None) -> set[str]:
+    """The modules a ``python ARGS`` process imports, read from ``-X importtime`` (the process runs as given)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
+def heavy(modules: set[str], *more: str) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in HEAVY or m.startswith(more)}
+
+
+def test_import_submask_loads_no_numpy_and_nothing_heavy() -> None:
+    modules = imported_by("-c", "import submask")
+    assert "submask" in modules
+    assert heavy(modules, "numpy") == set()
+
+
+def test_compare_command_imports_only_what_compare_needs(tmp_path: Path) -> None:
+    a, b = save_pair(tmp_path, (64, 512))
+    modules = imported_by("-m", "submask", "compare", "--json", str(a), str(b))
+    assert "submask.compare" in modules and "numpy" in modules
+    # nor the Hub client's modules, checkpoint readers, the writer, the builder or the other commands
+    others = ("submask.hub.pull", "submask.hub.push", "submask.checkpoints", "submask.format.writer", "submask.builder",
+              "submask.apply", "submask.combine", "submask.cli.build", "submask.cli.plot")
+    assert heavy(modules, *others) == set()
+
+
+def write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """A safetensors file written by hand (8-byte header length, JSON header, data): no torch or safetensors."""
+    header, offset = {}, 0
+    for name, array in arrays.items():
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded
+                     + b"".join(np.ascontiguousarray(a, "<f4").tobytes() for a in arrays.values()))
+    return path
+
+
+def test_rebuild_command_imports_no_torch_hub_numba_or_progress_bar(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    weights = {f"layers.{i}.weight": rng.standard_normal((64, 96)).astype(np.float32) for i in range(3)}
+    moved = {name: np.where(rng.random(w.shape) < 0.1, w + 0.01, w).astype(np.float32) for name, w in weights.items()}
+    base = write_safetensors(tmp_path / "base.safetensors", weights)
+    finetuned = write_safetensors(tmp_path / "model.safetensors", moved)
+    submask.build_mask(base, finetuned, tmp_path / "d.smask", values=True)
+    modules = imported_by("-m", "submask", "apply", str(base), str(tmp_path / "d.smask"), "-o", str(tmp_path / "out"))
+    assert "submask.rebuild" in modules
+    assert heavy(modules, "submask.hub.pull", "submask.builder.pipeline", "submask.cli.build") == set()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == finetuned.read_bytes()
