@@ -30,7 +30,7 @@ from pathlib import Path
 import submask
 
 from .delta_pairs import PAIRS, write_pair
-from .report import markdown_table, write_section
+from .report import markdown_table, process_env, write_section
 
 DEFAULT_PAIRS = ["BF16 adam iid 30%", "F32 adam columns 25%", "F32 sgd tensors 50%"]
 BLOCK = 16 << 20
@@ -58,8 +58,8 @@ def timed(runs: dict[str, Callable[[], object]], before: dict[str, Callable[[], 
 def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: int) -> list[str]:
     delta, out, out_process, copy = work / "d.smask", work / "out", work / "out-process", work / "copy.bin"
     submask.build_mask(base, finetuned, delta, values=True)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
-                                                                              os.environ.get("PYTHONPATH")]))}
+    environment = process_env(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                         os.environ.get("PYTHONPATH")])))
     runs: dict[str, Callable[[], object]] = {
         "copy": lambda: python_copy(finetuned, copy),
         "rebuild": lambda: submask.apply_mask(base, delta, out),
@@ -109,7 +109,8 @@ def main() -> None:
     body = (f"Best of {args.repeats} interleaved repeats, hot page cache, on pairs of `tools/bench/delta_pairs.py`. "
             "*rebuild vs copy*: seconds of a Python copy of the finetuned file with fsync over seconds of "
             "`apply_mask(base, delta, out)` in process (its SHA-256 verified before the folder appears; goal "
-            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s); *build vs cat*: "
+            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s; bytecode caches used, as an "
+            "installed package's); *build vs cat*: "
             "seconds of a hot `cat` of both files over seconds of `build_mask` to a file with the default ladder "
             "(goal >= 0.3) and without it (goal >= 0.5); *values / mask*: `build --values` over the mask-only "
             "build (goal <= 1.3). Every rebuild was checked by SHA-256. Load average "
