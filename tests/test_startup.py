@@ -83,11 +83,16 @@ def test_compiled_kernels_load_from_the_disk_cache_in_the_next_process() -> None
 HEAVY = ("torch", "huggingface_hub", "numba", "tqdm", "transformers", "safetensors")
 
 
-def imported_by(*args: str, cwd: Path | None = None) -> set[str]:
-    """The modules a ``python ARGS`` process imports, read from ``-X importtime`` (the process runs as given)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, cwd=cwd)
+#: reports, at exit, every module the process imported (``-X importtime`` misses those ``importlib`` loads)
+REPORT = "import atexit, sys; atexit.register(lambda: sys.stderr.write('\\nimported ' + ' '.join(sys.modules)))"
+
+
+def imported_by(*arguments: str, code: str | None = None) -> set[str]:
+    """The modules a ``python -m submask ARGUMENTS`` process (or ``python -c CODE``) has imported by its exit."""
+    run = code or "import runpy; runpy.run_module('submask', run_name='__main__', alter_sys=True)"
+    result = subprocess.run([sys.executable, "-c", f"{REPORT}; {run}", *arguments], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    return set(result.stderr.rsplit("\nimported ", 1)[1].split())
 
 
 def heavy(modules: set[str], *more: str) -> set[str]:
@@ -95,18 +100,19 @@ def heavy(modules: set[str], *more: str) -> set[str]:
 
 
 def test_import_submask_loads_no_numpy_and_nothing_heavy() -> None:
-    modules = imported_by("-c", "import submask")
+    modules = imported_by(code="import submask")
     assert "submask" in modules
     assert heavy(modules, "numpy") == set()
 
 
-def test_compare_command_imports_only_what_compare_needs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["compare", "info"])
+def test_a_command_on_small_local_masks_imports_only_what_it_needs(tmp_path: Path, command: str) -> None:
     a, b = save_pair(tmp_path, (64, 512))
-    modules = imported_by("-m", "submask", "compare", "--json", str(a), str(b))
-    assert "submask.compare" in modules and "numpy" in modules
+    modules = imported_by(command, "--json", str(a), *([str(b)] if command == "compare" else []))
+    assert "submask.format.reader" in modules and "numpy" in modules
     # nor the Hub client's modules, checkpoint readers, the writer, the builder or the other commands
     others = ("submask.hub.pull", "submask.hub.push", "submask.checkpoints", "submask.format.writer", "submask.builder",
-              "submask.apply", "submask.combine", "submask.cli.build", "submask.cli.plot")
+              "submask.apply", "submask.atomic", "submask.combine", "submask.cli.build", "submask.cli.plot")
     assert heavy(modules, *others) == set()
 
 
@@ -130,7 +136,7 @@ def test_rebuild_command_imports_no_torch_hub_numba_or_progress_bar(tmp_path: Pa
     base = write_safetensors(tmp_path / "base.safetensors", weights)
     finetuned = write_safetensors(tmp_path / "model.safetensors", moved)
     submask.build_mask(base, finetuned, tmp_path / "d.smask", values=True)
-    modules = imported_by("-m", "submask", "apply", str(base), str(tmp_path / "d.smask"), "-o", str(tmp_path / "out"))
+    modules = imported_by("apply", str(base), str(tmp_path / "d.smask"), "-o", str(tmp_path / "out"))
     assert "submask.rebuild" in modules
     assert heavy(modules, "submask.hub.pull", "submask.builder.pipeline", "submask.cli.build") == set()
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == finetuned.read_bytes()
