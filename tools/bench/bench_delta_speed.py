@@ -124,8 +124,8 @@ def main() -> None:
             "and writing on the writer thread, fsync. A build with values adds, per changed value, a second "
             "gather (the base's), the transform and a zstd pass over each byte plane (on MiniLM fp32, 10.7 M "
             "changed values: ~1.5 s of one core under this load, against ~0.4 s for the mask-only build). The "
-            "process's extra time is Python, numpy and numba starting (`import submask` alone took 0.6 s of "
-            "CPU and up to 6 s of wall time under this load).\n\n"
+            "process's extra time is Python, numpy, click and the modules of `apply` starting (a rebuild of "
+            "fewer than 2^30 elements leaves numba unstarted; `bench_startup` measures that floor).\n\n"
             + markdown_table(["pair", "MiB", "rebuild vs copy", "process", "build vs cat", "no ladder vs cat",
                               "values / mask"], rows))
     if not args.no_write:
