@@ -31,7 +31,7 @@ import submask
 
 from .delta_pairs import PAIRS, write_pair
 from .rebuild_stages import STAGES, stages
-from .report import markdown_table, write_section
+from .report import markdown_table, process_env, write_section
 
 DEFAULT_PAIRS = ["BF16 adam iid 30%", "F32 adam columns 25%", "F32 sgd tensors 50%"]
 BLOCK = 16 << 20
@@ -59,8 +59,8 @@ def timed(runs: dict[str, Callable[[], object]], before: dict[str, Callable[[], 
 def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: int) -> list[str]:
     delta, out, out_process, copy = work / "d.smask", work / "out", work / "out-process", work / "copy.bin"
     submask.build_mask(base, finetuned, delta, values=True)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
-                                                                              os.environ.get("PYTHONPATH")]))}
+    environment = process_env(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                         os.environ.get("PYTHONPATH")])))
     runs: dict[str, Callable[[], object]] = {
         "copy": lambda: python_copy(finetuned, copy),
         "rebuild": lambda: submask.apply_mask(base, delta, out),
@@ -114,7 +114,8 @@ def main() -> None:
     body = (f"Best of {args.repeats} interleaved repeats, hot page cache, on pairs of `tools/bench/delta_pairs.py`. "
             "*rebuild vs copy*: seconds of a Python copy of the finetuned file with fsync over seconds of "
             "`apply_mask(base, delta, out)` in process (its SHA-256 verified before the folder appears; goal "
-            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s); *build vs cat*: "
+            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s; bytecode caches used, as an "
+            "installed package's); *build vs cat*: "
             "seconds of a hot `cat` of both files over seconds of `build_mask` to a file with the default ladder "
             "(goal >= 0.3) and without it (goal >= 0.5); *values / mask*: `build --values` over the mask-only "
             "build (goal <= 1.3). Every rebuild was checked by SHA-256. Load average "
@@ -133,8 +134,9 @@ def main() -> None:
             "tensor a counting sort by exponent (~20), the split into byte planes (~11-16) and zstd level 3 "
             "(~45; level 1 was 2x faster but coded the MiniLM bf16 delta larger) make ~99, SHA-256 of the "
             "finetuned file on its thread ~40, and writing the 14 MB delta ~16 plus its fsync (63 ms of wall "
-            "time for 14 MB on this disk). The process column is what starting Python and the imports a rebuild "
-            "needs add.\n\n"
+            "time for 14 MB on this disk). The process column is what starting Python, numpy, click and the "
+            "modules of `apply` adds (a rebuild of fewer than 2^30 elements leaves numba unstarted; "
+            "`bench_startup` measures that floor).\n\n"
             + markdown_table(["pair", "MiB", "rebuild vs copy", "process", "build vs cat", "no ladder vs cat",
                               "values / mask"], rows)
             + "\n\nA rebuild's stages, ms (CPU of one thread; fsync: wall):\n\n"
