@@ -21,10 +21,10 @@ demo: $(STAMP)
 
 # The test suite without the tests marked slow (multi-process training, TRL, the demo); test-slow runs those.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m slow
 
 # Linters CI runs: ruff (rules in pyproject.toml) and mypy --strict on submask/.
 lint: $(STAMP)

@@ -26,29 +26,15 @@ hf:// URL.
 array([ True, False, False,  True])
 """
 
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING
+
 from . import interrupts as _interrupts  # noqa: F401  (first: as `submask`, a Ctrl-C while importing is one line)
+from ._lazy import lazy_names
 from ._version import __version__
-from .algebra import (
-    Counts,
-    PairStats,
-    chance_jaccard,
-    complement,
-    difference,
-    intersection,
-    intersection_count,
-    jaccard,
-    overlap,
-    pair_stats,
-    symmetric_difference,
-    union,
-)
-from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
-from .breakdown import density_breakdown
-from .builder import build_mask, count_changes
-from .built import BuiltMask
-from .combine import combine_files
-from .compare import Comparison, compare
-from .delta import Delta
 from .errors import (
     ChecksumError,
     FormatError,
@@ -63,15 +49,61 @@ from .errors import (
     UsageError,
     VersionError,
 )
-from .format import MaskFile, MaskWriter, TensorEntry, TensorValues
-from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
-from .io import MaskLike, load, load_delta, open, open_mask, save
-from .mask import Mask, TensorMask
-from .metadata import CheckpointFile, MaskMetadata, model_fingerprint
-from .rebuild import apply_delta
-from .sync import Patch, PatchFolder, WeightSync
-from .tracker import UpdateDensity, UpdateTracker
-from .train import Restriction, restrict, unrestrict
+
+#: where each public name lives, imported on its first use (PEP 562): ``import submask`` itself loads no numpy,
+#: and a command line imports only what its command needs. Keep in step with the imports under TYPE_CHECKING.
+_HOMES = {
+    "algebra": "Counts PairStats chance_jaccard complement difference intersection intersection_count jaccard "
+               "overlap pair_stats symmetric_difference union",
+    "apply": "AppliedModel apply_mask apply_to_module apply_to_state_dict",
+    "breakdown": "density_breakdown",
+    "builder": "build_mask count_changes",
+    "built": "BuiltMask",
+    "combine": "combine_files",
+    "compare": "Comparison compare",
+    "delta": "Delta",
+    "format": "MaskFile MaskWriter TensorEntry TensorValues",
+    "hub": "HubPath MaskListing PulledMask PushedMask list_masks pull_mask push_mask",
+    "io": "MaskLike load load_delta open open_mask save",
+    "mask": "Mask TensorMask",
+    "metadata": "CheckpointFile MaskMetadata model_fingerprint",
+    "rebuild": "apply_delta",
+    "sync": "Patch PatchFolder WeightSync",
+    "tracker": "UpdateDensity UpdateTracker",
+    "train": "Restriction restrict unrestrict",
+}
+
+if TYPE_CHECKING:  # the real imports, for type checkers and IDEs (an unknown name stays an error for them)
+    from .algebra import (
+        Counts,
+        PairStats,
+        chance_jaccard,
+        complement,
+        difference,
+        intersection,
+        intersection_count,
+        jaccard,
+        overlap,
+        pair_stats,
+        symmetric_difference,
+        union,
+    )
+    from .apply import AppliedModel, apply_mask, apply_to_module, apply_to_state_dict
+    from .breakdown import density_breakdown
+    from .builder import build_mask, count_changes
+    from .built import BuiltMask
+    from .combine import combine_files
+    from .compare import Comparison, compare
+    from .delta import Delta
+    from .format import MaskFile, MaskWriter, TensorEntry, TensorValues
+    from .hub import HubPath, MaskListing, PulledMask, PushedMask, list_masks, pull_mask, push_mask
+    from .io import MaskLike, load, load_delta, open, open_mask, save
+    from .mask import Mask, TensorMask
+    from .metadata import CheckpointFile, MaskMetadata, model_fingerprint
+    from .rebuild import apply_delta
+    from .sync import Patch, PatchFolder, WeightSync
+    from .tracker import UpdateDensity, UpdateTracker
+    from .train import Restriction, restrict, unrestrict
 
 __all__ = [
     "Comparison",
@@ -143,3 +175,20 @@ __all__ = [
     "save",
     "unrestrict",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_names(__name__, _HOMES)
+
+
+class _Package(types.ModuleType):
+    """``submask.compare`` is the function, although ``submask/compare.py`` is also a module: importing that
+    module binds its name on the package (the import system does so), so the function is bound instead, as the
+    eager ``from .compare import compare`` did."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "compare" and isinstance(value, types.ModuleType):
+            value = value.compare
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 MaskKey = int | str | os.PathLike[str]
 CHUNK_BITS = 1 << 26  # work (``_Source.work``), summed over the masks, of the consecutive tensors one task compares
 SPARSE_WORK = 64  # elements whose decoding costs about what a byte of a sparse payload's does
+SPLIT_WORK = 1 << 24  # less work (about 2 ms on one core) is one task in the calling thread, more is split
 
 
 @dataclass
@@ -215,15 +216,17 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
     batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
     rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
 
-    def work(name: str) -> int:
-        return sum(source.work(name) for source in sources)
+    works = {name: sum(source.work(name) for source in sources) for name in names}
 
     def read(chunk: list[str], slot: int) -> _Chunk:
         room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
         return _read_chunk(sources, chunk, room)
 
-    chunks = _chunks(tensor_progress(names, progress, "comparing"), work)
-    if workers == 1 or sum(map(work, names)) <= CHUNK_BITS:  # one task: no threads to start
+    total = sum(works.values())
+    # at least a task per worker where the work pays for starting threads (sparse masks: a few ms in all)
+    chunks = _chunks(tensor_progress(names, progress, "comparing"), works.__getitem__,
+                     min(CHUNK_BITS, -(-total // workers)))
+    if workers == 1 or total <= SPLIT_WORK:  # one task: no threads to start
         for chunk in chunks:
             yield chunk, _compare_chunk(read(chunk, 0), verify)
         return
@@ -241,14 +244,14 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
             yield done, future.result()
 
 
-def _chunks(names: Iterator[str], work: Callable[[str], int]) -> Iterator[list[str]]:
-    """Consecutive names in runs of about CHUNK_BITS elements of ``work`` (one task: a few tensors, or one
+def _chunks(names: Iterator[str], work: Callable[[str], int], size: int) -> Iterator[list[str]]:
+    """Consecutive names in runs of about ``size`` elements of ``work`` (one task: a few tensors, or one
     large one)."""
     chunk, bits = [], 0
     for name in names:
         chunk.append(name)
         bits += work(name)
-        if bits >= CHUNK_BITS:
+        if bits >= size:
             yield chunk
             chunk, bits = [], 0
     if chunk:
@@ -270,33 +273,37 @@ class _Chunk:
 def _read_chunk(sources: list[_Source], names: list[str],
                 room: Callable[[int], np.ndarray] | None) -> _Chunk:
     """Read one chunk's payloads (file handles are not shared across threads); with ``room`` (mask files,
-    compiled kernels), tensors whose encodings ``batch`` reads go into one buffer, ``room(nbytes)``, each row of
-    the table holding the tensor's bits, then per mask its kind, payload start and end, and rice block bits."""
+    compiled kernels), tensors whose encodings ``batch`` reads go into one buffer, ``room(nbytes)``, each file's
+    back to back (one read for a run of consecutive tensors), each row of the table holding the tensor's bits,
+    then per mask its kind, payload start and end, and rice block bits."""
     if room is None:
         return _Chunk([[source.read(name) for source in sources] for name in names])
     files: list[MaskFile] = [source.mask for source in sources]  # type: ignore[misc]
     chunk = _Chunk([], paths=[file.path for file in files])
-    rows: list[tuple[str, list[int]]] = []
-    offset = 0
+    batched: list[tuple[str, list[tuple[int, int]]]] = []
     for name in names:
-        kinds = [_batch_kind(file, name) for file in files]
-        if None in kinds:
+        found = [_batch_kind(file, name) for file in files]
+        kinds = [kind for kind in found if kind is not None]
+        if len(kinds) < len(found):
             chunk.reads.append([source.read(name) for source in sources])
             continue
         chunk.reads.append(None)
-        row = [files[0].entries[name].bits]
-        for (kind, block_bits), file in zip(kinds, files):  # type: ignore[misc]
+        batched.append((name, kinds))
+    if not batched:
+        return chunk
+    rows = [[files[0].entries[name].bits] for name, _ in batched]
+    offset = 0
+    for side, file in enumerate(files):
+        for row, (name, kinds) in zip(rows, batched):
             size = file.payload_size(name)
-            row += [kind, offset, offset + size, block_bits]
+            row += [kinds[side][0], offset, offset + size, kinds[side][1]]
             offset += size
-        rows.append((name, row))
-    if rows:
-        data = chunk.data = room(offset)
-        for name, row in rows:
-            for side, file in enumerate(files):
-                file.payload_into(name, data[row[2 + 4 * side] : row[3 + 4 * side]].data)
-            chunk.entries.append(tuple(file.entries[name] for file in files))
-            chunk.table.append(row)
+    data = chunk.data = room(offset)
+    for side, file in enumerate(files):
+        start, end = rows[0][2 + 4 * side], rows[-1][3 + 4 * side]
+        file.payloads_into([name for name, _ in batched], data[start:end].data)
+    chunk.entries = [tuple(file.entries[name] for file in files) for name, _ in batched]
+    chunk.table = rows
     return chunk
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from .built import BuiltMask
 from .delta import Delta
 from .errors import MismatchError, UsageError
-from .format import MaskFile, MaskWriter, local_mask_path
+from .format import MaskFile, local_mask_path
 from .format.values import TensorValues, is_diff
 from .hub.paths import is_hub_url
 from .limits import check_allocation
@@ -137,6 +137,8 @@ def save(mask: Mask | Delta, path: str | os.PathLike[str], *, encoding: str | Ma
 
     An existing file at ``path`` is replaced only with ``overwrite=True`` (OutputError otherwise).
     """
+    from .format.writer import MaskWriter  # here: opening a mask needs no writer (nor its atomic-write helpers)
+
     delta = mask if isinstance(mask, Delta) else Delta(mask, checkpoint=mask.metadata.checkpoint)
     metadata = replace(delta.mask.metadata, checkpoint=delta.checkpoint)
     with MaskWriter(path, metadata, max_shard_bytes=max_shard_bytes, overwrite=overwrite) as writer:

@@ -14,43 +14,32 @@ config or tokenizer is not part of the delta, so nothing vouches for it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import itertools
 import math
 import os
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from .accel import Kernel, job
+from .accel import job
 from .align import mismatch
 from .atomic import check_target, replace_dir, staging_dir, writing
-from .builder.values import chunk_values
 from .built import AppliedModel
 from .checkpoints.dtypes import DTYPES, DType, dtype_of_array
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import CHUNK_ELEMENTS, Source, open_source
 from .delta import Delta
-from .errors import FormatError, MismatchError, UsageError
+from .errors import MismatchError, UsageError
 from .format import MaskFile
-from .format.diffs import apply_block
 from .format.layout import check_layout
 from .format.values import is_diff
 from .io import load_delta
 from .io import open as open_mask_file
 from .mask import TensorMask
 from .metadata import CheckpointFile
-from .packed import popcount, unpack
-from .safetensors_header import LENGTH
+from .rebuild_write import write_file
 
-if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-
-IN_FLIGHT = 2  # chunks being hashed and written while the next is filled in
 POSITIONS_MAX = CHUNK_ELEMENTS  # a tensor with at most this many set bits (32 MiB of positions) is scattered by them
 POSITIONS_MAX_DENSITY = 1 / 2  # ... when at most this dense: denser, packed bits win (measured crossover ~0.6)
 DeltaLike = Delta | MaskFile | str | os.PathLike[str]
@@ -75,25 +64,44 @@ def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, ove
         _check_base(values, source)
         total = sum(file.size for file, _ in plan)
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
-        with job(sum(info.numel for _, infos in plan for info in infos)), staging_dir(out) as staging:
+        from concurrent.futures import ThreadPoolExecutor  # here, not at import: it imports logging
+
+        with job(sum(info.numel for _, infos in plan for info in infos)), staging_dir(out) as staging, \
+                ThreadPoolExecutor(1, "submask-rebuild-fsync") as syncer:
+            synced = []  # each file's fsync runs while the next file is rebuilt
             for file, tensors in plan:
-                with writing(out), open(staging / file.name, "wb") as handle:
-                    digest = _write_file(handle, file, tensors, values, source, report)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                size = (staging / file.name).stat().st_size
+                with writing(out):
+                    handle = open(staging / file.name, "wb")  # closed by _synced, or below on failure
+                try:
+                    with writing(out):
+                        digest = write_file(handle, file, tensors, values, source, report)
+                        handle.flush()
+                    size = os.fstat(handle.fileno()).st_size
+                except BaseException:
+                    handle.close()
+                    raise
                 if (size, digest) != (file.size, file.sha256):
+                    handle.close()
                     raise MismatchError(
                         f"{out / file.name}: the rebuilt file does not match the delta ({size} bytes, SHA-256 "
                         f"{digest[:16]}..., recorded {file.size} bytes, {file.sha256[:16]}...): {source.label} is "
                         f"not the base {values.label} was built against{_recorded_base(values)}; nothing was "
                         "written")
+                synced.append(syncer.submit(_synced, handle))
             with writing(out):
+                for done in synced:
+                    done.result()
                 replace_dir(staging, out, overwrite)
         tensors = [info for _, infos in plan for info in infos]
         counts = values.mask.counts
     return AppliedModel(out, len(tensors), sum(info.numel for info in tensors),
                         sum(counts[info.name] for info in tensors))
+
+
+def _synced(handle: BinaryIO) -> None:
+    """fsync a written file, then close it (closed even when fsync fails)."""
+    with handle:
+        os.fsync(handle.fileno())
 
 
 def apply_delta(base: Mapping[str, Any], delta: Delta | str | os.PathLike[str]) -> dict[str, Any]:
@@ -244,184 +252,6 @@ def _check_base(values: _DeltaValues, base: Source | _Shapes) -> None:
     if missing or different:
         raise mismatch(values.label, base.label, f"Pass the base the delta was built against"
                        f"{_recorded_base(values)}.", only_left=missing, different=different)
-
-
-# -- writing ----------------------------------------------------------------------------------------------------
-
-def _write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo], values: _DeltaValues,
-                base: Source, progress: Callable[[int], None] | None) -> str:
-    """Write one file; return the SHA-256 of what was written.
-
-    Chunks are hashed and written on one thread and a tensor's value blocks decoded ahead on another, while the
-    next chunk is read and filled in (hashlib, zstd, file I/O and the compiled scatter release the GIL),
-    through ``IN_FLIGHT + 1`` rotating buffers. (Decoding the next tensor's mask ahead on a third thread
-    measured no faster on 2 cores.)
-    """
-    digest = hashlib.sha256()
-
-    def sink(view: memoryview) -> None:
-        digest.update(view)
-        handle.write(view)
-
-    from concurrent.futures import ThreadPoolExecutor  # here, not at import: it imports logging
-
-    with ThreadPoolExecutor(1, "submask-rebuild-write") as writer, \
-            ThreadPoolExecutor(1, "submask-rebuild-values") as decoder:
-        pending: deque[Future[None]] = deque()
-
-        def emit(data: Any) -> None:
-            view = memoryview(data).cast("B")
-            while len(pending) >= IN_FLIGHT:  # so the buffer filled next is no longer being written
-                pending.popleft().result()
-            pending.append(writer.submit(sink, view))
-            if progress is not None:
-                progress(view.nbytes)
-
-        if file.header is None:
-            emit(file.text.encode("utf-8"))  # type: ignore[union-attr]
-        else:
-            header = file.header.encode("utf-8")
-            emit(LENGTH.pack(len(header)) + header)
-            buffers = itertools.cycle([np.empty(CHUNK_ELEMENTS * 8, np.uint8) for _ in range(IN_FLIGHT + 1)])
-            coded = {info.name: values.differences(info.name) for info in tensors}
-            # one stream of every coded tensor's blocks, decoded ahead across tensors
-            blocks = _ahead(itertools.chain.from_iterable(found[1] for found in coded.values() if found), decoder)
-            for info in tensors:
-                differences = coded[info.name]
-                if differences is not None:
-                    chunks = _diff_chunks(info, values.bits(info.name), blocks, base, buffers, differences[0],
-                                          values.label)
-                else:
-                    stream = _ValueStream(_ahead(values.blocks(info.name), decoder), values.label, info.name)
-                    chunks = _tensor_chunks(info, values.bits(info.name), stream, base, buffers)
-                for chunk in chunks:
-                    emit(chunk)
-            if next(blocks, None) is not None:  # also runs the last tensor's end checks (CRC-32)
-                raise FormatError(f"{values.label}: {file.name}: more difference blocks than its tensors' elements "
-                                  "take; the delta is corrupt")
-        while pending:
-            pending.popleft().result()
-    return digest.hexdigest()
-
-
-def _tensor_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, stream: _ValueStream, base: Source,
-                   buffers: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """One tensor's bytes, chunk by chunk: the values alone when every bit is set, else the base's chunk (read
-    into the next of ``buffers``) with the values at the set positions (``bits``: packed, or the positions)."""
-    positions = bits if isinstance(bits, np.ndarray) else None
-    itemsize = info.dtype.itemsize
-    whole = (bits.size if isinstance(bits, np.ndarray) else bits.count) == info.numel
-    done = 0  # set positions before this chunk
-    for start in range(0, info.numel, CHUNK_ELEMENTS):
-        stop = min(start + CHUNK_ELEMENTS, info.numel)
-        if whole:
-            yield stream.take((stop - start) * itemsize)
-            continue
-        chunk = base.read(info.name, start, stop, next(buffers))
-        if not chunk.flags.writeable:  # a source may hand back a read-only view instead of the buffer
-            chunk = chunk.copy()
-        if positions is None:
-            packed = cast(TensorMask, bits).packed[start // 8: (stop + 7) // 8]  # not positions: a TensorMask
-            _scatter_into(chunk, packed, stream.take(popcount(packed) * itemsize).view(info.dtype.raw))
-        else:
-            end = done + int(np.searchsorted(positions[done:], stop))
-            chunk[positions[done:end] - start] = stream.take((end - done) * itemsize).view(info.dtype.raw)
-            done = end
-        yield chunk
-    stream.finish()
-
-
-def _diff_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, blocks: Iterator[np.ndarray], base: Source,
-                 buffers: Iterator[np.ndarray], block_elements: int, label: str) -> Iterator[np.ndarray]:
-    """One tensor's bytes from values coded against the base (FORMAT.md §12.4): block ``k`` holds the values of
-    elements ``[k * block_elements, (k + 1) * block_elements)``, so each is decoded from the base's chunk of
-    those elements, which then takes the values at the set positions. ``blocks`` is shared by the file's
-    tensors: this one takes its own blocks from it."""
-    positions = bits if isinstance(bits, np.ndarray) else None
-    raw, done = info.dtype.raw, 0
-    for start in range(0, info.numel, block_elements):
-        stop = min(start + block_elements, info.numel)
-        buffer = next(buffers)
-        if buffer.size < (stop - start) * info.dtype.itemsize:  # a writer's block larger than the default
-            buffer = np.empty((stop - start) * info.dtype.itemsize, np.uint8)
-        chunk = base.read(info.name, start, stop, buffer)
-        if not chunk.flags.writeable:
-            chunk = chunk.copy()
-        if positions is None:
-            packed = cast(TensorMask, bits).packed[start // 8: (stop + 7) // 8]  # not positions: a TensorMask
-            taken = chunk_values(chunk, packed).view(raw)
-        else:
-            end = done + int(np.searchsorted(positions[done:], stop))
-            where, done = positions[done:end] - start, end
-            taken = chunk[where]
-        block = next(blocks, None)
-        if block is None or block.size != taken.nbytes:
-            raise FormatError(f"{label}, tensor {info.name!r}: a block of {0 if block is None else block.size} "
-                              f"difference bytes for {taken.size} set positions; the delta is corrupt")
-        new = apply_block(block, taken, info.dtype.name).view(raw)
-        if positions is None:
-            _scatter_into(chunk, packed, new)
-        else:
-            chunk[where] = new
-        yield chunk
-
-
-def _scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> None:
-    """``chunk[unpack(packed)] = values``, compiled when numba runs."""
-    scatter = _scatter.compiled
-    if scatter is not None:
-        scatter(packed, values, chunk)
-    else:
-        chunk[unpack(packed, chunk.size)] = values
-
-
-@Kernel
-def _scatter(packed, values, out):  # pragma: no cover - compiled by numba
-    """``out[i] = values[k]`` for the k-th set bit ``i`` of ``packed`` (MSB first): numpy's boolean assignment,
-    without unpacking the bits (a byte with no bit set costs one test)."""
-    k, last = 0, values.size - 1
-    for j in range(packed.size):
-        byte = packed[j]
-        if byte:
-            for bit in range(8):  # branch-free (set bits are as good as random): each element is rewritten
-                chosen = (byte >> (7 - bit)) & 1
-                value, kept = values[min(k, last)], out[8 * j + bit]
-                out[8 * j + bit] = value if chosen else kept
-                k += chosen
-    return k
-
-
-def _ahead(blocks: Iterator[Any], thread: ThreadPoolExecutor) -> Iterator[Any]:
-    """``blocks``, each decoded on ``thread`` while the one before is used (errors surface in order)."""
-    future = thread.submit(next, blocks, None)
-    while (block := future.result()) is not None:
-        future = thread.submit(next, blocks, None)
-        yield block
-
-
-class _ValueStream:
-    """A tensor's value bytes, taken in the amounts asked for, from blocks of another size."""
-
-    def __init__(self, blocks: Iterator[np.ndarray], label: str, name: str):
-        self._blocks, self._rest, self._at = blocks, np.empty(0, np.uint8), f"{label}, tensor {name!r}: "
-
-    def take(self, nbytes: int) -> np.ndarray:
-        parts = []
-        while nbytes:
-            if not self._rest.size:
-                block = next(self._blocks, None)
-                if block is None:
-                    raise FormatError(f"{self._at}fewer values than set bits; the delta is corrupt")
-                self._rest = block
-            parts.append(self._rest[:nbytes])
-            self._rest, nbytes = self._rest[nbytes:], nbytes - parts[-1].size
-        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else self._rest[:0]
-
-    def finish(self) -> None:
-        """Drain the blocks, so that their end checks (CRC-32) run; FormatError if values are left over."""
-        left = self._rest.size + sum(block.size for block in self._blocks)
-        if left:
-            raise FormatError(f"{self._at}{left} value bytes more than set bits; the delta is corrupt")
 
 
 # -- in memory --------------------------------------------------------------------------------------------------

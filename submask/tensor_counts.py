@@ -23,7 +23,7 @@ from .format.header import TensorEntry
 from .format.tensors import decode_tensor, entry_codec, payload_verified
 from .limits import check_allocation
 from .mask import TensorMask
-from .packed import packed_nbytes
+from .packed import from_positions, packed_nbytes
 
 T = TypeVar("T")
 
@@ -121,9 +121,9 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
         return 0
     if x.count == x.numel or y.count == y.numel:
         return min(x.count, y.count)
-    x_packed = x.packed
-    if y.streamed is not None and x_packed is not None:  # only the last operand is left encoded
+    if y.streamed is not None:  # only the last operand is left encoded, and X holds packed bits or positions
         codec, payload, at = y.streamed
+        x_packed = x.packed if x.packed is not None else from_positions(cast(np.ndarray, x.positions), x.numel)
         # a codec is left streamed only when it streams(), and then intersection_count gives a count
         hits, ones = cast(tuple[int, int], _checked(at, lambda: codec.intersection_count(payload, y.numel, x_packed)))
         _check_count(at, ones, y.count)
@@ -132,8 +132,7 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
         return _common_positions(x.positions, y.positions, x.numel)
     if x.positions is not None or y.positions is not None:
         sparse, dense = (x, y) if x.positions is not None else (y, x)
-        # the operand without positions holds packed bits (only the second of two is left streamed, and that
-        # against packed bits, above)
+        # the operand without positions holds packed bits (only the second of two is left streamed: above)
         return _gather_count(cast(np.ndarray, dense.packed), cast(np.ndarray, sparse.positions))
     # neither has positions and neither is streamed (see above): both hold packed bits
     return packed_intersection_count(cast(np.ndarray, x.packed), cast(np.ndarray, y.packed))

@@ -3,6 +3,7 @@ positions fast path of the rice codec."""
 
 from __future__ import annotations
 
+import importlib
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,9 @@ from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
+from submask.tensor_counts import _Operand, _pair_count
+
+compare_module = importlib.import_module("submask.compare")
 
 # sizes and densities that take every route: rice positions (sparse, across several 2^22 windows), rice
 # with zeros coded (dense), zstd, raw, empty and full tensors, and a zero-size tensor
@@ -100,6 +104,25 @@ def test_in_memory_masks_and_worker_counts_agree_with_files(masks: tuple) -> Non
     matrix = from_files.matrix("overlap_a")
     assert matrix[0, 1] == pytest.approx(from_files.pair(0, 1).intersection / from_files.pair(0, 1).count_a)
     assert np.allclose(np.diagonal(matrix), 1.0)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_work_split_across_threads_gives_the_same_counts(masks: tuple, monkeypatch: pytest.MonkeyPatch,
+                                                         count: int) -> None:
+    paths = masks[0][:count]
+    alone = compare(paths, by="tensor", workers=1)
+    monkeypatch.setattr(compare_module, "SPLIT_WORK", 0)  # these masks are small: split them all the same
+    tasks, real = [], compare_module._compare_chunk
+
+    def counted(chunk: object, verify: bool) -> list[np.ndarray]:
+        tasks.append(chunk)
+        return real(chunk, verify)
+
+    monkeypatch.setattr(compare_module, "_compare_chunk", counted)
+    split = compare(paths, by="tensor", workers=2)
+    assert len(tasks) >= 2  # one task per worker at least
+    for group in alone.groups:
+        np.testing.assert_array_equal(alone.groups[group].intersections, split.groups[group].intersections)
 
 
 def test_compare_mismatch_and_common(masks: tuple, tmp_path: Path) -> None:
@@ -206,3 +229,15 @@ def test_decode_positions_rejects_bad_payloads() -> None:
         RiceCodec().from_config(config).positions(payload[:-3], bools.size)
     with pytest.raises(FormatError, match="block_bits"):
         RiceCodec().from_config({"block_bits": 7}).positions(payload, bools.size)
+
+
+def test_a_streamed_operand_counts_against_a_positions_operand() -> None:
+    """``tensor_counts._pair_count`` of two operands as ``_decode`` can leave them when the first's codec lists
+    positions but does not stream and the second's streams: positions against a payload left encoded."""
+    rng = np.random.default_rng(4)
+    numel = 70_001
+    a, b = rng.random(numel) < 0.01, rng.random(numel) < 0.03
+    payload_b, _ = RiceCodec().encode(pack(b), numel)
+    first = _Operand(numel, int(a.sum()), positions=np.flatnonzero(a))
+    second = _Operand(numel, int(b.sum()), streamed=(RiceCodec(), payload_b, "b.smask, tensor 'w': "))
+    assert _pair_count(first, second) == int(np.sum(a & b))

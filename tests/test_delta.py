@@ -228,7 +228,7 @@ def test_compiled_gather_and_scatter_match_numpy(density: float, dtype: type) ->
     boolean indexing, with and without numba; sizes not a multiple of 8 included."""
     from submask.accel import numba_disabled
     from submask.builder.values import chunk_values
-    from submask.rebuild import _scatter_into
+    from submask.rebuild_kernels import scatter_into as _scatter_into
 
     rng = np.random.default_rng(int(density * 100))
     numel = 8 * 1021 + 5
@@ -244,6 +244,36 @@ def test_compiled_gather_and_scatter_match_numpy(density: float, dtype: type) ->
             out = chunk.copy()
             _scatter_into(out, packed, values)
             assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 1.0])
+@pytest.mark.parametrize("dtype, raw", [("BF16", np.uint16), ("F32", np.uint32), ("I8", np.uint8),
+                                        ("F64", np.uint64)])
+def test_values_decoded_in_place_at_packed_bits_positions_or_everywhere(density: float, dtype: str, raw: type) -> None:
+    """A rebuild decodes a block of differences into the base's chunk in place, whichever way the mask gives
+    the set positions, with and without numba; a block whose size does not match the set positions is refused."""
+    from submask import FormatError
+    from submask.accel import numba_disabled
+    from submask.format.diffs import encode_against, iter_blocks
+    from submask.rebuild_kernels import decode_into
+
+    rng = np.random.default_rng(int(density * 100))
+    numel = 8 * 1021 + 5
+    chosen = rng.random(numel) < density
+    base = rng.integers(0, np.iinfo(raw).max, size=numel, dtype=raw, endpoint=True)
+    new = base.copy()
+    new[chosen] = rng.integers(0, np.iinfo(raw).max, size=int(chosen.sum()), dtype=raw, endpoint=True)
+    _, payload = encode_against(new[chosen], base[chosen], dtype, block_elements=numel)
+    zigzag = next(iter_blocks(payload, dtype, numel, int(chosen.sum())), np.empty(0, np.uint8))
+    wheres = [np.packbits(chosen), np.flatnonzero(chosen)] + ([None] if chosen.all() else [])
+    for context in (contextlib.nullcontext(), numba_disabled()):
+        with context:
+            for where in wheres:
+                chunk = base.copy()
+                decode_into(chunk, where, zigzag, dtype)
+                assert np.array_equal(chunk, new), (where is None or where.dtype)
+    with pytest.raises(FormatError, match="difference bytes for"):
+        decode_into(base.copy(), np.packbits(chosen), np.zeros(zigzag.size + base.itemsize, np.uint8), dtype)
 
 
 def test_rebuild_scatters_by_positions_or_packed_bits_alike(minilm_bf16, tmp_path: Path, monkeypatch) -> None:

@@ -148,7 +148,51 @@ def test_compiled_and_numpy_transforms_write_the_same_bytes(dtype: str, numpy_dt
     moved = rng.random(base.size) < 0.4
     new[moved] = rng.integers(0, np.iinfo(raw).max, int(moved.sum()), dtype=raw, endpoint=True)
     compiled = encode_against(new, base, dtype, block_elements=4096)
-    for kernel in (diffs._encode_kernel, diffs._decode_kernel):
+    for kernel in (diffs.zigzag_kernel, diffs.decode_kernel):
         monkeypatch.setattr(kernel, "_compiled", None)
     assert encode_against(new, base, dtype, block_elements=4096) == compiled
     assert decode_against(*compiled, base, dtype).tobytes() == new.tobytes()
+
+
+@pytest.mark.parametrize("dtype, chunk_bytes", [("F32", 4000), ("BF16", 1 << 20), ("F16", 1000), ("I32", 4000),
+                                                ("U8", (1 << 20) + 8)])
+def test_a_build_codes_each_chunk_as_the_values_coded_whole(dtype: str, chunk_bytes: int, tmp_path: Path) -> None:
+    """A file build takes a delta's differences chunk by chunk in its compare pass (``chunk_differences``); its
+    payload and CRC-32 are those of the tensor's changed values coded at once by the numpy path, also where a
+    chunk holds the end of one block and the start of the next (U8: 5 M elements, 2^22 per block)."""
+    pytest.importorskip("numba")
+    from submask.accel import numba_disabled
+    from submask.format import diffs
+
+    rng = np.random.default_rng(3)
+    numel = 5_000_000 if dtype == "U8" else 30_000
+    raw = RAW[{"F32": 4, "BF16": 2, "F16": 2, "I32": 4, "U8": 1}[dtype]]
+    base = rng.integers(0, np.iinfo(raw).max, numel, dtype=raw, endpoint=True)
+    if dtype.startswith(("F", "BF")):
+        floats = {"F32": np.float32, "F16": np.float16}.get(dtype)
+        weights = rng.normal(0, 0.02, numel).astype(np.float32)
+        base = weights.astype(floats).view(raw) if floats else (weights.view(np.uint32) >> 16).astype(np.uint16)
+    new = base.copy()
+    moved = rng.random(numel) < 0.3
+    new[moved] = new[moved] + raw(1) + rng.integers(0, 20, int(moved.sum()), dtype=raw)
+    torch_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I32": torch.int32,
+                   "U8": torch.uint8}[dtype]
+    signed = {"F32": np.int32, "BF16": np.int16, "F16": np.int16, "I32": np.int32, "U8": np.uint8}[dtype]
+    for name, array in (("base", base), ("finetuned", new)):
+        save_file({"w": torch.from_numpy(array.view(signed)).view(torch_dtype)}, tmp_path / f"{name}.safetensors")
+    submask.build_mask(tmp_path / "base.safetensors", tmp_path / "finetuned.safetensors", tmp_path / "d.smask",
+                       values=True, chunk_bytes=chunk_bytes)
+    with submask.open(tmp_path / "d.smask") as delta:
+        found = delta._values_of("w")
+        assert found is not None and delta.problems() == []
+        entry, span, count, _, _ = found
+        stored = bytes(span.read(0, span.size))
+    assert count == int(moved.sum())
+    counts = diffs.block_counts(numel, diffs.BLOCK_ELEMENTS, np.packbits(moved))
+    assert len(counts) == (2 if dtype == "U8" else 1)
+    with numba_disabled():
+        encoding, payload, crc = diffs.encode_blocks(new[moved], base[moved], dtype, counts, diffs.BLOCK_ELEMENTS)
+    assert stored == payload and entry.encoding == encoding and entry.crc32 == f"{crc:08x}"
+    rebuilt = tmp_path / "out"
+    submask.apply_mask(tmp_path / "base.safetensors", tmp_path / "d.smask", rebuilt)
+    assert (rebuilt / "finetuned.safetensors").read_bytes() == (tmp_path / "finetuned.safetensors").read_bytes()

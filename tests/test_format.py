@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,19 @@ def test_open_decodes_only_the_tensor_asked_for(tmp_path: Path) -> None:
         assert mask_file["odd"] == sample_mask()["odd"]  # the others still read
         with pytest.raises(submask.ChecksumError, match="'big'"):
             mask_file["big"]
+
+
+def test_payloads_into_reads_runs_in_one_read_and_any_order_one_by_one(tmp_path: Path) -> None:
+    submask.save(sample_mask(), tmp_path / "m.smask")
+    with submask.open(tmp_path / "m.smask") as mask:
+        for names in (list(mask.entries), list(mask.entries)[1:3], list(mask.entries)[::-1], ["odd", "row"]):
+            out = np.full(sum(mask.payload_size(name) for name in names), 0xEE, np.uint8)
+            mask.payloads_into(names, out.data)
+            assert out.tobytes() == b"".join(mask.payload(name) for name in names)
+        names = list(mask.entries)
+        os.truncate(tmp_path / "m.smask", (tmp_path / "m.smask").stat().st_size - 1)  # cut short while open
+        with pytest.raises(FormatError, match="payload is truncated"):
+            mask.payloads_into(names, np.empty(sum(map(mask.payload_size, names)), np.uint8).data)
 
 
 def test_file_is_a_plain_safetensors_file(tmp_path: Path) -> None:

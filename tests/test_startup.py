@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,68 @@ def test_compiled_kernels_load_from_the_disk_cache_in_the_next_process() -> None
             "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))")
     run_python(code)  # compiles and writes the cache, unless an earlier process did
     assert run_python(code) == "1 0"
+
+
+# -- what a process imports (the lazy package and command line) -------------------------------------------------
+
+#: never imported by ``import submask`` nor by a command on small local masks
+HEAVY = ("torch", "huggingface_hub", "numba", "tqdm", "transformers", "safetensors")
+
+
+#: reports, at exit, every module the process imported (``-X importtime`` misses those ``importlib`` loads)
+REPORT = "import atexit, sys; atexit.register(lambda: sys.stderr.write('\\nimported ' + ' '.join(sys.modules)))"
+
+
+def imported_by(*arguments: str, code: str | None = None) -> set[str]:
+    """The modules a ``python -m submask ARGUMENTS`` process (or ``python -c CODE``) has imported by its exit."""
+    run = code or "import runpy; runpy.run_module('submask', run_name='__main__', alter_sys=True)"
+    result = subprocess.run([sys.executable, "-c", f"{REPORT}; {run}", *arguments], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stderr.rsplit("\nimported ", 1)[1].split())
+
+
+def heavy(modules: set[str], *more: str) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in HEAVY or m.startswith(more)}
+
+
+def test_import_submask_loads_no_numpy_and_nothing_heavy() -> None:
+    modules = imported_by(code="import submask")
+    assert "submask" in modules
+    assert heavy(modules, "numpy") == set()
+
+
+@pytest.mark.parametrize("command", ["compare", "info"])
+def test_a_command_on_small_local_masks_imports_only_what_it_needs(tmp_path: Path, command: str) -> None:
+    a, b = save_pair(tmp_path, (64, 512))
+    modules = imported_by(command, "--json", str(a), *([str(b)] if command == "compare" else []))
+    assert "submask.format.reader" in modules and "numpy" in modules
+    # nor the Hub client's modules, checkpoint readers, the writer, the builder or the other commands
+    others = ("submask.hub.pull", "submask.hub.push", "submask.checkpoints", "submask.format.writer", "submask.builder",
+              "submask.apply", "submask.atomic", "submask.combine", "submask.cli.build", "submask.cli.plot")
+    assert heavy(modules, *others) == set()
+
+
+def write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """A safetensors file written by hand (8-byte header length, JSON header, data): no torch or safetensors."""
+    header, offset = {}, 0
+    for name, array in arrays.items():
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded
+                     + b"".join(np.ascontiguousarray(a, "<f4").tobytes() for a in arrays.values()))
+    return path
+
+
+def test_rebuild_command_imports_no_torch_hub_numba_or_progress_bar(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    weights = {f"layers.{i}.weight": rng.standard_normal((64, 96)).astype(np.float32) for i in range(3)}
+    moved = {name: np.where(rng.random(w.shape) < 0.1, w + 0.01, w).astype(np.float32) for name, w in weights.items()}
+    base = write_safetensors(tmp_path / "base.safetensors", weights)
+    finetuned = write_safetensors(tmp_path / "model.safetensors", moved)
+    submask.build_mask(base, finetuned, tmp_path / "d.smask", values=True)
+    modules = imported_by("apply", str(base), str(tmp_path / "d.smask"), "-o", str(tmp_path / "out"))
+    assert "submask.rebuild" in modules
+    assert heavy(modules, "submask.hub.pull", "submask.builder.pipeline", "submask.cli.build") == set()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == finetuned.read_bytes()

@@ -46,7 +46,14 @@ def delta(seed: int = 0, dtype: str = "BF16") -> Delta:
                            kind="update")
     itemsize = DTYPE_SIZES[dtype]
     values = {name: TensorValues(dtype, value_bytes(tensor.count, itemsize, seed)) for name, tensor in mask.items()}
-    return Delta(mask, values, CHECKPOINT)
+    return Delta(mask, values, CHECKPOINT if dtype == "BF16" else checkpoint_of(dtype))
+
+
+def checkpoint_of(dtype: str) -> list[CheckpointFile]:
+    """CHECKPOINT with "w" recorded in ``dtype`` (a layout lists each tensor in its values' dtype, §12.3)."""
+    size = 40 * 30 * DTYPE_SIZES[dtype]
+    header = json.dumps({"w": {"dtype": dtype, "shape": [40, 30], "data_offsets": [0, size]}})
+    return [CheckpointFile("model.safetensors", 8 + len(header) + size, "ab" * 32, header=header), CHECKPOINT[1]]
 
 
 def header_of(path: Path) -> dict:
@@ -192,11 +199,23 @@ def test_rewriting_a_deltas_mask_drops_the_extension_with_the_values(tmp_path: P
             for name in delta_file:
                 writer.add(name, delta_file[name])
     header = json.loads(header_of(tmp_path / "m.smask")["__metadata__"]["submask"])
-    assert header["extensions"] == [{"name": "values", "must_understand": True}]  # the checkpoint stays
+    # a layout lists tensors that must have values (FORMAT.md §12.3): with none written, it goes too
+    assert header["extensions"] == [] and "checkpoint" not in header
+    assert submask.open(tmp_path / "m.smask").problems() == []
     mask = submask.load(tmp_path / "m.smask")
     submask.save(mask, tmp_path / "again.smask")
     header = json.loads(header_of(tmp_path / "again.smask")["__metadata__"]["submask"])
     assert header["extensions"] == [] and "checkpoint" not in header
+
+
+def test_a_layout_listing_a_tensor_without_values_is_refused_before_writing(tmp_path: Path) -> None:
+    submask.save(delta(), tmp_path / "d.smask")
+    with submask.open(tmp_path / "d.smask") as delta_file:
+        with pytest.raises(UsageError, match="needs the values of every tensor it lists"):
+            with MaskWriter(tmp_path / "m.smask", delta_file.metadata) as writer:
+                writer.add("b", delta_file["b"], values=delta_file.values("b"))  # "w", listed, has none
+                writer.add("w", delta_file["w"])
+    assert not (tmp_path / "m.smask").exists()
 
 
 def test_mask_file_reads_values_lazily_and_in_pieces(tmp_path: Path) -> None:

@@ -6,7 +6,20 @@ multi-threaded build), ``sinks`` (where its finished tensors go), ``values`` (wh
 adds). Checkpoints are read through ``submask.checkpoints``.
 """
 
-from .criteria import LADDER_ATOL, Criterion
-from .pipeline import build_mask, count_changes, match_tensors
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
+
+#: where each name lives, imported on first use: a rebuild needs ``values`` only, not the build pipeline
+_HOMES = {"criteria": "LADDER_ATOL Criterion", "pipeline": "build_mask count_changes match_tensors"}
+
+if TYPE_CHECKING:
+    from .criteria import LADDER_ATOL, Criterion
+    from .pipeline import build_mask, count_changes, match_tensors
 
 __all__ = ["LADDER_ATOL", "Criterion", "build_mask", "count_changes", "match_tensors"]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_names(__name__, _HOMES)

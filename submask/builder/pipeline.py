@@ -34,6 +34,7 @@ from ..checkpoints.sources import RenamedSource, Source, open_source
 from ..delta import Delta
 from ..errors import MismatchError, UsageError
 from ..format import MaskWriter
+from ..format.diffs import Differences
 from ..format.values import TensorValues
 from ..format.writer import check_mask_target
 from ..metadata import MaskMetadata, model_fingerprint
@@ -43,7 +44,14 @@ from .backends import Backend, select_backend
 from .criteria import LADDER_ATOL, Criterion
 from .magnitude import criterion_json, parse_fraction, stream_top_k
 from .sinks import CountsSink, FileSink, MemorySink, Sink
-from .values import check_values_build, chunk_values, delta_tensors, record_checkpoint
+from .values import (
+    check_values_build,
+    chunk_differences,
+    chunk_values,
+    delta_tensors,
+    record_checkpoint,
+    takes_differences,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -67,6 +75,7 @@ class _TensorJob:
     chunk_bytes: int
     values: bool = False  # keep the changed values, chunk by chunk (``pieces``, in chunk order)
     whole: bool = False  # every element is stored: the finetuned side alone is read
+    coded: bool = False  # values kept as differences (``pieces``; ``base_pieces``: their keys), see ``values``
     bits: bool = True  # keep the packed bits (False: counts only, ``count_changes``)
     packed: np.ndarray = field(init=False)
     pieces: list[np.ndarray | None] = field(init=False)
@@ -82,14 +91,19 @@ class _TensorJob:
         self.pieces = [None] * len(self.chunks) if self.values else []
         self.base_pieces = [None] * len(self.chunks) if self.values and not self.whole else []
 
-    def take_values(self) -> TensorValues | None:
-        """The tensor's value bytes, joined from its chunks (which are released)."""
+    def take_values(self) -> TensorValues | Differences | None:
+        """The tensor's value bytes, joined from its chunks, or its differences (the chunks are released)."""
         if not self.values:
             return None
-        data, base = _joined(self.pieces), _joined(self.base_pieces) if self.base_pieces else None
-        self.pieces.clear()
-        self.base_pieces.clear()
-        return TensorValues(self.finetuned_dtype.name, data, base)
+        values: TensorValues | Differences
+        if self.coded:
+            pieces, keys = cast(list[np.ndarray], self.pieces), cast(list[np.ndarray], self.base_pieces)
+            values = Differences(self.finetuned_dtype.name, pieces, keys)
+        else:
+            values = TensorValues(self.finetuned_dtype.name, _joined(self.pieces),
+                                  _joined(self.base_pieces) if self.base_pieces else None)
+        self.pieces, self.base_pieces = [], []
+        return values
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -314,19 +328,15 @@ class _Run:
 
         With ``whole`` (the names stored whole) each tensor's changed values go to the sink too.
         """
-        from concurrent.futures import ThreadPoolExecutor  # as tqdm: here, not at import
-
-        from tqdm import tqdm  # here, not at import: every command line would pay for it
+        from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of every command line
 
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
         ladders: dict[str, list[int]] = {}
         pending: deque[tuple[_TensorJob, Future[tuple[int, list[int] | None, int]], bool]] = deque()
         writes: deque[Future[None]] = deque()
         finetuned, stored_whole = self.sources[1].tensors, set(whole or ())
-        bar = tqdm(total=sum(i.numel * finetuned[i.name].dtype.itemsize + (0 if i.name in stored_whole else i.nbytes)
-                             for i in infos), unit="B",
-                   unit_scale=True, unit_divisor=1024,
-                   desc="build", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
+        bar = _progress_bar(sum(i.numel * finetuned[i.name].dtype.itemsize + (0 if i.name in stored_whole else i.nbytes)
+                                for i in infos)) if self.progress else _NoBar()
         pool, writer = ThreadPoolExecutor(self.workers, "submask-build"), ThreadPoolExecutor(1, "submask-write")
 
         def finish(job: _TensorJob) -> None:
@@ -360,6 +370,8 @@ class _Run:
             for info in infos:
                 job = _TensorJob(info, finetuned[info.name].dtype, self.chunk_bytes, values=whole is not None,
                                  whole=info.name in stored_whole, bits=self.bits)
+                job.coded = job.values and not job.whole and sink.takes_differences \
+                    and not self.backend.takes_tensors and takes_differences(info.dtype)
                 chunks = job.chunks
                 if not chunks:
                     finish(job)
@@ -395,7 +407,10 @@ class _Run:
         if job.bits:
             packed = cast(np.ndarray, result.packed)  # compare gives packed bits when asked for them (bits=True)
             job.packed[start // 8: start // 8 + packed.size] = packed
-        if job.values:
+        if job.coded:  # the same dtype on both sides: a delta stores a tensor whole when its dtype changed
+            job.pieces[k], job.base_pieces[k] = chunk_differences(base, b, cast(np.ndarray, result.packed), dtype,
+                                                                  self._buffers)
+        elif job.values:
             job.pieces[k] = chunk_values(b, result.packed)
             job.base_pieces[k] = chunk_values(base, result.packed)
         return result.ones, result.ladder, (stop - start) * (job.info.dtype.itemsize + job.finetuned_dtype.itemsize)
@@ -418,6 +433,23 @@ class _Run:
         if buffers[side] is None:
             buffers[side] = self.backend.staging(self.chunk_bytes)
         return source.read(name, start, stop, buffers[side])
+
+
+class _NoBar:
+    """What a build without ``progress`` updates: nothing (a disabled tqdm still costs ~2 ms a build)."""
+
+    def update(self, nbytes: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm  # here, not at import: every command line would pay for it
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="build", file=sys.stderr,
+                dynamic_ncols=True)
 
 
 def chunk_elements(chunk_bytes: int, itemsize: int) -> int:

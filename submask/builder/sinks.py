@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..format import MaskWriter
+from ..format.diffs import Differences
 from ..format.header import TensorEntry
 from ..format.tensors import encode_tensor
 from ..format.values import TensorValues, encode_tensor_values
@@ -22,12 +23,14 @@ from ..metadata import MaskMetadata
 
 class Sink(Protocol):
     """Where finished tensors go: ``prepare`` runs on a worker thread, ``commit`` in order on the writer, or
-    both in the build's own thread when ``inline`` (they do no work worth a hand-off)."""
+    both in the build's own thread when ``inline`` (they do no work worth a hand-off). A sink that
+    ``takes_differences`` may be given a delta's values as ``Differences`` (taken in the compare pass)."""
 
     inline: bool
+    takes_differences: bool
 
     def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                values: TensorValues | None) -> Any: ...
+                values: TensorValues | Differences | None) -> Any: ...
 
     def commit(self, prepared: Any) -> None: ...
 
@@ -36,6 +39,7 @@ class _InMemory:
     """A sink that holds no resources and does no work worth a hand-off to the build's threads."""
 
     inline = True
+    takes_differences = False
 
     def __enter__(self) -> _InMemory:
         return self
@@ -52,7 +56,8 @@ class MemorySink(_InMemory):
         self.values: dict[str, TensorValues] = {}
 
     def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                values: TensorValues | None) -> tuple[str, TensorMask, TensorValues | None]:
+                values: TensorValues | Differences | None) -> tuple[str, TensorMask, TensorValues | None]:
+        assert not isinstance(values, Differences)  # this sink does not take differences
         return name, TensorMask(shape, packed, ones), values
 
     def commit(self, prepared: tuple[str, TensorMask, TensorValues | None]) -> None:
@@ -69,7 +74,7 @@ class CountsSink(_InMemory):
         self.changed: dict[str, int] = {}
 
     def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                values: TensorValues | None) -> tuple[str, int]:
+                values: TensorValues | Differences | None) -> tuple[str, int]:
         return name, ones
 
     def commit(self, prepared: tuple[str, int]) -> None:
@@ -81,12 +86,13 @@ class FileSink:
     """Encodes on the workers and appends to a MaskWriter."""
 
     inline = False
+    takes_differences = True
 
     def __init__(self, writer: MaskWriter):
         self.writer = writer
 
     def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
-                values: TensorValues | None) -> tuple[TensorEntry, bytes, bytes | None]:
+                values: TensorValues | Differences | None) -> tuple[TensorEntry, bytes, bytes | None]:
         entry, payload = encode_tensor(name, shape, packed, ones)
         if values is None:
             return entry, payload, None

@@ -10,16 +10,19 @@ opened them (header text, size) and the SHA-256 its hash thread computed (or the
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 
 import numpy as np
 
 from ..accel import Kernel
+from ..checkpoints.dtypes import DType
 from ..checkpoints.layout import laid_out_tensors
 from ..checkpoints.pickled import PickleSource
 from ..checkpoints.safetensors_file import TensorInfo
 from ..checkpoints.sources import INDEX, ShardedSource, Source
 from ..errors import MismatchError, SourceError, UsageError
+from ..format import diffs
 from ..metadata import CheckpointFile
 from ..packed import popcount, unpack
 from .criteria import Criterion
@@ -71,6 +74,30 @@ def chunk_values(chunk: Any, packed: np.ndarray | None) -> np.ndarray:
 
         chunk = chunk[torch.from_numpy(unpack(packed, chunk.numel())).to(chunk.device)]
     return chunk.cpu().numpy().view(np.uint8).copy()
+
+
+def takes_differences(dtype: DType) -> bool:
+    """Whether ``chunk_differences`` codes chunks of ``dtype`` (at most 32 bits, with numba)."""
+    return dtype.itemsize <= 4 and _gather.compiled is not None and diffs.zigzag_kernel.compiled is not None
+
+
+def chunk_differences(base: np.ndarray, chunk: np.ndarray, packed: np.ndarray, dtype: DType,
+                      staging: threading.local) -> tuple[np.ndarray, np.ndarray]:
+    """The stored differences and the base's exponent fields (``diffs.zigzag_kernel``) of one chunk's elements
+    whose bits are set in ``packed``: both sides gathered into this thread's ``staging`` buffers, coded while
+    still in cache, and only the result kept (``itemsize + 1`` bytes a value, where the values of both sides
+    took twice the itemsize). Raw numpy chunks of a dtype ``takes_differences``."""
+    count = popcount(packed)
+    buffers = getattr(staging, "gathered", None)
+    if buffers is None or buffers[0].size <= count or buffers[0].dtype != chunk.dtype:
+        buffers = staging.gathered = (np.empty(chunk.size + 1, chunk.dtype), np.empty(chunk.size + 1, chunk.dtype))
+    new, old = buffers
+    _gather.compiled(packed, chunk, new)
+    _gather.compiled(packed, base, old)
+    zigzag, keys = np.empty(count, chunk.dtype), np.empty(count, np.uint8)
+    diffs.zigzag_kernel.compiled(new[:count], old[:count], zigzag, keys,
+                                 *diffs.kernel_args(dtype.name, dtype.itemsize)[:3])
+    return zigzag, keys
 
 
 @Kernel

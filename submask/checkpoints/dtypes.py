@@ -8,6 +8,7 @@ the bit layout: e4m3fn has bias 7, no infinities and NaN at S.1111.111; e5m2 has
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -59,16 +60,24 @@ def fp8_table(exponent_bits: int, mantissa_bits: int, bias: int, ieee: bool) -> 
     return table
 
 
-def _float16_tables() -> dict[str, np.ndarray]:
+#: the 8- and 16-bit float formats, decoded by table lookup (the fastest decoder)
+_TABLED = ("F8_E4M3", "F8_E5M2", "BF16", "F16")
+
+
+@functools.cache
+def _table(name: str) -> np.ndarray:
+    """float64 value of every code of ``name`` (one of ``_TABLED``), built once per process on first use: at import
+    the 16-bit ones cost every process a few milliseconds."""
+    if name == "F8_E4M3":
+        return fp8_table(4, 3, 7, ieee=False)
+    if name == "F8_E5M2":
+        return fp8_table(5, 2, 15, ieee=True)
     codes = np.arange(1 << 16, dtype=np.uint32)
     with np.errstate(invalid="ignore"):
-        return {"BF16": (codes << 16).view(np.float32).astype(np.float64),
-                "F16": codes.astype(np.uint16).view(np.float16).astype(np.float64)}
+        if name == "BF16":
+            return (codes << 16).view(np.float32).astype(np.float64)
+        return codes.astype(np.uint16).view(np.float16).astype(np.float64)
 
-
-# Every code of the 8- and 16-bit float formats, decoded once: a table lookup is the fastest decoder.
-_TABLES = {"F8_E4M3": fp8_table(4, 3, 7, ieee=False), "F8_E5M2": fp8_table(5, 2, 15, ieee=True),
-           **_float16_tables()}
 
 DTYPES: dict[str, DType] = {d.name: d for d in (
     DType("BOOL", 1, "bool", "uint8", "bool"),  # decoded as its byte value
@@ -113,7 +122,7 @@ def dtype_of_array(dtype: object, where: str = "") -> DType:
 
 def decode_table(dtype: DType) -> np.ndarray | None:
     """float64 value of every code of an 8- or 16-bit float dtype, indexed by code; None for other dtypes."""
-    return _TABLES.get(dtype.name)
+    return _table(dtype.name) if dtype.name in _TABLED else None
 
 
 def decode(raw: np.ndarray, dtype: DType) -> np.ndarray:

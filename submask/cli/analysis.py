@@ -11,7 +11,6 @@ import click
 
 from ..algebra import BINARY_OPS
 from ..breakdown import GROUP_BY, density_breakdown
-from ..combine import combine_files
 from ..compare import compare
 from ..names import NameMap
 from .hub import hub_options
@@ -140,6 +139,8 @@ def combine(op: str, inputs: tuple[str, ...], output: str, at_least: int | None,
 
     The result records the operation and its inputs (path, fingerprint, provenance) in its metadata.
     """
+    from ..combine import combine_files  # here: compare and stats need none of it
+
     built = combine_files(op, list(inputs), output, common=common, progress=show_progress(progress, quiet or as_json),
                           overwrite=overwrite, names=names, at_least=at_least)
     path, count, numel, tensors, density = built.path, built.count, built.numel, built.tensors, built.density

@@ -3,6 +3,8 @@ rebuild a finetuned checkpoint from its base and a delta."""
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from ..apply import apply_mask
@@ -37,17 +39,21 @@ def apply_command(base: str, finetuned: str, mask: str | None, out_dir: str, inv
     (config and tokenizer files are not part of a delta, so nothing vouches for them: copy them yourself).
     Any input may be on the Hub: hf://org/name[@revision][/path] (a model may also be org/name[@revision]).
     """
-    from tqdm import tqdm  # here, not at import: every command line would pay for it
-
     if mask is None and invert:
         raise UsageError("--invert needs FINETUNED and MASK; a delta rebuilds the finetuned checkpoint only")
     shown = show_progress(progress, quiet or as_json)
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, disable=not shown, desc="apply", delay=0.5) as bar:
-        def report(nbytes: int, total: int) -> None:
-            bar.total = total
-            bar.update(nbytes)
+    inputs = (finetuned, out_dir) if mask is None else (finetuned, mask, out_dir)
+    with contextlib.ExitStack() as stack:
+        report = None
+        if shown:  # tqdm only then: importing it (and its multiprocessing lock) costs a command line ~0.1 s
+            from tqdm import tqdm
 
-        inputs = (finetuned, out_dir) if mask is None else (finetuned, mask, out_dir)
+            bar = stack.enter_context(tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="apply", delay=0.5))
+
+            def report(nbytes: int, total: int) -> None:
+                bar.total = total
+                bar.update(nbytes)
+
         applied = apply_mask(base, *inputs, invert=invert, overwrite=overwrite, progress=report, names=names)
     share = applied.density
     if as_json:

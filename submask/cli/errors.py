@@ -11,7 +11,6 @@ import re
 import sys
 import traceback
 
-from ..atomic import output_error
 from ..errors import SubmaskError
 
 #: Remedies for operating system errors met while reading, by errno (writes get ``atomic.output_error``'s).
@@ -38,6 +37,8 @@ def render(exc: BaseException) -> str | None:
         return f"the Hub client refused the request: {_first_line(exc)}"
     if isinstance(exc, OSError):
         if exc.errno in _WRITE_ERRNOS:
+            from ..atomic import output_error  # here: it imports ctypes, socket and tempfile
+
             return str(output_error(exc.filename or "output", exc))
         reason = _READ_REMEDIES.get(exc.errno or 0, exc.strerror or str(exc))
         return f"{exc.filename}: {reason}" if exc.filename else reason

@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from ..hub import list_masks, pull_mask, push_mask
 from ..hub.paths import hub_target, is_hub_url, parse_hub_ref
 from ..hub.remote import hub_settings
 from .output import echo_json, format_table, json_option, overwrite_option, percent, quiet_option
@@ -107,6 +106,8 @@ def push(repo: str, file: str, path_in_repo: str | None, create_pr: bool, messag
     """
     if Path(repo).is_file() and not Path(file).exists():
         raise click.UsageError(f"push takes REPO FILE [PATH], in the order of `hf upload`: submask push {file} {repo}")
+    from ..hub.push import push_mask  # here: every command has the Hub options, few push
+
     pushed = push_mask(file, repo, path_in_repo, create_pr=create_pr, commit_message=message, overwrite=overwrite,
                        update_card=not no_card, create_repo=create_repo, force=force, base_model=base_model,
                        repo_type=repo_type)
@@ -137,6 +138,8 @@ def pull(repo: str, path: str | None, output: str | None, overwrite: bool, as_js
          quiet: bool) -> None:
     """Download a mask: hf://ORG/NAME[@REVISION]/PATH, or REPO PATH. Prints only its local path (the commit it
     came from goes to stderr), so $(submask pull ...) is the file."""
+    from ..hub.pull import pull_mask
+
     pulled = pull_mask(repo, path, local_path=output, repo_type=repo_type, overwrite=overwrite)
     if as_json:
         echo_json({"local_path": str(pulled.local_path), **pulled.source, "revision": pulled.revision,
@@ -155,6 +158,8 @@ def pull(repo: str, path: str | None, output: str | None, overwrite: bool, as_js
 @hub_options("repo", bare=True)
 def ls(repo: str, as_json: bool, repo_type: str, quiet: bool) -> None:
     """List the masks in Hub repo REPO (ORG/NAME, or hf://ORG/NAME[@REVISION][/FOLDER]), reading only headers."""
+    from ..hub.listing import list_masks
+
     masks = list_masks(repo, repo_type=repo_type)
     for problem in masks.problems:  # a mask that cannot be read is reported, the others still listed
         click.echo(f"warning: {problem}", err=True)

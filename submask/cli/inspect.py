@@ -13,7 +13,6 @@ from .. import open as open_mask
 from ..errors import SubmaskError
 from ..format.stats import ladder_rungs, stats_problems
 from ..hub.paths import is_hub_url
-from ..hub.pull import as_typed
 from .hub import hub_options
 from .output import echo_json, format_table, json_option, percent, quiet_option
 
@@ -141,6 +140,8 @@ def validate(path: str, as_json: bool, quiet: bool) -> None:
         with open_mask(path) as mask_file:
             problems, tensors = mask_file.problems(), len(mask_file)
             if is_hub_url(path):  # name the URL given, not the cache file
+                from ..hub.pull import as_typed  # here: a local mask needs none of the Hub's modules
+
                 problems = [as_typed(problem, path, mask_file.path) for problem in problems]
     except SubmaskError as exc:
         problems, tensors = [str(exc)], 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -18,7 +19,30 @@ from .output import quiet_hub_progress
 
 class _Group(click.Group):
     """Known errors become one line and exit 1 (2 for a usage error, as click's own); SIGINT/SIGTERM one line and
-    exit 130/143; no tracebacks."""
+    exit 130/143; no tracebacks. Commands named in ``lazy_commands`` are imported when first needed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: command name: (module of submask.cli, attribute), imported by ``load_command`` (cli/__init__ fills it)
+        self.lazy_commands: dict[str, tuple[str, str]] = {}
+
+    def load_command(self, name: str) -> click.Command:
+        """The command ``name``, its module imported and the command added on first use."""
+        command = self.commands.get(name)
+        if command is None:
+            module, attribute = self.lazy_commands[name]
+            command = getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+            assert isinstance(command, click.Command)
+            self.add_command(command, name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands:
+            return self.load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         if not sys.stderr.isatty():  # huggingface_hub's progress bars too go only to a terminal

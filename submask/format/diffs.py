@@ -15,8 +15,9 @@ from the one piece of the base it reads anyway.
 
 from __future__ import annotations
 
-import zlib
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,16 +25,33 @@ import numpy as np
 from ..accel import Kernel
 from ..codecs.plain import check_frame
 from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageError
+from ..packed import crc32_update
 from .header import DIFF_PLANES, DTYPE_SIZES
 from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
 
 BLOCK_ELEMENTS = 1 << 22  # the writers' block: a rebuild reads the base this many elements at a time
 MAX_BLOCK_ELEMENTS = 1 << 24
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 3  # level 1 is 2-3x faster and smaller on most bench pairs, but larger on MiniLM bf16 (0.0323 vs 0.0320)
 BLOCK_HEADER = 4  # u32 LE: the block's values
 MANTISSA_BITS = {"F8_E4M3": 3, "F8_E5M2": 2, "F16": 10, "BF16": 7, "F32": 23, "F64": 52}
 UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+@dataclass(frozen=True)
+class Differences:
+    """A tensor's values as ``encode_differences`` takes them (a build takes them in its compare pass): ``dtype``
+    (a safetensors name), the stored differences (unsigned ints of its itemsize) and the base's exponent
+    fields (uint8) of the values in set-bit order, in consecutive pieces."""
+
+    dtype: str
+    zigzag: list[np.ndarray]
+    keys: list[np.ndarray]
+
+    @property
+    def count(self) -> int:
+        """The number of values."""
+        return sum(piece.size for piece in self.zigzag)
 
 
 def encode_against(new: np.ndarray, base: np.ndarray, dtype: str, *,
@@ -85,16 +103,95 @@ def encode_blocks(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, count
     JSON, payload, CRC-32 of the stored differences)."""
     if sum(counts) != new_bits.size:
         raise UsageError(f"blocks of {sum(counts)} values in all, for {new_bits.size} values")
-    import zstandard  # here: commands that never write values skip its import
-
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-    records, done, crc = [], 0, 0
+    kernel = zigzag_kernel.compiled if new_bits.itemsize <= 4 else None
+    if kernel is not None:
+        zigzag, keys = np.empty_like(new_bits), np.empty(new_bits.size, np.uint8)
+        kernel(new_bits, base_bits, zigzag, keys, *kernel_args(dtype, new_bits.itemsize)[:3])
+        return encode_differences([zigzag], [keys], dtype, counts, block_elements)
+    planes, records, done, crc = _Planes(), [], 0, 0
     for count in counts:
-        record, crc = _encode_block(new_bits[done : done + count], base_bits[done : done + count], dtype,
-                                    compressor, crc)
-        records.append(record)
+        zigzag = _numpy_block(new_bits[done : done + count], base_bits[done : done + count], dtype)
+        crc = crc32_update(zigzag.view(np.uint8), crc)
+        records.append(planes.record(np.ascontiguousarray(zigzag.view(np.uint8).reshape(-1, new_bits.itemsize).T)))
         done += count
     return {"id": DIFF_PLANES, "block_elements": block_elements}, b"".join(records), crc
+
+
+def encode_differences(zigzag: list[np.ndarray], keys: list[np.ndarray], dtype: str, counts: list[int],
+                       block_elements: int) -> tuple[dict[str, Any], bytes, int]:
+    """``encode_blocks`` from what ``zigzag_kernel`` gives (floats and integers of at most 32 bits, with numba):
+    the zigzagged differences and the base's exponent fields in set-bit order, in consecutive pieces (e.g. one
+    per chunk of a build, cut anywhere). Each block is put in exponent order by a counting sort and cut into
+    planes, without the values themselves."""
+    total = sum(piece.size for piece in zigzag)
+    if sum(counts) != total or [piece.size for piece in keys] != [piece.size for piece in zigzag]:
+        raise UsageError(f"blocks of {sum(counts)} values in all, for {total} differences and keys in pieces of "
+                         f"{[piece.size for piece in zigzag]} and {[piece.size for piece in keys]}")
+    itemsize = zigzag[0].itemsize if zigzag else DTYPE_SIZES[dtype]
+    ordered = dtype in MANTISSA_BITS
+    planes, records, crc, pieces = _Planes(), [], 0, _Pieces(zigzag, keys)
+    for count in counts:
+        block, block_keys = pieces.take(count)
+        if ordered:  # a stable counting sort by the exponent field
+            slots = np.zeros(256, dtype=np.int64)
+            for piece_keys in block_keys:
+                _count_keys.compiled(piece_keys, slots)
+            slots = np.cumsum(slots) - slots
+            sorted_block = np.empty(count, dtype=UNSIGNED[itemsize])
+            for piece, piece_keys in zip(block, block_keys):
+                _place.compiled(piece, piece_keys, slots, sorted_block)
+        else:
+            sorted_block = block[0] if len(block) == 1 else np.concatenate(block or [np.empty(0, UNSIGNED[itemsize])])
+        columns = sorted_block.view(np.uint8)
+        crc = crc32_update(columns, crc)
+        split = np.empty((itemsize, count), dtype=np.uint8)
+        _split_planes.compiled(sorted_block, split)
+        records.append(planes.record(split))
+    return {"id": DIFF_PLANES, "block_elements": block_elements}, b"".join(records), crc
+
+
+class _Pieces:
+    """Consecutive pieces of differences and keys, taken block by block (a block may span or split pieces)."""
+
+    def __init__(self, zigzag: list[np.ndarray], keys: list[np.ndarray]):
+        self.zigzag, self.keys, self.index, self.offset = zigzag, keys, 0, 0
+
+    def take(self, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        taken: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        while count:
+            piece = self.zigzag[self.index]
+            length = min(count, piece.size - self.offset)
+            taken[0].append(piece[self.offset : self.offset + length])
+            taken[1].append(self.keys[self.index][self.offset : self.offset + length])
+            count -= length
+            self.offset += length
+            if self.offset == piece.size:
+                self.index, self.offset = self.index + 1, 0
+        return taken
+
+
+class _Planes:
+    """A block's record: its count, then each plane stored or as one zstd frame, whichever is shorter. Each thread
+    keeps its compressor: a new one costs as much as coding a plane of a few MiB."""
+
+    _local = threading.local()
+
+    def __init__(self) -> None:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            import zstandard  # here: commands that never write values skip its import
+
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        self.compressor = compressor
+
+    def record(self, planes: np.ndarray) -> bytes:
+        """The record of a block whose planes are the rows of ``planes`` (uint8, itemsize x count)."""
+        records: list[bytes | memoryview] = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
+        for raw in planes:
+            packed = self.compressor.compress(raw)
+            method, data = (ZSTD, packed) if len(packed) < raw.size else (STORED, raw.data)
+            records += [bytes([method]), len(data).to_bytes(4, "little"), data]
+        return b"".join(records)
 
 
 def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, counts: list[int] | None = None,
@@ -107,6 +204,7 @@ def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, c
 
     itemsize = DTYPE_SIZES[dtype]
     size, read = payload_reader(payload)
+    decompressor = zstandard.ZstdDecompressor()
     offset = done = index = 0
     while offset < size if counts is None else index < len(counts):
         if offset + BLOCK_HEADER > size:
@@ -124,7 +222,7 @@ def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, c
                 out[:, plane] = np.frombuffer(data, dtype=np.uint8)
                 continue
             try:
-                out[:, plane] = np.frombuffer(zstandard.ZstdDecompressor().decompress(data), dtype=np.uint8)
+                out[:, plane] = np.frombuffer(decompressor.decompress(data), dtype=np.uint8)
             except (zstandard.ZstdError, ValueError) as exc:
                 raise FormatError(f"{at}a zstd difference plane is corrupt ({exc})") from None
         done, index = done + values, index + 1
@@ -152,18 +250,20 @@ def plane_methods(payload: Payload, itemsize: int, at: str = "") -> list[set[str
     return seen
 
 
-def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> np.ndarray:
-    """One block's values (unsigned ints of the itemsize) from its stored differences and the base's values."""
+def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """One block's values (unsigned ints of the itemsize) from its stored differences and the base's values;
+    written into ``out`` when given (which may be ``base_bits`` itself: decoded in place)."""
     itemsize = DTYPE_SIZES[dtype]
     unsigned, signed = UNSIGNED[itemsize], SIGNED[itemsize]
     zigzag = differences.view(unsigned)
     base_bits = base_bits.view(unsigned)
     if zigzag.size != base_bits.size:
         raise MismatchError(f"a block of {zigzag.size} differences against {base_bits.size} base values")
-    kernel = _decode_kernel.compiled if itemsize <= 4 else None
+    out = np.empty_like(base_bits) if out is None else out.view(unsigned)
+    kernel = decode_kernel.compiled if itemsize <= 4 else None
     if kernel is not None:
-        out = np.empty_like(base_bits)
-        kernel(zigzag, base_bits, out, *_kernel_args(dtype, itemsize))
+        kernel(zigzag, base_bits, out, *kernel_args(dtype, itemsize))
         return out
     one = unsigned(1)
     with np.errstate(over="ignore"):
@@ -171,7 +271,8 @@ def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str) -> n
         order = _order(base_bits, dtype)
         if order is not None:
             difference[order] = difference.copy()
-        return _from_ordered(_to_ordered(base_bits, dtype) + difference, dtype)
+        out[:] = _from_ordered(_to_ordered(base_bits, dtype) + difference, dtype)
+        return out
 
 
 def block_elements_of(encoding: dict[str, Any], at: str = "") -> int:
@@ -188,29 +289,14 @@ def block_elements_of(encoding: dict[str, Any], at: str = "") -> int:
 
 # -- the transform ------------------------------------------------------------------------------------------------
 
-def _encode_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, compressor: Any,
-                  crc: int) -> tuple[bytes, int]:
+def _numpy_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str) -> np.ndarray:
+    """One block's stored differences, in exponent order, with numpy (what the kernels compute without numba)."""
     itemsize = new_bits.itemsize
-    kernel = _encode_kernel.compiled if itemsize <= 4 else None
-    if kernel is not None:
-        zigzag = np.empty_like(new_bits)
-        kernel(new_bits, base_bits, zigzag, *_kernel_args(dtype, itemsize))
-    else:
-        with np.errstate(over="ignore"):
-            difference = (_to_ordered(new_bits, dtype) - _to_ordered(base_bits, dtype)).view(SIGNED[itemsize])
-        zigzag = ((difference << 1) ^ (difference >> (8 * itemsize - 1))).view(UNSIGNED[itemsize])
-        order = _order(base_bits, dtype)
-        if order is not None:
-            zigzag = zigzag[order]
-    columns = zigzag.view(np.uint8).reshape(-1, itemsize)
-    crc = zlib.crc32(columns.data, crc)
-    records = [new_bits.size.to_bytes(BLOCK_HEADER, "little")]
-    for plane in range(itemsize):
-        raw = np.ascontiguousarray(columns[:, plane]).tobytes()
-        packed = compressor.compress(raw)
-        method, data = (ZSTD, packed) if len(packed) < len(raw) else (STORED, raw)
-        records += [bytes([method]), len(data).to_bytes(4, "little"), data]
-    return b"".join(records), crc
+    with np.errstate(over="ignore"):
+        difference = (_to_ordered(new_bits, dtype) - _to_ordered(base_bits, dtype)).view(SIGNED[itemsize])
+    zigzag = ((difference << 1) ^ (difference >> (8 * itemsize - 1))).view(UNSIGNED[itemsize])
+    order = _order(base_bits, dtype)
+    return zigzag if order is None else zigzag[order]
 
 
 def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
@@ -223,7 +309,7 @@ def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
     return np.argsort(key.astype(np.uint16 if exponent_bits > 8 else np.uint8), kind="stable")
 
 
-def _kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
+def kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
     """(mantissa bits or -1 for integers, exponent bits, value bits, a slot per exponent) for the kernels."""
     mantissa = MANTISSA_BITS.get(dtype, -1)
     exponent_bits = 8 * itemsize - 1 - mantissa if mantissa >= 0 else 0
@@ -231,38 +317,60 @@ def _kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:
 
 
 @Kernel
-def _encode_kernel(new: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
-                   slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """``_encode_block``'s transform in one pass (values of at most 32 bits): each zigzagged difference goes
-    to its place in the stable exponent order (a counting sort: ``slots`` counts, then places)."""
-    full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
-    if mantissa >= 0:
-        for i in range(base.size):
-            slots[(np.int64(base[i]) >> mantissa) & exponents] += 1
-        total = 0
-        for k in range(slots.size):
-            count = slots[k]
-            slots[k] = total
-            total += count
-    for i in range(base.size):
-        b, v = np.int64(base[i]), np.int64(new[i])
-        j = i
-        if mantissa >= 0:
-            key = (b >> mantissa) & exponents
-            j = slots[key]
-            slots[key] = j + 1
-            b = (~b & full) if b & sign else b | sign
-            v = (~v & full) if v & sign else v | sign
-        difference = (v - b) & full
-        if difference & sign:
-            difference -= full + 1
-        out[j] = ((difference << 1) ^ (difference >> 63)) & full
+def zigzag_of(new: int, base: int, mantissa: int, bits: int) -> int:  # pragma: no cover - compiled by numba
+    """The stored difference (step 2 of §12.4, before the order) of one value of ``bits`` <= 32 bits against its
+    base value (unsigned ints; ``mantissa`` bits, or -1 for integers: no order-preserving map), branch-free."""
+    full, sign = (1 << bits) - 1, 1 << (bits - 1)
+    if mantissa >= 0:  # o(x): NOT x when the sign bit is set, else x OR the sign bit
+        new ^= sign | (-((new >> (bits - 1)) & 1) & (sign - 1))
+        base ^= sign | (-((base >> (bits - 1)) & 1) & (sign - 1))
+    difference = (new - base) & full
+    difference -= (difference & sign) << 1
+    return ((difference << 1) ^ (difference >> 63)) & full
 
 
 @Kernel
-def _decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
+def zigzag_kernel(new: np.ndarray, base: np.ndarray, zigzag: np.ndarray, keys: np.ndarray, mantissa: int,
+                  exponent_bits: int, bits: int) -> None:  # pragma: no cover - compiled by numba
+    """The stored differences of values of at most 32 bits in their own order, and the base values' exponent
+    fields (0 for integers): what ``encode_differences`` orders and cuts into planes."""
+    exponents = (1 << exponent_bits) - 1
+    for i in range(base.size):
+        b = np.int64(base[i])
+        zigzag[i] = zigzag_of(np.int64(new[i]), b, mantissa, bits)
+        keys[i] = (b >> max(mantissa, 0)) & exponents
+
+
+@Kernel
+def _count_keys(keys: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    for key in keys:
+        counts[key] += 1
+
+
+@Kernel
+def _place(zigzag: np.ndarray, keys: np.ndarray, slots: np.ndarray,
+           out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """A counting sort's placing pass: each difference to the next free slot of its key (stable)."""
+    for i in range(zigzag.size):
+        j = slots[keys[i]]
+        slots[keys[i]] = j + 1
+        out[j] = zigzag[i]
+
+
+@Kernel
+def _split_planes(values: np.ndarray, planes: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """Byte ``p`` (little-endian) of each of ``values`` (unsigned ints) to row ``p`` of ``planes`` (uint8)."""
+    for p in range(planes.shape[0]):
+        row = planes[p]
+        for i in range(values.size):
+            row[i] = (values[i] >> (8 * p)) & 0xFF
+
+
+@Kernel
+def decode_kernel(zigzag: np.ndarray, base: np.ndarray, out: np.ndarray, mantissa: int, exponent_bits: int, bits: int,
                    slots: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``."""
+    """``apply_block`` in one pass (values of at most 32 bits): the inverse of ``_encode_kernel``; ``out`` may be
+    ``base`` (each value is read before it is written)."""
     full, sign, exponents = (1 << bits) - 1, 1 << (bits - 1), (1 << exponent_bits) - 1
     if mantissa >= 0:
         for i in range(base.size):

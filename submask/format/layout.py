@@ -4,11 +4,13 @@ check before anything is written."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from ..checkpoints.layout import laid_out_tensors
-from ..checkpoints.safetensors_file import TensorInfo
 from ..errors import FormatError
 from ..metadata import CheckpointFile
+
+if TYPE_CHECKING:
+    from ..checkpoints.safetensors_file import TensorInfo
 
 
 def check_layout(files: Sequence[CheckpointFile], values: Mapping[str, tuple[str, tuple[int, ...]]],
@@ -17,6 +19,8 @@ def check_layout(files: Sequence[CheckpointFile], values: Mapping[str, tuple[str
     file). ``values`` maps each tensor with values to its values' dtype name and its shape. FormatError, naming
     ``label``, unless every listed tensor has values of the listed dtype and shape and no tensor is listed by two
     files. Values of tensors no file lists are allowed: a rebuild leaves them out."""
+    from ..checkpoints.layout import laid_out_tensors  # here: a mask without a layout (most) needs no checkpoints
+
     listed: dict[str, str] = {}
     plan: list[list[TensorInfo]] = []
     for file in files:

@@ -137,6 +137,19 @@ class MaskFile:
         """Read the encoded payload of one tensor into ``out`` (``payload_size(name)`` writable bytes): no copy."""
         self._container(name).read_into(name, out)
 
+    def payloads_into(self, names: Sequence[str], out: memoryview) -> None:
+        """Read the encoded payloads of ``names`` back to back into ``out`` (their ``payload_size`` summed,
+        writable), from any thread: one read for a run of consecutive tensors of one file."""
+        containers = {id(self._container(name)) for name in names}
+        if len(containers) == 1:
+            self._container(names[0]).read_run_into(names, out)
+            return
+        at = 0
+        for name in names:
+            size = self.payload_size(name)
+            self.payload_into(name, out[at : at + size])
+            at += size
+
     def payload_size(self, name: str) -> int:
         return self._container(name).payload_size(name)
 

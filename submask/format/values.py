@@ -12,19 +12,22 @@ claiming 2^40 values costs nothing; ``iter_value_blocks`` decodes in pieces of a
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..codecs.plain import check_frame
 from ..errors import ChecksumError, FormatError, MismatchError, UnknownEncodingError, UsageError, where
 from ..limits import check_allocation
+from ..packed import crc32_update
 from .container import ReadAt
 from .header import DIFF_PLANES, DTYPE_SIZES, ValuesEntry
 from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
+
+if TYPE_CHECKING:
+    from .diffs import Differences
 
 PLANES = "planes"
 BLOCK_VALUES = 1 << 20  # the writers' block: planes of 1 MiB, compressed as well as larger ones
@@ -230,20 +233,20 @@ def _block_values(encoding: dict[str, Any], at: str) -> int:
 
 # --- checked against the header's values record (size, dtype, CRC-32) ---
 
-def encode_tensor_values(name: str, values: TensorValues, ones: int, config: dict[str, Any] | None = None,
+def encode_tensor_values(name: str, values: TensorValues | Differences, ones: int, config: dict[str, Any] | None = None,
                          packed: np.ndarray | None = None, numel: int | None = None) -> tuple[ValuesEntry, bytes]:
     """Encode a tensor's values for a file: (its values record, payload). ``config`` may set ``block_values``
-    (``planes``) or ``block_elements`` (``diff-planes``, chosen when ``values.base`` is given: it also needs the
-    tensor's ``packed`` mask bits and ``numel``).
+    (``planes``) or ``block_elements`` (``diff-planes``, chosen when ``values.base`` is given, or for
+    ``diffs.Differences``: it also needs the tensor's ``packed`` mask bits and ``numel``).
 
     The record's ``entry`` is the writers' first choice, ``"~values/" + name``; the writer settles it."""
-    data = values.data
     if values.count != ones:
         raise MismatchError(f"tensor {name!r}: {values.count} values of {values.dtype}, but its mask has {ones} set "
                             "positions")
-    if values.base is None:
-        encoding, payload = encode_values(data, values.itemsize, **(config or {}))
-        crc = zlib.crc32(data.data)
+    size = values.count * DTYPE_SIZES[values.dtype]
+    if isinstance(values, TensorValues) and values.base is None:
+        encoding, payload = encode_values(values.data, values.itemsize, **(config or {}))
+        crc = crc32_update(values.data)
     else:
         if packed is None or numel is None:
             raise UsageError(f"tensor {name!r}: values coded against the base need the mask's packed bits and numel")
@@ -251,10 +254,15 @@ def encode_tensor_values(name: str, values: TensorValues, ones: int, config: dic
 
         block_elements = (config or {}).get("block_elements", diffs.BLOCK_ELEMENTS)
         counts = diffs.block_counts(numel, block_elements, packed)
-        unsigned = diffs.UNSIGNED[values.itemsize]
-        encoding, payload, crc = diffs.encode_blocks(data.view(unsigned), values.base.view(unsigned), values.dtype,
-                                                     counts, block_elements)
-    return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, data.size, f"{crc:08x}"), payload
+        if isinstance(values, TensorValues):
+            assert values.base is not None  # the branch above took the values without a base
+            unsigned = diffs.UNSIGNED[values.itemsize]
+            encoding, payload, crc = diffs.encode_blocks(values.data.view(unsigned), values.base.view(unsigned),
+                                                         values.dtype, counts, block_elements)
+        else:
+            encoding, payload, crc = diffs.encode_differences(values.zigzag, values.keys, values.dtype, counts,
+                                                              block_elements)
+    return ValuesEntry(VALUES_PREFIX + name, values.dtype, encoding, size, f"{crc:08x}"), payload
 
 
 def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object = None, name: str | None = None,
@@ -284,7 +292,7 @@ def read_values(entry: ValuesEntry, payload: Payload, count: int, path: object =
         verify_values(entry, payload, count, path, name)
         return TensorValues(entry.dtype, np.empty(0, np.uint8))
     data = decode_values(payload, entry.encoding, count, itemsize, path=path, name=name)
-    _check_crc(entry, zlib.crc32(data.data), at)
+    _check_crc(entry, crc32_update(data), at)
     return TensorValues(entry.dtype, data)
 
 
@@ -319,7 +327,7 @@ def checked_pieces(entry: ValuesEntry, payload: Payload, count: int, path: objec
 def _crc_checked(entry: ValuesEntry, pieces: Iterator[np.ndarray], at: str) -> Iterator[np.ndarray]:
     crc = 0
     for piece in pieces:
-        crc = zlib.crc32(piece.data, crc)
+        crc = crc32_update(piece, crc)
         yield piece
     _check_crc(entry, crc, at)
 

@@ -26,6 +26,7 @@ from ..metadata import FORMAT_NAME, MAJOR, PAYLOAD_CRC_MINOR, SHARD_KEY, MaskMet
 from ..packed import crc32_update
 from .container import serialize_header, write_container
 from .header import RESERVED_NAMES, SHARD_MINOR, ShardInfo, TensorEntry, payload_names
+from .layout import check_layout
 from .reader import INDEX_SUFFIX
 from .shards import new_write_id, publish_sharded, remove_orphans, shard_names
 from .stats import stats_problems
@@ -154,7 +155,8 @@ class MaskWriter:
                              if e.values is not None else e for e in shard.entries]
         check_writable(self.metadata, self.path)  # again: the metadata may have changed since (a build's stats)
         values = [e.values for s in shards for e in s.entries if e.values is not None]
-        metadata = self.metadata.for_file(bool(values), differences=any(map(is_diff, values)))
+        metadata = _layout_for(self.metadata, shards, str(self.path))
+        metadata = metadata.for_file(bool(values), differences=any(map(is_diff, values)))
         encodings = {entry.encoding for shard in shards for entry in shard.entries}
         # a file declares at least the minor version that added each encoding it uses (§7)
         metadata = replace(metadata, minor_version=max([metadata.minor_version,
@@ -181,6 +183,23 @@ class MaskWriter:
         self.paths = publish_sharded(self.path, write_id, writers, index, self.overwrite)
         self.index_path = self.paths[-1]
 
+
+
+def _layout_for(metadata: MaskMetadata, shards: list[_Shard], label: str) -> MaskMetadata:
+    """The metadata to write, its checkpoint layout checked against the tensors written (FORMAT.md §12.3): a
+    layout with no values at all is dropped (a delta's mask saved alone is a mask); one that lists a tensor
+    without matching values is refused before anything is written."""
+    if metadata.checkpoint is None:
+        return metadata
+    held = {e.name: (e.values.dtype, e.shape) for s in shards for e in s.entries if e.values is not None}
+    if not held:
+        return replace(metadata, checkpoint=None)
+    try:
+        check_layout(metadata.checkpoint, held, label)
+    except FormatError as exc:
+        raise UsageError(f"{exc}; a delta's checkpoint layout needs the values of every tensor it lists: add "
+                         "them, or write a mask without the layout (metadata with checkpoint=None)") from None
+    return metadata
 
 
 def _write_shard(out: BinaryIO, metadata: MaskMetadata, shard: _Shard, record: ShardInfo | None = None) -> None:

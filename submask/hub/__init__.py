@@ -11,12 +11,29 @@ argument, else ``HF_ENDPOINT`` read at call time, else huggingface_hub's default
 ``HF_TOKEN`` or the saved login.
 """
 
-from .card import render_section, replace_section
-from .listing import MaskListing, MaskListings, list_masks
-from .paths import HubPath, hub_target, parse_hub_ref, parse_hub_url
-from .pull import PulledMask, pull_mask, pull_url
-from .push import PushedMask, push_mask
-from .remote import hub_settings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
+
+#: where each name lives, imported on first use: the command line's Hub options need only ``paths`` and ``remote``
+_HOMES = {
+    "card": "render_section replace_section",
+    "listing": "MaskListing MaskListings list_masks",
+    "paths": "HubPath hub_target parse_hub_ref parse_hub_url",
+    "pull": "PulledMask pull_mask pull_url",
+    "push": "PushedMask push_mask",
+    "remote": "hub_settings",
+}
+
+if TYPE_CHECKING:
+    from .card import render_section, replace_section
+    from .listing import MaskListing, MaskListings, list_masks
+    from .paths import HubPath, hub_target, parse_hub_ref, parse_hub_url
+    from .pull import PulledMask, pull_mask, pull_url
+    from .push import PushedMask, push_mask
+    from .remote import hub_settings
 
 __all__ = [
     "HubPath",
@@ -35,3 +52,6 @@ __all__ = [
     "render_section",
     "replace_section",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_names(__name__, _HOMES)

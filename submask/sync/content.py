@@ -5,14 +5,16 @@ tensors, the hash of its content, and the fields the byte layer reads and writes
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
 from ..errors import FormatError, where
 from .state import chained, content_digest
+
+if TYPE_CHECKING:
+    from .values import Differences
 
 
 @dataclass(frozen=True)
@@ -21,15 +23,15 @@ class PatchTensor:
     ascending; None for every entry, in a snapshot) and their new ``values`` (raw little-endian bytes, uint8).
 
     ``previous`` holds the parent state's value bytes there, where the values coding uses them (``sync.values``);
-    ``pending``, in a patch just read, decodes ``values`` from the receiver's previous bytes (then ``values`` is
-    empty until ``apply_to``)."""
+    ``pending``, in a patch just read, holds the values coded against the receiver's previous ones (then
+    ``values`` is empty: ``apply_to`` decodes them from the receiver's weights)."""
 
     shape: tuple[int, ...]
     dtype: str
     positions: np.ndarray | None
     values: np.ndarray
     previous: np.ndarray | None = field(default=None, repr=False, compare=False)
-    pending: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    pending: Differences | None = field(default=None, repr=False, compare=False)
 
     @property
     def count(self) -> int:

@@ -8,10 +8,13 @@ state it applies to and the state it produces.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MismatchError
+import numpy as np
+
+from ..errors import MismatchError, UsageError
 from .content import PatchTensor, digest_of
 from .receiver import apply_patch
 from .state import itemsize
@@ -40,6 +43,10 @@ class Patch:
             if tensor.pending is None and tensor.values.size != tensor.count * itemsize(tensor.dtype):
                 raise MismatchError(f"patch step {self.step}: tensor {name!r} has {tensor.values.size} value bytes "
                                     f"of {tensor.dtype} for {tensor.count} entries")
+            if tensor.positions is not None and not _ascending_within(tensor.positions, math.prod(tensor.shape)):
+                raise UsageError(f"patch step {self.step}: tensor {name!r}'s positions must be int64 flat indices "
+                                 f"in ascending order below its {math.prod(tensor.shape)} entries (apply_to writes "
+                                 "at them in place); build them with e.g. np.flatnonzero")
 
     @property
     def count(self) -> int:
@@ -70,3 +77,12 @@ class Patch:
         written, for a patch of another state (out of order, applied twice, or after a receiver restart
         without ``WeightSync.resume``)."""
         apply_patch(self, target)
+
+
+def _ascending_within(positions: np.ndarray, numel: int) -> bool:
+    """Whether ``positions`` are int64, strictly ascending and in [0, numel): what makes the receiver's in-place
+    writes safe (``sync.kernels``)."""
+    if positions.dtype != np.int64 or positions.ndim != 1:
+        return False
+    return not positions.size or (0 <= positions[0] and positions[-1] < numel
+                                  and bool((positions[1:] > positions[:-1]).all()))

@@ -8,14 +8,15 @@ a sender started from the same weights; any other receiver starts with ``WeightS
 from __future__ import annotations
 
 import weakref
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MismatchError, UsageError
 from .content import PatchLike, PatchTensor, check_chain
-from .state import bits, dtype_name, host_bytes, state_fingerprint, sync_tensors
+from .kernels import decode_at, host_view, write_at
+from .state import dtype_name, state_fingerprint, sync_tensors
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 #: id of a target's first tensor -> (a weak reference to it, the fingerprint of the state the target holds)
@@ -33,8 +34,6 @@ def fingerprint_of(target: Any, tensors: dict[str, torch.Tensor] | None = None) 
 
 def apply_patch(patch: PatchLike, target: Any) -> None:
     """``Patch.apply_to``: check, write in place, check the full fingerprint where the patch carries one."""
-    import torch
-
     tensors = sync_tensors(target)
     if patch.parent is not None:
         current = fingerprint_of(target, tensors)
@@ -43,15 +42,9 @@ def apply_patch(patch: PatchLike, target: Any) -> None:
                                 f"receiver holds {current[:19]}...; nothing was written. Apply the patches in "
                                 "order, or resume from a snapshot (WeightSync.resume) and apply the patches after it")
     _check_fit(patch, tensors)
-    decoded = _decoded(patch, tensors)
-    with torch.no_grad():
-        for name, part in decoded.items():
-            flat = tensors[name].detach().view(-1)
-            values = torch.from_numpy(part.values).view(flat.dtype)
-            if part.positions is None:
-                flat.copy_(values)
-            else:
-                flat[torch.from_numpy(part.positions).to(flat.device)] = values.to(flat.device)
+    views = {name: host_view(tensors[name]) for name in patch.tensors}
+    for name, part in _decoded(patch, tensors, views).items():
+        write_at(tensors[name], views[name], part.positions, part.values)
     key = _key(tensors, target)
     if patch.state is not None and state_fingerprint(tensors) != patch.state:
         _FINGERPRINTS.pop(id(key), None)
@@ -61,28 +54,24 @@ def apply_patch(patch: PatchLike, target: Any) -> None:
     _remember(key, patch.fingerprint)
 
 
-def _decoded(patch: PatchLike, tensors: dict[str, torch.Tensor]) -> dict[str, PatchTensor]:
+def _decoded(patch: PatchLike, tensors: dict[str, torch.Tensor],
+             views: dict[str, np.ndarray | None]) -> dict[str, PatchTensor]:
     """The patch's tensors, those with values coded against the previous ones decoded from the receiver's own (read
-    at the changed positions) and the fingerprint then checked, before anything is written."""
-    if not any(part.pending for part in patch.tensors.values()):
+    at the changed positions; ``views``: ``kernels.host_view`` of each) and the fingerprint then checked, before
+    anything is written."""
+    if all(part.pending is None for part in patch.tensors.values()):
         return patch.tensors
-    import torch
-
-    decoded = {}
-    for name, part in patch.tensors.items():
-        if part.pending is not None:
-            flat = bits(tensors[name]).view(-1)
-            at = None if part.positions is None else torch.from_numpy(part.positions).to(flat.device)
-            previous = host_bytes(flat if at is None else flat[at])
-            part = replace(part, values=part.pending(previous), pending=None)
-        decoded[name] = part
+    decoded = {name: part if part.pending is None else
+               PatchTensor(part.shape, part.dtype, part.positions,
+                           decode_at(tensors[name], views[name], part.positions, part.pending))
+               for name, part in patch.tensors.items()}
     check_chain(patch.parent, patch.fingerprint, decoded, f"patch for step {patch.step}")
     return decoded
 
 
 def _check_fit(patch: PatchLike, tensors: dict[str, torch.Tensor]) -> None:
     """Every tensor the patch writes exists with its shape and dtype (a snapshot: exactly the target's tensors),
-    before anything is written."""
+    before anything is written (``Patch`` checked that its positions lie within that shape, in order)."""
     names = set(patch.tensors)
     if patch.parent is None and names != set(tensors):
         odd = sorted(names ^ set(tensors))[:3]
@@ -98,10 +87,6 @@ def _check_fit(patch: PatchLike, tensors: dict[str, torch.Tensor]) -> None:
                                 "the receiver to the sender's dtype")
         if not tensor.is_contiguous():
             raise UsageError(f"weight sync writes in place: tensor {name!r} of the receiver is not contiguous")
-        if part.positions is not None and part.positions.size and not (
-                0 <= part.positions[0] and part.positions[-1] < tensor.numel()):
-            raise MismatchError(f"patch for step {patch.step}: tensor {name!r} has positions outside its "
-                                f"{tensor.numel()} entries")
 
 
 def _remember(key: torch.Tensor, fingerprint: str) -> None:

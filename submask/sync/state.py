@@ -9,6 +9,7 @@ chains its parent's with a hash of the patch's own content, so that each step co
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,16 +34,22 @@ def sync_tensors(target: Any) -> dict[str, torch.Tensor]:
         tensors = target
     else:
         raise UsageError(f"weight sync needs a torch module or a state dict, not a {type(target).__name__}")
+    names = sorted(tensors)
+    for name in names:
+        if not hasattr(tensors[name], "untyped_storage"):
+            raise UsageError(f"weight sync: {name!r} is a {type(tensors[name]).__name__}, not a torch tensor")
+    starts = [tensors[name].data_ptr() for name in names]
+    shared = {start for start, times in Counter(starts).items() if times > 1}  # only these can be aliases
     seen: set[tuple[Any, ...]] = set()
     found = {}
-    for name in sorted(tensors):
+    for name, start in zip(names, starts):
         tensor = tensors[name]
-        if not hasattr(tensor, "untyped_storage"):
-            raise UsageError(f"weight sync: {name!r} is a {type(tensor).__name__}, not a torch tensor")
-        alias = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
-        if alias not in seen or tensor.numel() == 0:
+        if start in shared and tensor.numel():
+            alias = (tensor.device, start, tensor.dtype, tuple(tensor.shape), tensor.stride())
+            if alias in seen:
+                continue
             seen.add(alias)
-            found[name] = tensor
+        found[name] = tensor
     return found
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -84,16 +83,11 @@ def patch_from_bytes(data: bytes | bytearray | memoryview, source: object = None
                                             positions, entry.bits)
         tensors[name] = (PatchTensor(entry.shape, values.dtype, positions, values.data)
                          if isinstance(values, TensorValues) else
-                         PatchTensor(entry.shape, entry.values.dtype, positions, np.zeros(0, np.uint8),
-                                     pending=_raw(values)))
+                         PatchTensor(entry.shape, values.dtype, positions, np.zeros(0, np.uint8), pending=values))
     model = (metadata.model or {}).get("fingerprint")
-    if not any(tensor.pending for tensor in tensors.values()):  # else once decoded, by apply_to
+    if all(tensor.pending is None for tensor in tensors.values()):  # else once decoded, by apply_to
         check_chain(parent, fingerprint, tensors, label)
     return PatchFields(parent, fingerprint, step, tensors, state, model)
-
-
-def _raw(decode: Callable[[np.ndarray], TensorValues]) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda previous: decode(previous).data
 
 
 def _record(patch: PatchLike) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from submask import MaskMetadata, MaskWriter, TensorMask
 from submask.accel import numba_disabled, numba_state
 from submask.codecs import encode_auto, get_codec
 from submask.packed import packed_nbytes
-from tools.bench.report import markdown_table, write_section
+from tools.bench.report import markdown_table, process_env, write_section
 
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "mlp.extra_proj")
@@ -81,9 +81,11 @@ def run_submask(files: list[dict[str, Path]], workers: int | None, verify: bool 
 
 
 def run_cli(files: list[dict[str, Path]]) -> list[tuple[int, int, int]]:
-    """``run_submask`` as a whole process: ``python -m submask compare --json -q``."""
+    """``run_submask`` as a whole process: ``python -m submask compare --json -q`` (bytecode caches used, as an
+    installed package's)."""
     command = [sys.executable, "-m", "submask", "compare", "--json", "-q", *(str(f["submask"]) for f in files)]
-    pairs = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)["pairs"]
+    pairs = json.loads(subprocess.run(command, capture_output=True, text=True, check=True,
+                                      env=process_env()).stdout)["pairs"]
     return [(p["count_a"], p["count_b"], p["intersection"]) for p in pairs]
 
 

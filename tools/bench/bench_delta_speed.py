@@ -30,7 +30,8 @@ from pathlib import Path
 import submask
 
 from .delta_pairs import PAIRS, write_pair
-from .report import markdown_table, write_section
+from .rebuild_stages import STAGES, stages
+from .report import markdown_table, process_env, write_section
 
 DEFAULT_PAIRS = ["BF16 adam iid 30%", "F32 adam columns 25%", "F32 sgd tensors 50%"]
 BLOCK = 16 << 20
@@ -58,8 +59,8 @@ def timed(runs: dict[str, Callable[[], object]], before: dict[str, Callable[[], 
 def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: int) -> list[str]:
     delta, out, out_process, copy = work / "d.smask", work / "out", work / "out-process", work / "copy.bin"
     submask.build_mask(base, finetuned, delta, values=True)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
-                                                                              os.environ.get("PYTHONPATH")]))}
+    environment = process_env(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                         os.environ.get("PYTHONPATH")])))
     runs: dict[str, Callable[[], object]] = {
         "copy": lambda: python_copy(finetuned, copy),
         "rebuild": lambda: submask.apply_mask(base, delta, out),
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    rows, load_start = [], os.getloadavg()
+    rows, stage_rows, load_start = [], [], os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-delta-speed-") as tmp:
         for pair in PAIRS:
             if pair.label not in args.pairs:
@@ -105,28 +106,41 @@ def main() -> None:
             base, finetuned = write_pair(folder, pair)
             rows.append(measure(pair.label, base, finetuned, folder, args.repeats))
             print(" | ".join(rows[-1]), flush=True)
+            spent = stages(base, folder / "d.smask", args.repeats)
+            stage_rows.append([pair.label, *(f"{spent[stage] * 1000:.0f}" for stage in STAGES),
+                               f"{sum(spent.values()) * 1000:.0f}"])
+            print(" | ".join(stage_rows[-1]), flush=True)
             shutil.rmtree(folder)
     body = (f"Best of {args.repeats} interleaved repeats, hot page cache, on pairs of `tools/bench/delta_pairs.py`. "
             "*rebuild vs copy*: seconds of a Python copy of the finetuned file with fsync over seconds of "
             "`apply_mask(base, delta, out)` in process (its SHA-256 verified before the folder appears; goal "
-            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s); *build vs cat*: "
+            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s; bytecode caches used, as an "
+            "installed package's); *build vs cat*: "
             "seconds of a hot `cat` of both files over seconds of `build_mask` to a file with the default ladder "
             "(goal >= 0.3) and without it (goal >= 0.5); *values / mask*: `build --values` over the mask-only "
             "build (goal <= 1.3). Every rebuild was checked by SHA-256. Load average "
             f"{load_start[0]:.1f} ({load_start[2]:.1f} over 15 min) at the start and {os.getloadavg()[0]:.1f} at "
             f"the end, on {os.cpu_count()} cores shared with other jobs: absolute seconds are inflated, the ratios "
             "less so (bold: goal met).\n\n"
-            "Where a rebuild's time goes (cProfile, BF16 pair, same load): waiting for the next tensor's "
-            "differences to be decompressed (zstd planes, on the decoder thread: a block is a whole tensor here, "
-            "so it is not overlapped with that tensor's work) ~30%, reading the base ~20%, gathering the base "
-            "values and scattering the new ones ~20%, the difference transform (one compiled pass) ~10%, SHA-256 "
-            "and writing on the writer thread, fsync. A build with values adds, per changed value, a second "
-            "gather (the base's), the transform and a zstd pass over each byte plane (on MiniLM fp32, 10.7 M "
-            "changed values: ~1.5 s of one core under this load, against ~0.4 s for the mask-only build). The "
-            "process's extra time is Python, numpy and numba starting (`import submask` alone took 0.6 s of "
-            "CPU and up to 6 s of wall time under this load).\n\n"
+            "Where a rebuild's work goes (`tools/bench/rebuild_stages.py`, in the second table): each stage run "
+            "alone, one after another on one thread, in milliseconds of that thread's CPU time (best of the "
+            "repeats; fsync in wall time). A rebuild runs them on four threads (`submask/rebuild_write.py`): the "
+            "masks and zstd planes are decoded ahead on one, the base is read and the values decoded in place on "
+            "the caller's, SHA-256 and the writes each on their own, so the stages overlap as far as free cores "
+            "allow. Where a build's time went when profiled once (CPU per build, thread-time wrappers, F32 sgd "
+            "pair, load 8; not rerun by this bench): the mask-only build with the ladder ~70 ms (reading both files "
+            "~25, the compare kernel and ladder ~20, mask encoding ~11); with values ~260 ms: the compare pass "
+            "also gathers both sides' changed values and codes their differences while in cache (~29), then per "
+            "tensor a counting sort by exponent (~20), the split into byte planes (~11-16) and zstd level 3 "
+            "(~45; level 1 was 2x faster but coded the MiniLM bf16 delta larger) make ~99, SHA-256 of the "
+            "finetuned file on its thread ~40, and writing the 14 MB delta ~16 plus its fsync (63 ms of wall "
+            "time for 14 MB on this disk). The process column is what starting Python, numpy, click and the "
+            "modules of `apply` adds (a rebuild of fewer than 2^30 elements leaves numba unstarted; "
+            "`bench_startup` measures that floor).\n\n"
             + markdown_table(["pair", "MiB", "rebuild vs copy", "process", "build vs cat", "no ladder vs cat",
-                              "values / mask"], rows))
+                              "values / mask"], rows)
+            + "\n\nA rebuild's stages, ms (CPU of one thread; fsync: wall):\n\n"
+            + markdown_table(["pair", *STAGES, "sum"], stage_rows))
     if not args.no_write:
         write_section("delta-speed", "Deltas: build and rebuild against copying the files", body)
 

@@ -26,11 +26,15 @@ import submask
 from .report import markdown_table, write_section
 
 NOTES = """
-Reading it: a patch codes its values against the receiver's previous ones (`diff-planes`, FORMAT.md §12.4), so
-`apply_to` decodes the differences from the receiver's own weights before writing them: that decoding is what it
-pays over the plain copy, which writes values it is handed. The full-check steps (every `--check-every` steps)
-hash the whole state on both sides, which is what the fingerprint chain saves on every other step. The first
-steps change the most entries (AdamW's first updates are its largest).
+Reading it: a patch codes its values against the receiver's previous ones (`diff-planes`, FORMAT.md §12.4).
+`Patch.from_bytes` decompresses and checks the differences once (CRC-32); `apply_to` then checks the parent,
+decodes each changed tensor in one compiled pass over the receiver's memory (the previous values gathered at the
+changed positions, the exponent order and the differences undone block by block), hashes the decoded values into
+the patch's fingerprint (FORMAT.md §13: before anything is written) and scatters them in place. Over the plain
+copy, which writes values it is handed, it pays the decode and that hash (about as long as the copy itself: the
+positions are hashed as 8-byte integers). The full-check steps (every `--check-every` steps) hash the whole state
+on both sides, which is what the fingerprint chain saves on every other step. The first steps change the most
+entries (AdamW's first updates are its largest).
 """
 
 
@@ -112,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from safetensors.torch import save
+    from safetensors.torch import load, save
 
     torch.set_num_threads(args.threads)
     load_before = load_average()
@@ -132,6 +136,7 @@ def main() -> None:
         patch, diff = timed(sync.diff)
         data, encode = timed(patch.to_bytes)
         peer, peer_time = timed(peer_patch, patch)
+        _, peer_load = timed(load, peer)
         received, decode = timed(submask.Patch.from_bytes, data)
         if step == args.refuse:  # hold this step's patch back: the next one comes first
             held = (received, patch)  # as received, and as sent (whose values the plain copy writes)
@@ -157,8 +162,8 @@ def main() -> None:
             submask.WeightSync.resume(receivers[0], submask.Patch.from_bytes(sync.snapshot().to_bytes()))
             worst = max(worst, differing_bits(model, receivers[0]))
         rows.append({"step": step, "density": patch.count / numel, "bytes": len(data), "peer": len(peer),
-                     "train": train, "diff": diff, "encode": encode, "peer_time": peer_time, "decode": decode,
-                     "apply": apply, "copy": copy, "checked": float(patch.state is not None)})
+                     "train": train, "diff": diff, "encode": encode, "peer_time": peer_time, "peer_load": peer_load,
+                     "decode": decode, "apply": apply, "copy": copy, "checked": float(patch.state is not None)})
     load_after = load_average()
     print(report(rows[args.warmup:], args, numel, full_bytes, worst, refused, restarted, load_before, load_after))
     if not args.no_write:
@@ -176,13 +181,16 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, numel: int, f
         among = rows if key in ("density", "bytes", "peer") else regular
         return statistics.median(row[key] for row in among)
 
-    def ratio(top: str | tuple[str, ...], bottom: str, among: list[dict[str, float]] = rows) -> tuple[float, float]:
+    def ratio(top: str | tuple[str, ...], bottom: str | tuple[str, ...],
+              among: list[dict[str, float]] = rows) -> tuple[float, float]:
         tops = (top,) if isinstance(top, str) else top
-        values = [sum(row[t] for t in tops) / row[bottom] for row in among] or [math.nan]
+        bottoms = (bottom,) if isinstance(bottom, str) else bottom
+        values = [sum(row[t] for t in tops) / sum(row[b] for b in bottoms) for row in among] or [math.nan]
         return statistics.median(values), max(values)
 
     size, full = ratio("bytes", "peer"), [row["bytes"] / full_bytes for row in rows]
     cost, apply = ratio(("diff", "encode"), "train", regular), ratio("apply", "copy", regular)
+    receive = ratio(("decode", "apply"), ("peer_load", "copy"), regular)
     checked_cost, checked_apply = ratio(("diff", "encode"), "train", checked), ratio("apply", "copy", checked)
     table = markdown_table(["figure", "median per step", "worst step", "goal"], [
         ["entries changed per step (update density)", f"{median('density'):.2%}",
@@ -201,6 +209,9 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, numel: int, f
         ["apply_to (ms)", f"{median('apply') * 1e3:.3f}", "", ""],
         ["plain in-place copy of the changed values (ms)", f"{median('copy') * 1e3:.3f}", "", ""],
         [f"apply_to / plain copy (best of {args.repeats} each)", f"{apply[0]:.2f}x", f"{apply[1]:.2f}x", "<= 2x"],
+        ["peer patch load (safetensors.torch.load, ms)", f"{median('peer_load') * 1e3:.3f}", "", ""],
+        ["receiving whole: (Patch.from_bytes + apply_to) / (peer patch load + plain copy)", f"{receive[0]:.2f}x",
+         f"{receive[1]:.2f}x", ""],
         [f"steps with the full check ({len(checked)}, every {args.check_every}: the weights hashed on both sides): "
          "(diff() + to_bytes()) / training step; apply_to / plain copy",
          f"{checked_cost[0]:.3f}x; {checked_apply[0]:.1f}x", "", ""],

@@ -12,6 +12,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,16 @@ def _this_command() -> str:
     arguments = " ".join(shlex.quote(a) for a in sys.argv[1:])
     target = f"-m tools.bench.{script.stem}" if script.parent.name == "bench" else shlex.quote(sys.argv[0])
     return f"python {target} {arguments}".strip()
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment of a timed ``python -m submask`` process: this one's, with the bytecode caches written and
+    read as an installed package's are (kept out of the source tree, in the temp dir), whatever this shell says:
+    under ``PYTHONDONTWRITEBYTECODE=1`` a checkout's process would compile every module it imports from source."""
+    environment = {**os.environ, "PYTHONPYCACHEPREFIX": os.path.join(tempfile.gettempdir(), "submask-bench-pycache"),
+                   **extra}
+    environment.pop("PYTHONDONTWRITEBYTECODE", None)
+    return environment
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
