@@ -13,10 +13,9 @@ config or tokenizer is not part of the delta, so nothing vouches for it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -28,22 +27,15 @@ from .atomic import check_target, replace_dir, staging_dir, writing
 from .built import AppliedModel
 from .checkpoints.dtypes import DTYPES, DType, dtype_of_array
 from .checkpoints.safetensors_file import TensorInfo
-from .checkpoints.sources import CHUNK_ELEMENTS, Source, open_source
+from .checkpoints.sources import Source, open_source
 from .delta import Delta
 from .errors import MismatchError, UsageError
-from .format import MaskFile
 from .format.layout import check_layout
-from .format.values import is_diff
 from .io import load_delta
-from .io import open as open_mask_file
 from .mask import TensorMask
 from .metadata import CheckpointFile
+from .rebuild_source import DeltaLike, DeltaValues, opened
 from .rebuild_write import write_file
-
-POSITIONS_MAX = CHUNK_ELEMENTS  # a tensor with at most this many set bits (32 MiB of positions) is scattered by them
-POSITIONS_MAX_DENSITY = 1 / 2  # ... when at most this dense: denser, packed bits win (measured crossover ~0.6)
-DeltaLike = Delta | MaskFile | str | os.PathLike[str]
-"""A delta in memory, an open .smask file with values, or the path or hf:// URL of one."""
 
 
 def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, overwrite: bool = False,
@@ -59,7 +51,7 @@ def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, ove
     it was. ``progress(nbytes, total)`` is called as bytes are written.
     """
     out = check_target(out_dir, overwrite, directory=True, inputs=[base, delta])
-    with _opened(delta) as values, open_source(base, api=hub_api, cache_dir=cache_dir) as source:
+    with opened(delta) as values, open_source(base, api=hub_api, cache_dir=cache_dir) as source:
         plan = _plan(values)
         _check_base(values, source)
         total = sum(file.size for file, _ in plan)
@@ -121,7 +113,7 @@ def apply_delta(base: Mapping[str, Any], delta: Delta | str | os.PathLike[str]) 
     if bare:
         raise UsageError(f"{label}: {len(bare)} tensor(s) carry no values (e.g. {bare[:3]}); build it with "
                          "values=True (--values), or use apply_to_state_dict with the finetuned state dict")
-    values = _DeltaValues(delta, label)
+    values = DeltaValues(delta, label)
     _check_base(values, _Shapes(base))
     uses_torch = any(not isinstance(value, np.ndarray) for value in base.values())
     result = {}
@@ -134,78 +126,7 @@ def apply_delta(base: Mapping[str, Any], delta: Delta | str | os.PathLike[str]) 
     return result
 
 
-# -- the delta, however it was given ----------------------------------------------------------------------------
-
-@dataclass
-class _DeltaValues:
-    """A delta's masks, values and layout behind one face, whether in memory or in a file."""
-
-    source: Delta | MaskFile
-    label: str
-
-    @property
-    def mask(self) -> Any:
-        return self.source.mask if isinstance(self.source, Delta) else self.source
-
-    @property
-    def checkpoint(self) -> list[CheckpointFile] | None:
-        return self.source.checkpoint if isinstance(self.source, Delta) else self.source.metadata.checkpoint
-
-    @property
-    def metadata(self) -> Any:
-        return self.source.mask.metadata if isinstance(self.source, Delta) else self.source.metadata
-
-    def dtype(self, name: str) -> str | None:
-        """The values' dtype name of tensor ``name``, None if it has no values."""
-        if isinstance(self.source, Delta):
-            held = self.source.values.get(name)
-            return None if held is None else held.dtype
-        entry = self.source.entries.get(name)
-        return None if entry is None or entry.values is None else entry.values.dtype
-
-    def bits(self, name: str) -> TensorMask | np.ndarray:
-        """Tensor ``name``'s mask, verified: its set positions (int64, ascending) where the file lists them and
-        they are few (scattering by them is far cheaper than by the bits), else its packed bits."""
-        source = self.source
-        if isinstance(source, MaskFile):
-            entry = source.entries[name]
-            if entry.ones <= min(POSITIONS_MAX, entry.bits * POSITIONS_MAX_DENSITY):
-                positions = source.positions(name)
-                if positions is not None:
-                    return positions
-        return self.mask[name]
-
-    def coded_against_base(self, name: str) -> bool:
-        """Whether tensor ``name``'s values are coded against the base (which must then hold it)."""
-        if isinstance(self.source, Delta):
-            return False
-        entry = self.source.entries[name].values
-        return entry is not None and is_diff(entry)
-
-    def differences(self, name: str) -> tuple[int, Iterator[np.ndarray]] | None:
-        """Tensor ``name``'s values when coded against the base: (block_elements, the blocks of stored
-        differences, CRC-32 checked at the end); None when they are stored as they are."""
-        if isinstance(self.source, Delta):
-            return None
-        return self.source.difference_blocks(name)
-
-    def blocks(self, name: str) -> Iterator[np.ndarray]:
-        """Tensor ``name``'s value bytes, a block at a time (checked against their CRC-32 at the end)."""
-        if isinstance(self.source, Delta):
-            return iter([self.source.values[name].data])
-        return self.source.value_blocks(name)
-
-
-@contextlib.contextmanager
-def _opened(delta: DeltaLike) -> Iterator[_DeltaValues]:
-    if isinstance(delta, (Delta, MaskFile)):
-        yield _DeltaValues(delta, str(getattr(delta, "path", "the delta")))
-        return
-    with open_mask_file(delta) as mask_file:
-        yield _DeltaValues(mask_file, os.fspath(delta))
-
-
-def _plan(values: _DeltaValues) -> list[tuple[CheckpointFile, list[TensorInfo]]]:
+def _plan(values: DeltaValues) -> list[tuple[CheckpointFile, list[TensorInfo]]]:
     """Each file to write with its tensors in byte order (none for a text file), checked against the delta."""
     if values.checkpoint is None:
         raise UsageError(f"{values.label}: holds no checkpoint layout (built without --values, or from a state "
@@ -216,7 +137,7 @@ def _plan(values: _DeltaValues) -> list[tuple[CheckpointFile, list[TensorInfo]]]
     return list(zip(values.checkpoint, check_layout(values.checkpoint, held, values.label)))
 
 
-def _recorded_base(values: _DeltaValues) -> str:
+def _recorded_base(values: DeltaValues) -> str:
     base = values.metadata.provenance.get("base")
     if not isinstance(base, dict) or not base.get("source"):
         return ""
@@ -239,7 +160,7 @@ class _Shapes:
                                  tuple(int(d) for d in value.shape)) for name, value in self.state.items()}
 
 
-def _check_base(values: _DeltaValues, base: Source | _Shapes) -> None:
+def _check_base(values: DeltaValues, base: Source | _Shapes) -> None:
     """MismatchError unless ``base`` holds, in the delta's dtype and shape, every tensor the delta only
     partly stores (the tensors it stores whole need nothing from the base)."""
     shapes, tensors = values.mask.shapes, base.tensors  # once: a Mask builds the dict on each access

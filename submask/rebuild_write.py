@@ -30,7 +30,7 @@ from .safetensors_header import LENGTH
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from .rebuild import _DeltaValues
+    from .rebuild_source import DeltaValues
 
 IN_FLIGHT = 2  # chunks being hashed and written while the next is filled in
 # Items the decoder keeps ready: while a tensor's last block is worked on, its end, the next tensor's mask and
@@ -39,7 +39,7 @@ AHEAD = 3
 _END = None  # after a tensor's blocks in the decoder's stream
 
 
-def write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo], values: _DeltaValues,
+def write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo], values: DeltaValues,
                base: Source, progress: Callable[[int], None] | None) -> str:
     """Write one file of the delta's layout to ``handle`` (its header or text, then each tensor's bytes in
     order); return the SHA-256 of what was written. FormatError when the delta's values are corrupt."""
@@ -108,7 +108,7 @@ class _Output:
         self._writer.shutdown()
 
 
-def _stream(tensors: list[TensorInfo], values: _DeltaValues) -> Iterator[Any]:
+def _stream(tensors: list[TensorInfo], values: DeltaValues) -> Iterator[Any]:
     """What the decoder prepares, in order: per tensor (info, its mask, block_elements or 0 for values stored
     as they are), then its blocks of values, then ``_END``."""
     for info in tensors:

@@ -279,7 +279,7 @@ def test_values_decoded_in_place_at_packed_bits_positions_or_everywhere(density:
 def test_rebuild_scatters_by_positions_or_packed_bits_alike(minilm_bf16, tmp_path: Path, monkeypatch) -> None:
     """Sparse Rice masks are scattered by their set positions (across chunks of the embedding), the others by
     their packed bits; forcing packed bits everywhere, or numpy without numba, rebuilds the same bytes."""
-    from submask import rebuild
+    from submask import rebuild_source
     from submask.accel import numba_disabled
     from submask.checkpoints.sources import CHUNK_ELEMENTS
 
@@ -289,10 +289,10 @@ def test_rebuild_scatters_by_positions_or_packed_bits_alike(minilm_bf16, tmp_pat
         listed = {name for name in opened.names if opened.positions(name) is not None}
         assert listed and set(opened.names) - listed  # both paths are taken
         assert any(opened.entries[name].bits > CHUNK_ELEMENTS for name in listed)  # positions over chunks
-    for run, (context, positions_max) in enumerate([(contextlib.nullcontext(), rebuild.POSITIONS_MAX),
-                                                    (numba_disabled(), rebuild.POSITIONS_MAX),
+    for run, (context, positions_max) in enumerate([(contextlib.nullcontext(), rebuild_source.POSITIONS_MAX),
+                                                    (numba_disabled(), rebuild_source.POSITIONS_MAX),
                                                     (contextlib.nullcontext(), 0)]):
-        monkeypatch.setattr(rebuild, "POSITIONS_MAX", positions_max)
+        monkeypatch.setattr(rebuild_source, "POSITIONS_MAX", positions_max)
         with context:
             submask.apply_mask(minilm_bf16.base, delta, tmp_path / f"out{run}")
         assert_same_files(tmp_path / f"out{run}", minilm_bf16.finetuned)
