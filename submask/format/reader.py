@@ -299,6 +299,9 @@ class _StoredNames:
     def read_into(self, name: str, out: memoryview) -> None:
         self.container.read_into(self.stored.get(name, name), out)
 
+    def read_run_into(self, names: Sequence[str], out: memoryview) -> None:
+        self.container.read_run_into([self.stored.get(name, name) for name in names], out)
+
     def payload_size(self, name: str) -> int:
         return self.container.payload_size(self.stored.get(name, name))
 
