@@ -66,6 +66,23 @@ def test_values_decode_from_the_tensor_and_are_written_in_place(dtype: Any, path
     assert tensor.data_ptr() == start and tensor._version > version  # in place, and autograd sees the write
 
 
+@pytest.mark.parametrize("path", ["compiled", "numpy", "torch indexing"])
+def test_a_tensor_whose_every_entry_changed_decodes_from_the_tensor_itself(path: str) -> None:
+    tensor = torch.randn(NUMEL, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    previous = bits(tensor).view(-1).numpy().copy()
+    new = (previous + np.random.default_rng(5).integers(-3, 4, NUMEL).astype(previous.dtype)).view(np.uint8)
+    entry, payload = encode_tensor_values("w", TensorValues("BF16", new, previous.view(np.uint8)), NUMEL,
+                                          {"block_elements": BLOCK}, packed=from_positions(np.arange(NUMEL), NUMEL),
+                                          numel=NUMEL)
+    differences = decode_patch_values(entry, payload, NUMEL, "test", "w", None, NUMEL)
+    assert isinstance(differences, Differences)
+    with PATHS.get(path, contextlib.nullcontext)():
+        view = None if path == "torch indexing" else host_view(tensor)
+        values = decode_at(tensor, view, None, differences)
+        assert values.tobytes() == new.tobytes() and bits(tensor).view(-1).numpy().tobytes() == previous.tobytes()
+        write_at(tensor, view, None, values)
+    assert bits(tensor).view(-1).numpy().tobytes() == new.tobytes()
+
 def test_a_view_is_the_tensors_memory() -> None:
     tensor = torch.zeros(8, dtype=torch.bfloat16, requires_grad=True)
     view = host_view(tensor)

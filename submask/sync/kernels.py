@@ -37,16 +37,18 @@ def decode_at(tensor: torch.Tensor, view: np.ndarray | None, positions: np.ndarr
     size = itemsize(differences.dtype)
     unsigned = UNSIGNED[size]
     stored = differences.stored.view(unsigned)
-    at = np.arange(tensor.numel(), dtype=np.int64) if positions is None else positions
-    kernel = _gather_decode.compiled if view is not None and size <= 4 else None
+    kernel = _gather_decode.compiled if view is not None and positions is not None and size <= 4 else None
     out = np.empty(stored.size, unsigned)
     if kernel is not None:
-        kernel(view, at, stored, differences.counts, out, *kernel_args(differences.dtype, size))
+        kernel(view, positions, stored, differences.counts, out, *kernel_args(differences.dtype, size))
         return out.view(np.uint8)
     import torch
 
-    previous = (view[at] if view is not None else
-                host_bytes(bits(tensor).view(-1)[torch.from_numpy(at).to(tensor.device)]).view(unsigned))
+    if positions is None:  # every entry: the previous values are the tensor itself (no index array to gather by)
+        previous = view if view is not None else host_bytes(bits(tensor).view(-1)).view(unsigned)
+    else:
+        previous = (view[positions] if view is not None else
+                    host_bytes(bits(tensor).view(-1)[torch.from_numpy(positions).to(tensor.device)]).view(unsigned))
     done = 0
     for count in differences.counts.tolist():
         apply_block(stored[done : done + count], previous[done : done + count], differences.dtype,
