@@ -4,6 +4,7 @@ finetuning and the update tracker work on these local shards."""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
@@ -40,8 +41,16 @@ def shard_mesh_dim(tensor: Any) -> int:
 
 def is_sharded(tensor: Any) -> bool:
     """True for a DTensor (a parameter sharded by FSDP2, or any other distributed tensor)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+@functools.cache
+def _dtensor_type() -> type | None:
+    """torch's DTensor class, looked up once (training hooks ask for every parameter in every step), or None
+    where torch is built without distributed support."""
     try:
         from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed support
-        return False
-    return isinstance(tensor, DTensor)
+    except ImportError:
+        return None
+    return DTensor

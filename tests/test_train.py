@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
@@ -512,9 +513,29 @@ def test_converting_the_model_after_restrict_keeps_the_guarantee(mode: str, dtyp
     assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7
 
 
-def test_dense_mode_clears_gradients_and_restores_starting_bits_whatever_the_values() -> None:
+@contextlib.contextmanager
+def dense_kernels(path: str):
+    """Dense mode's compiled kernels (skipped without numba) or its torch operations, for the block."""
+    from submask.accel import numba_disabled, numba_enabled
+
+    if path == "torch":
+        with numba_disabled():
+            yield
+        return
+    if not numba_enabled():
+        pytest.skip("numba is not installed: dense mode's compiled path cannot run")
+    yield
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+def test_dense_mode_clears_gradients_and_restores_starting_bits_whatever_the_values(path: str) -> None:
     """Outside the mask a gradient is cleared to +0.0 even where it is NaN, and a step restores each starting
-    value bit for bit: -0.0, infinities, a NaN payload and a subnormal too."""
+    value bit for bit: -0.0, infinities, a NaN payload and a subnormal too; on both of dense mode's paths."""
+    with dense_kernels(path):
+        clear_and_restore_nan_inf_and_signed_zeros()
+
+
+def clear_and_restore_nan_inf_and_signed_zeros() -> None:
     model = small_model()
     nan = torch.tensor([0x7FC00123], dtype=torch.int32).view(torch.float32)  # a NaN with a payload
     with torch.no_grad():
@@ -531,17 +552,25 @@ def test_dense_mode_clears_gradients_and_restores_starting_bits_whatever_the_val
     assert assert_unmasked_unchanged(model.state_dict(), start, small_mask()) == 7  # the masked ones: NaN now
 
 
-@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64])
-def test_keeping_bits_in_chunks_matches_one_operation(dtype) -> None:
-    """Dense mode's AND through a reused buffer (CPU, more than one chunk, a partial last one) is the plain AND."""
-    from submask.train.dense import CHUNK, keep_only
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64])
+def test_keeping_and_resetting_bits_match_plain_operations(dtype, path: str) -> None:
+    """Dense mode's AND and AND-OR, compiled (one pass) or through torch (a reused buffer on the CPU: more than
+    one chunk, a partial last one), are the plain operations on every integer width."""
+    from submask.train.dense import CHUNK, keep_only, reset_outside
 
     generator = torch.Generator().manual_seed(0)
     keep = (torch.rand(2 * CHUNK + 5, generator=generator) < 0.3).to(torch.int8).neg_()
-    bits = torch.randint(-2**15, 2**15, (2 * CHUNK + 5,), generator=generator, dtype=dtype)
-    expected = bits & keep.to(dtype)
-    keep_only(bits, keep)
-    assert torch.equal(bits, expected) and bool((bits[keep == 0] == 0).all()) and bool((bits != 0).any())
+    low, high = torch.iinfo(dtype).min, torch.iinfo(dtype).max
+    bits = torch.randint(low, high, (2 * CHUNK + 5,), generator=generator, dtype=dtype)
+    frozen = torch.randint(low, high, (2 * CHUNK + 5,), generator=generator, dtype=dtype) & ~keep.to(dtype)
+    with dense_kernels(path):
+        kept, reset = bits.clone(), bits.clone()
+        keep_only(kept, keep)
+        reset_outside(reset, keep, frozen)
+    assert torch.equal(kept, bits & keep.to(dtype)) and bool((kept[keep == 0] == 0).all())
+    assert torch.equal(reset, (bits & keep.to(dtype)) | frozen) and torch.equal(reset[keep == 0], frozen[keep == 0])
+    assert bool((kept != 0).any()) and torch.equal(reset[keep != 0], bits[keep != 0])
 
 
 @pytest.mark.filterwarnings("ignore:Complex modules:UserWarning")

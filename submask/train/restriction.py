@@ -36,6 +36,7 @@ class Restriction:
         self._restricted: list[Entry] = []
         self._frozen: list[torch.nn.Parameter] = []  # parameters with an empty mask: requires_grad switched off
         self._hooks: list[Any] = []
+        self._stepping: dict[int, list[Entry]] = {}  # by optimizer id: the entries its running step updates
         # whoever builds the optimizer (a Trainer too) and whenever: its steps keep the mask
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
@@ -90,9 +91,12 @@ class Restriction:
         check_in_step(entry for entry in stepped if isinstance(entry, SparseEntry))
         for entry in stepped:
             entry.gather()
+        self._stepping[id(optimizer)] = stepped
 
     def _after_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        for entry in self._check_optimizer(optimizer):
+        # the entries _before_step checked for this step (checked again if it did not run for this optimizer)
+        stepped = self._stepping.pop(id(optimizer), None)
+        for entry in self._check_optimizer(optimizer) if stepped is None else stepped:
             entry.restore()
 
     def remove(self) -> None:
