@@ -8,8 +8,8 @@ turns within each round and the best of ``--repeat`` rounds is kept, so that oth
 submask runs with every check on (``verify=True``, the default: a 1.3 payload's CRC-32 or the bits' CRC-32,
 structure, pad bits and counts). The ``submask compare`` process is timed beside the API call.
 
-Size: ``.smask`` file bytes against the iid entropy bound (iid masks), the per-row bound (row-structured masks,
-as ``bench_rows``) and packbits + zstd -19 of the same mask, and a 2:4 pruning mask's bits per parameter.
+Size: ``compare_sizes``' table (``.smask`` file bytes against their bounds and packbits + zstd -19, with
+issue 26's goals), written here too; ``python -m tools.bench.compare_sizes`` runs it alone.
 
     python -m tools.bench.bench_compare --bits 28 --repeat 5
 """
@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-import submask
-from submask import Mask, MaskMetadata, MaskWriter, TensorMask
-from submask.codecs import batch, binary_entropy_bits
+from submask import MaskMetadata, MaskWriter, TensorMask
+from submask.codecs import batch
 from tools.bench.bench_algebra import run_cli, run_numpy, run_roaring, run_submask, warm_up, write_mask
-from tools.bench.bench_rows import row_bound, row_grid, synthetic
+from tools.bench.compare_sizes import SIZE_HEADERS, size_rows
 from tools.bench.report import markdown_table, write_section
 
 LLAMA_LAYER = [("self_attn.q_proj", (4096, 4096)), ("self_attn.k_proj", (4096, 4096)),
@@ -140,42 +139,6 @@ def speed_row(label: str, files: list[dict[str, Path]], repeat: int, tensors: in
     return row
 
 
-def zstd19(packed: np.ndarray) -> int:
-    import zstandard
-
-    return len(zstandard.ZstdCompressor(level=19).compress(packed.tobytes()))
-
-
-def smask_bytes(arrays: dict[str, np.ndarray], root: Path) -> int:
-    path = root / "size.smask"
-    submask.save(Mask.from_numpy(arrays), path, overwrite=True)
-    return path.stat().st_size
-
-
-def size_rows(root: Path, numel: int) -> list[list[str]]:
-    """Per mask: .smask bytes against its bound and against packbits + zstd -19."""
-    rows = []
-    rng = np.random.default_rng(5)
-    for density in (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99):
-        bools = rng.random((numel // 4096, 4096), dtype=np.float32) < density
-        size, bound = smask_bytes({"w": bools}, root), binary_entropy_bits(int(bools.sum()), bools.size) / 8
-        rows.append([f"iid {density:.1%}", "entropy", f"{size / bound:.3f}x",
-                     f"{size / zstd19(np.packbits(bools)):.2f}x",
-                     f"{8 * size / bools.size:.4f}"])
-    for density in (0.001, 0.01, 0.05, 0.2, 0.5, 0.9):
-        _, shape, packed = synthetic(numel // 1536, 1536, density, seed=7)[0]
-        bools = np.unpackbits(packed)[: numel // 1536 * 1536].reshape(shape).astype(bool)
-        size, bound = smask_bytes({"w": bools}, root), row_bound(*row_grid(packed, shape)) / 8
-        rows.append([f"rows of 1536, {density:.1%}", "per-row", f"{size / bound:.3f}x",
-                     f"{size / zstd19(packed):.2f}x", f"{8 * size / bools.size:.4f}"])
-    scores = rng.random((numel // 4, 4))  # 2:4 pruning: the 2 largest of every 4
-    bools = (scores >= np.sort(scores, axis=1)[:, 2:3]).reshape(-1, 4096)
-    size = smask_bytes({"w": bools}, root)
-    rows.append(["2:4 pruning", "log2(6)/4 = 0.646 bits/param", f"{8 * size / bools.size / (np.log2(6) / 4):.3f}x",
-                 f"{size / zstd19(np.packbits(bools)):.2f}x", f"{8 * size / bools.size:.4f}"])
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bits", default="28", help="log2 parameters of the iid pairs, comma-separated (28,30)")
@@ -185,7 +148,8 @@ def main() -> None:
     parser.add_argument("--n-way-bits", type=int, default=26)
     parser.add_argument("--n-way-density", type=float, default=0.05)
     parser.add_argument("--llama", default="0.05,0.2", help="densities of the 7B-shaped pairs ('' to skip)")
-    parser.add_argument("--size-bits", type=int, default=22, help="log2 parameters of the size masks")
+    parser.add_argument("--size-bits", type=int, default=24, help="log2 parameters of the size masks (0: no sizes)")
+    parser.add_argument("--small-bits", type=int, default=22, help="log2 parameters of the small size masks")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after); "
                         "the 7B-shaped masks written there are kept and reused by a later run")
@@ -223,7 +187,7 @@ def main() -> None:
                                     max(2, args.repeat // 2), None, cli=True, roaring=run_roaring_tensors))
             if args.dir is None:
                 shutil.rmtree(root)
-        sizes = size_rows(scratch, 1 << args.size_bits) if args.size_bits else []
+        sizes = size_rows(scratch, args.size_bits, args.small_bits) if args.size_bits else []
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -247,10 +211,10 @@ def main() -> None:
         "noisy, threads most).",
         markdown_table(headers, pairs + others),
         *([] if not sizes else [
-            f"**Size** of the `.smask` file (header included) of masks of 2^{args.size_bits} parameters "
-            "(`submask.save`'s default encodings) against its bound, against packbits + zstd -19 of the same bits, "
-            "and in bits per parameter:",
-            markdown_table(["mask", "bound", ".smask / bound", ".smask / zstd -19", "bits/param"], sizes)]),
+            f"**Size** of the `.smask` file (header included) of masks of 2^{args.size_bits} parameters, the "
+            f"sparsest again at 2^{args.small_bits} (`submask.save`'s default encodings) against its bound and "
+            "against packbits + zstd -19 of the same bits, with issue 26's goals (`compare_sizes` says how):",
+            markdown_table(SIZE_HEADERS, sizes)]),
     ])
     print(body)
     write_section(args.section, "Comparing masks from files against pyroaring, and sizes against their bounds", body)
