@@ -19,7 +19,7 @@ import math
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from .mask import Mask, TensorMask
 from .names import Names
 from .packed import crc32
 from .tensor_counts import Read, compare_tensor, reusable, thread_buffer
+from .workers import kept_buffers, thread_pool
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -214,34 +215,39 @@ def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers
     here, decodes and counts on worker threads, a chunk per task (one task, no threads, for little work)."""
     workers = workers or min(4, os.cpu_count() or 1)
     batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
-    rooms: dict[Hashable, np.ndarray] = {}  # payload buffers, by slot: fresh memory would page-fault per chunk
-
     works = {name: sum(source.work(name) for source in sources) for name in names}
-
-    def read(chunk: list[str], slot: int) -> _Chunk:
-        room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
-        return _read_chunk(sources, chunk, room)
-
     total = sum(works.values())
     # at least a task per worker where the work pays for starting threads (sparse masks: a few ms in all)
     chunks = _chunks(tensor_progress(names, progress, "comparing"), works.__getitem__,
                      min(CHUNK_BITS, -(-total // workers)))
-    if workers == 1 or total <= SPLIT_WORK:  # one task: no threads to start
-        for chunk in chunks:
-            yield chunk, _compare_chunk(read(chunk, 0), verify)
-        return
-    from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of a command's start
+    with kept_buffers() as rooms:  # payload buffers, by slot: fresh memory would page-fault per chunk
 
-    pending: deque[tuple[list[str], Future[list[np.ndarray]]]] = deque()
-    with ThreadPoolExecutor(workers) as pool:
-        for index, chunk in enumerate(chunks):  # a slot is free again once its chunk's task has finished
-            pending.append((chunk, pool.submit(_compare_chunk, read(chunk, index % (2 * workers + 1)), verify)))
-            if len(pending) >= 2 * workers:
+        def read(chunk: list[str], slot: int) -> _Chunk:
+            room = (lambda nbytes: reusable(rooms, slot, nbytes)) if batched else None
+            return _read_chunk(sources, chunk, room)
+
+        if workers == 1 or total <= SPLIT_WORK:  # one task: no threads to wake
+            for chunk in chunks:
+                yield chunk, _compare_chunk(read(chunk, 0), verify)
+            return
+        pending: deque[tuple[list[str], Future[list[np.ndarray]]]] = deque()
+        pool = thread_pool(workers)
+        try:
+            for index, chunk in enumerate(chunks):  # a slot is free again once its chunk's task has finished
+                pending.append((chunk, pool.submit(_compare_chunk, read(chunk, index % (2 * workers + 1)),
+                                                   verify)))
+                if len(pending) >= 2 * workers:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
                 done, future = pending.popleft()
                 yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+        finally:  # on an error: no task of this call may outlive it (they read its buffers)
+            for _, future in pending:
+                future.cancel()
+            for _, future in pending:
+                if not future.cancelled():
+                    future.exception()  # waits; the error that stopped the call is the one raised
 
 
 def _chunks(names: Iterator[str], work: Callable[[str], int], size: int) -> Iterator[list[str]]:

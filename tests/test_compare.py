@@ -24,6 +24,7 @@ from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
 from submask.tensor_counts import _Operand, _pair_count
+from submask.workers import thread_pool
 
 compare_module = importlib.import_module("submask.compare")
 
@@ -123,6 +124,42 @@ def test_work_split_across_threads_gives_the_same_counts(masks: tuple, monkeypat
     assert len(tasks) >= 2  # one task per worker at least
     for group in alone.groups:
         np.testing.assert_array_equal(alone.groups[group].intersections, split.groups[group].intersections)
+
+
+def split_counts(paths: list[Path]) -> list[list[int]]:
+    """Per-tensor intersections of ``paths`` compared on two threads."""
+    result = compare(paths, by="tensor", workers=2)
+    return [result.groups[name].intersections.tolist() for name in SHAPES]
+
+
+def test_threads_are_kept_between_calls_and_made_anew_after_fork(masks: tuple,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    paths = masks[0][:2]
+    monkeypatch.setattr(compare_module, "SPLIT_WORK", 0)
+    expected = split_counts(paths)
+    pool = thread_pool(2)
+    assert split_counts(paths) == expected and thread_pool(2) is pool  # the same threads again
+    context = multiprocessing.get_context("fork")  # the child has the pool object but none of its threads
+    with context.Pool(1) as child:
+        assert child.apply_async(split_counts, (paths,)).get(timeout=60) == expected
+
+
+def test_a_failing_split_comparison_leaves_the_threads_usable(masks: tuple, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "model.layers.0.self_attn.q_proj.weight"
+    data = bytearray(masks[0][0].read_bytes())
+    with submask.open(masks[0][0]) as f:
+        at = bytes(data).index(f.payload(name))
+    data[at + 20 : at + 60] = bytes(40)
+    (tmp_path / "bad.smask").write_bytes(bytes(data))
+    monkeypatch.setattr(compare_module, "SPLIT_WORK", 0)
+    for _ in range(3):
+        with pytest.raises(FormatError, match=rf"bad\.smask, tensor '{name}'"):
+            compare([tmp_path / "bad.smask", masks[0][1]], workers=2)
+    alone = compare(masks[0][:2], by="tensor", workers=1)
+    assert split_counts(masks[0][:2]) == [alone.groups[n].intersections.tolist() for n in SHAPES]
 
 
 def test_compare_mismatch_and_common(masks: tuple, tmp_path: Path) -> None:
