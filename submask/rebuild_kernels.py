@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from .accel import Kernel
-from .builder.values import chunk_values
 from .errors import FormatError
 from .format.diffs import MANTISSA_BITS, SIGNED, UNSIGNED, apply_block, decode_kernel
 from .packed import padding_is_clear, popcount, unpack
@@ -46,6 +45,8 @@ def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str)
     elif where.dtype == np.int64:
         chunk[where] = apply_block(zigzag, chunk[where], dtype)
     else:
+        from .builder.values import chunk_values  # here: a command line on a small delta never takes this path
+
         taken = chunk_values(chunk, where).view(chunk.dtype)
         scatter_into(chunk, where, apply_block(zigzag, taken, dtype, out=taken))
 
@@ -65,8 +66,10 @@ def _decoded(zigzag: np.ndarray, base: np.ndarray, dtype: str) -> np.ndarray:
     unsigned, signed = UNSIGNED[base.itemsize], SIGNED[base.itemsize]
     bits, one = 8 * base.itemsize, unsigned(1)
     with np.errstate(over="ignore"):
-        difference = zigzag.view(unsigned) >> one
-        difference ^= (-(zigzag.view(unsigned) & one).view(signed)).view(unsigned)
+        difference = zigzag.view(unsigned) >> one  # zigzag decoded, in place where it can be (fewer arrays made)
+        low = zigzag.view(unsigned) & one
+        np.negative(low.view(signed), out=low.view(signed))
+        difference ^= low
         mantissa = MANTISSA_BITS.get(dtype)
         if mantissa is None:  # integers: no order-preserving map, no order
             difference += base
@@ -87,7 +90,7 @@ def _exponent_order(base: np.ndarray, mantissa: int) -> np.ndarray:
     exponent_bits = 8 * base.itemsize - 1 - mantissa
     index_bits = max(1, (base.size - 1).bit_length())
     wide = np.uint32 if exponent_bits + index_bits <= 32 else np.uint64
-    keys = (base >> base.dtype.type(mantissa)).astype(wide)
+    keys = (base >> base.dtype.type(mantissa)).astype(wide, copy=False)
     keys &= wide((1 << exponent_bits) - 1)
     keys <<= wide(index_bits)
     keys |= np.arange(base.size, dtype=wide)
