@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,24 +60,32 @@ submask.apply_mask(base, delta, out)  # once untimed, as here: its kernels loade
 print(submask.__file__, flush=True)
 for _ in sys.stdin:
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     submask.apply_mask(base, delta, out)
-    print(time.perf_counter() - start, flush=True)
+    print(time.perf_counter() - start, time.process_time() - start_cpu, flush=True)
 """
 
 
-def timed(runs: dict[str, Callable[[], object]], before: dict[str, Callable[[], object]], repeats: int) -> dict:
-    """Best seconds of each run, the runs interleaved round by round; ``before[name]`` runs untimed first. A run
-    that returns a float reports its own seconds (a warm process of another checkout)."""
+def timed(runs: dict[str, Callable[[], object]], before: dict[str, Callable[[], object]],
+          repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall and best CPU seconds (this process's, all threads, and its children's: user + system) of each
+    run, the runs interleaved round by round; ``before[name]`` runs untimed first. A run that returns a pair
+    of floats reports its own (a warm process of another checkout)."""
     best = {name: float("inf") for name in runs}
+    best_cpu = dict(best)
     for _ in range(repeats):
         for name, run in runs.items():
             before.get(name, lambda: None)()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), _cpu()
             result = run()
-            seconds = result if isinstance(result, float) else time.perf_counter() - start
-            best[name] = min(best[name], seconds)
-    return best
+            seconds, cpu = result if isinstance(result, tuple) else (time.perf_counter() - start, _cpu() - start_cpu)
+            best[name], best_cpu[name] = min(best[name], seconds), min(best_cpu[name], cpu)
+    return best, best_cpu
+
+
+def _cpu() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 class WarmRebuild:
@@ -93,10 +102,11 @@ class WarmRebuild:
         if not imported.startswith(str(tree.resolve())):
             raise SystemExit(f"the baseline process imported {imported!r}, not the checkout {tree}")
 
-    def __call__(self) -> float:
+    def __call__(self) -> tuple[float, float]:
         self.stdin.write("\n")
         self.stdin.flush()
-        return float(self.stdout.readline())
+        wall, cpu = self.stdout.readline().split()
+        return float(wall), float(cpu)
 
     def close(self) -> None:
         self.stdin.close()
@@ -134,7 +144,7 @@ def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: i
         folders += [out_before, out_process_before]
     submask.apply_mask(base, delta, out, overwrite=True)  # once untimed: its kernels loaded, as in a warm process
     try:
-        best = timed(runs, before, repeats)
+        best, best_cpu = timed(runs, before, repeats)
     finally:
         if warm is not None:
             warm.close()
@@ -149,7 +159,8 @@ def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: i
 
     def extra(suffix: str = "") -> str:
         seconds = best["rebuild process" + suffix] - best["rebuild" + suffix]
-        return f"**{seconds:+.2f} s**" if seconds <= 0.3 else f"{seconds:+.2f} s (missed)"
+        cpu = best_cpu["rebuild process" + suffix] - best_cpu["rebuild" + suffix]
+        return (f"**{seconds:+.2f} s**" if seconds <= 0.3 else f"{seconds:+.2f} s (missed)") + f" / {cpu:+.2f} s"
 
     then = [ratio("copy", "rebuild before", lambda v: v >= 0.8), extra(" before")] if baseline is not None else []
     return [pair_label, f"{finetuned.stat().st_size / 2**20:.0f}", ratio("copy", "rebuild", lambda v: v >= 0.8),
@@ -183,8 +194,9 @@ def main() -> None:
     body = (f"Best of {args.repeats} interleaved repeats, hot page cache, on pairs of `tools/bench/delta_pairs.py`. "
             "*rebuild vs copy*: seconds of a Python copy of the finetuned file with fsync over seconds of "
             "`apply_mask(base, delta, out)` in process (its SHA-256 verified before the folder appears; goal "
-            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s; bytecode caches used, as an "
-            "installed package's); *build vs cat*: "
+            ">= 0.8); *process*: what `python -m submask apply -q` takes more, in wall seconds (goal <= 0.3 s) / in "
+            "CPU seconds (user + system, all threads; the machine's load inflates it far less), bytecode caches "
+            "used, as an installed package's; *build vs cat*: "
             "seconds of a hot `cat` of both files over seconds of `build_mask` to a file with the default ladder "
             "(goal >= 0.3) and without it (goal >= 0.5); *values / mask*: `build --values` over the mask-only "
             "build (goal <= 1.3). Every rebuild was checked by SHA-256. Load average "
