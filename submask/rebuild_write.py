@@ -1,10 +1,10 @@
 """Writing one rebuilt safetensors file: the base's bytes with the delta's values put in, hashed as written.
 
-Four threads share the work (hashlib, zstd, CRC-32, file I/O and the compiled kernels release the GIL): the
+Five threads share the work (hashlib, zstd, CRC-32, file I/O and the compiled kernels release the GIL): the
 *decoder* decodes each tensor's mask and its blocks of values a few items ahead; the caller's thread reads
 the base a chunk at a time into a reused buffer and puts the new values in place (``rebuild_kernels``); the
 *hasher* feeds each finished chunk to SHA-256 and the *writer* writes it. ``IN_FLIGHT + 1`` buffers rotate:
-one is filled while the others are hashed and written. A fifth thread flushes what is written to the disk
+one is filled while the others are hashed and written. The *flusher* flushes what is written to the disk
 while the rest is still being made (``os.fdatasync`` once ``WRITEBACK_BYTES`` are unsynced, one at a time), so
 the caller's final fsync finds little left: on this project's disk the flush, not the writes, is what a copy
 waits for, and Linux's sync_file_range (writeback started, no flush) left the final fsync as long.
