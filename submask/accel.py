@@ -54,12 +54,12 @@ def numba_started() -> bool:
 
 
 @contextmanager
-def job(work: int) -> Iterator[None]:
-    """Run an operation over ``work`` elements: below ``START_UP_WORK``, kernels not yet started stay so
-    inside the block and their callers take the numpy paths (identical results), since starting numba
-    would cost more than it saves."""
+def job(work: int, start_up: int | None = None) -> Iterator[None]:
+    """Run an operation over ``work`` elements: below ``start_up`` (where starting numba pays for itself in
+    that operation; ``START_UP_WORK`` when None), kernels not yet started stay so inside the block and their
+    callers take the numpy paths (identical results), since starting numba would cost more than it saves."""
     global _small_jobs
-    small = work < START_UP_WORK
+    small = work < (START_UP_WORK if start_up is None else start_up)
     with _lock:
         _small_jobs += small
     try:

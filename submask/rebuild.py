@@ -37,6 +37,12 @@ from .metadata import CheckpointFile
 from .rebuild_source import DeltaLike, DeltaValues, opened
 from .rebuild_write import write_file
 
+#: elements from which a rebuild starts numba (``accel.job``): its numpy decode of values coded against the base
+#: costs 2-13 ns more an element than the compiled one (`tools/bench/rebuild_stages.py`, "decode, numpy" vs
+#: "decode in place"), numba's start from its disk cache ~1.3-1.5 s of CPU, so the start pays from ~1e8-7e8
+#: elements; compare's threshold (``START_UP_WORK``, 2^30) would leave a 0.5B-parameter rebuild on numpy
+START_UP = 1 << 28
+
 
 def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, overwrite: bool = False,
             progress: Callable[[int, int], None] | None = None, hub_api: Any = None,
@@ -58,7 +64,7 @@ def rebuild(base: Any, delta: DeltaLike, out_dir: str | os.PathLike[str], *, ove
         report = None if progress is None else (lambda nbytes: progress(nbytes, total))
         from concurrent.futures import ThreadPoolExecutor  # here, not at import: it imports logging
 
-        with job(sum(info.numel for _, infos in plan for info in infos)), staging_dir(out) as staging, \
+        with job(sum(info.numel for _, infos in plan for info in infos), START_UP), staging_dir(out) as staging, \
                 ThreadPoolExecutor(1, "submask-rebuild-fsync") as syncer:
             synced = []  # each file's fsync runs while the next file is rebuilt
             for file, tensors in plan:

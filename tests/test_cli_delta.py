@@ -103,3 +103,24 @@ def test_apply_from_the_hub_in_a_fresh_process(minilm_bf16, delta, hub_api, hub_
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (out / "model.safetensors").read_bytes() == minilm_bf16.finetuned_file.read_bytes()
+
+
+def test_a_rebuild_starts_numba_only_from_its_start_up_size(minilm_bf16, delta, tmp_path: Path) -> None:
+    """A rebuild below ``rebuild.START_UP`` elements leaves numba unstarted in a fresh process (its start would
+    cost more than the numpy decode), one above it starts it; both rebuild the finetuned files byte for byte."""
+    from submask.accel import numba_enabled
+    from submask.rebuild import START_UP
+
+    if not numba_enabled():
+        pytest.skip("numba is not installed or switched off")
+    code = ("import sys, submask, submask.accel as accel, submask.rebuild as rebuild; "
+            "rebuild.START_UP = int(sys.argv[1]); submask.apply_mask(*sys.argv[2:5]); print(accel.numba_started())")
+    for start_up, started in [(START_UP, "False"), (1000, "True")]:  # MiniLM: ~22M elements, far below 2^28
+        out = tmp_path / f"out-{start_up}"
+        result = subprocess.run([sys.executable, "-c", code, str(start_up), str(minilm_bf16.base), str(delta[0]),
+                                 str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == started
+        rebuilt = sorted(out.glob("*.safetensors"))
+        assert rebuilt and all(file.read_bytes() == (minilm_bf16.finetuned / file.name).read_bytes()
+                               for file in rebuilt)

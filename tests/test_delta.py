@@ -124,6 +124,40 @@ def test_tensors_new_or_retyped_are_stored_whole(minilm_bf16, tmp_path: Path) ->
     assert (tmp_path / "out" / "finetuned.safetensors").read_bytes() == finetuned.read_bytes()
 
 
+def test_written_bytes_are_flushed_while_the_rest_is_made(minilm_bf16, tmp_path: Path, monkeypatch) -> None:
+    """The writer flushes what it wrote (fdatasync) while later chunks are made, and the file is still byte for
+    byte the finetuned one; a failing flush (here: the disk full) is an OutputError and leaves nothing."""
+    import errno
+    import os
+
+    from submask import OutputError, rebuild_write
+
+    if rebuild_write._FLUSH is None:
+        pytest.skip("no os.fdatasync here: the final fsync flushes everything")
+    delta = tmp_path / "d.smask"
+    build_mask(minilm_bf16.base, minilm_bf16.finetuned, delta, values=True)
+    flushed: list[int] = []
+
+    def counted(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_size)
+        os.fdatasync(fd)
+
+    monkeypatch.setattr(rebuild_write, "WRITEBACK_BYTES", 1 << 20)
+    monkeypatch.setattr(rebuild_write, "_FLUSH", counted)
+    submask.apply_mask(minilm_bf16.base, delta, tmp_path / "out")
+    assert_same_files(tmp_path / "out", minilm_bf16.finetuned)
+    size = (tmp_path / "out" / "model.safetensors").stat().st_size
+    assert len(flushed) >= 2 and 0 < flushed[0] < size  # flushed before the whole file was written
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rebuild_write, "_FLUSH", full)
+    with pytest.raises(OutputError, match="the disk is full.*nothing was written"):
+        submask.apply_mask(minilm_bf16.base, delta, tmp_path / "out2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.smask", "out"]
+
+
 def test_wrong_base_values_are_refused_and_nothing_is_left(minilm_bf16, tmp_path: Path) -> None:
     delta = tmp_path / "d.smask"
     build_mask(minilm_bf16.base, minilm_bf16.finetuned, delta, values=True)

@@ -11,7 +11,12 @@ cache) of:
 Goals (issue 25): rebuild >= 0.8x copy speed; the process at most 0.3 s more than in process; build >= 0.3x
 cat speed with the ladder, >= 0.5x without; build values <= 1.3x build. Every rebuild is checked by SHA-256.
 
-    python -m tools.bench.bench_delta_speed [--pairs LABEL ...] [--repeats 5]
+With ``--baseline DIR`` (another checkout, e.g. ``git archive main | tar -x -C DIR``), the rebuild and the
+rebuild process of that checkout's code run in the same rounds, on the same delta: *before* columns. Its
+in-process rebuild runs in a warm process of its own (numba started by a build first, as in this one), which
+reports the seconds of each ``apply_mask``.
+
+    python -m tools.bench.bench_delta_speed [--pairs LABEL ...] [--repeats 5] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,11 +32,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import submask
 
 from .delta_pairs import PAIRS, write_pair
-from .rebuild_stages import STAGES, stages
+from .rebuild_stages import APART, STAGES, stages
 from .report import markdown_table, process_env, write_section
 
 DEFAULT_PAIRS = ["BF16 adam iid 30%", "F32 adam columns 25%", "F32 sgd tensors 50%"]
@@ -44,28 +51,79 @@ def python_copy(source: Path, target: Path) -> None:
         os.fsync(writer.fileno())
 
 
-def timed(runs: dict[str, Callable[[], object]], before: dict[str, Callable[[], object]], repeats: int) -> dict:
-    """Best seconds of each run, the runs interleaved round by round; ``before[name]`` runs untimed first."""
+#: a warm process of another checkout: each line read rebuilds once in process and prints the seconds it took
+WARM_REBUILD = """
+import shutil, sys, time, submask
+base, finetuned, delta, out = sys.argv[1:5]
+submask.build_mask(base, finetuned, out + '-warm.smask', values=True, overwrite=True)  # numba started, as here
+submask.apply_mask(base, delta, out)  # once untimed, as here: its kernels loaded
+print(submask.__file__, flush=True)
+for _ in sys.stdin:
+    shutil.rmtree(out, ignore_errors=True)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    submask.apply_mask(base, delta, out)
+    print(time.perf_counter() - start, time.process_time() - start_cpu, flush=True)
+"""
+
+
+def timed(runs: dict[str, Callable[[], object]], before: dict[str, Callable[[], object]],
+          repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall and best CPU seconds (this process's, all threads, and its children's: user + system) of each
+    run, the runs interleaved round by round; ``before[name]`` runs untimed first. A run that returns a pair
+    of floats reports its own (a warm process of another checkout)."""
     best = {name: float("inf") for name in runs}
+    best_cpu = dict(best)
     for _ in range(repeats):
         for name, run in runs.items():
             before.get(name, lambda: None)()
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            start, start_cpu = time.perf_counter(), _cpu()
+            result = run()
+            seconds, cpu = result if isinstance(result, tuple) else (time.perf_counter() - start, _cpu() - start_cpu)
+            best[name], best_cpu[name] = min(best[name], seconds), min(best_cpu[name], cpu)
+    return best, best_cpu
 
 
-def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: int) -> list[str]:
+def _cpu() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+class WarmRebuild:
+    """A process of the checkout ``tree`` that rebuilds ``delta`` in process when asked (``WARM_REBUILD``)."""
+
+    def __init__(self, tree: Path, base: Path, finetuned: Path, delta: Path, out: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WARM_REBUILD, str(base), str(finetuned), str(delta), str(out)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=process_env(PYTHONPATH=str(tree)),
+            cwd=tree)  # -c and -m put the working directory first on the path
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        imported = self.stdout.readline().strip()
+        if not imported.startswith(str(tree.resolve())):
+            raise SystemExit(f"the baseline process imported {imported!r}, not the checkout {tree}")
+
+    def __call__(self) -> tuple[float, float]:
+        self.stdin.write("\n")
+        self.stdin.flush()
+        wall, cpu = self.stdout.readline().split()
+        return float(wall), float(cpu)
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait()
+
+
+def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: int,
+            baseline: Path | None = None) -> list[str]:
     delta, out, out_process, copy = work / "d.smask", work / "out", work / "out-process", work / "copy.bin"
     submask.build_mask(base, finetuned, delta, values=True)
     environment = process_env(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
                                                                          os.environ.get("PYTHONPATH")])))
-    runs: dict[str, Callable[[], object]] = {
+    apply = [sys.executable, "-m", "submask", "apply", str(base), str(delta), "-q", "-o"]
+    runs: dict[str, Callable[[], Any]] = {
         "copy": lambda: python_copy(finetuned, copy),
         "rebuild": lambda: submask.apply_mask(base, delta, out),
-        "rebuild process": lambda: subprocess.run([sys.executable, "-m", "submask", "apply", str(base), str(delta),
-                                                   "-o", str(out_process)], check=True, env=environment),
+        "rebuild process": lambda: subprocess.run([*apply, str(out_process)], check=True, env=environment),
         "cat": lambda: subprocess.run(["cat", str(base), str(finetuned)], stdout=subprocess.DEVNULL, check=True),
         "build": lambda: submask.build_mask(base, finetuned, work / "m.smask", overwrite=True),
         "build no ladder": lambda: submask.build_mask(base, finetuned, work / "m.smask", ladder=False,
@@ -74,9 +132,24 @@ def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: i
     }
     before = {"rebuild": lambda: shutil.rmtree(out, ignore_errors=True),
               "rebuild process": lambda: shutil.rmtree(out_process, ignore_errors=True)}
-    best = timed(runs, before, repeats)
+    folders, warm = [out, out_process], None
+    if baseline is not None:
+        out_before, out_process_before = work / "out-before", work / "out-process-before"
+        warm = WarmRebuild(baseline, base, finetuned, delta, out_before)
+        old_environment = process_env(PYTHONPATH=str(baseline))
+        runs["rebuild before"] = warm
+        runs["rebuild process before"] = lambda: subprocess.run([*apply, str(out_process_before)], check=True,
+                                                                env=old_environment, cwd=baseline)
+        before["rebuild process before"] = lambda: shutil.rmtree(out_process_before, ignore_errors=True)
+        folders += [out_before, out_process_before]
+    submask.apply_mask(base, delta, out, overwrite=True)  # once untimed: its kernels loaded, as in a warm process
+    try:
+        best, best_cpu = timed(runs, before, repeats)
+    finally:
+        if warm is not None:
+            warm.close()
     expected = hashlib.sha256(finetuned.read_bytes()).hexdigest()
-    for folder in (out, out_process):
+    for folder in folders:
         if hashlib.sha256((folder / finetuned.name).read_bytes()).hexdigest() != expected:
             raise SystemExit(f"{pair_label}: the rebuild in {folder} differs from the finetuned file")
     def ratio(top: str, bottom: str, met: Callable[[float], bool]) -> str:
@@ -84,11 +157,15 @@ def measure(pair_label: str, base: Path, finetuned: Path, work: Path, repeats: i
         shown = f"**{value:.2f}**" if met(value) else f"{value:.2f} (missed)"
         return f"{best[top]:.2f} / {best[bottom]:.2f} = " + shown
 
-    extra = best["rebuild process"] - best["rebuild"]
+    def extra(suffix: str = "") -> str:
+        seconds = best["rebuild process" + suffix] - best["rebuild" + suffix]
+        cpu = best_cpu["rebuild process" + suffix] - best_cpu["rebuild" + suffix]
+        return (f"**{seconds:+.2f} s**" if seconds <= 0.3 else f"{seconds:+.2f} s (missed)") + f" / {cpu:+.2f} s"
+
+    then = [ratio("copy", "rebuild before", lambda v: v >= 0.8), extra(" before")] if baseline is not None else []
     return [pair_label, f"{finetuned.stat().st_size / 2**20:.0f}", ratio("copy", "rebuild", lambda v: v >= 0.8),
-            f"**{extra:+.2f} s**" if extra <= 0.3 else f"{extra:+.2f} s (missed)",
-            ratio("cat", "build", lambda v: v >= 0.3), ratio("cat", "build no ladder", lambda v: v >= 0.5),
-            ratio("build values", "build", lambda v: v <= 1.3)]
+            extra(), *then, ratio("cat", "build", lambda v: v >= 0.3),
+            ratio("cat", "build no ladder", lambda v: v >= 0.5), ratio("build values", "build", lambda v: v <= 1.3)]
 
 
 def main() -> None:
@@ -96,6 +173,8 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose rebuild runs in the same rounds "
+                        "(before columns), e.g. made with `git archive main | tar -x -C DIR`")
     args = parser.parse_args()
     rows, stage_rows, load_start = [], [], os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-delta-speed-") as tmp:
@@ -104,18 +183,20 @@ def main() -> None:
                 continue
             folder = Path(tmp) / pair.label.replace(" ", "-").replace("%", "")
             base, finetuned = write_pair(folder, pair)
-            rows.append(measure(pair.label, base, finetuned, folder, args.repeats))
+            rows.append(measure(pair.label, base, finetuned, folder, args.repeats, args.baseline))
             print(" | ".join(rows[-1]), flush=True)
             spent = stages(base, folder / "d.smask", args.repeats)
             stage_rows.append([pair.label, *(f"{spent[stage] * 1000:.0f}" for stage in STAGES),
-                               f"{sum(spent.values()) * 1000:.0f}"])
+                               f"{sum(spent[stage] for stage in STAGES) * 1000:.0f}",
+                               *(f"{spent[stage] * 1000:.0f}" for stage in APART)])
             print(" | ".join(stage_rows[-1]), flush=True)
             shutil.rmtree(folder)
     body = (f"Best of {args.repeats} interleaved repeats, hot page cache, on pairs of `tools/bench/delta_pairs.py`. "
             "*rebuild vs copy*: seconds of a Python copy of the finetuned file with fsync over seconds of "
             "`apply_mask(base, delta, out)` in process (its SHA-256 verified before the folder appears; goal "
-            ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s; bytecode caches used, as an "
-            "installed package's); *build vs cat*: "
+            ">= 0.8); *process*: what `python -m submask apply -q` takes more, in wall seconds (goal <= 0.3 s) / in "
+            "CPU seconds (user + system, all threads; the machine's load inflates it far less), bytecode caches "
+            "used, as an installed package's; *build vs cat*: "
             "seconds of a hot `cat` of both files over seconds of `build_mask` to a file with the default ladder "
             "(goal >= 0.3) and without it (goal >= 0.5); *values / mask*: `build --values` over the mask-only "
             "build (goal <= 1.3). Every rebuild was checked by SHA-256. Load average "
@@ -127,7 +208,10 @@ def main() -> None:
             "repeats; fsync in wall time). A rebuild runs them on four threads (`submask/rebuild_write.py`): the "
             "masks and zstd planes are decoded ahead on one, the base is read and the values decoded in place on "
             "the caller's, SHA-256 and the writes each on their own, so the stages overlap as far as free cores "
-            "allow. Where a build's time went when profiled once (CPU per build, thread-time wrappers, F32 sgd "
+            "allow; what is written is flushed to the disk (fdatasync) on a fifth while the rest is made, so the "
+            "final fsync overlaps the work too. *decode, numpy*: the same decode without numba, what a command "
+            "line runs on a delta of fewer than 2^30 elements (not in the sum). "
+            "Where a build's time went when profiled once (CPU per build, thread-time wrappers, F32 sgd "
             "pair, load 8; not rerun by this bench): the mask-only build with the ladder ~70 ms (reading both files "
             "~25, the compare kernel and ladder ~20, mask encoding ~11); with values ~260 ms: the compare pass "
             "also gathers both sides' changed values and codes their differences while in cache (~29), then per "
@@ -137,10 +221,14 @@ def main() -> None:
             "time for 14 MB on this disk). The process column is what starting Python, numpy, click and the "
             "modules of `apply` adds (a rebuild of fewer than 2^30 elements leaves numba unstarted; "
             "`bench_startup` measures that floor).\n\n"
-            + markdown_table(["pair", "MiB", "rebuild vs copy", "process", "build vs cat", "no ladder vs cat",
-                              "values / mask"], rows)
+            + (f"*Before*: the same rebuild and process from the checkout `{args.baseline}`, in the same rounds "
+               "(its in-process rebuild timed in a warm process of its own, numba started there too).\n\n"
+               if args.baseline else "")
+            + markdown_table(["pair", "MiB", "rebuild vs copy", "process",
+                              *(["before: rebuild vs copy", "before: process"] if args.baseline else []),
+                              "build vs cat", "no ladder vs cat", "values / mask"], rows)
             + "\n\nA rebuild's stages, ms (CPU of one thread; fsync: wall):\n\n"
-            + markdown_table(["pair", *STAGES, "sum"], stage_rows))
+            + markdown_table(["pair", *STAGES, "sum", *APART], stage_rows))
     if not args.no_write:
         write_section("delta-speed", "Deltas: build and rebuild against copying the files", body)
 

@@ -1,6 +1,8 @@
 """Where a rebuild's work goes: each stage of ``submask.rebuild_write`` run one after another on one thread,
 timed in CPU seconds of that thread (``time.thread_time``, which other jobs on the machine inflate far less
-than wall time), fsync in wall seconds (it waits on the disk). Used by ``bench_delta_speed``.
+than wall time), fsync in wall seconds (it waits on the disk). Used by ``bench_delta_speed``. *decode, numpy*
+is the same decode without numba (what a command line on a delta of fewer than 2^30 elements runs), timed
+apart: it is not part of the sum's rebuild.
 
     python -m tools.bench.rebuild_stages BASE DELTA
 """
@@ -19,16 +21,18 @@ from typing import Any
 import numpy as np
 
 import submask
+from submask.accel import numba_disabled
 from submask.checkpoints.sources import open_source
 from submask.rebuild_kernels import decode_into
 
 STAGES = ["mask", "zstd planes + CRC", "read base", "decode in place", "SHA-256", "write", "fsync"]
+APART = ["decode, numpy"]
 
 
 def stages(base: Path, delta: Path, repeats: int = 3) -> dict[str, float]:
     """Best seconds of each stage over ``repeats`` rebuilds of ``delta``'s one file (values coded against
     the base); the output is checked against the recorded SHA-256."""
-    best = dict.fromkeys(STAGES, float("inf"))
+    best = dict.fromkeys(STAGES + APART, float("inf"))
     for _ in range(repeats):
         for stage, seconds in _one(base, delta).items():
             best[stage] = min(best[stage], seconds)
@@ -36,7 +40,7 @@ def stages(base: Path, delta: Path, repeats: int = 3) -> dict[str, float]:
 
 
 def _one(base: Path, delta: Path) -> dict[str, float]:
-    spent = dict.fromkeys(STAGES, 0.0)
+    spent = dict.fromkeys(STAGES + APART, 0.0)
 
     def timed(stage: str, run: Callable[..., Any], *args: Any) -> Any:
         clock = time.perf_counter if stage == "fsync" else time.thread_time
@@ -63,6 +67,8 @@ def _one(base: Path, delta: Path) -> dict[str, float]:
                 stop = min(start + block_elements, info.numel)
                 chunk = timed("read base", source.read, name, start, stop, buffer)
                 where = None if bits.count == bits.numel else bits.packed[start // 8: (stop + 7) // 8]
+                with numba_disabled():
+                    timed("decode, numpy", decode_into, chunk.copy(), where, decoded[index], info.dtype.name)
                 timed("decode in place", decode_into, chunk, where, decoded[index], info.dtype.name)
                 timed("SHA-256", digest.update, chunk)
                 timed("write", out.write, chunk)
