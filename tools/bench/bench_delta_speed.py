@@ -29,11 +29,11 @@ from pathlib import Path
 
 import submask
 
-from .delta_pairs import PAIRS, write_pair
+from .delta_pairs import LARGE_PAIRS, PAIRS, cached_pair, write_pair
 from .rebuild_stages import STAGES, stages
 from .report import markdown_table, process_env, write_section
 
-DEFAULT_PAIRS = ["BF16 adam iid 30%", "F32 adam columns 25%", "F32 sgd tensors 50%"]
+DEFAULT_PAIRS = ["BF16 adam iid 30%", "F32 adam columns 25%", "F32 sgd tensors 50%", "BF16 adam iid 30% x12"]
 BLOCK = 16 << 20
 
 
@@ -99,11 +99,15 @@ def main() -> None:
     args = parser.parse_args()
     rows, stage_rows, load_start = [], [], os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-delta-speed-") as tmp:
-        for pair in PAIRS:
+        for pair in PAIRS + LARGE_PAIRS:
             if pair.label not in args.pairs:
                 continue
             folder = Path(tmp) / pair.label.replace(" ", "-").replace("%", "")
-            base, finetuned = write_pair(folder, pair)
+            if pair in LARGE_PAIRS:  # kept on disk between runs (delta_pairs.CACHE)
+                folder.mkdir(parents=True)
+                base, finetuned = cached_pair(pair)
+            else:
+                base, finetuned = write_pair(folder, pair)
             rows.append(measure(pair.label, base, finetuned, folder, args.repeats))
             print(" | ".join(rows[-1]), flush=True)
             spent = stages(base, folder / "d.smask", args.repeats)
