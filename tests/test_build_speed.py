@@ -121,3 +121,38 @@ def test_a_build_writes_the_same_delta_however_many_tensors_wait_to_be_written(t
         submask.apply_mask(base, out, tmp_path / f"out{pending_bytes}")
         assert (tmp_path / f"out{pending_bytes}" / "model.safetensors").read_bytes() == finetuned.read_bytes()
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("max_shard_bytes", [None, 50_000])
+def test_payloads_held_in_memory_or_spilled_write_the_same_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 max_shard_bytes: int | None) -> None:
+    """A writer keeps payloads in memory up to SPILL_BYTES (all shards together), then spills to a scratch file:
+    none, part or all spilled, the files are the same bytes, and a caller's buffer changed after ``add_encoded``
+    does not change them."""
+    from submask import MaskWriter, TensorMask
+    from submask.format import writer as writer_module
+    from submask.format.tensors import encode_tensor
+    from submask.metadata import MaskMetadata
+
+    rng = np.random.default_rng(5)
+    masks = {f"m{index}": rng.random((300, 1000 + index)) < 0.1 for index in range(6)}
+    written = []
+    for spill_bytes in (0, 30_000, 1 << 40):
+        monkeypatch.setattr(writer_module, "SPILL_BYTES", spill_bytes)
+        out = tmp_path / f"{spill_bytes}" / "m.smask"
+        out.parent.mkdir()
+        with MaskWriter(out, MaskMetadata(kind="update"), max_shard_bytes=max_shard_bytes, write_id="0" * 32) as writer:
+            for name, bits in masks.items():
+                mask = TensorMask.from_numpy(bits)
+                entry, payload = encode_tensor(name, mask.shape, mask.packed, mask.count)
+                buffer = bytearray(payload)
+                writer.add_encoded(entry, buffer)
+                buffer[:] = bytes(len(buffer))  # the caller reuses its buffer
+        files = sorted(path for path in out.parent.iterdir())
+        assert [path.name for path in files if path.name.startswith(".")] == []  # no scratch file left
+        written.append({path.name: path.read_bytes() for path in files})
+        with submask.open(writer.index_path or out) as opened:
+            assert all(np.array_equal(opened[name].to_numpy(), bits) for name, bits in masks.items())
+    assert written[0] == written[1] == written[2]
+    assert sum(map(len, written[0].values())) > 2 * 30_000  # the middle writer spilled part of its payloads
+    assert len(written[0]) == 1 if max_shard_bytes is None else len(written[0]) > 2  # shards and their index
