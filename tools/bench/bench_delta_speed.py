@@ -115,7 +115,8 @@ def main() -> None:
                                f"{sum(spent.values()) * 1000:.0f}"])
             print(" | ".join(stage_rows[-1]), flush=True)
             shutil.rmtree(folder)
-    body = (f"Best of {args.repeats} interleaved repeats, hot page cache, on pairs of `tools/bench/delta_pairs.py`. "
+    body = (f"Best of {args.repeats} interleaved repeats, hot page cache, on pairs of `tools/bench/delta_pairs.py` "
+            "(the x12 pair, 227 MB a side, shows throughput where the others also show fixed costs). "
             "*rebuild vs copy*: seconds of a Python copy of the finetuned file with fsync over seconds of "
             "`apply_mask(base, delta, out)` in process (its SHA-256 verified before the folder appears; goal "
             ">= 0.8); *process*: what `python -m submask apply` takes more (goal <= 0.3 s; bytecode caches used, as an "
