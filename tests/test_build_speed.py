@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import submask
 from submask.builder import pipeline
-from submask.format import diffs
+from submask.format import diffs, plane_coding
 from submask.format.payloads import RECORD_HEADER, STORED, ZSTD
 
 
@@ -54,9 +54,9 @@ def test_planes_coded_in_parallel_are_the_bytes_coded_in_turn(dtype: str, monkey
     zstd frame of its level (the top one at TOP_PLANE_LEVEL) or stored where that is not shorter."""
     pytest.importorskip("numba")
     base, new = moved_weights(300_000, dtype)
-    monkeypatch.setattr(diffs, "PARALLEL_PLANE_BYTES", 1)
+    monkeypatch.setattr(plane_coding, "PARALLEL_PLANE_BYTES", 1)
     parallel = coded(new, base, dtype)
-    monkeypatch.setattr(diffs, "PARALLEL_PLANE_BYTES", 1 << 40)
+    monkeypatch.setattr(plane_coding, "PARALLEL_PLANE_BYTES", 1 << 40)
     assert coded(new, base, dtype) == parallel
     records = planes_of(parallel, base.itemsize)
     assert records[-1][0] == ZSTD and (dtype == "BF16" or records[0][0] == STORED)  # both kinds are exercised
@@ -64,13 +64,13 @@ def test_planes_coded_in_parallel_are_the_bytes_coded_in_turn(dtype: str, monkey
     diffs.zigzag_kernel.compiled(new, base, zigzag, keys, *diffs.kernel_args(dtype, base.itemsize)[:3])
     planes = np.ascontiguousarray(zigzag[np.argsort(keys, kind="stable")].view(np.uint8).reshape(-1, base.itemsize).T)
     for index, (plane, (method, data)) in enumerate(zip(planes, records)):
-        level = diffs.TOP_PLANE_LEVEL if index == base.itemsize - 1 else diffs.ZSTD_LEVEL
+        level = plane_coding.TOP_PLANE_LEVEL if index == base.itemsize - 1 else plane_coding.ZSTD_LEVEL
         frame = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(plane.tobytes())
         assert (method, data) == ((ZSTD, frame) if len(frame) < plane.size else (STORED, plane.tobytes()))
 
 
 def _code_in_child(dtype: str) -> bytes:
-    diffs.PARALLEL_PLANE_BYTES = 1
+    plane_coding.PARALLEL_PLANE_BYTES = 1
     base, new = moved_weights(100_000, dtype)
     return coded(new, base, dtype)
 
@@ -79,9 +79,9 @@ def test_a_forked_child_codes_planes_on_threads_of_its_own(monkeypatch: pytest.M
     """The encode threads are kept for the process; a child forked after they started starts its own (the
     parent's are not in it) instead of waiting forever on them."""
     pytest.importorskip("numba")
-    monkeypatch.setattr(diffs, "PARALLEL_PLANE_BYTES", 1)
+    monkeypatch.setattr(plane_coding, "PARALLEL_PLANE_BYTES", 1)
     expected = _code_in_child("F32")
-    assert diffs._pool is not None  # started in this process
+    assert plane_coding._pool is not None  # started in this process
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_code_in_child, ("F32",)).get(timeout=120) == expected
 

@@ -6,9 +6,10 @@ into per-thread buffers (files are never memory-mapped, see ``safetensors_file``
 torch device stay there), compare them and pack the bits, then encode each finished tensor (the compiled
 kernel, numpy and zstd release the GIL, so all of it overlaps); one more thread writes the encoded tensors
 in order while the next ones are compared. Memory holds the chunks in flight plus the packed bits of the
-tensors being finished, never a whole checkpoint (a build with values also holds each tensor's changed
-values until it is written: ``values``). Each checkpoint file is checked for changes between
-tensors and before the mask is committed, so a build never returns a mask of a file rewritten meanwhile.
+tensors being finished (2 of them, or more within PENDING_BYTES), never a whole checkpoint (a build with
+values also holds each tensor's changed values until it is written: ``values``; the writer, the payloads
+up to ``format.writer.SPILL_BYTES``). Each checkpoint file is checked for changes between tensors and before
+the mask is committed, so a build never returns a mask of a file rewritten meanwhile.
 """
 
 from __future__ import annotations

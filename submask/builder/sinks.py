@@ -13,8 +13,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..format import MaskWriter
-from ..format.diffs import Differences, encode_pool
+from ..format.diffs import Differences
 from ..format.header import TensorEntry
+from ..format.plane_coding import encode_pool
 from ..format.tensors import encode_tensor
 from ..format.values import TensorValues, encode_tensor_values
 from ..mask import Mask, TensorMask

@@ -15,8 +15,6 @@ from the one piece of the base it reads anyway.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,16 +27,10 @@ from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageErro
 from ..packed import crc32_update
 from .header import DIFF_PLANES, DTYPE_SIZES
 from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
+from .plane_coding import BLOCK_HEADER, Planes
 
 BLOCK_ELEMENTS = 1 << 22  # the writers' block: a rebuild reads the base this many elements at a time
 MAX_BLOCK_ELEMENTS = 1 << 24
-ZSTD_LEVEL = 3  # level 1 is 2-3x faster and smaller on most bench pairs, but larger on MiniLM bf16 (0.0323 vs 0.0320)
-# ... except on the top plane of values of 2 bytes or more, where level 1 coded no delta of the delta bench larger
-# than level 3 did (all 9 smaller, by up to 1%), in about half the time; the larger MiniLM bf16 delta at level 1 came
-# from its low plane.
-TOP_PLANE_LEVEL = 1
-PARALLEL_PLANE_BYTES = 1 << 18  # a block's planes from this size on are coded in parallel (``_Planes``)
-BLOCK_HEADER = 4  # u32 LE: the block's values
 MANTISSA_BITS = {"F8_E4M3": 3, "F8_E5M2": 2, "F16": 10, "BF16": 7, "F32": 23, "F64": 52}
 UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -114,7 +106,7 @@ def encode_blocks(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, count
         zigzag, keys = np.empty_like(new_bits), np.empty(new_bits.size, np.uint8)
         kernel(new_bits, base_bits, zigzag, keys, *kernel_args(dtype, new_bits.itemsize)[:3])
         return encode_differences([zigzag], [keys], dtype, counts, block_elements)
-    planes, records, done, crc = _Planes(), [], 0, 0
+    planes, records, done, crc = Planes(), [], 0, 0
     for count in counts:
         zigzag = _numpy_block(new_bits[done : done + count], base_bits[done : done + count], dtype)
         crc = crc32_update(zigzag.view(np.uint8), crc)
@@ -135,7 +127,7 @@ def encode_differences(zigzag: list[np.ndarray], keys: list[np.ndarray], dtype: 
                          f"{[piece.size for piece in zigzag]} and {[piece.size for piece in keys]}")
     itemsize = zigzag[0].itemsize if zigzag else DTYPE_SIZES[dtype]
     ordered = dtype in MANTISSA_BITS
-    planes, records, crc, pieces = _Planes(), [], 0, _Pieces(zigzag, keys)
+    planes, records, crc, pieces = Planes(), [], 0, _Pieces(zigzag, keys)
     for count in counts:
         block, block_keys = pieces.take(count)
         if ordered:  # a stable counting sort by the exponent field
@@ -174,71 +166,6 @@ class _Pieces:
             if self.offset == piece.size:
                 self.index, self.offset = self.index + 1, 0
         return taken
-
-
-class _Planes:
-    """A block's record: its count, then each plane stored or as one zstd frame, whichever is shorter.
-
-    The top plane of values of two bytes or more (sign, exponent and the high mantissa bits) is coded at
-    ``TOP_PLANE_LEVEL``, the others at ``ZSTD_LEVEL``. Planes of ``PARALLEL_PLANE_BYTES`` or more are coded on
-    the encode threads (``encode_pool``), one plane each, so a large tensor's block does not keep one core busy
-    while the other waits (zstd releases the GIL); the record is the same bytes either way."""
-
-    def record(self, planes: np.ndarray) -> bytes:
-        """The record of a block whose planes are the rows of ``planes`` (uint8, itemsize x count)."""
-        levels = [ZSTD_LEVEL] * planes.shape[0]
-        if len(levels) > 1:
-            levels[-1] = TOP_PLANE_LEVEL
-        if planes.shape[1] >= PARALLEL_PLANE_BYTES and len(levels) > 1:
-            pool = encode_pool()
-            later = [pool.submit(_plane, raw, level) for raw, level in zip(planes[::-1][:-1], levels[::-1][:-1])]
-            coded = [_plane(planes[0], levels[0]), *(future.result() for future in reversed(later))]
-        else:
-            coded = [_plane(raw, level) for raw, level in zip(planes, levels)]
-        records: list[bytes | memoryview] = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
-        for method, data in coded:
-            records += [bytes([method]), len(data).to_bytes(4, "little"), data]
-        return b"".join(records)
-
-
-_compressors = threading.local()  # each thread's, by level: a new one costs as much as coding a plane of a few MiB
-_pool_lock = threading.Lock()
-_pool: Any = None
-
-
-def _plane(raw: np.ndarray, level: int) -> tuple[int, bytes | memoryview]:
-    """(method, data) of one plane: one zstd frame at ``level``, or the plane stored when that is not shorter."""
-    by_level = getattr(_compressors, "by_level", None)
-    if by_level is None:
-        by_level = _compressors.by_level = {}
-    compressor = by_level.get(level)
-    if compressor is None:
-        import zstandard  # here: commands that never write values skip its import
-
-        compressor = by_level[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    packed = compressor.compress(raw.data)
-    return (ZSTD, packed) if len(packed) < raw.size else (STORED, raw.data)
-
-
-def encode_pool() -> Any:
-    """The threads that code planes (and a build's masks) beside the caller: one per core, started on first use
-    and kept (a pool per build would start its threads again each time). Tasks on it never wait for each other."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor  # here: it imports logging (see builder.pipeline)
-
-            _pool = ThreadPoolExecutor(os.cpu_count() or 1, "submask-encode")
-        return _pool
-
-
-def _forget_pool() -> None:
-    """In a forked child: the parent's threads are not there, so the next use starts a pool of its own."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool)
 
 
 def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, counts: list[int] | None = None,
