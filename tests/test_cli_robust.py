@@ -295,10 +295,12 @@ def test_rebuild_staging_left_by_kill_9_is_removed_by_the_next_run(minilm_bf16, 
 def test_build_part_files_left_by_kill_9_are_removed_by_the_next_run(minilm_bf16, tmp_path: Path) -> None:
     process = _start_and_wait(f"""
         import time, numpy as np
+        import submask.format.writer
         from submask import MaskMetadata, MaskWriter, TensorMask
+        submask.format.writer.SPILL_BYTES = 0  # payloads to the scratch file at once (else held in memory)
         with MaskWriter({str(tmp_path / "rl.smask")!r}, MaskMetadata()) as writer:
             writer.add("w", TensorMask.from_numpy(np.ones(1000, bool)))
-            writer._shards[0].data.flush()
+            writer._shards[0].data.file.flush()
             print("writing", flush=True)
             time.sleep(600)
     """)

@@ -204,6 +204,7 @@ _DISK_FULL = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     import submask
+    import submask.format.writer
     from submask import Mask
 
     root = Path(sys.argv[1])
@@ -212,7 +213,9 @@ _DISK_FULL = textwrap.dedent("""
     old = Mask.from_numpy({f"t{i}": rng.random(40_000) < 0.5 for i in range(12)})  # 12 shards, 60 KB
     submask.save(old, root / "rl.smask", encoding="raw", max_shard_bytes=6_000)
     before = {p.name: p.read_bytes() for p in root.iterdir()}
-    # 12 shards, 600 KB: the payloads fit while they are spilled, the shards written from them do not
+    # 12 shards, 600 KB: the payloads fit while they are spilled, the shards written from them do not (spilled
+    # all: a writer otherwise keeps up to SPILL_BYTES of them in memory)
+    submask.format.writer.SPILL_BYTES = 0
     new = Mask.from_numpy({f"t{i}": rng.random(400_000) < 0.5 for i in range(12)})
     try:
         submask.save(new, root / "rl.smask", encoding="raw", max_shard_bytes=60_000, overwrite=True)

@@ -6,9 +6,10 @@ into per-thread buffers (files are never memory-mapped, see ``safetensors_file``
 torch device stay there), compare them and pack the bits, then encode each finished tensor (the compiled
 kernel, numpy and zstd release the GIL, so all of it overlaps); one more thread writes the encoded tensors
 in order while the next ones are compared. Memory holds the chunks in flight plus the packed bits of the
-tensors being finished, never a whole checkpoint (a build with values also holds each tensor's changed
-values until it is written: ``values``). Each checkpoint file is checked for changes between
-tensors and before the mask is committed, so a build never returns a mask of a file rewritten meanwhile.
+tensors being finished (2 of them, or more within PENDING_BYTES), never a whole checkpoint (a build with
+values also holds each tensor's changed values until it is written: ``values``; the writer, the payloads
+up to ``format.writer.SPILL_BYTES``). Each checkpoint file is checked for changes between tensors and before
+the mask is committed, so a build never returns a mask of a file rewritten meanwhile.
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight 
 # amortise each chunk's kernel launches and the copy back of its counts.
 DEVICE_CHUNK_BYTES = 256 * 1024 * 1024
 DEVICE_WORKERS = 4
-PENDING_WRITES = 2  # finished tensors being encoded or waiting for the writer thread
+# Finished tensors being encoded or waiting for the writer thread: up to PENDING_WRITES of them, more while
+# their bits and values take at most PENDING_BYTES (a large tensor's encoding then never stalls the compares
+# of the small ones after it).
+PENDING_WRITES = 2
+PENDING_BYTES = 128 * 1024 * 1024
 FLOAT64 = DTYPES["F64"]
 
 Pattern = str | re.Pattern[str]
@@ -104,6 +109,11 @@ class _TensorJob:
                                   _joined(self.base_pieces) if self.base_pieces else None)
         self.pieces, self.base_pieces = [], []
         return values
+
+    def held_bytes(self) -> int:
+        """What the tensor holds until it is written: its packed bits and the values taken."""
+        return self.packed.nbytes + sum(piece.nbytes for pieces in (self.pieces, self.base_pieces)
+                                        for piece in pieces if piece is not None)
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -333,7 +343,7 @@ class _Run:
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
         ladders: dict[str, list[int]] = {}
         pending: deque[tuple[_TensorJob, Future[tuple[int, list[int] | None, int]], bool]] = deque()
-        writes: deque[Future[None]] = deque()
+        writes: deque[tuple[Future[None], int]] = deque()  # and the bytes each holds
         finetuned, stored_whole = self.sources[1].tensors, set(whole or ())
         bar = _progress_bar(sum(i.numel * finetuned[i.name].dtype.itemsize + (0 if i.name in stored_whole else i.nbytes)
                                 for i in infos)) if self.progress else _NoBar()
@@ -341,14 +351,15 @@ class _Run:
 
         def finish(job: _TensorJob) -> None:
             self.check_unchanged()  # fail early, between tensors, once a checkpoint is rewritten
-            while len(writes) >= PENDING_WRITES:
-                writes.popleft().result()
+            held = job.held_bytes()
+            while len(writes) >= PENDING_WRITES and sum(nbytes for _, nbytes in writes) + held > PENDING_BYTES:
+                writes.popleft()[0].result()
             if sink.inline:  # nothing to encode: no hand-off to the threads
                 sink.commit(sink.prepare(job.info.name, job.info.shape, job.packed, job.ones, job.take_values()))
             else:
                 prepared = pool.submit(sink.prepare, job.info.name, job.info.shape, job.packed, job.ones,
                                        job.take_values())
-                writes.append(writer.submit(lambda: sink.commit(prepared.result())))
+                writes.append((writer.submit(lambda: sink.commit(prepared.result())), held))
             stats["changed"] += job.ones
             stats["numel"] += job.info.numel
             stats["dtypes"][job.info.name] = job.info.dtype.name
@@ -382,7 +393,7 @@ class _Run:
             while pending:
                 collect()
             while writes:
-                writes.popleft().result()
+                writes.popleft()[0].result()
         finally:
             bar.close()
             pool.shutdown(wait=True, cancel_futures=True)

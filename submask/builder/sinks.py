@@ -15,6 +15,7 @@ import numpy as np
 from ..format import MaskWriter
 from ..format.diffs import Differences
 from ..format.header import TensorEntry
+from ..format.plane_coding import encode_pool
 from ..format.tensors import encode_tensor
 from ..format.values import TensorValues, encode_tensor_values
 from ..mask import Mask, TensorMask
@@ -93,10 +94,11 @@ class FileSink:
 
     def prepare(self, name: str, shape: tuple[int, ...], packed: np.ndarray, ones: int,
                 values: TensorValues | Differences | None) -> tuple[TensorEntry, bytes, bytes | None]:
-        entry, payload = encode_tensor(name, shape, packed, ones)
         if values is None:
-            return entry, payload, None
+            return (*encode_tensor(name, shape, packed, ones), None)
+        mask = encode_pool().submit(encode_tensor, name, shape, packed, ones)  # beside the values, on another core
         record, values_payload = encode_tensor_values(name, values, ones, packed=packed, numel=math.prod(shape))
+        entry, payload = mask.result()
         return replace(entry, values=record), payload, values_payload
 
     def commit(self, prepared: tuple[TensorEntry, bytes, bytes | None]) -> None:

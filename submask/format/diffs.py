@@ -15,7 +15,6 @@ from the one piece of the base it reads anyway.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +27,10 @@ from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageErro
 from ..packed import crc32_update
 from .header import DIFF_PLANES, DTYPE_SIZES
 from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
+from .plane_coding import BLOCK_HEADER, Planes
 
 BLOCK_ELEMENTS = 1 << 22  # the writers' block: a rebuild reads the base this many elements at a time
 MAX_BLOCK_ELEMENTS = 1 << 24
-ZSTD_LEVEL = 3  # level 1 is 2-3x faster and smaller on most bench pairs, but larger on MiniLM bf16 (0.0323 vs 0.0320)
-BLOCK_HEADER = 4  # u32 LE: the block's values
 MANTISSA_BITS = {"F8_E4M3": 3, "F8_E5M2": 2, "F16": 10, "BF16": 7, "F32": 23, "F64": 52}
 UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -108,7 +106,7 @@ def encode_blocks(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str, count
         zigzag, keys = np.empty_like(new_bits), np.empty(new_bits.size, np.uint8)
         kernel(new_bits, base_bits, zigzag, keys, *kernel_args(dtype, new_bits.itemsize)[:3])
         return encode_differences([zigzag], [keys], dtype, counts, block_elements)
-    planes, records, done, crc = _Planes(), [], 0, 0
+    planes, records, done, crc = Planes(), [], 0, 0
     for count in counts:
         zigzag = _numpy_block(new_bits[done : done + count], base_bits[done : done + count], dtype)
         crc = crc32_update(zigzag.view(np.uint8), crc)
@@ -129,7 +127,7 @@ def encode_differences(zigzag: list[np.ndarray], keys: list[np.ndarray], dtype: 
                          f"{[piece.size for piece in zigzag]} and {[piece.size for piece in keys]}")
     itemsize = zigzag[0].itemsize if zigzag else DTYPE_SIZES[dtype]
     ordered = dtype in MANTISSA_BITS
-    planes, records, crc, pieces = _Planes(), [], 0, _Pieces(zigzag, keys)
+    planes, records, crc, pieces = Planes(), [], 0, _Pieces(zigzag, keys)
     for count in counts:
         block, block_keys = pieces.take(count)
         if ordered:  # a stable counting sort by the exponent field
@@ -168,30 +166,6 @@ class _Pieces:
             if self.offset == piece.size:
                 self.index, self.offset = self.index + 1, 0
         return taken
-
-
-class _Planes:
-    """A block's record: its count, then each plane stored or as one zstd frame, whichever is shorter. Each thread
-    keeps its compressor: a new one costs as much as coding a plane of a few MiB."""
-
-    _local = threading.local()
-
-    def __init__(self) -> None:
-        compressor = getattr(self._local, "compressor", None)
-        if compressor is None:
-            import zstandard  # here: commands that never write values skip its import
-
-            compressor = self._local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-        self.compressor = compressor
-
-    def record(self, planes: np.ndarray) -> bytes:
-        """The record of a block whose planes are the rows of ``planes`` (uint8, itemsize x count)."""
-        records: list[bytes | memoryview] = [planes.shape[1].to_bytes(BLOCK_HEADER, "little")]
-        for raw in planes:
-            packed = self.compressor.compress(raw)
-            method, data = (ZSTD, packed) if len(packed) < raw.size else (STORED, raw.data)
-            records += [bytes([method]), len(data).to_bytes(4, "little"), data]
-        return b"".join(records)
 
 
 def iter_blocks(payload: Payload, dtype: str, block_elements: int, count: int, counts: list[int] | None = None,

@@ -1,19 +1,21 @@
 """Streaming, atomic writing of .smask files and sharded masks (FORMAT.md §2, §6).
 
-Payloads are spilled to a scratch file next to the target as tensors arrive, so memory holds one tensor
-at a time; the final file(s) appear under their names only once everything is written.
+Payloads are kept as they arrive, in memory up to SPILL_BYTES (all shards together) and beyond that in a
+scratch file next to the target, so memory stays bounded; the final file(s) appear under their names only
+once everything is written. A delta or mask smaller than SPILL_BYTES is thus written once, not written to the
+scratch file and copied from it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -33,10 +35,63 @@ from .stats import stats_problems
 from .tensors import encode_tensor
 from .values import VALUES_PREFIX, TensorValues, encode_tensor_values, is_diff
 
+SPILL_BYTES = 64 * 1024 * 1024  # payload bytes a writer keeps in memory before it spills to a scratch file
+
+
+class _Held:
+    """Payload bytes in memory until SPILL_BYTES is reached (``budget``: what is left of it, shared by a
+    writer's shards), then in the scratch file that ``spill`` opens; read back once, as a file, by
+    ``container.write_container``."""
+
+    def __init__(self, spill: Callable[[], BinaryIO], budget: list[int]):
+        self._spill, self._budget = spill, budget
+        self._pieces: list[bytes] = []
+        self.file: BinaryIO | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.file is None and len(data) > self._budget[0]:
+            self.file = self._spill()
+            for piece in self._pieces:
+                self.file.write(piece)
+            self._budget[0] += sum(map(len, self._pieces))
+            self._pieces = []
+        if self.file is not None:
+            self.file.write(data)
+            return
+        if not data:  # an empty piece would read as the end
+            return
+        self._pieces.append(data if type(data) is bytes else bytes(data))  # kept: never a caller's mutable buffer
+        self._budget[0] -= len(data)
+
+    def source(self) -> BinaryIO | _Pieces:
+        """What ``write_container`` copies the payloads from."""
+        return self.file if self.file is not None else _Pieces(self._pieces)
+
+
+class _Pieces:
+    """Bytes held in memory, read as a file by ``container._copy_all`` (no ``fileno``: it reads them in turn)."""
+
+    def __init__(self, pieces: list[bytes]):
+        self._pieces, self._next = pieces, 0
+
+    def flush(self) -> None:
+        pass
+
+    def seek(self, offset: int) -> None:
+        if offset:
+            raise ValueError("held payloads are read from their start")
+        self._next = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._next == len(self._pieces):
+            return b""
+        self._next += 1
+        return self._pieces[self._next - 1]
+
 
 @dataclass
 class _Shard:
-    data: BinaryIO
+    data: _Held
     entries: list[TensorEntry] = field(default_factory=list)
     sizes: list[tuple[int, ...]] = field(default_factory=list)  # per entry: its mask payload's, then its values'
 
@@ -80,6 +135,7 @@ class MaskWriter:
         self.max_shard_bytes = max_shard_bytes
         self.write_id = write_id
         self._stack = ExitStack()
+        self._budget = [SPILL_BYTES]  # what the shards may still hold in memory
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
         self.paths: list[Path] = []
@@ -137,10 +193,12 @@ class MaskWriter:
     def _shard_for(self, size: int) -> _Shard:
         last = self._shards[-1] if self._shards else None
         if last is None or (self.max_shard_bytes and last.entries and last.nbytes + size > self.max_shard_bytes):
-            data = self._stack.enter_context(scratch_file(self.path.parent, self.path))
-            last = _Shard(data)
+            last = _Shard(self._held())
             self._shards.append(last)
         return last
+
+    def _held(self) -> _Held:
+        return _Held(lambda: self._stack.enter_context(scratch_file(self.path.parent, self.path)), self._budget)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         with self._stack:
@@ -148,7 +206,7 @@ class MaskWriter:
                 self._finish()
 
     def _finish(self) -> None:
-        shards = self._shards or [_Shard(self._stack.enter_context(scratch_file(self.path.parent, self.path)))]
+        shards = self._shards or [_Shard(self._held())]
         taken = set(self._names)
         for shard in shards:
             shard.entries = [replace(e, values=replace(e.values, entry=_free_values_name(e.name, taken)))
@@ -210,7 +268,7 @@ def _write_shard(out: BinaryIO, metadata: MaskMetadata, shard: _Shard, record: S
         header[SHARD_KEY] = record.to_json()
     header["tensors"] = {entry.name: (entry if minor >= PAYLOAD_CRC_MINOR else replace(entry, payload_crc32=None))
                          .to_json() for entry in shard.entries}
-    write_container(out, header, shard.payloads(), shard.data, minor)
+    write_container(out, header, shard.payloads(), cast(BinaryIO, shard.data.source()), minor)
 
 
 def check_writable(metadata: MaskMetadata, path: Path) -> None:

@@ -11,10 +11,16 @@ to the dtype again:
   factors, plus noise), so moves scale with rows and columns as real gradients do.
 
 In a low-precision dtype a move under half an ulp rounds back, so fewer values change than were picked.
+
+``LARGE_PAIRS`` repeat the shapes (``layers`` times) for pairs of a few hundred MB, where throughput rather than
+fixed costs shows; ``cached_pair`` keeps them on disk between runs.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +33,20 @@ NUMPY = {"F32": np.float32, "F16": np.float16}
 @dataclass(frozen=True)
 class Pair:
     """One synthetic pair: ``dtype`` (F32, F16, BF16), ``optimizer`` (adam, sgd), ``pattern`` (iid, rows,
-    columns, tensors: whole tensors trained, the rest frozen), ``share`` of the weights picked, ``lr``."""
+    columns, tensors: whole tensors trained, the rest frozen), ``share`` of the weights picked, ``lr``; ``SHAPES``
+    repeated ``layers`` times."""
 
     dtype: str
     optimizer: str
     pattern: str
     share: float
     lr: float
+    layers: int = 1
 
     @property
     def label(self) -> str:
-        return f"{self.dtype} {self.optimizer} {self.pattern} {self.share:.0%}"
+        label = f"{self.dtype} {self.optimizer} {self.pattern} {self.share:.0%}"
+        return label if self.layers == 1 else f"{label} x{self.layers}"
 
 
 PAIRS = [
@@ -49,6 +58,10 @@ PAIRS = [
     Pair("F32", "adam", "columns", 0.25, 1e-5),
     Pair("F32", "sgd", "tensors", 0.5, 3e-3),
 ]
+
+# 12 x 9.4 M weights: 227 MB a side in bf16 (not in bench_delta: zstd -19 of its peers would take minutes)
+LARGE_PAIRS = [Pair("BF16", "adam", "iid", 0.3, 1e-4, layers=12)]
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "submask-bench" / "pairs"
 
 
 def _round(weights: np.ndarray, dtype: str) -> np.ndarray:
@@ -87,7 +100,7 @@ def write_pair(root: Path, pair: Pair, seed: int = 0) -> tuple[Path, Path]:
 
     rng = np.random.default_rng(seed)
     base, finetuned = {}, {}
-    for index, shape in enumerate(SHAPES):
+    for index, shape in enumerate(SHAPES * pair.layers):
         weights = rng.normal(0.0, 0.02, size=shape).astype(np.float32)
         moved = np.where(_picked(rng, shape, pair.pattern, pair.share, index),
                          weights - _move(rng, shape, pair.optimizer, pair.lr), weights)
@@ -98,6 +111,21 @@ def write_pair(root: Path, pair: Pair, seed: int = 0) -> tuple[Path, Path]:
     root.mkdir(parents=True, exist_ok=True)
     save_file(base, root / "base.safetensors", metadata={"format": "pt"})
     save_file(finetuned, root / "finetuned.safetensors", metadata={"format": "pt"})
+    return root / "base.safetensors", root / "finetuned.safetensors"
+
+
+def cached_pair(pair: Pair, seed: int = 0) -> tuple[Path, Path]:
+    """``write_pair`` into the bench's cache (``CACHE``), written once: later runs reuse the files."""
+    root = CACHE / f"{pair.label.replace(' ', '-').replace('%', '')}-seed{seed}"
+    if not (root / "finetuned.safetensors").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=CACHE, prefix=".writing-"))
+        try:
+            write_pair(staging, pair, seed)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root / "base.safetensors", root / "finetuned.safetensors"
 
 
