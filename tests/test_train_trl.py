@@ -141,3 +141,11 @@ def test_dpo_that_syncs_its_reference_into_the_policy_keeps_the_guarantee(mode: 
     for name, value in reference.named_parameters():  # one sync, after step 2: (1 - alpha) start + alpha policy
         expected = start[name].clone().mul_(1.0 - ALPHA).add_(policy[name], alpha=ALPHA)
         assert torch.equal(value.detach(), expected), name
+
+
+def test_a_reference_sync_between_models_of_other_parameters_is_refused() -> None:
+    policy, reference = tiny_lm.model(), torch.nn.Linear(4, 4)
+    before = reference.weight.detach().clone()
+    with pytest.raises(submask.MismatchError, match="load the reference from the policy's own checkpoint"):
+        ReferenceSyncCallback.sync_target_model(policy, reference, ALPHA)
+    assert torch.equal(reference.weight, before)  # refused before writing anything
