@@ -327,10 +327,12 @@ def main() -> None:
         "December 2026 the bound left it out and said no). Sparse mode's values hold data only during the "
         "optimizer step. "
         + (f"glibc's mmap threshold fixed at {args.mmap_threshold:,} bytes (`MALLOC_MMAP_THRESHOLD_`): with "
-           "its dynamic default, the freed full gradients stay in the heap, and sparse peaks are higher by "
-           "up to the model's gradient size (docs/restriction.md, \"Memory\"). " if args.mmap_threshold else
+           "its dynamic default, freed weight-sized gradients stay in the heap and peaks are higher, sparse "
+           "ones most (BENCHMARKS.md, \"peak memory by phase\"; docs/restriction.md, \"Memory of a sparse "
+           "step\"). " if args.mmap_threshold else
            "glibc's default (dynamic) mmap threshold: freed weight-sized gradients stay in the process's heap, "
-           "which raises sparse peaks beyond what the step holds (docs/restriction.md, \"Memory\"). ")
+           "which raises sparse peaks beyond what the step holds (docs/restriction.md, \"Memory of a sparse "
+           "step\"). ")
         + f"Step = the fastest of {args.steps} steps after a warm-up. Load average {load_before:.1f} at the "
         f"start and {os.getloadavg()[0]:.1f} at the end (other jobs on the machine's {os.cpu_count()} cores): "
         "above the core count, step times are noisy.\n\n"
@@ -342,8 +344,9 @@ def main() -> None:
         name, title = ((f"train-fsdp2-{device}", f"Restricted finetuning under FSDP2, {args.ranks} ranks ({device})")
                        if args.ranks > 1 else (f"train-{device}", f"Restricted finetuning ({args.device})"))
         write_section(name, title, body, "python -m tools.bench.bench_train " + " ".join(
-            f"--{k} {getattr(args, k)}" for k in ("hidden", "layers", "vocab", "batch", "seq", "micro", "steps",
-                                                  "device", "ranks", "modes", "mmap_threshold")))
+            f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (
+                "hidden", "layers", "vocab", "batch", "seq", "micro", "steps", "device", "ranks", "modes",
+                "mmap_threshold")))
 
 
 if __name__ == "__main__":
