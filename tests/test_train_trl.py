@@ -17,7 +17,7 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 import tiny_lm  # noqa: E402
 
-from submask.integrations import UpdateDensityCallback  # noqa: E402
+from submask.integrations import ReferenceSyncCallback, UpdateDensityCallback  # noqa: E402
 from submask.train import restriction_of  # noqa: E402
 
 TRAINERS = ("sft", "dpo", "grpo")
@@ -107,3 +107,45 @@ def test_the_reference_model_is_not_restricted_and_does_not_move(run: dict[str, 
     assert not any(name.endswith("_submask_values") for name, _ in reference.named_parameters())
     for name, value in reference.state_dict().items():
         assert torch.equal(value, run["start"][name]), name
+
+
+ALPHA = 0.6  # TRL's default ref_model_mixup_alpha
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_dpo_that_syncs_its_reference_into_the_policy_keeps_the_guarantee(mode: str, tmp_path: Path) -> None:
+    """TR-DPO (``sync_ref_model=True``) mixes the policy into the reference model after each sync step:
+    the policy keeps every entry outside the mask, and the reference gets exactly TRL's mixture of its own
+    start and the policy's weights (by name: sparse mode's values are no weights of the reference)."""
+    model = tiny_lm.saved_model(tmp_path / "policy")
+    mask = tiny_lm.seeded_mask(model)
+    start = tiny_lm.start_of(model)
+    submask.restrict(model, mask, mode=mode)
+    pairs = [("is the cat good ?", "yes", "no"), ("where did the dog go ?", "on a mat", "bad")]
+    data = datasets.Dataset.from_list([{"prompt": prompt, "chosen": chosen, "rejected": rejected}
+                                       for prompt, chosen, rejected in pairs])
+    config = trl.DPOConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
+                           learning_rate=1e-2, weight_decay=0.1, report_to="none", save_strategy="no",
+                           logging_strategy="no", use_cpu=True, disable_tqdm=True, max_length=16,
+                           sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=ALPHA)
+    trainer = trl.DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tiny_lm.tokenizer())
+    ReferenceSyncCallback().attach(trainer)
+    reference = trainer.ref_model
+    trainer.train()
+    moved, broken = tiny_lm.moved_inside_kept_outside(model.state_dict(), start, mask)
+    assert broken == 0 and moved > 0.9 * mask.count
+    assert restriction_of(reference) is None and restriction_of(model) is not None
+    assert not any(name.endswith("_submask_values") for name, _ in reference.named_parameters())
+    policy = model.state_dict()
+    for name, value in reference.named_parameters():  # one sync, after step 2: (1 - alpha) start + alpha policy
+        expected = start[name].clone().mul_(1.0 - ALPHA).add_(policy[name], alpha=ALPHA)
+        assert torch.equal(value.detach(), expected), name
+
+
+def test_a_reference_sync_between_models_of_other_parameters_is_refused() -> None:
+    policy, reference = tiny_lm.model(), torch.nn.Linear(4, 4)
+    before = reference.weight.detach().clone()
+    with pytest.raises(submask.MismatchError, match="load the reference from the policy's own checkpoint"):
+        ReferenceSyncCallback.sync_target_model(policy, reference, ALPHA)
+    assert torch.equal(reference.weight, before)  # refused before writing anything

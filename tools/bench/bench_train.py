@@ -148,7 +148,8 @@ def run_one(args: argparse.Namespace) -> dict[str, float]:
                 if isinstance(t, torch.Tensor) and t.dim() > 0)
     return {"step_s": min(times[1:]), "peak": peak_bytes(args.device), "before": before, "weights": weights,
             "train": sum(local_bytes(p.grad) for p in trained) + state,
-            "overhead": restriction.overhead_bytes if restriction else 0}
+            "overhead": restriction.overhead_bytes if restriction else 0,
+            "largest": max(local_bytes(p) for p in model.parameters())}
 
 
 def interleaved(args: argparse.Namespace, density: float = 0.20) -> dict[str, dict[str, float]]:
@@ -228,8 +229,9 @@ def spawn(args: argparse.Namespace, mode: str, density: float) -> dict[str, floa
     with socket.socket() as probe:  # a free port for the ranks' rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    malloc = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}
     ranks = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={
-        **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(args.ranks),
+        **os.environ, **malloc, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(args.ranks),
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for rank in range(args.ranks)]
     results = []
     for process in ranks:
@@ -260,6 +262,9 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=1,
                         help="FSDP2 over this many gloo processes (CPU): per-rank peak memory")
     parser.add_argument("--modes", default="dense,sparse", help="restricted modes to run (memory table)")
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="glibc's M_MMAP_THRESHOLD in bytes for the measured processes (0: glibc's dynamic "
+                             "default, under which freed weight-sized gradients stay in the process's memory)")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -280,6 +285,7 @@ def main() -> None:
     full = spawn(args, "unrestricted", 0.0)
     state_bytes = full["train"]  # gradients + AdamW state of every parameter
     activations = full["peak"] - full["before"] - state_bytes  # what training adds besides them
+    largest = full["largest"]
     print(f"{full['weights'] / 4 / 1e6:.1f}M parameters, {args.micro * args.batch * args.seq} tokens per step, "
           f"unrestricted: {full['step_s'] * 1e3:,.0f} ms, peak {full['peak'] / mib:,.0f} MiB", flush=True)
     rows = [["-", "unrestricted", f"{full['step_s'] * 1e3:,.0f} (1.00)", f"{full['peak'] / mib:,.0f} (1.00)",
@@ -288,7 +294,9 @@ def main() -> None:
         for mode in args.modes.split(","):
             result = spawn(args, mode, density)
             added = result["peak"] - full["before"]  # same model, same process start: a common baseline
-            goal = activations + (density + 0.05) * state_bytes + result["overhead"]
+            # sparse mode reduces each weight's full gradient once autograd has made all of it: the largest
+            # weight's (the tied embedding's, held from the LM head's backward to the embedding's) is extra
+            goal = activations + (density + 0.05) * state_bytes + result["overhead"] + result["largest"]
             rows.append([f"{density:.0%}", mode,
                          f"{result['step_s'] * 1e3:,.0f} ({result['step_s'] / full['step_s']:.2f})",
                          f"{result['peak'] / mib:,.0f} ({result['peak'] / full['peak']:.2f})",
@@ -310,12 +318,22 @@ def main() -> None:
         "and optimizer (torch, weights, the same in every row). *Grad + optimizer state* = bytes of `.grad` and "
         "AdamW state after a step. *Overhead* = `Restriction.overhead_bytes` (dense: start values + unpacked "
         "masks, 1 byte per entry; sparse: int32 indexes). *Goal met*: sparse's added memory <= activations + "
-        "(density + 0.05) x unrestricted's gradients and state + overhead, activations being unrestricted's "
-        "added memory minus its gradients and state. Sparse mode's values hold data only during the optimizer "
-        "step (before, they made the goal unreachable above 15% density: 4 x density bytes per parameter "
-        "against the 0.05 x 12 allowed). The tied embedding's full gradient is no extra: autograd holds the LM "
-        "head's part of it until the embedding's part arrives, in every mode, so the activations term holds it "
-        f"too. Step = the fastest of {args.steps} steps after a warm-up. Load average {load_before:.1f} at the "
+        "(density + 0.05) x unrestricted's gradients and state + overhead + the largest weight's full gradient "
+        f"({largest / mib:,.0f} MiB here), activations being unrestricted's added memory minus its gradients and "
+        "state. The last term is inherent: autograd makes a weight's whole gradient before sparse mode can keep "
+        "its masked entries, and the tied embedding's (the largest weight) lives through all of backward, "
+        "alongside the activations: the LM head's part of it is made first and held until the embedding's part "
+        "arrives last (unrestricted, that memory is the embedding's `.grad`, part of the gradients term; before "
+        "December 2026 the bound left it out and said no). Sparse mode's values hold data only during the "
+        "optimizer step. "
+        + (f"glibc's mmap threshold fixed at {args.mmap_threshold:,} bytes (`MALLOC_MMAP_THRESHOLD_`): with "
+           "its dynamic default, freed weight-sized gradients stay in the heap and peaks are higher, sparse "
+           "ones most (BENCHMARKS.md, \"peak memory by phase\"; docs/restriction.md, \"Memory of a sparse "
+           "step\"). " if args.mmap_threshold else
+           "glibc's default (dynamic) mmap threshold: freed weight-sized gradients stay in the process's heap, "
+           "which raises sparse peaks beyond what the step holds (docs/restriction.md, \"Memory of a sparse "
+           "step\"). ")
+        + f"Step = the fastest of {args.steps} steps after a warm-up. Load average {load_before:.1f} at the "
         f"start and {os.getloadavg()[0]:.1f} at the end (other jobs on the machine's {os.cpu_count()} cores): "
         "above the core count, step times are noisy.\n\n"
         + markdown_table(["density", "mode", "step ms (ratio)", "peak MiB (ratio)",
@@ -326,8 +344,9 @@ def main() -> None:
         name, title = ((f"train-fsdp2-{device}", f"Restricted finetuning under FSDP2, {args.ranks} ranks ({device})")
                        if args.ranks > 1 else (f"train-{device}", f"Restricted finetuning ({args.device})"))
         write_section(name, title, body, "python -m tools.bench.bench_train " + " ".join(
-            f"--{k} {getattr(args, k)}" for k in ("hidden", "layers", "vocab", "batch", "seq", "micro", "steps",
-                                                  "device", "ranks", "modes")))
+            f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (
+                "hidden", "layers", "vocab", "batch", "seq", "micro", "steps", "device", "ranks", "modes",
+                "mmap_threshold")))
 
 
 if __name__ == "__main__":
