@@ -3,9 +3,9 @@
 ``decode_into`` turns a chunk of base values into the finetuned ones where the delta codes them against the
 base (FORMAT.md §12.4, ``diff-planes``); ``scatter_into`` puts values stored as they are at the set
 positions. Compiled when numba runs, numpy otherwise (identical bytes). The numpy decode takes the set
-positions as indices (not boolean masks, several times slower on scattered bits) and orders a block by the
-base's exponents with one sort of keys that carry each index (not a stable argsort, several times slower): a
-command line rebuilding a small delta runs it, as starting numba would cost more (``accel.job``).
+positions as indices (not boolean masks, several times slower on scattered bits) and ``format.diffs``'s
+numpy transform: a command line rebuilding a small delta runs it, as starting numba would cost more
+(``accel.job``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from .accel import Kernel
 from .errors import FormatError
-from .format.diffs import MANTISSA_BITS, SIGNED, UNSIGNED, apply_block, decode_kernel
+from .format.diffs import apply_block, decode_kernel
 from .packed import padding_is_clear, popcount, unpack
 
 Where = np.ndarray | None
@@ -34,16 +34,13 @@ def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str)
     if where is not None and where.dtype == np.int64 and where.size \
             and not 0 <= where[0] <= where[-1] < chunk.size:
         raise FormatError(f"set positions outside a chunk of {chunk.size} elements")
-    if chunk.itemsize > 4 or decode_kernel.compiled is None:  # no kernel: numpy, by indices
-        if where is None:
-            chunk[:] = _decoded(zigzag, chunk, dtype)
-        else:
-            at = where if where.dtype == np.int64 else np.flatnonzero(unpack(where, chunk.size))
-            chunk[at] = _decoded(zigzag, chunk.take(at), dtype)
-    elif where is None:
+    if where is None:
         apply_block(zigzag, chunk, dtype, out=chunk)
     elif where.dtype == np.int64:
         chunk[where] = apply_block(zigzag, chunk[where], dtype)
+    elif chunk.itemsize > 4 or decode_kernel.compiled is None:  # no kernel: numpy, by indices
+        at = np.flatnonzero(unpack(where, chunk.size))
+        chunk[at] = apply_block(zigzag, chunk.take(at), dtype)
     else:
         from .builder.values import chunk_values  # here: a command line on a small delta never takes this path
 
@@ -58,45 +55,6 @@ def scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> N
         scatter(packed, values, chunk)
     else:
         chunk[np.flatnonzero(unpack(packed, chunk.size))] = values  # by indices: faster than by booleans
-
-
-def _decoded(zigzag: np.ndarray, base: np.ndarray, dtype: str) -> np.ndarray:
-    """``format.diffs.apply_block`` with numpy in fewer passes: the values (unsigned ints) that ``zigzag`` (stored
-    differences, uint8) codes against ``base`` (the base's values there, unsigned ints)."""
-    unsigned, signed = UNSIGNED[base.itemsize], SIGNED[base.itemsize]
-    bits, one = 8 * base.itemsize, unsigned(1)
-    with np.errstate(over="ignore"):
-        difference = zigzag.view(unsigned) >> one  # zigzag decoded, in place where it can be (fewer arrays made)
-        low = zigzag.view(unsigned) & one
-        np.negative(low.view(signed), out=low.view(signed))
-        difference ^= low
-        mantissa = MANTISSA_BITS.get(dtype)
-        if mantissa is None:  # integers: no order-preserving map, no order
-            difference += base
-            return difference
-        in_order = np.empty_like(difference)  # stored by the base's exponent (stable): put back in element order
-        in_order[_exponent_order(base, mantissa)] = difference
-        sign = unsigned(1 << (bits - 1))
-        # o(x), FORMAT.md §12.4: NOT x when negative, else x with the sign bit set; then the inverse
-        ordered = base ^ ((base.view(signed) >> (bits - 1)).view(unsigned) | sign)
-        ordered += in_order
-        ordered ^= (~(ordered.view(signed) >> (bits - 1))).view(unsigned) | sign
-        return ordered
-
-
-def _exponent_order(base: np.ndarray, mantissa: int) -> np.ndarray:
-    """The stable order of ``base`` (floats' bits) by exponent: one sort of ``exponent << k | index`` (distinct
-    keys, so any sort is stable; numpy sorts 32- and 64-bit ints with SIMD), the index masked out after."""
-    exponent_bits = 8 * base.itemsize - 1 - mantissa
-    index_bits = max(1, (base.size - 1).bit_length())
-    wide = np.uint32 if exponent_bits + index_bits <= 32 else np.uint64
-    keys = (base >> base.dtype.type(mantissa)).astype(wide, copy=False)
-    keys &= wide((1 << exponent_bits) - 1)
-    keys <<= wide(index_bits)
-    keys |= np.arange(base.size, dtype=wide)
-    keys.sort()
-    keys &= wide((1 << index_bits) - 1)
-    return keys
 
 
 def _count(where: Where, numel: int) -> int:
