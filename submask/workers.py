@@ -1,9 +1,10 @@
-"""Worker threads and payload buffers kept between calls of ``compare``.
+"""Worker threads kept by the process (``compare``'s, the encode threads of builds), and ``compare``'s payload
+buffers kept between calls.
 
 Starting a thread pool, and paging in fresh memory for its threads' scratch and for the payloads read, cost a
 comparison of sparse masks about as much as its counting (about 2 ms of 7 at 2^28 elements, 0.1%), so both
 are kept for the next call: the pools by process (a fork's child has its parent's pool objects but none of
-their threads) and worker count, and a few small sets of buffers.
+their threads), purpose and worker count, and a few small sets of buffers.
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ if TYPE_CHECKING:
 
 KEPT_BYTES = 1 << 24  # a set of buffers larger than this in all is dropped after its call
 KEPT_SETS = 2  # sets of buffers kept (calls running at once beyond this take new ones)
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, str, int], ThreadPoolExecutor] = {}
 _KEPT: list[dict[Hashable, np.ndarray]] = []
 _LOCK = threading.Lock()
 
 
-def thread_pool(workers: int) -> ThreadPoolExecutor:
-    """This process's pool of ``workers`` threads, made on first use and kept."""
-    key = (os.getpid(), workers)
+def thread_pool(workers: int, purpose: str = "compare") -> ThreadPoolExecutor:
+    """This process's pool of ``workers`` threads for ``purpose``, made on first use and kept. Each purpose has
+    its own threads, so that tasks of one never wait behind another's."""
+    key = (os.getpid(), purpose, workers)
     with _LOCK:
         if key not in _POOLS:
             from concurrent.futures import ThreadPoolExecutor  # here: it imports logging, 15 ms of a command's start
 
             for inherited in [other for other in _POOLS if other[0] != key[0]]:
                 del _POOLS[inherited]  # a parent's: its threads did not survive the fork
-            _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="submask-compare")
+            _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix=f"submask-{purpose}")
         return _POOLS[key]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import zstandard
 from safetensors.torch import save_file
 
 import submask
+from submask import workers
 from submask.builder import pipeline
 from submask.format import diffs, plane_coding
 from submask.format.payloads import RECORD_HEADER, STORED, ZSTD
@@ -81,7 +83,7 @@ def test_a_forked_child_codes_planes_on_threads_of_its_own(monkeypatch: pytest.M
     pytest.importorskip("numba")
     monkeypatch.setattr(plane_coding, "PARALLEL_PLANE_BYTES", 1)
     expected = _code_in_child("F32")
-    assert plane_coding._pool is not None  # started in this process
+    assert (os.getpid(), "encode", os.cpu_count() or 1) in workers._POOLS  # started in this process
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_code_in_child, ("F32",)).get(timeout=120) == expected
 

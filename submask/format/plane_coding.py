@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..workers import thread_pool
 from .payloads import STORED, ZSTD
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 BLOCK_HEADER = 4  # u32 LE: the block's values
 ZSTD_LEVEL = 3  # level 1 is 2-3x faster and smaller on most bench pairs, but larger on MiniLM bf16 (0.0323 vs 0.0320)
@@ -47,8 +51,6 @@ class Planes:
 
 
 _compressors = threading.local()  # each thread's, by level: a new one costs as much as coding a plane of a few MiB
-_pool_lock = threading.Lock()
-_pool: Any = None
 
 
 def _plane(raw: np.ndarray, level: int) -> tuple[int, bytes | memoryview]:
@@ -65,22 +67,7 @@ def _plane(raw: np.ndarray, level: int) -> tuple[int, bytes | memoryview]:
     return (ZSTD, packed) if len(packed) < raw.size else (STORED, raw.data)
 
 
-def encode_pool() -> Any:
+def encode_pool() -> ThreadPoolExecutor:
     """The threads that code planes (and a build's masks) beside the caller: one per core, started on first use
-    and kept (a pool per build would start its threads again each time). Tasks on it never wait for each other."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor  # here: it imports logging (see builder.pipeline)
-
-            _pool = ThreadPoolExecutor(os.cpu_count() or 1, "submask-encode")
-        return _pool
-
-
-def _forget_pool() -> None:
-    """In a forked child: the parent's threads are not there, so the next use starts a pool of its own."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool)
+    and kept by the process (``workers.thread_pool``). Tasks on it never wait for each other."""
+    return thread_pool(os.cpu_count() or 1, "encode")
