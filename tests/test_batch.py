@@ -87,6 +87,32 @@ def test_pair_counts_flag_malformed_payloads() -> None:
             assert counts[1].tolist() == [int(bools.sum())] * 3  # the next row is counted as ever
 
 
+def test_pair_counts_clear_the_first_masks_bits_after_every_row() -> None:
+    """Without kept bits, A's bits are set in one scratch and cleared after each row: one by one by the
+    positions a sparse payload noted, or by filling (a block listing zeros, more positions than the room for
+    them, a dense payload), also after a row whose B fails its checks. An empty A counted against an all-ones
+    B right after each shows any bit left behind."""
+    numel, block_bits = 1 << 20, 1 << 22
+    rng = np.random.default_rng(7)
+    run = np.zeros(numel, bool)
+    run[1000:31000] = True  # a short payload (k = 0) listing more positions than the room holds
+    listing_zeros = np.ones(numel, bool)
+    listing_zeros[::3000] = False
+    firsts = {"sparse": rng.random(numel) < 0.001, "run": run, "listing zeros": listing_zeros,
+              "dense": rng.random(numel) < 0.3}
+    ones, empty = payload(np.ones(numel, bool), RAW, 0), payload(np.zeros(numel, bool), RICE, block_bits)
+    short = (ones[0][:-1], RAW, 0)
+    pairs, expected = [], []
+    for bools in firsts.values():
+        a = payload(bools, RICE, block_bits)
+        pairs += [(a, ones), (empty, ones), (a, short), (empty, ones)]
+        expected += [[int(bools.sum()), int(bools.sum()), numel], [0, 0, numel], [-1, -1, -1], [0, 0, numel]]
+    for first in (0, 4, 8):  # sparse, run and listing zeros take the path that notes positions
+        assert len(pairs[first][0][0]) * batch.SPARSE_RATIO < numel // 8
+    counts = batch.pair_counts(*table_of(pairs, [numel] * len(pairs)))
+    np.testing.assert_array_equal(counts, expected)
+
+
 def test_compare_counts_two_files_raw_and_rice_in_one_call(tmp_path: Path) -> None:
     shapes = {"a": (3001, 7), "b": (64, 64), "c": (1000, 10), "d": (3, 3)}
     densities = [{"a": 0.01, "b": 0.5, "c": 0.22, "d": 0.9}, {"a": 0.2, "b": 0.02, "c": 0.25, "d": 0.1}]

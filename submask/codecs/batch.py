@@ -29,10 +29,12 @@ RAW, RICE = 0, 1  # a payload's kind in the table of ``pair_counts``
 #: columns of the table: per tensor its bits, then per mask (A, B) its kind, payload offset, end and rice block bits
 BITS, KIND_A, START_A, END_A, BLOCK_A, KIND_B, START_B, END_B, BLOCK_B = range(9)
 _NO_POSITIONS = np.zeros(0, dtype=np.int64)
-CLEAR = 3  # a mode of ``_rice_pass`` beside rice_kernels' POSITIONS, PACKED and COUNT
-#: a rice payload this many times smaller than its packed bits is cleared by decoding it again (about 4 ns a
-#: payload byte) rather than by filling its bytes (about 0.02 ns each: measured, 4,096 x 1,024 bits at 0.1%)
-SPARSE_RATIO = 192
+#: a rice payload this many times smaller than its packed bits has the bits it set cleared again one by one,
+#: by the positions noted while setting them, rather than by filling its packed bytes (RATIONALE below)
+SPARSE_RATIO = 24
+# RATIONALE: noting and clearing a position costs about 0.5 ns, a sparse payload holds about 1.5 bytes a
+# position, and filling a cached span of packed bytes costs about 0.017 ns a byte (measured: 64 tensors of
+# 2^22 bits at 0.1% and 1%), so clearing one by one pays below about one payload byte per 24 packed bytes.
 
 
 def batch_kind(codec: Codec) -> int | None:
@@ -60,15 +62,17 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
     there, one row after the other, for the caller to check their CRC-32 (a raw payload is its own packed bits,
     and is left where it is). Requires ``available()``."""
     sizes = (table[:, BITS] + 7) // 8
+    listed = _NO_POSITIONS
     if bits is None:
         largest = int(sizes.max()) if sizes.size else 0
         check_allocation(largest, f"{8 * largest:,} bits")
         scratch = _zeroed(largest)
         bits_a, bits_b, keep = scratch, scratch, False
+        listed = _listed(largest // SPARSE_RATIO + 1)
     else:
         (bits_a, bits_b), keep = bits, True
     out = np.empty((table.shape[0], 3), dtype=np.int64)
-    _pair_counts.compiled(data_a, data_b, table, bits_a, bits_b, keep, _NO_POSITIONS, out)
+    _pair_counts.compiled(data_a, data_b, table, bits_a, bits_b, keep, listed, out)
     return out
 
 
@@ -148,14 +152,24 @@ def _zeroed(nbytes: int) -> np.ndarray:
     return scratch[:nbytes]
 
 
+def _listed(size: int) -> np.ndarray:
+    """This thread's room for the positions a sparse payload of A sets, to clear them again (``_pair_counts``)."""
+    listed = getattr(_scratch, "listed", None)
+    if listed is None or listed.size < size:
+        listed = _scratch.listed = np.empty(size, np.int64)
+    return listed[:size]
+
+
 _scratch = threading.local()
 
 
 @Kernel
-def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out):  # pragma: no cover - numba
+def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, listed, out):  # pragma: no cover - numba
     """``pair_counts`` into ``out``: a raw payload used in place; a rice one of A decoded into ``bits_a`` (at the
     row's offset when ``keep``, else at 0), one of B decoded into ``bits_b`` when ``keep``, else counted against
-    A straight from its payload."""
+    A straight from its payload. Without ``keep``, A's bits are cleared again after every row (whatever its
+    checks found): a sparse payload's one by one, by the positions it noted in ``listed``."""
+    none = listed[:0]
     at = 0
     for row in range(table.shape[0]):
         bits = table[row, BITS]
@@ -163,6 +177,7 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
         out[row, 0] = out[row, 1] = out[row, 2] = -1
         first = at if keep else 0
         at += nbytes
+        sparse, noted = False, 0
         if table[row, KIND_A] == RAW:  # used in place
             start = table[row, START_A]
             if table[row, END_A] - start != nbytes:
@@ -171,59 +186,62 @@ def _pair_counts(data_a, data_b, table, bits_a, bits_b, keep, no_positions, out)
             ones_a = _raw_ones(packed, bits)
         elif keep:
             packed = bits_a[first : first + nbytes]
-            ones_a = _decode(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, packed,
-                             no_positions)
-        else:  # bits_a is all zero: set A's bits, count, then clear them (CLEAR) or the whole span
+            ones_a = _decode(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, packed, none)
+        else:  # bits_a is all zero: set A's bits (noting where, when sparse), count, then clear them
             packed = bits_a[:nbytes]
-            ones_a = _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, PACKED,
-                                packed, no_positions)[1]
+            sparse = (table[row, END_A] - table[row, START_A]) * SPARSE_RATIO < nbytes
+            noted, ones_a = _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits,
+                                       PACKED, packed, listed if sparse else none)
             if bits % 8 and nbytes:  # a block listing zeros set its pad bits too
                 packed[-1] &= (0xFF << (8 - bits % 8)) & 0xFF
-        if ones_a < 0:
-            if not keep and table[row, KIND_A] != RAW:
-                packed[:] = 0
-            continue
-        if table[row, KIND_B] == RAW:
-            start = table[row, START_B]
-            if table[row, END_B] - start != nbytes:
-                continue
-            other = data_b[start : start + nbytes]
-            ones_b = _raw_ones(other, bits)
-            hits = _and_ones(packed, other)
-        elif keep:
-            other = bits_b[first : first + nbytes]
-            ones_b = _decode(data_b, table[row, START_B], table[row, END_B], table[row, BLOCK_B], bits, other,
-                             no_positions)
-            hits = _and_ones(packed, other)
-        else:
-            hits, ones_b = _rice_pass(data_b, table[row, START_B], table[row, END_B], table[row, BLOCK_B], bits,
-                                      COUNT, packed, no_positions)
-        if ones_b >= 0:
-            out[row, 0], out[row, 1], out[row, 2] = hits, ones_a, ones_b
+        if ones_a >= 0:
+            hits, ones_b = _count_b(data_b, table, row, bits, packed, bits_b[first : first + nbytes], keep, none)
+            if ones_b >= 0:
+                out[row, 0], out[row, 1], out[row, 2] = hits, ones_a, ones_b
         if not keep and table[row, KIND_A] != RAW:
-            if (table[row, END_A] - table[row, START_A]) * SPARSE_RATIO < nbytes:  # re-decoding costs less
-                _rice_pass(data_a, table[row, START_A], table[row, END_A], table[row, BLOCK_A], bits, CLEAR,
-                           packed, no_positions)
+            if sparse and ones_a >= 0 and noted <= listed.size:
+                for index in range(noted):
+                    packed[listed[index] >> 3] = 0
             else:
                 packed[:] = 0
 
 
 @Kernel
-def _decode(data, start, end, block_bits, bits, packed, no_positions):  # pragma: no cover - numba
+def _count_b(data_b, table, row, bits, packed, room, keep, none):  # pragma: no cover - compiled by numba
+    """(|A and B|, |B|) of one row of ``_pair_counts``, A's bits in ``packed``: a raw payload of B used in place,
+    a rice one decoded into ``room`` when ``keep``, else counted straight from its payload; (-1, -1) when B's
+    payload fails a check."""
+    nbytes = (bits + 7) // 8
+    start, end = table[row, START_B], table[row, END_B]
+    if table[row, KIND_B] == RAW:
+        if end - start != nbytes:
+            return -1, -1
+        other = data_b[start:end]
+        return _and_ones(packed, other), _raw_ones(other, bits)
+    if keep:
+        ones_b = _decode(data_b, start, end, table[row, BLOCK_B], bits, room, none)
+        return _and_ones(packed, room), ones_b
+    return _rice_pass(data_b, start, end, table[row, BLOCK_B], bits, COUNT, packed, none)
+
+
+@Kernel
+def _decode(data, start, end, block_bits, bits, packed, none):  # pragma: no cover - numba
     """The packed bits of the rice payload ``data[start:end]`` into ``packed``; returns their set bits, or -1
     for a bad payload."""
     packed[:] = 0
-    ones = _rice_pass(data, start, end, block_bits, bits, PACKED, packed, no_positions)[1]
+    ones = _rice_pass(data, start, end, block_bits, bits, PACKED, packed, none)[1]
     if bits % 8 and packed.size:
         packed[-1] &= (0xFF << (8 - bits % 8)) & 0xFF
     return ones
 
 
 @Kernel
-def _rice_pass(data, start, end, block_bits, bits, mode, packed, no_positions):  # pragma: no cover - numba
+def _rice_pass(data, start, end, block_bits, bits, mode, packed, positions):  # pragma: no cover - numba
     """Every block of the rice payload ``data[start:end]`` of ``bits`` bits through ``rice_block`` in ``mode``
-    (PACKED: sets its bits in ``packed``, zeros on entry; COUNT: counts its set bits set in ``packed``), with
-    the block header checks of ``rice._read_header``; returns (count, set bits), or (-1, -1) for a bad payload."""
+    (PACKED: sets its bits in ``packed``, zeros on entry, and notes them in ``positions`` as far as it holds
+    them; COUNT: counts its set bits set in ``packed``), with the block header checks of ``rice._read_header``;
+    returns (count, set bits), or (-1, -1) for a bad payload. PACKED's count is how many positions it noted,
+    more than ``positions`` holds when some went unnoted (a block listing zeros sets its span)."""
     offset, counted, ones = start, 0, 0
     for base in range(0, bits, block_bits):
         nbits = min(block_bits, bits - base)
@@ -240,14 +258,10 @@ def _rice_pass(data, start, end, block_bits, bits, mode, packed, no_positions): 
             return -1, -1
         if mode == PACKED and not value:
             packed[base // 8 : (base + nbits + 7) // 8] = 0xFF
-        if mode == CLEAR:  # undo PACKED on a checked payload: clear a block's listed bits, or its whole span
-            if value:
-                rice_block(data, offset + 12, unary_nbytes, count, k, nbits, 0, PACKED, base, no_positions, packed)
-            else:
-                packed[base // 8 : (base + nbits + 7) // 8] = 0
-            offset = block_end
-            continue
-        done = rice_block(data, offset + 12, unary_nbytes, count, k, nbits, value, mode, base, no_positions, packed)
+            if positions.size:
+                counted = positions.size + 1  # its span is set, not noted
+        done = rice_block(data, offset + 12, unary_nbytes, count, k, nbits, value, mode, base,
+                          positions[min(counted, positions.size):], packed)
         if done < 0:
             return -1, -1
         counted += done

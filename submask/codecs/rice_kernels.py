@@ -96,7 +96,9 @@ def rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base,
     """Decode one block's listed positions from ``payload[start:]`` (header checked) and, per ``mode``
     (block at flat index ``base``): POSITIONS writes the block's set positions + base to ``positions``,
     PACKED sets (value 1) or clears (value 0) them in ``bits``, COUNT counts the set ones set in ``bits``.
-    Returns how many were written (POSITIONS) or counted (COUNT), or -1 for a bad block."""
+    Returns how many were written (POSITIONS) or counted (COUNT), or -1 for a bad block. PACKED with a
+    non-empty ``positions`` (value 1) also writes the positions it sets there, as many as fit, and returns how
+    many it set (more than fit: the caller clears the span instead)."""
     # Tight passes per chunk of terminators, each simpler (and together faster) than one fused loop: find the
     # unary terminators 64 bits at a time (count leading zeros); spread 8 remainders' bit-plane bytes into one
     # byte each; turn terminators into positions (listed i = (zeros before terminator i) << k + i + the
@@ -167,6 +169,10 @@ def rice_block(payload, start, unary_nbytes, count, k, nbits, value, mode, base,
         elif mode == PACKED and value:
             for i in range(take):
                 bits[listed[i] >> 3] |= 0x80 >> (listed[i] & 7)
+            if positions.size:  # also noted, for a caller that clears them again (as many as fit)
+                if done + take <= positions.size:
+                    positions[done : done + take] = listed[:take]
+                done += take
         elif mode == PACKED:
             for i in range(take):
                 bits[listed[i] >> 3] &= ~(0x80 >> (listed[i] & 7))
