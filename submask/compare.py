@@ -211,15 +211,17 @@ class _Source:
 
 def _per_chunk(sources: list[_Source], names: list[str], progress: bool, workers: int | None,
                verify: bool) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    """(names, their N x N intersections) per chunk of consecutive tensors (CHUNK_BITS of work), in order; reads
-    here, decodes and counts on worker threads, a chunk per task (one task, no threads, for little work)."""
+    """(names, their N x N intersections) per chunk of consecutive tensors (at most about CHUNK_BITS of work, as
+    many chunks as a multiple of the workers), in order; reads here, decodes and counts on worker threads, a
+    chunk per task (one task, no threads, for little work)."""
     workers = workers or min(4, os.cpu_count() or 1)
     batched = all(isinstance(s.mask, MaskFile) for s in sources) and len(sources) > 1 and batch.available()
     works = {name: sum(source.work(name) for source in sources) for name in names}
     total = sum(works.values())
-    # at least a task per worker where the work pays for starting threads (sparse masks: a few ms in all)
-    chunks = _chunks(tensor_progress(names, progress, "comparing"), works.__getitem__,
-                     min(CHUNK_BITS, -(-total // workers)))
+    # at least a task per worker where the work pays for starting threads (sparse masks: a few ms in all), and
+    # a multiple of the workers, so that none idles while another finishes a last task alone
+    tasks = workers * -(-total // (workers * CHUNK_BITS))
+    chunks = _chunks(tensor_progress(names, progress, "comparing"), works.__getitem__, -(-total // max(tasks, 1)))
     with kept_buffers() as rooms:  # payload buffers, by slot: fresh memory would page-fault per chunk
 
         def read(chunk: list[str], slot: int) -> _Chunk:
