@@ -335,47 +335,58 @@ _KINDS: dict[tuple[str, str], tuple[int, int] | None] = {}
 
 def _compare_chunk(chunk: _Chunk, verify: bool) -> list[np.ndarray]:
     """N x N intersection counts of each tensor of a chunk: the batched ones in one kernel call, and any whose
-    payload, counts or CRC-32 fail its checks again by ``compare_tensor``, which raises the error that says why.
-    With ``verify``, a payload that matches its own CRC-32 (format 1.3) needs no CRC-32 of its bits; two masks'
-    kernel keeps the bits of the others for theirs, the N-mask kernel leaves them to ``compare_tensor``."""
-    counted: Iterator[tuple[np.ndarray, tuple[TensorEntry, ...], list[int], int, int, tuple[bool, ...]]] = iter(())
-    data, bits, n = chunk.data, None, len(chunk.paths)
-    if chunk.table:
-        assert data is not None
-        table = np.array(chunk.table, np.int64)
-        sizes = (table[:, 0] + 7) // 8
-        kept = int(sizes.sum())
-        checked = [tuple(verify and payload_verified(entry, data[row[2 + 4 * side] : row[3 + 4 * side]])
-                         for side, entry in enumerate(entries)) for entries, row in zip(chunk.entries, chunk.table)]
-        if n == 2:
-            keep = verify and not all(all(sides) for sides in checked)
-            if keep:
-                check_allocation(2 * kept, f"the bits of {len(chunk.table)} tensors of two masks")
-            bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept)) if keep else None
-            counts = [np.array([[ones_a, hits], [hits, ones_b]], np.int64)
-                      for hits, ones_a, ones_b in batch.pair_counts(data, data, table, bits).tolist()]
-        else:
-            counts = list(batch.group_counts(data, table, n))
-        counted = iter(zip(counts, chunk.entries, chunk.table, np.cumsum(sizes) - sizes, sizes, checked))
-    out = []
+    payload, counts or CRC-32 fail its checks again by ``compare_tensor``, which raises the error that says why."""
+    counts, sound = _batched_counts(chunk, verify)
+    out, batched = [], 0
     for reads in chunk.reads:
-        if reads is not None:
-            out.append(compare_tensor(reads, verify))
-            continue
-        matrix, entries, row, at, size, checked_sides = next(counted)
-        assert data is not None  # counted yields only for a chunk whose payloads were read into data
-        sound = matrix[0, 0] >= 0 and all(matrix[side, side] == entry.ones for side, entry in enumerate(entries))
-        if sound and verify:  # each side: its payload's CRC-32 checked above, or its kept bits' here
-            sound = all(ok or (bits is not None and entry.payload_crc32 is None
-                               and crc32(_kept_bits(row, side, data, bits[side][at : at + size])) == entry.crc32)
-                        for side, (ok, entry) in enumerate(zip(checked_sides, entries)))
-        if not sound:
+        if reads is None:
+            index, batched = batched, batched + 1
+            if sound[index]:
+                out.append(counts[index])
+                continue
+            assert chunk.data is not None  # a chunk with batched tensors read their payloads into data
+            row, data = chunk.table[index], chunk.data
             reads = [(entry, bytes(data[row[2 + 4 * side] : row[3 + 4 * side]]), path)
-                     for side, (entry, path) in enumerate(zip(entries, chunk.paths))]
-            out.append(compare_tensor(reads, verify))
-            continue
-        out.append(matrix)
+                     for side, (entry, path) in enumerate(zip(chunk.entries[index], chunk.paths))]
+        out.append(compare_tensor(reads, verify))
     return out
+
+
+def _batched_counts(chunk: _Chunk, verify: bool) -> tuple[np.ndarray, list[bool]]:
+    """The N x N counts of the chunk's batched tensors (one kernel call) and whether each passed every check:
+    structure, set-bit counts against the header and, with ``verify``, a payload that matches its own CRC-32
+    (format 1.3: stands for the CRC-32 of its bits), or else the CRC-32 of its bits: two masks' kernel keeps
+    the bits of such payloads for it, the N-mask kernel leaves them to ``compare_tensor`` (not sound here)."""
+    n, data = len(chunk.paths), chunk.data
+    if not chunk.table or data is None:
+        return np.zeros((0, n, n), np.int64), []
+    table = np.array(chunk.table, np.int64)
+    sizes = (table[:, 0] + 7) // 8
+    checked = [[verify and payload_verified(entry, data[row[2 + 4 * side] : row[3 + 4 * side]])
+                for side, entry in enumerate(entries)] for entries, row in zip(chunk.entries, chunk.table)]
+    bits = None
+    if n == 2:
+        if verify and not all(all(sides) for sides in checked):
+            kept = int(sizes.sum())
+            check_allocation(2 * kept, f"the bits of {len(chunk.table)} tensors of two masks")
+            bits = (thread_buffer(("kept", 0), kept), thread_buffer(("kept", 1), kept))
+        hits_ones = batch.pair_counts(data, data, table, bits)
+        counts = np.empty((table.shape[0], 2, 2), np.int64)
+        counts[:, 0, 0], counts[:, 1, 1] = hits_ones[:, 1], hits_ones[:, 2]
+        counts[:, 0, 1] = counts[:, 1, 0] = hits_ones[:, 0]
+    else:
+        counts = batch.group_counts(data, table, n)
+    expected = np.array([[entry.ones for entry in entries] for entries in chunk.entries], np.int64)
+    sound: list[bool] = ((counts[:, 0, 0] >= 0)
+                         & (np.diagonal(counts, axis1=1, axis2=2) == expected).all(axis=1)).tolist()
+    starts = (np.cumsum(sizes) - sizes).tolist()
+    for index, (entries, row, sides) in enumerate(zip(chunk.entries, chunk.table, checked)):
+        if verify and sound[index] and not all(sides):  # a side without a matching payload CRC-32: its kept bits' CRC-32
+            at, size = starts[index], int(sizes[index])
+            sound[index] = all(ok or (bits is not None and entry.payload_crc32 is None
+                                      and crc32(_kept_bits(row, side, data, bits[side][at : at + size])) == entry.crc32)
+                               for side, (ok, entry) in enumerate(zip(sides, entries)))
+    return counts, sound
 
 
 def _kept_bits(row: list[int], side: int, data: np.ndarray, kept: np.ndarray) -> np.ndarray:
