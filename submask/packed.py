@@ -99,6 +99,8 @@ def unpack(packed: np.ndarray, numel: int) -> np.ndarray:
 
 def set_positions(packed: np.ndarray, numel: int) -> np.ndarray:
     """Flat indices (int64, ascending) of the set bits, computed chunk by chunk."""
+    if packed.size <= CHUNK_BYTES:  # one chunk: no pieces to join, no bits past numel to drop
+        return np.flatnonzero(np.unpackbits(packed, count=min(numel, 8 * packed.size)).view(np.bool_))
     parts = []
     step = CHUNK_BYTES
     for start in range(0, packed.size, step):

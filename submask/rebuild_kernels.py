@@ -2,7 +2,8 @@
 
 ``decode_into`` turns a chunk of base values into the finetuned ones where the delta codes them against the
 base (FORMAT.md §12.4, ``diff-planes``); ``scatter_into`` puts values stored as they are at the set
-positions. Compiled when numba runs, numpy otherwise (identical bytes). The numpy decode takes the set
+positions. Compiled when numba runs, numpy otherwise (identical bytes). The compiled decode at packed bits
+walks the set bits twice in the chunk itself (no values gathered or scattered). The numpy decode takes the set
 positions as indices (not boolean masks, several times slower on scattered bits) and ``format.diffs``'s
 numpy transform: a command line rebuilding a small delta runs it, as starting numba would cost more
 (``accel.job``).
@@ -12,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .accel import Kernel
+from .accel import Kernel, leading_zeros
 from .errors import FormatError
-from .format.diffs import apply_block, decode_kernel
-from .packed import padding_is_clear, popcount, unpack
+from .format.diffs import apply_block, decode_value, kernel_args
+from .packed import padding_is_clear, popcount, set_positions
 
 Where = np.ndarray | None
 """The set positions of a chunk: its packed mask bits (uint8), its positions (int64, relative to the chunk's
@@ -25,8 +26,8 @@ first element), or None when every element is set."""
 def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str) -> None:
     """``chunk`` (a base chunk as unsigned ints, writable) with the values that ``zigzag`` (one block's stored
     differences, uint8) codes at the set positions ``where``, decoded in place: the base values there are
-    taken out (all of them: none), decoded (``format.diffs.apply_block``) and put back. FormatError when
-    their counts differ."""
+    taken out (all of them: none), decoded (``format.diffs.apply_block``) and put back, or decoded where they
+    are (``_decode_at_bits``). FormatError when their counts differ."""
     count = _count(where, chunk.size)
     if zigzag.size != count * chunk.itemsize:
         raise FormatError(f"a block of {zigzag.size} difference bytes for {count} set positions of "
@@ -38,14 +39,11 @@ def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str)
         apply_block(zigzag, chunk, dtype, out=chunk)
     elif where.dtype == np.int64:
         chunk[where] = apply_block(zigzag, chunk[where], dtype)
-    elif chunk.itemsize > 4 or decode_kernel.compiled is None:  # no kernel: numpy, by indices
-        at = np.flatnonzero(unpack(where, chunk.size))
+    elif chunk.itemsize <= 4 and (kernel := _decode_at_bits.compiled) is not None:
+        kernel(where, chunk, zigzag.view(chunk.dtype), *kernel_args(dtype, chunk.itemsize))
+    else:  # numpy, by indices
+        at = set_positions(where, chunk.size)
         chunk[at] = apply_block(zigzag, chunk.take(at), dtype)
-    else:
-        from .builder.values import chunk_values  # here: a command line on a small delta never takes this path
-
-        taken = chunk_values(chunk, where).view(chunk.dtype)
-        scatter_into(chunk, where, apply_block(zigzag, taken, dtype, out=taken))
 
 
 def scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> None:
@@ -54,7 +52,7 @@ def scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> N
     if scatter is not None:
         scatter(packed, values, chunk)
     else:
-        chunk[np.flatnonzero(unpack(packed, chunk.size))] = values  # by indices: faster than by booleans
+        chunk[set_positions(packed, chunk.size)] = values  # by indices: faster than by booleans
 
 
 def _count(where: Where, numel: int) -> int:
@@ -79,3 +77,34 @@ def _scatter(packed, values, out):  # pragma: no cover - compiled by numba
                 out[8 * j + bit] = value if chosen else kept
                 k += chosen
     return k
+
+
+@Kernel
+def _decode_at_bits(packed, chunk, zigzag, mantissa, exponent_bits, bits, slots):  # pragma: no cover - numba
+    """``decode_into`` at the set bits of ``packed`` (MSB first), in ``chunk`` itself (``diffs.decode_kernel``
+    without a gather and a scatter): the exponent fields at the set bits counted, then each value decoded where
+    it is. A word's set bits are taken from its lowest (isolating the lowest set bit takes one step, the highest
+    three, and the steps chain), the word's last element first, so the decoding walks the chunk from its end
+    and fills each exponent's slots from their end: the stored order, stable."""
+    exponents, shift = (1 << exponent_bits) - 1, max(mantissa, 0)  # integers: one slot
+    words = (packed.size + 7) // 8
+    for step in range(2):  # count the exponent fields at the set bits, then decode from the chunk's end
+        for n in range(words):
+            w = n if step == 0 else words - 1 - n
+            word = np.uint64(0)  # bytes 8 w to 8 w + 7, big-endian: element 64 w at the top bit
+            for q in range(min(8, packed.size - 8 * w)):
+                word |= np.uint64(packed[8 * w + q]) << np.uint64(56 - 8 * q)
+            while word:
+                lowest = word & (~word + np.uint64(1))
+                word ^= lowest
+                i = 64 * w + np.int64(leading_zeros(lowest))
+                base = np.int64(chunk[i])
+                key = (base >> shift) & exponents
+                if step == 0:
+                    slots[key] += 1
+                    continue
+                j = slots[key] - 1
+                slots[key] = j
+                chunk[i] = decode_value(base, np.int64(zigzag[j]), mantissa, bits)
+        for k in range(1, slots.size if step == 0 else 0):  # each exponent's slots end where the next begin
+            slots[k] += slots[k - 1]

@@ -310,6 +310,38 @@ def test_values_decoded_in_place_at_packed_bits_positions_or_everywhere(density:
         decode_into(base.copy(), np.packbits(chosen), np.zeros(zigzag.size + base.itemsize, np.uint8), dtype)
 
 
+@pytest.mark.parametrize("numel", [1, 63, 64, 65, 3 * 64 * 8, 3 * 64 * 8 + 13])
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F8_E4M3", "I32"])
+def test_compiled_decode_at_packed_bits_writes_what_numpy_writes(numel: int, dtype: str) -> None:
+    """The compiled decode at packed bits (each 64-bit word's set bits from its last, the chunk from its end)
+    writes the numpy path's bytes: chunks ending on a word's boundary or inside one, weight-like floats (a few
+    exponents, long runs of each) moved by a few units in the last place, the first and last elements set."""
+    pytest.importorskip("numba")
+    from submask.accel import numba_disabled
+    from submask.format.diffs import encode_against, iter_blocks
+    from submask.rebuild_kernels import _decode_at_bits, decode_into
+
+    rng = np.random.default_rng(numel)
+    weights = rng.normal(0.0, 0.02, numel).astype(np.float32)
+    base = {"BF16": (weights.view(np.uint32) >> 16).astype(np.uint16),
+            "F16": weights.astype(np.float16).view(np.uint16), "F32": weights.view(np.uint32),
+            "F8_E4M3": rng.integers(0, 256, numel, dtype=np.uint16).astype(np.uint8),
+            "I32": rng.integers(-1000, 1000, numel).astype(np.int32).view(np.uint32)}[dtype]
+    chosen = rng.random(numel) < 0.3
+    chosen[[0, -1]] = True
+    new = base.copy()
+    new[chosen] += rng.integers(-3, 4, int(chosen.sum())).astype(base.dtype)  # a few ulps, wrapping
+    _, payload = encode_against(new[chosen], base[chosen], dtype, block_elements=8 * numel)
+    zigzag = next(iter_blocks(payload, dtype, 8 * numel, int(chosen.sum())))
+    assert _decode_at_bits.compiled is not None
+    compiled = base.copy()
+    decode_into(compiled, np.packbits(chosen), zigzag, dtype)
+    with numba_disabled():
+        numpy = base.copy()
+        decode_into(numpy, np.packbits(chosen), zigzag, dtype)
+    assert compiled.tobytes() == numpy.tobytes() == new.tobytes()
+
+
 def test_rebuild_scatters_by_positions_or_packed_bits_alike(minilm_bf16, tmp_path: Path, monkeypatch) -> None:
     """Sparse Rice masks are scattered by their set positions (across chunks of the embedding), the others by
     their packed bits; forcing packed bits everywhere, or numpy without numba, rebuilds the same bytes."""
