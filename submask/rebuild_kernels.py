@@ -15,7 +15,7 @@ import numpy as np
 
 from .accel import Kernel, leading_zeros
 from .errors import FormatError
-from .format.diffs import apply_block, decode_value, kernel_args
+from .format.diffs import Scratch, apply_block, decode_value, kernel_args
 from .packed import padding_is_clear, popcount, set_positions
 
 Where = np.ndarray | None
@@ -23,11 +23,11 @@ Where = np.ndarray | None
 first element), or None when every element is set."""
 
 
-def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str) -> None:
+def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str, scratch: Scratch | None = None) -> None:
     """``chunk`` (a base chunk as unsigned ints, writable) with the values that ``zigzag`` (one block's stored
     differences, uint8) codes at the set positions ``where``, decoded in place: the base values there are
-    taken out (all of them: none), decoded (``format.diffs.apply_block``) and put back, or decoded where they
-    are (``_decode_at_bits``). FormatError when their counts differ."""
+    taken out (all of them: none), decoded (``format.diffs.apply_block``, which reuses ``scratch`` without
+    numba) and put back, or decoded where they are (``_decode_at_bits``). FormatError when their counts differ."""
     count = _count(where, chunk.size)
     if zigzag.size != count * chunk.itemsize:
         raise FormatError(f"a block of {zigzag.size} difference bytes for {count} set positions of "
@@ -36,14 +36,14 @@ def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str)
             and not 0 <= where[0] <= where[-1] < chunk.size:
         raise FormatError(f"set positions outside a chunk of {chunk.size} elements")
     if where is None:
-        apply_block(zigzag, chunk, dtype, out=chunk)
+        apply_block(zigzag, chunk, dtype, chunk, scratch)
     elif where.dtype == np.int64:
-        chunk[where] = apply_block(zigzag, chunk[where], dtype)
+        chunk[where] = apply_block(zigzag, chunk[where], dtype, scratch=scratch)
     elif chunk.itemsize <= 4 and (kernel := _decode_at_bits.compiled) is not None:
         kernel(where, chunk, zigzag.view(chunk.dtype), *kernel_args(dtype, chunk.itemsize))
     else:  # numpy, by indices
         at = set_positions(where, chunk.size)
-        chunk[at] = apply_block(zigzag, chunk.take(at), dtype)
+        chunk[at] = apply_block(zigzag, chunk.take(at), dtype, scratch=scratch)
 
 
 def scatter_into(chunk: np.ndarray, packed: np.ndarray, values: np.ndarray) -> None:

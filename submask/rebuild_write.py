@@ -24,6 +24,7 @@ import numpy as np
 from .checkpoints.safetensors_file import TensorInfo
 from .checkpoints.sources import CHUNK_ELEMENTS, Source
 from .errors import FormatError
+from .format.diffs import Scratch
 from .mask import TensorMask
 from .metadata import CheckpointFile
 from .packed import popcount
@@ -56,12 +57,13 @@ def write_file(handle: BinaryIO, file: CheckpointFile, tensors: list[TensorInfo]
         header = file.header.encode("utf-8")
         output.emit(np.frombuffer(LENGTH.pack(len(header)) + header, np.uint8))
         buffers = itertools.cycle([np.empty(CHUNK_ELEMENTS * 8, np.uint8) for _ in range(IN_FLIGHT + 1)])
+        scratch = Scratch()  # the numpy decode's arrays, reused from block to block
         items = _ahead(_stream(tensors, values), decoder)
         for _ in tensors:
             info, bits, block_elements = next(items)
             blocks = _until_end(items)
             if block_elements:
-                chunks = _diff_chunks(info, bits, blocks, base, buffers, block_elements, values.label)
+                chunks = _diff_chunks(info, bits, blocks, base, buffers, block_elements, values.label, scratch)
             else:
                 chunks = _tensor_chunks(info, bits, _ValueStream(blocks, values.label, info.name), base, buffers)
             for chunk in chunks:
@@ -157,7 +159,8 @@ def _until_end(items: Iterator[Any]) -> Iterator[np.ndarray]:
 
 
 def _diff_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, blocks: Iterator[np.ndarray], base: Source,
-                 buffers: Iterator[np.ndarray], block_elements: int, label: str) -> Iterator[np.ndarray]:
+                 buffers: Iterator[np.ndarray], block_elements: int, label: str,
+                 scratch: Scratch) -> Iterator[np.ndarray]:
     """One tensor's bytes from values coded against the base (FORMAT.md §12.4): block ``k`` holds the values of
     elements ``[k * block_elements, (k + 1) * block_elements)``, so each is decoded into the base's chunk of
     those elements, in place."""
@@ -178,7 +181,7 @@ def _diff_chunks(info: TensorInfo, bits: TensorMask | np.ndarray, blocks: Iterat
         try:
             if block is _END:
                 raise FormatError("no block of differences left")
-            decode_into(chunk, where, block, info.dtype.name)
+            decode_into(chunk, where, block, info.dtype.name, scratch)
         except FormatError as exc:
             raise FormatError(f"{label}, tensor {info.name!r}, elements {start}-{stop}: {exc}; the delta is "
                               "corrupt") from None

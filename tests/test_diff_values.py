@@ -154,6 +154,25 @@ def test_compiled_and_numpy_transforms_write_the_same_bytes(dtype: str, numpy_dt
     assert decode_against(*compiled, base, dtype).tobytes() == new.tobytes()
 
 
+def test_one_scratch_serves_blocks_of_any_size_and_dtype() -> None:
+    """The numpy transform's reused arrays (``diffs.Scratch``) give the bytes of fresh ones, block after block:
+    larger, then smaller, 2-, 8- (64-bit sort keys) and 4-byte values, integers (no order) between."""
+    from submask.accel import numba_disabled
+    from submask.format.diffs import Scratch, apply_block, iter_blocks
+
+    rng = np.random.default_rng(11)
+    scratch = Scratch()
+    with numba_disabled():
+        for dtype, count in [("BF16", 5000), ("F16", 300), ("F64", 7000), ("I32", 900), ("F32", 6000), ("BF16", 1)]:
+            raw = RAW[{"BF16": 2, "F16": 2, "F64": 8, "I32": 4, "F32": 4}[dtype]]
+            base = rng.integers(0, np.iinfo(raw).max, count, dtype=raw, endpoint=True)
+            new = base ^ rng.integers(0, 16, count, dtype=raw)
+            _, payload = encode_against(new, base, dtype, block_elements=8 * count)
+            (block,) = iter_blocks(payload, dtype, 8 * count, count)
+            assert apply_block(block, base, dtype, scratch=scratch).tobytes() == new.tobytes()
+            assert apply_block(block, base, dtype).tobytes() == new.tobytes()
+
+
 @pytest.mark.parametrize("dtype, chunk_bytes", [("F32", 4000), ("BF16", 1 << 20), ("F16", 1000), ("I32", 4000),
                                                 ("U8", (1 << 20) + 8)])
 def test_a_build_codes_each_chunk_as_the_values_coded_whole(dtype: str, chunk_bytes: int, tmp_path: Path) -> None:

@@ -73,9 +73,10 @@ def decode_against(encoding: dict[str, Any], payload: Payload, base: np.ndarray,
     out = np.empty_like(base_bits)
     done = 0
     counts = block_counts(base_bits.size, block_elements)
+    scratch = Scratch()
     for differences in iter_blocks(payload, dtype, block_elements, base_bits.size, counts, at):
         count = differences.size // DTYPE_SIZES[dtype]
-        out[done : done + count] = apply_block(differences, base_bits[done : done + count], dtype)
+        apply_block(differences, base_bits[done : done + count], dtype, out[done : done + count], scratch)
         done += count
     return out.view(base.dtype).reshape(base.shape)
 
@@ -224,10 +225,11 @@ def plane_methods(payload: Payload, itemsize: int, at: str = "") -> list[set[str
     return seen
 
 
-def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str,
-                out: np.ndarray | None = None) -> np.ndarray:
+def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str, out: np.ndarray | None = None,
+                scratch: Scratch | None = None) -> np.ndarray:
     """One block's values (unsigned ints of the itemsize) from its stored differences and the base's values;
-    written into ``out`` when given (which may be ``base_bits`` itself: decoded in place)."""
+    written into ``out`` when given (which may be ``base_bits`` itself: decoded in place). ``scratch``: arrays
+    that the numpy transform reuses (pass the same one for every block of a loop)."""
     itemsize = DTYPE_SIZES[dtype]
     unsigned, signed = UNSIGNED[itemsize], SIGNED[itemsize]
     zigzag = differences.view(unsigned)
@@ -245,7 +247,7 @@ def apply_block(differences: np.ndarray, base_bits: np.ndarray, dtype: str,
         low = zigzag & one
         np.negative(low.view(signed), out=low.view(signed))
         difference ^= low
-        order = _order(base_bits, dtype)
+        order = _order(base_bits, dtype, scratch)
         if order is not None:  # stored by the base's exponent: put back in element order
             low[order] = difference
             difference = low
@@ -277,20 +279,53 @@ def _numpy_block(new_bits: np.ndarray, base_bits: np.ndarray, dtype: str) -> np.
     return zigzag if order is None else zigzag[order]
 
 
-def _order(base_bits: np.ndarray, dtype: str) -> np.ndarray | None:
-    """The stable order of a block by the base values' exponent (None for integers: no reordering): a stable
-    argsort of the exponent fields as 8-bit integers (16-bit for F64), which numpy sorts by radix in one counting
-    pass (two for 16 bits): faster than sorting ``exponent << k | index`` keys, and the order comes as the index
-    type that indexing takes without a conversion."""
+def _order(base_bits: np.ndarray, dtype: str, scratch: Scratch | None = None) -> np.ndarray | None:
+    """The stable order of a block by the base values' exponent (None for integers: no reordering), as indices
+    in ``scratch`` (valid until its next use): one in-place sort of ``exponent << k | index`` keys (distinct, so
+    any sort is stable, and numpy sorts 32- and 64-bit integers with SIMD), the index masked out after. A stable
+    argsort of the exponents (a radix sort) takes less CPU, but allocates twice the indices on every call."""
     mantissa = MANTISSA_BITS.get(dtype)
     if mantissa is None:
         return None
+    scratch = Scratch() if scratch is None else scratch
     exponent_bits = 8 * base_bits.itemsize - 1 - mantissa
-    narrow = np.uint8 if exponent_bits <= 8 else np.uint16
-    keys = (base_bits >> base_bits.dtype.type(mantissa)).astype(narrow)  # the sign is cut off by the cast or below
-    if exponent_bits < 8 * keys.itemsize:
-        keys &= narrow((1 << exponent_bits) - 1)
-    return np.argsort(keys, kind="stable")
+    index_bits = max(1, (base_bits.size - 1).bit_length())
+    order = scratch.array("order", np.intp, base_bits.size)
+    wide = np.uint32 if exponent_bits + index_bits <= 32 else np.uint64
+    keys = scratch.array("keys", wide, base_bits.size) if wide == np.uint32 else order.view(wide)
+    np.right_shift(base_bits, base_bits.dtype.type(mantissa), out=keys, casting="unsafe")
+    keys &= wide((1 << exponent_bits) - 1)
+    keys <<= wide(index_bits)
+    keys |= scratch.arange(wide, base_bits.size)
+    keys.sort()
+    keys &= wide((1 << index_bits) - 1)
+    if keys.dtype == np.uint32:
+        np.copyto(order, keys)  # indices as numpy indexes with them: no conversion (and array) per use
+    return order
+
+
+class Scratch:
+    """Arrays that the numpy transform reuses from block to block (``apply_block``'s ``scratch``): a new array of
+    a block's size costs its page faults each time, which a command line's numpy decode spent as long in as in
+    its sort. Holds 16 bytes a value of the largest block (exponent order); dropped with the object."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, dtype: Any, size: int) -> np.ndarray:
+        """``size`` items of the array ``name`` (contents undefined), grown as needed."""
+        array = self._arrays.get(name)
+        if array is None or array.size < size or array.dtype != dtype:
+            array = self._arrays[name] = np.empty(size, dtype)
+        return array[:size]
+
+    def arange(self, dtype: Any, size: int) -> np.ndarray:
+        """``np.arange(size, dtype=dtype)``, kept."""
+        name = f"arange-{np.dtype(dtype).name}"
+        array = self._arrays.get(name)
+        if array is None or array.size < size:
+            array = self._arrays[name] = np.arange(size, dtype=dtype)
+        return array[:size]
 
 
 def kernel_args(dtype: str, itemsize: int) -> tuple[int, int, int, np.ndarray]:

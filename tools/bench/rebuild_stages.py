@@ -23,6 +23,7 @@ import numpy as np
 import submask
 from submask.accel import numba_disabled
 from submask.checkpoints.sources import open_source
+from submask.format.diffs import Scratch
 from submask.rebuild_kernels import decode_into
 
 STAGES = ["mask", "zstd planes + CRC", "read base", "decode in place", "SHA-256", "write", "fsync"]
@@ -51,7 +52,7 @@ def _one(base: Path, delta: Path) -> dict[str, float]:
 
     with submask.open(delta) as opened, open_source(base) as source, tempfile.TemporaryFile(dir=base.parent) as out:
         (file,) = opened.metadata.checkpoint
-        digest, buffer = hashlib.sha256(), np.empty(8 << 22, np.uint8)
+        digest, buffer, scratch = hashlib.sha256(), np.empty(8 << 22, np.uint8), Scratch()  # as the rebuild's
         header = file.header.encode("utf-8")
         out.write(len(header).to_bytes(8, "little") + header)
         digest.update(len(header).to_bytes(8, "little") + header)
@@ -68,8 +69,8 @@ def _one(base: Path, delta: Path) -> dict[str, float]:
                 chunk = timed("read base", source.read, name, start, stop, buffer)
                 where = None if bits.count == bits.numel else bits.packed[start // 8: (stop + 7) // 8]
                 with numba_disabled():
-                    timed("decode, numpy", decode_into, chunk.copy(), where, decoded[index], info.dtype.name)
-                timed("decode in place", decode_into, chunk, where, decoded[index], info.dtype.name)
+                    timed("decode, numpy", decode_into, chunk.copy(), where, decoded[index], info.dtype.name, scratch)
+                timed("decode in place", decode_into, chunk, where, decoded[index], info.dtype.name, scratch)
                 timed("SHA-256", digest.update, chunk)
                 timed("write", out.write, chunk)
         out.flush()
