@@ -83,9 +83,9 @@ def _scatter(packed, values, out):  # pragma: no cover - compiled by numba
 def _decode_at_bits(packed, chunk, zigzag, mantissa, exponent_bits, bits, slots):  # pragma: no cover - numba
     """``decode_into`` at the set bits of ``packed`` (MSB first), in ``chunk`` itself (``diffs.decode_kernel``
     without a gather and a scatter): the exponent fields at the set bits counted, then each value decoded where
-    it is. A word's set bits are taken from its lowest (isolating the lowest set bit takes one step, the highest
-    three, and the steps chain), the word's last element first, so the decoding walks the chunk from its end
-    and fills each exponent's slots from their end: the stored order, stable."""
+    it is. A 64-bit word's set bits are taken from its lowest, its last element (clearing the lowest set bit is
+    one dependent step, the highest three), so the decoding walks the chunk from its end and fills each
+    exponent's slots from their end: the stored order, stable. 2x the gather, decode and scatter it replaces."""
     exponents, shift = (1 << exponent_bits) - 1, max(mantissa, 0)  # integers: one slot
     words = (packed.size + 7) // 8
     for step in range(2):  # count the exponent fields at the set bits, then decode from the chunk's end
