@@ -381,7 +381,7 @@ def _batched_counts(chunk: _Chunk, verify: bool) -> tuple[np.ndarray, list[bool]
                          & (np.diagonal(counts, axis1=1, axis2=2) == expected).all(axis=1)).tolist()
     starts = (np.cumsum(sizes) - sizes).tolist()
     for index, (entries, row, sides) in enumerate(zip(chunk.entries, chunk.table, checked)):
-        if verify and sound[index] and not all(sides):  # a side without a matching payload CRC-32: its kept bits' CRC-32
+        if verify and sound[index] and not all(sides):  # a side without a matching payload CRC-32: its bits'
             at, size = starts[index], int(sizes[index])
             sound[index] = all(ok or (bits is not None and entry.payload_crc32 is None
                                       and crc32(_kept_bits(row, side, data, bits[side][at : at + size])) == entry.crc32)

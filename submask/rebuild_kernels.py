@@ -23,7 +23,8 @@ Where = np.ndarray | None
 first element), or None when every element is set."""
 
 
-def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str, scratch: Scratch | None = None) -> None:
+def decode_into(chunk: np.ndarray, where: Where, zigzag: np.ndarray, dtype: str,
+                scratch: Scratch | None = None) -> None:
     """``chunk`` (a base chunk as unsigned ints, writable) with the values that ``zigzag`` (one block's stored
     differences, uint8) codes at the set positions ``where``, decoded in place: the base values there are
     taken out (all of them: none), decoded (``format.diffs.apply_block``, which reuses ``scratch`` without
