@@ -58,7 +58,10 @@ from .values import (
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a buffer, a chunk is compared while still in cache
+MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a (pinned) buffer for a torch device
+# per side on the CPU: both sides of a chunk (2 MiB) stay in a core's L2 from the read to the compare, and a
+# small checkpoint makes chunks enough for every worker (4 MiB: 0.8x the speed at 2 x 18 MB, 0.9x at 2 x 227 MB)
+CPU_CHUNK_BYTES = 1024 * 1024
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
 # Both sides already on a torch device: nothing is read into host memory, and larger chunks on fewer threads
 # amortise each chunk's kernel launches and the copy back of its counts.
@@ -329,8 +332,9 @@ class _Run:
         if on_device:
             workers = min(workers, DEVICE_WORKERS)
         self.workers, self.depth = workers, workers + 1
+        host = MAX_CHUNK_BYTES if backend.takes_tensors else CPU_CHUNK_BYTES
         self.chunk_bytes = max(8 * 8, chunk_bytes or (DEVICE_CHUNK_BYTES if on_device else
-                                                      min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth))))
+                                                      min(host, READ_BUDGET_BYTES // (2 * self.depth))))
         self.progress = progress
         self._buffers = threading.local()
 
