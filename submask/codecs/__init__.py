@@ -17,6 +17,7 @@ from .base import Codec, IntersectionCounter, PositionsDecoder
 from .plain import RawCodec, ZstdCodec
 from .rice import RiceCodec, rice_kernels_compiled
 from .rows import RiceRowsCodec
+from .rows_format import HEADER as ROWS_HEADER
 
 CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec(), RiceRowsCodec())}
 
@@ -63,7 +64,10 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
     if minority < 0.2:
         coded["rice"] = CODECS["rice"].encode(packed, numel)
     by_rows = RiceRowsCodec().for_shape(shape) if shape else None
-    rows = by_rows.encode_listing(packed, numel, 0.2) if by_rows and numel > by_rows.row_bits else None
+    # a payload no longer than rows' header leaves rows nothing to win (a frozen or wholly changed tensor, for rice)
+    shortest = min([packed.nbytes, *(len(payload) for payload, _ in coded.values())])
+    rows = by_rows.encode_listing(packed, numel, 0.2) if by_rows and numel > by_rows.row_bits \
+        and shortest > ROWS_HEADER.size else None
     if rows is not None:
         coded["rice-rows"] = rows
     if minority >= 0.003:
