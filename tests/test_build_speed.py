@@ -165,17 +165,34 @@ def test_payloads_held_in_memory_or_spilled_write_the_same_files(tmp_path: Path,
 
 
 @pytest.mark.parametrize("values", [False, True])
-def test_chunks_of_any_size_write_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                values: bool) -> None:
-    """The CPU's default chunks (CPU_CHUNK_BYTES) and the torch devices' larger ones give the same mask or delta."""
+def test_chunks_of_any_size_write_the_same_file(tmp_path: Path, values: bool) -> None:
+    """The default chunks (smaller ones for a small checkpoint, ``_fit_chunks``) and any others give the same mask
+    or delta."""
     base, finetuned = write_model(tmp_path / "base", 0), write_model(tmp_path / "finetuned", 1)
     digests = set()
-    for chunk_bytes in (pipeline.CPU_CHUNK_BYTES, pipeline.MAX_CHUNK_BYTES, 4096):
-        monkeypatch.setattr(pipeline, "CPU_CHUNK_BYTES", chunk_bytes)
+    for chunk_bytes in (None, pipeline.MIN_CHUNK_BYTES, pipeline.MAX_CHUNK_BYTES, 4096):
         out = tmp_path / f"{chunk_bytes}.smask"
-        submask.build_mask(base, finetuned, out, values=values)
+        submask.build_mask(base, finetuned, out, values=values, chunk_bytes=chunk_bytes)
         digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def test_a_small_checkpoint_gets_chunks_for_every_worker() -> None:
+    """Default chunks are halved until each worker has CHUNKS_PER_WORKER of them, down to MIN_CHUNK_BYTES;
+    chunks a caller chose are kept."""
+    from submask.builder.backends import NumpyBackend
+    from submask.builder.criteria import Criterion
+
+    def fitted(nbytes: int, workers: int, chunk_bytes: int | None = None) -> int:
+        run = pipeline._Run(None, None, NumpyBackend(), Criterion(), True, workers, chunk_bytes,  # type: ignore[arg-type]
+                            progress=False)
+        run._fit_chunks(nbytes)
+        return run.chunk_bytes
+
+    mib = 1 << 20
+    assert fitted(227 * mib, 2) == 4 * mib  # 57 chunks: 28 a worker
+    assert fitted(36 * mib, 2) == 2 * mib and fitted(18 * mib, 2) == mib and fitted(1000, 16) == mib
+    assert fitted(18 * mib, 2, chunk_bytes=4 * mib) == 4 * mib
 
 
 def test_a_build_that_fails_midway_leaves_none_of_its_tasks_running(tmp_path: Path,

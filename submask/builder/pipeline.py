@@ -58,10 +58,12 @@ from .values import (
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a (pinned) buffer for a torch device
-# per side on the CPU: both sides of a chunk (2 MiB) stay in a core's L2 from the read to the compare, and a
-# small checkpoint makes chunks enough for every worker (4 MiB: 0.8x the speed at 2 x 18 MB, 0.9x at 2 x 227 MB)
-CPU_CHUNK_BYTES = 1024 * 1024
+MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a buffer, a chunk is compared while still in cache
+# Checkpoints read on the CPU too small to give each worker CHUNKS_PER_WORKER chunks get smaller ones, down to
+# MIN_CHUNK_BYTES: the workers then start and finish together (at 2 x 18 MB, 8 chunks of up to 4 MiB for 2
+# workers left one idle for much of a build: 0.8x the speed of 1 MiB chunks)
+CHUNKS_PER_WORKER = 8
+MIN_CHUNK_BYTES = 1024 * 1024
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
 # Both sides already on a torch device: nothing is read into host memory, and larger chunks on fewer threads
 # amortise each chunk's kernel launches and the copy back of its counts.
@@ -332,9 +334,9 @@ class _Run:
         if on_device:
             workers = min(workers, DEVICE_WORKERS)
         self.workers, self.depth = workers, workers + 1
-        host = MAX_CHUNK_BYTES if backend.takes_tensors else CPU_CHUNK_BYTES
         self.chunk_bytes = max(8 * 8, chunk_bytes or (DEVICE_CHUNK_BYTES if on_device else
-                                                      min(host, READ_BUDGET_BYTES // (2 * self.depth))))
+                                                      min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * self.depth))))
+        self.fit_chunks = chunk_bytes is None and not backend.takes_tensors  # ``_fit_chunks``
         self.progress = progress
         self._buffers = threading.local()
 
@@ -343,6 +345,7 @@ class _Run:
 
         With ``whole`` (the names stored whole) each tensor's changed values go to the sink too.
         """
+        self._fit_chunks(sum(info.nbytes for info in infos))
         stats: dict[str, Any] = {"changed": 0, "numel": 0, "dtypes": {}}
         ladders: dict[str, list[int]] = {}
         pending: deque[tuple[_TensorJob, Future[tuple[int, list[int] | None, int]], bool]] = deque()
@@ -405,6 +408,13 @@ class _Run:
             total = [sum(counts[k] for counts in ladders.values()) for k in range(len(LADDER_ATOL))]
             stats["ladder"] = {"atol": list(LADDER_ATOL), "changed": {"__all__": total, **ladders}}
         return stats
+
+    def _fit_chunks(self, nbytes: int) -> None:
+        """Halve the default chunks of a CPU build of ``nbytes`` (a side) until each worker gets CHUNKS_PER_WORKER
+        of them, down to MIN_CHUNK_BYTES."""
+        while self.fit_chunks and self.chunk_bytes // 2 >= MIN_CHUNK_BYTES \
+                and nbytes < CHUNKS_PER_WORKER * self.workers * self.chunk_bytes:
+            self.chunk_bytes //= 2
 
     def _compare(self, job: _TensorJob, k: int, start: int, stop: int) -> tuple[int, list[int] | None, int]:
         """Worker: read chunk ``k`` of both sides, compare, and place its packed bits (and values); returns

@@ -34,7 +34,7 @@ import numpy as np
 
 from submask.accel import numba_disabled, numba_state
 from submask.builder import build_mask
-from submask.builder.pipeline import CPU_CHUNK_BYTES, READ_BUDGET_BYTES
+from submask.builder.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
 from submask.checkpoints.safetensors_file import SafetensorsFile
 from tools.bench.report import markdown_table, write_section
 
@@ -164,7 +164,7 @@ def main() -> None:
     paths = write_pair(args.dir, sizes, args.changed)
     out = args.dir / "mask.smask"
     nbytes = sum(p.stat().st_size for p in paths)
-    chunk_bytes = min(CPU_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * (args.workers + 1)))  # as a CPU build reads
+    chunk_bytes = min(MAX_CHUNK_BYTES, READ_BUDGET_BYTES // (2 * (args.workers + 1)))
     builds: dict[str, Callable[[], object]] = {
         "build exact": lambda: build_mask(*paths, out, workers=args.workers, device="cpu", overwrite=True),
         "build exact, no ladder": lambda: build_mask(*paths, out, workers=args.workers, device="cpu", ladder=False,
