@@ -178,8 +178,8 @@ def test_chunks_of_any_size_write_the_same_file(tmp_path: Path, values: bool) ->
 
 
 def test_a_small_checkpoint_gets_chunks_for_every_worker() -> None:
-    """Default chunks are halved until each worker has CHUNKS_PER_WORKER of them, down to MIN_CHUNK_BYTES;
-    chunks a caller chose are kept."""
+    """Default chunks are halved until each worker has CHUNKS_PER_WORKER of them, down to MIN_CHUNK_BYTES, and
+    as many more are handed out at a time (the same bytes); chunks a caller chose are kept."""
     from submask.builder.backends import NumpyBackend
     from submask.builder.criteria import Criterion
 
@@ -187,6 +187,7 @@ def test_a_small_checkpoint_gets_chunks_for_every_worker() -> None:
         run = pipeline._Run(None, None, NumpyBackend(), Criterion(), True, workers, chunk_bytes,  # type: ignore[arg-type]
                             progress=False)
         run._fit_chunks(nbytes)
+        assert run.depth * run.chunk_bytes == (workers + 1) * (chunk_bytes or pipeline.MAX_CHUNK_BYTES)
         return run.chunk_bytes
 
     mib = 1 << 20

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 MAX_CHUNK_BYTES = 4 * 1024 * 1024  # per side: read into a buffer, a chunk is compared while still in cache
 # Checkpoints read on the CPU too small to give each worker CHUNKS_PER_WORKER chunks get smaller ones, down to
 # MIN_CHUNK_BYTES: the workers then start and finish together (at 2 x 18 MB, 8 chunks of up to 4 MiB for 2
-# workers left one idle for much of a build: 0.8x the speed of 1 MiB chunks)
+# workers left one idle for much of a build: ~0.8x the speed of 1 MiB chunks with the ladder)
 CHUNKS_PER_WORKER = 8
 MIN_CHUNK_BYTES = 1024 * 1024
 READ_BUDGET_BYTES = 256 * 1024 * 1024  # default bound on chunk bytes in flight (both checkpoints)
@@ -421,10 +421,12 @@ class _Run:
 
     def _fit_chunks(self, nbytes: int) -> None:
         """Halve the default chunks of a CPU build of ``nbytes`` (a side) until each worker gets CHUNKS_PER_WORKER
-        of them, down to MIN_CHUNK_BYTES."""
+        of them, down to MIN_CHUNK_BYTES, and hand out twice as many at a time (the same bytes): a worker then
+        waits less for the thread that hands them out."""
         while self.fit_chunks and self.chunk_bytes // 2 >= MIN_CHUNK_BYTES \
                 and nbytes < CHUNKS_PER_WORKER * self.workers * self.chunk_bytes:
             self.chunk_bytes //= 2
+            self.depth *= 2
 
     def _compare(self, job: _TensorJob, k: int, start: int, stop: int) -> tuple[int, list[int] | None, int]:
         """Worker: read chunk ``k`` of both sides, compare, and place its packed bits (and values); returns
