@@ -1,5 +1,5 @@
-"""Worker threads kept by the process (``compare``'s, the encode threads of builds), and ``compare``'s payload
-buffers kept between calls.
+"""Worker threads kept by the process (``compare``'s, a build's workers, writer and encode threads), and
+``compare``'s payload buffers kept between calls.
 
 Starting a thread pool, and paging in fresh memory for its threads' scratch and for the payloads read, cost a
 comparison of sparse masks about as much as its counting (about 2 ms of 7 at 2^28 elements, 0.1%), so both
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+T = TypeVar("T")
 
 KEPT_BYTES = 1 << 24  # a set of buffers larger than this in all is dropped after its call
 KEPT_SETS = 2  # sets of buffers kept (calls running at once beyond this take new ones)
@@ -39,6 +41,36 @@ def thread_pool(workers: int, purpose: str = "compare") -> ThreadPoolExecutor:
                 del _POOLS[inherited]  # a parent's: its threads did not survive the fork
             _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix=f"submask-{purpose}")
         return _POOLS[key]
+
+
+class Tasks:
+    """The tasks one call hands to kept pools (``thread_pool``). ``settle`` cancels those not started and waits
+    for the running ones, as ``shutdown(wait=True, cancel_futures=True)`` does for a pool of the call's own, so
+    none runs on after a call that ends early. A finished task is dropped at once: its result is not held."""
+
+    def __init__(self) -> None:
+        self._live: set[Future[Any]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> Future[T]:
+        future = pool.submit(function, *args)
+        with self._lock:
+            self._live.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._live.discard(future)
+
+    def settle(self) -> None:
+        from concurrent.futures import wait
+
+        with self._lock:
+            live = list(self._live)
+        for future in live:
+            future.cancel()
+        wait(live)
 
 
 @contextmanager

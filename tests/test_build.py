@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -175,21 +176,22 @@ def _every_code_pair(dtype_name: str) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("dtype_name", list(BUILD_DTYPES))
 def test_compiled_kernel_agrees_with_numpy(dtype_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused kernel's bits, counts and ladder equal the numpy path's for every criterion, code by code."""
+    """The fused kernel's bits, counts and ladder equal the numpy path's for every criterion, code by code, with
+    the ladder or without."""
     pytest.importorskip("numba")
     a, b = _every_code_pair(dtype_name)
     dtype, backend = BUILD_DTYPES[dtype_name], NumpyBackend()
-    for criterion in (Criterion.make(), Criterion.make(atol=0.0), Criterion.make(atol=1e-3),
-                      Criterion.make(rtol=0.01)):
+    for criterion, ladder in itertools.product((Criterion.make(), Criterion.make(atol=0.0),
+                                                Criterion.make(atol=1e-3), Criterion.make(rtol=0.01)), (True, False)):
         results = []
         for disabled in ("1", "0"):
             monkeypatch.setenv("SUBMASK_NO_NUMBA", disabled)
             kernels.diff_bits.reset()
             with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the numpy path
-                results.append(backend.compare(a, b, dtype, criterion, ladder=True))
+                results.append(backend.compare(a, b, dtype, criterion, ladder=ladder))
         expected, got = results
-        assert got.packed.tolist() == expected.packed.tolist(), criterion
-        assert (got.ones, got.ladder) == (expected.ones, expected.ladder), criterion
+        assert got.packed.tolist() == expected.packed.tolist(), (criterion, ladder)
+        assert (got.ones, got.ladder) == (expected.ones, expected.ladder), (criterion, ladder)
         assert 0 < got.ones < a.size
     kernels.diff_bits.reset()
 

@@ -1,12 +1,16 @@
 """What makes a build faster must not change what it writes: planes coded in parallel, their zstd levels, the
-finished tensors queued by bytes, and the kept encode threads across a fork."""
+finished tensors queued by bytes, the kept encode threads across a fork, the chunk size, and the kept build threads
+when a build fails."""
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,3 +162,78 @@ def test_payloads_held_in_memory_or_spilled_write_the_same_files(tmp_path: Path,
     assert written[0] == written[1] == written[2]
     assert sum(map(len, written[0].values())) > 2 * 30_000  # the middle writer spilled part of its payloads
     assert len(written[0]) == 1 if max_shard_bytes is None else len(written[0]) > 2  # shards and their index
+
+
+@pytest.mark.parametrize("values", [False, True])
+def test_chunks_of_any_size_write_the_same_file(tmp_path: Path, values: bool) -> None:
+    """The default chunks (smaller ones for a small checkpoint, ``_fit_chunks``) and any others give the same mask
+    or delta."""
+    base, finetuned = write_model(tmp_path / "base", 0), write_model(tmp_path / "finetuned", 1)
+    digests = set()
+    for chunk_bytes in (None, pipeline.MIN_CHUNK_BYTES, pipeline.MAX_CHUNK_BYTES, 4096):
+        out = tmp_path / f"{chunk_bytes}.smask"
+        submask.build_mask(base, finetuned, out, values=values, chunk_bytes=chunk_bytes)
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_a_small_checkpoint_gets_chunks_for_every_worker() -> None:
+    """Default chunks are halved until each worker has CHUNKS_PER_WORKER of them, down to MIN_CHUNK_BYTES, and
+    as many more are handed out at a time (the same bytes); chunks a caller chose are kept."""
+    from submask.builder.backends import NumpyBackend
+    from submask.builder.criteria import Criterion
+
+    def fitted(nbytes: int, workers: int, chunk_bytes: int | None = None) -> int:
+        run = pipeline._Run(None, None, NumpyBackend(), Criterion(), True, workers, chunk_bytes,  # type: ignore[arg-type]
+                            progress=False)
+        run._fit_chunks(nbytes)
+        assert run.depth * run.chunk_bytes == (workers + 1) * (chunk_bytes or pipeline.MAX_CHUNK_BYTES)
+        return run.chunk_bytes
+
+    mib = 1 << 20
+    assert fitted(227 * mib, 2) == 4 * mib  # 57 chunks: 28 a worker
+    assert fitted(36 * mib, 2) == 2 * mib and fitted(18 * mib, 2) == mib and fitted(1000, 16) == mib
+    assert fitted(18 * mib, 2, chunk_bytes=4 * mib) == 4 * mib
+
+
+def test_a_build_that_fails_midway_leaves_none_of_its_tasks_running(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build's threads are kept for the next one; when it fails, its queued chunks are cancelled and the running
+    ones finish before it raises, and no file is left. The next build on the same threads is whole."""
+    base, finetuned = write_model(tmp_path / "base", 0), write_model(tmp_path / "finetuned", 1)
+    compare, seen = pipeline._Run._compare, []
+
+    def failing(run: Any, job: Any, *args: Any) -> Any:
+        seen.append(job.info.name)
+        if job.info.name == "t1":
+            raise RuntimeError("disk gone")
+        return compare(run, job, *args)
+
+    monkeypatch.setattr(pipeline._Run, "_compare", failing)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        submask.build_mask(base, finetuned, tmp_path / "m.smask", workers=2, chunk_bytes=4096)
+    ran = len(seen)
+    assert not (tmp_path / "m.smask").exists()
+    assert ran - seen.index("t1") <= 3  # t1 has 440 chunks; at most workers + 1 were handed out (``depth``)
+    time.sleep(0.05)
+    assert len(seen) == ran  # nothing of the failed build ran after it raised
+    monkeypatch.setattr(pipeline._Run, "_compare", compare)
+    built = submask.build_mask(base, finetuned, tmp_path / "m.smask", workers=2, chunk_bytes=4096)
+    with submask.open(built.path) as opened:
+        assert sum(opened[name].count for name in opened) == built.count  # every tensor decodes and checks out
+
+
+def test_tasks_settle_cancels_the_queued_and_awaits_the_running() -> None:
+    pool, tasks = workers.thread_pool(1, "test-settle"), workers.Tasks()
+    started, release, done = threading.Event(), threading.Event(), []
+
+    def slow() -> None:
+        started.set()
+        release.wait(5)
+        done.append("slow")
+
+    running, queued = tasks.submit(pool, slow), tasks.submit(pool, done.append, "queued")
+    assert started.wait(5)
+    threading.Timer(0.05, release.set).start()
+    tasks.settle()
+    assert running.done() and queued.cancelled() and done == ["slow"]

