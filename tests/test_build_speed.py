@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 import submask
 from submask import workers
-from submask.builder import pipeline
+from submask.builder import run as build_run
 from submask.format import diffs, plane_coding
 from submask.format.payloads import RECORD_HEADER, STORED, ZSTD
 
@@ -120,7 +120,7 @@ def test_a_build_writes_the_same_delta_however_many_tensors_wait_to_be_written(t
     save_file(state, finetuned)
     digests = []
     for pending_bytes in (0, 1 << 40):
-        monkeypatch.setattr(pipeline, "PENDING_BYTES", pending_bytes)
+        monkeypatch.setattr(build_run, "PENDING_BYTES", pending_bytes)
         out = tmp_path / f"d{pending_bytes}.smask"
         submask.build_mask(base, finetuned, out, values=True, workers=2, chunk_bytes=64 * 1024)
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
@@ -170,7 +170,7 @@ def test_chunks_of_any_size_write_the_same_file(tmp_path: Path, values: bool) ->
     or delta."""
     base, finetuned = write_model(tmp_path / "base", 0), write_model(tmp_path / "finetuned", 1)
     digests = set()
-    for chunk_bytes in (None, pipeline.MIN_CHUNK_BYTES, pipeline.MAX_CHUNK_BYTES, 4096):
+    for chunk_bytes in (None, build_run.MIN_CHUNK_BYTES, build_run.MAX_CHUNK_BYTES, 4096):
         out = tmp_path / f"{chunk_bytes}.smask"
         submask.build_mask(base, finetuned, out, values=values, chunk_bytes=chunk_bytes)
         digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
@@ -184,10 +184,10 @@ def test_a_small_checkpoint_gets_chunks_for_every_worker() -> None:
     from submask.builder.criteria import Criterion
 
     def fitted(nbytes: int, workers: int, chunk_bytes: int | None = None) -> int:
-        run = pipeline._Run(None, None, NumpyBackend(), Criterion(), True, workers, chunk_bytes,  # type: ignore[arg-type]
+        run = build_run.Run(None, None, NumpyBackend(), Criterion(), True, workers, chunk_bytes,  # type: ignore[arg-type]
                             progress=False)
         run._fit_chunks(nbytes)
-        assert run.depth * run.chunk_bytes == (workers + 1) * (chunk_bytes or pipeline.MAX_CHUNK_BYTES)
+        assert run.depth * run.chunk_bytes == (workers + 1) * (chunk_bytes or build_run.MAX_CHUNK_BYTES)
         return run.chunk_bytes
 
     mib = 1 << 20
@@ -201,7 +201,7 @@ def test_a_build_that_fails_midway_leaves_none_of_its_tasks_running(tmp_path: Pa
     """A build's threads are kept for the next one; when it fails, its queued chunks are cancelled and the running
     ones finish before it raises, and no file is left. The next build on the same threads is whole."""
     base, finetuned = write_model(tmp_path / "base", 0), write_model(tmp_path / "finetuned", 1)
-    compare, seen = pipeline._Run._compare, []
+    compare, seen = build_run.Run._compare, []
 
     def failing(run: Any, job: Any, *args: Any) -> Any:
         seen.append(job.info.name)
@@ -209,7 +209,7 @@ def test_a_build_that_fails_midway_leaves_none_of_its_tasks_running(tmp_path: Pa
             raise RuntimeError("disk gone")
         return compare(run, job, *args)
 
-    monkeypatch.setattr(pipeline._Run, "_compare", failing)
+    monkeypatch.setattr(build_run.Run, "_compare", failing)
     with pytest.raises(RuntimeError, match="disk gone"):
         submask.build_mask(base, finetuned, tmp_path / "m.smask", workers=2, chunk_bytes=4096)
     ran = len(seen)
@@ -217,7 +217,7 @@ def test_a_build_that_fails_midway_leaves_none_of_its_tasks_running(tmp_path: Pa
     assert ran - seen.index("t1") <= 3  # t1 has 440 chunks; at most workers + 1 were handed out (``depth``)
     time.sleep(0.05)
     assert len(seen) == ran  # nothing of the failed build ran after it raised
-    monkeypatch.setattr(pipeline._Run, "_compare", compare)
+    monkeypatch.setattr(build_run.Run, "_compare", compare)
     built = submask.build_mask(base, finetuned, tmp_path / "m.smask", workers=2, chunk_bytes=4096)
     with submask.open(built.path) as opened:
         assert sum(opened[name].count for name in opened) == built.count  # every tensor decodes and checks out

@@ -1,9 +1,10 @@
 """Masks from checkpoint diffs: ``build_mask(base, finetuned)`` sets a bit where a value changed.
 
 Modules: ``criteria`` (exact/atol/rtol and the tolerance ladder, defined in its docstring), ``kernels`` (the
-fused numba compare, optional), ``backends`` (CPU and torch/CUDA compare), ``pipeline`` (the streaming,
-multi-threaded build), ``sinks`` (where its finished tensors go), ``values`` (what a build with values, a delta,
-adds). Checkpoints are read through ``submask.checkpoints``.
+fused numba compare, optional), ``backends`` (CPU and torch/CUDA compare), ``pipeline`` (opening and matching
+the checkpoints, the build's front door), ``run`` (the streaming, multi-threaded compare of a build), ``sinks``
+(where its finished tensors go), ``values`` (what a build with values, a delta, adds). Checkpoints are read
+through ``submask.checkpoints``.
 """
 
 from __future__ import annotations

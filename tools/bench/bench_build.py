@@ -34,7 +34,7 @@ import numpy as np
 
 from submask.accel import numba_disabled, numba_state
 from submask.builder import build_mask
-from submask.builder.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
+from submask.builder.run import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
 from submask.checkpoints.safetensors_file import SafetensorsFile
 from tools.bench.report import markdown_table, write_section
 

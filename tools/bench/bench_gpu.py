@@ -29,7 +29,7 @@ import torch
 
 from submask import UpdateTracker, build_mask, count_changes
 from submask.builder.backends import TorchBackend
-from submask.builder.pipeline import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
+from submask.builder.run import MAX_CHUNK_BYTES, READ_BUDGET_BYTES
 from tools.bench.bench_build import MIB, drop_cache, read_raw, tensor_sizes, write_pair
 from tools.bench.report import markdown_table, write_section
 
