@@ -9,7 +9,7 @@ tensor that its batched kernel (``codecs.batch``) does not count.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias, TypeVar, cast
@@ -24,6 +24,7 @@ from .format.tensors import decode_tensor, entry_codec, payload_verified
 from .limits import check_allocation
 from .mask import TensorMask
 from .packed import from_positions, packed_nbytes
+from .workers import thread_buffer
 
 T = TypeVar("T")
 
@@ -71,18 +72,6 @@ def _decode(read: Read, index: int, streamed: bool, verify: bool) -> _Operand:
     check_allocation(packed_nbytes(entry.bits), f"{at}{entry.bits:,} bits")
     out = thread_buffer(index, packed_nbytes(entry.bits))
     return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path, out=out, verify_crc=verify))
-
-
-def thread_buffer(index: Hashable, nbytes: int) -> np.ndarray:
-    """This thread's reusable decode buffer ``index``, at least ``nbytes`` long (fresh memory costs page faults)."""
-    return reusable(_tables.__dict__.setdefault("buffers", {}), index, nbytes)
-
-
-def reusable(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
-    """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
-    if key not in buffers or buffers[key].size < nbytes:
-        buffers[key] = np.empty(nbytes, np.uint8)
-    return buffers[key][:nbytes]
 
 
 def _checked(at: str, decode: Callable[[], T]) -> T:
@@ -138,7 +127,7 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
     return packed_intersection_count(cast(np.ndarray, x.packed), cast(np.ndarray, y.packed))
 
 
-_tables = threading.local()  # per thread: a bool table for positions, decode buffers
+_tables = threading.local()  # per thread: a bool table for positions
 
 
 def _common_positions(a: np.ndarray, b: np.ndarray, numel: int) -> int:
