@@ -34,7 +34,7 @@ Read: TypeAlias = "tuple[TensorEntry, bytes, Path] | TensorMask"
 #: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
 #: (measured crossover)
 POSITIONS_MAX_DENSITY = 1 / 16
-_WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
+_WINDOW = 1 << 20  # positions are intersected through a reusable byte table of this many elements (a core's L2)
 _GATHER_CHUNK = 1 << 22
 
 @dataclass
@@ -96,16 +96,21 @@ def compare_tensor(reads: list[Read], verify: bool) -> np.ndarray:
     if n > 2 and len(packed) == n:
         return pair_intersection_counts(packed)
     out = np.zeros((n, n), np.int64)
+    sparse = [index for index, operand in enumerate(operands) if operand.positions is not None]
+    if len(sparse) > 1:  # every pair of them in one pass over their windows
+        listed = [cast(np.ndarray, operands[index].positions) for index in sparse]
+        out[np.ix_(sparse, sparse)] = _common_counts(listed, operands[0].numel)
     for i in range(n):
         out[i, i] = operands[i].count
         for j in range(i + 1, n):
-            out[i, j] = out[j, i] = _pair_count(operands[i], operands[j])
+            if i not in sparse or j not in sparse:
+                out[i, j] = out[j, i] = _pair_count(operands[i], operands[j])
     return out
 
 
 def _pair_count(x: _Operand, y: _Operand) -> int:
-    """|X and Y|, by the cheapest route: shortcuts for empty/full, a payload streamed against packed
-    bits, position tables, bit gathers, AND+popcount."""
+    """|X and Y| of two operands that do not both hold positions, by the cheapest route: shortcuts for
+    empty/full, a payload streamed against packed bits, bit gathers, AND+popcount."""
     if not x.count or not y.count:
         return 0
     if x.count == x.numel or y.count == y.numel:
@@ -117,8 +122,6 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
         hits, ones = cast(tuple[int, int], _checked(at, lambda: codec.intersection_count(payload, y.numel, x_packed)))
         _check_count(at, ones, y.count)
         return hits
-    if x.positions is not None and y.positions is not None:
-        return _common_positions(x.positions, y.positions, x.numel)
     if x.positions is not None or y.positions is not None:
         sparse, dense = (x, y) if x.positions is not None else (y, x)
         # the operand without positions holds packed bits (only the second of two is left streamed: above)
@@ -127,29 +130,68 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
     return packed_intersection_count(cast(np.ndarray, x.packed), cast(np.ndarray, y.packed))
 
 
-_tables = threading.local()  # per thread: a bool table for positions
-
-
-def _common_positions(a: np.ndarray, b: np.ndarray, numel: int) -> int:
-    """Common elements of two ascending position arrays: mark one window of ``a`` in a bool table (cache
-    sized, reused and cleared by unmarking), look up ``b`` in it."""
-    table = getattr(_tables, "table", None)
-    if table is None:
-        table = _tables.table = np.zeros(_WINDOW, np.bool_)
+def _common_counts(positions: list[np.ndarray], numel: int) -> np.ndarray:
+    """N x N counts of the elements common to ascending arrays of distinct positions below ``numel`` (their
+    sizes on the diagonal). Window by window, each array but the last marks its positions in this thread's
+    ``_StampTable`` and every later one counts its positions that hold the mark."""
+    n = len(positions)
+    out = np.diag([listed.size for listed in positions]).astype(np.int64)
+    table = _stamp_table()
     bounds = np.arange(_WINDOW, numel, _WINDOW)
-    a_cuts = [0, *np.searchsorted(a, bounds).tolist(), a.size]
-    b_cuts = [0, *np.searchsorted(b, bounds).tolist(), b.size]
-    total = 0
-    for window in range(len(a_cuts) - 1):
-        a0, a1, b0, b1 = a_cuts[window], a_cuts[window + 1], b_cuts[window], b_cuts[window + 1]
-        if a0 == a1 or b0 == b1:
-            continue
+    cuts = [[0, *np.searchsorted(listed, bounds).tolist(), listed.size] for listed in positions]
+    for window in range(bounds.size + 1):
         start = window * _WINDOW
-        in_a, in_b = a[a0:a1] - start, b[b0:b1] - start
-        table[in_a] = True
-        total += int(np.count_nonzero(table[in_b]))
-        table[in_a] = False
-    return total
+        pieces = [_window_piece(listed, cut[window], cut[window + 1], start, index)
+                  for index, (listed, cut) in enumerate(zip(positions, cuts))]
+        for i in range(n - 1):
+            if not pieces[i].size or not any(piece.size for piece in pieces[i + 1 :]):
+                continue
+            stamp = table.mark(pieces[i])
+            for j in range(i + 1, n):
+                out[i, j] += table.count(pieces[j], stamp)
+    return out + np.triu(out, 1).T
+
+
+def _window_piece(listed: np.ndarray, first: int, stop: int, start: int, index: int) -> np.ndarray:
+    """``listed[first:stop] - start``, in this thread's buffer ``index`` (the first window needs no copy)."""
+    piece = listed[first:stop]
+    if not start:
+        return piece
+    return np.subtract(piece, start, out=thread_buffer(("window", index), 8 * piece.size).view(np.int64))
+
+
+class _StampTable:
+    """A byte per element of a window, marked with a new stamp for each array of positions, so that it is
+    cleared only once every 255 marks instead of after each (``_common_counts``)."""
+
+    def __init__(self) -> None:
+        self.table = np.zeros(_WINDOW, np.uint8)
+        self.stamp = 0
+
+    def mark(self, positions: np.ndarray) -> int:
+        """Mark ``positions`` (below _WINDOW) with a new stamp, which is returned."""
+        if self.stamp == 255:
+            self.table.fill(0)
+            self.stamp = 0
+        self.stamp += 1
+        self.table[positions] = self.stamp
+        return self.stamp
+
+    def count(self, positions: np.ndarray, stamp: int) -> int:
+        """How many of ``positions`` (below _WINDOW) hold ``stamp``."""
+        marks = np.take(self.table, positions, mode="clip", out=thread_buffer("marks", positions.size))
+        return int(np.count_nonzero(np.equal(marks, stamp, out=marks.view(np.bool_))))
+
+
+_tables = threading.local()  # per thread: its _StampTable
+
+
+def _stamp_table() -> _StampTable:
+    """This thread's ``_StampTable``."""
+    table = getattr(_tables, "stamps", None)
+    if table is None:
+        table = _tables.stamps = _StampTable()
+    return cast(_StampTable, table)
 
 
 def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:
