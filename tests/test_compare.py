@@ -23,7 +23,7 @@ from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
-from submask.tensor_counts import _Operand, _pair_count
+from submask.tensor_counts import _WINDOW, _common_counts, _Operand, _pair_count
 from submask.workers import thread_pool
 
 compare_module = importlib.import_module("submask.compare")
@@ -278,3 +278,19 @@ def test_a_streamed_operand_counts_against_a_positions_operand() -> None:
     first = _Operand(numel, int(a.sum()), positions=np.flatnonzero(a))
     second = _Operand(numel, int(b.sum()), streamed=(RiceCodec(), payload_b, "b.smask, tensor 'w': "))
     assert _pair_count(first, second) == int(np.sum(a & b))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_common_counts_of_positions_match_numpy(n: int) -> None:
+    """Every pair's common positions, across windows (one ending on a window's last element, one empty) and over
+    more marks than the stamp table has stamps (it is cleared, then marked again)."""
+    rng = np.random.default_rng(n)
+    numel = 3 * _WINDOW + 5
+    masks = [rng.random(numel) < density for density in [0.001, 0.05, 0.0, 0.3, 0.01][:n]]
+    masks[0][_WINDOW - 1] = True  # a window's last element
+    if n > 1:
+        masks[1][2 * _WINDOW : 3 * _WINDOW] = False  # a window without positions
+    expected = [[int(np.sum(a & b)) for b in masks] for a in masks]
+    positions = [np.flatnonzero(bools) for bools in masks]
+    for _ in range(300 // (4 * max(1, n - 1)) + 1):
+        assert _common_counts(positions, numel).tolist() == expected
