@@ -132,24 +132,54 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
 
 def _common_counts(positions: list[np.ndarray], numel: int) -> np.ndarray:
     """N x N counts of the elements common to ascending arrays of distinct positions below ``numel`` (their
-    sizes on the diagonal). Window by window, each array but the last marks its positions in this thread's
-    ``_StampTable`` and every later one counts its positions that hold the mark."""
+    sizes on the diagonal). Window by window, up to 8 arrays at a time mark their positions in this thread's
+    byte table, a bit each, and each later array reads its positions' bytes there: one gather counts it
+    against every array marked before it."""
     n = len(positions)
     out = np.diag([listed.size for listed in positions]).astype(np.int64)
-    table = _stamp_table()
+    table = _mark_table()
     bounds = np.arange(_WINDOW, numel, _WINDOW)
     cuts = [[0, *np.searchsorted(listed, bounds).tolist(), listed.size] for listed in positions]
     for window in range(bounds.size + 1):
         start = window * _WINDOW
         pieces = [_window_piece(listed, cut[window], cut[window + 1], start, index)
                   for index, (listed, cut) in enumerate(zip(positions, cuts))]
-        for i in range(n - 1):
-            if not pieces[i].size or not any(piece.size for piece in pieces[i + 1 :]):
-                continue
-            stamp = table.mark(pieces[i])
-            for j in range(i + 1, n):
-                out[i, j] += table.count(pieces[j], stamp)
+        for first in range(0, n - 1, 8):
+            marking = pieces[first : min(first + 8, n - 1)]
+            try:
+                for later, piece in enumerate(pieces[first:]):
+                    for bit, count in enumerate(_count_and_mark(table, piece, later, len(marking))):
+                        out[first + bit, first + later] += count
+            finally:
+                _clear(table, marking)
     return out + np.triu(out, 1).T
+
+
+def _count_and_mark(table: np.ndarray, piece: np.ndarray, index: int, marking: int) -> list[int]:
+    """How many of ``piece`` the table marks with each bit below ``index`` and ``marking`` (bit b: the b-th array
+    of the group); then the piece is marked with bit ``index`` if that is below ``marking``."""
+    counted = min(index, marking)
+    if not piece.size:
+        return [0] * counted
+    if not index:
+        table[piece] = 1  # the table is clear
+        return []
+    marks = table.take(piece, mode="clip", out=thread_buffer("marks", piece.size))
+    bits = thread_buffer("bits", piece.size)
+    counts = [int(np.count_nonzero(np.bitwise_and(marks, 1 << bit, out=bits))) for bit in range(counted)]
+    if index < marking:
+        marks |= 1 << index
+        table[piece] = marks
+    return counts
+
+
+def _clear(table: np.ndarray, marked: list[np.ndarray]) -> None:
+    """Zero ``table`` at the ``marked`` positions: all of it, where that costs less."""
+    if sum(piece.size for piece in marked) > table.size // 64:
+        table.fill(0)
+        return
+    for piece in marked:
+        table[piece] = 0
 
 
 def _window_piece(listed: np.ndarray, first: int, stop: int, start: int, index: int) -> np.ndarray:
@@ -160,38 +190,15 @@ def _window_piece(listed: np.ndarray, first: int, stop: int, start: int, index: 
     return np.subtract(piece, start, out=thread_buffer(("window", index), 8 * piece.size).view(np.int64))
 
 
-class _StampTable:
-    """A byte per element of a window, marked with a new stamp for each array of positions, so that it is
-    cleared only once every 255 marks instead of after each (``_common_counts``)."""
-
-    def __init__(self) -> None:
-        self.table = np.zeros(_WINDOW, np.uint8)
-        self.stamp = 0
-
-    def mark(self, positions: np.ndarray) -> int:
-        """Mark ``positions`` (below _WINDOW) with a new stamp, which is returned."""
-        if self.stamp == 255:
-            self.table.fill(0)
-            self.stamp = 0
-        self.stamp += 1
-        self.table[positions] = self.stamp
-        return self.stamp
-
-    def count(self, positions: np.ndarray, stamp: int) -> int:
-        """How many of ``positions`` (below _WINDOW) hold ``stamp``."""
-        marks = np.take(self.table, positions, mode="clip", out=thread_buffer("marks", positions.size))
-        return int(np.count_nonzero(np.equal(marks, stamp, out=marks.view(np.bool_))))
+_tables = threading.local()  # per thread: its table of marks
 
 
-_tables = threading.local()  # per thread: its _StampTable
-
-
-def _stamp_table() -> _StampTable:
-    """This thread's ``_StampTable``."""
-    table = getattr(_tables, "stamps", None)
+def _mark_table() -> np.ndarray:
+    """This thread's table of marks for ``_common_counts``: a byte per element of a window, all clear."""
+    table = getattr(_tables, "marks", None)
     if table is None:
-        table = _tables.stamps = _StampTable()
-    return cast(_StampTable, table)
+        table = _tables.marks = np.zeros(_WINDOW, np.uint8)
+    return cast(np.ndarray, table)
 
 
 def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:

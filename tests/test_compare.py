@@ -280,17 +280,19 @@ def test_a_streamed_operand_counts_against_a_positions_operand() -> None:
     assert _pair_count(first, second) == int(np.sum(a & b))
 
 
-@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("n", [1, 2, 5, 11])
 def test_common_counts_of_positions_match_numpy(n: int) -> None:
-    """Every pair's common positions, across windows (one ending on a window's last element, one empty) and over
-    more marks than the stamp table has stamps (it is cleared, then marked again)."""
+    """Every pair's common positions, across windows (one ending on a window's last element, one empty), in
+    groups of 8 marking arrays (11: two groups), the table cleared after each (dense: whole, sparse: by position),
+    as later calls show."""
     rng = np.random.default_rng(n)
     numel = 3 * _WINDOW + 5
-    masks = [rng.random(numel) < density for density in [0.001, 0.05, 0.0, 0.3, 0.01][:n]]
+    masks = [rng.random(numel) < density for density in [0.001, 0.05, 0.0, 0.3, 0.01, *[0.02] * 6][:n]]
     masks[0][_WINDOW - 1] = True  # a window's last element
     if n > 1:
         masks[1][2 * _WINDOW : 3 * _WINDOW] = False  # a window without positions
     expected = [[int(np.sum(a & b)) for b in masks] for a in masks]
     positions = [np.flatnonzero(bools) for bools in masks]
-    for _ in range(300 // (4 * max(1, n - 1)) + 1):
+    for _ in range(3):
         assert _common_counts(positions, numel).tolist() == expected
+    assert _common_counts(positions[::-1], numel).tolist() == [row[::-1] for row in expected[::-1]]

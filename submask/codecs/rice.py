@@ -274,7 +274,7 @@ def _read_block(payload: bytes, offset: int, nbits: int) -> tuple[int, np.ndarra
     value, k, count, unary_nbytes, offset, end = _read_header(payload, offset, nbits)
     unary = np.frombuffer(payload, dtype=np.uint8, count=unary_nbytes, offset=offset)
     bools = _scratch("rice unary", 8 * unary_nbytes).view(np.bool_)
-    _UNPACKED.take(unary, axis=0, out=bools.reshape(unary_nbytes, 8))
+    _UNPACKED.take(unary, axis=0, mode="clip", out=bools.reshape(unary_nbytes, 8))
     positions = np.flatnonzero(bools)  # the unary terminators t_i, made the positions in place
     if positions.size != count:
         raise FormatError(f"rice block codes {positions.size} positions, its header says {count}")
