@@ -158,9 +158,15 @@ def _encode_block(block: np.ndarray, nbits: int) -> bytes:
 def _decode_block(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, int]:
     """Packed bits of one block and the offset after it."""
     value, listed, end = _read_block(payload, offset, nbits)
-    bools = np.full(nbits, not value, dtype=np.bool_)
+    return np.packbits(_block_bools(value, listed, nbits)), end
+
+
+def _block_bools(value: int, listed: np.ndarray, nbits: int) -> np.ndarray:
+    """A block's bits as bools, from its coded value and listed positions, in this thread's scratch."""
+    bools = _scratch("rice bools", nbits).view(np.bool_)
+    bools.fill(not value)
     bools[listed] = bool(value)
-    return np.packbits(bools), end
+    return bools
 
 
 def decode_positions(payload: bytes, numel: int, block_bits: int) -> np.ndarray:
@@ -248,9 +254,7 @@ def _block_positions(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarra
     value, listed, end = _read_block(payload, offset, nbits)
     if value:
         return listed, end
-    ones = np.ones(nbits, dtype=np.bool_)  # the block lists its zeros: the set bits are the other positions
-    ones[listed] = False
-    return np.flatnonzero(ones), end
+    return np.flatnonzero(_block_bools(value, listed, nbits)), end  # the block lists its zeros
 
 
 def _read_header(payload: bytes, offset: int, nbits: int) -> tuple[int, int, int, int, int, int]:
