@@ -282,10 +282,11 @@ def _read_block(payload: bytes, offset: int, nbits: int) -> tuple[int, np.ndarra
     positions = np.flatnonzero(bools)  # the unary terminators t_i, made the positions in place
     if positions.size != count:
         raise FormatError(f"rice block codes {positions.size} positions, its header says {count}")
-    # position i = ((t_i - i) << k) + i + r_0 + ... + r_i (t_i - i zeros before the i-th terminator: its quotients
-    # summed; r_j: the remainder of gap j), which is (t_i << k) - (D_i - (2^k - 1)) where D_i sums 2^k - 1 - r_j
-    # over j <= i: no index array. The first term is at most position i: below nbits (else the block is bad),
-    # it keeps every value below int64's limit
+    # position i = ((t_i - i) << k) + i + r_0 + ... + r_i, where t_i - i (the zeros before the i-th terminator)
+    # sums the quotients and r_j is the remainder of gap j; that is (t_i << k) - (D_i - (2^k - 1)), D_i the sum
+    # of 2^k - 1 - r_j over j <= i, computed in place without an index array. Its first term is at most position
+    # i: below nbits (else the block is bad), it keeps every value below 2^32 + (count << k), inside int64 for
+    # any block under 16 GiB
     if count and (int(positions[-1]) + 1 - count) << k >= nbits:
         raise FormatError(f"rice block codes a position past its {nbits} bits")
     if count and k:
@@ -316,14 +317,14 @@ def _subtract_complement_sums(positions: np.ndarray, planes: np.ndarray) -> None
     per_word, spread = 64 // width, _SPREAD[width]
     nwords = plane_nbytes * 8 // per_word
     scratch = _scratch("rice planes", 8 * nwords * (k + 3)).view("<u8").reshape(k + 3, nwords)
-    spread_planes, words, totals, starts = scratch[:k], scratch[k], scratch[k + 1], scratch[k + 2].view(np.int64)
+    spread_planes, words, totals, starts = scratch[:k], scratch[k], scratch[k + 1], scratch[k + 2].view("<i8")
     spread.take(planes, axis=0, mode="clip", out=spread_planes.view(spread.dtype).reshape(k, plane_nbytes, 8))
     spread_planes <<= _PLANE_SHIFTS[:k]  # each lane holds 0 or 1: shifting the word shifts each lane alone
     np.bitwise_or.reduce(spread_planes, axis=0, out=words)
     words *= np.uint64(sum(1 << (width * lane) for lane in range(per_word)))  # lane j: lanes 0 to j summed
     np.right_shift(words, np.uint64(64 - width), out=totals)  # the last lane: the word's sum, below 2^32
-    np.cumsum(totals.view(np.int64), out=starts)
-    starts -= totals.view(np.int64)
+    np.cumsum(totals.view("<i8"), out=starts)
+    starts -= totals.view("<i8")
     starts -= (1 << k) - 1  # D before each word, less 2^k - 1
     positions -= words.view(spread.dtype)[: positions.size]
     full = positions.size // per_word  # words whose lanes all hold positions; a last one may hold fewer
