@@ -34,7 +34,10 @@ Read: TypeAlias = "tuple[TensorEntry, bytes, Path] | TensorMask"
 #: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
 #: (measured crossover)
 POSITIONS_MAX_DENSITY = 1 / 16
-_WINDOW = 1 << 20  # positions are intersected through a reusable byte table of this many elements (a core's L2)
+#: positions are intersected window by window through a reusable byte table of _TABLE elements; dense ones (more
+#: than one per _SPARSE elements) in windows of _WINDOW, whose table fits a core's L2 cache (sparse ones would pay
+#: more for the windows than they save)
+_TABLE, _WINDOW, _SPARSE = 1 << 22, 1 << 20, 256
 _GATHER_CHUNK = 1 << 22
 
 @dataclass
@@ -137,13 +140,14 @@ def _common_counts(positions: list[np.ndarray], numel: int) -> np.ndarray:
     against every array marked before it."""
     n = len(positions)
     out = np.diag([listed.size for listed in positions]).astype(np.int64)
-    table = _mark_table()
-    bounds = np.arange(_WINDOW, numel, _WINDOW)
+    window = _WINDOW if sum(listed.size for listed in positions) * _SPARSE > numel else _TABLE
+    table = _mark_table()[:window]
+    bounds = np.arange(window, numel, window)
     cuts = [[0, *np.searchsorted(listed, bounds).tolist(), listed.size] for listed in positions]
-    for window in range(bounds.size + 1):
-        start = window * _WINDOW
-        pieces = [_window_piece(listed, cut[window], cut[window + 1], start, index)
-                  for index, (listed, cut) in enumerate(zip(positions, cuts))]
+    for index in range(bounds.size + 1):
+        start = index * window
+        pieces = [_window_piece(listed, cut[index], cut[index + 1], start, array)
+                  for array, (listed, cut) in enumerate(zip(positions, cuts))]
         for first in range(0, n - 1, 8):
             marking = pieces[first : min(first + 8, n - 1)]
             try:
@@ -194,10 +198,10 @@ _tables = threading.local()  # per thread: its table of marks
 
 
 def _mark_table() -> np.ndarray:
-    """This thread's table of marks for ``_common_counts``: a byte per element of a window, all clear."""
+    """This thread's table of marks for ``_common_counts``: a byte per element of the largest window, all clear."""
     table = getattr(_tables, "marks", None)
     if table is None:
-        table = _tables.marks = np.zeros(_WINDOW, np.uint8)
+        table = _tables.marks = np.zeros(_TABLE, np.uint8)
     return cast(np.ndarray, table)
 
 
