@@ -42,8 +42,8 @@ from .limits import check_allocation
 from .mask import Mask, TensorMask
 from .names import Names
 from .packed import crc32
-from .tensor_counts import Read, compare_tensor, reusable, thread_buffer
-from .workers import kept_buffers, thread_pool
+from .tensor_counts import Read, compare_tensor
+from .workers import kept_buffers, reusable, thread_buffer, thread_pool
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

@@ -9,7 +9,7 @@ tensor that its batched kernel (``codecs.batch``) does not count.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias, TypeVar, cast
@@ -24,6 +24,7 @@ from .format.tensors import decode_tensor, entry_codec, payload_verified
 from .limits import check_allocation
 from .mask import TensorMask
 from .packed import from_positions, packed_nbytes
+from .workers import thread_buffer
 
 T = TypeVar("T")
 
@@ -33,7 +34,10 @@ Read: TypeAlias = "tuple[TensorEntry, bytes, Path] | TensorMask"
 #: without streaming kernels, payloads at most this dense are decoded to positions rather than packed bits
 #: (measured crossover)
 POSITIONS_MAX_DENSITY = 1 / 16
-_WINDOW = 1 << 22  # positions are intersected through a reusable bool table of this many elements
+#: positions are intersected window by window through a reusable byte table of _TABLE elements; dense ones (more
+#: than one per _SPARSE elements) in windows of _WINDOW, whose table fits a core's L2 cache (sparse ones would pay
+#: more for the windows than they save)
+_TABLE, _WINDOW, _SPARSE = 1 << 22, 1 << 20, 256
 _GATHER_CHUNK = 1 << 22
 
 @dataclass
@@ -73,18 +77,6 @@ def _decode(read: Read, index: int, streamed: bool, verify: bool) -> _Operand:
     return _Operand(entry.bits, entry.ones, packed=decode_tensor(entry, payload, path, out=out, verify_crc=verify))
 
 
-def thread_buffer(index: Hashable, nbytes: int) -> np.ndarray:
-    """This thread's reusable decode buffer ``index``, at least ``nbytes`` long (fresh memory costs page faults)."""
-    return reusable(_tables.__dict__.setdefault("buffers", {}), index, nbytes)
-
-
-def reusable(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
-    """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
-    if key not in buffers or buffers[key].size < nbytes:
-        buffers[key] = np.empty(nbytes, np.uint8)
-    return buffers[key][:nbytes]
-
-
 def _checked(at: str, decode: Callable[[], T]) -> T:
     try:
         return decode()
@@ -107,16 +99,21 @@ def compare_tensor(reads: list[Read], verify: bool) -> np.ndarray:
     if n > 2 and len(packed) == n:
         return pair_intersection_counts(packed)
     out = np.zeros((n, n), np.int64)
+    sparse = [index for index, operand in enumerate(operands) if operand.positions is not None]
+    if len(sparse) > 1:  # every pair of them in one pass over their windows
+        listed = [cast(np.ndarray, operands[index].positions) for index in sparse]
+        out[np.ix_(sparse, sparse)] = _common_counts(listed, operands[0].numel)
     for i in range(n):
         out[i, i] = operands[i].count
         for j in range(i + 1, n):
-            out[i, j] = out[j, i] = _pair_count(operands[i], operands[j])
+            if i not in sparse or j not in sparse:
+                out[i, j] = out[j, i] = _pair_count(operands[i], operands[j])
     return out
 
 
 def _pair_count(x: _Operand, y: _Operand) -> int:
-    """|X and Y|, by the cheapest route: shortcuts for empty/full, a payload streamed against packed
-    bits, position tables, bit gathers, AND+popcount."""
+    """|X and Y| of two operands that do not both hold positions, by the cheapest route: shortcuts for
+    empty/full, a payload streamed against packed bits, bit gathers, AND+popcount."""
     if not x.count or not y.count:
         return 0
     if x.count == x.numel or y.count == y.numel:
@@ -128,8 +125,6 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
         hits, ones = cast(tuple[int, int], _checked(at, lambda: codec.intersection_count(payload, y.numel, x_packed)))
         _check_count(at, ones, y.count)
         return hits
-    if x.positions is not None and y.positions is not None:
-        return _common_positions(x.positions, y.positions, x.numel)
     if x.positions is not None or y.positions is not None:
         sparse, dense = (x, y) if x.positions is not None else (y, x)
         # the operand without positions holds packed bits (only the second of two is left streamed: above)
@@ -138,29 +133,76 @@ def _pair_count(x: _Operand, y: _Operand) -> int:
     return packed_intersection_count(cast(np.ndarray, x.packed), cast(np.ndarray, y.packed))
 
 
-_tables = threading.local()  # per thread: a bool table for positions, decode buffers
+def _common_counts(positions: list[np.ndarray], numel: int) -> np.ndarray:
+    """N x N counts of the elements common to ascending arrays of distinct positions below ``numel`` (their
+    sizes on the diagonal). Window by window, up to 8 arrays at a time mark their positions in this thread's
+    byte table, a bit each, and each later array reads its positions' bytes there: one gather counts it
+    against every array marked before it."""
+    n = len(positions)
+    out = np.diag([listed.size for listed in positions]).astype(np.int64)
+    window = _WINDOW if sum(listed.size for listed in positions) * _SPARSE > numel else _TABLE
+    table = _mark_table()[:window]
+    bounds = np.arange(window, numel, window)
+    cuts = [[0, *np.searchsorted(listed, bounds).tolist(), listed.size] for listed in positions]
+    for index in range(bounds.size + 1):
+        start = index * window
+        pieces = [_window_piece(listed, cut[index], cut[index + 1], start, array)
+                  for array, (listed, cut) in enumerate(zip(positions, cuts))]
+        for first in range(0, n - 1, 8):
+            marking = pieces[first : min(first + 8, n - 1)]
+            try:
+                for later, piece in enumerate(pieces[first:]):
+                    for bit, count in enumerate(_count_and_mark(table, piece, later, len(marking))):
+                        out[first + bit, first + later] += count
+            finally:
+                _clear(table, marking)
+    return out + np.triu(out, 1).T
 
 
-def _common_positions(a: np.ndarray, b: np.ndarray, numel: int) -> int:
-    """Common elements of two ascending position arrays: mark one window of ``a`` in a bool table (cache
-    sized, reused and cleared by unmarking), look up ``b`` in it."""
-    table = getattr(_tables, "table", None)
+def _count_and_mark(table: np.ndarray, piece: np.ndarray, index: int, marking: int) -> list[int]:
+    """How many of ``piece`` the table marks with each bit below ``index`` and ``marking`` (bit b: the b-th array
+    of the group); then the piece is marked with bit ``index`` if that is below ``marking``."""
+    counted = min(index, marking)
+    if not piece.size:
+        return [0] * counted
+    if not index:
+        table[piece] = 1  # the table is clear
+        return []
+    marks = table.take(piece, mode="clip", out=thread_buffer("marks", piece.size))
+    bits = thread_buffer("bits", piece.size)
+    counts = [int(np.count_nonzero(np.bitwise_and(marks, 1 << bit, out=bits))) for bit in range(counted)]
+    if index < marking:
+        marks |= 1 << index
+        table[piece] = marks
+    return counts
+
+
+def _clear(table: np.ndarray, marked: list[np.ndarray]) -> None:
+    """Zero ``table`` at the ``marked`` positions: all of it, where that costs less."""
+    if sum(piece.size for piece in marked) > table.size // 64:
+        table.fill(0)
+        return
+    for piece in marked:
+        table[piece] = 0
+
+
+def _window_piece(listed: np.ndarray, first: int, stop: int, start: int, index: int) -> np.ndarray:
+    """``listed[first:stop] - start``, in this thread's buffer ``index`` (the first window needs no copy)."""
+    piece = listed[first:stop]
+    if not start:
+        return piece
+    return np.subtract(piece, start, out=thread_buffer(("window", index), 8 * piece.size).view(np.int64))
+
+
+_tables = threading.local()  # per thread: its table of marks
+
+
+def _mark_table() -> np.ndarray:
+    """This thread's table of marks for ``_common_counts``: a byte per element of the largest window, all clear."""
+    table = getattr(_tables, "marks", None)
     if table is None:
-        table = _tables.table = np.zeros(_WINDOW, np.bool_)
-    bounds = np.arange(_WINDOW, numel, _WINDOW)
-    a_cuts = [0, *np.searchsorted(a, bounds).tolist(), a.size]
-    b_cuts = [0, *np.searchsorted(b, bounds).tolist(), b.size]
-    total = 0
-    for window in range(len(a_cuts) - 1):
-        a0, a1, b0, b1 = a_cuts[window], a_cuts[window + 1], b_cuts[window], b_cuts[window + 1]
-        if a0 == a1 or b0 == b1:
-            continue
-        start = window * _WINDOW
-        in_a, in_b = a[a0:a1] - start, b[b0:b1] - start
-        table[in_a] = True
-        total += int(np.count_nonzero(table[in_b]))
-        table[in_a] = False
-    return total
+        table = _tables.marks = np.zeros(_TABLE, np.uint8)
+    return cast(np.ndarray, table)
 
 
 def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:

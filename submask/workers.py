@@ -1,5 +1,5 @@
-"""Worker threads kept by the process (``compare``'s, a build's workers, writer and encode threads), and
-``compare``'s payload buffers kept between calls.
+"""Worker threads kept by the process (``compare``'s, a build's workers, writer and encode threads),
+``compare``'s payload buffers kept between calls, and each thread's reusable scratch buffers.
 
 Starting a thread pool, and paging in fresh memory for its threads' scratch and for the payloads read, cost a
 comparison of sparse masks about as much as its counting (about 2 ms of 7 at 2^28 elements, 0.1%), so both
@@ -27,6 +27,7 @@ KEPT_SETS = 2  # sets of buffers kept (calls running at once beyond this take ne
 _POOLS: dict[tuple[int, str, int], ThreadPoolExecutor] = {}
 _KEPT: list[dict[Hashable, np.ndarray]] = []
 _LOCK = threading.Lock()
+_THREAD = threading.local()  # per thread: its scratch buffers, by key
 
 
 def thread_pool(workers: int, purpose: str = "compare") -> ThreadPoolExecutor:
@@ -75,7 +76,7 @@ class Tasks:
 
 @contextmanager
 def kept_buffers() -> Iterator[dict[Hashable, np.ndarray]]:
-    """Buffers by key for one call (``tensor_counts.reusable``): a kept set, or a new one; kept again after the
+    """Buffers by key for one call (``reusable``): a kept set, or a new one; kept again after the
     call when at most KEPT_BYTES in all."""
     with _LOCK:
         buffers = _KEPT.pop() if _KEPT else {}
@@ -86,3 +87,16 @@ def kept_buffers() -> Iterator[dict[Hashable, np.ndarray]]:
             with _LOCK:
                 if len(_KEPT) < KEPT_SETS:
                     _KEPT.append(buffers)
+
+
+def thread_buffer(key: Hashable, nbytes: int) -> np.ndarray:
+    """This thread's reusable scratch buffer ``key``, at least ``nbytes`` long (fresh memory costs page faults:
+    about as much as decoding a sparse tensor)."""
+    return reusable(_THREAD.__dict__.setdefault("buffers", {}), key, nbytes)
+
+
+def reusable(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
+    """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
+    if key not in buffers or buffers[key].size < nbytes:
+        buffers[key] = np.empty(nbytes, np.uint8)
+    return buffers[key][:nbytes]

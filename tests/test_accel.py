@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from functools import partial
 
 import numpy as np
@@ -100,6 +101,40 @@ def test_rice_kernels_match_numpy(numel: int, density: float, block_bits: int) -
     assert compiled[3] == (int(np.sum(bools & unpack(other, numel))), int(bools.sum()))
 
 
+def rice_block(gaps: np.ndarray, k: int) -> bytes:
+    """A one-block "rice" payload (FORMAT.md section 5.3) listing the set bits after ``gaps``, with Rice parameter
+    ``k`` whatever the encoder would choose."""
+    quotients = gaps >> k
+    unary = np.zeros(int(quotients.sum()) + gaps.size, np.bool_)
+    unary[np.cumsum(quotients + 1) - 1] = True
+    planes = [np.packbits((gaps >> bit) & 1 == 1).tobytes() for bit in range(k)]
+    header = struct.pack("<BBHII", 1, k, 0, gaps.size, (unary.size + 7) // 8)
+    return b"".join([header, np.packbits(unary).tobytes(), *planes])
+
+
+@pytest.mark.parametrize("k", range(32))
+def test_rice_blocks_of_every_parameter_decode_alike(k: int) -> None:
+    """Every Rice parameter, with remainders of 0 (their complements, which the numpy path sums in 8-, 16- or
+    32-bit lanes, at their largest), at their largest, and mixed with quotients; and a block coding a position
+    past its bits."""
+    rng = np.random.default_rng(k)
+    zero = rng.integers(0, 2, 17) << k if k < 24 else np.zeros(17, np.int64)
+    largest = np.full(min(17, (1 << 32) // (1 << k) - 1), (1 << k) - 1, np.int64)
+    mixed = rng.integers(0, 1 << k, 21) + (rng.integers(0, 3, 21) << k)
+    for gaps in [zero, largest, mixed] if k <= 24 else [zero, largest]:
+        positions = np.cumsum(gaps + 1) - 1
+        numel = int(positions[-1]) + 1
+        payload, config = rice_block(gaps, k), {"block_bits": max(8, -(-numel // 8) * 8)}
+        compiled, numpy = run_both(partial(positions_list, payload, numel, config))
+        assert compiled == numpy == positions.tolist()
+        if numel <= 1 << 22:
+            compiled, numpy = run_both(partial(codec_decode, payload, numel, config))
+            assert compiled == numpy == pack(np.isin(np.arange(numel), positions)).tolist()
+        compiled, numpy = run_both(partial(positions_list, payload, numel - 1, config))
+        past = f"a position past its {numel - 1} bits" if gaps.size < numel else "header is invalid"
+        assert compiled == numpy and past in numpy
+
+
 def corruptions(payload: bytes) -> list[bytes]:
     """Damaged versions of a one-block rice payload (its 12-byte header, then the unary part)."""
     damaged = [payload[:-1], payload + b"\0", payload[:5]]
@@ -139,9 +174,13 @@ def codec_decode(payload: bytes, numel: int, config: dict) -> list[int]:
     return RiceCodec().from_config(config).decode(payload, numel).tolist()
 
 
+def positions_list(payload: bytes, numel: int, config: dict) -> list[int]:
+    return RiceCodec().from_config(config).positions(payload, numel).tolist()
+
+
 def _decode_both_ways(payload: bytes, numel: int, config: dict) -> tuple[list[int], list[int]]:
     """Decoded bits and listed positions of one payload."""
-    return codec_decode(payload, numel, config), RiceCodec().from_config(config).positions(payload, numel).tolist()
+    return codec_decode(payload, numel, config), positions_list(payload, numel, config)
 
 
 @pytest.mark.parametrize("numel", [1, 77, 70_001])

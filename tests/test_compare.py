@@ -23,7 +23,7 @@ from submask.combine import combine_files, content_fingerprint
 from submask.compare import compare
 from submask.format.tensors import encode_tensor
 from submask.packed import pack
-from submask.tensor_counts import _Operand, _pair_count
+from submask.tensor_counts import _TABLE, _WINDOW, _common_counts, _Operand, _pair_count
 from submask.workers import thread_pool
 
 compare_module = importlib.import_module("submask.compare")
@@ -278,3 +278,25 @@ def test_a_streamed_operand_counts_against_a_positions_operand() -> None:
     first = _Operand(numel, int(a.sum()), positions=np.flatnonzero(a))
     second = _Operand(numel, int(b.sum()), streamed=(RiceCodec(), payload_b, "b.smask, tensor 'w': "))
     assert _pair_count(first, second) == int(np.sum(a & b))
+
+
+@pytest.mark.parametrize("densities,window", [
+    ([0.001], _WINDOW), ([0.001, 0.05], _WINDOW), ([0.001, 0.05, 0.0, 0.3, 0.01], _WINDOW),
+    ([0.001, 0.05, 0.0, 0.3, 0.01, *[0.02] * 6], _WINDOW),  # two groups of marking arrays
+    ([0.0003, 0.001, 0.0], _TABLE),  # sparse: windows of the whole table
+])
+def test_common_counts_of_positions_match_numpy(densities: list[float], window: int) -> None:
+    """Every pair's common positions, across windows (one ending on a window's last element, one empty), in
+    groups of 8 marking arrays, the table cleared after each (dense: whole, sparse: by position), as later calls
+    show."""
+    rng = np.random.default_rng(len(densities))
+    numel = 3 * window + 5
+    masks = [rng.random(numel) < density for density in densities]
+    masks[0][window - 1] = True  # a window's last element
+    if len(masks) > 1:
+        masks[1][2 * window : 3 * window] = False  # a window without positions
+    expected = [[int(np.sum(a & b)) for b in masks] for a in masks]
+    positions = [np.flatnonzero(bools) for bools in masks]
+    for _ in range(3):
+        assert _common_counts(positions, numel).tolist() == expected
+    assert _common_counts(positions[::-1], numel).tolist() == [row[::-1] for row in expected[::-1]]

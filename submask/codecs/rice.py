@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import FormatError
 from ..limits import check_allocation
 from ..packed import clear_padding, from_positions, packed_nbytes, popcount, set_positions
+from ..workers import KEPT_BYTES, thread_buffer
 from .base import CHUNK_BYTES, Codec, IntersectionCounter, PositionsDecoder, Run, allocate_packed, check_settings
 from .rice_kernels import COUNT, PACKED, POSITIONS, rice_block, rice_gaps, rice_write
 
@@ -159,9 +160,15 @@ def _encode_block(block: np.ndarray, nbits: int) -> bytes:
 def _decode_block(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarray, int]:
     """Packed bits of one block and the offset after it."""
     value, listed, end = _read_block(payload, offset, nbits)
-    bools = np.full(nbits, not value, dtype=np.bool_)
+    return np.packbits(_block_bools(value, listed, nbits)), end
+
+
+def _block_bools(value: int, listed: np.ndarray, nbits: int) -> np.ndarray:
+    """A block's bits as bools, from its coded value and listed positions, in this thread's scratch."""
+    bools = _scratch("rice bools", nbits).view(np.bool_)
+    bools.fill(not value)
     bools[listed] = bool(value)
-    return np.packbits(bools), end
+    return bools
 
 
 def decode_positions(payload: bytes, numel: int, block_bits: int) -> np.ndarray:
@@ -178,6 +185,8 @@ def decode_positions(payload: bytes, numel: int, block_bits: int) -> np.ndarray:
         blocks.append((start, positions))
     if offset != len(payload):
         raise FormatError(f"rice payload has {len(payload) - offset} bytes after its last block")
+    if len(blocks) == 1:
+        return blocks[0][1]  # its own array, from the block's start
     out = np.empty(sum(positions.size for _, positions in blocks), dtype=np.int64)
     cursor = 0
     for start, positions in blocks:
@@ -247,9 +256,7 @@ def _block_positions(payload: bytes, offset: int, nbits: int) -> tuple[np.ndarra
     value, listed, end = _read_block(payload, offset, nbits)
     if value:
         return listed, end
-    ones = np.ones(nbits, dtype=np.bool_)  # the block lists its zeros: the set bits are the other positions
-    ones[listed] = False
-    return np.flatnonzero(ones), end
+    return np.flatnonzero(_block_bools(value, listed, nbits)), end  # the block lists its zeros
 
 
 def _read_header(payload: bytes, offset: int, nbits: int) -> tuple[int, int, int, int, int, int]:
@@ -268,36 +275,74 @@ def _read_header(payload: bytes, offset: int, nbits: int) -> tuple[int, int, int
 
 
 def _read_block(payload: bytes, offset: int, nbits: int) -> tuple[int, np.ndarray, int]:
-    """One block's coded value, its listed positions (ascending, relative to the block; int32 where they
-    fit) and the offset after the block, with every structural check of FORMAT.md section 5.3."""
+    """One block's coded value, its listed positions (int64, ascending, relative to the block) and the offset
+    after the block, with every structural check of FORMAT.md section 5.3."""
     value, k, count, unary_nbytes, offset, end = _read_header(payload, offset, nbits)
-    plane_nbytes = (count + 7) // 8
     unary = np.frombuffer(payload, dtype=np.uint8, count=unary_nbytes, offset=offset)
-    terminators = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
-    if terminators.size != count:
-        raise FormatError(f"rice block codes {terminators.size} positions, its header says {count}")
-    if not count:
-        return value, np.zeros(0, dtype=np.int32), end
-    # position i = (quotients summed to i) << k + (low bits summed to i) + i, where the quotients summed to
-    # i are the zeros before the i-th unary terminator, t_i - i: a few whole-array passes, no gap array
-    bound = ((int(terminators[-1]) - count + 1) << k) + count * (1 << k)  # exceeds every intermediate value
-    dtype = np.int32 if bound < 1 << 31 else np.int64
-    index = np.arange(count, dtype=dtype)
-    positions = terminators.astype(dtype)
-    positions -= index
-    positions <<= k
-    positions += index
-    if k:
+    bools = _scratch("rice unary", 8 * unary_nbytes).view(np.bool_)
+    _UNPACKED.take(unary, axis=0, mode="clip", out=bools.reshape(unary_nbytes, 8))
+    positions = np.flatnonzero(bools)  # the unary terminators t_i, made the positions in place
+    if positions.size != count:
+        raise FormatError(f"rice block codes {positions.size} positions, its header says {count}")
+    # position i = ((t_i - i) << k) + i + r_0 + ... + r_i, where t_i - i (the zeros before the i-th terminator)
+    # sums the quotients and r_j is the remainder of gap j; that is (t_i << k) - (D_i - (2^k - 1)), D_i the sum
+    # of 2^k - 1 - r_j over j <= i, computed in place without an index array. Its first term is at most position
+    # i: below nbits (else the block is bad), it keeps every value below 2^32 + (count << k), inside int64 for
+    # any block under 16 GiB
+    if count and (int(positions[-1]) + 1 - count) << k >= nbits:
+        raise FormatError(f"rice block codes a position past its {nbits} bits")
+    if count and k:
+        plane_nbytes = (count + 7) // 8
         planes = np.frombuffer(payload, dtype=np.uint8, count=k * plane_nbytes, offset=offset + unary_nbytes)
-        bits = np.unpackbits(planes.reshape(k, plane_nbytes), axis=1, count=count)
-        low_dtype = np.uint8 if k <= 8 else np.uint16 if k <= 16 else np.uint32
-        low = bits[0].astype(low_dtype)
-        for bit in range(1, k):
-            low |= bits[bit].astype(low_dtype, copy=False) << low_dtype(bit)
-        positions += np.cumsum(low, dtype=dtype)
-    if positions[-1] >= nbits:
+        positions <<= k
+        _subtract_complement_sums(positions, planes.reshape(k, plane_nbytes))
+    if count and positions[-1] >= nbits:
         raise FormatError(f"rice block codes a position past its {nbits} bits")
     return value, positions, end
+
+
+_UNPACKED = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).view(np.bool_)  # a byte's bits, MSB first
+#: per byte x of a bit plane and lane width: the 8 bits of ~x, MSB first, one per lane of that many bits
+_SPREAD = {width: np.unpackbits(~np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(f"<u{width // 8}")
+           for width in (8, 16, 32)}
+
+
+def _subtract_complement_sums(positions: np.ndarray, planes: np.ndarray) -> None:
+    """Subtract D_i - (2^k - 1) from each ``positions[i]`` (t_i << k), which makes it position i (the identity in
+    ``_read_block``); D_i sums 2^k - 1 - r_j over j <= i, the remainders r_j in the k bit ``planes``.
+
+    The complemented remainders go into lanes of 8, 16 or 32 bits, narrow enough that a 64-bit word of lanes
+    holds their sums: multiplying a word by 0x0101...01 (a 1 per lane) sums each lane with the lanes before it,
+    so numpy's serial cumsum (slow: 2 ns a value) runs over the words' totals only, 8 times fewer for k <= 5."""
+    k, plane_nbytes = planes.shape
+    width = 8 if k <= 5 else 16 if k <= 14 else 32  # the widest sum of a word, (64 / width) (2^k - 1), must fit
+    per_word, spread = 64 // width, _SPREAD[width]
+    nwords = plane_nbytes * 8 // per_word
+    scratch = _scratch("rice planes", 8 * nwords * (k + 3)).view("<u8").reshape(k + 3, nwords)
+    spread_planes, words, totals, starts = scratch[:k], scratch[k], scratch[k + 1], scratch[k + 2].view("<i8")
+    spread.take(planes, axis=0, mode="clip", out=spread_planes.view(spread.dtype).reshape(k, plane_nbytes, 8))
+    spread_planes <<= _PLANE_SHIFTS[:k]  # each lane holds 0 or 1: shifting the word shifts each lane alone
+    np.bitwise_or.reduce(spread_planes, axis=0, out=words)
+    words *= np.uint64(sum(1 << (width * lane) for lane in range(per_word)))  # lane j: lanes 0 to j summed
+    np.right_shift(words, np.uint64(64 - width), out=totals)  # the last lane: the word's sum, below 2^32
+    np.cumsum(totals.view("<i8"), out=starts)
+    starts -= totals.view("<i8")
+    starts -= (1 << k) - 1  # D before each word, less 2^k - 1
+    positions -= words.view(spread.dtype)[: positions.size]
+    full = positions.size // per_word  # words whose lanes all hold positions; a last one may hold fewer
+    head = positions[: full * per_word].reshape(full, per_word)
+    np.subtract(head, starts[:full, None], out=head)
+    if full < nwords:
+        positions[full * per_word :] -= starts[full]
+
+
+def _scratch(key: str, nbytes: int) -> np.ndarray:
+    """This thread's scratch buffer ``key`` for decoding a block, kept for the next (fresh memory costs page
+    faults: about as much as the decoding), or new memory where a block is too large to keep its scratch."""
+    return thread_buffer(key, nbytes) if nbytes <= KEPT_BYTES else np.empty(nbytes, np.uint8)
+
+
+_PLANE_SHIFTS = np.arange(32, dtype=np.uint64)[:, None]
 
 
 def _rice_candidates(mean_gap: float) -> tuple[int, int]:
