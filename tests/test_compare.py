@@ -268,6 +268,7 @@ def test_decode_positions_rejects_bad_payloads() -> None:
         RiceCodec().from_config({"block_bits": 7}).positions(payload, bools.size)
 
 
+@pytest.mark.skipif(not numba_enabled(), reason="a payload streams only through numba's kernels")
 def test_a_streamed_operand_counts_against_a_positions_operand() -> None:
     """``tensor_counts._pair_count`` of two operands as ``_decode`` can leave them when the first's codec lists
     positions but does not stream and the second's streams: positions against a payload left encoded."""
