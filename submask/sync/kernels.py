@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..accel import Kernel
-from ..format.diffs import UNSIGNED, apply_block, decode_kernel, kernel_args
+from ..format.diffs import UNSIGNED, Scratch, apply_block, decode_kernel, kernel_args
 from .state import bits, host_bytes, itemsize
 from .values import Differences
 
@@ -49,10 +49,10 @@ def decode_at(tensor: torch.Tensor, view: np.ndarray | None, positions: np.ndarr
     else:
         previous = (view[positions] if view is not None else
                     host_bytes(bits(tensor).view(-1)[torch.from_numpy(positions).to(tensor.device)]).view(unsigned))
-    done = 0
+    done, scratch = 0, Scratch()  # the numpy transform's arrays, reused from block to block
     for count in differences.counts.tolist():
         apply_block(stored[done : done + count], previous[done : done + count], differences.dtype,
-                    out[done : done + count])
+                    out[done : done + count], scratch)
         done += count
     return out.view(np.uint8)
 
