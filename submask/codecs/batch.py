@@ -20,6 +20,7 @@ import numpy as np
 
 from ..accel import Kernel, popcount
 from ..limits import check_allocation
+from ..workers import thread_buffer
 from .base import Codec
 from .plain import RawCodec
 from .rice import RiceCodec, rice_kernels_compiled
@@ -68,7 +69,7 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
         check_allocation(largest, f"{8 * largest:,} bits")
         scratch = _zeroed(largest)
         bits_a, bits_b, keep = scratch, scratch, False
-        listed = _listed(largest // SPARSE_RATIO + 1)
+        listed = thread_buffer("pair listed", 8 * (largest // SPARSE_RATIO + 1)).view(np.int64)  # A's positions
     else:
         (bits_a, bits_b), keep = bits, True
     out = np.empty((table.shape[0], 3), dtype=np.int64)
@@ -83,11 +84,9 @@ def group_counts(data: np.ndarray, table: np.ndarray, n: int) -> np.ndarray:
     Requires ``available()``."""
     sizes = (table[:, BITS] + 7) // 8
     width = int(sizes.max()) if sizes.size else 0
-    scratch = getattr(_scratch, "group", None)
-    if scratch is None or scratch.shape[0] < n or scratch.shape[1] < width:
-        scratch = _scratch.group = np.empty((n, width), np.uint8)
+    scratch = thread_buffer("group bits", n * width).reshape(n, width)  # a row per mask: the kernel pairs them all
     out = np.empty((table.shape[0], n, n), dtype=np.int64)
-    _group_counts.compiled(data, table, n, scratch[:n], _NO_POSITIONS, out)  # exactly n rows: the kernel pairs them all
+    _group_counts.compiled(data, table, n, scratch, _NO_POSITIONS, out)
     return out
 
 
@@ -150,14 +149,6 @@ def _zeroed(nbytes: int) -> np.ndarray:
     if scratch is None or scratch.size < nbytes:
         scratch = _scratch.bits = np.zeros(nbytes, np.uint8)
     return scratch[:nbytes]
-
-
-def _listed(size: int) -> np.ndarray:
-    """This thread's room for the positions a sparse payload of A sets, to clear them again (``_pair_counts``)."""
-    listed = getattr(_scratch, "listed", None)
-    if listed is None or listed.size < size:
-        listed = _scratch.listed = np.empty(size, np.int64)
-    return listed[:size]
 
 
 _scratch = threading.local()

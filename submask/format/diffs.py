@@ -15,7 +15,7 @@ from the one piece of the base it reads anyway.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..accel import Kernel
 from ..codecs.plain import check_frame
 from ..errors import FormatError, MismatchError, UnknownEncodingError, UsageError
 from ..packed import crc32_update
+from ..workers import reusable
 from .header import DIFF_PLANES, DTYPE_SIZES
 from .payloads import RECORD_HEADER, STORED, ZSTD, Payload, payload_reader
 from .plane_coding import BLOCK_HEADER, Planes
@@ -310,14 +311,12 @@ class Scratch:
     its sort. Holds 16 bytes a value of the largest block (exponent order); dropped with the object."""
 
     def __init__(self) -> None:
+        self._buffers: dict[Hashable, np.ndarray] = {}
         self._arrays: dict[str, np.ndarray] = {}
 
     def array(self, name: str, dtype: Any, size: int) -> np.ndarray:
         """``size`` items of the array ``name`` (contents undefined), grown as needed."""
-        array = self._arrays.get(name)
-        if array is None or array.size < size or array.dtype != dtype:
-            array = self._arrays[name] = np.empty(size, dtype)
-        return array[:size]
+        return reusable(self._buffers, name, size * np.dtype(dtype).itemsize).view(dtype)
 
     def arange(self, dtype: Any, size: int) -> np.ndarray:
         """``np.arange(size, dtype=dtype)``, kept."""
