@@ -12,6 +12,7 @@ import pytest
 
 import submask
 from submask import FormatError, MismatchError, UsageError, build_mask
+from submask.accel import numba_enabled
 from submask.checkpoints.dtypes import dtype_of_array
 from submask.examples.minilm import reshard
 
@@ -310,6 +311,7 @@ def test_values_decoded_in_place_at_packed_bits_positions_or_everywhere(density:
         decode_into(base.copy(), np.packbits(chosen), np.zeros(zigzag.size + base.itemsize, np.uint8), dtype)
 
 
+@pytest.mark.skipif(not numba_enabled(), reason="compares numba's kernel with the numpy path")
 @pytest.mark.parametrize("numel", [1, 63, 64, 65, 3 * 64 * 8, 3 * 64 * 8 + 13])
 @pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F8_E4M3", "I32"])
 def test_compiled_decode_at_packed_bits_writes_what_numpy_writes(numel: int, dtype: str) -> None:
