@@ -312,7 +312,7 @@ class Scratch:
 
     def __init__(self) -> None:
         self._buffers: dict[Hashable, np.ndarray] = {}
-        self._arrays: dict[str, np.ndarray] = {}
+        self._aranges: dict[str, np.ndarray] = {}  # kept with their contents
 
     def array(self, name: str, dtype: Any, size: int) -> np.ndarray:
         """``size`` items of the array ``name`` (contents undefined), grown as needed."""
@@ -321,9 +321,9 @@ class Scratch:
     def arange(self, dtype: Any, size: int) -> np.ndarray:
         """``np.arange(size, dtype=dtype)``, kept."""
         name = f"arange-{np.dtype(dtype).name}"
-        array = self._arrays.get(name)
+        array = self._aranges.get(name)
         if array is None or array.size < size:
-            array = self._arrays[name] = np.arange(size, dtype=dtype)
+            array = self._aranges[name] = np.arange(size, dtype=dtype)
         return array[:size]
 
 
