@@ -4,13 +4,12 @@ as bytes to receiver copies, bit for bit after every step; refusals, restarts, t
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ranks import run_ranks
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -229,20 +228,13 @@ def test_patch_folder_publishes_in_order_and_a_restarted_receiver_catches_up(tmp
         next(folder.patches(after=2)).apply_to(fresh)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_gloo_broadcast_one_sender_two_receivers(tmp_path: Path) -> None:
     distributed = pytest.importorskip("torch.distributed")
     if not distributed.is_available() or not distributed.is_gloo_available():
         pytest.skip("needs torch.distributed with the gloo backend")
-    done = subprocess.run([sys.executable, "-m", "submask.examples.sync_broadcast", str(tmp_path), "--world", "3",
-                           "--steps", "4", "--port", str(free_port())], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ranks(lambda port: [sys.executable, "-m", "submask.examples.sync_broadcast", str(tmp_path), "--world", "3",
+                            "--steps", "4", "--port", str(port)], timeout=300)
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(3)]
     assert len({rank["fingerprint"] for rank in ranks}) == 1
     assert ranks[0]["received"] == ranks[1]["received"] == ranks[2]["received"] and len(ranks[0]["received"]) == 4

@@ -5,13 +5,12 @@ parameters."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ranks import run_ranks
 
 pytestmark = pytest.mark.slow  # several processes or a whole demo run: `make test-slow` (CI runs it)
 
@@ -22,19 +21,11 @@ if not distributed.is_available() or not distributed.is_gloo_available():
     pytest.skip("needs torch.distributed with the gloo backend", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("tracker-fsdp")
     worker = Path(__file__).with_name("tracker_fsdp_worker.py")
-    done = subprocess.run([sys.executable, str(worker), str(out), str(free_port())],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ranks(lambda port: [sys.executable, str(worker), str(out), str(port)], timeout=300)
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 

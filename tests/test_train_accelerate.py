@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ pytest.importorskip("accelerate")
 distributed = pytest.importorskip("torch.distributed")
 if not distributed.is_available() or not distributed.is_gloo_available():
     pytest.skip("needs torch.distributed with the gloo backend", allow_module_level=True)
-from test_train_distributed import free_port  # noqa: E402
+from ranks import run_ranks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +29,9 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                                          os.environ.get("PYTHONPATH", "")]),
            "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                           str(free_port()), str(script), str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ranks(lambda port: [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+                            str(script), str(out)], timeout=600, env=env)
     return {path.stem: json.loads(path.read_text()) for path in out.glob("*.json")}
 
 

@@ -5,7 +5,6 @@ already wraps. 2 gloo processes on CPU (tests/train_ddp_group_worker.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ pytest.importorskip("torch")
 distributed = pytest.importorskip("torch.distributed")
 if not distributed.is_available() or not distributed.is_gloo_available():
     pytest.skip("needs torch.distributed with the gloo backend", allow_module_level=True)
-from test_train_distributed import free_port  # noqa: E402
+from ranks import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow  # several processes or a whole demo run: `make test-slow` (CI runs it)
 
@@ -25,9 +24,7 @@ pytestmark = pytest.mark.slow  # several processes or a whole demo run: `make te
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ddp-group")
     worker = Path(__file__).with_name("train_ddp_group_worker.py")
-    done = subprocess.run([sys.executable, str(worker), str(out), str(free_port())], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ranks(lambda port: [sys.executable, str(worker), str(out), str(port)], timeout=300)
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 

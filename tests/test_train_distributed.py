@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ranks import run_ranks
 
 pytestmark = pytest.mark.slow  # several processes or a whole demo run: `make test-slow` (CI runs it)
 
@@ -27,20 +26,12 @@ MODES = ("dense", "sparse", "fsdp2-dense", "fsdp2-sparse")
 MAX_NORM = 0.5  # the worker's clip_grad_norm_ bound
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """{mode}-rank{N}: what each rank reported after training its copy in that mode."""
     out = tmp_path_factory.mktemp("distributed")
     worker = Path(__file__).with_name("train_ddp_worker.py")
-    done = subprocess.run([sys.executable, str(worker), str(out), str(free_port()), ",".join(MODES)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ranks(lambda port: [sys.executable, str(worker), str(out), str(port), ",".join(MODES)], timeout=300)
     found = {path.stem: json.loads(path.read_text()) for path in out.glob("*.json")}
     assert sorted(found) == sorted(f"{mode}-rank{rank}" for mode in MODES for rank in (0, 1))
     return found

@@ -5,7 +5,6 @@ MixedPrecisionPolicy (bf16 compute, fp32 reduce) and CPU offload (2 gloo process
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ pytest.importorskip("transformers")
 distributed = pytest.importorskip("torch.distributed")
 if not distributed.is_available() or not distributed.is_gloo_available():
     pytest.skip("needs torch.distributed with the gloo backend", allow_module_level=True)
-from test_train_distributed import free_port  # noqa: E402
+from ranks import run_ranks  # noqa: E402
 
 RUNS = {"hsdp": 4, "mixed,offload": 2}  # setups -> processes
 
@@ -27,9 +26,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     out = tmp_path_factory.mktemp("fsdp-variants")
     worker = Path(__file__).with_name("train_fsdp_variants_worker.py")
     for setups, world in RUNS.items():
-        done = subprocess.run([sys.executable, str(worker), str(out), str(free_port()), str(world), setups],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        run_ranks(lambda port, world=world, setups=setups: [sys.executable, str(worker), str(out), str(port),
+                                                            str(world), setups], timeout=600)
     return {path.stem: json.loads(path.read_text()) for path in out.glob("*.json")}
 
 
