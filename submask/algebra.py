@@ -27,6 +27,7 @@ import numpy as np
 from .accel import Kernel, popcount
 from .align import aligned_names
 from .mask import Mask, TensorMask, check_same_shape, combine
+from .ones import compiled_and_ones
 from .packed import BINARY_OPS as BINARY_OPS  # re-exported: part of the algebra's face
 from .packed import CHUNK_BYTES
 from .packed import apply_op as apply_op  # re-exported
@@ -194,7 +195,11 @@ def intersection_count(a: M, b: M, *, common: bool = False) -> int:
 
 
 def packed_intersection_count(a: np.ndarray, b: np.ndarray) -> int:
-    """Set bits of ``a & b`` for two packed arrays of the same length, in cache-sized chunks."""
+    """Set bits of ``a & b`` for two packed arrays of the same length: one compiled pass where numba runs
+    (``ones``), else numpy in cache-sized chunks."""
+    kernel = compiled_and_ones()
+    if kernel is not None:
+        return int(kernel(a, b))
     total = 0
     words = a.size // 8 * 8
     buffer = np.empty(CHUNK_BYTES // 8, dtype=np.uint64)

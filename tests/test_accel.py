@@ -189,3 +189,23 @@ def test_all_pair_counts_match_numpy(numel: int) -> None:
     expected = [[int(np.sum(a & b)) for b in masks] for a in masks]
     compiled, numpy = run_both(lambda: pair_intersection_counts([pack(m) for m in masks]).tolist())
     assert compiled == numpy == expected
+
+
+@pytest.mark.parametrize("numel", [0, 1, 63, 64, 65, 77, 70_001])
+def test_bit_counts_match_numpy_with_and_without_the_kernel(numel: int) -> None:
+    """``packed.popcount`` and ``packed_intersection_count`` take ``ones.and_ones`` once numba runs: the same
+    counts as numpy's, whole 64-bit words and a tail of bytes alike."""
+    from submask.algebra import packed_intersection_count
+    from submask.ones import compiled_and_ones
+    from submask.packed import popcount
+
+    a, b = bits(numel, 0.3, seed=1), bits(numel, 0.6, seed=2)
+    expected = [int(a.sum()), int(b.sum()), int((a & b).sum())]
+
+    def counts() -> tuple[bool, list[int]]:
+        packed_a, packed_b = pack(a), pack(b)
+        return compiled_and_ones() is not None, [popcount(packed_a), popcount(packed_b),
+                                                 packed_intersection_count(packed_a, packed_b)]
+
+    compiled, numpy = run_both(counts)
+    assert compiled == (True, expected) and numpy == (False, expected)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..accel import Kernel, popcount
 from ..limits import check_allocation
+from ..ones import and_ones
 from ..workers import thread_buffer
 from .base import Codec
 from .plain import RawCodec
@@ -138,7 +139,7 @@ def _all_pairs(scratch, nbytes, out):  # pragma: no cover - compiled by numba
                 out[i, j] += total
     for i in range(n):
         for j in range(i + 1, n):
-            out[i, j] += _and_ones(scratch[i, 8 * words : nbytes], scratch[j, 8 * words : nbytes])
+            out[i, j] += and_ones(scratch[i, 8 * words : nbytes], scratch[j, 8 * words : nbytes])
             out[j, i] = out[i, j]
 
 
@@ -208,10 +209,10 @@ def _count_b(data_b, table, row, bits, packed, room, keep, none):  # pragma: no 
         if end - start != nbytes:
             return -1, -1
         other = data_b[start:end]
-        return _and_ones(packed, other), _raw_ones(other, bits)
+        return and_ones(packed, other), _raw_ones(other, bits)
     if keep:
         ones_b = _decode(data_b, start, end, table[row, BLOCK_B], bits, room, none)
-        return _and_ones(packed, room), ones_b
+        return and_ones(packed, room), ones_b
     return _rice_pass(data_b, start, end, table[row, BLOCK_B], bits, COUNT, packed, none)
 
 
@@ -268,18 +269,4 @@ def _raw_ones(packed, bits):  # pragma: no cover - compiled by numba
     """Set bits of a raw payload of ``bits`` bits, or -1 when a pad bit is set."""
     if bits % 8 and packed[-1] & ~(0xFF << (8 - bits % 8)) & 0xFF:
         return -1
-    return _and_ones(packed, packed)
-
-
-@Kernel
-def _and_ones(a, b):  # pragma: no cover - compiled by numba
-    """Set bits of ``a & b``, 64 bits at a time."""
-    words = a.size // 8
-    total = 0
-    if words:
-        wa, wb = a[: 8 * words].view(np.uint64), b[: 8 * words].view(np.uint64)
-        for index in range(words):
-            total += popcount(wa[index] & wb[index])
-    for index in range(8 * words, a.size):
-        total += popcount(np.uint64(a[index] & b[index]))
-    return total
+    return and_ones(packed, packed)
