@@ -8,7 +8,6 @@ tensor that its batched kernel (``codecs.batch``) does not count.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from .format.tensors import decode_tensor, entry_codec, payload_verified
 from .limits import check_allocation
 from .mask import TensorMask
 from .packed import from_positions, packed_nbytes
-from .workers import thread_buffer
+from .workers import thread_buffer, thread_zeros
 
 T = TypeVar("T")
 
@@ -141,7 +140,7 @@ def _common_counts(positions: list[np.ndarray], numel: int) -> np.ndarray:
     n = len(positions)
     out = np.diag([listed.size for listed in positions]).astype(np.int64)
     window = _WINDOW if sum(listed.size for listed in positions) * _SPARSE > numel else _TABLE
-    table = _mark_table()[:window]
+    table = thread_zeros("marks", _TABLE)[:window]  # cleared again after each window (_clear)
     bounds = np.arange(window, numel, window)
     cuts = [[0, *np.searchsorted(listed, bounds).tolist(), listed.size] for listed in positions]
     for index in range(bounds.size + 1):
@@ -192,17 +191,6 @@ def _window_piece(listed: np.ndarray, first: int, stop: int, start: int, index: 
     if not start:
         return piece
     return np.subtract(piece, start, out=thread_buffer(("window", index), 8 * piece.size).view(np.int64))
-
-
-_tables = threading.local()  # per thread: its table of marks
-
-
-def _mark_table() -> np.ndarray:
-    """This thread's table of marks for ``_common_counts``: a byte per element of the largest window, all clear."""
-    table = getattr(_tables, "marks", None)
-    if table is None:
-        table = _tables.marks = np.zeros(_TABLE, np.uint8)
-    return cast(np.ndarray, table)
 
 
 def _gather_count(packed: np.ndarray, positions: np.ndarray) -> int:

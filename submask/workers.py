@@ -95,6 +95,15 @@ def thread_buffer(key: Hashable, nbytes: int) -> np.ndarray:
     return reusable(_THREAD.__dict__.setdefault("buffers", {}), key, nbytes)
 
 
+def thread_zeros(key: Hashable, nbytes: int) -> np.ndarray:
+    """This thread's scratch buffer ``key`` of at least ``nbytes`` zero bytes, for users that clear what they set
+    before they return (so a sparse use costs what it sets, not a fill): zeroed only when new."""
+    buffers = _THREAD.__dict__.setdefault("zeros", {})
+    if key not in buffers or buffers[key].size < nbytes:
+        buffers[key] = np.zeros(nbytes, np.uint8)
+    return buffers[key][:nbytes]
+
+
 def reusable(buffers: dict[Hashable, np.ndarray], key: Hashable, nbytes: int) -> np.ndarray:
     """``buffers[key]``, grown to at least ``nbytes`` uint8 bytes, its first ``nbytes``."""
     if key not in buffers or buffers[key].size < nbytes:

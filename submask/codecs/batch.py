@@ -14,14 +14,12 @@ the error that names the problem.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..accel import Kernel, popcount
 from ..limits import check_allocation
 from ..ones import and_ones
-from ..workers import thread_buffer
+from ..workers import thread_buffer, thread_zeros
 from .base import Codec
 from .plain import RawCodec
 from .rice import RiceCodec, rice_kernels_compiled
@@ -68,7 +66,7 @@ def pair_counts(data_a: np.ndarray, data_b: np.ndarray, table: np.ndarray,
     if bits is None:
         largest = int(sizes.max()) if sizes.size else 0
         check_allocation(largest, f"{8 * largest:,} bits")
-        scratch = _zeroed(largest)
+        scratch = thread_zeros("pair bits", largest)  # all zero: the kernel clears what it sets
         bits_a, bits_b, keep = scratch, scratch, False
         listed = thread_buffer("pair listed", 8 * (largest // SPARSE_RATIO + 1)).view(np.int64)  # A's positions
     else:
@@ -141,18 +139,6 @@ def _all_pairs(scratch, nbytes, out):  # pragma: no cover - compiled by numba
         for j in range(i + 1, n):
             out[i, j] += and_ones(scratch[i, 8 * words : nbytes], scratch[j, 8 * words : nbytes])
             out[j, i] = out[i, j]
-
-
-def _zeroed(nbytes: int) -> np.ndarray:
-    """This thread's scratch for the first mask's bits: all zero between calls (the kernel clears what it sets),
-    so a sparse tensor costs its set bits, not a fill of its bytes."""
-    scratch = getattr(_scratch, "bits", None)
-    if scratch is None or scratch.size < nbytes:
-        scratch = _scratch.bits = np.zeros(nbytes, np.uint8)
-    return scratch[:nbytes]
-
-
-_scratch = threading.local()
 
 
 @Kernel
